@@ -1,0 +1,3 @@
+from pithcrawl.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""RFC 3339 UTC timestamps and the format's way of comparing them (pith-format.md §5).
+
+Owns parsing (`Z` only, up to microseconds) and the comparison rule: when either
+side has second precision, both are truncated to the second. It never reads a clock.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+_RFC3339_UTC = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,6}))?Z\Z", re.ASCII
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Timestamp:
+    """A parsed timestamp that remembers whether it had a fraction of a second."""
+
+    at: datetime
+    fractional: bool
+    text: str
+
+    def seconds(self) -> datetime:
+        return self.at.replace(microsecond=0)
+
+
+def parse_timestamp(value: object) -> Timestamp | None:
+    """Parse an RFC 3339 UTC timestamp; None when it is not one."""
+    if not isinstance(value, str):
+        return None
+    m = _RFC3339_UTC.match(value)
+    if m is None:
+        return None
+    year, month, day, hour, minute, second, frac = m.groups()
+    try:
+        at = datetime(
+            int(year),
+            int(month),
+            int(day),
+            int(hour),
+            int(minute),
+            int(second),
+            int((frac or "0").ljust(6, "0")),
+            tzinfo=UTC,
+        )
+    except ValueError:
+        return None
+    return Timestamp(at, frac is not None, value)
+
+
+def not_after(a: Timestamp, b: Timestamp) -> bool:
+    """a ≤ b, truncating both to the second when either has second precision."""
+    if a.fractional and b.fractional:
+        return a.at <= b.at
+    return a.seconds() <= b.seconds()
+
+
+def format_timestamp(at: datetime) -> str:
+    """RFC 3339 UTC with microseconds, the registry's style for `signed_at`."""
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def format_seconds(at: datetime) -> str:
+    """RFC 3339 UTC to the second, the registry's style for `created_at` and `built_at`."""
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_duration(text: str) -> timedelta:
+    """'30s', '5m', '6h', '2d' (or a bare number of seconds) as a timedelta."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if m is None:
+        raise ValueError(f"{text!r} is not a duration like 30s, 5m, 6h or 2d")
+    number, unit = float(m.group(1)), m.group(2) or "s"
+    return timedelta(seconds=number * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit])
