@@ -5,6 +5,14 @@
     │   └── ConfigError
     └── OperationalError      the world: network, disk, a mirror that is down (exit 3)
         ├── FetchError        a URL could not be fetched (timeout, refused, HTTP error, too large)
+        │   ├── FetchTimeout      no complete answer within the timeout
+        │   ├── ConnectionFailed  DNS, refused, reset or closed before an answer
+        │   │   └── TLSError      handshake, certificate or fingerprint failure
+        │   ├── IncompleteBody    the connection ended before the whole body arrived
+        │   ├── TooLarge          the body, on the wire or decoded, exceeds max_bytes
+        │   ├── BadResponse       not HTTP, an undecodable Content-Encoding, a bad Location
+        │   └── RedirectError     too many redirects, a loop, a non-HTTP target
+        │       └── RedirectRefused   the allow_url hook refused a redirect target
         └── StoreError        the database could not be read or written
 
 Security findings are *not* exceptions: the verifier returns them as data in a report
@@ -45,6 +53,38 @@ class OperationalError(PithcrawlError):
 
 class FetchError(OperationalError):
     """A URL could not be fetched."""
+
+
+class FetchTimeout(FetchError):
+    """No complete answer (headers and body) arrived within the timeout."""
+
+
+class ConnectionFailed(FetchError):
+    """The connection could not be made, or ended before the response headers."""
+
+
+class TLSError(ConnectionFailed):
+    """The TLS handshake failed: a bad certificate, protocol or pinned fingerprint."""
+
+
+class IncompleteBody(FetchError):
+    """The connection ended (reset, closed, cut short) before the whole body arrived."""
+
+
+class TooLarge(FetchError):
+    """The body, as declared, received or decoded, is larger than the byte cap."""
+
+
+class BadResponse(FetchError):
+    """The server did not speak valid HTTP, or its body could not be decoded."""
+
+
+class RedirectError(FetchError):
+    """A redirect chain was too long, looped, or pointed outside HTTP(S)."""
+
+
+class RedirectRefused(RedirectError):
+    """The caller's `allow_url` hook refused a redirect target (e.g. a private address)."""
 
 
 class StoreError(OperationalError):

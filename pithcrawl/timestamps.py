@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 _RFC3339_UTC = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,6}))?Z\Z", re.ASCII
@@ -22,15 +23,19 @@ class Timestamp:
     at: datetime
     fractional: bool
     text: str
-
-    def seconds(self) -> datetime:
-        return self.at.replace(microsecond=0)
+    seconds: datetime  # `at` truncated to the second
 
 
 def parse_timestamp(value: object) -> Timestamp | None:
     """Parse an RFC 3339 UTC timestamp; None when it is not one."""
     if not isinstance(value, str):
         return None
+    return _parse(value)
+
+
+@lru_cache(maxsize=8192)
+def _parse(value: str) -> Timestamp | None:
+    # Bundles repeat the same few timestamps many times; parsing is pure, so cache it.
     m = _RFC3339_UTC.match(value)
     if m is None:
         return None
@@ -48,14 +53,14 @@ def parse_timestamp(value: object) -> Timestamp | None:
         )
     except ValueError:
         return None
-    return Timestamp(at, frac is not None, value)
+    return Timestamp(at, frac is not None, value, at.replace(microsecond=0))
 
 
 def not_after(a: Timestamp, b: Timestamp) -> bool:
     """a ≤ b, truncating both to the second when either has second precision."""
     if a.fractional and b.fractional:
         return a.at <= b.at
-    return a.seconds() <= b.seconds()
+    return a.seconds <= b.seconds
 
 
 def format_timestamp(at: datetime) -> str:
@@ -74,4 +79,7 @@ def parse_duration(text: str) -> timedelta:
     if m is None:
         raise ValueError(f"{text!r} is not a duration like 30s, 5m, 6h or 2d")
     number, unit = float(m.group(1)), m.group(2) or "s"
-    return timedelta(seconds=number * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit])
+    try:
+        return timedelta(seconds=number * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit])
+    except OverflowError:
+        raise ValueError(f"{text!r} is longer than a timedelta can hold") from None

@@ -1,0 +1,160 @@
+"""`pithcrawl verify`: the offline check of bundle and state documents.
+
+Reads files, stdin or URLs (fetched once, with a timeout and a size cap), verifies
+each against the trust set, prints one line per document (or one JSON document) and
+exits 0 (all ok), 1 (a critical finding), 3 (something could not be read).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from pithcrawl.config import Config, load_config
+from pithcrawl.errors import (
+    EXIT_OK,
+    EXIT_OPERATIONAL,
+    EXIT_SECURITY,
+    FetchError,
+    UsageError,
+)
+from pithcrawl.fetch import HttpFetcher, user_agent
+from pithcrawl.timestamps import parse_timestamp
+from pithcrawl.trust import load_trust
+from pithcrawl.verify import Report, verify
+
+HELP = "Check bundle or state documents offline: every hash, signature and time rule."
+EXAMPLE = "pithcrawl verify 2SZ3GMWFCMMCUPZJQTONOWSJZ2.bundle.json --json"
+
+_URL_SUFFIX = re.compile(r"/pith/([A-Z2-7]{26})/(?:bundle|state)\.json(?:$|\?)")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="file, '-' for stdin, or URL")
+    p.add_argument(
+        "--key",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="FILE",
+        help="trusted key file (repeatable); replaces the shipped registry key",
+    )
+    p.add_argument("--now", metavar="TIME", help="verify as of this RFC 3339 UTC time")
+    p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    source: str
+    data: bytes | None
+    error: str | None = None
+    expected_suffix: str | None = None
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args.config) if args.config else Config()
+    now = datetime.now(UTC)
+    if args.now is not None:
+        stamp = parse_timestamp(args.now)
+        if stamp is None:
+            raise UsageError(
+                f"--now: {args.now!r} is not an RFC 3339 UTC time like 2026-06-01T00:00:00Z"
+            )
+        now = stamp.at
+    trust = load_trust(args.key or config.trust.keys)
+    reads = _read_all(args.sources, config)
+    results: list[dict[str, Any]] = []
+    code = EXIT_OK
+    for read in reads:
+        if read.data is None:
+            results.append({"source": read.source, "ok": False, "error": read.error})
+            code = max(code, EXIT_OPERATIONAL) if code != EXIT_SECURITY else code
+            if not args.json:
+                print(f"ERROR {read.source}: {read.error}")
+            continue
+        report = verify(
+            read.data,
+            trust,
+            now=now,
+            clock_skew=config.trust.clock_skew,
+            expected_suffix=read.expected_suffix,
+        )
+        results.append({"source": read.source, "kind": report.kind, **report.to_json()})
+        if not report.ok:
+            code = EXIT_SECURITY
+        if not args.json:
+            _print_report(read.source, report, args.verbose)
+    if args.json:
+        json.dump({"results": results}, sys.stdout, indent=2, ensure_ascii=False)
+        print()
+    return code
+
+
+def _print_report(source: str, report: Report, verbose: int) -> None:
+    number = report.pith_number or "-"
+    codes = sorted({f.code for f in report.findings})
+    if report.ok:
+        tail = f" (warnings: {', '.join(codes)})" if codes else ""
+        print(f"ok    {number} {source}{tail}")
+    else:
+        print(f"FAIL  {number} {source}: {', '.join(codes)}")
+    if verbose or not report.ok:
+        for f in report.findings if verbose else report.findings[:5]:
+            print(f"      {f.severity} {f.code} {f.path or '/'}: {f.message}")
+        if not verbose and len(report.findings) > 5:
+            print(f"      … {len(report.findings) - 5} more (use -v)")
+
+
+def _is_url(source: str) -> bool:
+    return source.startswith(("http://", "https://"))
+
+
+def _read_all(sources: list[str], config: Config) -> list[_Read]:
+    fetched = {}
+    urls = [s for s in sources if _is_url(s)]
+    if urls:
+        fetched = anyio.run(_fetch_all, urls, config)
+    return [fetched[s] if _is_url(s) else _read_local(s, config.crawl.max_bytes) for s in sources]
+
+
+async def _fetch_all(urls: list[str], config: Config) -> dict[str, _Read]:
+    out: dict[str, _Read] = {}
+    async with HttpFetcher(
+        user_agent=user_agent(config.crawl.contact),
+        timeout=config.crawl.timeout.total_seconds(),
+        max_bytes=config.crawl.max_bytes,
+    ) as fetcher:
+        for url in urls:
+            try:
+                result = await fetcher.get(url)
+            except FetchError as e:
+                out[url] = _Read(url, None, str(e))
+                continue
+            if result.status != 200:
+                out[url] = _Read(url, None, f"HTTP {result.status}")
+                continue
+            m = _URL_SUFFIX.search(result.url)
+            out[url] = _Read(url, result.body, expected_suffix=m.group(1) if m else None)
+    return out
+
+
+def _read_local(source: str, cap: int) -> _Read:
+    try:
+        if source == "-":
+            source, data = "<stdin>", sys.stdin.buffer.read(cap + 1)
+        else:
+            with Path(source).open("rb") as f:
+                data = f.read(cap + 1)
+    except OSError as e:
+        return _Read(source, None, f"cannot read: {e.strerror or e}")
+    if len(data) > cap:
+        return _Read(source, None, f"larger than crawl.max_bytes ({cap} bytes)")
+    return _Read(source, data)

@@ -1,0 +1,441 @@
+"""The operator's configuration: a frozen dataclass tree, its defaults and its TOML parser.
+
+Owns every key of the configuration file (contract.md, "Configuration"), its default, its
+validation (a `ConfigError` names the full key path, e.g. `mirrors[1].base_url`, and the
+bad value) and where relative paths point: the config file's directory.
+
+It does not load trust keys, open the database, fetch a manifest or read the environment:
+`default_db_path` takes the environment as a parameter, and only `load_config` reads a file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pithcrawl.errors import ConfigError
+from pithcrawl.timestamps import parse_duration
+
+REGISTRY_BASE_URL = "https://pith.science"
+REGISTRY_MANIFEST_URL = "https://pith.science/pith-mirrors.json"
+DEFAULT_BUNDLE_PATTERN = "{base_url}/pith/{suffix}/bundle.json"
+DEFAULT_STATE_PATTERN = "{base_url}/pith/{suffix}/state.json"
+DEFAULT_WELL_KNOWN_PATTERN = "{base_url}/.well-known/pith/{suffix}/bundle.json"
+DB_FILENAME = "pithcrawl.db"
+
+_PATTERN_KEYS = ("bundle_pattern", "state_pattern", "well_known_pattern")
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+_SAMPLE_SUFFIX = "A" * 26
+_PITH = re.compile(r"(?:pith:\d{4}:)?[A-Z2-7]{26}\Z")
+_BIND = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+):(\d{1,5})\Z")
+
+
+@dataclass(frozen=True, slots=True)
+class TrustConfig:
+    """`[trust]`: the keys whose signatures pithcrawl accepts."""
+
+    keys: tuple[Path, ...] = ()  # absolute; empty: the registry key shipped in the package
+    clock_skew: timedelta = timedelta(minutes=5)
+    follow_rotations: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CrawlConfig:
+    """`[crawl]`: how often and how hard mirrors are fetched."""
+
+    interval: timedelta = timedelta(hours=6)
+    concurrency: int = 32
+    per_host: int = 4
+    timeout: timedelta = timedelta(seconds=30)
+    max_bytes: int = 16_000_000
+    contact: str = ""
+    discover: bool = True
+    allow_private_hosts: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorConfig:
+    """One `[[mirrors]]` entry: a mirror at `base_url`, or a `manifest` listing mirrors."""
+
+    name: str
+    base_url: str | None = None  # without a trailing slash
+    manifest: str | None = None
+    bundle_pattern: str = DEFAULT_BUNDLE_PATTERN
+    state_pattern: str = DEFAULT_STATE_PATTERN
+    well_known_pattern: str = DEFAULT_WELL_KNOWN_PATTERN
+
+    def bundle_url(self, suffix: str) -> str:
+        return self._expand(self.bundle_pattern, suffix)
+
+    def state_url(self, suffix: str) -> str:
+        return self._expand(self.state_pattern, suffix)
+
+    def well_known_url(self, suffix: str) -> str:
+        return self._expand(self.well_known_pattern, suffix)
+
+    def _expand(self, pattern: str, suffix: str) -> str:
+        if self.base_url is None:
+            raise ValueError(f"mirror {self.name!r} is a manifest; its mirrors have the URLs")
+        # str.replace, not str.format: a URL may hold other braces.
+        return pattern.replace("{base_url}", self.base_url).replace("{suffix}", suffix)
+
+
+def _default_name(base_url: str | None, manifest: str | None) -> str:
+    if base_url is not None:
+        return urlsplit(base_url).netloc
+    return f"{urlsplit(manifest or '').netloc}-manifest"
+
+
+DEFAULT_MIRRORS = (
+    MirrorConfig(name=_default_name(None, REGISTRY_MANIFEST_URL), manifest=REGISTRY_MANIFEST_URL),
+    MirrorConfig(name=_default_name(REGISTRY_BASE_URL, None), base_url=REGISTRY_BASE_URL),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WatchConfig:
+    """`[watch]`: records tracked from the configuration, besides those added by `track`."""
+
+    pith: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AlertsConfig:
+    """`[alerts]`: where alerts are delivered and when a lagging mirror becomes one."""
+
+    hook: Path | None = None
+    webhook: str | None = None
+    webhook_secret_file: Path | None = None
+    stale_after: timedelta = timedelta(days=2)
+    unreachable_after: timedelta = timedelta(days=1)
+    hook_timeout: timedelta = timedelta(seconds=30)
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """`[metrics]`: the Prometheus endpoint of `run`; an empty `bind` turns it off."""
+
+    bind: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole configuration file; `Config()` is an empty file."""
+
+    db: Path | None = None  # absolute; None: `default_db_path` of the environment
+    trust: TrustConfig = field(default_factory=TrustConfig)
+    crawl: CrawlConfig = field(default_factory=CrawlConfig)
+    mirrors: tuple[MirrorConfig, ...] = DEFAULT_MIRRORS
+    watch: WatchConfig = field(default_factory=WatchConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    @property
+    def key_files(self) -> tuple[Path, ...]:
+        """The configured trust key files; empty means the shipped registry key."""
+        return self.trust.keys
+
+    def db_path(self, env: Mapping[str, str]) -> Path:
+        """The configured database, else the default for this environment."""
+        return self.db if self.db is not None else default_db_path(env)
+
+
+# The sections of the file and the dataclass each one fills; `mirrors` is an array of tables.
+_SECTIONS: dict[str, type[Any]] = {
+    "trust": TrustConfig,
+    "crawl": CrawlConfig,
+    "mirrors": MirrorConfig,
+    "watch": WatchConfig,
+    "alerts": AlertsConfig,
+    "metrics": MetricsConfig,
+}
+
+
+def config_keys() -> list[str]:
+    """Every dotted key of the file ("db", "crawl.timeout", "mirrors.base_url", …)."""
+    keys: list[str] = []
+    for top in dataclasses.fields(Config):
+        section = _SECTIONS.get(top.name)
+        if section is None:
+            keys.append(top.name)
+        else:
+            keys.extend(f"{top.name}.{f.name}" for f in dataclasses.fields(section))
+    return keys
+
+
+def default_db_path(env: Mapping[str, str]) -> Path:
+    """`$STATE_DIRECTORY` (systemd; the first of several), else the XDG data directory."""
+    state = env.get("STATE_DIRECTORY", "").split(":")[0]
+    if state:
+        return Path(state) / DB_FILENAME
+    xdg = env.get("XDG_DATA_HOME", "")
+    if xdg and Path(xdg).is_absolute():  # the XDG spec says to ignore a relative one
+        data = Path(xdg)
+    else:
+        home = env.get("HOME")
+        data = (Path(home) if home else Path.home()) / ".local" / "share"
+    return data / "pithcrawl" / DB_FILENAME
+
+
+def load_config(path: Path) -> Config:
+    """Read and parse a config file; relative paths in it are relative to its directory."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 (byte {e.start})") from e
+    try:
+        return parse_config(text, base_dir=Path(os.path.abspath(path)).parent)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e
+
+
+def parse_config(text: str, *, base_dir: Path | None = None) -> Config:
+    """Parse a config file's text; relative paths resolve against `base_dir` (default: cwd)."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"invalid TOML: {e}") from e
+    root = Path(os.path.abspath(base_dir if base_dir is not None else Path.cwd()))
+    top = _table(raw, "", Config, root)
+    return Config(
+        db=top.path("db"),
+        trust=_trust(top.section("trust")),
+        crawl=_crawl(top.section("crawl")),
+        mirrors=_mirrors(raw.get("mirrors"), root),
+        watch=_watch(top.section("watch")),
+        alerts=_alerts(top.section("alerts")),
+        metrics=_metrics(top.section("metrics")),
+    )
+
+
+def _trust(t: _Table) -> TrustConfig:
+    d = TrustConfig()
+    return TrustConfig(
+        keys=t.paths("keys"),
+        clock_skew=t.duration("clock_skew", d.clock_skew, allow_zero=True),
+        follow_rotations=t.boolean("follow_rotations", d.follow_rotations),
+    )
+
+
+def _crawl(t: _Table) -> CrawlConfig:
+    d = CrawlConfig()
+    contact = t.string("contact", d.contact)
+    if not (contact.isascii() and contact.isprintable()):  # it goes into an HTTP header
+        raise _bad(t.key("contact"), "expected printable ASCII", contact)
+    return CrawlConfig(
+        interval=t.duration("interval", d.interval),
+        concurrency=t.integer("concurrency", d.concurrency, minimum=1),
+        per_host=t.integer("per_host", d.per_host, minimum=1),
+        timeout=t.duration("timeout", d.timeout),
+        max_bytes=t.integer("max_bytes", d.max_bytes, minimum=1024),
+        contact=contact,
+        discover=t.boolean("discover", d.discover),
+        allow_private_hosts=t.boolean("allow_private_hosts", d.allow_private_hosts),
+    )
+
+
+def _mirrors(raw: object, root: Path) -> tuple[MirrorConfig, ...]:
+    if raw is None:
+        return DEFAULT_MIRRORS
+    if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
+        raise _bad("mirrors", "expected [[mirrors]] tables", raw)
+    if not raw:
+        raise ConfigError("mirrors: empty; leave the key out to use the default mirrors")
+    mirrors: list[MirrorConfig] = []
+    seen: dict[str, int] = {}
+    for i, item in enumerate(raw):
+        mirror = _mirror(_table(item, f"mirrors[{i}]", MirrorConfig, root))
+        if mirror.name in seen:
+            raise _bad(
+                f"mirrors[{i}].name", f"duplicate of mirrors[{seen[mirror.name]}]", mirror.name
+            )
+        seen[mirror.name] = i
+        mirrors.append(mirror)
+    return tuple(mirrors)
+
+
+def _mirror(t: _Table) -> MirrorConfig:
+    base_url, manifest = t.url("base_url"), t.url("manifest")
+    if base_url is not None and manifest is not None:
+        raise ConfigError(f"{t.key('manifest')}: give base_url or manifest, not both")
+    if base_url is None and manifest is None:
+        raise ConfigError(f"{t.where}: give base_url or manifest; found neither")
+    if base_url is not None:
+        base_url = base_url.rstrip("/")
+        if urlsplit(base_url).query or urlsplit(base_url).fragment:
+            raise _bad(t.key("base_url"), "expected no query or fragment", base_url)
+    patterns: dict[str, str] = {}
+    for name in _PATTERN_KEYS:
+        if name not in t.raw:
+            continue
+        if base_url is None:
+            raise ConfigError(f"{t.key(name)}: only with base_url (a manifest gives its own)")
+        patterns[name] = _pattern(t.key(name), t.string(name, ""), base_url)
+    return MirrorConfig(
+        name=t.string("name", _default_name(base_url, manifest), nonempty=True),
+        base_url=base_url,
+        manifest=manifest,
+        **patterns,
+    )
+
+
+def _pattern(key: str, pattern: str, base_url: str) -> str:
+    if "{suffix}" not in pattern:
+        raise _bad(key, "expected a pattern holding {suffix}", pattern)
+    unknown = set(_PLACEHOLDER.findall(pattern)) - {"base_url", "suffix"}
+    if unknown:
+        raise _bad(key, "expected only {base_url} and {suffix} placeholders", pattern)
+    expanded = pattern.replace("{base_url}", base_url).replace("{suffix}", _SAMPLE_SUFFIX)
+    _check_url(key, expanded, shown=pattern)
+    return pattern
+
+
+def _watch(t: _Table) -> WatchConfig:
+    pith = t.strings("pith")
+    for i, number in enumerate(pith):
+        if not _PITH.match(number):
+            raise _bad(f"{t.key('pith')}[{i}]", "expected pith:YYYY:SUFFIX or SUFFIX", number)
+    return WatchConfig(pith=pith)
+
+
+def _alerts(t: _Table) -> AlertsConfig:
+    d = AlertsConfig()
+    alerts = AlertsConfig(
+        hook=t.path("hook"),
+        webhook=t.url("webhook"),
+        webhook_secret_file=t.path("webhook_secret_file"),
+        stale_after=t.duration("stale_after", d.stale_after),
+        unreachable_after=t.duration("unreachable_after", d.unreachable_after),
+        hook_timeout=t.duration("hook_timeout", d.hook_timeout),
+    )
+    if alerts.webhook_secret_file is not None and alerts.webhook is None:
+        raise ConfigError(f"{t.key('webhook_secret_file')}: set, but alerts.webhook is not")
+    return alerts
+
+
+def _metrics(t: _Table) -> MetricsConfig:
+    bind = t.string("bind", "")
+    m = _BIND.match(bind)
+    if bind and (m is None or not 0 < int(m.group(1)) < 65536):
+        raise _bad(t.key("bind"), 'expected HOST:PORT or ""', bind)
+    return MetricsConfig(bind=bind)
+
+
+@dataclass(frozen=True, slots=True)
+class _Table:
+    """One TOML table being read, with the key path its errors name."""
+
+    raw: dict[str, Any]
+    where: str
+    root: Path
+
+    def key(self, name: str) -> str:
+        return f"{self.where}.{name}" if self.where else name
+
+    def section(self, name: str) -> _Table:
+        return _table(self.raw.get(name, {}), name, _SECTIONS[name], self.root)
+
+    def _get(self, name: str, kind: type[Any], expected: str) -> Any:
+        value = self.raw.get(name)
+        # bool is an int in Python, not in TOML.
+        ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+        if value is not None and not ok:
+            raise _bad(self.key(name), f"expected {expected}", value)
+        return value
+
+    def string(self, name: str, default: str, *, nonempty: bool = False) -> str:
+        value: str | None = self._get(name, str, "a string")
+        if nonempty and value == "":
+            raise ConfigError(f"{self.key(name)}: must not be empty")
+        return default if value is None else value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value: bool | None = self._get(name, bool, "true or false")
+        return default if value is None else value
+
+    def integer(self, name: str, default: int, *, minimum: int) -> int:
+        value: int | None = self._get(name, int, "an integer")
+        if value is not None and value < minimum:
+            raise _bad(self.key(name), f"expected at least {minimum}", value)
+        return default if value is None else value
+
+    def duration(self, name: str, default: timedelta, *, allow_zero: bool = False) -> timedelta:
+        expected = "a duration like 30s, 5m, 6h or 2d"
+        text: str | None = self._get(name, str, expected)
+        if text is None:
+            return default
+        try:
+            value = parse_duration(text)
+        except ValueError:
+            raise _bad(self.key(name), f"expected {expected}", text) from None
+        if not value and not allow_zero:
+            raise _bad(self.key(name), "expected a duration longer than zero", text)
+        return value
+
+    def url(self, name: str) -> str | None:
+        value: str | None = self._get(name, str, "an http or https URL")
+        return None if value is None else _check_url(self.key(name), value)
+
+    def path(self, name: str) -> Path | None:
+        value: str | None = self._get(name, str, "a file path")
+        return None if value is None else _resolve(self.key(name), value, self.root)
+
+    def strings(self, name: str) -> tuple[str, ...]:
+        values: list[Any] = self._get(name, list, "a list of strings") or []
+        for i, value in enumerate(values):
+            if not isinstance(value, str):
+                raise _bad(f"{self.key(name)}[{i}]", "expected a string", value)
+        return tuple(values)
+
+    def paths(self, name: str) -> tuple[Path, ...]:
+        return tuple(
+            _resolve(f"{self.key(name)}[{i}]", value, self.root)
+            for i, value in enumerate(self.strings(name))
+        )
+
+
+def _table(raw: object, path: str, cls: type[Any], root: Path) -> _Table:
+    if not isinstance(raw, dict):
+        raise _bad(path, "expected a table", raw)
+    known = [f.name for f in dataclasses.fields(cls)]
+    for name in raw:
+        if name not in known:
+            key = f"{path}.{name}" if path else name
+            near = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else f"; known: {', '.join(known)}"
+            raise ConfigError(f"{key}: unknown key{hint}")
+    return _Table(raw, path, root)
+
+
+def _check_url(key: str, value: str, *, shown: str | None = None) -> str:
+    try:
+        parts = urlsplit(value)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a port that is not a number
+        ok = False
+    if not ok or any(c.isspace() for c in value):
+        raise _bad(key, "expected an http or https URL with a host", shown or value)
+    return value
+
+
+def _resolve(key: str, text: str, root: Path) -> Path:
+    if not text or text.startswith("~"):  # expanding ~ would read the environment
+        raise _bad(key, "expected an absolute path or one relative to the config file", text)
+    return Path(os.path.normpath(root / text))
+
+
+def _bad(key: str, expected: str, value: object) -> ConfigError:
+    shown = repr(value)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    return ConfigError(f"{key or 'config'}: {expected}, got {shown}")

@@ -1,0 +1,349 @@
+"""HTTP GETs of mirror documents: the one module that talks to the network.
+
+Owns the one aiohttp `ClientSession` and everything about a single GET: conditional
+requests (ETag / Last-Modified), the byte cap (on the declared length, the bytes on the
+wire and the decoded bytes, so a gzip bomb stops at the cap), redirects (bounded, looped
+chains refused, every target vetted by the caller's `allow_url` hook), global and
+per-host concurrency limits, `Retry-After` parsing, and the translation of every
+aiohttp, socket, TLS and timeout error into a `FetchError` subclass (nothing foreign
+escapes). It does not judge statuses: 404, 410, 429 and 5xx come back as results for
+`crawl` to decide on. It does not retry, parse or verify bodies, or schedule.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import ssl
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Protocol
+
+import aiohttp
+import anyio
+from aiohttp import hdrs
+from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
+from yarl import URL
+
+from pithcrawl import __version__
+from pithcrawl.errors import (
+    BadResponse,
+    ConnectionFailed,
+    FetchError,
+    FetchTimeout,
+    IncompleteBody,
+    RedirectError,
+    RedirectRefused,
+    TLSError,
+    TooLarge,
+)
+
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# A peer that goes quiet this long while connecting or between two reads is gone, even
+# when the total timeout is generous.
+_SOCK_TIMEOUT_MAX = 10.0
+_ACCEPT_ENCODING = "gzip, deflate"
+
+
+@dataclass(frozen=True, slots=True)
+class FetchResult:
+    """One answered GET, whatever its status (a 404 or a 503 is a result, not an error)."""
+
+    url: str
+    """The URL asked for."""
+    final_url: str
+    """The URL that answered, after redirects."""
+    status: int
+    body: bytes
+    """Exactly the decoded bytes received; empty for 304."""
+    etag: str | None
+    last_modified: str | None
+    content_type: str | None
+    """The `Content-Type` header as sent, parameters included."""
+    retry_after: float | None
+    """`Retry-After` in seconds from `fetched_at` (either form), None when absent or invalid."""
+    fetched_at: datetime
+    """When the final response's headers arrived (UTC)."""
+    elapsed: float
+    """Seconds on the network, summed over redirect hops (waits for a slot excluded)."""
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    @property
+    def not_modified(self) -> bool:
+        return self.status == 304
+
+
+class Fetcher(Protocol):
+    """What `crawl` needs from the network: one GET, optionally conditional."""
+
+    async def get(
+        self, url: str, *, etag: str | None = None, last_modified: str | None = None
+    ) -> FetchResult: ...
+
+
+def user_agent(contact: str = "") -> str:
+    """The User-Agent pithcrawl sends: its version, and how to reach the operator."""
+    base = f"pithcrawl/{__version__}"
+    return f"{base} (+{contact})" if contact else base
+
+
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """`Retry-After` as seconds from `now`: delta-seconds or an HTTP-date (RFC 9110 §10.2.3).
+
+    None when absent or unparseable; a date in the past gives 0.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isascii() and text.isdigit():
+        return float(text)  # an absurd number of digits becomes inf, never an error
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)  # RFC 850 and asctime forms are GMT by definition
+    return max(0.0, (when - now).total_seconds())
+
+
+class HttpFetcher:
+    """The real `Fetcher`: aiohttp, one session, used as `async with HttpFetcher(...) as f`.
+
+    `timeout` bounds each hop (connect, headers and whole body); callers wanting a
+    deadline over a whole redirect chain wrap `get` in their own cancel scope.
+    `allow_url` sees every redirect target (not the URL asked for, which the caller
+    chose); returning False refuses it with `RedirectRefused`.
+    """
+
+    __slots__ = (
+        "_allow_url",
+        "_concurrency",
+        "_host_slots",
+        "_max_bytes",
+        "_max_redirects",
+        "_per_host",
+        "_session",
+        "_slots",
+        "_timeout",
+        "_user_agent",
+    )
+
+    def __init__(
+        self,
+        *,
+        user_agent: str,
+        timeout: float = 30.0,
+        max_bytes: int = 16_000_000,
+        concurrency: int = 32,
+        per_host: int = 4,
+        max_redirects: int = 5,
+        allow_url: Callable[[str], bool] | None = None,
+    ) -> None:
+        if not timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+        if concurrency < 1 or per_host < 1:
+            raise ValueError(
+                f"concurrency and per_host must be >= 1, got {concurrency}, {per_host}"
+            )
+        if max_redirects < 0:
+            raise ValueError(f"max_redirects must be >= 0, got {max_redirects}")
+        self._user_agent = user_agent
+        self._timeout = timeout
+        self._max_bytes = max_bytes
+        self._concurrency = concurrency
+        self._per_host = per_host
+        self._max_redirects = max_redirects
+        self._allow_url = allow_url
+        self._session: aiohttp.ClientSession | None = None
+        self._slots: anyio.Semaphore | None = None
+        self._host_slots: dict[str, anyio.Semaphore] = {}
+
+    async def __aenter__(self) -> HttpFetcher:
+        if self._session is not None:
+            raise RuntimeError("HttpFetcher is already open")
+        sock_timeout = min(self._timeout, _SOCK_TIMEOUT_MAX)
+        self._slots = anyio.Semaphore(self._concurrency)
+        self._session = aiohttp.ClientSession(
+            # Our semaphores queue requests before the timeout starts; these limits only
+            # back them up, so a request never times out waiting for a pooled connection.
+            connector=aiohttp.TCPConnector(limit=self._concurrency, limit_per_host=self._per_host),
+            timeout=aiohttp.ClientTimeout(
+                total=self._timeout, sock_connect=sock_timeout, sock_read=sock_timeout
+            ),
+            headers={hdrs.USER_AGENT: self._user_agent, hdrs.ACCEPT_ENCODING: _ACCEPT_ENCODING},
+            cookie_jar=aiohttp.DummyCookieJar(),  # mirrors are static: no state between GETs
+            raise_for_status=False,
+            trust_env=False,
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        session, self._session = self._session, None
+        self._host_slots.clear()
+        if session is not None:
+            await session.close()
+
+    async def get(
+        self, url: str, *, etag: str | None = None, last_modified: str | None = None
+    ) -> FetchResult:
+        """GET `url`, following redirects; see the module docstring for what raises."""
+        if self._session is None:
+            raise RuntimeError("HttpFetcher.get() called outside `async with`")
+        current = _http_url(url)
+        if current is None:
+            raise FetchError(f"{url}: not an absolute http(s) URL")
+        headers: dict[str, str] = {}
+        if etag is not None:
+            headers[hdrs.IF_NONE_MATCH] = etag
+        if last_modified is not None:
+            headers[hdrs.IF_MODIFIED_SINCE] = last_modified
+        chain = [str(current)]
+        elapsed = 0.0
+        while True:
+            async with self._slot(current):
+                started = time.monotonic()
+                try:
+                    outcome = await self._hop(self._session, url, current, headers)
+                finally:
+                    elapsed += time.monotonic() - started
+            if isinstance(outcome, FetchResult):
+                return replace(outcome, elapsed=elapsed)
+            current = self._follow(url, chain, outcome)
+
+    def _follow(self, url: str, chain: list[str], target: URL) -> URL:
+        """Vet one redirect target against the loop, the count and the caller's hook."""
+        text = str(target)
+        hops = " → ".join([*chain, text])
+        if text in chain:
+            raise RedirectError(f"{url}: redirect loop: {hops}")
+        if len(chain) > self._max_redirects:
+            raise RedirectError(f"{url}: more than {self._max_redirects} redirects: {hops}")
+        if self._allow_url is not None and not self._allow_url(text):
+            raise RedirectRefused(f"{url}: redirect to {text} refused by policy: {hops}")
+        chain.append(text)
+        return target
+
+    @asynccontextmanager
+    async def _slot(self, url: URL) -> AsyncIterator[None]:
+        assert self._slots is not None  # set with the session
+        host = (url.host or "").lower()
+        host_slot = self._host_slots.get(host)
+        if host_slot is None:
+            host_slot = self._host_slots[host] = anyio.Semaphore(self._per_host)
+        # Host first: a request queued behind a busy host must not hold a global slot
+        # that requests to idle hosts could use.
+        async with host_slot, self._slots:
+            yield
+
+    async def _hop(
+        self, session: aiohttp.ClientSession, origin: str, url: URL, headers: dict[str, str]
+    ) -> FetchResult | URL:
+        """One request: its result (`elapsed` left to the caller), or a redirect's target."""
+        reading_body = False
+        try:
+            async with session.get(url, headers=headers, allow_redirects=False) as resp:
+                fetched_at = datetime.now(UTC)
+                location = resp.headers.get(hdrs.LOCATION)
+                if resp.status in _REDIRECT_STATUSES and location is not None:
+                    return _redirect_target(origin, url, location)
+                reading_body = True
+                body = b"" if resp.status == 304 else await self._read_body(resp, url)
+                h = resp.headers
+                return FetchResult(
+                    url=origin,
+                    final_url=str(url),
+                    status=resp.status,
+                    body=body,
+                    etag=h.get(hdrs.ETAG),
+                    last_modified=h.get(hdrs.LAST_MODIFIED),
+                    content_type=h.get(hdrs.CONTENT_TYPE),
+                    retry_after=parse_retry_after(h.get(hdrs.RETRY_AFTER), fetched_at),
+                    fetched_at=fetched_at,
+                    elapsed=0.0,
+                )
+        except FetchError:
+            raise
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise self._translate(exc, url, reading_body=reading_body) from exc
+
+    async def _read_body(self, resp: aiohttp.ClientResponse, url: URL) -> bytes:
+        cap = self._max_bytes
+        declared = resp.content_length
+        if declared is not None and declared > cap:
+            resp.close()
+            raise TooLarge(f"{url}: Content-Length {declared} exceeds the {cap}-byte limit")
+        parts: list[bytes] = []
+        size = 0
+        # aiohttp decodes gzip/deflate incrementally, at most about a read buffer per
+        # chunk, and pauses the socket while we hold unread data: memory stays bounded,
+        # and the count below is of decoded bytes, so a bomb stops here at the cap.
+        async for chunk in resp.content.iter_any():
+            size += len(chunk)
+            if size > cap:
+                resp.close()
+                encoding = resp.headers.get(hdrs.CONTENT_ENCODING)
+                how = f" after {encoding} decoding" if encoding else ""
+                raise TooLarge(f"{url}: body exceeds the {cap}-byte limit{how}")
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def _translate(self, exc: BaseException, url: URL, *, reading_body: bool) -> FetchError:
+        """The one place aiohttp's, ssl's and the socket's exceptions become ours."""
+        where = "while reading the body" if reading_body else "before the response headers"
+        if isinstance(exc, TimeoutError):  # also aiohttp's connect and sock_read timeouts
+            return FetchTimeout(f"{url}: timed out {where} (timeout {self._timeout:g}s)")
+        if isinstance(
+            exc, aiohttp.ClientSSLError | aiohttp.ServerFingerprintMismatch | ssl.SSLError
+        ):
+            return TLSError(f"{url}: TLS failed: {exc}")
+        detail = str(exc) or type(exc).__name__
+        if isinstance(exc, aiohttp.ClientPayloadError):
+            cause = exc.__cause__
+            if isinstance(cause, HttpProcessingError):
+                detail = cause.message
+            if isinstance(cause, ContentEncodingError):
+                return BadResponse(f"{url}: the body could not be decoded: {detail}")
+            return IncompleteBody(f"{url}: the body was cut short: {detail}")
+        if isinstance(exc, aiohttp.ClientConnectorDNSError):
+            return ConnectionFailed(f"{url}: could not resolve the host: {detail}")
+        if isinstance(exc, aiohttp.ClientConnectionError | OSError):
+            if reading_body:
+                return IncompleteBody(f"{url}: the connection failed {where}: {detail}")
+            return ConnectionFailed(f"{url}: the connection failed {where}: {detail}")
+        if isinstance(exc, aiohttp.ClientResponseError):
+            return BadResponse(f"{url}: not a valid HTTP response: {exc.message}")
+        return FetchError(f"{url}: the request failed {where}: {detail}")
+
+
+def _http_url(text: str) -> URL | None:
+    try:
+        url = URL(text)
+    except (TypeError, ValueError):
+        return None
+    if url.scheme not in ("http", "https") or not url.host:
+        return None
+    return url
+
+
+def _redirect_target(origin: str, url: URL, location: str) -> URL:
+    """The absolute URL a `Location` header points to, relative ones resolved."""
+    try:
+        target = url.join(URL(location))
+    except (TypeError, ValueError) as exc:
+        raise BadResponse(f"{origin}: {url} redirects to an invalid Location {location!r}") from exc
+    if target.scheme not in ("http", "https") or not target.host:
+        raise RedirectError(f"{origin}: {url} redirects to a non-HTTP URL {location!r}")
+    return target.with_fragment(None)

@@ -1,0 +1,43 @@
+"""structlog, configured in one place: JSON lines off a TTY, readable on one.
+
+Owns the processors, the level from -v/-q, and the output stream (stderr: stdout is
+for results). Units of work bind `pith_number` and `mirror` with contextvars.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import TextIO
+
+import structlog
+
+
+def configure(fmt: str | None = None, verbosity: int = 0, stream: TextIO | None = None) -> None:
+    """Set up structlog. `fmt` is "json", "console" or None (pick by whether it is a TTY)."""
+    out = stream or sys.stderr
+    if fmt is None:
+        fmt = "console" if out.isatty() else "json"
+    level = {-1: logging.WARNING, 0: logging.INFO}.get(max(-1, min(verbosity, 1)), logging.DEBUG)
+    renderer: structlog.typing.Processor
+    if fmt == "json":
+        renderer = structlog.processors.JSONRenderer(sort_keys=True)
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.dict_tracebacks,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str = "pithcrawl") -> structlog.typing.FilteringBoundLogger:
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(name)
+    return logger

@@ -1,0 +1,44 @@
+"""Loading the trust set from key files: the shipped registry key, or the operator's.
+
+Owns where keys come from on disk. The rules about keys live in `keys`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from importlib import resources
+from pathlib import Path
+
+from pithcrawl.errors import ConfigError
+from pithcrawl.keys import InvalidKey, TrustedKey, TrustSet, load_key
+
+REGISTRY_KEY_FILE = "pith-v1-2026-05.key.json"
+
+
+def registry_key() -> TrustedKey:
+    """The Pith registry's key `pith-v1-2026-05`, shipped in the package."""
+    text = resources.files("pithcrawl").joinpath("data", REGISTRY_KEY_FILE).read_text("utf-8")
+    return load_key(json.loads(text))
+
+
+def load_key_file(path: Path) -> TrustedKey:
+    try:
+        doc = json.loads(path.read_bytes())
+    except OSError as e:
+        raise ConfigError(f"key file {path}: cannot read it ({e.strerror})") from None
+    except ValueError as e:
+        raise ConfigError(f"key file {path}: not JSON ({e})") from None
+    try:
+        return load_key(doc)
+    except InvalidKey as e:
+        raise ConfigError(f"key file {path}: {e}") from None
+
+
+def load_trust(paths: Iterable[Path] = ()) -> TrustSet:
+    """The keys in `paths`, or the shipped registry key when there are none."""
+    keys = [load_key_file(p) for p in paths]
+    try:
+        return TrustSet(keys or [registry_key()])
+    except InvalidKey as e:
+        raise ConfigError(str(e)) from None

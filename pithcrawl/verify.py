@@ -1,0 +1,629 @@
+"""The verifier: whether a Pith document can be trusted, as a report of findings.
+
+Owns every per-document rule of pith-format.md: hashes, Pith Number binding, key and
+signature checks against a configured trust set, the merge comparison, the timestamp
+rules §5 (1–6) and equivocation inside one bundle. Pure: bytes and `now` in, a
+`Report` out; hostile input gives findings, never an exception. It does not compare a
+document with earlier ones (`timeline`) or with other mirrors (`divergence`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from pithcrawl import schema
+from pithcrawl.canon import H, MalformedJSON, canon, parse, sha256_hex, without
+from pithcrawl.findings import Finding, finding, is_critical, pointer
+from pithcrawl.keys import TrustedKey, TrustSet, key_problems, verify_signature
+from pithcrawl.merge import Equivocation, equivocation_groups, merge, state_sha256
+from pithcrawl.timestamps import Timestamp, not_after, parse_timestamp
+
+DEFAULT_CLOCK_SKEW = timedelta(minutes=5)
+#: Codes that make a single event invalid (not applied by the merge).
+EVENT_INVALIDATING = frozenset(
+    {
+        "event_hash_mismatch",
+        "event_signature_invalid",
+        "event_subject_mismatch",
+        "untrusted_key",
+        "key_mismatch",
+        "key_expired",
+    }
+)
+
+
+def pith_suffix(canonical_sha256: str) -> str:
+    """The 26-character suffix: base32 of the canonical hash bytes (pith-format.md §2)."""
+    # Base32 encodes each 5 bytes on its own, so the first 20 bytes give the first 32
+    # characters of the full encoding, of which the suffix is the first 26.
+    return base64.b32encode(bytes.fromhex(canonical_sha256)[:20]).decode("ascii")[:26]
+
+
+def pith_number(canonical_sha256: str, submitted_at: str) -> str:
+    return f"pith:{submitted_at[:4]}:{pith_suffix(canonical_sha256)}"
+
+
+def short_aliases(suffix: str) -> dict[str, str]:
+    return {f"pith_short_{n}": suffix[:n] for n in (8, 12, 16)}
+
+
+@dataclass(frozen=True, slots=True)
+class EventInfo:
+    """What the verifier learnt about one event of a bundle."""
+
+    index: int
+    event_id: str
+    event_type: str
+    content_sha256: str
+    key_id: str
+    prev_event: str | None
+    supersedes: tuple[str, ...]
+    valid: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """The verdict on one document: findings, and what later stages need from it."""
+
+    kind: str  # "bundle", "state" or "unknown"
+    pith_number: str | None
+    findings: tuple[Finding, ...]
+    document: Any = None
+    bundle_sha256: str | None = None
+    built_at: str | None = None
+    events: tuple[EventInfo, ...] = ()
+    state: dict[str, Any] | None = None
+    equivocations: tuple[Equivocation, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """No critical finding: the document may be trusted."""
+        return not is_critical(self.findings)
+
+    @property
+    def codes(self) -> set[str]:
+        return {f.code for f in self.findings}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pith_number": self.pith_number,
+            "ok": self.ok,
+            "findings": [f.to_json() for f in self.findings],
+        }
+
+
+def verify(
+    data: bytes,
+    trust: TrustSet,
+    *,
+    now: datetime,
+    clock_skew: timedelta = DEFAULT_CLOCK_SKEW,
+    expected_suffix: str | None = None,
+) -> Report:
+    """Verify a bundle or a state document, whichever `data` is."""
+    try:
+        doc = parse(data)
+    except MalformedJSON as e:
+        return Report("unknown", None, (finding("malformed_json", "", str(e)),))
+    if isinstance(doc, dict) and "state_type" in doc and "bundle_type" not in doc:
+        return verify_state_document(doc, expected_suffix=expected_suffix)
+    return verify_bundle_document(
+        doc, trust, now=now, clock_skew=clock_skew, expected_suffix=expected_suffix
+    )
+
+
+def verify_bundle(
+    data: bytes,
+    trust: TrustSet,
+    *,
+    now: datetime,
+    clock_skew: timedelta = DEFAULT_CLOCK_SKEW,
+    expected_suffix: str | None = None,
+) -> Report:
+    """Verify the raw bytes of a bundle."""
+    try:
+        doc = parse(data)
+    except MalformedJSON as e:
+        return Report("bundle", None, (finding("malformed_json", "", str(e)),))
+    return verify_bundle_document(
+        doc, trust, now=now, clock_skew=clock_skew, expected_suffix=expected_suffix
+    )
+
+
+def verify_bundle_document(
+    doc: Any,
+    trust: TrustSet,
+    *,
+    now: datetime,
+    clock_skew: timedelta = DEFAULT_CLOCK_SKEW,
+    expected_suffix: str | None = None,
+) -> Report:
+    """Verify a parsed bundle (from `canon.parse`: floats must be `JsonFloat`)."""
+    problems = list(_bundle_shape(doc))
+    if problems:
+        claimed = doc.get("pith_number") if isinstance(doc, dict) else None
+        return Report(
+            "bundle",
+            claimed if isinstance(claimed, str) else None,
+            tuple(finding("schema_invalid", p, m) for p, m in problems),
+            document=doc,
+        )
+    return _BundleCheck(doc, trust, now + clock_skew, expected_suffix).run()
+
+
+def verify_state(data: bytes, *, expected_suffix: str | None = None) -> Report:
+    """Verify a `state.json` on its own: shape, `state_sha256`, the number's form."""
+    try:
+        doc = parse(data)
+    except MalformedJSON as e:
+        return Report("state", None, (finding("malformed_json", "", str(e)),))
+    return verify_state_document(doc, expected_suffix=expected_suffix)
+
+
+def verify_state_document(doc: Any, *, expected_suffix: str | None = None) -> Report:
+    problems = list(schema.check(doc, schema.STATE))
+    if problems:
+        return Report(
+            "state", None, tuple(finding("schema_invalid", p, m) for p, m in problems), doc
+        )
+    findings: list[Finding] = []
+    if state_sha256(doc) != doc["state_sha256"]:
+        findings.append(
+            finding(
+                "state_hash_mismatch",
+                "/state_sha256",
+                f"state_sha256 is {doc['state_sha256']!r}, the state hashes to "
+                f"{state_sha256(doc)!r}",
+            )
+        )
+    number = doc["pith_number"]
+    if expected_suffix is not None and number.rpartition(":")[2] != expected_suffix:
+        findings.append(
+            finding(
+                "pith_number_mismatch",
+                "/pith_number",
+                f"served for {expected_suffix}, but the state is of {number}",
+            )
+        )
+    return Report("state", number, tuple(findings), doc, state=doc)
+
+
+def _bundle_shape(doc: Any) -> Iterator[tuple[str, str]]:
+    yield from schema.check(doc, schema.BUNDLE)
+    if not isinstance(doc, dict) or not isinstance(doc.get("events"), list):
+        return
+    created = [
+        i
+        for i, e in enumerate(doc["events"])
+        if isinstance(e, dict) and e.get("event_type") == "record_created"
+    ]
+    if not created:
+        yield "/events", "the bundle has no record_created event"
+    for i in created:
+        payload = doc["events"][i].get("payload")
+        yield from schema.check(payload, schema.RECORD_CREATED_PAYLOAD, "events", i, "payload")
+    for i, key in enumerate(doc.get("public_keys") or []):
+        if isinstance(key, dict) and key.get("key_id") is not None:
+            for fld, msg in key_problems(key):
+                if fld in ("", "algorithm"):
+                    yield pointer("public_keys", i, fld), msg
+
+
+@dataclass(slots=True)
+class _BundleCheck:
+    """One pass of every rule over one well-shaped bundle."""
+
+    doc: dict[str, Any]
+    trust: TrustSet
+    latest: datetime  # now + clock skew: nothing may be signed or built after it
+    expected_suffix: str | None
+    findings: list[Finding] = field(default_factory=list)
+    times: dict[str, Timestamp | None] = field(default_factory=dict)
+    rotates: dict[str, Timestamp] = field(default_factory=dict)
+
+    def add(self, code: str, path: str, message: str) -> None:
+        self.findings.append(finding(code, path, message))
+
+    def run(self) -> Report:
+        doc = self.doc
+        self._timestamps()
+        self._keys()
+        canonical = H(doc["canonical_record"])
+        number = self._pith_number(canonical)
+        infos = [self._event(i, e, number) for i, e in enumerate(doc["events"])]
+        self._record_created(canonical)
+        bundle_sha = self._bundle_signature()
+        valid = [info.valid for info in infos]
+        groups = equivocation_groups(doc["events"], valid)
+        for g in groups:
+            self.add(
+                "equivocation",
+                pointer("events", g.indexes[-1]),
+                f"events {', '.join(g.event_ids)} all claim {g.kind} {g.ref}",
+            )
+        reasons = {
+            f_index: codes for f_index, codes in self._event_reasons().items() if not valid[f_index]
+        }
+        state = merge(doc, valid, reasons)
+        self._state(state, number)
+        self._time_order()
+        return Report(
+            "bundle",
+            number,
+            tuple(self.findings),
+            document=doc,
+            bundle_sha256=bundle_sha,
+            built_at=doc["built_at"],
+            events=tuple(infos),
+            state=state,
+            equivocations=tuple(groups),
+        )
+
+    # -- keys and signatures ------------------------------------------------------
+
+    def _keys(self) -> None:
+        for i, key in enumerate(self.doc["public_keys"]):
+            for fld, msg in key_problems(key):
+                self.add("key_mismatch", pointer("public_keys", i, fld), msg)
+            trusted = self.trust.get(key["key_id"])
+            if trusted is None:
+                continue
+            raw_hex = key.get("public_key_hex")
+            raw_b64 = key.get("public_key_b64")
+            if (raw_hex is not None and raw_hex != trusted.raw.hex()) or (
+                raw_b64 is not None and _b64(raw_b64) != trusted.raw
+            ):
+                self.add(
+                    "key_mismatch",
+                    pointer("public_keys", i),
+                    f"key {key['key_id']!r} is published with other bytes than the trusted key "
+                    f"(fingerprint {trusted.fingerprint_hex})",
+                )
+                continue
+            announced = self.times.get(pointer("public_keys", i, "rotates_at"))
+            if announced is not None:
+                self.rotates[trusted.key_id] = announced
+        for key_id, trusted in self.trust.items():
+            if trusted.rotates_at is not None and (
+                key_id not in self.rotates or trusted.rotates_at.at < self.rotates[key_id].at
+            ):
+                self.rotates[key_id] = trusted.rotates_at
+
+    def _signed(self, path: str, sig: dict[str, Any], digest: str, code: str) -> bool:
+        """Check one signature block over `digest`; False when it does not hold."""
+        key = self._signing_key(path, sig["key_id"], sig["public_key_fingerprint"])
+        if key is None:
+            return False
+        ok = True
+        signed_at = self.times.get(path + "/signed_at")
+        rotates = self.rotates.get(key.key_id)
+        if signed_at is not None and rotates is not None and signed_at.at > rotates.at:
+            self.add(
+                "key_expired",
+                path + "/signed_at",
+                f"signed at {signed_at.text} by key {key.key_id!r}, which rotated at "
+                f"{rotates.text}",
+            )
+            ok = False
+        if not verify_signature(key.raw, digest, sig["signature_b64"]):
+            self.add(
+                code, path + "/signature_b64", f"not a signature by {key.key_id!r} of {digest}"
+            )
+            ok = False
+        return ok
+
+    def _signing_key(self, path: str, key_id: str, fingerprint: str) -> TrustedKey | None:
+        key = self.trust.get(key_id)
+        if key is None:
+            self.add(
+                "untrusted_key",
+                path + "/key_id",
+                f"signed by key {key_id!r}, which is not trusted (trusted: "
+                f"{', '.join(sorted(self.trust)) or 'none'})",
+            )
+            return None
+        if fingerprint != key.fingerprint_hex:
+            self.add(
+                "key_mismatch",
+                path + "/public_key_fingerprint",
+                f"fingerprint {fingerprint!r} is not that of trusted key {key_id!r} "
+                f"({key.fingerprint_hex})",
+            )
+            return None
+        return key
+
+    # -- the record and its number --------------------------------------------------
+
+    def _pith_number(self, canonical: str) -> str:
+        doc = self.doc
+        if doc["canonical_sha256"] != canonical:
+            self.add(
+                "canonical_hash_mismatch",
+                "/canonical_sha256",
+                f"canonical_sha256 is {doc['canonical_sha256']!r}, the canonical record "
+                f"hashes to {canonical!r}",
+            )
+        submitted = doc["canonical_record"]["metadata"]["submitted_at"]
+        number = pith_number(canonical, submitted)
+        suffix = number.rpartition(":")[2]
+        if doc["pith_number"] != number:
+            self.add(
+                "pith_number_mismatch",
+                "/pith_number",
+                f"expected {number} from the canonical record, found {doc['pith_number']!r}",
+            )
+        if self.expected_suffix is not None and suffix != self.expected_suffix:
+            self.add(
+                "pith_number_mismatch",
+                "/pith_number",
+                f"served at the address of {self.expected_suffix}, but the bundle is {number}",
+            )
+        short = f"pith:{suffix[:8]}"
+        if doc.get("short_pith_number", short) != short:
+            self.add(
+                "pith_number_mismatch",
+                "/short_pith_number",
+                f"expected {short}, found {doc['short_pith_number']!r}",
+            )
+        aliases = short_aliases(suffix)
+        for i, alias in enumerate(doc["source_aliases"]):
+            want = aliases.get(alias["alias_kind"])
+            if want is not None and alias["alias_value"] != want:
+                self.add(
+                    "pith_number_mismatch",
+                    pointer("source_aliases", i, "alias_value"),
+                    f"{alias['alias_kind']} should be {want!r}, found {alias['alias_value']!r}",
+                )
+        return number
+
+    def _record_created(self, canonical: str) -> None:
+        for i, event in enumerate(self.doc["events"]):
+            if event["event_type"] != "record_created":
+                continue
+            base = f"/events/{i}/payload"
+            payload = event["payload"]
+            if H(payload["canonical_record"]) != canonical:
+                self.add(
+                    "canonical_hash_mismatch",
+                    base + "/canonical_record",
+                    "the record_created event carries another canonical record than the bundle",
+                )
+            for path, claimed in (
+                (base + "/canonical_sha256", payload["canonical_sha256"]),
+                (base + "/receipt/canonical_sha256", payload["receipt"]["canonical_sha256"]),
+            ):
+                if claimed != canonical:
+                    self.add(
+                        "canonical_hash_mismatch",
+                        path,
+                        f"expected {canonical}, found {claimed!r}",
+                    )
+            self._signed(
+                base + "/receipt", payload["receipt"], canonical, "receipt_signature_invalid"
+            )
+
+    # -- events -------------------------------------------------------------------------
+
+    def _event(self, i: int, event: dict[str, Any], number: str) -> EventInfo:
+        base = f"/events/{i}"
+        before = len(self.findings)
+        content = H(without(event, "signature", "content_sha256", "event_id"))
+        if event["content_sha256"] != content:
+            self.add(
+                "event_hash_mismatch",
+                base + "/content_sha256",
+                f"content_sha256 is {event['content_sha256']!r}, the event hashes to {content!r}",
+            )
+        if event["event_id"] != "sha256:" + content:
+            self.add(
+                "event_hash_mismatch",
+                base + "/event_id",
+                f"expected sha256:{content}, found {event['event_id']!r}",
+            )
+        if event["subject_pith_number"] != number:
+            self.add(
+                "event_subject_mismatch",
+                base + "/subject_pith_number",
+                f"the event is about {event['subject_pith_number']!r}, the bundle is {number}",
+            )
+        signer, sig = event["signer"], event["signature"]
+        for fld in ("key_id", "public_key_fingerprint"):
+            if signer[fld] != sig[fld]:
+                self.add(
+                    "key_mismatch",
+                    f"{base}/signer/{fld}",
+                    f"the signer names {signer[fld]!r}, the signature {sig[fld]!r}",
+                )
+        self._signed(base + "/signature", sig, content, "event_signature_invalid")
+        valid = not any(f.code in EVENT_INVALIDATING for f in self.findings[before:])
+        return EventInfo(
+            i,
+            event["event_id"],
+            event["event_type"],
+            content,
+            sig["key_id"],
+            event["prev_event"],
+            tuple(event["supersedes"]),
+            valid,
+        )
+
+    def _event_reasons(self) -> dict[int, list[str]]:
+        reasons: dict[int, list[str]] = {}
+        for f in self.findings:
+            if f.code in EVENT_INVALIDATING and f.path.startswith("/events/"):
+                index = int(f.path.split("/")[2])
+                reasons.setdefault(index, []).append(f.code)
+        return reasons
+
+    # -- the bundle and its state -------------------------------------------------------
+
+    def _bundle_signature(self) -> str:
+        doc = self.doc
+        computed = H(without(doc, "bundle_signature"))
+        sig = doc["bundle_signature"]
+        if sig["bundle_sha256"] != computed:
+            self.add(
+                "bundle_hash_mismatch",
+                "/bundle_signature/bundle_sha256",
+                f"bundle_sha256 is {sig['bundle_sha256']!r}, the bundle hashes to {computed!r}",
+            )
+        self._signed("/bundle_signature", sig, computed, "bundle_signature_invalid")
+        return computed
+
+    def _state(self, recomputed: dict[str, Any], number: str) -> None:
+        served = self.doc["state"]
+        served_canon = canon(without(served, "state_sha256"))
+        served_sha = sha256_hex(served_canon)
+        if served["state_sha256"] != served_sha:
+            self.add(
+                "state_hash_mismatch",
+                "/state/state_sha256",
+                f"state_sha256 is {served['state_sha256']!r}, the state hashes to {served_sha!r}",
+            )
+        if served["pith_number"] != number:
+            self.add(
+                "pith_number_mismatch",
+                "/state/pith_number",
+                f"expected {number}, found {served['pith_number']!r}",
+            )
+        if recomputed["state_sha256"] != served_sha:
+            where, what = first_difference(served, recomputed, "/state")
+            self.add(
+                "state_merge_mismatch",
+                where,
+                f"the served state differs from the recomputed merge: {what}",
+            )
+
+    # -- timestamps (pith-format.md §5) ---------------------------------------------
+
+    def _timestamps(self) -> None:
+        """Rule 1: every timestamp parses and none is in the future."""
+        for path, value, future_ok in self._timestamp_fields():
+            ts = parse_timestamp(value)
+            self.times[path] = ts
+            if ts is None:
+                self.add("timestamp_invalid", path, f"{value!r} is not an RFC 3339 UTC time")
+            elif not future_ok and ts.at > self.latest:
+                self.add(
+                    "timestamp_future",
+                    path,
+                    f"{ts.text} is later than now plus the allowed clock skew",
+                )
+
+    def _timestamp_fields(self) -> Iterator[tuple[str, Any, bool]]:
+        doc = self.doc
+        yield (
+            "/canonical_record/metadata/submitted_at",
+            doc["canonical_record"]["metadata"]["submitted_at"],
+            False,
+        )
+        for i, alias in enumerate(doc["source_aliases"]):
+            if "created_at" in alias:
+                yield f"/source_aliases/{i}/created_at", alias["created_at"], False
+        for i, event in enumerate(doc["events"]):
+            yield f"/events/{i}/created_at", event["created_at"], False
+            yield f"/events/{i}/signature/signed_at", event["signature"]["signed_at"], False
+            if event["event_type"] == "record_created":
+                receipt = event["payload"]["receipt"]
+                for fld in ("signed_at", "first_computed_at", "last_reissued_at"):
+                    yield f"/events/{i}/payload/receipt/{fld}", receipt[fld], False
+        yield "/built_at", doc["built_at"], False
+        yield "/bundle_signature/signed_at", doc["bundle_signature"]["signed_at"], False
+        for i, key in enumerate(doc["public_keys"]):
+            if key.get("rotates_at") is not None:
+                yield f"/public_keys/{i}/rotates_at", key["rotates_at"], True
+
+    def _before(self, earlier: str, later: str, flag: str, message: str) -> None:
+        a, b = self.times.get(earlier), self.times.get(later)
+        if a is not None and b is not None and not not_after(a, b):
+            self.add("timestamp_order", flag, f"{message}: {a.text} is after {b.text}")
+
+    def _time_order(self) -> None:
+        """Rules 2–5 (rule 6, rotation, is checked with each signature)."""
+        doc = self.doc
+        submitted = "/canonical_record/metadata/submitted_at"
+        for i, event in enumerate(doc["events"]):
+            base = f"/events/{i}"
+            if event["event_type"] == "record_created":
+                self._before(
+                    submitted,
+                    base + "/created_at",
+                    base + "/created_at",
+                    "the record was created before the paper was submitted",
+                )
+                receipt = base + "/payload/receipt"
+                self._before(
+                    receipt + "/first_computed_at",
+                    receipt + "/last_reissued_at",
+                    receipt + "/last_reissued_at",
+                    "the receipt was reissued before it was first computed",
+                )
+                self._before(
+                    receipt + "/first_computed_at",
+                    receipt + "/signed_at",
+                    receipt + "/signed_at",
+                    "the receipt was signed before it was first computed",
+                )
+            self._before(
+                base + "/created_at",
+                base + "/signature/signed_at",
+                base + "/signature/signed_at",
+                "the event was signed before it was created",
+            )
+            self._before(
+                base + "/created_at", "/built_at", "/built_at", f"event {i} is newer than the build"
+            )
+        for i, alias in enumerate(doc["source_aliases"]):
+            if "created_at" in alias:
+                self._before(
+                    f"/source_aliases/{i}/created_at",
+                    "/built_at",
+                    "/built_at",
+                    f"alias {i} is newer than the build",
+                )
+        self._before(
+            "/built_at",
+            "/bundle_signature/signed_at",
+            "/bundle_signature/signed_at",
+            "the bundle was signed before it was built",
+        )
+
+
+def _b64(text: str) -> bytes | None:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def first_difference(a: Any, b: Any, path: str, depth: int = 0) -> tuple[str, str]:
+    """The first place where two JSON values differ, as (pointer, description)."""
+    if depth > 32 or type(a) is not type(b):
+        return path, f"found {_brief(a)}, expected {_brief(b)}"
+    if isinstance(a, dict):
+        for key in sorted(set(a) | set(b)):
+            if key == "state_sha256" and depth == 0:
+                continue
+            if key not in a:
+                return f"{path}/{key}", "missing"
+            if key not in b:
+                return f"{path}/{key}", "not expected"
+            if canon(a[key]) != canon(b[key]):
+                return first_difference(a[key], b[key], f"{path}/{key}", depth + 1)
+    elif isinstance(a, list):
+        if len(a) != len(b):
+            return path, f"{len(a)} items, expected {len(b)}"
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            if canon(x) != canon(y):
+                return first_difference(x, y, f"{path}/{i}", depth + 1)
+    return path, f"found {_brief(a)}, expected {_brief(b)}"
+
+
+def _brief(value: Any) -> str:
+    text = canon(value).decode("utf-8", "replace")
+    return text if len(text) <= 80 else text[:77] + "..."

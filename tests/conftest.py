@@ -1,0 +1,65 @@
+"""Shared fixtures: the real signed data, a test registry key, a fixed clock."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from builder import BundleBuilder, TestSigner
+
+from pithcrawl.keys import TrustSet, load_key
+
+REAL = Path(__file__).parent / "fixtures" / "real"
+REAL_SUFFIX = "2SZ3GMWFCMMCUPZJQTONOWSJZ2"
+#: A moment after every fixture was built, before any test bundle's clock runs out.
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="session")
+def real_bundle_bytes() -> bytes:
+    return (REAL / f"{REAL_SUFFIX}.bundle.json").read_bytes()
+
+
+@pytest.fixture(scope="session")
+def real_state_bytes() -> bytes:
+    return (REAL / f"{REAL_SUFFIX}.state.json").read_bytes()
+
+
+@pytest.fixture(scope="session")
+def real_trust() -> TrustSet:
+    return TrustSet([load_key(json.loads((REAL / "pith-v1-2026-05.key.json").read_bytes()))])
+
+
+@pytest.fixture(scope="session")
+def signer() -> TestSigner:
+    return TestSigner("test-key-1")
+
+
+@pytest.fixture(scope="session")
+def test_trust(signer: TestSigner) -> TrustSet:
+    return TrustSet([load_key(signer.public_key())])
+
+
+@pytest.fixture
+def builder(signer: TestSigner) -> BundleBuilder:
+    """A record with a record_created and two graph snapshots."""
+    b = BundleBuilder(signer)
+    b.add_event()
+    b.add_event()
+    return b
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def load_json(path: Path) -> Any:
+    return json.loads(path.read_bytes())

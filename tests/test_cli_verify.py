@@ -1,0 +1,168 @@
+"""`pithcrawl verify`: output, JSON, exit codes, sources (file, stdin, URL)."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from builder import BundleBuilder, TestSigner
+from conftest import REAL, REAL_SUFFIX
+
+from pithcrawl.cli import main
+
+REAL_BUNDLE = str(REAL / f"{REAL_SUFFIX}.bundle.json")
+NOW = "2026-11-27T00:00:00Z"
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(["--log-format", "json", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_real_bundle_ok(capsys):
+    """The shipped registry key verifies the real bundle: exit 0, one 'ok' line."""
+    code, out, _ = run(capsys, "verify", REAL_BUNDLE, "--now", NOW)
+    assert code == 0
+    assert out.startswith(f"ok    pith:2026:{REAL_SUFFIX} ")
+
+
+def test_json_output(capsys):
+    code, out, _ = run(capsys, "verify", REAL_BUNDLE, "--now", NOW, "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["results"] == [
+        {
+            "source": REAL_BUNDLE,
+            "kind": "bundle",
+            "pith_number": f"pith:2026:{REAL_SUFFIX}",
+            "ok": True,
+            "findings": [],
+        }
+    ]
+
+
+def test_tampered_file_exits_1_with_the_finding(capsys, tmp_path: Path):
+    doc = json.loads(Path(REAL_BUNDLE).read_bytes())
+    doc["bundle_signature"]["bundle_sha256"] = "0" * 64
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc))
+    code, out, _ = run(capsys, "verify", REAL_BUNDLE, str(bad), "--now", NOW)
+    assert code == 1
+    lines = out.splitlines()
+    assert lines[0].startswith("ok")
+    assert lines[1].startswith("FAIL") and "bundle_hash_mismatch" in lines[1]
+    assert "/bundle_signature/bundle_sha256" in out
+
+
+def test_key_replaces_the_registry_key(capsys, tmp_path: Path):
+    """--key FILE: the trust set is the given keys only."""
+    signer = TestSigner("cli-key")
+    key = tmp_path / "k.json"
+    key.write_text(json.dumps(signer.public_key()))
+    b = BundleBuilder(signer)
+    b.add_event()
+    mine = tmp_path / "mine.json"
+    mine.write_bytes(b.bytes())
+    assert run(capsys, "verify", str(mine), "--key", str(key), "--now", NOW)[0] == 0
+    code, out, _ = run(capsys, "verify", REAL_BUNDLE, "--key", str(key), "--now", NOW, "--json")
+    assert code == 1
+    assert "untrusted_key" in {f["code"] for f in json.loads(out)["results"][0]["findings"]}
+
+
+def test_stdin(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(Path(REAL_BUNDLE).read_bytes())))
+    code, out, _ = run(capsys, "verify", "-", "--now", NOW)
+    assert code == 0
+    assert "<stdin>" in out
+
+
+def test_unreadable_file_exits_3(capsys, tmp_path: Path):
+    code, out, _ = run(capsys, "verify", str(tmp_path / "missing.json"))
+    assert code == 3
+    assert out.startswith("ERROR") and "cannot read" in out
+
+
+def test_security_finding_outranks_read_error(capsys, tmp_path: Path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("[NaN]")
+    code, _, _ = run(capsys, "verify", str(tmp_path / "missing.json"), str(bad))
+    assert code == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["verify", "x", "--now", "yesterday"], "--now"),
+        (["verify", "x", "--key", "/nonexistent/key.json"], "key file"),
+        (["verify"], "SOURCE"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_usage_errors_exit_2_without_traceback(capsys, argv, needle):
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own errors exit from inside the parser
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert needle in err
+    assert "Traceback" not in err
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    """A loopback HTTP server serving the real bundle at its mirror path."""
+    body = Path(REAL_BUNDLE).read_bytes()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path in (f"/pith/{REAL_SUFFIX}/bundle.json", f"/pith/{'A' * 26}/bundle.json"):
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            else:
+                self.send_error(404)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    host, port = httpd.server_address[:2]
+    yield f"http://{host}:{port}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_url_is_fetched_and_bound_to_its_suffix(capsys, server: str):
+    """A URL's /pith/{suffix}/ must match the bundle; another record there is refused."""
+    code, out, _ = run(capsys, "verify", f"{server}/pith/{REAL_SUFFIX}/bundle.json", "--now", NOW)
+    assert code == 0, out
+    code, out, _ = run(capsys, "verify", f"{server}/pith/{'A' * 26}/bundle.json", "--now", NOW)
+    assert code == 1
+    assert "pith_number_mismatch" in out
+
+
+def test_url_404_exits_3(capsys, server: str):
+    code, out, _ = run(capsys, "verify", f"{server}/pith/{'B' * 26}/bundle.json")
+    assert code == 3
+    assert "HTTP 404" in out
+
+
+def test_dead_url_exits_3(capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code, out, _ = run(capsys, "verify", f"http://127.0.0.1:{port}/pith/{REAL_SUFFIX}/bundle.json")
+    assert code == 3
+    assert out.startswith("ERROR")
