@@ -90,6 +90,26 @@ def parse(data: bytes) -> Any:
     return doc
 
 
+def parse_compact(data: bytes) -> Any | None:
+    """The fast reading of a compact document, or None when only `parse` may read it.
+
+    orjson reads the document; when re-serialising it gives back exactly the same bytes,
+    no key was duplicated or dropped and no integer was rounded. Its floats are plain
+    floats, which `canon` formats as orjson does: identical to Python's `repr` for every
+    document the registry (a Python `json.dumps`) writes, because the round trip showed
+    orjson writes them the same way. A caller that needs the spec's reading of an
+    unusual float (one a non-Python writer formatted) must fall back to `parse`;
+    `verify.verify_bundle` does, whenever this reading gives any finding.
+    """
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if type(doc) is not dict or orjson.dumps(doc) != data:
+        return None
+    return doc
+
+
 def _default(obj: Any) -> Any:
     if isinstance(obj, float):
         return orjson.Fragment(float.__repr__(obj).encode("ascii"))

@@ -4,7 +4,7 @@
     ├── UsageError            the operator: a bad flag, config key or value   (exit 2)
     │   └── ConfigError
     └── OperationalError      the world: network, disk, a mirror that is down (exit 3)
-        ├── FetchError        a URL could not be fetched (timeout, refused, HTTP error, too large)
+        ├── FetchError        a URL could not be fetched (timeout, refused, reset, too large)
         │   ├── FetchTimeout      no complete answer within the timeout
         │   ├── ConnectionFailed  DNS, refused, reset or closed before an answer
         │   │   └── TLSError      handshake, certificate or fingerprint failure

@@ -46,6 +46,7 @@ _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # when the total timeout is generous.
 _SOCK_TIMEOUT_MAX = 10.0
 _ACCEPT_ENCODING = "gzip, deflate"
+_DETAIL_MAX = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,14 +310,16 @@ class HttpFetcher:
             exc, aiohttp.ClientSSLError | aiohttp.ServerFingerprintMismatch | ssl.SSLError
         ):
             return TLSError(f"{url}: TLS failed: {exc}")
-        detail = str(exc) or type(exc).__name__
+        detail = _one_line(str(exc) or type(exc).__name__)
         if isinstance(exc, aiohttp.ClientPayloadError):
             cause = exc.__cause__
             if isinstance(cause, HttpProcessingError):
-                detail = cause.message
+                detail = _one_line(cause.message)
             if isinstance(cause, ContentEncodingError):
                 return BadResponse(f"{url}: the body could not be decoded: {detail}")
             return IncompleteBody(f"{url}: the body was cut short: {detail}")
+        if isinstance(exc, aiohttp.ServerDisconnectedError):
+            detail = "the server closed the connection"
         if isinstance(exc, aiohttp.ClientConnectorDNSError):
             return ConnectionFailed(f"{url}: could not resolve the host: {detail}")
         if isinstance(exc, aiohttp.ClientConnectionError | OSError):
@@ -324,8 +327,15 @@ class HttpFetcher:
                 return IncompleteBody(f"{url}: the connection failed {where}: {detail}")
             return ConnectionFailed(f"{url}: the connection failed {where}: {detail}")
         if isinstance(exc, aiohttp.ClientResponseError):
-            return BadResponse(f"{url}: not a valid HTTP response: {exc.message}")
+            return BadResponse(f"{url}: not a valid HTTP response: {_one_line(exc.message)}")
         return FetchError(f"{url}: the request failed {where}: {detail}")
+
+
+def _one_line(text: str) -> str:
+    """aiohttp's parser messages, fit for one log line: no caret diagrams, no 8 KiB header."""
+    words = [word for word in text.split() if word != "^"]
+    line = " ".join(words)
+    return line if len(line) <= _DETAIL_MAX else line[: _DETAIL_MAX - 1] + "…"
 
 
 def _http_url(text: str) -> URL | None:

@@ -12,13 +12,13 @@ import base64
 import binascii
 import hashlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
+import nacl.bindings
 import nacl.exceptions
-import nacl.signing
 
 from pithcrawl.timestamps import Timestamp, parse_timestamp
 
@@ -44,10 +44,10 @@ class TrustedKey:
     key_id: str
     raw: bytes
     rotates_at: Timestamp | None = None
+    fingerprint_hex: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def fingerprint_hex(self) -> str:
-        return fingerprint_hex(self.raw)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fingerprint_hex", fingerprint_hex(self.raw))
 
     @property
     def fingerprint_b32(self) -> str:
@@ -67,6 +67,15 @@ class TrustedKey:
         }
 
 
+_KEY_FIELDS = (
+    "algorithm",
+    "public_key_b64",
+    "public_key_hex",
+    "fingerprint_sha256_hex",
+    "fingerprint_sha256_b32_first128bits",
+)
+
+
 def key_problems(doc: Any) -> list[tuple[str, str]]:
     """Why a published key document is inconsistent, as (field, message) pairs.
 
@@ -75,6 +84,20 @@ def key_problems(doc: Any) -> list[tuple[str, str]]:
     """
     if not isinstance(doc, dict):
         return [("", "a key must be a JSON object")]
+    fields = tuple(doc.get(k) for k in _KEY_FIELDS)
+    if all(v is None or isinstance(v, str) for v in fields):
+        # Every bundle publishes the same few keys: judge each distinct one once.
+        return list(_key_problems_cached(fields))
+    return _key_problems(doc)
+
+
+@lru_cache(maxsize=256)
+def _key_problems_cached(fields: tuple[str | None, ...]) -> tuple[tuple[str, str], ...]:
+    doc = {k: v for k, v in zip(_KEY_FIELDS, fields, strict=True) if v is not None}
+    return tuple(_key_problems(doc))
+
+
+def _key_problems(doc: dict[str, Any]) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     if doc.get("algorithm", "ed25519") != "ed25519":
         problems.append(("algorithm", f"algorithm {doc.get('algorithm')!r} is not ed25519"))
@@ -195,8 +218,11 @@ def _verify_cached(raw_key: bytes, digest_hex: str, signature_b64: str) -> bool:
         return False
     if len(digest) != 32 or len(signature) != 64:
         return False
+    if len(raw_key) != 32:
+        return False
     try:
-        nacl.signing.VerifyKey(raw_key).verify(digest, signature)
+        # What nacl's VerifyKey.verify does, without building a key object per call.
+        nacl.bindings.crypto_sign_open(signature + digest, raw_key)
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, ValueError):
         return False
     return True

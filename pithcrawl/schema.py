@@ -196,43 +196,69 @@ _CACHE: dict[int, Validator] = {}
 
 
 def _compile(spec: Spec) -> Validator:
-    if isinstance(spec, str):
-        if spec == "any":
-            return lambda x: True
-        if spec == "integer":
-            return lambda x: type(x) is int
-        exact = _TYPES[spec][0]
-        return lambda x: type(x) is exact or (isinstance(x, exact) and exact is not int)
-    if isinstance(spec, Const):
-        value = spec.value
-        return lambda x: type(x) is str and x == value
-    if isinstance(spec, Nullable):
-        inner = _compile(spec.inner)
-        return lambda x: x is None or inner(x)
-    if isinstance(spec, ListOf):
-        item = _compile(spec.item)
-        return lambda x: type(x) is list and all(map(item, x))
-    required = [(name, _compile(sub)) for name, sub in spec.required.items()]
-    optional = [(name, _compile(sub)) for name, sub in spec.optional.items()]
+    """Generate one flat Python function for `spec`: no call per field, so it is cheap
+    enough to run on every document fetched."""
+    gen = _Gen()
+    lines = ["def fits(x0):", *gen.lines(spec, "x0", 1), "    return True"]
+    namespace: dict[str, Any] = dict(gen.consts)
+    exec("\n".join(lines), namespace)  # noqa: S102 - source generated from the tables above
+    validator: Validator = namespace["fits"]
+    return validator
 
-    def obj(x: Any) -> bool:
-        if type(x) is not dict:
-            return False
-        for name, v in required:
-            if name not in x or not v(x[name]):
-                return False
-        for name, v in optional:  # noqa: SIM110 - a plain loop is faster on this hot path
-            if name in x and not v(x[name]):
-                return False
-        return True
 
-    return obj
+_EXACT = {"string": "str", "integer": "int", "object": "dict", "array": "list", "boolean": "bool"}
+
+
+class _Gen:
+    def __init__(self) -> None:
+        self.consts: dict[str, str] = {}
+        self.names = 0
+
+    def fresh(self) -> str:
+        self.names += 1
+        return f"x{self.names}"
+
+    def lines(self, spec: Spec, var: str, depth: int) -> list[str]:
+        pad = "    " * depth
+        if isinstance(spec, str):
+            if spec == "any":
+                return []
+            return [f"{pad}if type({var}) is not {_EXACT[spec]}: return False"]
+        if isinstance(spec, Const):
+            name = f"C{len(self.consts)}"
+            self.consts[name] = spec.value
+            return [f"{pad}if type({var}) is not str or {var} != {name}: return False"]
+        if isinstance(spec, Nullable):
+            return [f"{pad}if {var} is not None:", *self.lines(spec.inner, var, depth + 1)]
+        if isinstance(spec, ListOf):
+            item = self.fresh()
+            return [
+                f"{pad}if type({var}) is not list: return False",
+                f"{pad}for {item} in {var}:",
+                *(self.lines(spec.item, item, depth + 1) or [f"{pad}    pass"]),
+            ]
+        out = [f"{pad}if type({var}) is not dict: return False"]
+        for name, field in spec.required.items():
+            sub = self.fresh()
+            out.append(f"{pad}if {name!r} not in {var}: return False")
+            inner = self.lines(field, sub, depth)
+            if inner:
+                out += [f"{pad}{sub} = {var}[{name!r}]", *inner]
+        for name, field in spec.optional.items():
+            sub = self.fresh()
+            inner = self.lines(field, sub, depth + 1)
+            if inner:
+                out += [f"{pad}if {name!r} in {var}:", f"{pad}    {sub} = {var}[{name!r}]", *inner]
+        return out
 
 
 def check(doc: Any, spec: Spec, *path: str | int) -> Iterator[tuple[str, str]]:
     """Yield (JSON Pointer, message) for every place where `doc` does not fit `spec`."""
-    if not path and fits(doc, spec):
-        return
+    if not fits(doc, spec):
+        yield from _explain(doc, spec, *path)
+
+
+def _explain(doc: Any, spec: Spec, *path: str | int) -> Iterator[tuple[str, str]]:
     if isinstance(spec, str):
         if not _is(doc, spec):
             yield pointer(*path), f"expected {spec}, found {_json_type(doc)}"
@@ -241,13 +267,13 @@ def check(doc: Any, spec: Spec, *path: str | int) -> Iterator[tuple[str, str]]:
             yield pointer(*path), f"expected {spec.value!r}, found {_short(doc)}"
     elif isinstance(spec, Nullable):
         if doc is not None:
-            yield from check(doc, spec.inner, *path)
+            yield from _explain(doc, spec.inner, *path)
     elif isinstance(spec, ListOf):
         if not isinstance(doc, list):
             yield pointer(*path), f"expected array, found {_json_type(doc)}"
             return
         for i, item in enumerate(doc):
-            yield from check(item, spec.item, *path, i)
+            yield from _explain(item, spec.item, *path, i)
     else:
         if not isinstance(doc, dict):
             yield pointer(*path), f"expected object, found {_json_type(doc)}"
@@ -256,10 +282,10 @@ def check(doc: Any, spec: Spec, *path: str | int) -> Iterator[tuple[str, str]]:
             if name not in doc:
                 yield pointer(*path, name), f"required field {name!r} is missing"
             else:
-                yield from check(doc[name], sub, *path, name)
+                yield from _explain(doc[name], sub, *path, name)
         for name, sub in spec.optional.items():
             if name in doc:
-                yield from check(doc[name], sub, *path, name)
+                yield from _explain(doc[name], sub, *path, name)
 
 
 def _is(value: Any, type_name: str) -> bool:

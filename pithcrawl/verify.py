@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pithcrawl import schema
-from pithcrawl.canon import H, MalformedJSON, canon, parse, sha256_hex, without
+from pithcrawl.canon import H, MalformedJSON, canon, parse, parse_compact, sha256_hex, without
 from pithcrawl.findings import Finding, finding, is_critical, pointer
 from pithcrawl.keys import TrustedKey, TrustSet, key_problems, verify_signature
 from pithcrawl.merge import Equivocation, equivocation_groups, merge, state_sha256
@@ -112,8 +112,8 @@ def verify(
         return Report("unknown", None, (finding("malformed_json", "", str(e)),))
     if isinstance(doc, dict) and "state_type" in doc and "bundle_type" not in doc:
         return verify_state_document(doc, expected_suffix=expected_suffix)
-    return verify_bundle_document(
-        doc, trust, now=now, clock_skew=clock_skew, expected_suffix=expected_suffix
+    return verify_bundle(
+        data, trust, now=now, clock_skew=clock_skew, expected_suffix=expected_suffix
     )
 
 
@@ -126,6 +126,14 @@ def verify_bundle(
     expected_suffix: str | None = None,
 ) -> Report:
     """Verify the raw bytes of a bundle."""
+    fast = parse_compact(data)
+    if fast is not None:
+        report = verify_bundle_document(
+            fast, trust, now=now, clock_skew=clock_skew, expected_suffix=expected_suffix
+        )
+        if not report.findings:
+            return report
+        # Any finding is reported from the exact, spec-defined reading of the bytes.
     try:
         doc = parse(data)
     except MalformedJSON as e:

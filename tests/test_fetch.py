@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import ssl
@@ -63,6 +64,26 @@ async def serve(
         yield f"{scheme}://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
+
+
+@asynccontextmanager
+async def serve_raw(response: bytes) -> AsyncIterator[str]:
+    """A server that answers any request with exactly `response`, then closes: for the
+    malformed answers aiohttp.web cannot be made to send."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(response)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 @asynccontextmanager
@@ -439,6 +460,40 @@ async def test_slow_drip_times_out() -> None:
         ):
             await get(base, "/", timeout=0.5)
     assert time.monotonic() - started < 1.5
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("response", "error", "message"),
+    [
+        (b"NOT HTTP AT ALL\r\n\r\n", BadResponse, "Bad status line"),
+        (b"HTTP/1.1 200 OK\r\nX: " + b"a" * 20_000 + b"\r\n\r\n", BadResponse, "Got more than"),
+        (b"HTTP/1.1 200 OK\r\nContent-Le", ConnectionFailed, "server closed the connection"),
+        (b"", ConnectionFailed, "server closed the connection"),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n100\r\nhello",
+            IncompleteBody,
+            "cut short",
+        ),
+        (
+            b"HTTP/1.1 302 Found\r\nLocation: http://[::1\r\nContent-Length: 0\r\n\r\n",
+            BadResponse,
+            "invalid Location 'http://\\[::1'",
+        ),
+    ],
+    ids=["not-http", "huge-header", "cut-headers", "empty", "cut-chunked", "bad-location"],
+)
+async def test_malformed_responses_are_fetch_errors(
+    response: bytes, error: type[FetchError], message: str
+) -> None:
+    """Whatever a broken server sends, the error is ours, one line, naming the URL."""
+    async with serve_raw(response) as base:
+        with pytest.raises(error, match=message) as caught:
+            await get(base, "/doc")
+    text = str(caught.value)
+    assert text.startswith(base + "/doc: ")
+    assert "\n" not in text
+    assert len(text) < 300
 
 
 @pytest.mark.anyio

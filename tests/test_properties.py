@@ -136,3 +136,29 @@ def test_parse_reads_what_json_reads(doc):
     except MalformedJSON:
         return  # lone surrogates are refused; json.loads would accept them
     assert canonical_reference(parsed) == canonical_reference(json.loads(data))
+
+
+@given(st.sampled_from([*_leaves(BUNDLE), ("events",), ("state",), ("events", 1)]), json_values)
+def test_generated_schema_validator_agrees_with_the_explainer(path, value):
+    """The fast, generated schema check says 'fits' exactly when no problem is explained."""
+    from pithcrawl import schema
+
+    doc = json.loads(BUNDLE_BYTES)
+    _put(doc, path, value)
+    assert schema.fits(doc, schema.BUNDLE) == (list(schema._explain(doc, schema.BUNDLE)) == [])
+
+
+@given(json_values)
+def test_compact_reading_agrees_with_the_exact_one(doc):
+    """parse_compact reads a document only when it reads it as parse does."""
+    from pithcrawl.canon import parse_compact
+
+    data = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8", "surrogatepass"
+    )
+    fast = parse_compact(data)
+    if fast is None:
+        return
+    assert canonical_reference(fast) == canonical_reference(parse(data))
+    # ...and what Python's json.dumps wrote, orjson canonicalises exactly as the spec does.
+    assert canon(fast) == canonical_reference(parse(data))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).parent.parent / "pithcrawl"
-PURE = ["canon", "findings", "keys", "merge", "schema", "timestamps", "verify"]
+PURE = ["canon", "findings", "keys", "merge", "schedule", "schema", "timestamps", "verify"]
 SHELL_LIBS = {
     "aiohttp",
     "anyio",
