@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -46,6 +47,22 @@ def pith_suffix(canonical_sha256: str) -> str:
 
 def pith_number(canonical_sha256: str, submitted_at: str) -> str:
     return f"pith:{submitted_at[:4]}:{pith_suffix(canonical_sha256)}"
+
+
+_SUFFIX = re.compile(r"[A-Z2-7]{26}")
+_NUMBER = re.compile(r"pith:(\d{4}):([A-Z2-7]{26})")
+_URL = re.compile(r"https?://[^\s]*/pith/([A-Z2-7]{26})/(?:bundle|state)\.json(?:[?#].*)?")
+
+
+def parse_reference(text: str) -> str:
+    """The 26-character suffix named by a full number, a bare suffix or a bundle URL."""
+    for pattern in (_SUFFIX, _NUMBER, _URL):
+        m = pattern.fullmatch(text.strip())
+        if m is not None:
+            return m.group(m.lastindex or 0)
+    raise ValueError(
+        "expected a Pith Number (pith:YYYY:SUFFIX), a 26-character suffix or a bundle URL"
+    )
 
 
 def short_aliases(suffix: str) -> dict[str, str]:

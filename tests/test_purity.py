@@ -8,7 +8,17 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).parent.parent / "pithcrawl"
-PURE = ["canon", "findings", "keys", "merge", "schedule", "schema", "timestamps", "verify"]
+PURE = [
+    "canon",
+    "findings",
+    "keys",
+    "merge",
+    "schedule",
+    "schema",
+    "timeline",
+    "timestamps",
+    "verify",
+]
 SHELL_LIBS = {
     "aiohttp",
     "anyio",

@@ -1,0 +1,92 @@
+"""A real Pith mirror on 127.0.0.1 for the tests: aiohttp, conditional GET, faults on demand.
+
+async with TestMirror() as m:
+    m.put(builder.bytes())           # serves /pith/{suffix}/bundle.json and state.json
+    m.fail(suffix, 503, retry_after="120")
+    m.base_url                       # http://127.0.0.1:PORT
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class Fault:
+    status: int
+    retry_after: str | None = None
+    body: bytes = b""
+
+
+@dataclass
+class TestMirror:
+    __test__ = False  # not a pytest class
+
+    bundles: dict[str, bytes] = field(default_factory=dict)
+    states: dict[str, bytes] = field(default_factory=dict)
+    faults: dict[str, Fault] = field(default_factory=dict)
+    hits: Counter[str] = field(default_factory=Counter)
+    conditional_hits: Counter[str] = field(default_factory=Counter)
+    base_url: str = ""
+    _runner: web.AppRunner | None = None
+
+    def put(self, bundle: bytes, state: bytes | None = None) -> str:
+        """Serve a bundle (and its state, taken from it unless given); returns the suffix."""
+        doc = json.loads(bundle)
+        suffix = doc["pith_number"].rpartition(":")[2]
+        self.bundles[suffix] = bundle
+        if state is None:
+            state = json.dumps(doc["state"], separators=(",", ":"), ensure_ascii=False).encode()
+        self.states[suffix] = state
+        return suffix
+
+    def fail(self, suffix: str, status: int, retry_after: str | None = None) -> None:
+        self.faults[suffix] = Fault(status, retry_after)
+
+    def heal(self, suffix: str) -> None:
+        self.faults.pop(suffix, None)
+
+    async def __aenter__(self) -> TestMirror:
+        app = web.Application()
+        app.router.add_get("/pith/{suffix}/bundle.json", self._bundle)
+        app.router.add_get("/.well-known/pith/{suffix}/bundle.json", self._bundle)
+        app.router.add_get("/pith/{suffix}/state.json", self._state)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.base_url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _bundle(self, request: web.Request) -> web.StreamResponse:
+        return self._serve(request, self.bundles)
+
+    async def _state(self, request: web.Request) -> web.StreamResponse:
+        return self._serve(request, self.states)
+
+    def _serve(self, request: web.Request, table: dict[str, bytes]) -> web.StreamResponse:
+        suffix = request.match_info["suffix"]
+        self.hits[request.path] += 1
+        fault = self.faults.get(suffix)
+        if fault is not None:
+            headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
+            return web.Response(status=fault.status, body=fault.body, headers=headers)
+        body = table.get(suffix)
+        if body is None:
+            return web.Response(status=404)
+        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+        if request.headers.get("If-None-Match") == etag:
+            self.conditional_hits[request.path] += 1
+            return web.Response(status=304, headers={"ETag": etag})
+        return web.Response(body=body, content_type="application/json", headers={"ETag": etag})
