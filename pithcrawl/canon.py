@@ -110,9 +110,28 @@ def parse_compact(data: bytes) -> Any | None:
     return doc
 
 
+class Piece:
+    """A JSON value with its canonical bytes computed once, to be embedded in larger
+    documents without serialising it again. Canonically it *is* its value."""
+
+    __slots__ = ("data", "value")
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+        self.data = canon(value)
+
+
 def _default(obj: Any) -> Any:
+    if isinstance(obj, Piece):
+        return orjson.Fragment(obj.data)
     if isinstance(obj, float):
         return orjson.Fragment(float.__repr__(obj).encode("ascii"))
+    raise TypeError(f"{type(obj).__name__} is not JSON")
+
+
+def _unpiece(obj: Any) -> Any:
+    if isinstance(obj, Piece):
+        return obj.value
     raise TypeError(f"{type(obj).__name__} is not JSON")
 
 
@@ -125,12 +144,16 @@ def _dumps(x: Any, option: int) -> bytes:
         # Integers past 64 bits: the reference encoder is exact for them.
         if option:
             return canonical_reference(x)
-        return json.dumps(x, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return json.dumps(x, separators=(",", ":"), ensure_ascii=False, default=_unpiece).encode(
+            "utf-8"
+        )
 
 
 def canonical_reference(x: Any) -> bytes:
     """canon(x) exactly as pith-format.md §1 writes it."""
-    return json.dumps(x, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return json.dumps(
+        x, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_unpiece
+    ).encode("utf-8")
 
 
 def canon(x: Any) -> bytes:

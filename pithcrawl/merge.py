@@ -9,7 +9,7 @@ decide whether an event is valid: the caller passes that in.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,17 +29,6 @@ CURRENT_LISTS = (
     "corrections",
     "mirror_hints",
 )
-
-
-def entry(event: Mapping[str, Any]) -> dict[str, Any]:
-    """How an applied event appears in `current` (checked)."""
-    return {
-        "event_id": event["event_id"],
-        "target": event["target"],
-        "created_at": event["created_at"],
-        "signer": event["signer"],
-        "payload": event["payload"],
-    }
 
 
 def list_name(event_type: str) -> str:
@@ -89,6 +78,14 @@ def equivocation_groups(
     ]
 
 
+ENTRY_KEYS = ("event_id", "target", "created_at", "signer", "payload")
+
+
+def entry(event: Mapping[str, Any]) -> dict[str, Any]:
+    """How an applied event appears in `current` (checked)."""
+    return {k: event[k] for k in ENTRY_KEYS}
+
+
 def merge(
     bundle: Mapping[str, Any],
     valid: Sequence[bool],
@@ -98,10 +95,34 @@ def merge(
 
     `bundle` must already fit `schema.BUNDLE`; `reasons` says why each invalid event is.
     """
+    state = derive(bundle, valid, reasons, equivocation_groups(bundle["events"], valid))
+    state["state_sha256"] = H(state)
+    return state
+
+
+def derive(
+    bundle: Mapping[str, Any],
+    valid: Sequence[bool],
+    reasons: Mapping[int, Sequence[str]] | None,
+    groups: Sequence[Equivocation],
+    *,
+    entry_of: Callable[[int, Mapping[str, Any]], Any] | None = None,
+    canonical_record: Any = None,
+    source_aliases: Any = None,
+) -> dict[str, Any]:
+    """The state without `state_sha256`.
+
+    `entry_of`, `canonical_record` and `source_aliases` let a caller substitute values
+    of the same canonical form (the verifier passes pre-serialised fragments), so the
+    state's canonical bytes are assembled rather than computed again.
+    """
     events: Sequence[Mapping[str, Any]] = bundle["events"]
+    make_entry = entry_of or (lambda i, e: entry(e))
     current: dict[str, Any] = {
-        "canonical_record": bundle["canonical_record"],
-        "source_aliases": bundle["source_aliases"],
+        "canonical_record": (
+            bundle["canonical_record"] if canonical_record is None else canonical_record
+        ),
+        "source_aliases": bundle["source_aliases"] if source_aliases is None else source_aliases,
         "record_created": None,
     }
     for name in CURRENT_LISTS:
@@ -115,11 +136,10 @@ def merge(
         applied.append(event["event_id"])
         if event["event_type"] == "record_created":
             if current["record_created"] is None:
-                current["record_created"] = entry(event)
+                current["record_created"] = make_entry(i, event)
         else:
-            current.setdefault(list_name(event["event_type"]), []).append(entry(event))
-    groups = equivocation_groups(events, valid)
-    state: dict[str, Any] = {
+            current.setdefault(list_name(event["event_type"]), []).append(make_entry(i, event))
+    return {
         "state_type": STATE_TYPE,
         "state_version": "1.0",
         "pith_number": bundle["pith_number"],
@@ -133,8 +153,6 @@ def merge(
         "invalid_events": invalid,
         "applied_event_ids": applied,
     }
-    state["state_sha256"] = H(state)
-    return state
 
 
 def state_sha256(state: Mapping[str, Any]) -> str:

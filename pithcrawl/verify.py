@@ -18,10 +18,17 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pithcrawl import schema
-from pithcrawl.canon import H, MalformedJSON, canon, parse, parse_compact, sha256_hex, without
+from pithcrawl.canon import H, MalformedJSON, Piece, canon, parse, parse_compact, sha256_hex
 from pithcrawl.findings import Finding, finding, is_critical, pointer
 from pithcrawl.keys import TrustedKey, TrustSet, key_problems, verify_signature
-from pithcrawl.merge import Equivocation, equivocation_groups, merge, state_sha256
+from pithcrawl.merge import (
+    Equivocation,
+    derive,
+    entry,
+    equivocation_groups,
+    merge,
+    state_sha256,
+)
 from pithcrawl.timestamps import Timestamp, not_after, parse_timestamp
 
 DEFAULT_CLOCK_SKEW = timedelta(minutes=5)
@@ -239,6 +246,56 @@ def _bundle_shape(doc: Any) -> Iterator[tuple[str, str]]:
                     yield pointer("public_keys", i, fld), msg
 
 
+_UNSIGNED_EVENT_FIELDS = ("signature", "content_sha256", "event_id")
+
+
+@dataclass(slots=True)
+class Parts:
+    """Canonical bytes of a bundle's large parts, each serialised once.
+
+    The canonical JSON of an object is assembled from the canonical JSON of its values,
+    so every hash the format defines (record, event content, state, bundle) and the
+    recomputed state are built around these pre-serialised pieces (`canon.Piece`),
+    exactly, without serialising an event payload or the state's `current` twice.
+    """
+
+    record: Piece
+    payloads: list[Piece]
+    current: Piece
+
+    @classmethod
+    def of(cls, doc: dict[str, Any]) -> Parts:
+        return cls(
+            Piece(doc["canonical_record"]),
+            [Piece(e["payload"]) for e in doc["events"]],
+            Piece(doc["state"]["current"]),
+        )
+
+    def _event(self, i: int, event: dict[str, Any]) -> dict[str, Any]:
+        return {**event, "payload": self.payloads[i]}
+
+    def event_content(self, i: int, event: dict[str, Any]) -> bytes:
+        return canon(
+            {k: v for k, v in self._event(i, event).items() if k not in _UNSIGNED_EVENT_FIELDS}
+        )
+
+    def entry(self, i: int, event: Any) -> dict[str, Any]:
+        return {**entry(event), "payload": self.payloads[i]}
+
+    def state_without_sha256(self, state: dict[str, Any]) -> bytes:
+        return canon(
+            {k: v for k, v in state.items() if k != "state_sha256"} | {"current": self.current}
+        )
+
+    def bundle(self, doc: dict[str, Any]) -> bytes:
+        """canon(bundle without bundle_signature)."""
+        top = {k: v for k, v in doc.items() if k != "bundle_signature"}
+        top["canonical_record"] = self.record
+        top["events"] = [self._event(i, e) for i, e in enumerate(doc["events"])]
+        top["state"] = doc["state"] | {"current": self.current}
+        return canon(top)
+
+
 @dataclass(slots=True)
 class _BundleCheck:
     """One pass of every rule over one well-shaped bundle."""
@@ -248,6 +305,7 @@ class _BundleCheck:
     latest: datetime  # now + clock skew: nothing may be signed or built after it
     expected_suffix: str | None
     findings: list[Finding] = field(default_factory=list)
+    parts: Parts = field(init=False)
     times: dict[str, Timestamp | None] = field(default_factory=dict)
     rotates: dict[str, Timestamp] = field(default_factory=dict)
 
@@ -256,9 +314,10 @@ class _BundleCheck:
 
     def run(self) -> Report:
         doc = self.doc
+        parts = self.parts = Parts.of(doc)
         self._timestamps()
         self._keys()
-        canonical = H(doc["canonical_record"])
+        canonical = sha256_hex(parts.record.data)
         number = self._pith_number(canonical)
         infos = [self._event(i, e, number) for i, e in enumerate(doc["events"])]
         self._record_created(canonical)
@@ -274,8 +333,7 @@ class _BundleCheck:
         reasons = {
             f_index: codes for f_index, codes in self._event_reasons().items() if not valid[f_index]
         }
-        state = merge(doc, valid, reasons)
-        self._state(state, number)
+        state = self._state(valid, reasons, groups, number)
         self._time_order()
         return Report(
             "bundle",
@@ -437,7 +495,7 @@ class _BundleCheck:
     def _event(self, i: int, event: dict[str, Any], number: str) -> EventInfo:
         base = f"/events/{i}"
         before = len(self.findings)
-        content = H(without(event, "signature", "content_sha256", "event_id"))
+        content = sha256_hex(self.parts.event_content(i, event))
         if event["content_sha256"] != content:
             self.add(
                 "event_hash_mismatch",
@@ -489,7 +547,7 @@ class _BundleCheck:
 
     def _bundle_signature(self) -> str:
         doc = self.doc
-        computed = H(without(doc, "bundle_signature"))
+        computed = sha256_hex(self.parts.bundle(doc))
         sig = doc["bundle_signature"]
         if sig["bundle_sha256"] != computed:
             self.add(
@@ -500,9 +558,17 @@ class _BundleCheck:
         self._signed("/bundle_signature", sig, computed, "bundle_signature_invalid")
         return computed
 
-    def _state(self, recomputed: dict[str, Any], number: str) -> None:
-        served = self.doc["state"]
-        served_canon = canon(without(served, "state_sha256"))
+    def _state(
+        self,
+        valid: list[bool],
+        reasons: dict[int, list[str]],
+        groups: list[Equivocation],
+        number: str,
+    ) -> dict[str, Any]:
+        """Check the served state; the state as it should be (the served one when equal)."""
+        doc, parts = self.doc, self.parts
+        served = doc["state"]
+        served_canon = parts.state_without_sha256(served)
         served_sha = sha256_hex(served_canon)
         if served["state_sha256"] != served_sha:
             self.add(
@@ -516,13 +582,24 @@ class _BundleCheck:
                 "/state/pith_number",
                 f"expected {number}, found {served['pith_number']!r}",
             )
-        if recomputed["state_sha256"] != served_sha:
-            where, what = first_difference(served, recomputed, "/state")
-            self.add(
-                "state_merge_mismatch",
-                where,
-                f"the served state differs from the recomputed merge: {what}",
-            )
+        assembled = derive(
+            doc,
+            valid,
+            reasons,
+            groups,
+            entry_of=parts.entry,
+            canonical_record=parts.record,
+        )
+        if canon(assembled) == served_canon:
+            return dict(served)
+        recomputed = merge(doc, valid, reasons)
+        where, what = first_difference(served, recomputed, "/state")
+        self.add(
+            "state_merge_mismatch",
+            where,
+            f"the served state differs from the recomputed merge: {what}",
+        )
+        return recomputed
 
     # -- timestamps (pith-format.md §5) ---------------------------------------------
 
