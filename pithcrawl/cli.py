@@ -27,28 +27,49 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"pithcrawl: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = _Parser(add_help=False)
+def _common(defaults: bool) -> _Parser:
+    """The global options, accepted before or after the command.
+
+    Under a command they default to SUPPRESS, so an option given before the command
+    is not reset by the command's own parser.
+    """
+    common = _Parser(add_help=False, argument_default=None if defaults else argparse.SUPPRESS)
     common.add_argument("--config", type=Path, metavar="FILE", help="configuration file (TOML)")
     common.add_argument("--db", type=Path, metavar="FILE", help="archive database")
     common.add_argument("--log-format", choices=("json", "console"), help="log format on stderr")
-    common.add_argument("-v", "--verbose", action="count", default=0, help="more detail")
-    common.add_argument("-q", "--quiet", action="count", default=0, help="less output")
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0 if defaults else argparse.SUPPRESS,
+        help="more detail",
+    )
+    common.add_argument(
+        "-q",
+        "--quiet",
+        action="count",
+        default=0 if defaults else argparse.SUPPRESS,
+        help="less output",
+    )
+    return common
 
+
+def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="pithcrawl",
         description="Watchdog and archive for the Pith open graph.",
-        parents=[common],
+        parents=[_common(defaults=True)],
     )
     parser.add_argument("--version", action="version", version=f"pithcrawl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    below = _common(defaults=False)
     for command in COMMANDS:
         p = sub.add_parser(
             command.name,
             help=command.help,
             description=f"{command.help}\n\nexample: {command.example}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
-            parents=[common],
+            parents=[below],
         )
         command.add_arguments(p)
         p.set_defaults(run=command.run)

@@ -14,6 +14,8 @@
         │   └── RedirectError     too many redirects, a loop, a non-HTTP target
         │       └── RedirectRefused   the allow_url hook refused a redirect target
         └── StoreError        the database could not be read or written
+            ├── StoreLocked       another pithcrawl holds the writers' lock on the database
+            └── StoreCorrupt      archived data fails its own check (a blob's sha256)
 
 Security findings are *not* exceptions: the verifier returns them as data in a report
 and the CLI maps a critical finding to exit 1. Foreign exceptions (aiohttp, sqlite3,
@@ -89,3 +91,11 @@ class RedirectRefused(RedirectError):
 
 class StoreError(OperationalError):
     """The archive database could not be read or written."""
+
+
+class StoreLocked(StoreError):
+    """Another process holds the archive's writers' lock (e.g. a second `sync`)."""
+
+
+class StoreCorrupt(StoreError):
+    """Archived data no longer matches its own check: the database is damaged."""

@@ -31,6 +31,8 @@ class TestMirror:
     bundles: dict[str, bytes] = field(default_factory=dict)
     states: dict[str, bytes] = field(default_factory=dict)
     faults: dict[str, Fault] = field(default_factory=dict)
+    hidden: set[str] = field(default_factory=set)
+    """Suffixes served only at the .well-known address."""
     hits: Counter[str] = field(default_factory=Counter)
     conditional_hits: Counter[str] = field(default_factory=Counter)
     base_url: str = ""
@@ -55,7 +57,7 @@ class TestMirror:
     async def __aenter__(self) -> TestMirror:
         app = web.Application()
         app.router.add_get("/pith/{suffix}/bundle.json", self._bundle)
-        app.router.add_get("/.well-known/pith/{suffix}/bundle.json", self._bundle)
+        app.router.add_get("/.well-known/pith/{suffix}/bundle.json", self._well_known)
         app.router.add_get("/pith/{suffix}/state.json", self._state)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -70,6 +72,12 @@ class TestMirror:
             await self._runner.cleanup()
 
     async def _bundle(self, request: web.Request) -> web.StreamResponse:
+        if request.match_info["suffix"] in self.hidden:
+            self.hits[request.path] += 1
+            return web.Response(status=404)
+        return self._serve(request, self.bundles)
+
+    async def _well_known(self, request: web.Request) -> web.StreamResponse:
         return self._serve(request, self.bundles)
 
     async def _state(self, request: web.Request) -> web.StreamResponse:

@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pithcrawl.commands import verify
+from pithcrawl.commands import events, history, status, sync, verify
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,11 +19,24 @@ class Command:
 
 
 COMMANDS = [
+    Command("verify", verify.HELP, verify.EXAMPLE, verify.add_arguments, verify.run),
+    Command("track", sync.TRACK_HELP, sync.TRACK_EXAMPLE, sync.add_track_arguments, sync.run_track),
     Command(
-        "verify",
-        verify.HELP,
-        verify.EXAMPLE,
-        verify.add_arguments,
-        verify.run,
+        "untrack",
+        sync.UNTRACK_HELP,
+        sync.UNTRACK_EXAMPLE,
+        sync.add_track_arguments,
+        sync.run_untrack,
     ),
+    Command("sync", sync.SYNC_HELP, sync.SYNC_EXAMPLE, sync.add_sync_arguments, sync.run_sync),
+    Command("status", status.HELP, status.EXAMPLE, status.add_arguments, status.run),
+    Command("history", history.HELP, history.EXAMPLE, history.add_arguments, history.run),
+    Command(
+        "diff",
+        history.DIFF_HELP,
+        history.DIFF_EXAMPLE,
+        history.add_diff_arguments,
+        history.run_diff,
+    ),
+    Command("events", events.HELP, events.EXAMPLE, events.add_arguments, events.run),
 ]

@@ -1,0 +1,82 @@
+"""`pithcrawl events`: the structured event log, oldest first.
+
+Reads the archive read-only and prints every event (from `--since`, of the `--kind`s
+asked for): one JSON object per line with `--json` (the contract's alert object), else
+one line per event for people. A kind it does not know simply matches nothing: scripts
+must tolerate new kinds, so asking for one is not an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import anyio
+
+from pithcrawl.commands.report import archive, when
+from pithcrawl.errors import EXIT_OK, UsageError
+from pithcrawl.store import EventRow, Store
+from pithcrawl.timestamps import parse_duration, parse_timestamp
+
+HELP = "The event log: alerts, corrections, key rotations, new events, changes."
+EXAMPLE = "pithcrawl events --since 2d --kind rollback --kind mirror_divergence --json"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--since", metavar="TIME", help="RFC 3339 UTC time, or a duration ago like 2d or 6h"
+    )
+    p.add_argument(
+        "--kind",
+        action="append",
+        default=[],
+        metavar="KIND",
+        help="only events of this kind (repeatable)",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object per line on stdout")
+
+
+def since(text: str, now: datetime) -> datetime:
+    """`--since`'s moment: an RFC 3339 UTC time, or `now` minus a duration."""
+    stamp = parse_timestamp(text)
+    if stamp is not None:
+        return stamp.at
+    try:
+        return now - parse_duration(text)
+    except (ValueError, OverflowError):
+        raise UsageError(
+            f"--since {text!r}: expected an RFC 3339 UTC time like 2026-11-27T12:00:00Z"
+            " or a duration like 30m, 6h or 2d"
+        ) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    _, db = archive(args)
+    start = None if args.since is None else since(args.since, datetime.now(UTC))
+    for event in anyio.run(_events, db, start, tuple(args.kind)):
+        if args.json:
+            print(json.dumps(event.to_json(), ensure_ascii=False))
+        else:
+            print(line(event))
+    return EXIT_OK
+
+
+async def _events(db: Path, start: datetime | None, kinds: tuple[str, ...]) -> list[EventRow]:
+    async with await Store.open(db, readonly=True) as store:
+        return await store.events(since=start, kinds=kinds)
+
+
+def line(e: EventRow) -> str:
+    """One event for people: time, severity, kind, record, mirrors, summary."""
+    return "  ".join(
+        (
+            when(e.at),
+            e.severity.ljust(8),
+            e.kind,
+            e.pith_number or e.suffix or "-",
+            ",".join(e.mirrors) or "-",
+            e.summary,
+        )
+    )

@@ -1,0 +1,255 @@
+"""`pithcrawl history` and `diff`: a record's archived snapshots, and what changed.
+
+`history` lists every snapshot of a record (one kind, from one mirror or all), oldest
+first, with what changed since the same mirror's previous snapshot: the number of JSON
+Patch operations and the kinds of the event-log entries linked to it. `diff` prints the
+RFC 6902 patch between two snapshots, computed from the archived bytes. Both read the
+archive read-only and exit 0 whatever they show; an unknown record or snapshot is a
+usage error (exit 2) that names it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import jsonpatch
+
+from pithcrawl.canon import MalformedJSON, parse
+from pithcrawl.commands.report import archive, print_json, suffix_of, table, when
+from pithcrawl.errors import EXIT_OK, UsageError
+from pithcrawl.store import KINDS, Snapshot, Store
+from pithcrawl.timestamps import format_timestamp
+
+HELP = "Every archived snapshot of a record: when, from where, built_at, what changed."
+EXAMPLE = "pithcrawl history pith:2026:2SZ3GMWFCMMCUPZJQTONOWSJZ2 --mirror pith.science"
+DIFF_HELP = "The RFC 6902 JSON Patch between two snapshots of a record (default: the last two)."
+DIFF_EXAMPLE = "pithcrawl diff 2SZ3GMWFCMMCUPZJQTONOWSJZ2 --from 12 --to 15"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pith", metavar="PITH", help="full number, suffix or bundle URL")
+    p.add_argument("--mirror", metavar="NAME", help="only this mirror's snapshots")
+    p.add_argument("--kind", choices=KINDS, default="bundle", help="document kind (bundle)")
+    p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+
+
+def add_diff_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pith", metavar="PITH", help="full number, suffix or bundle URL")
+    p.add_argument("--mirror", metavar="NAME", help="the last two snapshots of this mirror")
+    p.add_argument("--from", dest="from_id", type=int, metavar="ID", help="older snapshot id")
+    p.add_argument("--to", dest="to_id", type=int, metavar="ID", help="newer snapshot id")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One snapshot as `history` shows it."""
+
+    snapshot: Snapshot
+    changes: int | None
+    """JSON Patch operations since the previous snapshot (`prev_id`); None for the first
+    or when either document is not JSON."""
+    events: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        s = self.snapshot
+        return {
+            "id": s.id,
+            "kind": s.kind,
+            "fetched_at": format_timestamp(s.fetched_at),
+            "mirror": s.mirror,
+            "url": s.url,
+            "status": s.status,
+            "built_at": s.built_at,
+            "event_count": s.event_count,
+            "bundle_sha256": s.bundle_sha256,
+            "body_sha256": s.body_sha256,
+            "trusted": s.trusted,
+            "findings": _codes(s),
+            "prev_id": s.prev_id,
+            "changes": self.changes,
+            "events": list(self.events),
+        }
+
+
+def run(args: argparse.Namespace) -> int:
+    _, db = archive(args)
+    suffix = suffix_of(args.pith)
+    number, entries = anyio.run(_history, db, suffix, args.mirror, args.kind)
+    if args.json:
+        print_json(
+            {
+                "pith_number": number,
+                "suffix": suffix,
+                "snapshots": [e.to_json() for e in entries],
+            }
+        )
+        return EXIT_OK
+    where = f" from {args.mirror}" if args.mirror else ""
+    print(f"{number or suffix}: {len(entries)} {args.kind} snapshot(s){where}")
+    if entries:
+        print("\n".join(_render(entries)))
+    return EXIT_OK
+
+
+async def _history(
+    db: Path, suffix: str, mirror: str | None, kind: str
+) -> tuple[str | None, list[Entry]]:
+    async with await Store.open(db, readonly=True) as store:
+        snaps = await store.snapshots(suffix, mirror=mirror, kind=kind)
+        record = next((r for r in await store.tracked() if r.suffix == suffix), None)
+        if record is None and not snaps and not await _archived(store, suffix):
+            raise UsageError(f"PITH {suffix}: no such record in the archive {db}")
+        linked: dict[int, list[str]] = defaultdict(list)
+        for e in await store.events():
+            if e.snapshot_id is not None:
+                linked[e.snapshot_id].append(e.kind)
+        by_id = {s.id: s for s in snaps}
+        entries = [Entry(s, await _changes(store, s, by_id), tuple(linked[s.id])) for s in snaps]
+        number = record.pith_number if record is not None else None
+        if number is None:
+            number = await _pith_number(store, suffix)
+    return number, entries
+
+
+async def _archived(store: Store, suffix: str) -> bool:
+    """Whether anything of the record is archived (of any kind, from any mirror)."""
+    return any([await store.snapshots(suffix, kind=k) for k in KINDS])
+
+
+async def _changes(store: Store, s: Snapshot, by_id: dict[int, Snapshot]) -> int | None:
+    if s.prev_id is None:
+        return None
+    prev = by_id.get(s.prev_id) or await store.snapshot(s.prev_id)
+    if prev is None:
+        return None
+    # The stored patch is from the newest *trusted* earlier snapshot; it is the patch
+    # from `prev_id` only when that one was trusted. Otherwise recompute.
+    if s.patch is not None and prev.trusted:
+        return len(json.loads(s.patch))
+    try:
+        before = parse(await store.get_blob(prev.body_sha256))
+        after = parse(await store.get_blob(s.body_sha256))
+    except MalformedJSON:
+        return None
+    return len(jsonpatch.make_patch(before, after).patch)
+
+
+async def _pith_number(store: Store, suffix: str) -> str | None:
+    """The full number the newest trusted bundle states (the record row may not know it)."""
+    trusted = [s for s in await store.snapshots(suffix, kind="bundle") if s.trusted]
+    if not trusted:
+        return None
+    try:
+        doc = parse(await store.get_blob(trusted[-1].body_sha256))
+    except MalformedJSON:
+        return None
+    number = doc.get("pith_number") if isinstance(doc, dict) else None
+    return number if isinstance(number, str) else None
+
+
+def _render(entries: list[Entry]) -> list[str]:
+    header = (
+        "id", "fetched", "mirror", "status", "built_at", "events", "bundle_sha256",
+        "trust", "changes", "log", "url",
+    )  # fmt: skip
+    rows = []
+    for e in entries:
+        s = e.snapshot
+        codes = _codes(s)
+        rows.append(
+            (
+                str(s.id),
+                when(s.fetched_at),
+                s.mirror,
+                str(s.status),
+                s.built_at or "-",
+                "-" if s.event_count is None else str(s.event_count),
+                (s.bundle_sha256 or "-")[:16],
+                "trusted" if s.trusted else "INVALID " + ",".join(codes),
+                "-" if e.changes is None else f"{e.changes} ops",
+                ",".join(e.events) or "-",
+                s.url,
+            )
+        )
+    return table(header, rows)
+
+
+def _codes(s: Snapshot) -> list[str]:
+    return sorted({f.code for f in s.findings})
+
+
+# -- diff ---------------------------------------------------------------------------------
+
+
+def run_diff(args: argparse.Namespace) -> int:
+    _, db = archive(args)
+    suffix = suffix_of(args.pith)
+    patch = anyio.run(_diff, db, suffix, args.mirror, args.from_id, args.to_id)
+    print_json(patch, indent=2)
+    return EXIT_OK
+
+
+async def _diff(
+    db: Path, suffix: str, mirror: str | None, from_id: int | None, to_id: int | None
+) -> list[dict[str, Any]]:
+    async with await Store.open(db, readonly=True) as store:
+        series = await store.snapshots(suffix, mirror=mirror)
+        if not series and from_id is None and to_id is None:
+            if await _archived(store, suffix):
+                raise UsageError(
+                    f"PITH {suffix}: no bundle snapshots{_from(mirror)}; diff needs two"
+                )
+            raise UsageError(f"PITH {suffix}: no such record in the archive {db}")
+        new = await _pick(store, "--to", to_id, suffix) if to_id is not None else None
+        old = await _pick(store, "--from", from_id, suffix) if from_id is not None else None
+        if new is None:
+            if not series:
+                raise UsageError(f"PITH {suffix}: no bundle snapshots{_from(mirror)}")
+            new = series[-1]
+        if old is None:
+            old = await _before(store, series, new)
+            if old is None:
+                raise UsageError(
+                    f"PITH {suffix}: snapshot {new.id} is the first{_from(mirror)};"
+                    " diff needs two (see `pithcrawl history`)"
+                )
+        before = await _document(store, old)
+        after = await _document(store, new)
+    patch: list[dict[str, Any]] = jsonpatch.make_patch(before, after).patch
+    return patch
+
+
+async def _pick(store: Store, flag: str, snapshot_id: int, suffix: str) -> Snapshot:
+    s = await store.snapshot(snapshot_id)
+    if s is None:
+        raise UsageError(f"{flag} {snapshot_id}: no such snapshot in the archive")
+    if s.suffix != suffix:
+        raise UsageError(f"{flag} {snapshot_id}: a snapshot of {s.suffix}, not of {suffix}")
+    return s
+
+
+async def _before(store: Store, series: list[Snapshot], new: Snapshot) -> Snapshot | None:
+    """The snapshot before `new`: in the chosen series if it is there, else its own
+    mirror's previous one."""
+    ids = [s.id for s in series]
+    if new.id in ids:
+        i = ids.index(new.id)
+        return series[i - 1] if i > 0 else None
+    return None if new.prev_id is None else await store.snapshot(new.prev_id)
+
+
+async def _document(store: Store, s: Snapshot) -> Any:
+    try:
+        return parse(await store.get_blob(s.body_sha256))
+    except MalformedJSON as e:
+        raise UsageError(f"snapshot {s.id} is not JSON ({e}); there is no patch to show") from None
+
+
+def _from(mirror: str | None) -> str:
+    return f" from {mirror}" if mirror else ""

@@ -1,0 +1,82 @@
+"""What the read-only report commands (`status`, `history`, `diff`, `events`) share.
+
+Owns finding the archive without creating it (a missing file is a usage error that
+says to run `sync` first), reading the PITH argument, and the plain text forms of
+times, sizes and tables. It opens nothing for writing and holds no command's logic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from contextlib import suppress
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pithcrawl.commands.sync import load
+from pithcrawl.config import Config
+from pithcrawl.errors import UsageError
+from pithcrawl.timestamps import format_seconds
+from pithcrawl.verify import parse_reference
+
+
+def archive(args: argparse.Namespace) -> tuple[Config, Path]:
+    """The configuration and the archive's path; `UsageError` if there is no archive.
+
+    Checked before opening: a read-only open must never leave an empty database behind.
+    """
+    config, db = load(args)
+    if not db.is_file():
+        raise UsageError(f"no archive at {db}; run `pithcrawl sync` first")
+    return config, db
+
+
+def suffix_of(ref: str) -> str:
+    """The suffix a PITH argument names, or a `UsageError` that quotes it."""
+    try:
+        return parse_reference(ref)
+    except ValueError as e:
+        raise UsageError(f"PITH {ref!r}: {e}") from None
+
+
+def file_bytes(db: Path) -> int:
+    """The database's size on disk, with its WAL and shared-memory files."""
+    size = 0
+    for extra in ("", "-wal", "-shm"):
+        with suppress(FileNotFoundError):
+            size += Path(f"{db}{extra}").stat().st_size
+    return size
+
+
+def when(at: datetime | None) -> str:
+    """A time for people: RFC 3339 UTC to the second, or '-'."""
+    return "-" if at is None else format_seconds(at)
+
+
+def size(n: int) -> str:
+    """A byte count for people: B, KiB, MiB or GiB."""
+    if n < 1024:
+        return f"{n} B"
+    value = n / 1024
+    for unit in ("KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Left-aligned columns two spaces apart; the last column is not padded."""
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header) - 1)]
+    return [
+        "  ".join([*(c.ljust(w) for c, w in zip(r, widths, strict=False)), r[-1]]).rstrip()
+        for r in (header, *rows)
+    ]
+
+
+def print_json(doc: Any, *, indent: int | None = None) -> None:
+    json.dump(doc, sys.stdout, ensure_ascii=False, indent=indent)
+    print()

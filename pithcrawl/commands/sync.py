@@ -1,0 +1,110 @@
+"""`pithcrawl sync`, `track`, `untrack`: one verified, archived pass, and the watch list.
+
+`sync` crawls every tracked (or named) record from every configured mirror once,
+prints a summary and exits 1 on a critical finding, 3 on operational errors only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import anyio
+import structlog
+
+from pithcrawl.config import Config, load_config
+from pithcrawl.daemon import sync_once
+from pithcrawl.errors import EXIT_OK, EXIT_OPERATIONAL, EXIT_SECURITY, UsageError
+from pithcrawl.store import Store
+from pithcrawl.trust import load_trust
+from pithcrawl.verify import parse_reference
+
+SYNC_HELP = "One pass: every tracked record from every mirror, verified and archived."
+SYNC_EXAMPLE = "pithcrawl --config /etc/pithcrawl.toml sync --json"
+TRACK_HELP = "Add records to watch (full number, 26-char suffix, or bundle URL)."
+TRACK_EXAMPLE = "pithcrawl track pith:2026:2SZ3GMWFCMMCUPZJQTONOWSJZ2"
+UNTRACK_HELP = "Stop watching records (their archive is kept)."
+UNTRACK_EXAMPLE = "pithcrawl untrack 2SZ3GMWFCMMCUPZJQTONOWSJZ2"
+
+log = structlog.get_logger("pithcrawl.sync")
+
+
+def add_sync_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pith", nargs="*", metavar="PITH", help="only these records")
+    p.add_argument("--json", action="store_true", help="the summary as one JSON document")
+
+
+def add_track_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pith", nargs="+", metavar="PITH", help="full number, suffix or bundle URL")
+
+
+def load(args: argparse.Namespace) -> tuple[Config, Path]:
+    config = load_config(args.config) if args.config else Config()
+    db = args.db or config.db_path(os.environ)
+    return config, db
+
+
+def _suffixes(refs: list[str]) -> list[str]:
+    out = []
+    for ref in refs:
+        try:
+            out.append(parse_reference(ref))
+        except ValueError as e:
+            raise UsageError(f"PITH {ref!r}: {e}") from None
+    return out
+
+
+def run_track(args: argparse.Namespace) -> int:
+    _, db = load(args)
+    suffixes = _suffixes(args.pith)
+
+    async def go() -> int:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        async with await Store.open(db) as store:
+            return await store.track(suffixes, datetime.now(UTC))
+
+    added = anyio.run(go)
+    print(f"tracking {len(suffixes)} record(s), {added} new")
+    return EXIT_OK
+
+
+def run_untrack(args: argparse.Namespace) -> int:
+    _, db = load(args)
+    suffixes = _suffixes(args.pith)
+
+    async def go() -> int:
+        async with await Store.open(db) as store:
+            return await store.untrack(suffixes)
+
+    removed = anyio.run(go)
+    print(f"no longer tracking {removed} record(s)")
+    return EXIT_OK
+
+
+def run_sync(args: argparse.Namespace) -> int:
+    config, db = load(args)
+    named = _suffixes(args.pith)
+    trust = load_trust(config.trust.keys)
+    started = time.monotonic()
+    summary = anyio.run(sync_once, config, db, named, trust)
+    summary.duration_s = time.monotonic() - started
+    if args.json:
+        json.dump(summary.to_json(), sys.stdout)
+        print()
+    else:
+        s = summary
+        print(
+            f"{s.records} records × {s.mirrors} mirrors: {s.new_snapshots} new snapshots, "
+            f"{s.events} events, {s.alerts} alerts, {s.errors} errors in {s.duration_s:.1f}s"
+        )
+    log.info("sync_done", **summary.to_json())
+    if summary.alerts or summary.untrusted:
+        return EXIT_SECURITY
+    if summary.errors:
+        return EXIT_OPERATIONAL
+    return EXIT_OK

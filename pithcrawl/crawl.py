@@ -1,0 +1,404 @@
+"""One record across its mirrors: fetch → verify → compare → store → report.
+
+Owns the decision of what is routine (a 304, an unchanged body, a transient error to
+retry later) and what is news (a new snapshot, a change in the history, an invalid
+document). It is the only module that combines `fetch`, `verify`, `timeline` and
+`store`; each of those stays ignorant of the others. Nothing is marked trusted except
+in the same transaction that archives it, after verification.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import jsonpatch
+import structlog
+
+from pithcrawl import timeline
+from pithcrawl.canon import MalformedJSON, parse
+from pithcrawl.config import Config
+from pithcrawl.errors import FetchError
+from pithcrawl.fetch import Fetcher, FetchResult
+from pithcrawl.findings import Severity
+from pithcrawl.keys import TrustSet
+from pithcrawl.mirrors import Site, discoverable, from_hints
+from pithcrawl.schedule import next_due, retry_due
+from pithcrawl.store import FetchOutcome, FetchState, NewEvent, Store
+from pithcrawl.timestamps import format_timestamp
+from pithcrawl.verify import Report, verify_bundle, verify_state
+
+log = structlog.get_logger("pithcrawl.crawl")
+
+#: Backoff after failures: 1 minute doubling up to 6 hours, with full jitter.
+RETRY_BASE = 60.0
+RETRY_CAP = 6 * 3600.0
+#: Successful fetches come back after `crawl.interval` ± 10%.
+JITTER = 0.1
+
+
+@dataclass(slots=True)
+class PairResult:
+    """What one (record, mirror) pass found."""
+
+    suffix: str
+    mirror: str
+    new_snapshots: int = 0
+    events: list[NewEvent] = field(default_factory=list)
+    error: str | None = None
+    deferred: bool = False
+    serves_untrusted: bool = False
+    """The mirror serves a bundle that failed verification (new now, or as before)."""
+
+    @property
+    def critical(self) -> bool:
+        return self.serves_untrusted or any(e.severity == "critical" for e in self.events)
+
+
+@dataclass(frozen=True, slots=True)
+class _Trusted:
+    """The trusted bundle a mirror serves now; `document` is parsed only when needed."""
+
+    body_sha256: str
+    bundle_sha256: str | None
+    document: Any
+
+
+@dataclass(frozen=True, slots=True)
+class _Got:
+    """One document fetched (or not) from one mirror, with what we knew before."""
+
+    kind: str
+    url: str
+    before: FetchState | None
+    result: FetchResult | None
+    error: str | None
+
+    @property
+    def changed(self) -> bool:
+        """A 200 with a body other than the last one from this URL."""
+        return (
+            self.result is not None
+            and self.result.status == 200
+            and (self.before is None or self.before.body_sha256 != _sha(self.result.body))
+        )
+
+    @property
+    def unchanged(self) -> bool:
+        return self.result is not None and (
+            self.result.status == 304 or (self.result.status == 200 and not self.changed)
+        )
+
+
+def alert_kind(report: Report) -> str:
+    """The contract's alert kind for a document with critical findings."""
+    codes = {f.code for f in report.findings if f.severity is Severity.CRITICAL}
+    if codes <= {"untrusted_key"}:
+        return "untrusted_key"
+    if codes <= {"equivocation"}:
+        return "equivocation"
+    return "document_invalid"
+
+
+@dataclass(slots=True)
+class Crawler:
+    config: Config
+    store: Store
+    fetcher: Fetcher
+    trust: TrustSet
+    clock: Callable[[], datetime]
+    rand: random.Random = field(default_factory=random.Random)
+
+    async def sync_pair(self, suffix: str, site: Site) -> PairResult:
+        """Fetch, verify and archive one record's bundle and state.json from one mirror."""
+        result = PairResult(suffix, site.name)
+        with structlog.contextvars.bound_contextvars(pith=suffix, mirror=site.name):
+            trusted = await self._bundle(suffix, site, result)
+            if trusted is not None and result.error is None:
+                await self._state(suffix, site, trusted, result)
+        return result
+
+    # -- the bundle ----------------------------------------------------------------------
+
+    async def _bundle(self, suffix: str, site: Site, result: PairResult) -> _Trusted | None:
+        got = await self._fetch(suffix, site, "bundle", site.bundle_url(suffix))
+        if got.result is None or got.result.status not in (200, 304):
+            fallback = site.well_known_url(suffix)
+            if fallback is not None and (got.result is None or got.result.status == 404):
+                alt = await self._fetch(suffix, site, "bundle", fallback, conditional=False)
+                if alt.result is not None and alt.result.status == 200:
+                    got = alt
+        now = self.clock()
+        if got.result is None or got.result.status not in (200, 304):
+            await self._failed(suffix, site.name, got, result, now)
+            return None
+        previous = await self.store.latest_snapshot(suffix, site.name, "bundle", trusted=True)
+        if got.unchanged:
+            await self.store.record_fetch(self._outcome(suffix, site.name, got, now))
+            last = got.before.body_sha256 if got.before else None
+            if previous is None or previous.body_sha256 != last:
+                # What this mirror serves was never trusted: its alert was raised when it
+                # first came; it is still a security finding of this pass.
+                result.serves_untrusted = True
+                return None
+            return _Trusted(previous.body_sha256, previous.bundle_sha256, None)
+        body = got.result.body
+        report = verify_bundle(
+            body,
+            self.trust,
+            now=now,
+            clock_skew=self.config.trust.clock_skew,
+            expected_suffix=suffix,
+        )
+        number = report.pith_number or suffix
+        evidence = {
+            "mirror": site.name,
+            "url": got.result.final_url,
+            "fetched_at": format_timestamp(now),
+            "body_sha256": _sha(body),
+        }
+        events: list[NewEvent] = []
+        patch = await self._patch_from_last(suffix, site.name, report)
+        if not report.ok:
+            result.serves_untrusted = True
+            kind = alert_kind(report)
+            codes = sorted({f.code for f in report.findings if f.severity is Severity.CRITICAL})
+            events.append(
+                NewEvent(
+                    kind=kind,
+                    severity="critical",
+                    at=now,
+                    pith_number=number,
+                    mirrors=(site.name,),
+                    summary=f"{site.name} served an untrusted bundle for {number}: "
+                    + ", ".join(codes),
+                    evidence={**evidence, "findings": [f.to_json() for f in report.findings]},
+                    dedup_key=f"{kind}:{suffix}:{site.name}:{_sha(body)}",
+                )
+            )
+        elif previous is not None:
+            before = parse(await self.store.get_blob(previous.body_sha256))
+            for change in timeline.compare(before, report.document, mirror=site.name):
+                events.append(
+                    NewEvent(
+                        kind=change.kind,
+                        severity=change.severity,
+                        at=now,
+                        pith_number=number,
+                        mirrors=(site.name,),
+                        summary=change.summary,
+                        evidence={
+                            **evidence,
+                            "previous_body_sha256": previous.body_sha256,
+                            **change.evidence,
+                        },
+                        dedup_key=change.dedup_key,
+                    )
+                )
+        snapshot = await self.store.record_fetch(
+            self._outcome(suffix, site.name, got, now, report=report, patch=patch, events=events)
+        )
+        self._report(result, snapshot is not None, events)
+        if not report.ok:
+            return None
+        await self.store.set_pith_number(suffix, number)
+        if self.config.crawl.discover:
+            await self._discover(report.document, suffix, now)
+        return _Trusted(_sha(body), report.bundle_sha256, report.document)
+
+    # -- state.json ----------------------------------------------------------------------
+
+    async def _state(self, suffix: str, site: Site, bundle: _Trusted, result: PairResult) -> None:
+        got = await self._fetch(suffix, site, "state", site.state_url(suffix))
+        now = self.clock()
+        if got.result is not None and got.result.status == 404:
+            return  # state.json is optional for a mirror: its absence is not news
+        if got.result is None or got.result.status not in (200, 304):
+            await self._failed(suffix, site.name, got, result, now)
+            return
+        if got.unchanged and bundle.document is None:
+            # Neither document changed since they were last compared.
+            await self.store.record_fetch(self._outcome(suffix, site.name, got, now))
+            return
+        if got.unchanged:
+            assert got.before is not None  # unchanged implies a body before
+            body = await self.store.get_blob(got.before.body_sha256 or "")
+        else:
+            body = got.result.body
+        report = verify_state(body, expected_suffix=suffix)
+        bundle_doc = bundle.document
+        if bundle_doc is None:
+            bundle_doc = parse(await self.store.get_blob(bundle.body_sha256))
+        number = str(bundle_doc.get("pith_number", suffix))
+        mismatch = (
+            timeline.compare_state_url(bundle_doc, report.document, mirror=site.name)
+            if report.ok
+            else None
+        )
+        events = []
+        if not report.ok or mismatch is not None:
+            events.append(
+                NewEvent(
+                    kind="state_url_mismatch",
+                    severity="critical",
+                    at=now,
+                    pith_number=number,
+                    mirrors=(site.name,),
+                    summary=mismatch.summary
+                    if mismatch
+                    else f"{site.name} served an invalid state.json for {number}",
+                    evidence={
+                        "mirror": site.name,
+                        "url": got.url,
+                        "fetched_at": format_timestamp(now),
+                        "state_body_sha256": _sha(body),
+                        "bundle_body_sha256": bundle.body_sha256,
+                        "findings": [f.to_json() for f in report.findings],
+                        **(mismatch.evidence if mismatch else {}),
+                    },
+                    dedup_key=mismatch.dedup_key
+                    if mismatch
+                    else f"state_url_mismatch:{suffix}:{site.name}:{_sha(body)}",
+                )
+            )
+        snapshot = await self.store.record_fetch(
+            self._outcome(suffix, site.name, got, now, report=report, events=events)
+        )
+        self._report(result, snapshot is not None, events)
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    async def _fetch(
+        self, suffix: str, site: Site, kind: str, url: str, *, conditional: bool = True
+    ) -> _Got:
+        before = await self.store.fetch_state(suffix, site.name, kind)
+        same_url = conditional and before is not None and before.url == url
+        try:
+            result = await self.fetcher.get(
+                url,
+                etag=before.etag if same_url and before else None,
+                last_modified=before.last_modified if same_url and before else None,
+            )
+        except FetchError as e:
+            return _Got(kind, url, before, None, str(e))
+        return _Got(kind, url, before if same_url else None, result, None)
+
+    async def _failed(
+        self, suffix: str, mirror: str, got: _Got, result: PairResult, now: datetime
+    ) -> None:
+        failures = (got.before.failures if got.before else 0) + 1
+        status = got.result.status if got.result else None
+        error = got.error or f"HTTP {status} from {got.url}"
+        due = retry_due(
+            now,
+            failures,
+            got.result.retry_after if got.result else None,
+            base=RETRY_BASE,
+            cap=RETRY_CAP,
+            rand=self.rand.random(),
+        )
+        await self.store.record_fetch(
+            FetchOutcome(
+                suffix=suffix,
+                mirror=mirror,
+                kind=got.kind,
+                url=got.url,
+                fetched_at=now,
+                status=status,
+                next_due=due,
+                error=error,
+            )
+        )
+        result.error = error
+        log.info(
+            "fetch_failed",
+            kind=got.kind,
+            url=got.url,
+            error=error,
+            failures=failures,
+            retry_at=format_timestamp(due),
+        )
+
+    def _outcome(
+        self,
+        suffix: str,
+        mirror: str,
+        got: _Got,
+        now: datetime,
+        *,
+        report: Report | None = None,
+        patch: str | None = None,
+        events: list[NewEvent] | None = None,
+    ) -> FetchOutcome:
+        fetched = got.result
+        assert fetched is not None
+        return FetchOutcome(
+            suffix=suffix,
+            mirror=mirror,
+            kind=got.kind,
+            url=got.url,
+            fetched_at=now,
+            status=fetched.status,
+            body=fetched.body if got.changed else None,
+            etag=fetched.etag,
+            last_modified=fetched.last_modified,
+            next_due=next_due(
+                now, self.config.crawl.interval, jitter=JITTER, rand=self.rand.random()
+            ),
+            bundle_sha256=report.bundle_sha256 if report else None,
+            built_at=report.built_at if report else None,
+            event_count=len(report.events) if report and report.kind == "bundle" else None,
+            trusted=bool(report and report.ok),
+            findings=report.findings if report else (),
+            patch=patch,
+            events=events or (),
+        )
+
+    async def _patch_from_last(self, suffix: str, mirror: str, report: Report) -> str | None:
+        """The patch from the previous snapshot of this record and mirror, if both are JSON."""
+        last = await self.store.latest_snapshot(suffix, mirror, "bundle")
+        if last is None or report.document is None:
+            return None
+        try:
+            before = parse(await self.store.get_blob(last.body_sha256))
+        except MalformedJSON:
+            return None
+        return _patch(before, report.document)
+
+    def _report(self, result: PairResult, new_snapshot: bool, events: list[NewEvent]) -> None:
+        result.new_snapshots += new_snapshot
+        result.events.extend(events)
+        for e in events:
+            emit = log.warning if e.severity in ("critical", "error") else log.info
+            emit(e.kind, severity=e.severity, summary=e.summary, dedup_key=e.dedup_key)
+
+    async def _discover(self, bundle: dict[str, Any], suffix: str, now: datetime) -> None:
+        """Add the mirrors a verified bundle names, if they may be crawled."""
+        known = {(m.base_url, m.bundle_pattern) for m in await self.store.mirrors()}
+        for site in from_hints(bundle, suffix):
+            if (site.base_url, site.bundle_pattern) in known:
+                continue
+            refused = await discoverable(site, allow_private=self.config.crawl.allow_private_hosts)
+            if refused is not None:
+                log.info("mirror_hint_refused", mirror=site.name, reason=refused)
+                continue
+            await self.store.upsert_mirror(site.row(now))
+            known.add((site.base_url, site.bundle_pattern))
+            log.info("mirror_discovered", mirror=site.name, base_url=site.base_url)
+
+
+def _sha(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+def _patch(before: Any, after: Any) -> str | None:
+    """An RFC 6902 patch from `before` to `after`, kept only if it reproduces `after`."""
+    patch = jsonpatch.make_patch(before, after)
+    if jsonpatch.apply_patch(before, patch.patch) != after:
+        return None
+    return json.dumps(patch.patch, separators=(",", ":"), ensure_ascii=False)

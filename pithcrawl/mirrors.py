@@ -1,0 +1,243 @@
+"""The mirror set: configured mirrors, mirrors from manifests, mirrors discovered in bundles.
+
+Owns turning each source into `store.Mirror` rows (URL patterns with `{base_url}` and
+`{suffix}`), the registry manifest's shape, and the guard on discovered mirrors: https
+only, and a public address unless `crawl.allow_private_hosts`. Configured mirrors are
+always allowed: the operator chose them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import structlog
+
+from pithcrawl.canon import MalformedJSON, parse
+from pithcrawl.config import Config
+from pithcrawl.errors import FetchError
+from pithcrawl.fetch import Fetcher
+from pithcrawl.store import Mirror, Store
+
+log = structlog.get_logger("pithcrawl.mirrors")
+
+SUFFIX = "{suffix}"
+
+
+def expand(pattern: str, base_url: str, suffix: str) -> str:
+    # str.replace, not str.format: a URL may hold other braces.
+    return pattern.replace("{base_url}", base_url).replace(SUFFIX, suffix)
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """A mirror to crawl, with its three URLs for a suffix."""
+
+    name: str
+    base_url: str
+    bundle_pattern: str
+    state_pattern: str
+    well_known_pattern: str | None
+    origin: str
+
+    def bundle_url(self, suffix: str) -> str:
+        return expand(self.bundle_pattern, self.base_url, suffix)
+
+    def state_url(self, suffix: str) -> str:
+        return expand(self.state_pattern, self.base_url, suffix)
+
+    def well_known_url(self, suffix: str) -> str | None:
+        if self.well_known_pattern is None:
+            return None
+        return expand(self.well_known_pattern, self.base_url, suffix)
+
+    def row(self, now: datetime) -> Mirror:
+        return Mirror(
+            self.name,
+            self.base_url,
+            self.bundle_pattern,
+            self.state_pattern,
+            self.origin,
+            now,
+            self.well_known_pattern,
+        )
+
+    @classmethod
+    def from_row(cls, m: Mirror) -> Site:
+        return cls(
+            m.name, m.base_url, m.bundle_pattern, m.state_pattern, m.well_known_pattern, m.origin
+        )
+
+
+def configured(config: Config) -> list[Site]:
+    return [
+        Site(
+            m.name,
+            m.base_url,
+            m.bundle_pattern,
+            m.state_pattern,
+            m.well_known_pattern,
+            "config",
+        )
+        for m in config.mirrors
+        if m.base_url is not None
+    ]
+
+
+def _strings(obj: Mapping[str, Any], *keys: str) -> tuple[str, ...] | None:
+    values = tuple(obj.get(k) for k in keys)
+    if all(isinstance(v, str) for v in values):
+        return values  # type: ignore[return-value] # every item was just checked
+    return None
+
+
+def from_manifest(doc: Any, *, prefix: str = "") -> list[Site]:
+    """The mirrors a `pith_mirror_manifest` lists; entries without usable patterns are
+    skipped (a manifest is unsigned: it can add places to look, never trust)."""
+    if not isinstance(doc, dict) or doc.get("manifest_type") != "pith_mirror_manifest":
+        raise ValueError("not a pith_mirror_manifest")
+    sites = []
+    for entry in doc.get("mirrors") or []:
+        fields = (
+            _strings(entry, "name", "base_url", "bundle_pattern", "state_pattern")
+            if isinstance(entry, dict)
+            else None
+        )
+        if fields is None:
+            continue
+        name, base, bundle, state = fields
+        if SUFFIX not in bundle or SUFFIX not in state or not _http(base):
+            continue
+        well_known = entry.get("well_known_pattern")
+        if not (isinstance(well_known, str) and SUFFIX in well_known):
+            well_known = None
+        sites.append(Site(prefix + name, base.rstrip("/"), bundle, state, well_known, "manifest"))
+    return sites
+
+
+def from_hints(bundle: Mapping[str, Any], suffix: str) -> list[Site]:
+    """Mirrors a verified bundle names in `mirror_hints`, as patterns for any suffix."""
+    sites = []
+    for hint in bundle.get("mirror_hints") or []:
+        fields = (
+            _strings(hint, "base_url", "bundle_url", "state_url")
+            if isinstance(hint, dict)
+            else None
+        )
+        if fields is None:
+            continue
+        base, bundle_url, state_url = fields
+        if suffix not in bundle_url or suffix not in state_url:
+            continue
+        well_known = hint.get("well_known_bundle_url")
+        well_known_pattern = (
+            well_known.replace(suffix, SUFFIX)
+            if isinstance(well_known, str) and suffix in well_known
+            else None
+        )
+        host = urlsplit(base).hostname or base
+        label = hint.get("name")
+        name = label if isinstance(label, str) else host
+        sites.append(
+            Site(
+                f"{name} ({host})",
+                base.rstrip("/"),
+                bundle_url.replace(suffix, SUFFIX),
+                state_url.replace(suffix, SUFFIX),
+                well_known_pattern,
+                "discovered",
+            )
+        )
+    return sites
+
+
+def _http(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def is_public_address(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    return ip.is_global and not ip.is_multicast
+
+
+async def discoverable(site: Site, *, allow_private: bool) -> str | None:
+    """Why a discovered mirror may not be crawled, or None when it may."""
+    urls = [site.base_url, site.bundle_url("A" * 26), site.state_url("A" * 26)]
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme != "https" and not allow_private:
+            return f"{url} is not https"
+        if allow_private:
+            continue
+        host = parts.hostname or ""
+        try:
+            infos = await anyio.getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as e:
+            return f"{host} does not resolve ({e})"
+        addresses = {str(info[4][0]) for info in infos}
+        private = sorted(a for a in addresses if not is_public_address(a))
+        if private:
+            return f"{host} resolves to a non-public address ({', '.join(private)})"
+    return None
+
+
+async def fetch_manifest(fetcher: Fetcher, url: str, name: str) -> list[Site]:
+    """The mirrors a manifest lists now; an unreadable manifest is an error to log."""
+    try:
+        result = await fetcher.get(url)
+    except FetchError as e:
+        raise ValueError(str(e)) from None
+    if result.status != 200:
+        raise ValueError(f"HTTP {result.status} from {url}")
+    try:
+        doc = parse(result.body)
+    except MalformedJSON as e:
+        raise ValueError(f"{url}: {e}") from None
+    return from_manifest(doc, prefix=f"{name}/")
+
+
+def unique(sites: Iterable[Site]) -> list[Site]:
+    """One site per bundle URL pattern (the manifest and a base URL often name the same
+    place) and per name; the first listed wins, so configured mirrors come first."""
+    seen_patterns: set[str] = set()
+    seen_names: set[str] = set()
+    out = []
+    for site in sites:
+        pattern = expand(site.bundle_pattern, site.base_url, SUFFIX)
+        if pattern in seen_patterns or site.name in seen_names:
+            continue
+        seen_patterns.add(pattern)
+        seen_names.add(site.name)
+        out.append(site)
+    return out
+
+
+async def resolve(config: Config, store: Store, fetcher: Fetcher, now: datetime) -> list[Site]:
+    """Every mirror to crawl now: configured, from manifests (refreshed), discovered."""
+    sites = configured(config)
+    for m in config.mirrors:
+        if m.manifest is None:
+            continue
+        try:
+            listed = await fetch_manifest(fetcher, m.manifest, m.name)
+        except ValueError as e:
+            log.warning("manifest_unreadable", manifest=m.manifest, error=str(e))
+            continue
+        for site in listed:
+            await store.upsert_mirror(site.row(now))
+    known = [Site.from_row(row) for row in await store.mirrors()]
+    manifest_sites = [
+        s
+        for s in known
+        if s.origin == "manifest"
+        and any(m.manifest and s.name.startswith(f"{m.name}/") for m in config.mirrors)
+    ]
+    discovered = [s for s in known if s.origin == "discovered"] if config.crawl.discover else []
+    return unique([*sites, *manifest_sites, *discovered])

@@ -1,0 +1,44 @@
+"""pithcrawl's archive: one SQLite file holding every fetched body and what it meant.
+
+The package is the only place that speaks SQL or sees a sqlite3 error (it raises
+`StoreError` and its subclasses). Modules, by responsibility:
+
+- `archive`: `Store`, the typed async API, and its queries;
+- `fetches`: what recording one fetch writes, inside `record_fetch`'s transaction;
+- `connection`: opening, the writers' lock, pragmas, migrations, transactions;
+- `schema`: the numbered migrations;
+- `rows`: the values going in and out;
+- `blobs`: the zstd codec and the sha256 check of archived bodies.
+
+It decides nothing about trust, changes or scheduling: those are stored as given.
+"""
+
+from __future__ import annotations
+
+from pithcrawl.store.archive import Store
+from pithcrawl.store.rows import (
+    KINDS,
+    ORIGINS,
+    EventRow,
+    FetchOutcome,
+    FetchState,
+    Mirror,
+    NewEvent,
+    Record,
+    Snapshot,
+)
+from pithcrawl.store.schema import SCHEMA_VERSION
+
+__all__ = [
+    "KINDS",
+    "ORIGINS",
+    "SCHEMA_VERSION",
+    "EventRow",
+    "FetchOutcome",
+    "FetchState",
+    "Mirror",
+    "NewEvent",
+    "Record",
+    "Snapshot",
+    "Store",
+]

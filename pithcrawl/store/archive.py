@@ -1,0 +1,299 @@
+"""`Store`: the archive's typed API, and the queries behind it.
+
+Owns what is kept and how it is read back: tracked records, mirrors, per-fetch
+bookkeeping, snapshots with their blobs, and the event log. `record_fetch` stores one
+fetch's blob, snapshot, bookkeeping and events in one `BEGIN IMMEDIATE` transaction, so
+a crash or a cancel leaves all of it or none. It does not decide anything: whether a
+body is trusted, what changed (the patch), which events to raise and when to fetch next
+are the caller's (`crawl`'s) results, stored here as given. The writes of one fetch
+live in `fetches`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from contextlib import suppress
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+
+from pithcrawl.errors import StoreError
+from pithcrawl.store.blobs import pack, unpack
+from pithcrawl.store.connection import Database
+from pithcrawl.store.fetches import INSERT_EVENT, check_outcome, event_params, write_fetch
+from pithcrawl.store.rows import (
+    EventRow,
+    FetchOutcome,
+    FetchState,
+    Mirror,
+    NewEvent,
+    Record,
+    Snapshot,
+    db_time,
+    event_from_row,
+    fetch_state_from_row,
+    mirror_from_row,
+    normalize_time,
+    record_from_row,
+    snapshot_from_row,
+    to_json_text,
+)
+
+_UPSERT_MIRROR = """
+INSERT INTO mirrors (name, base_url, bundle_pattern, state_pattern, well_known_pattern,
+                     origin, added_at)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (name) DO UPDATE SET
+    base_url = excluded.base_url, bundle_pattern = excluded.bundle_pattern,
+    state_pattern = excluded.state_pattern, well_known_pattern = excluded.well_known_pattern,
+    origin = excluded.origin
+"""
+
+_LATEST = """
+SELECT * FROM snapshots
+WHERE suffix = ? AND mirror = ? AND kind = ? AND (?4 IS NULL OR trusted = ?4)
+ORDER BY id DESC LIMIT 1
+"""
+
+# Every tracked record × known mirror whose bundle is due; never fetched first.
+_DUE = """
+SELECT r.suffix, m.name FROM records AS r CROSS JOIN mirrors AS m
+LEFT JOIN fetch_state AS f ON f.suffix = r.suffix AND f.mirror = m.name AND f.kind = 'bundle'
+WHERE f.next_due IS NULL OR f.next_due <= ?
+ORDER BY f.suffix IS NOT NULL, f.next_due, r.added_at, r.suffix, m.name
+LIMIT ?
+"""
+
+_STATS = """
+SELECT (SELECT count(*) FROM blobs) AS blobs, (SELECT count(*) FROM records) AS records,
+       (SELECT count(*) FROM mirrors) AS mirrors,
+       (SELECT count(*) FROM fetch_state) AS fetch_state,
+       (SELECT count(*) FROM snapshots) AS snapshots, (SELECT count(*) FROM events) AS events,
+       (SELECT coalesce(sum(size), 0) FROM blobs) AS blob_bytes_raw,
+       (SELECT coalesce(sum(length(data)), 0) FROM blobs) AS blob_bytes_stored
+"""
+
+
+class Store:
+    """The archive: one SQLite file, one connection, the single writer of its process."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    @classmethod
+    async def open(
+        cls, path: Path | str, *, exclusive: bool = False, readonly: bool = False
+    ) -> Store:
+        """Open (creating and migrating as needed) the archive at `path`.
+
+        `exclusive` takes the writers' lock (`StoreLocked` if another process holds it):
+        every command that crawls takes it. `readonly` opens with SQLite's `mode=ro`,
+        never creates or migrates, and refuses every write.
+        """
+        return cls(await Database.open(Path(path), exclusive=exclusive, readonly=readonly))
+
+    @property
+    def path(self) -> Path:
+        return self._db.path
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- records ------------------------------------------------------------------------
+
+    async def track(self, suffixes: Iterable[str], now: datetime) -> int:
+        """Start watching records; returns how many were not tracked before."""
+        rows = [(s, db_time(now)) for s in dict.fromkeys(suffixes)]
+        async with self._db.write("track records") as s:
+            return await s.run_many(
+                "INSERT INTO records (suffix, added_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                rows,
+            )
+
+    async def untrack(self, suffixes: Iterable[str]) -> int:
+        """Stop watching records (their archive stays); returns how many were tracked."""
+        rows = [(s,) for s in dict.fromkeys(suffixes)]
+        async with self._db.write("untrack records") as s:
+            await s.run_many("DELETE FROM fetch_state WHERE suffix = ?", rows)
+            return await s.run_many("DELETE FROM records WHERE suffix = ?", rows)
+
+    async def tracked(self) -> list[Record]:
+        async with self._db.read("list tracked records") as s:
+            rows = await s.all("SELECT * FROM records ORDER BY added_at, suffix")
+        return [record_from_row(r) for r in rows]
+
+    async def set_pith_number(self, suffix: str, pith_number: str) -> None:
+        async with self._db.write("set a pith number") as s:
+            await s.run(
+                "UPDATE records SET pith_number = ? WHERE suffix = ?", (pith_number, suffix)
+            )
+
+    # -- mirrors ------------------------------------------------------------------------
+
+    async def upsert_mirror(self, mirror: Mirror) -> None:
+        """Add a mirror or update its URLs and origin (its `added_at` stays the first)."""
+        async with self._db.write("save a mirror") as s:
+            await s.run(
+                _UPSERT_MIRROR,
+                (
+                    mirror.name,
+                    mirror.base_url,
+                    mirror.bundle_pattern,
+                    mirror.state_pattern,
+                    mirror.well_known_pattern,
+                    mirror.origin,
+                    db_time(mirror.added_at),
+                ),
+            )
+
+    async def remove_mirror(self, name: str) -> bool:
+        """Forget a mirror and its fetch bookkeeping (its snapshots stay); True if known."""
+        async with self._db.write("remove a mirror") as s:
+            await s.run("DELETE FROM fetch_state WHERE mirror = ?", (name,))
+            changed, _ = await s.run("DELETE FROM mirrors WHERE name = ?", (name,))
+        return changed > 0
+
+    async def mirrors(self) -> list[Mirror]:
+        async with self._db.read("list mirrors") as s:
+            rows = await s.all("SELECT * FROM mirrors ORDER BY name")
+        return [mirror_from_row(r) for r in rows]
+
+    # -- fetch bookkeeping ----------------------------------------------------------------
+
+    async def fetch_state(self, suffix: str, mirror: str, kind: str) -> FetchState | None:
+        async with self._db.read("read fetch state") as s:
+            row = await s.one(
+                "SELECT * FROM fetch_state WHERE suffix = ? AND mirror = ? AND kind = ?",
+                (suffix, mirror, kind),
+            )
+        return None if row is None else fetch_state_from_row(row)
+
+    async def fetch_states(self, *, suffix: str | None = None) -> list[FetchState]:
+        """All bookkeeping rows (of one record if `suffix`), for `status`."""
+        async with self._db.read("read fetch state") as s:
+            rows = await s.all(
+                "SELECT * FROM fetch_state WHERE ?1 IS NULL OR suffix = ?1"
+                " ORDER BY suffix, mirror, kind",
+                (suffix,),
+            )
+        return [fetch_state_from_row(r) for r in rows]
+
+    async def due(self, now: datetime, limit: int | None = None) -> list[tuple[str, str]]:
+        """(suffix, mirror) pairs whose bundle is due at `now`: never fetched first, then
+        by `next_due`."""
+        async with self._db.read("list due fetches") as s:
+            rows = await s.all(_DUE, (db_time(now), -1 if limit is None else limit))
+        return [(r[0], r[1]) for r in rows]
+
+    async def record_fetch(self, fetch: FetchOutcome) -> Snapshot | None:
+        """Store one fetch in one transaction (blob, snapshot if the body changed,
+        bookkeeping, events): all of it or, after any error or cancel, none of it.
+
+        Returns the new snapshot, or None when the body is unchanged, not modified (304)
+        or the fetch failed.
+        """
+        blob = await pack(fetch.body) if fetch.body is not None else None
+        check_outcome(fetch, blob)
+        async with self._db.write("record a fetch") as s:
+            return await write_fetch(s, fetch, blob)
+
+    # -- snapshots and blobs ----------------------------------------------------------------
+
+    async def latest_snapshot(
+        self, suffix: str, mirror: str, kind: str, *, trusted: bool | None = None
+    ) -> Snapshot | None:
+        """The newest snapshot of a (record, mirror, kind), optionally of one trust."""
+        async with self._db.read("read a snapshot") as s:
+            row = await s.one(_LATEST, (suffix, mirror, kind, trusted))
+        return None if row is None else snapshot_from_row(row)
+
+    async def snapshots(
+        self, suffix: str, *, mirror: str | None = None, kind: str = "bundle"
+    ) -> list[Snapshot]:
+        """A record's snapshots of one kind (from one mirror or all), oldest first."""
+        async with self._db.read("list snapshots") as s:
+            rows = await s.all(
+                "SELECT * FROM snapshots WHERE suffix = ?1 AND kind = ?2"
+                " AND (?3 IS NULL OR mirror = ?3) ORDER BY id",
+                (suffix, kind, mirror),
+            )
+        return [snapshot_from_row(r) for r in rows]
+
+    async def snapshot(self, snapshot_id: int) -> Snapshot | None:
+        async with self._db.read("read a snapshot") as s:
+            row = await s.one("SELECT * FROM snapshots WHERE id = ?", (snapshot_id,))
+        return None if row is None else snapshot_from_row(row)
+
+    async def get_blob(self, sha256: str) -> bytes:
+        """The exact bytes once fetched with this sha256 (`StoreCorrupt` if damaged)."""
+        async with self._db.read("read a blob") as s:
+            row = await s.one(
+                "SELECT sha256, size, codec, data FROM blobs WHERE sha256 = ?", (sha256,)
+            )
+        if row is None:
+            raise StoreError(f"no blob with sha256 {sha256} in the archive {self.path}")
+        return unpack(row["sha256"], row["size"], row["codec"], row["data"])
+
+    # -- events ---------------------------------------------------------------------------
+
+    async def add_events(self, events: Sequence[NewEvent]) -> list[int]:
+        """Append events in one transaction; their ids, in order."""
+        params = [event_params(e, None, None) for e in events]
+        ids: list[int] = []
+        async with self._db.write("add events") as s:
+            for p in params:
+                _, rowid = await s.run(INSERT_EVENT, p)
+                assert rowid is not None
+                ids.append(rowid)
+        return ids
+
+    async def events(
+        self, *, since: datetime | str | None = None, kinds: Sequence[str] = ()
+    ) -> list[EventRow]:
+        """The event log in time order, from `since` (inclusive), of `kinds` if given."""
+        since_text = None if since is None else normalize_time(since)
+        async with self._db.read("read events") as s:
+            rows = await s.all(
+                "SELECT * FROM events WHERE (?1 IS NULL OR at >= ?1)"
+                " AND (?2 = '[]' OR kind IN (SELECT value FROM json_each(?2)))"
+                " ORDER BY at, id",
+                (since_text, to_json_text(list(kinds))),
+            )
+        return [event_from_row(r) for r in rows]
+
+    # -- maintenance ----------------------------------------------------------------------
+
+    async def stats(self) -> dict[str, int]:
+        """Rows per table, blob bytes (raw and stored) and the file size with WAL and shm."""
+        async with self._db.read("count rows") as s:
+            row = await s.one(_STATS)
+        assert row is not None
+        out = {k: int(row[k]) for k in row.keys()}  # noqa: SIM118 (sqlite3.Row is not a dict)
+        out["file_bytes"] = _file_bytes(self.path)
+        return out
+
+    async def integrity_check(self) -> list[str]:
+        """`PRAGMA integrity_check`'s lines: ["ok"] when the file is sound."""
+        async with self._db.read("check integrity") as s:
+            rows = await s.all("PRAGMA integrity_check")
+        return [str(r[0]) for r in rows]
+
+
+def _file_bytes(db: Path) -> int:
+    # A few stat calls: too quick to be worth a worker thread.
+    size = 0
+    for suffix in ("", "-wal", "-shm"):
+        with suppress(FileNotFoundError):
+            size += Path(f"{db}{suffix}").stat().st_size
+    return size

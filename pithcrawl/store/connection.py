@@ -1,0 +1,289 @@
+"""The one connection to the archive: opening, locking, migrating, transactions.
+
+Owns everything between a path and a ready aiosqlite connection: the writers' advisory
+lock (`flock` on `DB.lock`), the pragmas (WAL, `busy_timeout`, foreign keys,
+`synchronous=NORMAL`), applying `schema.MIGRATIONS` under `PRAGMA user_version` (each in
+its own `BEGIN IMMEDIATE` transaction) and refusing a newer schema, serialising the tasks
+that share the connection, and translating every sqlite3 and OS error into `StoreError`
+(the one boundary where they are translated). It knows no table: queries are `archive`'s.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import anyio
+
+from pithcrawl.errors import StoreError, StoreLocked
+from pithcrawl.store.schema import MIGRATIONS, SCHEMA_VERSION, statements
+
+BUSY_TIMEOUT_MS = 5000
+
+
+def lock_path(db: Path) -> Path:
+    return db.with_name(db.name + ".lock")
+
+
+class WriterLock:
+    """An exclusive, non-blocking `flock` on `DB.lock`: one writer process per archive.
+
+    flock locks belong to the open file description, so a second acquisition fails even
+    from the same process, and the kernel drops the lock when the process dies (a crash
+    leaves no stale lock). The file holds the holder's pid, for the error message only.
+    The file is never deleted: unlinking a lock file races with its next opener.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    @classmethod
+    def acquire(cls, db: Path) -> WriterLock:
+        path = lock_path(db)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise StoreError(f"cannot create the lock file {path}: {e.strerror or e}") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = _read_pid(fd)
+            os.close(fd)
+            raise StoreLocked(f"another pithcrawl is using {db} (pid {holder})") from e
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as e:
+            os.close(fd)
+            raise StoreError(f"cannot write the lock file {path}: {e.strerror or e}") from e
+        return cls(fd)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)  # closing the last descriptor releases the flock
+
+
+def _read_pid(fd: int) -> str:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        text = ""
+    return text if text.isdigit() else "unknown"
+
+
+def describe(db: Path, doing: str, e: sqlite3.Error) -> str:
+    """A message for a sqlite3 error that says what we were doing and what to check."""
+    text = str(e)
+    hints = {
+        "file is not a database": f"{db} is not a pithcrawl database (file is not a database)",
+        "unable to open database file": (
+            f"cannot open database {db}: unable to open database file"
+            " (does its directory exist, and may pithcrawl write there?)"
+        ),
+        "readonly database": f"database {db} is read-only: cannot {doing}",
+        "database is locked": (
+            f"database {db} stayed locked by another process for more than"
+            f" {BUSY_TIMEOUT_MS // 1000}s: cannot {doing}"
+        ),
+        "disk image is malformed": f"database {db} is damaged ({text}); run `pithcrawl fsck`",
+    }
+    for needle, message in hints.items():
+        if needle in text:
+            return message
+    return f"database {db}: cannot {doing}: {text}"
+
+
+@contextmanager
+def translated(db: Path, doing: str) -> Iterator[None]:
+    """Turn sqlite3 errors raised inside into `StoreError` (the only place this happens)."""
+    try:
+        yield
+    except sqlite3.Error as e:
+        raise StoreError(describe(db, doing, e)) from e
+
+
+class Database:
+    """One aiosqlite connection shared by the tasks of one process, one task at a time.
+
+    Tasks take turns (`read`, `write`) because a transaction spans several awaits: two
+    tasks interleaving statements on one connection would share one transaction.
+    """
+
+    def __init__(
+        self, conn: aiosqlite.Connection, path: Path, lock: WriterLock | None, readonly: bool
+    ) -> None:
+        self._conn: aiosqlite.Connection | None = conn
+        self.path = path
+        self.readonly = readonly
+        self._writer_lock = lock
+        self._turn = anyio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path, *, exclusive: bool, readonly: bool) -> Database:
+        if exclusive and readonly:
+            raise ValueError("a read-only store cannot take the writers' lock")
+        lock = WriterLock.acquire(path) if exclusive else None
+        try:
+            conn = await _connect(path, readonly=readonly)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        return cls(conn, path, lock, readonly)
+
+    async def close(self) -> None:
+        # Shielded: closing is what a cancelled task (a daemon shutting down) does last,
+        # and it must still end the connection and release the writers' lock.
+        with anyio.CancelScope(shield=True):
+            async with self._turn:
+                conn, self._conn = self._conn, None
+                try:
+                    if conn is not None:
+                        with translated(self.path, "close"):
+                            if not self.readonly:
+                                await conn.execute("PRAGMA optimize")
+                            await conn.close()
+                finally:
+                    if self._writer_lock is not None:
+                        self._writer_lock.release()
+                        self._writer_lock = None
+
+    def _live(self) -> aiosqlite.Connection:
+        if self._conn is None:
+            raise StoreError(f"the store {self.path} is closed")
+        return self._conn
+
+    @asynccontextmanager
+    async def read(self, doing: str) -> AsyncIterator[Session]:
+        async with self._turn:
+            with translated(self.path, doing):
+                yield Session(self._live())
+
+    @asynccontextmanager
+    async def write(self, doing: str) -> AsyncIterator[Session]:
+        """A `BEGIN IMMEDIATE` transaction: committed when the block ends, else rolled back."""
+        async with self._turn:
+            conn = self._live()
+            with translated(self.path, doing):
+                await conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield Session(conn)
+                except BaseException:
+                    await _rollback(conn)
+                    raise
+                # Shielded: a cancel arriving during COMMIT must not leave us unsure
+                # whether it happened (and aiosqlite would run it anyway).
+                with anyio.CancelScope(shield=True):
+                    await conn.execute("COMMIT")
+
+
+class Session:
+    """The statements a `read` or `write` block runs, typed for the archive's queries."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        return list(await self._conn.execute_fetchall(sql, params))
+
+    async def one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        async with self._conn.execute(sql, params) as cur:
+            return await cur.fetchone()
+
+    async def run(self, sql: str, params: Sequence[Any] = ()) -> tuple[int, int | None]:
+        """Execute one statement; (rows changed, last inserted rowid)."""
+        async with self._conn.execute(sql, params) as cur:
+            return cur.rowcount, cur.lastrowid
+
+    async def run_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        async with self._conn.executemany(sql, rows) as cur:
+            return cur.rowcount
+
+
+async def _rollback(conn: aiosqlite.Connection) -> None:
+    # Shielded so a cancelled task still ends its transaction; a ROLLBACK with no
+    # transaction open (sqlite already rolled back, e.g. after SQLITE_FULL) is fine.
+    with anyio.CancelScope(shield=True), suppress(sqlite3.OperationalError):
+        await conn.execute("ROLLBACK")
+
+
+def _target(path: Path, *, readonly: bool) -> str:
+    # SQLite's URI form is the only way to ask for mode=ro; as_uri() percent-encodes.
+    return f"{path.absolute().as_uri()}?mode=ro" if readonly else str(path)
+
+
+async def _connect(path: Path, *, readonly: bool) -> aiosqlite.Connection:
+    target = _target(path, readonly=readonly)
+    with translated(path, "open the database"):
+        # Open once without aiosqlite first: when aiosqlite's own connect fails, its
+        # worker thread outlives the event loop and reports into a closed loop.
+        await anyio.to_thread.run_sync(_probe, target, readonly)
+        conn = await aiosqlite.connect(target, uri=readonly, isolation_level=None)
+    try:
+        conn.row_factory = sqlite3.Row
+        with translated(path, "open the database"):
+            await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            await conn.execute("PRAGMA foreign_keys = ON")
+            version = await _user_version(conn)
+            _refuse_newer(version)
+            if not readonly:
+                # journal_mode is persistent in the file, so read-only users get WAL too.
+                await conn.execute("PRAGMA journal_mode = WAL")
+                await conn.execute("PRAGMA synchronous = NORMAL")
+        if readonly:
+            if version < SCHEMA_VERSION:
+                raise StoreError(
+                    f"database {path} has schema version {version}, older than this"
+                    f" pithcrawl ({SCHEMA_VERSION}); open it for writing once to upgrade it"
+                )
+        else:
+            await _migrate(conn, path, version)
+    except BaseException:
+        with anyio.CancelScope(shield=True), suppress(sqlite3.Error):
+            await conn.close()
+        raise
+    return conn
+
+
+def _probe(target: str, uri: bool) -> None:
+    sqlite3.connect(target, uri=uri).close()
+
+
+async def _user_version(conn: aiosqlite.Connection) -> int:
+    async with conn.execute("PRAGMA user_version") as cur:
+        row = await cur.fetchone()
+    return int(row[0]) if row is not None else 0
+
+
+def _refuse_newer(version: int) -> None:
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"database schema version {version} is newer than this pithcrawl"
+            f" ({SCHEMA_VERSION}); upgrade pithcrawl"
+        )
+
+
+async def _migrate(conn: aiosqlite.Connection, path: Path, version: int) -> None:
+    for number in range(version + 1, SCHEMA_VERSION + 1):
+        with translated(path, f"migrate to schema version {number}"):
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                # Another process may have migrated while we waited for the write lock.
+                current = await _user_version(conn)
+                _refuse_newer(current)
+                if current < number:
+                    for statement in statements(MIGRATIONS[number - 1]):
+                        await conn.execute(statement)
+                    await conn.execute(f"PRAGMA user_version = {number}")
+            except BaseException:
+                await _rollback(conn)
+                raise
+            with anyio.CancelScope(shield=True):
+                await conn.execute("COMMIT")

@@ -1,0 +1,163 @@
+"""What one fetch writes: the body of `Store.record_fetch`'s transaction, and its SQL.
+
+Owns the rules of recording a fetch: a blob is inserted once per sha256, a snapshot only
+when the body differs from the latest of its (suffix, mirror, kind), the bookkeeping of
+success (failures reset, validators replaced by a 200 and kept by a 304) and of failure
+(failures counted, `first_failure_at` kept), and events linked to the snapshot. It runs
+inside a transaction it is given; it neither begins nor commits one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pithcrawl.store.blobs import PackedBlob
+from pithcrawl.store.connection import Session
+from pithcrawl.store.rows import (
+    FetchOutcome,
+    NewEvent,
+    Snapshot,
+    db_time,
+    db_time_or_none,
+    snapshot_from_row,
+    to_json_text,
+)
+
+# A success (200 or 304) clears the failure run. A 200's validators replace the old ones
+# (they described another body); a 304 keeps the old ones unless it sends new ones.
+_SUCCESS = """
+INSERT INTO fetch_state (suffix, mirror, kind, url, etag, last_modified, body_sha256, status,
+                         last_fetch_at, last_success_at, failures, next_due)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, 0, ?10)
+ON CONFLICT (suffix, mirror, kind) DO UPDATE SET
+    url = excluded.url,
+    etag = CASE WHEN ?11 THEN excluded.etag ELSE coalesce(excluded.etag, etag) END,
+    last_modified = CASE WHEN ?11 THEN excluded.last_modified
+                         ELSE coalesce(excluded.last_modified, last_modified) END,
+    body_sha256 = coalesce(excluded.body_sha256, body_sha256),
+    status = excluded.status, last_fetch_at = excluded.last_fetch_at,
+    last_success_at = excluded.last_success_at, first_failure_at = NULL, failures = 0,
+    next_due = excluded.next_due, last_error = NULL
+"""
+
+_FAILURE = """
+INSERT INTO fetch_state (suffix, mirror, kind, url, status, last_fetch_at, first_failure_at,
+                         failures, next_due, last_error)
+VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?)
+ON CONFLICT (suffix, mirror, kind) DO UPDATE SET
+    url = excluded.url, status = excluded.status, last_fetch_at = excluded.last_fetch_at,
+    first_failure_at = coalesce(first_failure_at, excluded.first_failure_at),
+    failures = failures + 1, next_due = excluded.next_due, last_error = excluded.last_error
+"""
+
+_INSERT_SNAPSHOT = """
+INSERT INTO snapshots (suffix, mirror, kind, fetched_at, url, status, body_sha256,
+                       bundle_sha256, built_at, event_count, trusted, findings, prev_id, patch)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+INSERT_EVENT = """
+INSERT INTO events (at, kind, severity, pith_number, suffix, mirrors, summary, evidence,
+                    dedup_key, snapshot_id)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+_LATEST_BODY = """
+SELECT id, body_sha256 FROM snapshots WHERE suffix = ? AND mirror = ? AND kind = ?
+ORDER BY id DESC LIMIT 1
+"""
+
+
+def check_outcome(fetch: FetchOutcome, blob: PackedBlob | None) -> None:
+    """Refuse a malformed outcome before any transaction starts (a bug in the caller)."""
+    if blob is not None and fetch.body_sha256 not in (None, blob.sha256):
+        raise ValueError(f"body_sha256 {fetch.body_sha256} does not match the body ({blob.sha256})")
+    db_time(fetch.fetched_at)
+    db_time_or_none(fetch.next_due)
+    for event in fetch.events:
+        db_time(event.at)
+
+
+async def write_fetch(s: Session, fetch: FetchOutcome, blob: PackedBlob | None) -> Snapshot | None:
+    """Record `fetch` (whose body, if any, is `blob`) inside the caller's transaction."""
+    key = (fetch.suffix, fetch.mirror, fetch.kind)
+    fetched_at, next_due = db_time(fetch.fetched_at), db_time_or_none(fetch.next_due)
+    snapshot: Snapshot | None = None
+    link: int | None = None
+    if fetch.error is not None:
+        await s.run(
+            _FAILURE,
+            (*key, fetch.url, fetch.status, fetched_at, fetched_at, next_due, fetch.error),
+        )
+    else:
+        latest = await s.one(_LATEST_BODY, key)
+        # Events of an unchanged (or 304) fetch concern the body already archived.
+        link = None if latest is None else latest["id"]
+        if blob is not None:
+            await s.run(
+                "INSERT INTO blobs (sha256, size, codec, data) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
+                (blob.sha256, blob.size, blob.codec, blob.data),
+            )
+            if latest is None or latest["body_sha256"] != blob.sha256:
+                snapshot = await _insert_snapshot(s, fetch, blob.sha256, link)
+                link = snapshot.id
+        await s.run(
+            _SUCCESS,
+            (
+                *key,
+                fetch.url,
+                fetch.etag,
+                fetch.last_modified,
+                blob.sha256 if blob is not None else fetch.body_sha256,
+                fetch.status,
+                fetched_at,
+                next_due,
+                blob is not None,
+            ),
+        )
+    if fetch.events:
+        await s.run_many(INSERT_EVENT, [event_params(e, fetch.suffix, link) for e in fetch.events])
+    return snapshot
+
+
+def event_params(event: NewEvent, suffix: str | None, snapshot_id: int | None) -> tuple[Any, ...]:
+    return (
+        db_time(event.at),
+        event.kind,
+        event.severity,
+        event.pith_number,
+        event.suffix if event.suffix is not None else suffix,
+        to_json_text(list(event.mirrors)),
+        event.summary,
+        to_json_text(event.evidence),
+        event.dedup_key,
+        snapshot_id,
+    )
+
+
+async def _insert_snapshot(
+    s: Session, fetch: FetchOutcome, body_sha256: str, prev_id: int | None
+) -> Snapshot:
+    _, rowid = await s.run(
+        _INSERT_SNAPSHOT,
+        (
+            fetch.suffix,
+            fetch.mirror,
+            fetch.kind,
+            db_time(fetch.fetched_at),
+            fetch.url,
+            fetch.status,
+            body_sha256,
+            fetch.bundle_sha256,
+            fetch.built_at,
+            fetch.event_count,
+            int(fetch.trusted),
+            to_json_text([f.to_json() for f in fetch.findings]),
+            prev_id,
+            fetch.patch,
+        ),
+    )
+    row = await s.one("SELECT * FROM snapshots WHERE id = ?", (rowid,))
+    assert row is not None
+    return snapshot_from_row(row)

@@ -1,0 +1,298 @@
+"""The archive's values: what goes into the store and what comes out, as typed rows.
+
+Owns the frozen dataclasses of the store's API (`Record`, `Mirror`, `FetchState`,
+`Snapshot`, `EventRow`, and the inputs `FetchOutcome` and `NewEvent`), their conversion
+from database rows, and the text form of times in the database. It runs no SQL.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from pithcrawl.findings import Finding
+from pithcrawl.timestamps import format_timestamp, parse_timestamp
+
+KINDS = ("bundle", "state")
+"""What a mirror serves per record: the signed bundle and the merged state."""
+
+ORIGINS = ("config", "manifest", "discovered")
+"""Where a mirror came from."""
+
+SEVERITIES = ("info", "warning", "error", "critical")
+
+
+def db_time(at: datetime) -> str:
+    """A time as stored: RFC 3339 UTC with microseconds, which sorts as text."""
+    if at.tzinfo is None:
+        raise ValueError(f"naive datetime {at!r}: the store needs an aware (UTC) time")
+    return format_timestamp(at)
+
+
+def db_time_or_none(at: datetime | None) -> str | None:
+    return None if at is None else db_time(at)
+
+
+def normalize_time(at: datetime | str) -> str:
+    """A caller's time (datetime or RFC 3339 UTC text) in the stored text form."""
+    if isinstance(at, datetime):
+        return db_time(at)
+    parsed = parse_timestamp(at)
+    if parsed is None:
+        raise ValueError(f"{at!r} is not an RFC 3339 UTC time like 2026-11-27T12:00:00Z")
+    return db_time(parsed.at)
+
+
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def _time_or_none(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def to_json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A tracked record."""
+
+    suffix: str
+    """The 26-character Pith suffix."""
+    pith_number: str | None
+    """The full Pith number, once a verified bundle has told us; None until then."""
+    added_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Mirror:
+    """A mirror and how to build its URLs (`{base_url}` and `{suffix}` placeholders)."""
+
+    name: str
+    base_url: str
+    bundle_pattern: str
+    state_pattern: str
+    origin: str
+    """'config', 'manifest' or 'discovered'."""
+    added_at: datetime
+    """When first seen; `upsert_mirror` keeps the first value."""
+    well_known_pattern: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.origin not in ORIGINS:
+            raise ValueError(f"mirror origin must be one of {ORIGINS}, got {self.origin!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class FetchState:
+    """Conditional-GET validators and retry bookkeeping of one (record, mirror, kind)."""
+
+    suffix: str
+    mirror: str
+    kind: str
+    url: str
+    etag: str | None
+    last_modified: str | None
+    body_sha256: str | None
+    """The body the validators belong to (the last 200's)."""
+    status: int | None
+    """The last HTTP status; None when the last attempt got no response."""
+    last_fetch_at: datetime | None
+    last_success_at: datetime | None
+    first_failure_at: datetime | None
+    """Start of the current run of failures; None after a success."""
+    failures: int
+    """Consecutive failures; 0 after a success."""
+    next_due: datetime | None
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One archived body of a (record, mirror, kind), stored when it changed."""
+
+    id: int
+    suffix: str
+    mirror: str
+    kind: str
+    fetched_at: datetime
+    url: str
+    status: int
+    body_sha256: str
+    """Key of the exact bytes in the blob store (`Store.get_blob`)."""
+    bundle_sha256: str | None
+    built_at: str | None
+    """As the document says it (its own text, not re-formatted)."""
+    event_count: int | None
+    trusted: bool
+    """True only when verified before the same transaction stored it."""
+    findings: tuple[Finding, ...]
+    prev_id: int | None
+    """The previous snapshot of the same (suffix, mirror, kind), whatever its trust."""
+    patch: str | None
+    """RFC 6902 JSON Patch (JSON text) from the previous snapshot's document to this one."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event-log row to insert (an alert, a correction, a key rotation, …)."""
+
+    kind: str
+    severity: str
+    at: datetime
+    pith_number: str | None
+    mirrors: tuple[str, ...]
+    summary: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+    dedup_key: str | None = None
+    suffix: str | None = None
+    """Defaults to the outcome's suffix inside `record_fetch`."""
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    """A stored event."""
+
+    id: int
+    at: datetime
+    kind: str
+    severity: str
+    pith_number: str | None
+    suffix: str | None
+    mirrors: tuple[str, ...]
+    summary: str
+    evidence: dict[str, Any]
+    dedup_key: str | None
+    snapshot_id: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        """The contract's alert object, plus `suffix` and `snapshot_id`."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "severity": self.severity,
+            "at": format_timestamp(self.at),
+            "pith_number": self.pith_number,
+            "mirrors": list(self.mirrors),
+            "summary": self.summary,
+            "evidence": self.evidence,
+            "dedup_key": self.dedup_key,
+            "suffix": self.suffix,
+            "snapshot_id": self.snapshot_id,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class FetchOutcome:
+    """Everything one fetch of one document taught us, to be stored in one transaction.
+
+    Three shapes: a 200 (`body` set), a 304 (`body` None, `error` None) and a failure
+    (`error` set, `body` None; `status` is the HTTP status if there was one).
+    """
+
+    suffix: str
+    mirror: str
+    kind: str
+    url: str
+    fetched_at: datetime
+    status: int | None = None
+    body: bytes | None = None
+    body_sha256: str | None = None
+    """Optional: the store hashes `body` itself and refuses a disagreeing value."""
+    etag: str | None = None
+    last_modified: str | None = None
+    next_due: datetime | None = None
+    bundle_sha256: str | None = None
+    built_at: str | None = None
+    event_count: int | None = None
+    trusted: bool = False
+    findings: Sequence[Finding] = ()
+    patch: str | None = None
+    events: Sequence[NewEvent] = ()
+    error: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.error is not None and self.body is not None:
+            raise ValueError("a failed fetch carries no body")
+        if self.body is not None and self.status is None:
+            raise ValueError("a fetched body needs its HTTP status")
+
+
+def record_from_row(row: sqlite3.Row) -> Record:
+    return Record(row["suffix"], row["pith_number"], _time(row["added_at"]))
+
+
+def mirror_from_row(row: sqlite3.Row) -> Mirror:
+    return Mirror(
+        name=row["name"],
+        base_url=row["base_url"],
+        bundle_pattern=row["bundle_pattern"],
+        state_pattern=row["state_pattern"],
+        origin=row["origin"],
+        added_at=_time(row["added_at"]),
+        well_known_pattern=row["well_known_pattern"],
+    )
+
+
+def fetch_state_from_row(row: sqlite3.Row) -> FetchState:
+    return FetchState(
+        suffix=row["suffix"],
+        mirror=row["mirror"],
+        kind=row["kind"],
+        url=row["url"],
+        etag=row["etag"],
+        last_modified=row["last_modified"],
+        body_sha256=row["body_sha256"],
+        status=row["status"],
+        last_fetch_at=_time_or_none(row["last_fetch_at"]),
+        last_success_at=_time_or_none(row["last_success_at"]),
+        first_failure_at=_time_or_none(row["first_failure_at"]),
+        failures=row["failures"],
+        next_due=_time_or_none(row["next_due"]),
+        last_error=row["last_error"],
+    )
+
+
+def snapshot_from_row(row: sqlite3.Row) -> Snapshot:
+    return Snapshot(
+        id=row["id"],
+        suffix=row["suffix"],
+        mirror=row["mirror"],
+        kind=row["kind"],
+        fetched_at=_time(row["fetched_at"]),
+        url=row["url"],
+        status=row["status"],
+        body_sha256=row["body_sha256"],
+        bundle_sha256=row["bundle_sha256"],
+        built_at=row["built_at"],
+        event_count=row["event_count"],
+        trusted=bool(row["trusted"]),
+        findings=tuple(Finding.from_json(f) for f in orjson.loads(row["findings"])),
+        prev_id=row["prev_id"],
+        patch=row["patch"],
+    )
+
+
+def event_from_row(row: sqlite3.Row) -> EventRow:
+    return EventRow(
+        id=row["id"],
+        at=_time(row["at"]),
+        kind=row["kind"],
+        severity=row["severity"],
+        pith_number=row["pith_number"],
+        suffix=row["suffix"],
+        mirrors=tuple(orjson.loads(row["mirrors"])),
+        summary=row["summary"],
+        evidence=orjson.loads(row["evidence"]),
+        dedup_key=row["dedup_key"],
+        snapshot_id=row["snapshot_id"],
+    )

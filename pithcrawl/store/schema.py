@@ -1,0 +1,123 @@
+"""The archive's schema, as numbered migrations applied under `PRAGMA user_version`.
+
+Owns the DDL and nothing else. Migration N (1-based) is `MIGRATIONS[N - 1]`; a database
+at user_version N has had exactly the first N applied, each in its own transaction
+(`store.connection` applies them). Append new migrations; never edit a shipped one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+# Times are RFC 3339 UTC text with microseconds (`format_timestamp`), so they sort as text.
+# CHECKs hold the enumerations of the contract, so a bug in a caller fails loudly and
+# atomically instead of archiving a row that later readers would misread.
+_V1 = """
+CREATE TABLE blobs (
+    sha256  TEXT PRIMARY KEY CHECK (length(sha256) = 64),
+    size    INTEGER NOT NULL CHECK (size >= 0),
+    codec   TEXT NOT NULL CHECK (codec = 'zstd'),
+    data    BLOB NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE records (
+    suffix       TEXT PRIMARY KEY CHECK (length(suffix) = 26),
+    pith_number  TEXT,
+    added_at     TEXT NOT NULL
+);
+
+CREATE TABLE mirrors (
+    name                TEXT PRIMARY KEY,
+    base_url            TEXT NOT NULL,
+    bundle_pattern      TEXT NOT NULL,
+    state_pattern       TEXT NOT NULL,
+    well_known_pattern  TEXT,
+    origin              TEXT NOT NULL CHECK (origin IN ('config', 'manifest', 'discovered')),
+    added_at            TEXT NOT NULL
+);
+
+CREATE TABLE fetch_state (
+    suffix            TEXT NOT NULL,
+    mirror            TEXT NOT NULL,
+    kind              TEXT NOT NULL CHECK (kind IN ('bundle', 'state')),
+    url               TEXT NOT NULL,
+    etag              TEXT,
+    last_modified     TEXT,
+    body_sha256       TEXT,
+    status            INTEGER,
+    last_fetch_at     TEXT,
+    last_success_at   TEXT,
+    first_failure_at  TEXT,
+    failures          INTEGER NOT NULL DEFAULT 0 CHECK (failures >= 0),
+    next_due          TEXT,
+    last_error        TEXT,
+    PRIMARY KEY (suffix, mirror, kind)
+) WITHOUT ROWID;
+
+CREATE INDEX fetch_state_due ON fetch_state (kind, next_due);
+
+CREATE TABLE snapshots (
+    id             INTEGER PRIMARY KEY,
+    suffix         TEXT NOT NULL,
+    mirror         TEXT NOT NULL,
+    kind           TEXT NOT NULL CHECK (kind IN ('bundle', 'state')),
+    fetched_at     TEXT NOT NULL,
+    url            TEXT NOT NULL,
+    status         INTEGER NOT NULL,
+    body_sha256    TEXT NOT NULL REFERENCES blobs (sha256),
+    bundle_sha256  TEXT,
+    built_at       TEXT,
+    event_count    INTEGER,
+    trusted        INTEGER NOT NULL CHECK (trusted IN (0, 1)),
+    findings       TEXT NOT NULL DEFAULT '[]' CHECK (json_valid(findings)),
+    prev_id        INTEGER REFERENCES snapshots (id),
+    patch          TEXT CHECK (patch IS NULL OR json_valid(patch))
+);
+
+CREATE INDEX snapshots_series ON snapshots (suffix, mirror, kind, id);
+CREATE INDEX snapshots_body ON snapshots (body_sha256);
+
+CREATE TABLE events (
+    id           INTEGER PRIMARY KEY,
+    at           TEXT NOT NULL,
+    kind         TEXT NOT NULL CHECK (kind <> ''),
+    severity     TEXT NOT NULL CHECK (severity IN ('info', 'warning', 'error', 'critical')),
+    pith_number  TEXT,
+    suffix       TEXT,
+    mirrors      TEXT NOT NULL DEFAULT '[]' CHECK (json_valid(mirrors)),
+    summary      TEXT NOT NULL,
+    evidence     TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(evidence)),
+    dedup_key    TEXT,
+    snapshot_id  INTEGER REFERENCES snapshots (id)
+);
+
+CREATE INDEX events_at ON events (at);
+CREATE INDEX events_kind ON events (kind, at);
+CREATE INDEX events_dedup ON events (dedup_key);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1,)
+"""Migration scripts in order; the schema version is their count."""
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+TABLES = ("blobs", "records", "mirrors", "fetch_state", "snapshots", "events")
+"""Every table, for `Store.stats`."""
+
+
+def statements(script: str) -> list[str]:
+    """Split a migration script into complete statements (sqlite's own tokenizer decides).
+
+    `executescript` would commit before running, breaking one-transaction-per-migration,
+    so each statement is executed on its own inside the migration's transaction.
+    """
+    out: list[str] = []
+    buf = ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            out.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        raise ValueError(f"incomplete SQL statement at the end of a migration: {buf.strip()!r}")
+    return out

@@ -1,0 +1,303 @@
+"""`status`, `history`, `diff`, `events` on a real archive built by `pithcrawl sync`."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import anyio
+import jsonpatch
+import pytest
+from builder import BundleBuilder, TestSigner, canonical_record
+from mirror import TestMirror
+
+from pithcrawl.cli import main
+from pithcrawl.commands.status import open_alerts
+from pithcrawl.store import EventRow
+from pithcrawl.store.connection import WriterLock
+
+OTHER_SUFFIX = "A" * 26  # well formed, never archived
+
+
+@pytest.fixture
+def mirror() -> Iterator[TestMirror]:
+    """A TestMirror running in its own event loop thread, for CLI tests."""
+    m = TestMirror()
+    started = threading.Event()
+    stop = threading.Event()
+
+    async def serve() -> None:
+        async with m:
+            started.set()
+            await anyio.to_thread.run_sync(stop.wait)
+
+    t = threading.Thread(target=anyio.run, args=(serve,), daemon=True)
+    t.start()
+    started.wait(5)
+    yield m
+    stop.set()
+    t.join(5)
+
+
+def write_config(tmp_path: Path, signer: TestSigner, *bases: str) -> Path:
+    key = tmp_path / "test.key.json"
+    key.write_text(json.dumps(signer.public_key()))
+    mirrors = "".join(
+        f'[[mirrors]]\nname = "m{i}"\nbase_url = "{b}"\n\n' for i, b in enumerate(bases)
+    )
+    cfg = tmp_path / "pithcrawl.toml"
+    cfg.write_text(
+        f'db = "archive.db"\n[trust]\nkeys = ["{key.name}"]\nclock_skew = "3650d"\n'
+        f'[crawl]\ntimeout = "5s"\n\n{mirrors}'
+    )
+    return cfg
+
+
+@dataclass
+class Archive:
+    """An archive with two bundle snapshots of one record from mirror m0."""
+
+    cfg: Path
+    db: Path
+    builder: BundleBuilder
+    first: bytes
+    second: bytes
+
+
+def cli(capsys: pytest.CaptureFixture[str], cfg: Path, *args: str) -> tuple[int, str, str]:
+    code = main(["--config", str(cfg), "--log-format", "json", "-q", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def archive(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+) -> Archive:
+    b = BundleBuilder(signer, record=canonical_record("2611.00001", title="P"))
+    b.add_event()
+    first = b.bytes()
+    mirror.put(first)
+    cfg = write_config(tmp_path, signer, mirror.base_url)
+    assert cli(capsys, cfg, "track", b.pith_number)[0] == 0
+    assert cli(capsys, cfg, "sync")[0] == 0
+    b.add_event()
+    second = b.bytes()
+    mirror.put(second)
+    assert cli(capsys, cfg, "sync")[0] == 0
+    return Archive(cfg, tmp_path / "archive.db", b, first, second)
+
+
+def test_history_lists_bundle_snapshots_oldest_first(capsys, archive: Archive):
+    """history --json: both bundle snapshots, oldest first, with built_at and event_count."""
+    code, out, _ = cli(capsys, archive.cfg, "history", archive.builder.pith_number, "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["suffix"] == archive.builder.suffix
+    assert doc["pith_number"] == archive.builder.pith_number
+    snaps = doc["snapshots"]
+    assert [s["built_at"] for s in snaps] == ["2026-11-02T01:00:00Z", "2026-11-02T02:00:00Z"]
+    assert [s["event_count"] for s in snaps] == [2, 3]
+    assert snaps[0]["id"] < snaps[1]["id"]
+    assert all(s["trusted"] and s["findings"] == [] and s["mirror"] == "m0" for s in snaps)
+    assert all(s["kind"] == "bundle" and s["status"] == 200 for s in snaps)
+    signature = json.loads(archive.second)["bundle_signature"]
+    assert snaps[1]["bundle_sha256"] == signature["bundle_sha256"]
+    assert snaps[0]["changes"] is None
+    assert snaps[1]["changes"] > 0
+    assert "event_added" in snaps[1]["events"]
+
+
+def test_history_human_output_is_a_table(capsys, archive: Archive):
+    """history without --json: a title line, a header and one row per snapshot."""
+    code, out, _ = cli(capsys, archive.cfg, "history", archive.builder.suffix, "--mirror", "m0")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == f"{archive.builder.pith_number}: 2 bundle snapshot(s) from m0"
+    assert lines[1].split()[:3] == ["id", "fetched", "mirror"]
+    assert len(lines) == 4
+    assert "2026-11-02T02:00:00Z" in lines[3] and "event_added" in lines[3]
+
+
+def test_history_of_state_kind(capsys, archive: Archive):
+    """history --kind state lists the state.json snapshots."""
+    code, out, _ = cli(
+        capsys, archive.cfg, "history", archive.builder.suffix, "--kind", "state", "--json"
+    )
+    assert code == 0
+    snaps = json.loads(out)["snapshots"]
+    assert len(snaps) == 2 and all(s["kind"] == "state" for s in snaps)
+
+
+def test_diff_of_last_two_turns_the_first_document_into_the_second(capsys, archive: Archive):
+    """diff (default: the last two) is a JSON Patch from the older bundle to the newer."""
+    code, out, _ = cli(capsys, archive.cfg, "diff", archive.builder.pith_number)
+    assert code == 0
+    patch = json.loads(out)
+    assert isinstance(patch, list) and patch
+    assert out.startswith("[\n  {")  # indented for people
+    before, after = json.loads(archive.first), json.loads(archive.second)
+    assert jsonpatch.apply_patch(before, patch) == after
+
+
+def test_diff_with_explicit_ids(capsys, archive: Archive):
+    """--from/--to pick the snapshots; diffing one with itself is the empty patch."""
+    _, out, _ = cli(capsys, archive.cfg, "history", archive.builder.suffix, "--json")
+    first, second = (str(s["id"]) for s in json.loads(out)["snapshots"])
+    suffix = archive.builder.suffix
+    code, out, _ = cli(capsys, archive.cfg, "diff", suffix, "--from", first, "--to", second)
+    assert code == 0
+    assert jsonpatch.apply_patch(json.loads(archive.first), json.loads(out)) == json.loads(
+        archive.second
+    )
+    code, out, _ = cli(capsys, archive.cfg, "diff", suffix, "--to", first)
+    assert code == 2  # nothing before the first snapshot
+    code, out, _ = cli(capsys, archive.cfg, "diff", suffix, "--from", second, "--to", second)
+    assert code == 0 and json.loads(out) == []
+
+
+def test_diff_unknown_id_or_other_record_exits_2(capsys, archive: Archive):
+    """An unknown snapshot id, or one of another record, is a one-line usage error."""
+    code, out, err = cli(capsys, archive.cfg, "diff", archive.builder.suffix, "--from", "999")
+    assert code == 2 and out == ""
+    assert err.strip() == "pithcrawl: --from 999: no such snapshot in the archive"
+    code, out, err = cli(capsys, archive.cfg, "diff", OTHER_SUFFIX, "--to", "1")
+    assert code == 2 and out == ""
+    assert "--to 1" in err and OTHER_SUFFIX in err and len(err.strip().splitlines()) == 1
+    code, out, err = cli(capsys, archive.cfg, "diff", OTHER_SUFFIX)
+    assert code == 2 and OTHER_SUFFIX in err and len(err.strip().splitlines()) == 1
+
+
+def test_events_lists_event_added_after_the_second_sync(capsys, archive: Archive):
+    """events --json: one parseable object per line, event_added among them."""
+    code, out, _ = cli(capsys, archive.cfg, "events", "--json")
+    assert code == 0
+    events = [json.loads(line) for line in out.splitlines()]
+    added = [e for e in events if e["kind"] == "event_added"]
+    assert added
+    assert added[0]["pith_number"] == archive.builder.pith_number
+    assert added[0]["mirrors"] == ["m0"]
+    assert set(added[0]) >= {"id", "kind", "severity", "at", "summary", "evidence", "dedup_key"}
+
+
+def test_events_filters_by_kind_and_since(capsys, archive: Archive):
+    """--kind and --since filter; an unknown kind matches nothing and still exits 0."""
+    code, out, _ = cli(capsys, archive.cfg, "events", "--kind", "event_added")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines and all(" event_added " in line for line in lines)
+    assert archive.builder.pith_number in lines[0] and " m0 " in lines[0]
+    assert cli(capsys, archive.cfg, "events", "--kind", "brand_new_kind")[:2] == (0, "")
+    assert cli(capsys, archive.cfg, "events", "--since", "2999-01-01T00:00:00Z")[:2] == (0, "")
+    code, out, _ = cli(capsys, archive.cfg, "events", "--since", "1h", "--kind", "event_added")
+    assert code == 0 and out.splitlines() == lines
+
+
+def test_events_bad_since_exits_2_naming_the_flag(capsys, archive: Archive):
+    """A --since that is neither a time nor a duration is a usage error naming --since."""
+    code, out, err = cli(capsys, archive.cfg, "events", "--since", "yesterday")
+    assert code == 2 and out == ""
+    assert err.startswith("pithcrawl: --since 'yesterday'")
+
+
+def test_status_shows_the_mirror_with_a_last_success(capsys, archive: Archive):
+    """status --json: records, the mirror's last success, no failures, the database."""
+    code, out, _ = cli(capsys, archive.cfg, "status", "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["records"] == 1
+    assert doc["db"]["path"] == str(archive.db) and doc["db"]["bytes"] > 0
+    [m0] = doc["mirrors"]
+    assert m0["name"] == "m0" and m0["records"] == 1
+    assert m0["last_success_at"] is not None and m0["next_due"] is not None
+    assert m0["failures"] == 0 and m0["last_failure_at"] is None and m0["last_error"] is None
+    assert doc["open_alerts"] == []
+
+
+def test_status_human_output_while_a_writer_holds_the_lock(capsys, archive: Archive):
+    """status reads while another process (a `run` daemon) holds the writers' lock."""
+    lock = WriterLock.acquire(archive.db)
+    try:
+        code, out, _ = cli(capsys, archive.cfg, "status")
+    finally:
+        lock.release()
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith(f"archive   {archive.db} (")
+    assert lines[1] == "records   1 tracked"
+    row = next(line for line in lines if line.startswith("m0 "))
+    assert row.split()[1] == "1" and row.split()[4] == "0"
+    assert "open alerts: 0" in lines
+
+
+def test_status_lists_a_failing_mirror_and_a_critical_alert(
+    capsys, tmp_path: Path, signer: TestSigner, mirror: TestMirror
+):
+    """A tampered bundle is an open alert; a dead mirror shows its failures and error."""
+    b = BundleBuilder(signer, record=canonical_record("2611.00002", title="Q"))
+    doc = b.build()
+    doc["bundle_signature"]["bundle_sha256"] = "0" * 64
+    mirror.put(json.dumps(doc).encode())
+    dead = BundleBuilder(signer, record=canonical_record("2611.00003", title="R"))
+    mirror.put(dead.bytes())
+    mirror.fail(dead.suffix, 503)
+    cfg = write_config(tmp_path, signer, mirror.base_url)
+    assert cli(capsys, cfg, "sync", b.pith_number)[0] == 1
+    assert cli(capsys, cfg, "sync", dead.pith_number)[0] == 3
+    code, out, _ = cli(capsys, cfg, "status", "--json")
+    assert code == 0  # a report, not a verdict
+    status = json.loads(out)
+    [alert] = status["open_alerts"]
+    assert alert["kind"] == "document_invalid" and alert["severity"] == "critical"
+    [m0] = status["mirrors"]
+    assert m0["failures"] == 1 and "503" in m0["last_error"]
+    assert m0["last_failure_at"] is not None and m0["last_success_at"] is not None
+    code, out, _ = cli(capsys, cfg, "history", b.suffix, "--json")
+    [snap] = json.loads(out)["snapshots"]
+    assert not snap["trusted"] and "bundle_hash_mismatch" in snap["findings"]
+    assert snap["events"] == ["document_invalid"]
+
+
+def test_open_alerts_are_the_newest_critical_event_per_dedup_key():
+    """One open alert per dedup_key (the newest); info events are not alerts."""
+
+    def event(i: int, severity: str, key: str | None) -> EventRow:
+        at = datetime(2026, 11, 27, 12, i, tzinfo=UTC)
+        return EventRow(i, at, "rollback", severity, None, None, (), f"e{i}", {}, key, None)
+
+    events = [
+        event(1, "critical", "a"),
+        event(2, "critical", None),
+        event(3, "info", "b"),
+        event(4, "critical", "a"),
+        event(5, "critical", None),
+    ]
+    assert [e.id for e in open_alerts(events)] == [5, 4, 2]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("status",), ("history", OTHER_SUFFIX), ("diff", OTHER_SUFFIX), ("events", "--json")],
+)
+def test_missing_database_exits_2_and_creates_nothing(capsys, tmp_path: Path, args):
+    """Without an archive: exit 2, a hint to run sync, and no file created."""
+    db = tmp_path / "nothing.db"
+    code = main(["--db", str(db), *args])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert err == f"pithcrawl: no archive at {db}; run `pithcrawl sync` first\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_history_of_an_unknown_record_exits_2(capsys, archive: Archive):
+    """An unknown (or malformed) PITH is a one-line usage error naming it."""
+    code, out, err = cli(capsys, archive.cfg, "history", OTHER_SUFFIX)
+    assert code == 2 and out == ""
+    assert err == f"pithcrawl: PITH {OTHER_SUFFIX}: no such record in the archive {archive.db}\n"
+    code, out, err = cli(capsys, archive.cfg, "history", "not-a-pith")
+    assert code == 2 and out == ""
+    assert err.startswith("pithcrawl: PITH 'not-a-pith':") and err.count("\n") == 1

@@ -1,0 +1,343 @@
+"""Crawling and archiving, end to end: real loopback mirrors, a real SQLite archive,
+bundles signed with a test key. Each test runs whole `sync` passes (`daemon.sync_once`)."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import jsonpatch
+import pytest
+from builder import BundleBuilder, TestSigner, canonical_record, serialize
+from mirror import TestMirror
+
+from pithcrawl.canon import parse
+from pithcrawl.config import Config, parse_config
+from pithcrawl.daemon import Summary, sync_once
+from pithcrawl.keys import TrustSet, load_key
+from pithcrawl.store import Store
+
+pytestmark = pytest.mark.anyio
+
+
+@dataclass
+class Env:
+    config: Config
+    db: Path
+    trust: TrustSet
+    mirrors: list[TestMirror]
+
+    async def sync(self, *named: str) -> Summary:
+        return await sync_once(self.config, self.db, list(named), self.trust)
+
+    @asynccontextmanager
+    async def store(self) -> AsyncIterator[Store]:
+        async with await Store.open(self.db, readonly=True) as store:
+            yield store
+
+
+def _config(tmp_path: Path, bases: list[str], extra: str = "discover = false") -> Config:
+    mirrors = "".join(
+        f'[[mirrors]]\nname = "m{i}"\nbase_url = "{b}"\n' for i, b in enumerate(bases)
+    )
+    return parse_config(
+        f'db = "archive.db"\n[crawl]\ntimeout = "5s"\n{extra}\n{mirrors}',
+        base_dir=tmp_path,
+    )
+
+
+@asynccontextmanager
+async def env(tmp_path: Path, signer: TestSigner, n: int = 2) -> AsyncIterator[Env]:
+    async with AsyncExitStack() as stack:
+        mirrors = [await stack.enter_async_context(TestMirror()) for _ in range(n)]
+        config = _config(tmp_path, [m.base_url for m in mirrors])
+        trust = TrustSet([load_key(signer.public_key())])
+        yield Env(config, tmp_path / "archive.db", trust, mirrors)
+
+
+def record(signer: TestSigner, i: int = 0, events: int = 1) -> BundleBuilder:
+    b = BundleBuilder(signer, record=canonical_record(f"2611.{i:05d}", title=f"P{i}"))
+    for _ in range(events):
+        b.add_event()
+    return b
+
+
+def serve(e: Env, *builders: BundleBuilder, only: list[int] | None = None) -> None:
+    for i, m in enumerate(e.mirrors):
+        if only is None or i in only:
+            for b in builders:
+                m.put(b.bytes())
+
+
+async def track(e: Env, *builders: BundleBuilder) -> None:
+    async with await Store.open(e.db) as store:
+        await store.track([b.suffix for b in builders], datetime.now(UTC))
+
+
+async def test_first_sync_archives_every_record_from_every_mirror(tmp_path, signer):
+    """3 records × 2 mirrors: a trusted bundle and state.json snapshot each, bodies kept once."""
+    async with env(tmp_path, signer) as e:
+        builders = [record(signer, i) for i in range(3)]
+        serve(e, *builders)
+        await track(e, *builders)
+        summary = await e.sync()
+        assert (summary.records, summary.mirrors, summary.errors) == (3, 2, 0)
+        assert summary.new_snapshots == 12
+        assert summary.alerts == 0
+        async with e.store() as store:
+            for b in builders:
+                for m in ("m0", "m1"):
+                    snap = await store.latest_snapshot(b.suffix, m, "bundle", trusted=True)
+                    assert snap is not None
+                    assert await store.get_blob(snap.body_sha256) == b.bytes()
+                    assert snap.event_count == 2
+            stats = await store.stats()
+            assert stats["blobs"] == 6  # the same bytes from two mirrors are one blob
+
+
+async def test_unchanged_resync_is_conditional_and_stores_no_body(tmp_path, signer):
+    """Nothing changed: every request is conditional (304) and no snapshot or blob is added."""
+    async with env(tmp_path, signer) as e:
+        builders = [record(signer, i) for i in range(3)]
+        serve(e, *builders)
+        await track(e, *builders)
+        await e.sync()
+        async with e.store() as store:
+            before = await store.stats()
+        summary = await e.sync()
+        assert summary.new_snapshots == 0
+        assert summary.events == 0
+        assert sum(sum(m.conditional_hits.values()) for m in e.mirrors) == 12
+        async with e.store() as store:
+            after = await store.stats()
+        assert after["snapshots"] == before["snapshots"]
+        assert after["blob_bytes_stored"] == before["blob_bytes_stored"]
+
+
+async def test_added_event_gives_snapshot_patch_and_event_added(tmp_path, signer):
+    """A mirror adds an event: a new snapshot, a patch that reproduces it, an event_added."""
+    async with env(tmp_path, signer) as e:
+        b = record(signer)
+        serve(e, b)
+        await track(e, b)
+        await e.sync()
+        first = b.bytes()
+        new = b.add_event()
+        e.mirrors[0].put(b.bytes())
+        summary = await e.sync()
+        assert summary.new_snapshots == 2  # bundle and state.json, on m0 only
+        async with e.store() as store:
+            snaps = await store.snapshots(b.suffix, mirror="m0")
+            assert len(snaps) == 2
+            assert snaps[1].prev_id == snaps[0].id
+            assert snaps[1].patch is not None
+            patched = jsonpatch.apply_patch(parse(first), json.loads(snaps[1].patch))
+            assert patched == parse(await store.get_blob(snaps[1].body_sha256))
+            events = await store.events(kinds=["event_added"])
+        assert len(events) == 1
+        assert events[0].mirrors == ("m0",)
+        assert new["event_id"] in json.dumps(events[0].evidence)
+        assert events[0].evidence["url"].startswith(e.mirrors[0].base_url)
+
+
+async def test_correction_and_key_rotation(tmp_path, signer):
+    """A correction superseding an event, signed by a newly announced (trusted) key."""
+    second = TestSigner("test-key-2")
+    async with env(tmp_path, signer) as e:
+        e.trust = TrustSet([load_key(signer.public_key()), load_key(second.public_key())])
+        b = record(signer)
+        serve(e, b)
+        await track(e, b)
+        await e.sync()
+        b.extra_keys.append(second.public_key())
+        b.add_event(
+            "correction",
+            {"correction": {"reason": "wrong figure"}},
+            supersedes=[b.events[1]["event_id"]],
+            signer=second,
+        )
+        serve(e, b)
+        summary = await e.sync()
+        assert summary.alerts == 0
+        async with e.store() as store:
+            kinds = sorted({ev.kind for ev in await store.events()})
+        assert kinds == ["correction", "event_added", "key_rotation"]
+
+
+async def test_rollback_is_a_critical_alert(tmp_path, signer):
+    """A mirror that goes back to an older bundle (an event dropped) raises `rollback`."""
+    async with env(tmp_path, signer, n=1) as e:
+        b = record(signer, events=1)
+        old = b.bytes()
+        b.add_event()
+        serve(e, b)
+        await track(e, b)
+        assert (await e.sync()).alerts == 0
+        e.mirrors[0].put(old)
+        summary = await e.sync()
+        assert summary.alerts >= 1
+        async with e.store() as store:
+            rollbacks = await store.events(kinds=["rollback"])
+        assert rollbacks
+        assert all(r.severity == "critical" for r in rollbacks)
+        evidence = rollbacks[0].evidence
+        assert evidence["previous_body_sha256"] != evidence["body_sha256"]
+
+
+async def test_tampered_body_is_archived_as_evidence_never_trusted(tmp_path, signer):
+    """document_invalid with the findings; the body is kept; no trusted snapshot exists."""
+    async with env(tmp_path, signer, n=1) as e:
+        b = record(signer)
+        doc = b.build()
+        doc["events"][1]["payload"] = {"graph_snapshot": {"forged": True}}
+        e.mirrors[0].put(serialize(doc))
+        await track(e, b)
+        summary = await e.sync()
+        assert summary.alerts == 1
+        async with e.store() as store:
+            assert await store.latest_snapshot(b.suffix, "m0", "bundle", trusted=True) is None
+            snap = await store.latest_snapshot(b.suffix, "m0", "bundle")
+            assert snap is not None
+            assert not snap.trusted
+            assert "event_hash_mismatch" in {f.code for f in snap.findings}
+            assert await store.get_blob(snap.body_sha256) == serialize(doc)
+            (alert,) = await store.events(kinds=["document_invalid"])
+        assert alert.evidence["body_sha256"] == snap.body_sha256
+        # state.json is not even fetched for an untrusted bundle
+        assert e.mirrors[0].hits[f"/pith/{b.suffix}/state.json"] == 0
+
+
+async def test_state_json_differing_from_the_bundle(tmp_path, signer):
+    """A mirror whose state.json is not its bundle's state: state_url_mismatch."""
+    async with env(tmp_path, signer, n=1) as e:
+        b = record(signer)
+        other = record(signer, 7)
+        e.mirrors[0].put(b.bytes(), state=json.dumps(other.build()["state"]).encode())
+        await track(e, b)
+        summary = await e.sync()
+        assert summary.alerts == 1
+        async with e.store() as store:
+            (alert,) = await store.events(kinds=["state_url_mismatch"])
+        assert alert.severity == "critical"
+
+
+async def test_503_with_retry_after_is_retried_later_even_after_a_restart(tmp_path, signer):
+    """The mirror asked for an hour: the pair is due then, and a new pass (a new process
+    opening the same archive) does not ask before."""
+    async with env(tmp_path, signer, n=1) as e:
+        b = record(signer)
+        serve(e, b)
+        e.mirrors[0].fail(b.suffix, 503, retry_after="3600")
+        await track(e, b)
+        summary = await e.sync()
+        assert summary.errors == 1
+        assert summary.alerts == 0
+        async with e.store() as store:
+            state = await store.fetch_state(b.suffix, "m0", "bundle")
+        assert state is not None
+        assert state.failures == 1
+        assert state.next_due is not None
+        assert state.next_due >= datetime.now(UTC) + timedelta(seconds=3590)
+        hits = sum(e.mirrors[0].hits.values())
+        again = await e.sync()
+        assert again.deferred == 1
+        assert again.errors == 1
+        assert sum(e.mirrors[0].hits.values()) == hits
+
+
+async def test_dead_mirror_is_an_error_with_backoff(tmp_path, signer):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    async with env(tmp_path, signer, n=1) as e:
+        b = record(signer)
+        serve(e, b)
+        e.config = _config(tmp_path, [e.mirrors[0].base_url, f"http://127.0.0.1:{port}"])
+        await track(e, b)
+        summary = await e.sync()
+        assert summary.errors == 1
+        assert summary.new_snapshots == 2
+        async with e.store() as store:
+            state = await store.fetch_state(b.suffix, "m1", "bundle")
+        assert state is not None
+        assert state.last_error is not None
+        assert "127.0.0.1" in state.last_error
+        assert state.next_due is not None
+        assert state.next_due > datetime.now(UTC)
+
+
+async def test_well_known_address_is_the_fallback(tmp_path, signer):
+    async with env(tmp_path, signer, n=1) as e:
+        b = record(signer)
+        serve(e, b)
+        e.mirrors[0].hidden.add(b.suffix)
+        await track(e, b)
+        summary = await e.sync()
+        assert summary.errors == 0
+        async with e.store() as store:
+            snap = await store.latest_snapshot(b.suffix, "m0", "bundle", trusted=True)
+        assert snap is not None
+        assert "/.well-known/pith/" in snap.url
+
+
+def hint(b: BundleBuilder, base: str) -> None:
+    b.mirror_hints.append(
+        {
+            "mirror_type": "https",
+            "name": "hinted",
+            "base_url": base,
+            "bundle_url": f"{base}/pith/{b.suffix}/bundle.json",
+            "state_url": f"{base}/pith/{b.suffix}/state.json",
+            "well_known_bundle_url": f"{base}/.well-known/pith/{b.suffix}/bundle.json",
+            "status": "mirror",
+        }
+    )
+
+
+async def test_hinted_loopback_mirror_is_refused_by_default(tmp_path, signer):
+    """mirror_hints pointing at a plain-http loopback address are not followed."""
+    async with env(tmp_path, signer, n=2) as e:
+        b = record(signer)
+        hint(b, e.mirrors[1].base_url)
+        serve(e, b)
+        e.config = _config(tmp_path, [e.mirrors[0].base_url], "discover = true")
+        await track(e, b)
+        await e.sync()
+        summary = await e.sync()
+        assert summary.mirrors == 1
+        assert sum(e.mirrors[1].hits.values()) == 0
+        async with e.store() as store:
+            assert [m.origin for m in await store.mirrors()].count("discovered") == 0
+
+
+async def test_hinted_mirror_is_crawled_when_allowed(tmp_path, signer):
+    """With allow_private_hosts, a hinted mirror joins the crawl from the next pass on."""
+    async with env(tmp_path, signer, n=2) as e:
+        b = record(signer)
+        hint(b, e.mirrors[1].base_url)
+        serve(e, b)
+        e.config = _config(
+            tmp_path, [e.mirrors[0].base_url], "discover = true\nallow_private_hosts = true"
+        )
+        await track(e, b)
+        await e.sync()
+        summary = await e.sync()
+        assert summary.mirrors == 2
+        assert summary.new_snapshots == 2  # the hinted mirror's bundle and state.json
+        assert sum(e.mirrors[1].hits.values()) > 0
+
+
+def test_hints_become_patterns():
+    """A hint's URLs for one record become patterns for every record."""
+    from pithcrawl.mirrors import from_hints
+
+    b = record(TestSigner("k"))
+    hint(b, "https://mirror.example")
+    (site,) = from_hints(b.build(), b.suffix)
+    assert site.bundle_url("X" * 26) == f"https://mirror.example/pith/{'X' * 26}/bundle.json"
+    assert site.origin == "discovered"

@@ -1,0 +1,504 @@
+"""The archive: migrations, locking, blobs, atomic fetch records, reads (real SQLite files)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import anyio
+import pytest
+from conftest import NOW, REAL_SUFFIX
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pithcrawl.errors import StoreCorrupt, StoreError, StoreLocked
+from pithcrawl.findings import Finding, finding
+from pithcrawl.store import (
+    SCHEMA_VERSION,
+    FetchOutcome,
+    Mirror,
+    NewEvent,
+    Store,
+)
+from pithcrawl.store.blobs import packed, unpack
+
+pytestmark = pytest.mark.anyio
+
+SUFFIX_B = "A" * 26
+SUFFIX_C = "B" * 26
+URL = f"https://pith.example/pith/{REAL_SUFFIX}/bundle.json"
+
+
+def mirror(name: str) -> Mirror:
+    return Mirror(
+        name=name,
+        base_url=f"https://{name}.example",
+        bundle_pattern="{base_url}/pith/{suffix}/bundle.json",
+        state_pattern="{base_url}/pith/{suffix}/state.json",
+        origin="config",
+        added_at=NOW,
+    )
+
+
+def ok(body: bytes, *, at: int = 0, mirror: str = "main", **kw: object) -> FetchOutcome:
+    """A 200 of `body`, `at` minutes after NOW."""
+    fields: dict[str, object] = {
+        "suffix": REAL_SUFFIX,
+        "mirror": mirror,
+        "kind": "bundle",
+        "url": URL,
+        "fetched_at": NOW + timedelta(minutes=at),
+        "status": 200,
+        "body": body,
+        "etag": f'"{at}"',
+        "next_due": NOW + timedelta(minutes=at, hours=6),
+        "trusted": True,
+        "built_at": "2026-11-01T00:00:00Z",
+        "event_count": 3,
+    }
+    fields.update(kw)
+    return FetchOutcome(**fields)  # type: ignore[arg-type]  # a test's keyword bag
+
+
+def failed(at: int, error: str = "timeout") -> FetchOutcome:
+    return FetchOutcome(
+        suffix=REAL_SUFFIX,
+        mirror="main",
+        kind="bundle",
+        url=URL,
+        fetched_at=NOW + timedelta(minutes=at),
+        error=error,
+        next_due=NOW + timedelta(minutes=at + 5),
+    )
+
+
+def event(kind: str = "event_added", severity: str = "info", at: int = 0) -> NewEvent:
+    return NewEvent(
+        kind=kind,
+        severity=severity,
+        at=NOW + timedelta(minutes=at),
+        pith_number=f"pith:2026:{REAL_SUFFIX}",
+        mirrors=("main",),
+        summary=f"{kind} at +{at}m",
+        evidence={"urls": [URL]},
+        dedup_key=f"{kind}:{REAL_SUFFIX}",
+    )
+
+
+@contextmanager
+def raw(path: Path) -> Iterator[sqlite3.Connection]:
+    """A plain sqlite3 connection, to look behind the store's back (or tamper)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    async with await Store.open(tmp_path / "archive.db", exclusive=True) as s:
+        await s.track([REAL_SUFFIX], NOW)
+        await s.upsert_mirror(mirror("main"))
+        yield s
+
+
+# -- opening, migrations, locking ------------------------------------------------------
+
+
+async def test_migrations_create_schema_and_set_user_version(tmp_path: Path) -> None:
+    """A new file gets every table, the current user_version and WAL mode."""
+    db = tmp_path / "new.db"
+    async with await Store.open(db):
+        pass
+    with raw(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE type='table'")}
+    assert {"blobs", "records", "mirrors", "fetch_state", "snapshots", "events"} <= tables
+
+
+async def test_reopening_is_idempotent(tmp_path: Path) -> None:
+    """Opening a current database again migrates nothing and keeps its rows."""
+    db = tmp_path / "a.db"
+    async with await Store.open(db) as s:
+        await s.track([REAL_SUFFIX], NOW)
+    async with await Store.open(db) as s:
+        assert [r.suffix for r in await s.tracked()] == [REAL_SUFFIX]
+        assert await s.integrity_check() == ["ok"]
+    with raw(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+async def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    """A database from a newer pithcrawl is refused, naming both versions."""
+    db = tmp_path / "future.db"
+    with raw(db) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 7}")
+    expected = (
+        f"database schema version {SCHEMA_VERSION + 7} is newer than this pithcrawl"
+        f" \\({SCHEMA_VERSION}\\); upgrade pithcrawl"
+    )
+    with pytest.raises(StoreError, match=expected):
+        await Store.open(db)
+
+
+async def test_non_database_file_is_refused(tmp_path: Path) -> None:
+    """A file that is not SQLite raises StoreError, not sqlite3.DatabaseError."""
+    db = tmp_path / "notes.txt"
+    db.write_bytes(b"these are my notes, not a database\n" * 200)
+    with pytest.raises(StoreError, match="is not a pithcrawl database"):
+        await Store.open(db, exclusive=True)
+    # The failed open released the writers' lock.
+    with pytest.raises(StoreError, match="is not a pithcrawl database"):
+        await Store.open(db, exclusive=True)
+
+
+async def test_second_exclusive_open_is_refused(tmp_path: Path) -> None:
+    """Two writers cannot hold one archive; readers still can; closing frees the lock."""
+    db = tmp_path / "a.db"
+    async with await Store.open(db, exclusive=True):
+        with pytest.raises(
+            StoreLocked, match=rf"another pithcrawl is using .* \(pid {os.getpid()}\)"
+        ):
+            await Store.open(db, exclusive=True)
+        async with await Store.open(db) as reader:
+            assert await reader.tracked() == []
+    async with await Store.open(db, exclusive=True):
+        pass
+
+
+async def test_cancelled_owner_still_releases_the_lock(tmp_path: Path) -> None:
+    """Leaving the store's block by cancellation closes it and frees the writers' lock."""
+    db = tmp_path / "a.db"
+    with anyio.CancelScope() as scope:
+        async with await Store.open(db, exclusive=True):
+            scope.cancel()
+            await anyio.sleep(10)
+    async with await Store.open(db, exclusive=True):
+        pass
+
+
+async def test_missing_directory_is_refused(tmp_path: Path) -> None:
+    """A path under a directory that does not exist raises StoreError (works as root too)."""
+    with pytest.raises(StoreError, match="cannot open database"):
+        await Store.open(tmp_path / "no" / "such" / "dir" / "a.db")
+    with pytest.raises(StoreError, match="lock file"):
+        await Store.open(tmp_path / "no" / "such" / "dir" / "a.db", exclusive=True)
+
+
+async def test_readonly_store_refuses_writes(tmp_path: Path) -> None:
+    """SQLite's mode=ro (not chmod, which root ignores) makes every write a StoreError."""
+    db = tmp_path / "a.db"
+    async with await Store.open(db) as s:
+        await s.track([REAL_SUFFIX], NOW)
+    async with await Store.open(db, readonly=True) as ro:
+        assert [r.suffix for r in await ro.tracked()] == [REAL_SUFFIX]
+        with pytest.raises(StoreError, match="is read-only"):
+            await ro.track([SUFFIX_B], NOW)
+        assert [r.suffix for r in await ro.tracked()] == [REAL_SUFFIX]
+
+
+async def test_readonly_open_of_missing_file_is_refused(tmp_path: Path) -> None:
+    """A read-only open never creates a database."""
+    with pytest.raises(StoreError, match="cannot open database"):
+        await Store.open(tmp_path / "missing.db", readonly=True)
+    assert not (tmp_path / "missing.db").exists()
+
+
+async def test_uncreatable_location_is_refused(tmp_path: Path) -> None:
+    """A database where no file can be created (its 'directory' is a file) raises StoreError.
+
+    (Permission bits would not stop the root user the tests run as.)
+    """
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    with pytest.raises(StoreError):
+        await Store.open(blocker / "a.db")
+
+
+# -- blobs -------------------------------------------------------------------------------
+
+
+async def test_blob_is_stored_once_and_round_trips(store: Store, real_bundle_bytes: bytes) -> None:
+    """One body from two mirrors is one blob, compressed, returned byte for byte."""
+    await store.upsert_mirror(mirror("other"))
+    first = await store.record_fetch(ok(real_bundle_bytes))
+    second = await store.record_fetch(ok(real_bundle_bytes, mirror="other"))
+    assert first is not None and second is not None
+    assert first.body_sha256 == second.body_sha256
+    assert await store.get_blob(first.body_sha256) == real_bundle_bytes
+    stats = await store.stats()
+    assert stats["blobs"] == 1 and stats["snapshots"] == 2
+    assert stats["blob_bytes_raw"] == len(real_bundle_bytes) > 14_000
+    assert stats["blob_bytes_stored"] < len(real_bundle_bytes) / 3
+    assert stats["file_bytes"] > 0
+
+
+async def test_get_blob_detects_tampering(store: Store, real_bundle_bytes: bytes) -> None:
+    """A stored blob whose bytes no longer hash to its key raises StoreCorrupt."""
+    snap = await store.record_fetch(ok(real_bundle_bytes))
+    assert snap is not None
+    forged = packed(real_bundle_bytes.replace(b'"', b"'", 1))
+    with raw(store.path) as conn:
+        conn.execute("UPDATE blobs SET data = ? WHERE sha256 = ?", (forged.data, snap.body_sha256))
+    with pytest.raises(StoreCorrupt, match="is corrupt"):
+        await store.get_blob(snap.body_sha256)
+    with raw(store.path) as conn:
+        conn.execute("UPDATE blobs SET data = ? WHERE sha256 = ?", (b"junk", snap.body_sha256))
+    with pytest.raises(StoreCorrupt, match="does not decompress"):
+        await store.get_blob(snap.body_sha256)
+
+
+async def test_get_blob_of_unknown_sha256(store: Store) -> None:
+    """Asking for a body never stored is a StoreError, not a KeyError."""
+    with pytest.raises(StoreError, match="no blob"):
+        await store.get_blob("0" * 64)
+
+
+@given(st.binary(max_size=2048), st.data())
+def test_any_bit_flip_in_a_stored_blob_is_detected(body: bytes, data: st.DataObject) -> None:
+    """Flipping any bit of a stored blob never yields wrong bytes (StoreCorrupt instead)."""
+    blob = packed(body)
+    assert unpack(blob.sha256, blob.size, blob.codec, blob.data) == body
+    bit = data.draw(st.integers(0, len(blob.data) * 8 - 1))
+    flipped = bytearray(blob.data)
+    flipped[bit // 8] ^= 1 << (bit % 8)
+    # A flip in a frame-header bit that does not matter still decodes to the right bytes.
+    with suppress(StoreCorrupt):
+        assert unpack(blob.sha256, blob.size, blob.codec, bytes(flipped)) == body
+
+
+# -- record_fetch --------------------------------------------------------------------------
+
+
+async def test_unchanged_body_adds_no_snapshot_or_blob(
+    store: Store, real_bundle_bytes: bytes
+) -> None:
+    """The same body again updates the bookkeeping only."""
+    assert await store.record_fetch(ok(real_bundle_bytes)) is not None
+    assert await store.record_fetch(ok(real_bundle_bytes, at=60)) is None
+    stats = await store.stats()
+    assert (stats["blobs"], stats["snapshots"]) == (1, 1)
+    state = await store.fetch_state(REAL_SUFFIX, "main", "bundle")
+    assert state is not None
+    assert state.last_success_at == NOW + timedelta(minutes=60)
+    assert state.etag == '"60"'
+
+
+async def test_changed_body_adds_snapshot_linked_to_previous(
+    store: Store, real_bundle_bytes: bytes, real_state_bytes: bytes
+) -> None:
+    """A new body is a new snapshot whose prev_id is the last one, with its patch."""
+    first = await store.record_fetch(ok(real_bundle_bytes))
+    patch = json.dumps([{"op": "replace", "path": "/built_at", "value": "x"}])
+    second = await store.record_fetch(
+        ok(real_state_bytes, at=60, patch=patch, trusted=False, findings=[bad_finding()])
+    )
+    assert first is not None and second is not None
+    assert first.prev_id is None and first.patch is None
+    assert second.prev_id == first.id and second.patch == patch
+    assert second.findings == (bad_finding(),) and not second.trusted
+    assert await store.snapshots(REAL_SUFFIX) == [first, second]
+    assert await store.snapshot(second.id) == second
+    assert await store.latest_snapshot(REAL_SUFFIX, "main", "bundle") == second
+    assert await store.latest_snapshot(REAL_SUFFIX, "main", "bundle", trusted=True) == first
+
+
+async def test_returning_to_an_old_body_is_a_new_snapshot(
+    store: Store, real_bundle_bytes: bytes, real_state_bytes: bytes
+) -> None:
+    """A→B→A archives three snapshots (a rollback is history) but two blobs."""
+    a1 = await store.record_fetch(ok(real_bundle_bytes))
+    await store.record_fetch(ok(real_state_bytes, at=1))
+    a2 = await store.record_fetch(ok(real_bundle_bytes, at=2))
+    assert a1 is not None and a2 is not None and a2.body_sha256 == a1.body_sha256
+    stats = await store.stats()
+    assert (stats["blobs"], stats["snapshots"]) == (2, 3)
+
+
+async def test_not_modified_keeps_validators_and_body(
+    store: Store, real_bundle_bytes: bytes
+) -> None:
+    """A 304 records a success and keeps the ETag and body of the last 200."""
+    snap = await store.record_fetch(ok(real_bundle_bytes))
+    assert snap is not None
+    not_modified = replace(ok(real_bundle_bytes, at=30), body=None, status=304, etag=None)
+    assert await store.record_fetch(not_modified) is None
+    state = await store.fetch_state(REAL_SUFFIX, "main", "bundle")
+    assert state is not None
+    assert (state.status, state.etag, state.body_sha256) == (304, '"0"', snap.body_sha256)
+    assert state.last_success_at == NOW + timedelta(minutes=30)
+
+
+async def test_failures_count_up_and_keep_the_first_failure_time(
+    store: Store, real_bundle_bytes: bytes
+) -> None:
+    """Each failure increments `failures`; `first_failure_at` stays; a success resets both."""
+    snap = await store.record_fetch(ok(real_bundle_bytes))
+    assert await store.record_fetch(failed(10, "connection refused")) is None
+    assert await store.record_fetch(failed(20, "timeout")) is None
+    state = await store.fetch_state(REAL_SUFFIX, "main", "bundle")
+    assert state is not None
+    assert state.failures == 2
+    assert state.first_failure_at == NOW + timedelta(minutes=10)
+    assert state.last_fetch_at == NOW + timedelta(minutes=20)
+    assert state.last_error == "timeout"
+    assert state.next_due == NOW + timedelta(minutes=25)
+    assert state.etag == '"0"' and snap is not None and state.body_sha256 == snap.body_sha256
+    assert state.last_success_at == NOW
+    assert (await store.stats())["snapshots"] == 1
+
+    await store.record_fetch(ok(real_bundle_bytes, at=30))
+    state = await store.fetch_state(REAL_SUFFIX, "main", "bundle")
+    assert state is not None
+    assert (state.failures, state.first_failure_at, state.last_error) == (0, None, None)
+
+
+async def test_first_fetch_may_fail(store: Store) -> None:
+    """A failure with no earlier state creates the bookkeeping row."""
+    await store.record_fetch(failed(0))
+    state = await store.fetch_state(REAL_SUFFIX, "main", "bundle")
+    assert state is not None
+    assert (state.failures, state.first_failure_at, state.body_sha256) == (1, NOW, None)
+
+
+async def test_record_fetch_is_all_or_nothing(store: Store, real_bundle_bytes: bytes) -> None:
+    """A fetch whose last statement fails leaves no blob, snapshot or bookkeeping change."""
+    first = await store.record_fetch(ok(real_bundle_bytes))
+    before_stats = await store.stats()
+    before_state = await store.fetch_state(REAL_SUFFIX, "main", "bundle")
+    changed = real_bundle_bytes + b"\n"
+    # The events are inserted last; a severity outside the CHECK fails the transaction there.
+    doomed = ok(changed, at=60, events=[event(), event(severity="catastrophic")])
+    with pytest.raises(StoreError, match="CHECK constraint failed"):
+        await store.record_fetch(doomed)
+    assert await store.stats() == before_stats
+    assert await store.fetch_state(REAL_SUFFIX, "main", "bundle") == before_state
+    assert await store.snapshots(REAL_SUFFIX) == [first]
+    assert await store.events() == []
+    # The connection is not left inside the failed transaction.
+    assert await store.record_fetch(ok(changed, at=61, events=[event()])) is not None
+
+
+async def test_record_fetch_links_events_to_the_snapshot(
+    store: Store, real_bundle_bytes: bytes
+) -> None:
+    """Events stored with a fetch point at its snapshot and default to its suffix."""
+    snap = await store.record_fetch(ok(real_bundle_bytes, events=[event()]))
+    assert snap is not None
+    [row] = await store.events()
+    assert (row.snapshot_id, row.suffix, row.mirrors) == (snap.id, REAL_SUFFIX, ("main",))
+    assert row.to_json()["at"] == "2026-11-27T12:00:00.000000Z"
+
+
+async def test_body_sha256_must_match_body(store: Store, real_bundle_bytes: bytes) -> None:
+    """A caller-supplied body_sha256 that disagrees with the body is a bug, refused."""
+    with pytest.raises(ValueError, match="does not match"):
+        await store.record_fetch(ok(real_bundle_bytes, body_sha256="0" * 64))
+
+
+async def test_concurrent_tasks_share_one_store(store: Store, real_bundle_bytes: bytes) -> None:
+    """Tasks recording at once take turns: no transaction swallows another's statements."""
+    suffixes = [f"{i:026d}" for i in range(20)]
+    await store.track(suffixes, NOW)
+
+    async def one(i: int) -> None:
+        body = real_bundle_bytes + str(i).encode()
+        await store.record_fetch(replace(ok(body), suffix=suffixes[i], events=[event()]))
+
+    async with anyio.create_task_group() as tg:
+        for i in range(20):
+            tg.start_soon(one, i)
+    stats = await store.stats()
+    assert (stats["blobs"], stats["snapshots"], stats["events"]) == (20, 20, 20)
+
+
+# -- scheduling reads ----------------------------------------------------------------------
+
+
+async def test_due_lists_never_fetched_first_then_by_next_due(
+    store: Store, real_bundle_bytes: bytes
+) -> None:
+    """Never-fetched pairs come first, then the overdue by next_due; future ones not at all."""
+    await store.track([SUFFIX_B, SUFFIX_C], NOW)
+    await store.record_fetch(ok(real_bundle_bytes, next_due=NOW - timedelta(hours=1)))
+    await store.record_fetch(
+        replace(ok(real_bundle_bytes), suffix=SUFFIX_B, next_due=NOW - timedelta(hours=2))
+    )
+    await store.record_fetch(
+        replace(ok(real_bundle_bytes), suffix=SUFFIX_C, next_due=NOW + timedelta(hours=1))
+    )
+    await store.upsert_mirror(mirror("zeta"))
+    due = await store.due(NOW)
+    never = [(REAL_SUFFIX, "zeta"), (SUFFIX_B, "zeta"), (SUFFIX_C, "zeta")]
+    assert sorted(due[:3]) == never
+    assert due[3:] == [(SUFFIX_B, "main"), (REAL_SUFFIX, "main")]
+    assert len(await store.due(NOW, limit=2)) == 2
+    assert (SUFFIX_C, "main") in await store.due(NOW + timedelta(hours=1))
+
+
+async def test_due_ignores_untracked_records(store: Store, real_bundle_bytes: bytes) -> None:
+    """Untracking a record drops it (and its bookkeeping) from the schedule; snapshots stay."""
+    await store.record_fetch(ok(real_bundle_bytes))
+    assert await store.untrack([REAL_SUFFIX, SUFFIX_B]) == 1
+    assert await store.due(NOW + timedelta(days=1)) == []
+    assert len(await store.snapshots(REAL_SUFFIX)) == 1
+    assert await store.fetch_state(REAL_SUFFIX, "main", "bundle") is None
+
+
+# -- records, mirrors, events ----------------------------------------------------------------
+
+
+async def test_track_counts_only_new_records(store: Store) -> None:
+    """track() returns how many suffixes were not tracked yet; pith numbers can be set later."""
+    assert await store.track([REAL_SUFFIX, SUFFIX_B, SUFFIX_B], NOW) == 1
+    await store.set_pith_number(SUFFIX_B, f"pith:2026:{SUFFIX_B}")
+    records = {r.suffix: r for r in await store.tracked()}
+    assert records[SUFFIX_B].pith_number == f"pith:2026:{SUFFIX_B}"
+    assert records[REAL_SUFFIX].pith_number is None
+    assert records[REAL_SUFFIX].added_at == NOW
+
+
+async def test_upsert_mirror_updates_but_keeps_added_at(store: Store) -> None:
+    """Upserting a known mirror changes its URLs and origin, not when it was first seen."""
+    later = replace(mirror("main"), base_url="https://moved.example", origin="manifest")
+    await store.upsert_mirror(replace(later, added_at=NOW + timedelta(days=1)))
+    assert await store.mirrors() == [later]
+    assert await store.remove_mirror("main")
+    assert await store.mirrors() == []
+
+
+async def test_events_filter_by_time_and_kind(store: Store) -> None:
+    """events() is in time order, from `since` inclusive, of the given kinds."""
+    ids = await store.add_events(
+        [event("rollback", "critical", at=5), event("event_added", at=1), event("correction", at=9)]
+    )
+    assert len(ids) == 3
+    assert [e.kind for e in await store.events()] == ["event_added", "rollback", "correction"]
+    since = await store.events(since="2026-11-27T12:05:00Z")
+    assert [e.kind for e in since] == ["rollback", "correction"]
+    kinds = await store.events(kinds=["rollback", "correction"], since=NOW)
+    assert [e.kind for e in kinds] == ["rollback", "correction"]
+    assert kinds[0].evidence == {"urls": [URL]}
+    with pytest.raises(ValueError, match="not an RFC 3339"):
+        await store.events(since="yesterday")
+
+
+async def test_closed_store_refuses_use(tmp_path: Path) -> None:
+    """Using a closed store is a StoreError; closing twice is harmless."""
+    s = await Store.open(tmp_path / "a.db")
+    await s.close()
+    await s.close()
+    with pytest.raises(StoreError, match="closed"):
+        await s.tracked()
+
+
+def bad_finding() -> Finding:
+    return finding("bundle_signature_invalid", "/bundle_signature", "does not verify")
