@@ -6,21 +6,30 @@ summary of a pass. Each pair's work is `crawl.Crawler.sync_pair`.
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import anyio
+import structlog
+from anyio.abc import TaskStatus
 
 from pithcrawl.config import Config
 from pithcrawl.crawl import Crawler, PairResult
+from pithcrawl.errors import PithcrawlError
 from pithcrawl.fetch import HttpFetcher, user_agent
 from pithcrawl.keys import TrustSet
 from pithcrawl.mirrors import Site, resolve
+from pithcrawl.sdnotify import Notifier
 from pithcrawl.store import Store
 from pithcrawl.verify import parse_reference
+
+log = structlog.get_logger("pithcrawl.daemon")
 
 
 @dataclass(slots=True)
@@ -125,3 +134,199 @@ class Progress:
     def done(self) -> None:
         if self.tty and self.total:
             print(file=sys.stderr)
+
+
+#: How long the scheduler sleeps when nothing is due (it wakes early on a reload).
+IDLE_POLL = 5.0
+#: Mirror lists (manifests) are refreshed at most this often.
+SITES_REFRESH = 3600.0
+#: One summary line per this many seconds of crawling.
+SUMMARY_EVERY = 60.0
+
+
+class Daemon:
+    """`pithcrawl run`: crawl whatever is due, forever, until told to stop.
+
+    One task group: a signal task (SIGTERM/SIGINT stop, SIGHUP reloads), a scheduler
+    that hands due pairs to a bounded pool of workers, and a watchdog pinger under
+    systemd. Stopping cancels in-flight fetches: each pair is stored in one transaction,
+    so nothing is half-written.
+    """
+
+    def __init__(
+        self,
+        load: Callable[[], Config],
+        db: Path,
+        trust_for: Callable[[Config], TrustSet],
+        notifier: Notifier,
+        *,
+        idle_poll: float = IDLE_POLL,
+    ) -> None:
+        self.load = load
+        self.config = load()
+        self.trust_for = trust_for
+        self.trust = trust_for(self.config)
+        self.db = db
+        self.notifier = notifier
+        self.idle_poll = idle_poll
+        self.sites: dict[str, Site] = {}
+        self.sites_at = 0.0
+        self.inflight: set[tuple[str, str]] = set()
+        self.totals = Summary()
+        # Made in run(): anyio's primitives belong to a running event loop.
+        self.wake: anyio.Event
+        self.round_scope: anyio.CancelScope | None = None
+        self.store: Store  # set by run(), which owns it
+
+    async def run(self) -> None:
+        self.db.parent.mkdir(parents=True, exist_ok=True)
+        self.wake = anyio.Event()
+        async with (
+            await Store.open(self.db, exclusive=True) as store,
+            anyio.create_task_group() as tg,
+        ):
+            self.store = store
+            await tg.start(self._signals, tg.cancel_scope)
+            if self.notifier.watchdog is not None:
+                tg.start_soon(self._watchdog)
+            while True:
+                with anyio.CancelScope() as round_scope:
+                    self.round_scope = round_scope
+                    await self._crawl()
+                # A reload ended the round: start again with the new configuration.
+
+    async def _crawl(self) -> None:
+        config = self.config
+        if config.watch.pith:
+            await self.store.track([parse_reference(p) for p in config.watch.pith], _now())
+        async with HttpFetcher(
+            user_agent=user_agent(config.crawl.contact),
+            timeout=config.crawl.timeout.total_seconds(),
+            max_bytes=config.crawl.max_bytes,
+            concurrency=config.crawl.concurrency,
+            per_host=config.crawl.per_host,
+        ) as fetcher:
+            crawler = Crawler(config, self.store, fetcher, self.trust, _now)
+            await self._refresh_sites(fetcher)
+            tracked = len(await self.store.tracked())
+            self.notifier.ready(f"watching {tracked} records on {len(self.sites)} mirrors")
+            log.info("daemon_ready", records=tracked, mirrors=len(self.sites), db=str(self.db))
+            send, receive = anyio.create_memory_object_stream[tuple[str, Site]](0)
+            async with anyio.create_task_group() as tg:
+                for _ in range(config.crawl.concurrency):
+                    tg.start_soon(self._worker, crawler, receive.clone())
+                receive.close()
+                async with send:
+                    await self._schedule(send, fetcher)
+
+    async def _schedule(self, send: Any, fetcher: HttpFetcher) -> None:
+        config = self.config
+        last_summary = time.monotonic()
+        while True:
+            if time.monotonic() - self.sites_at > SITES_REFRESH:
+                await self._refresh_sites(fetcher)
+            now = _now()
+            due = await self.store.due(
+                now, limit=config.crawl.concurrency * 4, mirrors=list(self.sites)
+            )
+            pairs = [p for p in due if p not in self.inflight]
+            for suffix, name in pairs:
+                self.inflight.add((suffix, name))
+                await send.send((suffix, self.sites[name]))
+            if time.monotonic() - last_summary > SUMMARY_EVERY:
+                last_summary = time.monotonic()
+                self._summary_line()
+            if not pairs:
+                await self._idle()
+
+    async def _idle(self) -> None:
+        """Sleep until the next pair is due (at most `idle_poll`), a fetch ends or a reload."""
+        wait = self.idle_poll
+        upcoming = await self.store.next_due(list(self.sites))
+        if upcoming is not None:
+            ahead = (upcoming - _now()).total_seconds()
+            if ahead > 0:  # (a pair already due is in flight: its worker will wake us)
+                wait = min(wait, ahead)
+        with anyio.move_on_after(wait):
+            await self.wake.wait()
+        self.wake = anyio.Event()
+
+    async def _worker(self, crawler: Crawler, jobs: Any) -> None:
+        async with jobs:
+            async for suffix, site in jobs:
+                try:
+                    result = await crawler.sync_pair(suffix, site)
+                finally:
+                    self.inflight.discard((suffix, site.name))
+                    self.wake.set()
+                t = self.totals
+                t.records += 1
+                t.new_snapshots += result.new_snapshots
+                t.events += len(result.events)
+                t.alerts += sum(1 for e in result.events if e.severity == "critical")
+                t.errors += result.error is not None
+
+    async def _refresh_sites(self, fetcher: HttpFetcher) -> None:
+        sites = await resolve(self.config, self.store, fetcher, _now())
+        for site in sites:
+            if site.origin == "config":
+                await self.store.upsert_mirror(site.row(_now()))
+        self.sites = {s.name: s for s in sites}
+        self.sites_at = time.monotonic()
+
+    def _summary_line(self) -> None:
+        t = self.totals
+        log.info(
+            "crawl_summary",
+            pairs=t.records,
+            new_snapshots=t.new_snapshots,
+            events=t.events,
+            alerts=t.alerts,
+            errors=t.errors,
+        )
+        self.notifier.status(
+            f"{t.records} fetches, {t.new_snapshots} new snapshots, {t.alerts} alerts, "
+            f"{t.errors} errors"
+        )
+
+    async def _signals(
+        self, stop: anyio.CancelScope, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            task_status.started()
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    self._reload()
+                    continue
+                log.info("daemon_stopping", signal=signal.Signals(signum).name)
+                self.notifier.stopping()
+                self._summary_line()
+                stop.cancel()
+                return
+
+    def _reload(self) -> None:
+        self.notifier.reloading()
+        try:
+            config = self.load()
+            trust = self.trust_for(config)
+        except PithcrawlError as e:
+            log.error("reload_refused", error=str(e))
+            self.notifier.ready("reload refused; running with the previous configuration")
+            return
+        self.config, self.trust = config, trust
+        self.sites_at = 0.0
+        log.info("config_reloaded")
+        self.wake.set()
+        if self.round_scope is not None:
+            self.round_scope.cancel()
+
+    async def _watchdog(self) -> None:
+        assert self.notifier.watchdog is not None
+        interval = self.notifier.watchdog.total_seconds() / 2
+        while True:
+            self.notifier.ping()
+            await anyio.sleep(interval)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

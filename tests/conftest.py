@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from builder import BundleBuilder, TestSigner
+from mirror import TestMirror
 
 from pithcrawl.keys import TrustSet, load_key
 
@@ -59,6 +63,26 @@ def builder(signer: TestSigner) -> BundleBuilder:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture
+def mirror() -> Iterator[TestMirror]:
+    """A loopback TestMirror in its own event-loop thread, for tests that run the CLI."""
+    m = TestMirror()
+    started = threading.Event()
+    stop = threading.Event()
+
+    async def serve() -> None:
+        async with m:
+            started.set()
+            await anyio.to_thread.run_sync(stop.wait)
+
+    t = threading.Thread(target=anyio.run, args=(serve,), daemon=True)
+    t.start()
+    assert started.wait(10), "the loopback mirror did not start"
+    yield m
+    stop.set()
+    t.join(10)
 
 
 def load_json(path: Path) -> Any:

@@ -3,36 +3,12 @@
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
-import anyio
-import pytest
 from builder import BundleBuilder, TestSigner, canonical_record
 from mirror import TestMirror
 
 from pithcrawl.cli import main
-
-
-@pytest.fixture
-def mirror() -> Iterator[TestMirror]:
-    """A TestMirror running in its own event loop thread, for CLI (sync) tests."""
-    m = TestMirror()
-    started = threading.Event()
-    stop = threading.Event()
-
-    async def serve() -> None:
-        async with m:
-            started.set()
-            await anyio.to_thread.run_sync(stop.wait)
-
-    t = threading.Thread(target=anyio.run, args=(serve,), daemon=True)
-    t.start()
-    started.wait(5)
-    yield m
-    stop.set()
-    t.join(5)
 
 
 def write_config(tmp_path: Path, signer: TestSigner, *bases: str) -> Path:

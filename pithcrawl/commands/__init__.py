@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pithcrawl.commands import events, history, status, sync, verify
+from pithcrawl.commands import events, history, run, status, sync, verify
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +29,7 @@ COMMANDS = [
         sync.run_untrack,
     ),
     Command("sync", sync.SYNC_HELP, sync.SYNC_EXAMPLE, sync.add_sync_arguments, sync.run_sync),
+    Command("run", run.HELP, run.EXAMPLE, run.add_arguments, run.run),
     Command("status", status.HELP, status.EXAMPLE, status.add_arguments, status.run),
     Command("history", history.HELP, history.EXAMPLE, history.add_arguments, history.run),
     Command(

@@ -59,9 +59,15 @@ ORDER BY id DESC LIMIT 1
 _DUE = """
 SELECT r.suffix, m.name FROM records AS r CROSS JOIN mirrors AS m
 LEFT JOIN fetch_state AS f ON f.suffix = r.suffix AND f.mirror = m.name AND f.kind = 'bundle'
-WHERE f.next_due IS NULL OR f.next_due <= ?
+WHERE (f.next_due IS NULL OR f.next_due <= ?)
+  AND (? IS NULL OR m.name IN (SELECT value FROM json_each(?)))
 ORDER BY f.suffix IS NOT NULL, f.next_due, r.added_at, r.suffix, m.name
 LIMIT ?
+"""
+
+_NEXT_DUE = """
+SELECT min(f.next_due) FROM fetch_state AS f JOIN records AS r ON r.suffix = f.suffix
+WHERE f.kind = 'bundle' AND f.mirror IN (SELECT value FROM json_each(?))
 """
 
 _STATS = """
@@ -189,12 +195,22 @@ class Store:
             )
         return [fetch_state_from_row(r) for r in rows]
 
-    async def due(self, now: datetime, limit: int | None = None) -> list[tuple[str, str]]:
+    async def due(
+        self, now: datetime, limit: int | None = None, *, mirrors: Sequence[str] | None = None
+    ) -> list[tuple[str, str]]:
         """(suffix, mirror) pairs whose bundle is due at `now`: never fetched first, then
-        by `next_due`."""
+        by `next_due`; only of `mirrors` when given (the mirrors crawled now)."""
+        names = None if mirrors is None else to_json_text(list(mirrors))
         async with self._db.read("list due fetches") as s:
-            rows = await s.all(_DUE, (db_time(now), -1 if limit is None else limit))
+            rows = await s.all(_DUE, (db_time(now), names, names, -1 if limit is None else limit))
         return [(r[0], r[1]) for r in rows]
+
+    async def next_due(self, mirrors: Sequence[str]) -> datetime | None:
+        """The earliest time a tracked record's bundle is due from one of `mirrors`."""
+        async with self._db.read("find the next due fetch") as s:
+            rows = await s.all(_NEXT_DUE, (to_json_text(list(mirrors)),))
+        text = rows[0][0] if rows else None
+        return None if text is None else datetime.fromisoformat(text)
 
     async def record_fetch(self, fetch: FetchOutcome) -> Snapshot | None:
         """Store one fetch in one transaction (blob, snapshot if the body changed,

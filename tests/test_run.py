@@ -1,0 +1,135 @@
+"""`pithcrawl run`: a real daemon process against a loopback mirror, under a fake systemd
+notify socket: it becomes ready, crawls in rounds, reloads on SIGHUP (keeping the old
+config when the new one is bad), and stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from builder import BundleBuilder, TestSigner, canonical_record
+from mirror import TestMirror
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
+    path = tmp_path / "notify.sock"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(str(path))
+    s.settimeout(10)
+    yield s
+    s.close()
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def messages(s: socket.socket, until: str) -> list[str]:
+    seen: list[str] = []
+    while not any(until in m for m in seen):
+        seen.append(s.recv(4096).decode())
+    return seen
+
+
+def write_config(tmp_path: Path, signer: TestSigner, base: str, interval: str) -> Path:
+    key = tmp_path / "test.key.json"
+    key.write_text(json.dumps(signer.public_key()))
+    cfg = tmp_path / "pithcrawl.toml"
+    cfg.write_text(
+        f'db = "archive.db"\n[trust]\nkeys = ["{key.name}"]\nclock_skew = "3650d"\n'
+        f'[crawl]\ninterval = "{interval}"\ntimeout = "5s"\ndiscover = false\n'
+        f'[[mirrors]]\nname = "local"\nbase_url = "{base}"\n'
+    )
+    return cfg
+
+
+def snapshots(db: Path) -> int:
+    if not db.exists():
+        return 0
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        try:
+            return int(conn.execute("SELECT count(*) FROM snapshots").fetchone()[0])
+        except sqlite3.OperationalError:
+            return 0
+
+
+def test_run_crawls_in_rounds_reloads_and_stops_on_sigterm(
+    tmp_path: Path, signer: TestSigner, mirror: TestMirror, notify_socket: socket.socket
+):
+    b = BundleBuilder(signer, record=canonical_record("2611.00042"))
+    b.add_event()
+    mirror.put(b.bytes())
+    cfg = write_config(tmp_path, signer, mirror.base_url, "1s")
+    db = tmp_path / "archive.db"
+    env = {**os.environ, "NOTIFY_SOCKET": notify_socket.getsockname()}
+    base = [sys.executable, "-m", "pithcrawl", "--config", str(cfg), "--log-format", "json"]
+    assert subprocess.run([*base, "track", b.pith_number], env=env, check=False).returncode == 0
+    proc = subprocess.Popen([*base, "run"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert any("READY=1" in m for m in messages(notify_socket, "READY=1"))
+        wait_for(lambda: snapshots(db) == 2, "the first round (bundle and state.json)")
+        path = f"/pith/{b.suffix}/bundle.json"
+        wait_for(lambda: mirror.conditional_hits[path] >= 2, "two more rounds, conditional")
+
+        cfg.write_text(cfg.read_text() + "\n[crawl\n")  # broken TOML
+        proc.send_signal(signal.SIGHUP)
+        assert any("READY=1" in m for m in messages(notify_socket, "READY=1"))
+        hits = mirror.hits[path]
+        wait_for(lambda: mirror.hits[path] > hits, "crawling on with the old config")
+
+        cfg.write_text(cfg.read_text().replace("\n[crawl\n", "\n"))
+        proc.send_signal(signal.SIGHUP)
+        assert any("READY=1" in m for m in messages(notify_socket, "READY=1"))
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+        assert any("STOPPING=1" in m for m in messages(notify_socket, "STOPPING=1"))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = [json.loads(line) for line in proc.stderr.read().splitlines() if line.startswith("{")]
+    names = [entry["event"] for entry in log]
+    assert "daemon_ready" in names
+    assert "reload_refused" in names
+    assert "config_reloaded" in names
+    assert names[-2:] == ["daemon_stopping", "crawl_summary"] or "daemon_stopping" in names
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        rows = conn.execute("SELECT count(*) FROM snapshots WHERE trusted = 1").fetchone()[0]
+    assert rows == 2
+
+
+def test_second_writer_is_refused_while_run_holds_the_archive(
+    tmp_path: Path, signer: TestSigner, mirror: TestMirror
+):
+    """A `sync` while `run` owns the archive: a clear message and exit 3, nothing damaged."""
+    b = BundleBuilder(signer)
+    mirror.put(b.bytes())
+    cfg = write_config(tmp_path, signer, mirror.base_url, "1h")
+    base = [sys.executable, "-m", "pithcrawl", "--config", str(cfg), "--log-format", "json"]
+    subprocess.run([*base, "track", b.pith_number], check=True)
+    proc = subprocess.Popen([*base, "run"], stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: snapshots(tmp_path / "archive.db") == 2, "the daemon's first round")
+        second = subprocess.run([*base, "sync"], capture_output=True, text=True, check=False)
+        assert second.returncode == 3
+        assert "another pithcrawl" in second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
