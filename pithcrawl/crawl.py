@@ -26,7 +26,7 @@ from pithcrawl.config import Config
 from pithcrawl.errors import FetchError
 from pithcrawl.fetch import Fetcher, FetchResult
 from pithcrawl.findings import Severity
-from pithcrawl.keys import TrustSet
+from pithcrawl.keys import InvalidKey, TrustSet, key_problems, load_key
 from pithcrawl.mirrors import Site, discoverable, from_hints
 from pithcrawl.schedule import next_due, retry_due
 from pithcrawl.store import FetchOutcome, FetchState, NewEvent, Store
@@ -207,6 +207,8 @@ class Crawler:
         if not report.ok:
             return None
         await self.store.set_pith_number(suffix, number)
+        if self.config.trust.follow_rotations:
+            await self._learn_keys(report.document, site.name, _sha(body), now)
         if self.config.crawl.discover:
             await self._discover(report.document, suffix, now)
         return _Trusted(_sha(body), report.bundle_sha256, report.document)
@@ -377,6 +379,26 @@ class Crawler:
             emit = log.warning if e.severity in ("critical", "error") else log.info
             emit(e.kind, severity=e.severity, summary=e.summary, dedup_key=e.dedup_key)
 
+    async def _learn_keys(
+        self, bundle: dict[str, Any], mirror: str, body_sha256: str, now: datetime
+    ) -> None:
+        """Trust the keys a verified bundle announces (`trust.follow_rotations`)."""
+        for doc in bundle["public_keys"]:
+            if doc["key_id"] in self.trust or key_problems(doc):
+                continue
+            try:
+                key = load_key(doc)
+            except InvalidKey:
+                continue
+            self.trust = self.trust.with_keys([key])
+            if await self.store.learn_key(doc, at=now, mirror=mirror, body_sha256=body_sha256):
+                log.warning(
+                    "key_learned",
+                    key_id=key.key_id,
+                    fingerprint=key.fingerprint_hex,
+                    body_sha256=body_sha256,
+                )
+
     async def _discover(self, bundle: dict[str, Any], suffix: str, now: datetime) -> None:
         """Add the mirrors a verified bundle names, if they may be crawled."""
         known = {(m.base_url, m.bundle_pattern) for m in await self.store.mirrors()}
@@ -390,6 +412,21 @@ class Crawler:
             await self.store.upsert_mirror(site.row(now))
             known.add((site.base_url, site.bundle_pattern))
             log.info("mirror_discovered", mirror=site.name, base_url=site.base_url)
+
+
+async def with_learned(trust: TrustSet, store: Store, config: Config) -> TrustSet:
+    """The configured trust set, plus keys learned from rotations when they are followed."""
+    if not config.trust.follow_rotations:
+        return trust
+    learned = []
+    for doc in await store.learned_keys():
+        try:
+            key = load_key(doc)
+        except InvalidKey:
+            continue
+        if key.key_id not in trust:
+            learned.append(key)
+    return trust.with_keys(learned)
 
 
 def _sha(body: bytes) -> str:

@@ -20,7 +20,7 @@ import structlog
 from anyio.abc import TaskStatus
 
 from pithcrawl.config import Config
-from pithcrawl.crawl import Crawler, PairResult
+from pithcrawl.crawl import Crawler, PairResult, with_learned
 from pithcrawl.errors import PithcrawlError
 from pithcrawl.fetch import HttpFetcher, user_agent
 from pithcrawl.keys import TrustSet
@@ -77,6 +77,7 @@ async def sync_once(config: Config, db: Path, named: list[str], trust: TrustSet)
         ) as fetcher:
             sites = await resolve(config, store, fetcher, now)
             summary.records, summary.mirrors = len(suffixes), len(sites)
+            trust = await with_learned(trust, store, config)
             crawler = Crawler(config, store, fetcher, trust, lambda: datetime.now(UTC))
             progress = Progress(len(suffixes) * len(sites))
             send, receive = anyio.create_memory_object_stream[tuple[str, Site]](
@@ -206,7 +207,8 @@ class Daemon:
             concurrency=config.crawl.concurrency,
             per_host=config.crawl.per_host,
         ) as fetcher:
-            crawler = Crawler(config, self.store, fetcher, self.trust, _now)
+            trust = await with_learned(self.trust, self.store, config)
+            crawler = Crawler(config, self.store, fetcher, trust, _now)
             await self._refresh_sites(fetcher)
             tracked = len(await self.store.tracked())
             self.notifier.ready(f"watching {tracked} records on {len(self.sites)} mirrors")

@@ -197,6 +197,10 @@ class TrustSet(Mapping[str, TrustedKey]):
     def __repr__(self) -> str:
         return f"TrustSet({sorted(self._keys)})"
 
+    def with_keys(self, keys: Iterable[TrustedKey]) -> TrustSet:
+        """A new trust set with `keys` added (a key id already trusted keeps its key)."""
+        return TrustSet([*self._keys.values(), *(k for k in keys if k.key_id not in self._keys)])
+
 
 def verify_signature(raw_key: bytes, digest_hex: str, signature_b64: str) -> bool:
     """Whether `signature_b64` is an Ed25519 signature by `raw_key` over the raw digest bytes.

@@ -31,6 +31,8 @@ class TestMirror:
     bundles: dict[str, bytes] = field(default_factory=dict)
     states: dict[str, bytes] = field(default_factory=dict)
     faults: dict[str, Fault] = field(default_factory=dict)
+    extra: dict[str, bytes] = field(default_factory=dict)
+    """Other paths served as they are (a manifest, say)."""
     hidden: set[str] = field(default_factory=set)
     """Suffixes served only at the .well-known address."""
     hits: Counter[str] = field(default_factory=Counter)
@@ -59,6 +61,7 @@ class TestMirror:
         app.router.add_get("/pith/{suffix}/bundle.json", self._bundle)
         app.router.add_get("/.well-known/pith/{suffix}/bundle.json", self._well_known)
         app.router.add_get("/pith/{suffix}/state.json", self._state)
+        app.router.add_get("/{path:.*}", self._extra)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -76,6 +79,12 @@ class TestMirror:
             self.hits[request.path] += 1
             return web.Response(status=404)
         return self._serve(request, self.bundles)
+
+    async def _extra(self, request: web.Request) -> web.StreamResponse:
+        body = self.extra.get(request.path)
+        if body is None:
+            return web.Response(status=404)
+        return web.Response(body=body, content_type="application/json")
 
     async def _well_known(self, request: web.Request) -> web.StreamResponse:
         return self._serve(request, self.bundles)

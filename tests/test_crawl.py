@@ -341,3 +341,71 @@ def test_hints_become_patterns():
     (site,) = from_hints(b.build(), b.suffix)
     assert site.bundle_url("X" * 26) == f"https://mirror.example/pith/{'X' * 26}/bundle.json"
     assert site.origin == "discovered"
+
+
+@pytest.mark.parametrize("follow", [True, False])
+async def test_follow_rotations_trusts_a_key_announced_by_a_verified_bundle(
+    tmp_path, signer, follow
+):
+    """A bundle signed by a trusted key announces key 2; later events signed by key 2 are
+    trusted only when `trust.follow_rotations` is on (and the key survives a restart)."""
+    second = TestSigner("rotated-key")
+    async with env(tmp_path, signer, n=1) as e:
+        e.config = _config(
+            tmp_path,
+            [e.mirrors[0].base_url],
+            f"discover = false\n[trust]\nfollow_rotations = {str(follow).lower()}",
+        )
+        b = record(signer)
+        b.extra_keys.append(second.public_key())
+        serve(e, b)
+        await track(e, b)
+        assert (await e.sync()).alerts == 0
+        b.add_event(signer=second)
+        serve(e, b)
+        summary = await e.sync()
+        async with e.store() as store:
+            learned = await store.learned_keys()
+            alerts = await store.events(kinds=["untrusted_key"])
+        if follow:
+            assert [k["key_id"] for k in learned] == ["rotated-key"]
+            assert summary.alerts == 0
+            assert not alerts
+        else:
+            assert learned == []
+            assert summary.alerts == 1
+            assert len(alerts) == 1
+
+
+async def test_mirrors_listed_by_a_manifest_are_crawled(tmp_path, signer):
+    """A `manifest` mirror entry: the manifest's mirrors (with their own patterns) are used."""
+    async with env(tmp_path, signer, n=2) as e:
+        b = record(signer)
+        serve(e, b, only=[1])
+        listed = e.mirrors[1].base_url
+        manifest = {
+            "manifest_type": "pith_mirror_manifest",
+            "manifest_version": "1.0",
+            "mirrors": [
+                {
+                    "name": "listed",
+                    "base_url": listed,
+                    "bundle_pattern": f"{listed}/pith/{{suffix}}/bundle.json",
+                    "state_pattern": f"{listed}/pith/{{suffix}}/state.json",
+                    "well_known_pattern": f"{listed}/.well-known/pith/{{suffix}}/bundle.json",
+                    "status": "mirror",
+                },
+                {"name": "broken", "base_url": "not a url"},
+            ],
+        }
+        e.mirrors[0].extra["/pith-mirrors.json"] = json.dumps(manifest).encode()
+        e.config = parse_config(
+            f'[crawl]\ndiscover = false\n[[mirrors]]\nname = "registry"\n'
+            f'manifest = "{e.mirrors[0].base_url}/pith-mirrors.json"\n',
+            base_dir=tmp_path,
+        )
+        await track(e, b)
+        summary = await e.sync()
+        assert (summary.mirrors, summary.errors, summary.new_snapshots) == (1, 0, 2)
+        async with e.store() as store:
+            assert await store.latest_snapshot(b.suffix, "registry/listed", "bundle", trusted=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from builder import BundleBuilder, TestSigner, canonical_record
 from mirror import TestMirror
 
@@ -87,3 +88,24 @@ def test_dead_mirror_exits_3(capsys, tmp_path: Path, signer: TestSigner, mirror:
     code, summary = sync(capsys, cfg, b.pith_number)
     assert code == 3
     assert summary["errors"] == 1
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ('[crawl]\ntimeout = "soon"\n', "crawl.timeout"),
+        ("[crawl]\nconcurrency = 0\n", "crawl.concurrency"),
+        ('[[mirrors]]\nname = "x"\nbase_url = "ftp://a"\n', "mirrors[0].base_url"),
+        ('[trust]\nkeys = ["missing.key.json"]\n', "missing.key.json"),
+        ("[crawl\n", "TOML"),
+    ],
+)
+def test_bad_config_exits_2_naming_the_key(capsys, tmp_path: Path, toml: str, key: str):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(toml)
+    code = main(["--config", str(cfg), "sync"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert key in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "pithcrawl.db").exists()

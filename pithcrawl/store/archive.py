@@ -11,11 +11,13 @@ live in `fetches`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from contextlib import suppress
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from pithcrawl.errors import StoreError
 from pithcrawl.store.blobs import pack, unpack
@@ -75,6 +77,7 @@ SELECT (SELECT count(*) FROM blobs) AS blobs, (SELECT count(*) FROM records) AS 
        (SELECT count(*) FROM mirrors) AS mirrors,
        (SELECT count(*) FROM fetch_state) AS fetch_state,
        (SELECT count(*) FROM snapshots) AS snapshots, (SELECT count(*) FROM events) AS events,
+       (SELECT count(*) FROM learned_keys) AS learned_keys,
        (SELECT coalesce(sum(size), 0) FROM blobs) AS blob_bytes_raw,
        (SELECT coalesce(sum(length(data)), 0) FROM blobs) AS blob_bytes_stored
 """
@@ -144,6 +147,27 @@ class Store:
             await s.run(
                 "UPDATE records SET pith_number = ? WHERE suffix = ?", (pith_number, suffix)
             )
+
+    # -- keys learned from rotations -------------------------------------------------------
+
+    async def learn_key(
+        self, key: dict[str, Any], *, at: datetime, mirror: str, body_sha256: str
+    ) -> bool:
+        """Remember a key a verified bundle announced; False if its id was known already."""
+        async with self._db.write("learn a key") as s:
+            return (
+                await s.run_many(
+                    "INSERT INTO learned_keys (key_id, key_json, learned_at, mirror, body_sha256)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    [(key["key_id"], to_json_text(key), db_time(at), mirror, body_sha256)],
+                )
+                == 1
+            )
+
+    async def learned_keys(self) -> list[dict[str, Any]]:
+        async with self._db.read("list learned keys") as s:
+            rows = await s.all("SELECT key_json FROM learned_keys ORDER BY learned_at, key_id")
+        return [json.loads(r[0]) for r in rows]
 
     # -- mirrors ------------------------------------------------------------------------
 

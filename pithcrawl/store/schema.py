@@ -96,12 +96,24 @@ CREATE INDEX events_kind ON events (kind, at);
 CREATE INDEX events_dedup ON events (dedup_key);
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1,)
+# Keys accepted because a fully verified bundle (signed by a trusted key) announced them,
+# with `trust.follow_rotations` on; the body that announced each is kept as evidence.
+_V2 = """
+CREATE TABLE learned_keys (
+    key_id            TEXT PRIMARY KEY,
+    key_json          TEXT NOT NULL CHECK (json_valid(key_json)),
+    learned_at        TEXT NOT NULL,
+    mirror            TEXT NOT NULL,
+    body_sha256       TEXT NOT NULL REFERENCES blobs (sha256)
+);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
 """Migration scripts in order; the schema version is their count."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
-TABLES = ("blobs", "records", "mirrors", "fetch_state", "snapshots", "events")
+TABLES = ("blobs", "records", "mirrors", "fetch_state", "snapshots", "events", "learned_keys")
 """Every table, for `Store.stats`."""
 
 
