@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -40,6 +41,8 @@ RETRY_BASE = 60.0
 RETRY_CAP = 6 * 3600.0
 #: Successful fetches come back after `crawl.interval` ± 10%.
 JITTER = 0.1
+#: Verdicts on recent bundle bodies kept in memory (see `Crawler._verify`).
+VERDICTS_KEPT = 64
 
 
 @dataclass(slots=True)
@@ -113,6 +116,8 @@ class Crawler:
     trust: TrustSet
     clock: Callable[[], datetime]
     rand: random.Random = field(default_factory=random.Random)
+    _verdicts: OrderedDict[tuple[str, str], Report] = field(default_factory=OrderedDict)
+    _verdicts_trust: TrustSet | None = None
 
     async def sync_pair(self, suffix: str, site: Site) -> PairResult:
         """Fetch, verify and archive one record's bundle and state.json from one mirror."""
@@ -148,13 +153,7 @@ class Crawler:
                 return None
             return _Trusted(previous.body_sha256, previous.bundle_sha256, None)
         body = got.result.body
-        report = verify_bundle(
-            body,
-            self.trust,
-            now=now,
-            clock_skew=self.config.trust.clock_skew,
-            expected_suffix=suffix,
-        )
+        report = self._verify(body, suffix, now)
         number = report.pith_number or suffix
         evidence = {
             "mirror": site.name,
@@ -212,6 +211,34 @@ class Crawler:
         if self.config.crawl.discover:
             await self._discover(report.document, suffix, now)
         return _Trusted(_sha(body), report.bundle_sha256, report.document)
+
+    def _verify(self, body: bytes, suffix: str, now: datetime) -> Report:
+        """Verify a bundle body, once per body while the trust set stays the same.
+
+        Mirrors mostly serve the same bytes, and a pass visits one record's mirrors one
+        after another, so a small cache spares re-verifying them. It is keyed by the
+        trust set too, and held in memory only: a verdict never outlives the keys it
+        was reached with.
+        """
+        key = (_sha(body), suffix)
+        cached = self._verdicts.get(key)
+        if cached is not None and self._verdicts_trust is self.trust:
+            self._verdicts.move_to_end(key)
+            return cached
+        if self._verdicts_trust is not self.trust:
+            self._verdicts.clear()
+            self._verdicts_trust = self.trust
+        report = verify_bundle(
+            body,
+            self.trust,
+            now=now,
+            clock_skew=self.config.trust.clock_skew,
+            expected_suffix=suffix,
+        )
+        self._verdicts[key] = report
+        if len(self._verdicts) > VERDICTS_KEPT:
+            self._verdicts.popitem(last=False)
+        return report
 
     # -- state.json ----------------------------------------------------------------------
 
