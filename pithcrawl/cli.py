@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
 from pithcrawl import __version__
 from pithcrawl.commands import COMMANDS
-from pithcrawl.errors import EXIT_USAGE, PithcrawlError, UsageError
+from pithcrawl.errors import EXIT_OPERATIONAL, EXIT_USAGE, PithcrawlError
 from pithcrawl.log import configure
 
 
@@ -82,12 +83,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure(args.log_format, args.verbose - args.quiet)
     try:
         code: int = args.run(args)
-    except UsageError as e:
-        print(f"pithcrawl: {e}", file=sys.stderr)
-        return e.exit_code
-    except PithcrawlError as e:
-        print(f"pithcrawl: {e}", file=sys.stderr)
-        return e.exit_code
     except KeyboardInterrupt:
         return 130
+    except BaseException as e:
+        return _failed(e)
     return code
+
+
+def _failed(error: BaseException) -> int:
+    """A message and the contract's exit code for an error that ended a command.
+
+    Errors raised inside a task group arrive wrapped in exception groups; the first
+    pithcrawl error inside decides. Anything else is a bug: its traceback is printed
+    and the exit is 3 (pithcrawl failed), never 1, which scripts read as a security
+    finding.
+    """
+    if isinstance(error, SystemExit):
+        raise error
+    found = _first_ours(error)
+    if found is not None:
+        print(f"pithcrawl: {found}", file=sys.stderr)
+        return found.exit_code
+    traceback.print_exception(error, file=sys.stderr)
+    print(
+        "pithcrawl: internal error (a bug: please report it with the trace above)", file=sys.stderr
+    )
+    return EXIT_OPERATIONAL
+
+
+def _first_ours(error: BaseException) -> PithcrawlError | None:
+    if isinstance(error, PithcrawlError):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            found = _first_ours(inner)
+            if found is not None:
+                return found
+    return None

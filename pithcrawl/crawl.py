@@ -122,7 +122,7 @@ class Crawler:
     async def sync_pair(self, suffix: str, site: Site) -> PairResult:
         """Fetch, verify and archive one record's bundle and state.json from one mirror."""
         result = PairResult(suffix, site.name)
-        with structlog.contextvars.bound_contextvars(pith=suffix, mirror=site.name):
+        with structlog.contextvars.bound_contextvars(suffix=suffix, mirror=site.name):
             trusted = await self._bundle(suffix, site, result)
             if trusted is not None and result.error is None:
                 await self._state(suffix, site, trusted, result)

@@ -172,6 +172,7 @@ class Daemon:
         self.idle_poll = idle_poll
         self.sites: dict[str, Site] = {}
         self.sites_at = 0.0
+        self.pinged_at = 0.0
         self.inflight: set[tuple[str, str]] = set()
         self.totals = Summary()
         # Made in run(): anyio's primitives belong to a running event loop.
@@ -188,8 +189,9 @@ class Daemon:
         ):
             self.store = store
             await tg.start(self._signals, tg.cancel_scope)
-            if self.notifier.watchdog is not None:
-                tg.start_soon(self._watchdog)
+            tracked = len(await store.tracked())
+            self.notifier.ready(f"watching {tracked} records")
+            log.info("daemon_ready", records=tracked, db=str(self.db))
             while True:
                 with anyio.CancelScope() as round_scope:
                     self.round_scope = round_scope
@@ -212,7 +214,7 @@ class Daemon:
             await self._refresh_sites(fetcher)
             tracked = len(await self.store.tracked())
             self.notifier.ready(f"watching {tracked} records on {len(self.sites)} mirrors")
-            log.info("daemon_ready", records=tracked, mirrors=len(self.sites), db=str(self.db))
+            log.info("crawl_started", records=tracked, mirrors=len(self.sites))
             send, receive = anyio.create_memory_object_stream[tuple[str, Site]](0)
             async with anyio.create_task_group() as tg:
                 for _ in range(config.crawl.concurrency):
@@ -225,6 +227,7 @@ class Daemon:
         config = self.config
         last_summary = time.monotonic()
         while True:
+            self._ping()
             if time.monotonic() - self.sites_at > SITES_REFRESH:
                 await self._refresh_sites(fetcher)
             now = _now()
@@ -249,6 +252,8 @@ class Daemon:
             ahead = (upcoming - _now()).total_seconds()
             if ahead > 0:  # (a pair already due is in flight: its worker will wake us)
                 wait = min(wait, ahead)
+        if self.notifier.watchdog is not None:
+            wait = min(wait, self.notifier.watchdog.total_seconds() / 2)
         with anyio.move_on_after(wait):
             await self.wake.wait()
         self.wake = anyio.Event()
@@ -315,6 +320,8 @@ class Daemon:
             log.error("reload_refused", error=str(e))
             self.notifier.ready("reload refused; running with the previous configuration")
             return
+        if config.db is not None and config.db != self.config.db:
+            log.warning("reload_ignores_db", running=str(self.db), configured=str(config.db))
         self.config, self.trust = config, trust
         self.sites_at = 0.0
         log.info("config_reloaded")
@@ -322,12 +329,19 @@ class Daemon:
         if self.round_scope is not None:
             self.round_scope.cancel()
 
-    async def _watchdog(self) -> None:
-        assert self.notifier.watchdog is not None
-        interval = self.notifier.watchdog.total_seconds() / 2
-        while True:
+    def _ping(self) -> None:
+        """Tell systemd's watchdog the scheduler is alive, at half its interval.
+
+        Pinged from the scheduler loop itself (not a task of its own), so a scheduler
+        stuck on the archive or the network stops the pings and systemd restarts us.
+        """
+        watchdog = self.notifier.watchdog
+        if watchdog is None:
+            return
+        now = time.monotonic()
+        if now - self.pinged_at >= watchdog.total_seconds() / 2:
             self.notifier.ping()
-            await anyio.sleep(interval)
+            self.pinged_at = now
 
 
 def _now() -> datetime:

@@ -15,7 +15,7 @@ import structlog
 
 def configure(fmt: str | None = None, verbosity: int = 0, stream: TextIO | None = None) -> None:
     """Set up structlog. `fmt` is "json", "console" or None (pick by whether it is a TTY)."""
-    out = stream or sys.stderr
+    out: TextIO = stream or _Stderr()  # type: ignore[assignment] # write/flush/isatty is all
     if fmt is None:
         fmt = "console" if out.isatty() else "json"
     level = {-1: logging.WARNING, 0: logging.INFO}.get(max(-1, min(verbosity, 1)), logging.DEBUG)
@@ -36,6 +36,19 @@ def configure(fmt: str | None = None, verbosity: int = 0, stream: TextIO | None 
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
+
+
+class _Stderr:
+    """Whatever `sys.stderr` is at the moment of writing (tests swap it; so may embedders)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
 
 
 def get_logger(name: str = "pithcrawl") -> structlog.typing.FilteringBoundLogger:

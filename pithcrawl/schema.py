@@ -199,13 +199,16 @@ def _compile(spec: Spec) -> Validator:
     """Generate one flat Python function for `spec`: no call per field, so it is cheap
     enough to run on every document fetched."""
     gen = _Gen()
-    lines = ["def fits(x0):", *gen.lines(spec, "x0", 1), "    return True"]
-    namespace: dict[str, Any] = dict(gen.consts)
+    # Builtins and the sentinel are bound as defaults: local lookups, not global ones.
+    head = "def fits(x0, type=type, str=str, int=int, dict=dict, list=list, bool=bool, M=M):"
+    lines = [head, *gen.lines(spec, "x0", 1), "    return True"]
+    namespace: dict[str, Any] = {**gen.consts, "M": _MISSING}
     exec("\n".join(lines), namespace)  # noqa: S102 - source generated from the tables above
     validator: Validator = namespace["fits"]
     return validator
 
 
+_MISSING = object()
 _EXACT = {"string": "str", "integer": "int", "object": "dict", "array": "list", "boolean": "bool"}
 
 
@@ -240,10 +243,12 @@ class _Gen:
         out = [f"{pad}if type({var}) is not dict: return False"]
         for name, field in spec.required.items():
             sub = self.fresh()
-            out.append(f"{pad}if {name!r} not in {var}: return False")
             inner = self.lines(field, sub, depth)
             if inner:
-                out += [f"{pad}{sub} = {var}[{name!r}]", *inner]
+                out += [f"{pad}{sub} = {var}.get({name!r}, M)", f"{pad}if {sub} is M: return False"]
+                out += inner
+            else:
+                out.append(f"{pad}if {name!r} not in {var}: return False")
         for name, field in spec.optional.items():
             sub = self.fresh()
             inner = self.lines(field, sub, depth + 1)

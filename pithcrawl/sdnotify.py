@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Mapping
 from datetime import timedelta
 
@@ -46,7 +47,7 @@ class Notifier:
         return self.send("WATCHDOG=1")
 
     def reloading(self) -> bool:
-        return self.send("RELOADING=1")
+        return self.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
 
     def stopping(self) -> bool:
         return self.send("STOPPING=1")

@@ -76,12 +76,13 @@ def test_run_crawls_in_rounds_reloads_and_stops_on_sigterm(
     mirror.put(b.bytes())
     cfg = write_config(tmp_path, signer, mirror.base_url, "1s")
     db = tmp_path / "archive.db"
-    env = {**os.environ, "NOTIFY_SOCKET": notify_socket.getsockname()}
+    env = {**os.environ, "NOTIFY_SOCKET": notify_socket.getsockname(), "WATCHDOG_USEC": "400000"}
     base = [sys.executable, "-m", "pithcrawl", "--config", str(cfg), "--log-format", "json"]
     assert subprocess.run([*base, "track", b.pith_number], env=env, check=False).returncode == 0
     proc = subprocess.Popen([*base, "run"], env=env, stderr=subprocess.PIPE, text=True)
     try:
         assert any("READY=1" in m for m in messages(notify_socket, "READY=1"))
+        assert any("WATCHDOG=1" in m for m in messages(notify_socket, "WATCHDOG=1"))
         wait_for(lambda: snapshots(db) == 2, "the first round (bundle and state.json)")
         path = f"/pith/{b.suffix}/bundle.json"
         wait_for(lambda: mirror.conditional_hits[path] >= 2, "two more rounds, conditional")
