@@ -13,15 +13,16 @@ import hashlib
 import json
 import random
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 import jsonpatch
 import structlog
 
-from pithcrawl import timeline
+from pithcrawl import divergence, timeline
+from pithcrawl.alert import log_alerts, sink_names
 from pithcrawl.canon import MalformedJSON, parse
 from pithcrawl.config import Config
 from pithcrawl.errors import FetchError
@@ -30,7 +31,7 @@ from pithcrawl.findings import Severity
 from pithcrawl.keys import InvalidKey, TrustSet, key_problems, load_key
 from pithcrawl.mirrors import Site, discoverable, from_hints
 from pithcrawl.schedule import next_due, retry_due
-from pithcrawl.store import FetchOutcome, FetchState, NewEvent, Store
+from pithcrawl.store import FetchOutcome, FetchState, NewEvent, Snapshot, Store
 from pithcrawl.timestamps import format_timestamp
 from pithcrawl.verify import Report, verify_bundle, verify_state
 
@@ -43,6 +44,16 @@ RETRY_CAP = 6 * 3600.0
 JITTER = 0.1
 #: Verdicts on recent bundle bodies kept in memory (see `Crawler._verify`).
 VERDICTS_KEPT = 64
+#: What a trusted body says of the history: (pith_number, event ids, claimed places).
+_History = tuple[str, tuple[str, ...], tuple[tuple[str, str, str], ...]]
+
+
+def _history(bundle: dict[str, Any]) -> _History:
+    return (
+        bundle["pith_number"],
+        tuple(e["event_id"] for e in bundle["events"]),
+        divergence.claims_of(bundle),
+    )
 
 
 @dataclass(slots=True)
@@ -118,6 +129,7 @@ class Crawler:
     rand: random.Random = field(default_factory=random.Random)
     _verdicts: OrderedDict[tuple[str, str], Report] = field(default_factory=OrderedDict)
     _verdicts_trust: TrustSet | None = None
+    _numbers: dict[str, str] = field(default_factory=dict)
 
     async def sync_pair(self, suffix: str, site: Site) -> PairResult:
         """Fetch, verify and archive one record's bundle and state.json from one mirror."""
@@ -126,7 +138,106 @@ class Crawler:
             trusted = await self._bundle(suffix, site, result)
             if trusted is not None and result.error is None:
                 await self._state(suffix, site, trusted, result)
+            if result.new_snapshots:
+                await self.check_record(suffix)
         return result
+
+    async def check_record(self, suffix: str, *, mirrors: Sequence[str] | None = None) -> None:
+        """The divergence rules over everything archived of one record, across mirrors.
+
+        `mirrors`: the mirrors crawled now (default: every mirror that served it); only
+        their latest bundles count as "served now", but every archived one is history.
+        """
+        snapshots = await self.store.snapshots(suffix)
+        latest: dict[str, Snapshot] = {}
+        for snap in snapshots:
+            latest[snap.mirror] = snap
+        trusted = [s for s in snapshots if s.trusted]
+        known = await self.store.histories(sorted({s.body_sha256 for s in trusted}))
+        archived = [await self._seen(s, known) for s in trusted]
+        by_body = {s.body_sha256: seen for s, seen in zip(trusted, archived, strict=True)}
+        current = {
+            m: by_body[s.body_sha256]
+            for m, s in latest.items()
+            if s.trusted and (mirrors is None or m in mirrors)
+        }
+        if not archived:
+            return
+        number = self._numbers.get(suffix, suffix)
+        now = self.clock()
+        found = divergence.conditions(
+            divergence.Histories(number, current, archived), now, self.config.alerts.stale_after
+        )
+        await self._reconcile(
+            f"record:{suffix}",
+            [
+                NewEvent(
+                    kind=c.kind,
+                    severity=c.severity,
+                    at=now,
+                    pith_number=number,
+                    mirrors=c.mirrors,
+                    summary=c.summary,
+                    evidence=c.evidence,
+                    dedup_key=c.dedup_key,
+                    suffix=suffix,
+                )
+                for c in found
+            ],
+            now,
+            log=True,
+        )
+
+    async def check_mirrors(self, names: Sequence[str]) -> None:
+        """`mirror_unreachable`: a mirror that has failed for a record for longer than
+        `alerts.unreachable_after`. One alert per mirror (a dead mirror is one problem,
+        not one per record); transient failures stay quiet."""
+        now = self.clock()
+        since = now - self.config.alerts.unreachable_after
+        for name in names:
+            count, examples = await self.store.alerts.failing(name, since)
+            current = []
+            if count:
+                current.append(
+                    NewEvent(
+                        kind="mirror_unreachable",
+                        severity="error",
+                        at=now,
+                        pith_number=None,
+                        mirrors=(name,),
+                        summary=f"{name} has failed for {count} record(s) for longer than "
+                        f"{self.config.alerts.unreachable_after}",
+                        evidence={"mirror": name, "records": count, "examples": examples},
+                        dedup_key=f"mirror_unreachable:{name}",
+                    )
+                )
+            await self._reconcile(f"reach:{name}", current, now, log=True)
+
+    async def recheck(self, suffixes: Sequence[str], mirrors: Sequence[str]) -> int:
+        """Re-run the divergence rules where time alone can change them (a lag turning
+        stale) or an alert is open; how many records were checked."""
+        wanted = set(suffixes)
+        todo = [s for s in await self.store.records_to_recheck() if s in wanted]
+        for suffix in todo:
+            await self.check_record(suffix, mirrors=mirrors)
+        return len(todo)
+
+    async def _seen(self, snap: Snapshot, known: dict[str, _History]) -> divergence.Seen:
+        cached = known.get(snap.body_sha256)
+        if cached is None:  # archived before histories were kept: derive it once
+            doc = parse(await self.store.get_blob(snap.body_sha256))
+            cached = _history(doc)
+            await self.store.put_history(snap.body_sha256, *cached)
+        self._numbers[snap.suffix] = cached[0]
+        return divergence.Seen(
+            snap.mirror,
+            snap.fetched_at,
+            snap.body_sha256,
+            snap.url,
+            snap.built_at or "",
+            cached[1],
+            cached[2],
+        )
 
     # -- the bundle ----------------------------------------------------------------------
 
@@ -181,31 +292,26 @@ class Crawler:
                 )
             )
         elif previous is not None:
-            before = parse(await self.store.get_blob(previous.body_sha256))
-            for change in timeline.compare(before, report.document, mirror=site.name):
-                events.append(
-                    NewEvent(
-                        kind=change.kind,
-                        severity=change.severity,
-                        at=now,
-                        pith_number=number,
-                        mirrors=(site.name,),
-                        summary=change.summary,
-                        evidence={
-                            **evidence,
-                            "previous_body_sha256": previous.body_sha256,
-                            **change.evidence,
-                        },
-                        dedup_key=change.dedup_key,
-                    )
-                )
+            events.extend(
+                await self._changes(suffix, site.name, previous, report, evidence=evidence, now=now)
+            )
         snapshot = await self.store.record_fetch(
             self._outcome(suffix, site.name, got, now, report=report, patch=patch, events=events)
         )
         self._report(result, snapshot is not None, events)
+        # The mirror's document conditions are what this body shows: an invalid body, or
+        # a history older than one it served before. Any other open one has cleared.
+        await self._reconcile(
+            f"document:{suffix}:{site.name}",
+            [e for e in events if e.severity == "critical"],
+            now,
+            log=False,
+            suffix=suffix,
+        )
         if not report.ok:
             return None
         await self.store.set_pith_number(suffix, number)
+        await self.store.put_history(_sha(body), *_history(report.document))
         if self.config.trust.follow_rotations:
             await self._learn_keys(report.document, site.name, _sha(body), now)
         if self.config.crawl.discover:
@@ -239,6 +345,60 @@ class Crawler:
         if len(self._verdicts) > VERDICTS_KEPT:
             self._verdicts.popitem(last=False)
         return report
+
+    async def _changes(
+        self,
+        suffix: str,
+        mirror: str,
+        previous: Snapshot,
+        report: Report,
+        *,
+        evidence: dict[str, Any],
+        now: datetime,
+    ) -> list[NewEvent]:
+        """What a new trusted bundle changes: news against the last trusted one, and
+        rollbacks against the newest one this mirror ever served."""
+        number = report.pith_number or suffix
+        before = parse(await self.store.get_blob(previous.body_sha256))
+        changes = [(previous, c) for c in timeline.compare(before, report.document, mirror=mirror)]
+        highest = await self.store.highest_trusted_bundle(suffix, mirror)
+        if highest is not None and highest.body_sha256 != previous.body_sha256:
+            high = parse(await self.store.get_blob(highest.body_sha256))
+            changes = [(p, c) for p, c in changes if c.kind != "rollback"]
+            changes += [
+                (highest, c)
+                for c in timeline.compare(high, report.document, mirror=mirror)
+                if c.kind == "rollback"
+            ]
+        return [
+            NewEvent(
+                kind=c.kind,
+                severity=c.severity,
+                at=now,
+                pith_number=number,
+                mirrors=(mirror,),
+                summary=c.summary,
+                evidence={**evidence, "previous_body_sha256": p.body_sha256, **c.evidence},
+                dedup_key=c.dedup_key,
+            )
+            for p, c in changes
+        ]
+
+    async def _reconcile(
+        self,
+        scope: str,
+        current: list[NewEvent],
+        now: datetime,
+        *,
+        log: bool,
+        suffix: str | None = None,
+    ) -> None:
+        if suffix is not None:
+            current = [e if e.suffix else replace(e, suffix=suffix) for e in current]
+        opened, closed = await self.store.alerts.reconcile(
+            scope, current, now=now, sinks=sink_names(self.config.alerts), log=log
+        )
+        log_alerts(opened, closed)
 
     # -- state.json ----------------------------------------------------------------------
 
@@ -299,6 +459,7 @@ class Crawler:
             self._outcome(suffix, site.name, got, now, report=report, events=events)
         )
         self._report(result, snapshot is not None, events)
+        await self._reconcile(f"state:{suffix}:{site.name}", events, now, log=False, suffix=suffix)
 
     # -- plumbing --------------------------------------------------------------------------
 

@@ -6,6 +6,8 @@ summary of a pass. Each pair's work is `crawl.Crawler.sync_pair`.
 
 from __future__ import annotations
 
+import os
+import random
 import signal
 import sys
 import time
@@ -19,6 +21,7 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 
+from pithcrawl.alert import Sinks, deliver_due, read_secret
 from pithcrawl.config import Config
 from pithcrawl.crawl import Crawler, PairResult, with_learned
 from pithcrawl.errors import PithcrawlError
@@ -43,6 +46,10 @@ class Summary:
     deferred: int = 0
     untrusted: int = 0
     """Pairs whose mirror serves a bundle that failed verification."""
+    warnings: int = 0
+    """Open alerts of error severity (a mirror stale or unreachable) for these records."""
+    delivered: int = 0
+    undelivered: int = 0
     duration_s: float = 0.0
 
     def to_json(self) -> dict[str, float | int]:
@@ -55,11 +62,16 @@ class Summary:
             "errors": self.errors,
             "deferred": self.deferred,
             "untrusted": self.untrusted,
+            "warnings": self.warnings,
+            "delivered": self.delivered,
+            "undelivered": self.undelivered,
             "duration_s": round(self.duration_s, 3),
         }
 
 
 async def sync_once(config: Config, db: Path, named: list[str], trust: TrustSet) -> Summary:
+    """One pass over every tracked (or named) record and every mirror; then the
+    divergence and reachability rules, then alert delivery."""
     db.parent.mkdir(parents=True, exist_ok=True)
     summary = Summary()
     results: list[PairResult] = []
@@ -99,13 +111,27 @@ async def sync_once(config: Config, db: Path, named: list[str], trust: TrustSet)
                             await send.send((suffix, site))
                 receive.close()
             progress.done()
+            names = [s.name for s in sites]
+            await crawler.recheck(suffixes, names)
+            await crawler.check_mirrors(names)
+            sinks = Sinks(
+                config.alerts, fetcher, read_secret(config.alerts.webhook_secret_file, os.environ)
+            )
+            summary.delivered, summary.undelivered = await deliver_due(
+                store,
+                sinks,
+                datetime.now(UTC),
+                random.Random(),  # noqa: S311 - jitter, not crypto
+            )
+        open_alerts = await store.alerts.open_alerts(suffixes=suffixes)
     for r in results:
         summary.new_snapshots += r.new_snapshots
         summary.events += len(r.events)
-        summary.alerts += sum(1 for e in r.events if e.severity == "critical")
-        summary.untrusted += r.serves_untrusted
         summary.errors += r.error is not None
         summary.deferred += r.deferred
+        summary.untrusted += r.serves_untrusted
+    summary.alerts = sum(1 for a in open_alerts if a.severity == "critical")
+    summary.warnings = sum(1 for a in open_alerts if a.severity != "critical")
     return summary
 
 

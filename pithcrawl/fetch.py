@@ -224,6 +224,27 @@ class HttpFetcher:
                 return replace(outcome, elapsed=elapsed)
             current = self._follow(url, chain, outcome)
 
+    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
+        """POST `body` (a webhook delivery); the response status. Redirects are not
+        followed (a webhook that moved should be reconfigured, not chased)."""
+        if self._session is None:
+            raise RuntimeError("HttpFetcher.post() outside `async with`")
+        target = URL(url)
+        try:
+            async with (
+                self._slot(target),
+                self._session.post(
+                    target,
+                    data=body,
+                    headers={**headers, hdrs.USER_AGENT: self._user_agent},
+                    allow_redirects=False,
+                ) as resp,
+            ):
+                await resp.content.read(65536)  # a reply body is not used; bound it anyway
+                return resp.status
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise self._translate(exc, target, reading_body=False) from exc
+
     def _follow(self, url: str, chain: list[str], target: URL) -> URL:
         """Vet one redirect target against the loop, the count and the caller's hook."""
         text = str(target)

@@ -73,10 +73,11 @@ def test_tampered_bundle_is_an_alert_and_exit_1(
     code, summary = sync(capsys, cfg, b.pith_number)
     assert code == 1
     assert summary["alerts"] == 1
-    # Served again unchanged: no second alert, but still a security finding of the pass.
+    # Served again unchanged: the same alert is still open (no second one), still exit 1.
     code, summary = sync(capsys, cfg, b.pith_number)
     assert code == 1
-    assert summary["alerts"] == 0
+    assert summary["alerts"] == 1
+    assert summary["events"] == 0
     assert summary["untrusted"] == 1
 
 

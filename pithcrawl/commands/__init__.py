@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pithcrawl.commands import events, history, run, status, sync, verify
+from pithcrawl.commands import events, history, run, serve, status, sync, verify
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,4 +40,5 @@ COMMANDS = [
         history.run_diff,
     ),
     Command("events", events.HELP, events.EXAMPLE, events.add_arguments, events.run),
+    Command("serve", serve.HELP, serve.EXAMPLE, serve.add_arguments, serve.run),
 ]

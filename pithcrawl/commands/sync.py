@@ -100,11 +100,14 @@ def run_sync(args: argparse.Namespace) -> int:
         s = summary
         print(
             f"{s.records} records × {s.mirrors} mirrors: {s.new_snapshots} new snapshots, "
-            f"{s.events} events, {s.alerts} alerts, {s.errors} errors in {s.duration_s:.1f}s"
+            f"{s.events} events, {s.alerts + s.warnings} open alerts, {s.errors} errors"
+            f" in {s.duration_s:.1f}s"
         )
     log.info("sync_done", **summary.to_json())
-    if summary.alerts or summary.untrusted:
+    # Exit 1 while a critical alert is open for what this pass checked, 3 while only
+    # operational ones are (or fetches failed), whether raised now or by an earlier pass.
+    if summary.alerts:
         return EXIT_SECURITY
-    if summary.errors:
+    if summary.errors or summary.warnings:
         return EXIT_OPERATIONAL
     return EXIT_OK

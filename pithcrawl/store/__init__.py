@@ -8,13 +8,15 @@ The package is the only place that speaks SQL or sees a sqlite3 error (it raises
 - `connection`: opening, the writers' lock, pragmas, migrations, transactions;
 - `schema`: the numbered migrations;
 - `rows`: the values going in and out;
-- `blobs`: the zstd codec and the sha256 check of archived bodies.
+- `blobs`: the zstd codec and the sha256 check of archived bodies;
+- `alerts`: open and closed alerts, and their deliveries to each sink.
 
 It decides nothing about trust, changes or scheduling: those are stored as given.
 """
 
 from __future__ import annotations
 
+from pithcrawl.store.alerts import SINKS, Alert, AlertBook, Delivery
 from pithcrawl.store.archive import Store
 from pithcrawl.store.rows import (
     KINDS,
@@ -33,6 +35,10 @@ __all__ = [
     "KINDS",
     "ORIGINS",
     "SCHEMA_VERSION",
+    "SINKS",
+    "Alert",
+    "AlertBook",
+    "Delivery",
     "EventRow",
     "FetchOutcome",
     "FetchState",

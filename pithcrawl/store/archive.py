@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Any
 
 from pithcrawl.errors import StoreError
+from pithcrawl.store.alerts import AlertBook
 from pithcrawl.store.blobs import pack, unpack
 from pithcrawl.store.connection import Database
 from pithcrawl.store.fetches import INSERT_EVENT, check_outcome, event_params, write_fetch
@@ -82,12 +83,43 @@ SELECT (SELECT count(*) FROM blobs) AS blobs, (SELECT count(*) FROM records) AS 
        (SELECT coalesce(sum(length(data)), 0) FROM blobs) AS blob_bytes_stored
 """
 
+# What `serve` hands out: the newest verified history. `built_at` is compared as a time
+# (julianday reads RFC 3339 with `Z` and any fraction; text order would misplace a
+# fraction), then the newest fetch, then the newest row.
+_NEWEST_TRUSTED_BUNDLE = """
+SELECT * FROM snapshots WHERE suffix = ? AND kind = 'bundle' AND trusted = 1
+ORDER BY julianday(built_at) DESC, fetched_at DESC, id DESC LIMIT 1
+"""
+
+_HIGHEST_TRUSTED_BUNDLE = """
+SELECT * FROM snapshots WHERE suffix = ? AND mirror = ? AND kind = 'bundle' AND trusted = 1
+ORDER BY julianday(built_at) DESC, id DESC LIMIT 1
+"""
+
+_TO_RECHECK = """
+WITH latest AS (
+    SELECT suffix, mirror, max(id) AS id FROM snapshots WHERE kind = 'bundle'
+    GROUP BY suffix, mirror
+)
+SELECT l.suffix FROM latest AS l JOIN snapshots AS s ON s.id = l.id WHERE s.trusted = 1
+GROUP BY l.suffix HAVING count(DISTINCT s.body_sha256) > 1
+UNION
+SELECT suffix FROM alerts WHERE closed_at IS NULL AND scope LIKE 'record:%'
+"""
+
+_TRUSTED_STATES = """
+SELECT * FROM snapshots WHERE suffix = ? AND kind = 'state' AND trusted = 1
+ORDER BY fetched_at DESC, id DESC LIMIT ?
+"""
+
 
 class Store:
     """The archive: one SQLite file, one connection, the single writer of its process."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        self.alerts = AlertBook(db)
+        """Open and closed alerts and their deliveries (`store.alerts`)."""
 
     @classmethod
     async def open(
@@ -311,6 +343,90 @@ class Store:
                 (since_text, to_json_text(list(kinds))),
             )
         return [event_from_row(r) for r in rows]
+
+    # -- serving ------------------------------------------------------------------------
+
+    async def newest_trusted_bundle(self, suffix: str) -> Snapshot | None:
+        """The trusted bundle snapshot of a record with the newest `built_at` (then the
+        newest fetch) across every mirror, tracked or not; None if none is trusted."""
+        async with self._db.read("find the newest trusted bundle") as s:
+            row = await s.one(_NEWEST_TRUSTED_BUNDLE, (suffix,))
+        return None if row is None else snapshot_from_row(row)
+
+    async def highest_trusted_bundle(self, suffix: str, mirror: str) -> Snapshot | None:
+        """The trusted bundle with the newest `built_at` a mirror ever served for a record:
+        what it must not go back from."""
+        async with self._db.read("find the highest trusted bundle") as s:
+            row = await s.one(_HIGHEST_TRUSTED_BUNDLE, (suffix, mirror))
+        return None if row is None else snapshot_from_row(row)
+
+    async def trusted_states(self, suffix: str, *, limit: int = 32) -> list[Snapshot]:
+        """A record's trusted state.json snapshots across every mirror, newest fetch first."""
+        async with self._db.read("list trusted states") as s:
+            rows = await s.all(_TRUSTED_STATES, (suffix, limit))
+        return [snapshot_from_row(r) for r in rows]
+
+    async def newest_snapshot_id(self, suffix: str) -> int | None:
+        """The id of a record's newest snapshot of any kind, mirror or trust: it changes
+        whenever anything about the record is archived (a cheap freshness check)."""
+        async with self._db.read("read the newest snapshot id") as s:
+            row = await s.one("SELECT max(id) FROM snapshots WHERE suffix = ?", (suffix,))
+        return None if row is None or row[0] is None else int(row[0])
+
+    async def trusted_record_count(self) -> int:
+        """How many records have at least one trusted bundle snapshot."""
+        async with self._db.read("count trusted records") as s:
+            row = await s.one(
+                "SELECT count(DISTINCT suffix) FROM snapshots WHERE kind = 'bundle' AND trusted = 1"
+            )
+        return 0 if row is None else int(row[0])
+
+    # -- histories (for the divergence rules) ---------------------------------------------
+
+    async def put_history(
+        self,
+        body_sha256: str,
+        pith_number: str,
+        events: Sequence[str],
+        claims: Sequence[Sequence[str]],
+    ) -> None:
+        """Remember what a trusted bundle body says of its record's history."""
+        async with self._db.write("save a history") as s:
+            await s.run(
+                "INSERT INTO histories (body_sha256, pith_number, events, claims)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (
+                    body_sha256,
+                    pith_number,
+                    to_json_text(list(events)),
+                    to_json_text([list(c) for c in claims]),
+                ),
+            )
+
+    async def histories(
+        self, bodies: Sequence[str]
+    ) -> dict[str, tuple[str, tuple[str, ...], tuple[tuple[str, str, str], ...]]]:
+        """(pith_number, event ids, claims) of the given trusted bodies that are known."""
+        async with self._db.read("read histories") as s:
+            rows = await s.all(
+                "SELECT * FROM histories WHERE body_sha256 IN (SELECT value FROM json_each(?))",
+                (to_json_text(list(bodies)),),
+            )
+        return {
+            r["body_sha256"]: (
+                r["pith_number"],
+                tuple(json.loads(r["events"])),
+                tuple((c[0], c[1], c[2]) for c in json.loads(r["claims"])),
+            )
+            for r in rows
+        }
+
+    async def records_to_recheck(self) -> list[str]:
+        """Records whose mirrors now serve different trusted bodies, or that have open
+        record alerts: where the time-dependent divergence rules may change their mind."""
+        async with self._db.read("list records to recheck") as s:
+            rows = await s.all(_TO_RECHECK)
+        return [r[0] for r in rows]
 
     # -- maintenance ----------------------------------------------------------------------
 

@@ -108,12 +108,68 @@ CREATE TABLE learned_keys (
 );
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+# Alerts: one open row per condition (dedup_key), closed when the condition clears, and
+# its deliveries to each sink, opening and closing notice, retried until delivered.
+_V3 = """
+CREATE TABLE alerts (
+    id          INTEGER PRIMARY KEY,
+    dedup_key   TEXT NOT NULL,
+    scope       TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    severity    TEXT NOT NULL CHECK (severity IN ('critical', 'error', 'warning', 'info')),
+    pith_number TEXT,
+    suffix      TEXT,
+    mirrors     TEXT NOT NULL CHECK (json_valid(mirrors)),
+    summary     TEXT NOT NULL,
+    evidence    TEXT NOT NULL CHECK (json_valid(evidence)),
+    opened_at   TEXT NOT NULL,
+    closed_at   TEXT
+);
+CREATE UNIQUE INDEX alerts_open_dedup ON alerts (dedup_key) WHERE closed_at IS NULL;
+CREATE INDEX alerts_open_scope ON alerts (scope) WHERE closed_at IS NULL;
+CREATE INDEX alerts_suffix ON alerts (suffix, closed_at);
+
+CREATE TABLE deliveries (
+    alert_id     INTEGER NOT NULL REFERENCES alerts (id),
+    sink         TEXT NOT NULL CHECK (sink IN ('hook', 'webhook')),
+    phase        TEXT NOT NULL CHECK (phase IN ('open', 'close')),
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    next_attempt TEXT NOT NULL,
+    delivered_at TEXT,
+    last_error   TEXT,
+    PRIMARY KEY (alert_id, sink, phase)
+) WITHOUT ROWID;
+CREATE INDEX deliveries_pending ON deliveries (next_attempt) WHERE delivered_at IS NULL;
+"""
+
+# What a trusted bundle body says of its record's history (its event ids and the places
+# they claim), derived once so the divergence rules need not parse archived bodies.
+_V4 = """
+CREATE TABLE histories (
+    body_sha256  TEXT PRIMARY KEY REFERENCES blobs (sha256),
+    pith_number  TEXT NOT NULL,
+    events       TEXT NOT NULL CHECK (json_valid(events)),
+    claims       TEXT NOT NULL CHECK (json_valid(claims))
+) WITHOUT ROWID;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
 """Migration scripts in order; the schema version is their count."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
-TABLES = ("blobs", "records", "mirrors", "fetch_state", "snapshots", "events", "learned_keys")
+TABLES = (
+    "blobs",
+    "records",
+    "mirrors",
+    "fetch_state",
+    "snapshots",
+    "events",
+    "learned_keys",
+    "alerts",
+    "deliveries",
+    "histories",
+)
 """Every table, for `Store.stats`."""
 
 

@@ -1,0 +1,109 @@
+"""`pithcrawl serve`: the archive as a Pith mirror, until SIGTERM/SIGINT.
+
+Parses the bind address and the manifest's options, opens the archive read-only (a
+`sync` or `run` may keep writing to it meanwhile) and runs `serve.serving` until a
+signal cancels it; the server then closes gracefully. What is served, and how, is
+`pithcrawl.serve`'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import signal
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import anyio
+import structlog
+from anyio.abc import TaskStatus
+
+from pithcrawl.commands.report import archive
+from pithcrawl.errors import EXIT_OK, UsageError
+from pithcrawl.serve import serving
+from pithcrawl.store import Store
+
+HELP = "Serve the archive as a Pith mirror (the exact verified bytes), until SIGTERM."
+EXAMPLE = "pithcrawl serve --bind 127.0.0.1:8787"
+DEFAULT_BIND = "127.0.0.1:8787"
+
+log = structlog.get_logger("pithcrawl.serve")
+
+_BIND = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([^\s:\[\]/]+)):(\d{1,5})")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--bind",
+        default=DEFAULT_BIND,
+        metavar="HOST:PORT",
+        help=f"address to listen on (default {DEFAULT_BIND}; [::1]:8787 for IPv6; port 0: any)",
+    )
+    p.add_argument(
+        "--base-url",
+        metavar="URL",
+        help="the public URL in /pith-mirrors.json (default: the URL each client used)",
+    )
+    p.add_argument(
+        "--name",
+        metavar="NAME",
+        help="this mirror's name in /pith-mirrors.json (default: pithcrawl@HOST:PORT)",
+    )
+
+
+def parse_bind(text: str) -> tuple[str, int]:
+    """HOST:PORT (an IPv6 host in brackets) as (host, port); `UsageError` otherwise."""
+    m = _BIND.fullmatch(text.strip())
+    port = int(m.group(3)) if m else -1
+    if m is None or not 0 <= port <= 65535:
+        raise UsageError(f"--bind {text!r}: expected HOST:PORT, like {DEFAULT_BIND} or [::1]:8787")
+    return m.group(1) or m.group(2), port
+
+
+def parse_base_url(text: str | None) -> str | None:
+    """An http(s) URL without query or fragment, without its trailing slash."""
+    if text is None:
+        return None
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise UsageError(
+            f"--base-url {text!r}: expected an http(s) URL like https://mirror.example"
+        )
+    return text.strip().rstrip("/")
+
+
+def run(args: argparse.Namespace) -> int:
+    _, db = archive(args)
+    host, port = parse_bind(args.bind)
+    base_url = parse_base_url(args.base_url)
+    anyio.run(_serve, db, host, port, args.name, base_url)
+    return EXIT_OK
+
+
+async def _serve(db: Path, host: str, port: int, name: str | None, base_url: str | None) -> None:
+    async with (
+        await Store.open(db, readonly=True) as store,
+        anyio.create_task_group() as tg,
+    ):
+        await tg.start(_stop_on_signal, tg.cancel_scope)
+        async with serving(store, host, port, name=name, base_url=base_url) as server:
+            log.info(
+                "serve_started",
+                bind=f"{host}:{port}",
+                url=server.url,
+                name=server.name,
+                db=str(db),
+                records=await store.trusted_record_count(),
+            )
+            await anyio.sleep_forever()
+
+
+async def _stop_on_signal(
+    stop: anyio.CancelScope, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
+        async for signum in signals:
+            log.info("serve_stopping", signal=signal.Signals(signum).name)
+            stop.cancel()
+            return

@@ -1,0 +1,175 @@
+"""Divergence: whether the mirrors of one record tell one history.
+
+Owns the rules over the verified histories of one record across mirrors and time, as a
+table: a split view (`mirror_divergence`), a mirror that stays behind (`mirror_stale`)
+and two valid events claiming one place in the history (`equivocation`). A mirror that
+is merely behind is not divergent: the registry's history only grows, so one history
+that contains another is the same history, later.
+
+Pure: histories in, conditions out. Each condition carries a stable `dedup_key` and is
+*currently true*; the caller opens an alert for a new key and closes the alerts of keys
+no longer reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from pithcrawl.timestamps import format_timestamp
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """One verified bundle as one mirror served it at one time."""
+
+    mirror: str
+    fetched_at: datetime
+    body_sha256: str
+    url: str
+    built_at: str
+    events: tuple[str, ...]  # event ids, bundle order
+    claims: tuple[tuple[str, str, str], ...] = ()  # (kind, ref, event_id): history places
+
+    @property
+    def ids(self) -> frozenset[str]:
+        return frozenset(self.events)
+
+    def cite(self) -> dict[str, Any]:
+        return {
+            "mirror": self.mirror,
+            "url": self.url,
+            "fetched_at": format_timestamp(self.fetched_at),
+            "body_sha256": self.body_sha256,
+            "built_at": self.built_at,
+            "event_count": len(self.events),
+        }
+
+
+def claims_of(bundle: dict[str, Any]) -> tuple[tuple[str, str, str], ...]:
+    """The places in the history each event of a verified bundle claims."""
+    out = []
+    for event in bundle["events"]:
+        if event["prev_event"] is not None:
+            out.append(("prev_event", event["prev_event"], event["event_id"]))
+        out.extend(("supersedes", ref, event["event_id"]) for ref in event["supersedes"])
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    kind: str
+    severity: str
+    mirrors: tuple[str, ...]
+    summary: str
+    evidence: dict[str, Any]
+    dedup_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Histories:
+    """Everything known of one record: each mirror's current bundle, and all it served."""
+
+    pith_number: str
+    current: dict[str, Seen]  # mirror -> the bundle it serves now
+    archived: Sequence[Seen]  # every verified bundle ever archived, any mirror (incl. current)
+
+
+def split_views(h: Histories, now: datetime, stale_after: timedelta) -> Iterable[Condition]:
+    """Two mirrors (now, or one now and one as archived) serve histories neither of which
+    contains the other."""
+    reported: set[tuple[str, str]] = set()
+    for a in sorted(h.current.values(), key=lambda s: s.mirror):
+        for b in h.archived:
+            if b.mirror == a.mirror or (a.mirror, b.mirror) in reported:
+                continue
+            if a.ids <= b.ids or b.ids <= a.ids:
+                continue
+            pair = tuple(sorted((a.mirror, b.mirror)))
+            if (pair[0], pair[1]) in reported:
+                continue
+            reported.add((pair[0], pair[1]))
+            reported.add((pair[1], pair[0]))
+            only_a, only_b = sorted(a.ids - b.ids), sorted(b.ids - a.ids)
+            yield Condition(
+                "mirror_divergence",
+                "critical",
+                (pair[0], pair[1]),
+                f"{a.mirror} and {b.mirror} serve histories of {h.pith_number} that cannot "
+                f"both be true ({len(only_a)} and {len(only_b)} events the other lacks)",
+                {
+                    "pith_number": h.pith_number,
+                    "documents": [a.cite(), b.cite()],
+                    "only_in": {a.mirror: only_a, b.mirror: only_b},
+                },
+                f"mirror_divergence:{h.pith_number}:{pair[0]}:{pair[1]}",
+            )
+
+
+def stale_mirrors(h: Histories, now: datetime, stale_after: timedelta) -> Iterable[Condition]:
+    """A mirror that lacks events another mirror has served for longer than `stale_after`."""
+    for a in sorted(h.current.values(), key=lambda s: s.mirror):
+        newer = [b for b in h.archived if b.mirror != a.mirror and a.ids < b.ids]
+        if not newer:
+            continue
+        first = min(newer, key=lambda b: b.fetched_at)
+        if now - first.fetched_at <= stale_after:
+            continue
+        missing = sorted(first.ids - a.ids)
+        yield Condition(
+            "mirror_stale",
+            "error",
+            (a.mirror,),
+            f"{a.mirror} has lagged the newest history of {h.pith_number} since "
+            f"{format_timestamp(first.fetched_at)} ({len(missing)} events missing)",
+            {
+                "pith_number": h.pith_number,
+                "behind_since": format_timestamp(first.fetched_at),
+                "documents": [a.cite(), first.cite()],
+                "missing_event_ids": missing,
+            },
+            f"mirror_stale:{h.pith_number}:{a.mirror}",
+        )
+
+
+def equivocations(h: Histories, now: datetime, stale_after: timedelta) -> Iterable[Condition]:
+    """Two valid events, anywhere they were seen, claiming the same place in the history."""
+    claimants: dict[tuple[str, str], dict[str, Seen]] = {}
+    for seen in h.archived:
+        for kind, ref, event_id in seen.claims:
+            claimants.setdefault((kind, ref), {}).setdefault(event_id, seen)
+    for (kind, ref), by_event in sorted(claimants.items()):
+        if len(by_event) < 2:
+            continue
+        ids = sorted(by_event)
+        sources = [by_event[i] for i in ids]
+        yield Condition(
+            "equivocation",
+            "critical",
+            tuple(sorted({s.mirror for s in sources})),
+            f"{len(ids)} validly signed events of {h.pith_number} claim {kind} {ref}",
+            {
+                "pith_number": h.pith_number,
+                "place": {"kind": kind, "ref": ref},
+                "event_ids": ids,
+                "documents": [s.cite() for s in sources],
+            },
+            f"equivocation:{h.pith_number}:{kind}:{ref}",
+        )
+
+
+Rule = Callable[[Histories, datetime, timedelta], Iterable[Condition]]
+
+#: kind, severity, rule: the divergence rules of the contract, one function each.
+RULES: tuple[tuple[str, str, Rule], ...] = (
+    ("mirror_divergence", "critical", split_views),
+    ("mirror_stale", "error", stale_mirrors),
+    ("equivocation", "critical", equivocations),
+)
+
+
+def conditions(h: Histories, now: datetime, stale_after: timedelta) -> list[Condition]:
+    """Every divergence condition true of this record now."""
+    return [c for _, _, rule in RULES for c in rule(h, now, stale_after)]

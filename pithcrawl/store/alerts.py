@@ -1,0 +1,288 @@
+"""Alerts and their delivery: the lifecycle of a condition, kept in the archive.
+
+Owns the `alerts` and `deliveries` tables: at most one open alert per `dedup_key`,
+opened when a condition is first seen, closed when the code that watches its scope no
+longer reports it, and a delivery row per sink and phase (the alert, then its closing
+notice) that stays pending until the sink took it. Nothing here decides what a
+condition is (`crawl`, `divergence`) or talks to a sink (`alert`).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pithcrawl.store.connection import Database, Session
+from pithcrawl.store.fetches import INSERT_EVENT, event_params
+from pithcrawl.store.rows import NewEvent, db_time, to_json_text
+from pithcrawl.timestamps import format_timestamp
+
+SINKS = ("hook", "webhook")
+PHASES = ("open", "close")
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    id: int
+    dedup_key: str
+    scope: str
+    kind: str
+    severity: str
+    pith_number: str | None
+    suffix: str | None
+    mirrors: tuple[str, ...]
+    summary: str
+    evidence: dict[str, Any]
+    opened_at: datetime
+    closed_at: datetime | None
+
+    @property
+    def open(self) -> bool:
+        return self.closed_at is None
+
+    def to_json(self) -> dict[str, Any]:
+        """The contract's alert object, with its status."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "severity": self.severity,
+            "at": format_timestamp(self.opened_at),
+            "pith_number": self.pith_number,
+            "mirrors": list(self.mirrors),
+            "summary": self.summary,
+            "evidence": self.evidence,
+            "dedup_key": self.dedup_key,
+            "status": "open" if self.open else "closed",
+            "closed_at": format_timestamp(self.closed_at) if self.closed_at else None,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    alert_id: int
+    sink: str
+    phase: str
+    attempts: int
+    next_attempt: datetime
+    delivered_at: datetime | None
+    last_error: str | None
+
+
+def _alert(row: sqlite3.Row) -> Alert:
+    return Alert(
+        row["id"],
+        row["dedup_key"],
+        row["scope"],
+        row["kind"],
+        row["severity"],
+        row["pith_number"],
+        row["suffix"],
+        tuple(json.loads(row["mirrors"])),
+        row["summary"],
+        json.loads(row["evidence"]),
+        datetime.fromisoformat(row["opened_at"]),
+        datetime.fromisoformat(row["closed_at"]) if row["closed_at"] else None,
+    )
+
+
+def _delivery(row: sqlite3.Row) -> Delivery:
+    return Delivery(
+        row["alert_id"],
+        row["sink"],
+        row["phase"],
+        row["attempts"],
+        datetime.fromisoformat(row["next_attempt"]),
+        datetime.fromisoformat(row["delivered_at"]) if row["delivered_at"] else None,
+        row["last_error"],
+    )
+
+
+_INSERT_ALERT = """
+INSERT INTO alerts (dedup_key, scope, kind, severity, pith_number, suffix, mirrors, summary,
+                    evidence, opened_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT DO NOTHING
+"""
+_INSERT_DELIVERY = """
+INSERT INTO deliveries (alert_id, sink, phase, next_attempt) VALUES (?, ?, ?, ?)
+ON CONFLICT DO NOTHING
+"""
+
+
+class AlertBook:
+    """The archive's alerts; one instance per `Store`, sharing its connection."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def reconcile(
+        self,
+        scope: str,
+        current: Sequence[NewEvent],
+        *,
+        now: datetime,
+        sinks: Sequence[str] = (),
+        log: bool = True,
+    ) -> tuple[list[Alert], list[Alert]]:
+        """Make the open alerts of `scope` exactly the conditions in `current`.
+
+        New conditions open an alert (and, with `log`, an event-log entry); open alerts
+        of the scope that are no longer reported close, with an `alert_closed` entry.
+        Each opening and closing is queued for every sink. One transaction.
+        """
+        keys = {c.dedup_key: c for c in current if c.dedup_key}
+        opened: list[Alert] = []
+        closed: list[Alert] = []
+        async with self._db.write("reconcile alerts") as s:
+            rows = await s.all(
+                "SELECT * FROM alerts WHERE scope = ? AND closed_at IS NULL", (scope,)
+            )
+            already = {r["dedup_key"]: _alert(r) for r in rows}
+            for key, alert in already.items():
+                if key not in keys:
+                    closed.append(await self._close(s, alert, now, sinks))
+            for key, c in keys.items():
+                if key in already:
+                    continue
+                new = await self._open(s, scope, c, now=now, sinks=sinks, log=log)
+                if new is not None:
+                    opened.append(new)
+        return opened, closed
+
+    async def _open(
+        self,
+        s: Session,
+        scope: str,
+        c: NewEvent,
+        *,
+        now: datetime,
+        sinks: Sequence[str],
+        log: bool,
+    ) -> Alert | None:
+        changed, rowid = await s.run(
+            _INSERT_ALERT,
+            (
+                c.dedup_key,
+                scope,
+                c.kind,
+                c.severity,
+                c.pith_number,
+                c.suffix,
+                to_json_text(list(c.mirrors)),
+                c.summary,
+                to_json_text(c.evidence),
+                db_time(now),
+            ),
+        )
+        if changed == 0 or rowid is None:
+            return None  # open already, under another scope
+        await s.run_many(_INSERT_DELIVERY, [(rowid, sink, "open", db_time(now)) for sink in sinks])
+        if log:
+            await s.run(INSERT_EVENT, event_params(c, c.suffix, None))
+        row = await s.one("SELECT * FROM alerts WHERE id = ?", (rowid,))
+        assert row is not None
+        return _alert(row)
+
+    async def _close(self, s: Session, alert: Alert, now: datetime, sinks: Sequence[str]) -> Alert:
+        await s.run("UPDATE alerts SET closed_at = ? WHERE id = ?", (db_time(now), alert.id))
+        await s.run_many(
+            _INSERT_DELIVERY, [(alert.id, sink, "close", db_time(now)) for sink in sinks]
+        )
+        notice = NewEvent(
+            kind="alert_closed",
+            severity="info",
+            at=now,
+            pith_number=alert.pith_number,
+            mirrors=alert.mirrors,
+            summary=f"cleared: {alert.summary}",
+            evidence={"alert_id": alert.id, "kind": alert.kind, "dedup_key": alert.dedup_key},
+            dedup_key=alert.dedup_key,
+            suffix=alert.suffix,
+        )
+        await s.run(INSERT_EVENT, event_params(notice, alert.suffix, None))
+        return Alert(
+            alert.id,
+            alert.dedup_key,
+            alert.scope,
+            alert.kind,
+            alert.severity,
+            alert.pith_number,
+            alert.suffix,
+            alert.mirrors,
+            alert.summary,
+            alert.evidence,
+            alert.opened_at,
+            now,
+        )
+
+    async def failing(self, mirror: str, since: datetime) -> tuple[int, list[dict[str, Any]]]:
+        """How many tracked records have failed from `mirror` since before `since`, with
+        up to ten examples (suffix, first failure, last error)."""
+        async with self._db.read("count failing records") as s:
+            rows = await s.all(
+                "SELECT f.suffix, f.first_failure_at, f.last_error, count(*) OVER () AS n"
+                " FROM fetch_state AS f JOIN records AS r ON r.suffix = f.suffix"
+                " WHERE f.mirror = ? AND f.kind = 'bundle' AND f.failures > 0"
+                " AND f.first_failure_at <= ? ORDER BY f.first_failure_at LIMIT 10",
+                (mirror, db_time(since)),
+            )
+        if not rows:
+            return 0, []
+        examples = [{"suffix": r[0], "failing_since": r[1], "last_error": r[2]} for r in rows]
+        return int(rows[0][3]), examples
+
+    async def get(self, alert_id: int) -> Alert | None:
+        async with self._db.read("read an alert") as s:
+            row = await s.one("SELECT * FROM alerts WHERE id = ?", (alert_id,))
+        return None if row is None else _alert(row)
+
+    async def open_alerts(self, *, suffixes: Sequence[str] | None = None) -> list[Alert]:
+        """Open alerts, newest first; of `suffixes` (and record-less ones) when given."""
+        names = None if suffixes is None else to_json_text(list(suffixes))
+        async with self._db.read("list open alerts") as s:
+            rows = await s.all(
+                "SELECT * FROM alerts WHERE closed_at IS NULL AND (?1 IS NULL OR suffix IS NULL"
+                " OR suffix IN (SELECT value FROM json_each(?1))) ORDER BY opened_at DESC, id DESC",
+                (names,),
+            )
+        return [_alert(r) for r in rows]
+
+    async def due_deliveries(self, now: datetime, limit: int = 100) -> list[tuple[Delivery, Alert]]:
+        """Deliveries not yet taken whose next attempt is due, oldest alert and phase first."""
+        async with self._db.read("list due deliveries") as s:
+            rows = await s.all(
+                "SELECT d.*, a.* FROM deliveries AS d JOIN alerts AS a ON a.id = d.alert_id"
+                " WHERE d.delivered_at IS NULL AND d.next_attempt <= ?"
+                " ORDER BY d.alert_id, d.phase DESC, d.sink LIMIT ?",
+                (db_time(now), limit),
+            )
+        return [(_delivery(r), _alert(r)) for r in rows]
+
+    async def deliveries(self, alert_id: int | None = None) -> list[Delivery]:
+        async with self._db.read("list deliveries") as s:
+            rows = await s.all(
+                "SELECT * FROM deliveries WHERE ?1 IS NULL OR alert_id = ?1"
+                " ORDER BY alert_id, phase DESC, sink",
+                (alert_id,),
+            )
+        return [_delivery(r) for r in rows]
+
+    async def delivered(self, d: Delivery, at: datetime) -> None:
+        async with self._db.write("record a delivery") as s:
+            await s.run(
+                "UPDATE deliveries SET delivered_at = ?, attempts = attempts + 1, last_error = NULL"
+                " WHERE alert_id = ? AND sink = ? AND phase = ?",
+                (db_time(at), d.alert_id, d.sink, d.phase),
+            )
+
+    async def failed(self, d: Delivery, error: str, retry_at: datetime) -> None:
+        async with self._db.write("record a failed delivery") as s:
+            await s.run(
+                "UPDATE deliveries SET attempts = attempts + 1, last_error = ?, next_attempt = ?"
+                " WHERE alert_id = ? AND sink = ? AND phase = ?",
+                (error[:1000], db_time(retry_at), d.alert_id, d.sink, d.phase),
+            )
