@@ -169,6 +169,10 @@ IDLE_POLL = 5.0
 SITES_REFRESH = 3600.0
 #: One summary line per this many seconds of crawling.
 SUMMARY_EVERY = 60.0
+#: Due alert deliveries are attempted this often.
+DELIVER_EVERY = 5.0
+#: Time-dependent rules (stale mirrors, unreachable mirrors) are re-checked this often.
+CHECK_EVERY = 60.0
 
 
 class Daemon:
@@ -188,6 +192,8 @@ class Daemon:
         notifier: Notifier,
         *,
         idle_poll: float = IDLE_POLL,
+        deliver_every: float = DELIVER_EVERY,
+        check_every: float = CHECK_EVERY,
     ) -> None:
         self.load = load
         self.config = load()
@@ -196,6 +202,8 @@ class Daemon:
         self.db = db
         self.notifier = notifier
         self.idle_poll = idle_poll
+        self.deliver_every = deliver_every
+        self.check_every = check_every
         self.sites: dict[str, Site] = {}
         self.sites_at = 0.0
         self.pinged_at = 0.0
@@ -241,13 +249,30 @@ class Daemon:
             tracked = len(await self.store.tracked())
             self.notifier.ready(f"watching {tracked} records on {len(self.sites)} mirrors")
             log.info("crawl_started", records=tracked, mirrors=len(self.sites))
+            secret = read_secret(config.alerts.webhook_secret_file, os.environ)
             send, receive = anyio.create_memory_object_stream[tuple[str, Site]](0)
             async with anyio.create_task_group() as tg:
+                tg.start_soon(self._housekeeping, crawler, Sinks(config.alerts, fetcher, secret))
                 for _ in range(config.crawl.concurrency):
                     tg.start_soon(self._worker, crawler, receive.clone())
                 receive.close()
                 async with send:
                     await self._schedule(send, fetcher)
+
+    async def _housekeeping(self, crawler: Crawler, sinks: Sinks) -> None:
+        """Deliver due alerts every few seconds; every minute, the rules that time alone
+        can trigger (a lag turning stale, a mirror failing too long)."""
+        rand = random.Random()  # noqa: S311 - jitter, not crypto
+        checked = 0.0
+        while True:
+            if time.monotonic() - checked > self.check_every:
+                checked = time.monotonic()
+                names = list(self.sites)
+                tracked = [r.suffix for r in await self.store.tracked()]
+                await crawler.recheck(tracked, names)
+                await crawler.check_mirrors(names)
+            await deliver_due(self.store, sinks, _now(), rand)
+            await anyio.sleep(self.deliver_every)
 
     async def _schedule(self, send: Any, fetcher: HttpFetcher) -> None:
         config = self.config

@@ -1,0 +1,354 @@
+"""Alerts end to end: divergence across real loopback mirrors, delivery to a real hook
+script and a real webhook receiver (HMAC checked), retries that survive a restart."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import random
+import stat
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from aiohttp import web
+from builder import BundleBuilder, TestSigner
+from mirror import TestMirror
+
+from pithcrawl.alert import Sinks, deliver_due, read_secret
+from pithcrawl.config import Config, parse_config
+from pithcrawl.daemon import Summary, sync_once
+from pithcrawl.fetch import HttpFetcher
+from pithcrawl.keys import TrustSet, load_key
+from pithcrawl.store import Store
+
+pytestmark = pytest.mark.anyio
+SECRET = b"s3cret-for-tests"
+
+
+@dataclass
+class Receiver:
+    """A webhook endpoint on 127.0.0.1 that checks each delivery's HMAC."""
+
+    received: list[dict[str, Any]] = field(default_factory=list)
+    bad_signatures: int = 0
+    fail_next: int = 0
+    url: str = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        want = "sha256=" + hmac.new(SECRET, body, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(request.headers.get("X-Pithcrawl-Signature-256", ""), want):
+            self.bad_signatures += 1
+            return web.Response(status=401)
+        if self.fail_next:
+            self.fail_next -= 1
+            return web.Response(status=503)
+        self.received.append({"event": request.headers["X-Pithcrawl-Event"], **json.loads(body)})
+        return web.Response(status=204)
+
+
+@asynccontextmanager
+async def receiver() -> AsyncIterator[Receiver]:
+    r = Receiver()
+    app = web.Application()
+    app.router.add_post("/hook", r.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    r.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/hook"  # type: ignore[union-attr]
+    try:
+        yield r
+    finally:
+        await runner.cleanup()
+
+
+def hook_script(tmp_path: Path, *, fail_first: int = 0, sleep: float = 0.0) -> Path:
+    """An executable that appends its environment and JSON file to calls.jsonl."""
+    script = tmp_path / "on-alert"
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "import json, os, sys, time, pathlib\n"
+        f"base = pathlib.Path({str(tmp_path)!r})\n"
+        "count = base / 'count'\n"
+        "n = int(count.read_text()) if count.exists() else 0\n"
+        "count.write_text(str(n + 1))\n"
+        f"time.sleep({sleep})\n"
+        f"if n < {fail_first}:\n"
+        "    print('not yet', file=sys.stderr); sys.exit(1)\n"
+        "doc = json.loads(pathlib.Path(os.environ['JSON_FILENAME']).read_text())\n"
+        "keys = ['EVENT', 'SEVERITY', 'SUMMARY', 'PITH_NUMBER', 'MIRRORS', 'ALERT_ID']\n"
+        "with open(base / 'calls.jsonl', 'a') as f:\n"
+        "    f.write(json.dumps({'env': {k: os.environ.get(k) for k in keys}, 'doc': doc,\n"
+        "                        'notify': os.environ.get('NOTIFY_SOCKET')}) + '\\n')\n"
+    )
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return script
+
+
+def calls(tmp_path: Path) -> list[dict[str, Any]]:
+    log = tmp_path / "calls.jsonl"
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+@dataclass
+class Env:
+    tmp: Path
+    mirrors: list[TestMirror]
+    trust: TrustSet
+    db: Path
+    config: Config
+
+    def configure(self, **alerts: str) -> None:
+        lines = "".join(f'{k} = "{v}"\n' for k, v in alerts.items())
+        mirrors = "".join(
+            f'[[mirrors]]\nname = "m{i}"\nbase_url = "{m.base_url}"\n'
+            for i, m in enumerate(self.mirrors)
+        )
+        (self.tmp / "secret").write_bytes(SECRET + b"\n")
+        self.config = parse_config(
+            f'db = "archive.db"\n[crawl]\ntimeout = "5s"\ndiscover = false\n'
+            f"[alerts]\n{lines}\n{mirrors}",
+            base_dir=self.tmp,
+        )
+
+    async def sync(self) -> Summary:
+        return await sync_once(self.config, self.db, [], self.trust)
+
+    @asynccontextmanager
+    async def store(self) -> AsyncIterator[Store]:
+        async with await Store.open(self.db, readonly=True) as store:
+            yield store
+
+
+@asynccontextmanager
+async def env(tmp_path: Path, signer: TestSigner, n: int = 2) -> AsyncIterator[Env]:
+    async with AsyncExitStack() as stack:
+        mirrors = [await stack.enter_async_context(TestMirror()) for _ in range(n)]
+        e = Env(
+            tmp_path,
+            mirrors,
+            TrustSet([load_key(signer.public_key())]),
+            tmp_path / "archive.db",
+            Config(),
+        )
+        e.configure()
+        yield e
+
+
+async def track(e: Env, *builders: BundleBuilder) -> None:
+    async with await Store.open(e.db) as store:
+        await store.track([b.suffix for b in builders], datetime.now(UTC))
+
+
+def fork(signer: TestSigner) -> tuple[BundleBuilder, BundleBuilder]:
+    """One record, two histories: each side adds an event the other does not have."""
+    a, b = BundleBuilder(signer), BundleBuilder(signer)
+    a.add_event(payload={"graph_snapshot": {"side": "a"}})
+    b.add_event(payload={"graph_snapshot": {"side": "b"}})
+    return a, b
+
+
+async def test_consistent_mirrors_raise_no_alert(tmp_path, signer):
+    async with env(tmp_path, signer) as e:
+        b = BundleBuilder(signer)
+        b.add_event()
+        for m in e.mirrors:
+            m.put(b.bytes())
+        await track(e, b)
+        summary = await e.sync()
+        assert (summary.alerts, summary.warnings) == (0, 0)
+        async with e.store() as store:
+            assert await store.alerts.open_alerts() == []
+
+
+async def test_lag_is_not_divergence_until_stale_after(tmp_path, signer):
+    """A mirror behind the newest history: quiet, then mirror_stale, then cleared."""
+    async with env(tmp_path, signer) as e:
+        b = BundleBuilder(signer)
+        b.add_event()
+        e.mirrors[1].put(b.bytes())
+        b.add_event()
+        e.mirrors[0].put(b.bytes())
+        await track(e, b)
+        e.configure(stale_after="1s")
+        summary = await e.sync()
+        assert (summary.alerts, summary.warnings) == (0, 0)
+        await anyio.sleep(1.1)
+        summary = await e.sync()
+        assert (summary.alerts, summary.warnings) == (0, 1)
+        async with e.store() as store:
+            (alert,) = await store.alerts.open_alerts()
+        assert alert.kind == "mirror_stale"
+        assert alert.mirrors == ("m1",)
+        e.mirrors[1].put(b.bytes())  # caught up
+        summary = await e.sync()
+        assert (summary.alerts, summary.warnings) == (0, 0)
+        async with e.store() as store:
+            assert await store.alerts.open_alerts() == []
+            closed = await store.events(kinds=["alert_closed"])
+        assert closed[0].evidence["kind"] == "mirror_stale"
+
+
+async def test_fork_is_a_divergence_delivered_once_to_hook_and_webhook(tmp_path, signer):
+    """Two mirrors with forked histories: one mirror_divergence naming both, delivered
+    exactly once to each sink, the webhook's HMAC correct, and still open next pass."""
+    async with env(tmp_path, signer) as e, receiver() as r:
+        a, b = fork(signer)
+        e.mirrors[0].put(a.bytes())
+        e.mirrors[1].put(b.bytes())
+        await track(e, a)
+        e.configure(hook=str(hook_script(tmp_path)), webhook=r.url, webhook_secret_file="secret")
+        summary = await e.sync()
+        assert summary.alerts == 1
+        assert summary.delivered == 2
+        assert (await e.sync()).delivered == 0  # no second delivery of the same alert
+        (call,) = calls(tmp_path)
+        assert call["env"]["EVENT"] == "mirror_divergence"
+        assert call["env"]["SEVERITY"] == "critical"
+        assert call["env"]["MIRRORS"] == "m0 m1"
+        assert call["env"]["PITH_NUMBER"] == a.pith_number
+        assert call["notify"] is None
+        (hooked,) = r.received
+        assert r.bad_signatures == 0
+        assert hooked["event"] == "mirror_divergence"
+        assert hooked["mirrors"] == ["m0", "m1"]
+        assert hooked["dedup_key"] == call["doc"]["dedup_key"]
+        docs = {d["mirror"]: d["body_sha256"] for d in hooked["evidence"]["documents"]}
+        assert docs == {
+            "m0": hashlib.sha256(a.bytes()).hexdigest(),
+            "m1": hashlib.sha256(b.bytes()).hexdigest(),
+        }
+
+
+async def test_equivocation_across_mirrors_each_consistent_alone(tmp_path, signer):
+    """Each mirror's bundle verifies on its own; together they hold two events claiming
+    the same prev_event: an equivocation."""
+    async with env(tmp_path, signer) as e:
+        a, b = BundleBuilder(signer), BundleBuilder(signer)
+        root = a.events[0]["event_id"]
+        a.add_event(prev_event=root, payload={"graph_snapshot": {"v": 1}})
+        b.add_event(prev_event=root, payload={"graph_snapshot": {"v": 2}})
+        e.mirrors[0].put(a.bytes())
+        e.mirrors[1].put(b.bytes())
+        await track(e, a)
+        summary = await e.sync()
+        async with e.store() as store:
+            kinds = {x.kind for x in await store.alerts.open_alerts()}
+            invalid = await store.events(kinds=["document_invalid", "equivocation"])
+        assert "equivocation" in kinds
+        assert summary.untrusted == 0  # each bundle alone is trusted
+        assert all(x.evidence.get("place", {}).get("ref") == root for x in invalid)
+
+
+async def test_failing_hook_is_retried_and_the_alert_survives_a_restart(tmp_path, signer):
+    async with env(tmp_path, signer, n=1) as e:
+        b = BundleBuilder(signer)
+        doc = b.build()
+        doc["bundle_signature"]["bundle_sha256"] = "0" * 64
+        e.mirrors[0].put(json.dumps(doc).encode())
+        await track(e, b)
+        e.configure(hook=str(hook_script(tmp_path, fail_first=1)))
+        summary = await e.sync()
+        assert (summary.alerts, summary.delivered, summary.undelivered) == (1, 0, 1)
+        async with e.store() as store:
+            (d,) = await store.alerts.deliveries()
+        assert d.delivered_at is None
+        assert d.attempts == 1
+        assert "exited 1: not yet" in (d.last_error or "")
+        # A new process, after the backoff: the same alert is delivered, once.
+        async with await Store.open(e.db) as store, HttpFetcher(user_agent="t") as f:
+            later = datetime.now(UTC) + timedelta(hours=2)
+            sinks = Sinks(e.config.alerts, f)
+            assert await deliver_due(store, sinks, later, random.Random(1)) == (1, 0)
+            assert await deliver_due(store, sinks, later, random.Random(1)) == (0, 0)
+        assert [c["env"]["EVENT"] for c in calls(tmp_path)] == ["document_invalid"]
+
+
+async def test_hanging_hook_times_out_and_is_retried(tmp_path, signer):
+    async with env(tmp_path, signer, n=1) as e:
+        b = BundleBuilder(signer)
+        doc = b.build()
+        doc["built_at"] = "not a time"
+        e.mirrors[0].put(json.dumps(doc).encode())
+        await track(e, b)
+        e.configure(hook=str(hook_script(tmp_path, sleep=30)), hook_timeout="1s")
+        started = time.monotonic()
+        summary = await e.sync()
+        assert time.monotonic() - started < 10
+        assert summary.undelivered == 1
+        async with e.store() as store:
+            (d,) = await store.alerts.deliveries()
+        assert "did not finish within 1s" in (d.last_error or "")
+
+
+async def test_webhook_failure_is_retried_with_the_same_signed_body(tmp_path, signer):
+    async with env(tmp_path, signer, n=1) as e, receiver() as r:
+        b = BundleBuilder(signer)
+        doc = b.build()
+        doc["events"][0]["subject_pith_number"] = "pith:2026:" + "A" * 26
+        e.mirrors[0].put(json.dumps(doc).encode())
+        await track(e, b)
+        e.configure(webhook=r.url, webhook_secret_file="secret")
+        r.fail_next = 1
+        summary = await e.sync()
+        assert summary.undelivered == 1
+        async with await Store.open(e.db) as store, HttpFetcher(user_agent="t") as f:
+            sinks = Sinks(e.config.alerts, f, read_secret(e.tmp / "secret", os.environ))
+            later = datetime.now(UTC) + timedelta(hours=2)
+            assert await deliver_due(store, sinks, later, random.Random(1)) == (1, 0)
+        assert r.bad_signatures == 0
+        assert [x["event"] for x in r.received] == ["document_invalid"]
+
+
+async def test_closing_notice_is_delivered_when_the_condition_clears(tmp_path, signer):
+    async with env(tmp_path, signer, n=1) as e:
+        b = BundleBuilder(signer)
+        good = b.bytes()
+        doc = json.loads(good)
+        doc["bundle_signature"]["signature_b64"] = doc["events"][0]["signature"]["signature_b64"]
+        e.mirrors[0].put(json.dumps(doc).encode())
+        await track(e, b)
+        e.configure(hook=str(hook_script(tmp_path)))
+        assert (await e.sync()).alerts == 1
+        e.mirrors[0].put(good)
+        summary = await e.sync()
+        assert summary.alerts == 0
+        envs = [c["env"] for c in calls(tmp_path)]
+        assert [x["EVENT"] for x in envs] == ["document_invalid", "alert_closed"]
+        assert calls(tmp_path)[1]["doc"]["status"] == "closed"
+
+
+async def test_transient_failure_is_quiet_persistent_one_is_mirror_unreachable(tmp_path, signer):
+    async with env(tmp_path, signer, n=1) as e:
+        b = BundleBuilder(signer)
+        e.mirrors[0].put(b.bytes())
+        e.mirrors[0].fail(b.suffix, 500)
+        await track(e, b)
+        e.configure(unreachable_after="1d")
+        summary = await e.sync()
+        assert (summary.alerts, summary.warnings, summary.errors) == (0, 0, 1)
+        async with e.store() as store:
+            assert await store.alerts.open_alerts() == []
+        e.configure(unreachable_after="1s")
+        await anyio.sleep(1.1)
+        async with await Store.open(e.db) as store:  # make the pair due again now
+            from pithcrawl.crawl import Crawler
+
+            async with HttpFetcher(user_agent="t") as f:
+                crawler = Crawler(e.config, store, f, e.trust, lambda: datetime.now(UTC))
+                await crawler.check_mirrors(["m0"])
+            (alert,) = await store.alerts.open_alerts()
+        assert alert.kind == "mirror_unreachable"
+        assert alert.severity == "error"
+        assert alert.evidence["records"] == 1
