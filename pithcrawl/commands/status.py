@@ -3,8 +3,8 @@
 Reads the archive read-only (it works while `run` holds the writers' lock) and reports;
 it never fails on what it finds. A mirror's line sums its fetch bookkeeping over every
 record and document kind: the latest success, the latest failure still unresolved, the
-longest run of consecutive failures, and the earliest next fetch. Open alerts are, for
-now, the most recent critical event per `dedup_key` (closing alerts is not stored yet).
+longest run of consecutive failures, and the earliest next fetch. Open alerts come from
+the archive's alert table, each with the state of its delivery to every sink.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import anyio
 from pithcrawl.commands.report import archive, file_bytes, print_json, size, table, when
 from pithcrawl.config import Config
 from pithcrawl.errors import EXIT_OK
-from pithcrawl.store import EventRow, FetchState, Store
+from pithcrawl.store import Alert, Delivery, FetchState, Store
 from pithcrawl.timestamps import format_timestamp
 
 HELP = "Tracked records, mirrors (last success and failure), open alerts, the archive."
@@ -76,14 +76,21 @@ class Status:
     db_bytes: int
     records: int
     mirrors: list[MirrorStatus]
-    open_alerts: list[EventRow]
+    open_alerts: list[Alert]
+    deliveries: dict[int, list[Delivery]]
 
     def to_json(self) -> dict[str, Any]:
         return {
             "db": {"path": str(self.db), "bytes": self.db_bytes},
             "records": self.records,
             "mirrors": [m.to_json() for m in self.mirrors],
-            "open_alerts": [e.to_json() for e in self.open_alerts],
+            "open_alerts": [
+                {**a.to_json(), "deliveries": [_delivery(d) for d in self.deliveries.get(a.id, [])]}
+                for a in self.open_alerts
+            ],
+            "undelivered": sum(
+                1 for ds in self.deliveries.values() for d in ds if d.delivered_at is None
+            ),
         }
 
 
@@ -103,7 +110,10 @@ async def gather(config: Config, db: Path) -> Status:
         records = len(await store.tracked())
         states = await store.fetch_states()
         known = await store.mirrors()
-        events = await store.events()
+        alerts = await store.alerts.open_alerts()
+        deliveries: dict[int, list[Delivery]] = {}
+        for d in await store.alerts.deliveries():
+            deliveries.setdefault(d.alert_id, []).append(d)
     mirrors: dict[str, MirrorStatus] = {}
     for m in config.mirrors:
         mirrors[m.name] = MirrorStatus(m.name, m.base_url)
@@ -116,18 +126,30 @@ async def gather(config: Config, db: Path) -> Status:
         db_bytes=file_bytes(db),
         records=records,
         mirrors=sorted(mirrors.values(), key=lambda m: m.name),
-        open_alerts=open_alerts(events),
+        open_alerts=alerts,
+        deliveries=deliveries,
     )
 
 
-def open_alerts(events: list[EventRow]) -> list[EventRow]:
-    """The newest critical event per `dedup_key` (an event without one stands alone),
-    newest first."""
-    latest: dict[str | int, EventRow] = {}
-    for e in events:  # in time order, so a later one replaces an earlier
-        if e.severity == "critical":
-            latest[e.dedup_key if e.dedup_key is not None else e.id] = e
-    return sorted(latest.values(), key=lambda e: (e.at, e.id), reverse=True)
+def _delivery(d: Delivery) -> dict[str, Any]:
+    return {
+        "sink": d.sink,
+        "phase": d.phase,
+        "delivered_at": _text(d.delivered_at),
+        "attempts": d.attempts,
+        "next_attempt": None if d.delivered_at else _text(d.next_attempt),
+        "last_error": d.last_error,
+    }
+
+
+def _delivery_text(ds: list[Delivery]) -> str:
+    if not ds:
+        return "log only"
+    return ", ".join(
+        f"{d.sink} {'delivered' if d.delivered_at else f'pending ({d.attempts} tries)'}"
+        for d in ds
+        if d.phase == "open"
+    )
 
 
 def render(status: Status) -> list[str]:
@@ -155,11 +177,13 @@ def render(status: Status) -> list[str]:
     else:
         lines.append("no mirrors configured or fetched yet")
     lines += ["", f"open alerts: {len(status.open_alerts)}"]
-    lines += [
-        f"  {when(e.at)}  {e.kind}  {e.pith_number or e.suffix or '-'}"
-        f"  {','.join(e.mirrors) or '-'}  {e.summary}"
-        for e in status.open_alerts
-    ]
+    for a in status.open_alerts:
+        sent = _delivery_text(status.deliveries.get(a.id, []))
+        lines.append(
+            f"  #{a.id} {when(a.opened_at)}  {a.severity} {a.kind}"
+            f"  {a.pith_number or a.suffix or '-'}  {','.join(a.mirrors) or '-'}"
+            f"  {a.summary}  [{sent}]"
+        )
     return lines
 
 
