@@ -33,8 +33,13 @@ from typing import Literal, get_args
 import anyio
 from aiohttp import web
 from anyio.abc import TaskStatus
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge
-from prometheus_client import generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+)
 
 from pithcrawl import __version__
 from pithcrawl.errors import ConfigError, OperationalError
@@ -124,12 +129,15 @@ class Metrics:
         self._alert_kinds: set[str] = set(ALERT_KINDS)
         self.set_open_alerts({})
         self._mirrors: set[str] = set()
+        self._fetch_series: set[tuple[str, str, str]] = set()
+        self._succeeded: set[str] = set()
 
     def fetch(self, mirror: str, kind: str, outcome: Outcome) -> None:
         """One document fetched (or deferred) from `mirror`."""
         if outcome not in OUTCOMES:
             raise ValueError(f"fetch outcome {outcome!r}: expected one of {', '.join(OUTCOMES)}")
         self._seen_mirror(mirror)
+        self._fetch_series.add((mirror, kind, outcome))
         self._fetches.labels(mirror, kind, outcome).inc()
 
     def findings(self, codes: Iterable[str]) -> None:
@@ -147,7 +155,7 @@ class Metrics:
         """`mirror` answered a bundle fetch at `at` (an aware datetime)."""
         if at.tzinfo is None:
             raise ValueError(f"success time {at.isoformat()} has no time zone")
-        self._seen_mirror(mirror)
+        self._succeeded.add(mirror)
         self._last_success.labels(mirror).set(at.timestamp())
 
     def set_records(self, n: int) -> None:
@@ -172,12 +180,13 @@ class Metrics:
         """Drop the series of every mirror not in `names` (no longer crawled), so a
         mirror set that changes over months does not grow the output forever."""
         keep = set(names)
-        for mirror in self._mirrors - keep:
-            for kind in FETCH_KINDS:
-                for outcome in OUTCOMES:
-                    self._remove(self._fetches, mirror, kind, outcome)
-            self._remove(self._last_success, mirror)
+        for series in [s for s in self._fetch_series if s[0] not in keep]:
+            self._fetches.remove(*series)
+            self._fetch_series.discard(series)
+        for mirror in self._succeeded - keep:
+            self._last_success.remove(mirror)
         self._mirrors &= keep
+        self._succeeded &= keep
 
     def exposition(self) -> bytes:
         """The text format of every metric, as `GET /metrics` answers it."""
@@ -189,14 +198,8 @@ class Metrics:
         self._mirrors.add(mirror)
         for kind in FETCH_KINDS:
             for outcome in OUTCOMES:
+                self._fetch_series.add((mirror, kind, outcome))
                 self._fetches.labels(mirror, kind, outcome)
-
-    @staticmethod
-    def _remove(metric: Counter | Gauge, *labels: str) -> None:
-        try:
-            metric.remove(*labels)
-        except KeyError:  # that series was never made: nothing to drop
-            pass
 
 
 def parse_bind(bind: str) -> tuple[str, int]:
