@@ -28,6 +28,7 @@ import structlog
 from pithcrawl.config import AlertsConfig
 from pithcrawl.errors import ConfigError, FetchError
 from pithcrawl.fetch import HttpFetcher
+from pithcrawl.metrics import Metrics
 from pithcrawl.schedule import retry_due
 from pithcrawl.store import Alert, Delivery, Store
 
@@ -177,7 +178,13 @@ class Sinks:
 
 
 async def deliver_due(
-    store: Store, sinks: Sinks, now: datetime, rand: random.Random, *, limit: int = 100
+    store: Store,
+    sinks: Sinks,
+    now: datetime,
+    rand: random.Random,
+    *,
+    limit: int = 100,
+    metrics: Metrics | None = None,
 ) -> tuple[int, int]:
     """Attempt every delivery that is due once; (delivered, failed)."""
     ok = failed = 0
@@ -197,6 +204,8 @@ async def deliver_due(
                     rand=rand.random(),
                 )
                 await store.alerts.failed(delivery, str(e), retry_at)
+                if metrics is not None:
+                    metrics.delivery_failed(delivery.sink)
                 log.warning(
                     "delivery_failed",
                     error=str(e),
@@ -206,6 +215,8 @@ async def deliver_due(
                 failed += 1
                 continue
             await store.alerts.delivered(delivery, now)
+            if metrics is not None:
+                metrics.delivered(delivery.sink)
             log.info("delivered", kind=alert.kind)
             ok += 1
     return ok, failed

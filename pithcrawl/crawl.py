@@ -29,6 +29,7 @@ from pithcrawl.errors import FetchError
 from pithcrawl.fetch import Fetcher, FetchResult
 from pithcrawl.findings import Severity
 from pithcrawl.keys import InvalidKey, TrustSet, key_problems, load_key
+from pithcrawl.metrics import Metrics
 from pithcrawl.mirrors import Site, discoverable, from_hints
 from pithcrawl.schedule import next_due, retry_due
 from pithcrawl.store import FetchOutcome, FetchState, NewEvent, Snapshot, Store
@@ -127,6 +128,7 @@ class Crawler:
     trust: TrustSet
     clock: Callable[[], datetime]
     rand: random.Random = field(default_factory=random.Random)
+    metrics: Metrics = field(default_factory=Metrics)
     _verdicts: OrderedDict[tuple[str, str], Report] = field(default_factory=OrderedDict)
     _verdicts_trust: TrustSet | None = None
     _numbers: dict[str, str] = field(default_factory=dict)
@@ -265,6 +267,7 @@ class Crawler:
             return _Trusted(previous.body_sha256, previous.bundle_sha256, None)
         body = got.result.body
         report = self._verify(body, suffix, now)
+        self.metrics.findings(f.code for f in report.findings)
         number = report.pith_number or suffix
         evidence = {
             "mirror": site.name,
@@ -505,6 +508,7 @@ class Crawler:
             )
         )
         result.error = error
+        self.metrics.fetch(mirror, got.kind, "failed")
         log.info(
             "fetch_failed",
             kind=got.kind,
@@ -527,6 +531,12 @@ class Crawler:
     ) -> FetchOutcome:
         fetched = got.result
         assert fetched is not None
+        if fetched.status == 304:
+            self.metrics.fetch(mirror, got.kind, "not_modified")
+        else:
+            self.metrics.fetch(mirror, got.kind, "changed" if got.changed else "unchanged")
+        if got.kind == "bundle":
+            self.metrics.success(mirror, now)
         return FetchOutcome(
             suffix=suffix,
             mirror=mirror,

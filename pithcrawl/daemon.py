@@ -11,6 +11,7 @@ import random
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,6 +28,7 @@ from pithcrawl.crawl import Crawler, PairResult, with_learned
 from pithcrawl.errors import PithcrawlError
 from pithcrawl.fetch import HttpFetcher, user_agent
 from pithcrawl.keys import TrustSet
+from pithcrawl.metrics import Metrics, serve_metrics
 from pithcrawl.mirrors import Site, resolve
 from pithcrawl.sdnotify import Notifier
 from pithcrawl.store import Store
@@ -209,6 +211,7 @@ class Daemon:
         self.pinged_at = 0.0
         self.inflight: set[tuple[str, str]] = set()
         self.totals = Summary()
+        self.metrics = Metrics()
         # Made in run(): anyio's primitives belong to a running event loop.
         self.wake: anyio.Event
         self.round_scope: anyio.CancelScope | None = None
@@ -223,7 +226,11 @@ class Daemon:
         ):
             self.store = store
             await tg.start(self._signals, tg.cancel_scope)
+            if self.config.metrics.bind:
+                port = await tg.start(serve_metrics, self.metrics, self.config.metrics.bind)
+                log.info("metrics_serving", bind=self.config.metrics.bind, port=port)
             tracked = len(await store.tracked())
+            self.metrics.set_records(tracked)
             self.notifier.ready(f"watching {tracked} records")
             log.info("daemon_ready", records=tracked, db=str(self.db))
             while True:
@@ -244,7 +251,7 @@ class Daemon:
             per_host=config.crawl.per_host,
         ) as fetcher:
             trust = await with_learned(self.trust, self.store, config)
-            crawler = Crawler(config, self.store, fetcher, trust, _now)
+            crawler = Crawler(config, self.store, fetcher, trust, _now, metrics=self.metrics)
             await self._refresh_sites(fetcher)
             tracked = len(await self.store.tracked())
             self.notifier.ready(f"watching {tracked} records on {len(self.sites)} mirrors")
@@ -271,7 +278,10 @@ class Daemon:
                 tracked = [r.suffix for r in await self.store.tracked()]
                 await crawler.recheck(tracked, names)
                 await crawler.check_mirrors(names)
-            await deliver_due(self.store, sinks, _now(), rand)
+                self.metrics.set_records(len(tracked))
+                open_alerts = await self.store.alerts.open_alerts()
+                self.metrics.set_open_alerts(Counter(a.kind for a in open_alerts))
+            await deliver_due(self.store, sinks, _now(), rand, metrics=self.metrics)
             await anyio.sleep(self.deliver_every)
 
     async def _schedule(self, send: Any, fetcher: HttpFetcher) -> None:
@@ -299,6 +309,8 @@ class Daemon:
         """Sleep until the next pair is due (at most `idle_poll`), a fetch ends or a reload."""
         wait = self.idle_poll
         upcoming = await self.store.next_due(list(self.sites))
+        lag = (_now() - upcoming).total_seconds() if upcoming is not None else 0.0
+        self.metrics.set_lag(lag if not self.inflight else 0.0)
         if upcoming is not None:
             ahead = (upcoming - _now()).total_seconds()
             if ahead > 0:  # (a pair already due is in flight: its worker will wake us)
@@ -317,6 +329,7 @@ class Daemon:
                 finally:
                     self.inflight.discard((suffix, site.name))
                     self.wake.set()
+                self.metrics.snapshots(result.new_snapshots)
                 t = self.totals
                 t.records += 1
                 t.new_snapshots += result.new_snapshots
@@ -330,6 +343,7 @@ class Daemon:
             if site.origin == "config":
                 await self.store.upsert_mirror(site.row(_now()))
         self.sites = {s.name: s for s in sites}
+        self.metrics.retain_mirrors(self.sites)
         self.sites_at = time.monotonic()
 
     def _summary_line(self) -> None:
@@ -371,6 +385,12 @@ class Daemon:
             log.error("reload_refused", error=str(e))
             self.notifier.ready("reload refused; running with the previous configuration")
             return
+        if config.metrics.bind != self.config.metrics.bind:
+            log.warning(
+                "reload_ignores_metrics_bind",
+                running=self.config.metrics.bind,
+                configured=config.metrics.bind,
+            )
         if config.db is not None and config.db != self.config.db:
             log.warning("reload_ignores_db", running=str(self.db), configured=str(config.db))
         self.config, self.trust = config, trust

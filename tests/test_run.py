@@ -12,12 +12,14 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from builder import BundleBuilder, TestSigner, canonical_record
 from mirror import TestMirror
+from prometheus_client.parser import text_string_to_metric_families
 
 
 @pytest.fixture
@@ -46,14 +48,22 @@ def messages(s: socket.socket, until: str) -> list[str]:
     return seen
 
 
-def write_config(tmp_path: Path, signer: TestSigner, base: str, interval: str) -> Path:
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(
+    tmp_path: Path, signer: TestSigner, base: str, interval: str, extra: str = ""
+) -> Path:
     key = tmp_path / "test.key.json"
     key.write_text(json.dumps(signer.public_key()))
     cfg = tmp_path / "pithcrawl.toml"
     cfg.write_text(
         f'db = "archive.db"\n[trust]\nkeys = ["{key.name}"]\nclock_skew = "3650d"\n'
         f'[crawl]\ninterval = "{interval}"\ntimeout = "5s"\ndiscover = false\n'
-        f'[[mirrors]]\nname = "local"\nbase_url = "{base}"\n'
+        f'[[mirrors]]\nname = "local"\nbase_url = "{base}"\n{extra}'
     )
     return cfg
 
@@ -74,7 +84,10 @@ def test_run_crawls_in_rounds_reloads_and_stops_on_sigterm(
     b = BundleBuilder(signer, record=canonical_record("2611.00042"))
     b.add_event()
     mirror.put(b.bytes())
-    cfg = write_config(tmp_path, signer, mirror.base_url, "1s")
+    port = free_port()
+    cfg = write_config(
+        tmp_path, signer, mirror.base_url, "1s", f'[metrics]\nbind = "127.0.0.1:{port}"\n'
+    )
     db = tmp_path / "archive.db"
     env = {**os.environ, "NOTIFY_SOCKET": notify_socket.getsockname(), "WATCHDOG_USEC": "400000"}
     base = [sys.executable, "-m", "pithcrawl", "--config", str(cfg), "--log-format", "json"]
@@ -86,6 +99,17 @@ def test_run_crawls_in_rounds_reloads_and_stops_on_sigterm(
         wait_for(lambda: snapshots(db) == 2, "the first round (bundle and state.json)")
         path = f"/pith/{b.suffix}/bundle.json"
         wait_for(lambda: mirror.conditional_hits[path] >= 2, "two more rounds, conditional")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            exposition = resp.read().decode()
+        families = {f.name: f for f in text_string_to_metric_families(exposition)}
+        fetched = {
+            s.labels["outcome"]: s.value
+            for s in families["pithcrawl_fetches"].samples
+            if s.name == "pithcrawl_fetches_total" and s.labels["kind"] == "bundle"
+        }
+        assert fetched["changed"] == 1
+        assert fetched["not_modified"] >= 2
+        assert families["pithcrawl_records_tracked"].samples[0].value == 1
 
         cfg.write_text(cfg.read_text() + "\n[crawl\n")  # broken TOML
         proc.send_signal(signal.SIGHUP)
