@@ -231,6 +231,33 @@ async def test_fork_is_a_divergence_delivered_once_to_hook_and_webhook(tmp_path,
         }
 
 
+def test_events_show_each_alert_delivery_state(tmp_path, signer, capsys, mirror):
+    """`events --json`: an alert's entry carries its state and every sink's delivery."""
+    from pithcrawl.cli import main
+
+    b = BundleBuilder(signer)
+    doc = b.build()
+    doc["built_at"] = "yesterday"
+    mirror.put(json.dumps(doc).encode())
+    key = tmp_path / "k.json"
+    key.write_text(json.dumps(signer.public_key()))
+    hook = hook_script(tmp_path, fail_first=1)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        f'db = "a.db"\n[trust]\nkeys = ["k.json"]\n[alerts]\nhook = "{hook}"\n'
+        f'[[mirrors]]\nname = "m"\nbase_url = "{mirror.base_url}"\n'
+    )
+    assert main(["--config", str(cfg), "sync", b.pith_number]) == 1
+    capsys.readouterr()
+    assert main(["--config", str(cfg), "events", "--json", "--kind", "document_invalid"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    alert = json.loads(line)["alert"]
+    assert alert["status"] == "open"
+    (delivery,) = alert["deliveries"]
+    assert (delivery["sink"], delivery["delivered"], delivery["attempts"]) == ("hook", False, 1)
+    assert "not yet" in delivery["last_error"]
+
+
 async def test_equivocation_across_mirrors_each_consistent_alone(tmp_path, signer):
     """Each mirror's bundle verifies on its own; together they hold two events claiming
     the same prev_event: an equivocation."""

@@ -12,6 +12,7 @@ import argparse
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -55,17 +56,51 @@ def since(text: str, now: datetime) -> datetime:
 def run(args: argparse.Namespace) -> int:
     _, db = archive(args)
     start = None if args.since is None else since(args.since, datetime.now(UTC))
-    for event in anyio.run(_events, db, start, tuple(args.kind)):
+    events, alerts = anyio.run(_events, db, start, tuple(args.kind))
+    for event in events:
+        alert = alerts.get(event.dedup_key) if event.dedup_key else None
         if args.json:
-            print(json.dumps(event.to_json(), ensure_ascii=False))
+            doc = event.to_json()
+            if alert is not None:
+                doc["alert"] = alert
+            print(json.dumps(doc, ensure_ascii=False))
         else:
-            print(line(event))
+            print(line(event) + (f"  [{_alert_text(alert)}]" if alert else ""))
     return EXIT_OK
 
 
-async def _events(db: Path, start: datetime | None, kinds: tuple[str, ...]) -> list[EventRow]:
+async def _events(
+    db: Path, start: datetime | None, kinds: tuple[str, ...]
+) -> tuple[list[EventRow], dict[str, dict[str, Any]]]:
+    """The events, and for those that are alerts, the alert's state and deliveries."""
     async with await Store.open(db, readonly=True) as store:
-        return await store.events(since=start, kinds=kinds)
+        events = await store.events(since=start, kinds=kinds)
+        alerts = await store.alerts.by_dedup_key([e.dedup_key for e in events if e.dedup_key])
+        states: dict[str, dict[str, Any]] = {}
+        for key, a in alerts.items():
+            states[key] = {
+                "id": a.id,
+                "status": "open" if a.open else "closed",
+                "deliveries": [
+                    {
+                        "sink": d.sink,
+                        "phase": d.phase,
+                        "delivered": d.delivered_at is not None,
+                        "attempts": d.attempts,
+                        "last_error": d.last_error,
+                    }
+                    for d in await store.alerts.deliveries(a.id)
+                ],
+            }
+    return events, states
+
+
+def _alert_text(alert: dict[str, Any]) -> str:
+    sent = ", ".join(
+        f"{d['sink']} {d['phase']} {'delivered' if d['delivered'] else 'pending'}"
+        for d in alert["deliveries"]
+    )
+    return f"alert #{alert['id']} {alert['status']}" + (f": {sent}" if sent else "")
 
 
 def line(e: EventRow) -> str:

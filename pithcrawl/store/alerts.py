@@ -235,6 +235,16 @@ class AlertBook:
         examples = [{"suffix": r[0], "failing_since": r[1], "last_error": r[2]} for r in rows]
         return int(rows[0][3]), examples
 
+    async def by_dedup_key(self, keys: Sequence[str]) -> dict[str, Alert]:
+        """The newest alert of each dedup_key given (open or closed)."""
+        async with self._db.read("find alerts") as s:
+            rows = await s.all(
+                "SELECT * FROM alerts WHERE dedup_key IN (SELECT value FROM json_each(?))"
+                " ORDER BY id",
+                (to_json_text(sorted(set(keys))),),
+            )
+        return {r["dedup_key"]: _alert(r) for r in rows}
+
     async def get(self, alert_id: int) -> Alert | None:
         async with self._db.read("read an alert") as s:
             row = await s.one("SELECT * FROM alerts WHERE id = ?", (alert_id,))
