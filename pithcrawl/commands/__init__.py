@@ -6,7 +6,17 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pithcrawl.commands import events, evidence, history, run, serve, status, sync, verify
+from pithcrawl.commands import (
+    events,
+    evidence,
+    fsck,
+    history,
+    run,
+    serve,
+    status,
+    sync,
+    verify,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,4 +52,5 @@ COMMANDS = [
     Command("events", events.HELP, events.EXAMPLE, events.add_arguments, events.run),
     Command("evidence", evidence.HELP, evidence.EXAMPLE, evidence.add_arguments, evidence.run),
     Command("serve", serve.HELP, serve.EXAMPLE, serve.add_arguments, serve.run),
+    Command("fsck", fsck.HELP, fsck.EXAMPLE, fsck.add_arguments, fsck.run),
 ]

@@ -428,6 +428,15 @@ class Store:
             rows = await s.all(_TO_RECHECK)
         return [r[0] for r in rows]
 
+    async def trusted_snapshots(self, *, after_id: int = 0, limit: int = 500) -> list[Snapshot]:
+        """Trusted snapshots in id order, a page at a time (for `fsck`)."""
+        async with self._db.read("list trusted snapshots") as s:
+            rows = await s.all(
+                "SELECT * FROM snapshots WHERE trusted = 1 AND id > ? ORDER BY id LIMIT ?",
+                (after_id, limit),
+            )
+        return [snapshot_from_row(r) for r in rows]
+
     # -- maintenance ----------------------------------------------------------------------
 
     async def stats(self) -> dict[str, int]:

@@ -1,0 +1,115 @@
+"""`pithcrawl fsck`: is the archive still what it claims to be?
+
+SQLite's integrity check, then every trusted snapshot read back (its body must hash to
+its sha256) and verified again, as of its fetch time, against the trust set (configured
+keys, plus keys learned from rotations when they are followed). Anything that no longer
+verifies is reported with its snapshot id. Read-only: it repairs nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from pithcrawl.commands.report import archive
+from pithcrawl.config import Config
+from pithcrawl.crawl import with_learned
+from pithcrawl.errors import EXIT_OK, EXIT_OPERATIONAL, EXIT_SECURITY, StoreError
+from pithcrawl.keys import TrustSet
+from pithcrawl.store import Snapshot, Store
+from pithcrawl.trust import load_trust
+from pithcrawl.verify import verify_bundle, verify_state
+
+HELP = "Check the database and re-verify every archived trusted body."
+EXAMPLE = "pithcrawl --config /etc/pithcrawl/pithcrawl.toml fsck"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="the result as one JSON document")
+
+
+@dataclass(slots=True)
+class Result:
+    integrity: list[str] = field(default_factory=list)
+    checked: int = 0
+    problems: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "integrity": self.integrity,
+            "trusted_snapshots_checked": self.checked,
+            "problems": self.problems,
+        }
+
+
+def run(args: argparse.Namespace) -> int:
+    config, db = archive(args)
+    result = anyio.run(check, config, db, load_trust(config.trust.keys))
+    if args.json:
+        json.dump(result.to_json(), sys.stdout, indent=2)
+        print()
+    else:
+        print(f"integrity: {', '.join(result.integrity)}")
+        print(f"trusted snapshots re-verified: {result.checked}")
+        for p in result.problems:
+            print(
+                f"PROBLEM snapshot {p['snapshot_id']} ({p['suffix']}, {p['mirror']}): "
+                f"{p['problem']}"
+            )
+        if not result.problems:
+            print("every trusted body still verifies")
+    if result.integrity != ["ok"]:
+        return EXIT_OPERATIONAL
+    return EXIT_SECURITY if result.problems else EXIT_OK
+
+
+async def check(config: Config, db: Path, trust: TrustSet) -> Result:
+    result = Result()
+    async with await Store.open(db, readonly=True) as store:
+        result.integrity = await store.integrity_check()
+        trust = await with_learned(trust, store, config)
+        after = 0
+        while page := await store.trusted_snapshots(after_id=after):
+            for snap in page:
+                problem = await _recheck(store, snap, trust, config)
+                result.checked += 1
+                if problem is not None:
+                    result.problems.append(
+                        {
+                            "snapshot_id": snap.id,
+                            "suffix": snap.suffix,
+                            "mirror": snap.mirror,
+                            "kind": snap.kind,
+                            "body_sha256": snap.body_sha256,
+                            "problem": problem,
+                        }
+                    )
+            after = page[-1].id
+    return result
+
+
+async def _recheck(store: Store, snap: Snapshot, trust: TrustSet, config: Config) -> str | None:
+    try:
+        body = await store.get_blob(snap.body_sha256)
+    except StoreError as e:
+        return str(e)
+    if snap.kind == "state":
+        report = verify_state(body, expected_suffix=snap.suffix)
+    else:
+        report = verify_bundle(
+            body,
+            trust,
+            now=snap.fetched_at,
+            clock_skew=config.trust.clock_skew,
+            expected_suffix=snap.suffix,
+        )
+    if report.ok:
+        return None
+    codes = sorted({f.code for f in report.findings if f.severity == "critical"})
+    return "no longer verifies: " + ", ".join(codes)
