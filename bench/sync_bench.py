@@ -2,18 +2,20 @@
 
     python bench/sync_bench.py [--records 2000] [--events 2-6] [--json out.json]
 
-Builds N records with 2–6 events each (seeded), signed with a key made here; the corpus
-is cached under bench/out/ keyed by (N, seed, events). A mirror (bench/mirror_server.py,
-in its own process; or `--mirror-url` for another one serving the same files) serves
-them. Then, each in a child process, timed with its own CPU and peak RSS:
+Builds N records with 2–6 events each (seeded), signed with a key made here, cached
+under bench/out/ keyed by (N, seed, events). bench/mirror_server.py serves them from
+its own process; or `--mirror-url` names another mirror serving the same files, and
+`--mirror-reload CMD` makes it serve the bumped files in $BENCH_BUMPED_DIR too. Then,
+each in a child process, with its wall time, CPU (user+sys), peak RSS and the
+mirror's CPU over the same span:
 
-    fetch-only   HttpFetcher GETs every bundle and state.json: no verification, no storage
-    cold         `pithcrawl sync` of all N into an empty archive
-    unchanged    the same again: conditional GETs, nothing new stored
-    bumped       after 10% of the records gained one event: DB growth per changed record
+    fetch-only  HttpFetcher GETs every bundle and state.json: no verification, no storage
+    cold        `pithcrawl sync` of all N into an empty archive
+    unchanged   the same again: conditional GETs, nothing new to store
+    bumped      after 10% of the records gained one event: DB growth per changed record
 
-The database lives in a temp directory (honours TMPDIR). Figures go to stdout and
-to --json (default bench/out/sync_bench.json).
+The archive lives in a temp directory (honours TMPDIR). `--profile` runs the cold sync
+under cProfile (main thread only; its figures then carry the overhead).
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 OUT = BENCH / "out"
 KEY_ID = "bench-sync-key"
-CORPUS_VERSION = 1  # bump when the records below change, to invalidate cached corpora
+CORPUS_VERSION = 1  # bump when `build` changes, so cached corpora are rebuilt
 _TEXT = (
     "we propose a method for learning sparse graph representations under noisy labels and "
     "show that it improves robustness across modalities while remaining efficient at scale "
@@ -57,11 +58,15 @@ _TEXT = (
 WORDS = _TEXT.split()
 
 
+class BenchError(Exception):
+    pass
+
+
 # -- the corpus ------------------------------------------------------------------------------
 
 
 def build(i: int, seed: int, lo: int, hi: int, extra: int = 0) -> tuple[str, bytes, bytes]:
-    """Record i: its suffix, bundle and state bytes; `extra` more events on top of the same."""
+    """Record i: suffix, bundle and state bytes; `extra` events more on top of the same ones."""
     rng = random.Random(f"{seed}:{i}")
     b = BundleBuilder(TestSigner(KEY_ID), record=canonical_record(f"2611.{i:05d}", title=f"P{i}"))
     for j in range(rng.randint(lo, hi) - 1 + extra):  # record_created is the first event
@@ -87,11 +92,8 @@ def _write_chunk(job: tuple[Path, list[int], int, int, int, int]) -> list[list[A
 def write_records(
     out: Path, indices: list[int], seed: int, events: tuple[int, int], extra: int = 0
 ) -> list[list[Any]]:
-    """[suffix, bundle bytes, state bytes] of each record, built on two cores."""
-    step = 250
-    jobs = [
-        (out, indices[a : a + step], seed, *events, extra) for a in range(0, len(indices), step)
-    ]
+    """[suffix, bundle bytes, state bytes] of each record written, built on two cores."""
+    jobs = [(out, indices[a : a + 250], seed, *events, extra) for a in range(0, len(indices), 250)]
     with multiprocessing.Pool(min(2, os.cpu_count() or 1)) as pool:
         return [row for part in pool.imap(_write_chunk, jobs) for row in part]
 
@@ -102,7 +104,7 @@ def corpus(n: int, seed: int, events: tuple[int, int]) -> tuple[Path, list[list[
     manifest = d / "manifest.json"
     if manifest.exists():
         return d, json.loads(manifest.read_text())
-    shutil.rmtree(d, ignore_errors=True)  # a build that was interrupted
+    shutil.rmtree(d, ignore_errors=True)  # an interrupted build
     d.mkdir(parents=True)
     t0 = time.perf_counter()
     rows = write_records(d, list(range(n)), seed, events)
@@ -111,37 +113,55 @@ def corpus(n: int, seed: int, events: tuple[int, int]) -> tuple[Path, list[list[
     return d, rows
 
 
-# -- the mirror -------------------------------------------------------------------------------
+# -- the mirror and the child processes ---------------------------------------------------------
 
 
-class LocalMirror:
-    """bench/mirror_server.py in a child process; `reload()` after files change."""
+class Mirror:
+    """bench/mirror_server.py over `dirs` in a child process, or an external mirror at `url`."""
 
-    def __init__(self, dirs: list[Path]) -> None:
+    def __init__(self, dirs: list[Path], url: str | None, reload_cmd: str | None) -> None:
+        self.proc: subprocess.Popen[str] | None = None
+        self.dirs, self.reload_cmd = dirs, reload_cmd
+        if url is not None:
+            self.url = url.rstrip("/")
+            return
         argv = [sys.executable, str(BENCH / "mirror_server.py"), *map(str, dirs)]
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
-        self.url = f"http://127.0.0.1:{int(self._line('port'))}"
+        try:
+            self.url = f"http://127.0.0.1:{int(self._line('port'))}"
+        except BaseException:
+            self.close()
+            raise
 
     def _line(self, word: str) -> str:
-        assert self.proc.stdout is not None
+        assert self.proc is not None and self.proc.stdout is not None
         line = self.proc.stdout.readline().split()
         if len(line) != 2 or line[0] != word:
             raise BenchError(f"mirror_server: expected '{word} N', got {line!r}")
         return line[1]
 
     def reload(self) -> None:
-        self.proc.send_signal(signal.SIGHUP)
-        self._line("reloaded")
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGHUP)
+            self._line("reloaded")
+        elif self.reload_cmd is not None:
+            env = {**os.environ, "BENCH_BUMPED_DIR": str(self.dirs[-1])}
+            subprocess.run(self.reload_cmd, shell=True, check=True, env=env)
+        else:
+            raise BenchError("--mirror-url without --mirror-reload: cannot bump records")
 
     def cpu(self) -> float | None:
-        """User+system CPU seconds so far (Linux /proc; None elsewhere)."""
+        """The local mirror's user+system CPU seconds so far (from Linux /proc)."""
         try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
-        except OSError:
+            stat = Path(f"/proc/{self.proc.pid}/stat").read_text()  # type: ignore[union-attr]
+        except (OSError, AttributeError):
             return None
+        fields = stat.rpartition(")")[2].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def close(self) -> None:
+        if self.proc is None:
+            return
         self.proc.terminate()
         try:
             self.proc.wait(5)
@@ -150,86 +170,42 @@ class LocalMirror:
             self.proc.wait()
 
 
-class ExternalMirror:
-    """A mirror run by someone else; `reload_cmd` (a shell command) after files change."""
-
-    def __init__(self, url: str, reload_cmd: str | None) -> None:
-        self.url, self.reload_cmd = url.rstrip("/"), reload_cmd
-
-    def reload(self) -> None:
-        if self.reload_cmd is None:
-            raise BenchError("--mirror-url without --mirror-reload: cannot bump records")
-        subprocess.run(self.reload_cmd, shell=True, check=True)
-
-    def cpu(self) -> float | None:
-        return None
-
-    def close(self) -> None:
-        pass
-
-
-# -- child processes --------------------------------------------------------------------------
-
-
-class BenchError(Exception):
-    pass
-
-
-@dataclass
-class Run:
-    wall_s: float
-    cpu_s: float
-    peak_rss_mb: float
-    mirror_cpu_s: float | None
-    stdout: str
-
-    def figures(self, n: int) -> dict[str, Any]:
-        return {
-            "records_per_s": round(n / self.wall_s, 1),
-            "wall_s": round(self.wall_s, 3),
-            "cpu_s": round(self.cpu_s, 3),
-            "peak_rss_mb": round(self.peak_rss_mb, 1),
-            "mirror_cpu_s": None if self.mirror_cpu_s is None else round(self.mirror_cpu_s, 2),
-        }
-
-
-def run_child(argv: list[str], label: str, tmp: Path, mirror: Any) -> Run:
-    """Run argv to completion; exit 0 or BenchError with its stderr."""
+def run_child(argv: list[str], label: str, tmp: Path, n: int, mirror: Mirror) -> dict[str, Any]:
+    """Run argv to completion: its figures and stdout, or BenchError with its stderr."""
     out, err = tmp / f"{label}.out", tmp / f"{label}.err"
     m0 = mirror.cpu()
     with out.open("wb") as o, err.open("wb") as e:
         t0 = time.perf_counter()
         proc = subprocess.Popen(argv, stdout=o, stderr=e, cwd=ROOT)
-        _, status, ru = os.wait4(proc.pid, 0)  # this child's own rusage, exactly
+        _, status, ru = os.wait4(proc.pid, 0)  # this child's own rusage
         wall = time.perf_counter() - t0
     proc.returncode = code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise BenchError(f"{label}: exit {code}: {' '.join(argv)}\n{err.read_text()[-4000:]}")
     m1 = mirror.cpu()
-    rss_unit = 1024 * 1024 if sys.platform == "darwin" else 1024  # bytes there, KiB on Linux
-    return Run(
-        wall,
-        ru.ru_utime + ru.ru_stime,
-        ru.ru_maxrss / rss_unit,
-        None if m0 is None or m1 is None else m1 - m0,
-        out.read_text(),
-    )
+    return {
+        "records_per_s": round(n / wall, 1),
+        "wall_s": round(wall, 3),
+        "cpu_s": round(ru.ru_utime + ru.ru_stime, 3),
+        "peak_rss_mb": round(ru.ru_maxrss / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1),
+        "mirror_cpu_s": None if m0 is None or m1 is None else round(m1 - m0, 2),
+        "stdout": out.read_text(),
+    }
 
 
 async def _fetch_all(base: str, suffixes: list[str], concurrency: int, per_host: int) -> int:
-    """GET every bundle and state.json, `concurrency` workers as `sync` runs them."""
+    """GET every bundle and state.json with `concurrency` workers, as `sync` runs them."""
     total = 0
     send, receive = anyio.create_memory_object_stream[str](concurrency)
-    async with HttpFetcher(
-        user_agent="pithcrawl-bench", concurrency=concurrency, per_host=per_host
-    ) as fetcher:
+    agent = "pithcrawl-bench"
+    async with HttpFetcher(user_agent=agent, concurrency=concurrency, per_host=per_host) as f:
 
         async def worker() -> None:
             nonlocal total
             async with receive.clone() as jobs:
                 async for suffix in jobs:
                     for kind in ("bundle", "state"):
-                        r = await fetcher.get(f"{base}/pith/{suffix}/{kind}.json")
+                        r = await f.get(f"{base}/pith/{suffix}/{kind}.json")
                         if r.status != 200:
                             raise BenchError(f"{r.url}: HTTP {r.status}")
                         total += len(r.body)
@@ -244,14 +220,7 @@ async def _fetch_all(base: str, suffixes: list[str], concurrency: int, per_host:
     return total
 
 
-def fetch_only_child(argv: list[str]) -> int:
-    base, manifest, concurrency, per_host = argv
-    suffixes = [row[0] for row in json.loads(Path(manifest).read_text())]
-    print(anyio.run(_fetch_all, base, suffixes, int(concurrency), int(per_host)))
-    return 0
-
-
-# -- the archive ------------------------------------------------------------------------------
+# -- the archive --------------------------------------------------------------------------------
 
 
 async def _track(db: Path, suffixes: list[str]) -> None:
@@ -279,139 +248,121 @@ def write_config(tmp: Path, url: str, concurrency: int, per_host: int) -> Path:
     return cfg
 
 
-# -- the run ----------------------------------------------------------------------------------
+# -- the run ------------------------------------------------------------------------------------
 
 
 def bench(args: argparse.Namespace, tmp: Path, events: tuple[int, int]) -> dict[str, Any]:
-    n = args.records
+    n, py = args.records, sys.executable
     corpus_dir, rows = corpus(n, args.seed, events)
-    overlay = tmp / "bumped"
+    overlay = tmp / "bumped"  # the bumped records' files, served over the corpus
     overlay.mkdir()
     if args.mirror_url:
-        mirror: Any = ExternalMirror(args.mirror_url, args.mirror_reload)
-        print(f"external mirror: serve {corpus_dir}, then {overlay} over it", file=sys.stderr)
-    else:
-        mirror = LocalMirror([corpus_dir, overlay])
+        print(f"the mirror must serve {corpus_dir}, then {overlay} over it", file=sys.stderr)
+    mirror = Mirror([corpus_dir, overlay], args.mirror_url, args.mirror_reload)
     try:
         cfg = write_config(tmp, mirror.url, args.concurrency, args.per_host)
         db = tmp / "archive.db"
         anyio.run(_track, db, [row[0] for row in rows])
-        py = sys.executable
-        sync = [py, "-m", "pithcrawl", "--config", str(cfg), "-q", "sync", "--json"]
-        phases: dict[str, Any] = {}
+        r: dict[str, Any] = {}
+        start = run_child([py, "-m", "pithcrawl", "--version"], "startup", tmp, n, mirror)
+        r["startup"] = {k: start[k] for k in ("wall_s", "cpu_s", "peak_rss_mb", "stdout")}
+        limits = [str(args.concurrency), str(args.per_host)]
+        fetch_argv = [py, __file__, "--fetch-only-child", mirror.url, str(corpus_dir), *limits]
+        r["fetch_only"] = run_child(fetch_argv, "fetch_only", tmp, n, mirror)
+        r["fetch_only"]["bytes"] = int(r["fetch_only"]["stdout"])
 
-        startup = run_child([py, "-m", "pithcrawl", "--version"], "startup", tmp, mirror)
-        phases["startup"] = {"wall_s": round(startup.wall_s, 3)}
-        fetch_argv = [
-            py,
-            __file__,
-            "--fetch-only-child",
-            mirror.url,
-            str(corpus_dir / "manifest.json"),
-        ]
-        fetch = run_child(
-            [*fetch_argv, str(args.concurrency), str(args.per_host)], "fetch", tmp, mirror
-        )
-        phases["fetch_only"] = {**fetch.figures(n), "bytes": int(fetch.stdout)}
-
-        def sync_phase(label: str, profile: bool = False) -> dict[str, Any]:
+        def sync(label: str, profile: bool = False) -> dict[str, Any]:
             before, size0 = anyio.run(_stats, db), db_bytes(db)
             prof = ["-m", "cProfile", "-o", str(OUT / f"{label}_sync.prof")] if profile else []
-            run = run_child([py, *prof, *sync[1:]], label, tmp, mirror)
+            argv = [py, *prof, "-m", "pithcrawl", "--config", str(cfg), "-q", "sync", "--json"]
+            run = run_child(argv, label, tmp, n, mirror)
             after, size1 = anyio.run(_stats, db), db_bytes(db)
-            delta = {k: after[k] - before[k] for k in ("blobs", "snapshots", "blob_bytes_stored")}
-            summary = json.loads(run.stdout.strip().splitlines()[-1])
-            return {
-                **run.figures(n),
-                "db_bytes_added": size1 - size0,
-                "stats_delta": delta,
-                "summary": summary,
+            run["summary"] = json.loads(run["stdout"].strip().splitlines()[-1])
+            run["db_bytes_added"] = size1 - size0
+            run["stats_delta"] = {
+                k: after[k] - before[k] for k in ("blobs", "snapshots", "blob_bytes_stored")
             }
+            return run
 
-        phases["cold"] = sync_phase("cold", args.profile)
-        phases["unchanged"] = sync_phase("unchanged")
+        r["cold"] = sync("cold", args.profile)
+        r["unchanged"] = sync("unchanged")
         picked = sorted(random.Random(args.seed).sample(range(n), max(1, n // 10)))
         bumped = write_records(overlay, picked, args.seed, events, extra=1)
         mirror.reload()
-        bump = phases["bumped"] = sync_phase("bumped")
-        raw = sum(row[1] for row in bumped)
-        bump.update(
-            changed_records=len(bumped),
-            bytes_per_changed_record=round(bump["db_bytes_added"] / len(bumped), 1),
-            raw_bundle_bytes_per_changed_record=round(raw / len(bumped), 1),
-            ratio_to_raw_bundle=round(bump["db_bytes_added"] / raw, 3),
-        )
+        b = r["bumped"] = sync("bumped")
     finally:
         mirror.close()
-    checks = {
-        "cold_new_snapshots": (phases["cold"]["summary"]["new_snapshots"], 2 * n),
-        "unchanged_new_snapshots": (phases["unchanged"]["summary"]["new_snapshots"], 0),
-        "bumped_new_snapshots": (bump["summary"]["new_snapshots"], 2 * len(bumped)),
-    }
+    raw = sum(row[1] for row in bumped)
+    b["changed_records"] = len(bumped)
+    b["bytes_per_changed_record"] = round(b["db_bytes_added"] / len(bumped), 1)
+    b["raw_bundle_bytes_per_changed_record"] = round(raw / len(bumped), 1)
+    b["ratio_to_raw_bundle"] = round(b["db_bytes_added"] / raw, 3)
+    expect = {"cold": 2 * n, "unchanged": 0, "bumped": 2 * len(bumped)}
+    checks = {k: (r[k]["summary"]["new_snapshots"], v) for k, v in expect.items()}
+    for run in r.values():
+        run.pop("stdout")
     return {
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-        },
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+        "python": platform.python_version(),
         "records": n,
         "events": f"{events[0]}-{events[1]}",
         "seed": args.seed,
         "concurrency": args.concurrency,
         "per_host": args.per_host,
-        "mean_bundle_bytes": sum(r[1] for r in rows) // n,
-        "mean_state_bytes": sum(r[2] for r in rows) // n,
+        "mean_bundle_bytes": sum(row[1] for row in rows) // n,
+        "mean_state_bytes": sum(row[2] for row in rows) // n,
         "profiled": args.profile,
-        **phases,
-        "cold_to_fetch_only": round(phases["cold"]["wall_s"] / fetch.wall_s, 2),
-        "checks": {k: {"found": f, "expected": e, "ok": f == e} for k, (f, e) in checks.items()},
+        **r,
+        "cold_to_fetch_only": round(r["cold"]["wall_s"] / r["fetch_only"]["wall_s"], 2),
+        "new_snapshot_checks": {k: {"found": f, "expected": e} for k, (f, e) in checks.items()},
     }
 
 
 def print_table(r: dict[str, Any]) -> None:
-    m = r["machine"]
-    print(
-        f"N={r['records']} records, {r['events']} events, mean bundle {r['mean_bundle_bytes']} B,"
-        f" state {r['mean_state_bytes']} B; {m['cpu_count']} CPUs, {m['platform']}"
-    )
-    print(f"process startup (pithcrawl --version): {r['startup']['wall_s']:.2f}s")
+    m, b = r["machine"], r["bumped"]
+    sizes = f"mean bundle {r['mean_bundle_bytes']} B, state {r['mean_state_bytes']} B"
+    print(f"N={r['records']} records ({r['events']} events), {sizes}")
+    print(f"{m['cpu_count']} CPUs, {m['platform']}, Python {r['python']}")
+    print(f"process startup (pithcrawl --version): {r['startup']['wall_s']:.2f}s\n")
     head = ("phase", "records/s", "wall s", "CPU s", "RSS MB", "mirror CPU s", "DB +bytes")
     print("{:<12}{:>11}{:>9}{:>8}{:>8}{:>14}{:>12}".format(*head))
     for name in ("fetch_only", "cold", "unchanged", "bumped"):
         p = r[name]
-        mcpu = "-" if p["mirror_cpu_s"] is None else f"{p['mirror_cpu_s']:.2f}"
-        grown = p.get("db_bytes_added", "-")
-        print(
-            f"{name:<12}{p['records_per_s']:>11}{p['wall_s']:>9.2f}{p['cpu_s']:>8.2f}"
-            f"{p['peak_rss_mb']:>8.1f}{mcpu:>14}{grown:>12}"
-        )
-    b = r["bumped"]
-    print(f"cold sync time / fetch-only time: {r['cold_to_fetch_only']}")
-    print(f"unchanged re-sync stats delta: {r['unchanged']['stats_delta']}")
+        cols = (name, p["records_per_s"], p["wall_s"], p["cpu_s"], p["peak_rss_mb"])
+        mirror_cpu = "-" if p["mirror_cpu_s"] is None else p["mirror_cpu_s"]
+        extra = (mirror_cpu, p.get("db_bytes_added", "-"))
+        print("{:<12}{:>11}{:>9.2f}{:>8.2f}{:>8.1f}{:>14}{:>12}".format(*cols, *extra))
+    print(f"\ncold sync time / fetch-only time: {r['cold_to_fetch_only']}")
+    print(f"unchanged: Store.stats() delta {r['unchanged']['stats_delta']}")
+    raw = b["raw_bundle_bytes_per_changed_record"]
     print(
         f"bumped: {b['changed_records']} records changed, {b['bytes_per_changed_record']} DB bytes"
-        f" each = {b['ratio_to_raw_bundle']} × the raw bundle"
-        f" ({b['raw_bundle_bytes_per_changed_record']} B); stats delta {b['stats_delta']}"
     )
-    for k, c in r["checks"].items():
-        if not c["ok"]:
-            print(f"CHECK FAILED {k}: found {c['found']}, expected {c['expected']}")
+    print(f"  each = {b['ratio_to_raw_bundle']} x their new raw bundle ({raw} B)")
+    print(f"  Store.stats() delta {b['stats_delta']}")
+    for k, c in r["new_snapshot_checks"].items():
+        if c["found"] != c["expected"]:
+            print(f"UNEXPECTED {k}: {c['found']} new snapshots, expected {c['expected']}")
 
 
 def main() -> int:
-    if sys.argv[1:2] == ["--fetch-only-child"]:
-        return fetch_only_child(sys.argv[2:])
+    if sys.argv[1:2] == ["--fetch-only-child"]:  # run by `bench` in a child process
+        base, corpus_dir, concurrency, per_host = sys.argv[2:]
+        rows = json.loads((Path(corpus_dir) / "manifest.json").read_text())
+        suffixes = [row[0] for row in rows]
+        print(anyio.run(_fetch_all, base, suffixes, int(concurrency), int(per_host)))
+        return 0
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--records", type=int, default=2000, help="N, up to 100000")
-    ap.add_argument("--events", default="2-6", help="events per record, LO-HI (seeded)")
+    ap.add_argument("--records", type=int, default=2000, help="N, 1 to 100000")
+    ap.add_argument("--events", default="2-6", help="events per record, LO-HI")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--per-host", type=int, default=32)
-    ap.add_argument("--mirror-url", help="an external mirror serving the corpus")
-    ap.add_argument("--mirror-reload", help="shell command telling it files changed")
-    ap.add_argument("--profile", action="store_true", help="cProfile the cold sync")
+    ap.add_argument("--mirror-url", help="use this mirror instead of starting one")
+    ap.add_argument("--mirror-reload", help="shell command: serve $BENCH_BUMPED_DIR's files")
+    ap.add_argument("--profile", action="store_true", help="cProfile the cold sync into bench/out")
     ap.add_argument("--json", type=Path, default=OUT / "sync_bench.json")
     args = ap.parse_args()
     lo, _, hi = args.events.partition("-")
@@ -419,6 +370,7 @@ def main() -> int:
     if not 1 <= args.records <= 100_000 or not 1 <= events[0] <= events[1]:
         ap.error("--records must be 1..100000 and --events LO-HI with 1 <= LO <= HI")
     OUT.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # still stop the mirror, rm tmp
     try:
         with tempfile.TemporaryDirectory(prefix="pithcrawl-bench-") as tmp:
             result = bench(args, Path(tmp), events)
@@ -428,7 +380,8 @@ def main() -> int:
     print_table(result)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return 0 if all(c["ok"] for c in result["checks"].values()) else 1
+    checks = result["new_snapshot_checks"].values()
+    return 0 if all(c["found"] == c["expected"] for c in checks) else 1
 
 
 if __name__ == "__main__":
