@@ -379,3 +379,51 @@ async def test_transient_failure_is_quiet_persistent_one_is_mirror_unreachable(t
         assert alert.kind == "mirror_unreachable"
         assert alert.severity == "error"
         assert alert.evidence["records"] == 1
+
+
+def test_hook_runs_without_a_shell_whatever_the_fields_hold(tmp_path, signer, capsys, mirror):
+    """A mirror named like a shell command reaches the hook as text, never as a command."""
+    from pithcrawl.cli import main
+
+    b = BundleBuilder(signer)
+    doc = b.build()
+    doc["built_at"] = "soon"
+    mirror.put(json.dumps(doc).encode())
+    (tmp_path / "k.json").write_text(json.dumps(signer.public_key()))
+    out, pwned = tmp_path / "out.txt", tmp_path / "PWNED"
+    hook = tmp_path / "hook.sh"
+    hook.write_text(f'#!/bin/sh\nprintf "%s\\n" "$MIRRORS" "$SUMMARY" > "{out}"\n')
+    hook.chmod(0o755)
+    evil = f"m$(touch {pwned});touch {pwned}`touch {pwned}`"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        f'db = "a.db"\n[trust]\nkeys = ["k.json"]\n[alerts]\nhook = "{hook}"\n'
+        f"[[mirrors]]\nname = '{evil}'\nbase_url = \"{mirror.base_url}\"\n"
+    )
+    assert main(["--config", str(cfg), "sync", b.pith_number]) == 1
+    assert not pwned.exists()
+    assert out.read_text().splitlines()[0] == evil
+
+
+def test_the_webhook_secret_never_reaches_logs_events_or_status(tmp_path, signer, capsys, mirror):
+    from pithcrawl.cli import main
+
+    b = BundleBuilder(signer)
+    doc = b.build()
+    doc["built_at"] = "soon"
+    mirror.put(json.dumps(doc).encode())
+    (tmp_path / "k.json").write_text(json.dumps(signer.public_key()))
+    (tmp_path / "secret").write_bytes(SECRET)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        f'db = "a.db"\n[trust]\nkeys = ["k.json"]\n[alerts]\n'
+        f'webhook = "http://127.0.0.1:9/nowhere"\nwebhook_secret_file = "secret"\n'
+        f'[[mirrors]]\nname = "m"\nbase_url = "{mirror.base_url}"\n'
+    )
+    assert main(["--config", str(cfg), "-v", "--log-format", "json", "sync", b.pith_number]) == 1
+    for args in (["status", "--json"], ["events", "--json"]):
+        assert main(["--config", str(cfg), "-v", *args]) == 0
+    captured = capsys.readouterr()
+    assert SECRET.decode() not in captured.out + captured.err
+    assert "delivery_failed" in captured.err  # the failure is logged, without the secret
+    assert SECRET not in (tmp_path / "a.db").read_bytes()
