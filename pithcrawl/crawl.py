@@ -75,6 +75,13 @@ class PairResult:
         return self.serves_untrusted or any(e.severity == "critical" for e in self.events)
 
 
+class _Unread:
+    """The caller has not read the fetch bookkeeping (as opposed to: it read None)."""
+
+
+UNREAD = _Unread()
+
+
 @dataclass(frozen=True, slots=True)
 class _Trusted:
     """The trusted bundle a mirror serves now; `document` is parsed only when needed."""
@@ -132,12 +139,20 @@ class Crawler:
     _verdicts: OrderedDict[tuple[str, str], Report] = field(default_factory=OrderedDict)
     _verdicts_trust: TrustSet | None = None
     _numbers: dict[str, str] = field(default_factory=dict)
+    # Scopes with open alerts: this process is the archive's only writer, so after one
+    # read it knows them, and a pass with nothing to report writes no alert transaction.
+    _open_scopes: set[str] | None = None
 
-    async def sync_pair(self, suffix: str, site: Site) -> PairResult:
-        """Fetch, verify and archive one record's bundle and state.json from one mirror."""
+    async def sync_pair(
+        self, suffix: str, site: Site, *, bundle_state: FetchState | _Unread | None = UNREAD
+    ) -> PairResult:
+        """Fetch, verify and archive one record's bundle and state.json from one mirror.
+
+        `bundle_state`: the bundle's fetch bookkeeping when the caller has read it already.
+        """
         result = PairResult(suffix, site.name)
         with structlog.contextvars.bound_contextvars(suffix=suffix, mirror=site.name):
-            trusted = await self._bundle(suffix, site, result)
+            trusted = await self._bundle(suffix, site, result, bundle_state)
             if trusted is not None and result.error is None:
                 await self._state(suffix, site, trusted, result)
             if result.new_snapshots:
@@ -243,8 +258,10 @@ class Crawler:
 
     # -- the bundle ----------------------------------------------------------------------
 
-    async def _bundle(self, suffix: str, site: Site, result: PairResult) -> _Trusted | None:
-        got = await self._fetch(suffix, site, "bundle", site.bundle_url(suffix))
+    async def _bundle(
+        self, suffix: str, site: Site, result: PairResult, state: FetchState | _Unread | None
+    ) -> _Trusted | None:
+        got = await self._fetch(suffix, site, "bundle", site.bundle_url(suffix), before=state)
         if got.result is None or got.result.status not in (200, 304):
             fallback = site.well_known_url(suffix)
             if fallback is not None and (got.result is None or got.result.status == 404):
@@ -313,7 +330,9 @@ class Crawler:
         )
         if not report.ok:
             return None
-        await self.store.set_pith_number(suffix, number)
+        if self._numbers.get(suffix) != number:
+            await self.store.set_pith_number(suffix, number)
+            self._numbers[suffix] = number
         await self.store.put_history(_sha(body), *_history(report.document))
         if self.config.trust.follow_rotations:
             await self._learn_keys(report.document, site.name, _sha(body), now)
@@ -396,11 +415,19 @@ class Crawler:
         log: bool,
         suffix: str | None = None,
     ) -> None:
+        if self._open_scopes is None:
+            self._open_scopes = {a.scope for a in await self.store.alerts.open_alerts()}
+        if not current and scope not in self._open_scopes:
+            return  # nothing to open, nothing open to close: no transaction at all
         if suffix is not None:
             current = [e if e.suffix else replace(e, suffix=suffix) for e in current]
         opened, closed = await self.store.alerts.reconcile(
             scope, current, now=now, sinks=sink_names(self.config.alerts), log=log
         )
+        if current:
+            self._open_scopes.add(scope)
+        else:
+            self._open_scopes.discard(scope)
         log_alerts(opened, closed)
 
     # -- state.json ----------------------------------------------------------------------
@@ -467,9 +494,17 @@ class Crawler:
     # -- plumbing --------------------------------------------------------------------------
 
     async def _fetch(
-        self, suffix: str, site: Site, kind: str, url: str, *, conditional: bool = True
+        self,
+        suffix: str,
+        site: Site,
+        kind: str,
+        url: str,
+        *,
+        conditional: bool = True,
+        before: FetchState | _Unread | None = UNREAD,
     ) -> _Got:
-        before = await self.store.fetch_state(suffix, site.name, kind)
+        if isinstance(before, _Unread):
+            before = await self.store.fetch_state(suffix, site.name, kind)
         same_url = conditional and before is not None and before.url == url
         try:
             result = await self.fetcher.get(

@@ -143,7 +143,7 @@ async def _pair(crawler: Crawler, store: Store, suffix: str, site: Site) -> Pair
     now = datetime.now(UTC)
     if state is not None and state.failures and state.next_due and state.next_due > now:
         return PairResult(suffix, site.name, error=state.last_error or "failing", deferred=True)
-    return await crawler.sync_pair(suffix, site)
+    return await crawler.sync_pair(suffix, site, bundle_state=state)
 
 
 class Progress:
