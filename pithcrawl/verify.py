@@ -334,7 +334,6 @@ class _BundleCheck:
             f_index: codes for f_index, codes in self._event_reasons().items() if not valid[f_index]
         }
         state = self._state(valid, reasons, groups, number)
-        self._time_order()
         return Report(
             "bundle",
             number,
@@ -383,7 +382,7 @@ class _BundleCheck:
         if key is None:
             return False
         ok = True
-        signed_at = self.times.get(path + "/signed_at")
+        signed_at = self.times.get(path)
         rotates = self.rotates.get(key.key_id)
         if signed_at is not None and rotates is not None and signed_at.at > rotates.at:
             self.add(
@@ -603,97 +602,93 @@ class _BundleCheck:
 
     # -- timestamps (pith-format.md §5) ---------------------------------------------
 
-    def _timestamps(self) -> None:
-        """Rule 1: every timestamp parses and none is in the future."""
-        for path, value, future_ok in self._timestamp_fields():
-            ts = parse_timestamp(value)
-            self.times[path] = ts
-            if ts is None:
-                self.add("timestamp_invalid", path, f"{value!r} is not an RFC 3339 UTC time")
-            elif not future_ok and ts.at > self.latest:
-                self.add(
-                    "timestamp_future",
-                    path,
-                    f"{ts.text} is later than now plus the allowed clock skew",
-                )
+    def _ts(self, path: str, value: Any, *, future_ok: bool = False) -> Timestamp | None:
+        """Rule 1 for one field: it parses, and (unless `future_ok`) is not in the future."""
+        ts = parse_timestamp(value)
+        if ts is None:
+            self.add("timestamp_invalid", path, f"{value!r} is not an RFC 3339 UTC time")
+        elif not future_ok and ts.at > self.latest:
+            self.add(
+                "timestamp_future", path, f"{ts.text} is later than now plus the allowed clock skew"
+            )
+        return ts
 
-    def _timestamp_fields(self) -> Iterator[tuple[str, Any, bool]]:
-        doc = self.doc
-        yield (
+    def _order(self, a: Timestamp | None, b: Timestamp | None, path: str, why: str) -> None:
+        """a ≤ b, or a `timestamp_order` finding at `path`."""
+        if a is not None and b is not None and not not_after(a, b):
+            self.add("timestamp_order", path, f"{why}: {a.text} is after {b.text}")
+
+    def _timestamps(self) -> None:
+        """Rules 1–5 in one pass (rule 6, rotation, is checked with each signature).
+
+        Only the times a later check needs are kept: each signature's `signed_at`, by
+        the signature's path, and each announced `rotates_at`.
+        """
+        doc, ts, order, times = self.doc, self._ts, self._order, self.times
+        submitted = ts(
             "/canonical_record/metadata/submitted_at",
             doc["canonical_record"]["metadata"]["submitted_at"],
-            False,
         )
+        built = ts("/built_at", doc["built_at"])
         for i, alias in enumerate(doc["source_aliases"]):
             if "created_at" in alias:
-                yield f"/source_aliases/{i}/created_at", alias["created_at"], False
-        for i, event in enumerate(doc["events"]):
-            yield f"/events/{i}/created_at", event["created_at"], False
-            yield f"/events/{i}/signature/signed_at", event["signature"]["signed_at"], False
-            if event["event_type"] == "record_created":
-                receipt = event["payload"]["receipt"]
-                for fld in ("signed_at", "first_computed_at", "last_reissued_at"):
-                    yield f"/events/{i}/payload/receipt/{fld}", receipt[fld], False
-        yield "/built_at", doc["built_at"], False
-        yield "/bundle_signature/signed_at", doc["bundle_signature"]["signed_at"], False
-        for i, key in enumerate(doc["public_keys"]):
-            if key.get("rotates_at") is not None:
-                yield f"/public_keys/{i}/rotates_at", key["rotates_at"], True
-
-    def _before(self, earlier: str, later: str, flag: str, message: str) -> None:
-        a, b = self.times.get(earlier), self.times.get(later)
-        if a is not None and b is not None and not not_after(a, b):
-            self.add("timestamp_order", flag, f"{message}: {a.text} is after {b.text}")
-
-    def _time_order(self) -> None:
-        """Rules 2–5 (rule 6, rotation, is checked with each signature)."""
-        doc = self.doc
-        submitted = "/canonical_record/metadata/submitted_at"
-        for i, event in enumerate(doc["events"]):
-            base = f"/events/{i}"
-            if event["event_type"] == "record_created":
-                self._before(
-                    submitted,
-                    base + "/created_at",
-                    base + "/created_at",
-                    "the record was created before the paper was submitted",
-                )
-                receipt = base + "/payload/receipt"
-                self._before(
-                    receipt + "/first_computed_at",
-                    receipt + "/last_reissued_at",
-                    receipt + "/last_reissued_at",
-                    "the receipt was reissued before it was first computed",
-                )
-                self._before(
-                    receipt + "/first_computed_at",
-                    receipt + "/signed_at",
-                    receipt + "/signed_at",
-                    "the receipt was signed before it was first computed",
-                )
-            self._before(
-                base + "/created_at",
-                base + "/signature/signed_at",
-                base + "/signature/signed_at",
-                "the event was signed before it was created",
-            )
-            self._before(
-                base + "/created_at", "/built_at", "/built_at", f"event {i} is newer than the build"
-            )
-        for i, alias in enumerate(doc["source_aliases"]):
-            if "created_at" in alias:
-                self._before(
-                    f"/source_aliases/{i}/created_at",
-                    "/built_at",
+                path = f"/source_aliases/{i}/created_at"
+                order(
+                    ts(path, alias["created_at"]),
+                    built,
                     "/built_at",
                     f"alias {i} is newer than the build",
                 )
-        self._before(
-            "/built_at",
-            "/bundle_signature/signed_at",
+        for i, event in enumerate(doc["events"]):
+            base = f"/events/{i}"
+            created = ts(base + "/created_at", event["created_at"])
+            signed = times[base + "/signature"] = ts(
+                base + "/signature/signed_at", event["signature"]["signed_at"]
+            )
+            if event["event_type"] == "record_created":
+                receipt = event["payload"]["receipt"]
+                rbase = base + "/payload/receipt"
+                r_signed = times[rbase] = ts(rbase + "/signed_at", receipt["signed_at"])
+                first = ts(rbase + "/first_computed_at", receipt["first_computed_at"])
+                last = ts(rbase + "/last_reissued_at", receipt["last_reissued_at"])
+                order(
+                    submitted,
+                    created,
+                    base + "/created_at",
+                    "the record was created before the paper was submitted",
+                )
+                order(
+                    first,
+                    last,
+                    rbase + "/last_reissued_at",
+                    "the receipt was reissued before it was first computed",
+                )
+                order(
+                    first,
+                    r_signed,
+                    rbase + "/signed_at",
+                    "the receipt was signed before it was first computed",
+                )
+            order(
+                created,
+                signed,
+                base + "/signature/signed_at",
+                "the event was signed before it was created",
+            )
+            order(created, built, "/built_at", f"event {i} is newer than the build")
+        bundle_signed = times["/bundle_signature"] = ts(
+            "/bundle_signature/signed_at", doc["bundle_signature"]["signed_at"]
+        )
+        order(
+            built,
+            bundle_signed,
             "/bundle_signature/signed_at",
             "the bundle was signed before it was built",
         )
+        for i, key in enumerate(doc["public_keys"]):
+            if key.get("rotates_at") is not None:
+                path = f"/public_keys/{i}/rotates_at"
+                times[path] = ts(path, key["rotates_at"], future_ok=True)
 
 
 def _b64(text: str) -> bytes | None:
