@@ -21,6 +21,17 @@ from typing import Any
 
 import orjson
 
+#: At most this many values (counted from the structural bytes, before parsing) in a
+#: document: a real bundle has about 1,500; a hostile one of a few MB of `[[],[],...]`
+#: would otherwise cost tens of bytes of Python objects per byte received.
+MAX_VALUES = 200_000
+
+
+def _too_many_values(data: bytes) -> int | None:
+    """An upper bound on the values in `data` when it is over the limit, else None."""
+    bound = data.count(b",") + data.count(b"[") + data.count(b"{")
+    return bound if bound > MAX_VALUES else None
+
 
 class MalformedJSON(ValueError):
     """The bytes are not one strict JSON document; the message says why."""
@@ -60,6 +71,9 @@ _strict = json.JSONDecoder(object_pairs_hook=_pairs, parse_float=_float, parse_c
 
 def parse(data: bytes) -> Any:
     """Parse one strict JSON document from raw bytes, or raise `MalformedJSON`."""
+    too_many = _too_many_values(data)
+    if too_many is not None:
+        raise MalformedJSON(f"too large: up to {too_many} values (at most {MAX_VALUES})")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -101,6 +115,8 @@ def parse_compact(data: bytes) -> Any | None:
     unusual float (one a non-Python writer formatted) must fall back to `parse`;
     `verify.verify_bundle` does, whenever this reading gives any finding.
     """
+    if _too_many_values(data) is not None:
+        return None
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError:

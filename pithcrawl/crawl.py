@@ -30,7 +30,7 @@ from pithcrawl.fetch import Fetcher, FetchResult
 from pithcrawl.findings import Severity
 from pithcrawl.keys import InvalidKey, TrustSet, key_problems, load_key
 from pithcrawl.metrics import Metrics
-from pithcrawl.mirrors import Site, discoverable, from_hints
+from pithcrawl.mirrors import Site, discoverable, from_hints, public_url
 from pithcrawl.schedule import next_due, retry_due
 from pithcrawl.store import FetchOutcome, FetchState, NewEvent, Snapshot, Store
 from pithcrawl.timestamps import format_timestamp
@@ -285,7 +285,7 @@ class Crawler:
         body = got.result.body
         report = self._verify(body, suffix, now)
         self.metrics.findings(f.code for f in report.findings)
-        number = report.pith_number or suffix
+        number = await self._number(suffix, report)
         evidence = {
             "mirror": site.name,
             "url": got.result.final_url,
@@ -378,20 +378,13 @@ class Crawler:
         evidence: dict[str, Any],
         now: datetime,
     ) -> list[NewEvent]:
-        """What a new trusted bundle changes: news against the last trusted one, and
-        rollbacks against the newest one this mirror ever served."""
-        number = report.pith_number or suffix
-        before = parse(await self.store.get_blob(previous.body_sha256))
-        changes = [(previous, c) for c in timeline.compare(before, report.document, mirror=mirror)]
-        highest = await self.store.highest_trusted_bundle(suffix, mirror)
-        if highest is not None and highest.body_sha256 != previous.body_sha256:
-            high = parse(await self.store.get_blob(highest.body_sha256))
-            changes = [(p, c) for p, c in changes if c.kind != "rollback"]
-            changes += [
-                (highest, c)
-                for c in timeline.compare(high, report.document, mirror=mirror)
-                if c.kind == "rollback"
-            ]
+        """What a new trusted bundle changes, judged against the newest history this mirror
+        ever served (not merely the last one: after a replay of an old bundle, the news
+        when the mirror recovers is only what is really new)."""
+        number = await self._number(suffix, report)
+        base = await self.store.highest_trusted_bundle(suffix, mirror) or previous
+        before = parse(await self.store.get_blob(base.body_sha256))
+        changes = [(base, c) for c in timeline.compare(before, report.document, mirror=mirror)]
         return [
             NewEvent(
                 kind=c.kind,
@@ -405,6 +398,21 @@ class Crawler:
             )
             for p, c in changes
         ]
+
+    async def _number(self, suffix: str, report: Report) -> str:
+        """The tracked record's Pith Number (or its suffix, before one was verified).
+
+        Never the number a document claims for itself when that is another record: a
+        mirror serving record B at record A's address raises an alert about A.
+        """
+        if not self._numbers:
+            self._numbers.update(
+                (r.suffix, r.pith_number) for r in await self.store.tracked() if r.pith_number
+            )
+        claimed = report.pith_number
+        if claimed is not None and claimed.rpartition(":")[2] == suffix:
+            return claimed
+        return self._numbers.get(suffix, suffix)
 
     async def _reconcile(
         self,
@@ -507,8 +515,10 @@ class Crawler:
             before = await self.store.fetch_state(suffix, site.name, kind)
         same_url = conditional and before is not None and before.url == url
         try:
+            guarded = site.origin == "discovered" and not self.config.crawl.allow_private_hosts
             result = await self.fetcher.get(
                 url,
+                allow_url=public_url if guarded else None,
                 etag=before.etag if same_url and before else None,
                 last_modified=before.last_modified if same_url and before else None,
             )

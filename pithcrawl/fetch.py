@@ -13,9 +13,10 @@ escapes). It does not judge statuses: 404, 410, 429 and 5xx come back as results
 from __future__ import annotations
 
 import email.utils
+import inspect
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -47,6 +48,8 @@ _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _SOCK_TIMEOUT_MAX = 10.0
 _ACCEPT_ENCODING = "gzip, deflate"
 _DETAIL_MAX = 200
+# Bytes taken from aiohttp's buffer per read of a body.
+_READ_CHUNK = 1 << 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,11 +83,19 @@ class FetchResult:
         return self.status == 304
 
 
+AllowUrl = Callable[[str], bool | Awaitable[bool]]
+
+
 class Fetcher(Protocol):
     """What `crawl` needs from the network: one GET, optionally conditional."""
 
     async def get(
-        self, url: str, *, etag: str | None = None, last_modified: str | None = None
+        self,
+        url: str,
+        *,
+        etag: str | None = None,
+        last_modified: str | None = None,
+        allow_url: AllowUrl | None = None,
     ) -> FetchResult: ...
 
 
@@ -144,7 +155,7 @@ class HttpFetcher:
         concurrency: int = 32,
         per_host: int = 4,
         max_redirects: int = 5,
-        allow_url: Callable[[str], bool] | None = None,
+        allow_url: AllowUrl | None = None,
     ) -> None:
         if not timeout > 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
@@ -198,9 +209,15 @@ class HttpFetcher:
             await session.close()
 
     async def get(
-        self, url: str, *, etag: str | None = None, last_modified: str | None = None
+        self,
+        url: str,
+        *,
+        etag: str | None = None,
+        last_modified: str | None = None,
+        allow_url: AllowUrl | None = None,
     ) -> FetchResult:
         """GET `url`, following redirects; see the module docstring for what raises."""
+        allow = allow_url or self._allow_url
         if self._session is None:
             raise RuntimeError("HttpFetcher.get() called outside `async with`")
         current = _http_url(url)
@@ -222,7 +239,7 @@ class HttpFetcher:
                     elapsed += time.monotonic() - started
             if isinstance(outcome, FetchResult):
                 return replace(outcome, elapsed=elapsed)
-            current = self._follow(url, chain, outcome)
+            current = await self._follow(url, chain, outcome, allow)
 
     async def post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
         """POST `body` (a webhook delivery); the response status. Redirects are not
@@ -245,7 +262,7 @@ class HttpFetcher:
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise self._translate(exc, target, reading_body=False) from exc
 
-    def _follow(self, url: str, chain: list[str], target: URL) -> URL:
+    async def _follow(self, url: str, chain: list[str], target: URL, allow: AllowUrl | None) -> URL:
         """Vet one redirect target against the loop, the count and the caller's hook."""
         text = str(target)
         hops = " → ".join([*chain, text])
@@ -253,7 +270,10 @@ class HttpFetcher:
             raise RedirectError(f"{url}: redirect loop: {hops}")
         if len(chain) > self._max_redirects:
             raise RedirectError(f"{url}: more than {self._max_redirects} redirects: {hops}")
-        if self._allow_url is not None and not self._allow_url(text):
+        allowed = True if allow is None else allow(text)
+        if inspect.isawaitable(allowed):
+            allowed = await allowed
+        if not allowed:
             raise RedirectRefused(f"{url}: redirect to {text} refused by policy: {hops}")
         chain.append(text)
         return target
@@ -312,7 +332,9 @@ class HttpFetcher:
         # aiohttp decodes gzip/deflate incrementally, at most about a read buffer per
         # chunk, and pauses the socket while we hold unread data: memory stays bounded,
         # and the count below is of decoded bytes, so a bomb stops here at the cap.
-        async for chunk in resp.content.iter_any():
+        # Pieces of a fixed size, not `iter_any()`: that joins everything aiohttp has
+        # buffered into one more copy (most of a MiB of a bomb's decoded zeros).
+        async for chunk in resp.content.iter_chunked(_READ_CHUNK):
             size += len(chunk)
             if size > cap:
                 resp.close()

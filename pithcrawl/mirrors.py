@@ -167,6 +167,12 @@ def is_public_address(address: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
+async def public_url(url: str) -> bool:
+    """Whether a discovered mirror may send us to `url`: https, to public addresses only."""
+    site = Site("", url, url, url, None, "discovered")
+    return await discoverable(site, allow_private=False) is None
+
+
 async def discoverable(site: Site, *, allow_private: bool) -> str | None:
     """Why a discovered mirror may not be crawled, or None when it may."""
     urls = [site.base_url, site.bundle_url("A" * 26), site.state_url("A" * 26)]
