@@ -245,5 +245,14 @@ async def resolve(config: Config, store: Store, fetcher: Fetcher, now: datetime)
         if s.origin == "manifest"
         and any(m.manifest and s.name.startswith(f"{m.name}/") for m in config.mirrors)
     ]
-    discovered = [s for s in known if s.origin == "discovered"] if config.crawl.discover else []
+    discovered = []
+    if config.crawl.discover:
+        for site in (s for s in known if s.origin == "discovered"):
+            # Checked again each time: a name may now resolve elsewhere, and a mirror
+            # found while private hosts were allowed is dropped once they are not.
+            refused = await discoverable(site, allow_private=config.crawl.allow_private_hosts)
+            if refused is None:
+                discovered.append(site)
+            else:
+                log.info("mirror_skipped", mirror=site.name, reason=refused)
     return unique([*sites, *manifest_sites, *discovered])

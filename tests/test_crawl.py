@@ -409,3 +409,21 @@ async def test_mirrors_listed_by_a_manifest_are_crawled(tmp_path, signer):
         assert (summary.mirrors, summary.errors, summary.new_snapshots) == (1, 0, 2)
         async with e.store() as store:
             assert await store.latest_snapshot(b.suffix, "registry/listed", "bundle", trusted=True)
+
+
+async def test_a_discovered_mirror_is_dropped_when_private_hosts_are_no_longer_allowed(
+    tmp_path, signer
+):
+    async with env(tmp_path, signer, n=2) as e:
+        b = record(signer)
+        hint(b, e.mirrors[1].base_url)
+        serve(e, b)
+        allowed = "discover = true\nallow_private_hosts = true"
+        e.config = _config(tmp_path, [e.mirrors[0].base_url], allowed)
+        await track(e, b)
+        await e.sync()
+        assert (await e.sync()).mirrors == 2
+        e.config = _config(tmp_path, [e.mirrors[0].base_url], "discover = true")
+        hits = sum(e.mirrors[1].hits.values())
+        assert (await e.sync()).mirrors == 1
+        assert sum(e.mirrors[1].hits.values()) == hits
