@@ -194,8 +194,10 @@ class Session:
         return list(await self._conn.execute_fetchall(sql, params))
 
     async def one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
-        async with self._conn.execute(sql, params) as cur:
-            return await cur.fetchone()
+        # One trip to the database thread (execute_fetchall), not three (execute,
+        # fetchone, close): every statement is a hand-off between threads.
+        rows = list(await self._conn.execute_fetchall(sql, params))
+        return rows[0] if rows else None
 
     async def run(self, sql: str, params: Sequence[Any] = ()) -> tuple[int, int | None]:
         """Execute one statement; (rows changed, last inserted rowid)."""
