@@ -315,25 +315,24 @@ class Crawler:
             events.extend(
                 await self._changes(suffix, site.name, previous, report, evidence=evidence, now=now)
             )
-        snapshot = await self.store.record_fetch(
-            self._outcome(suffix, site.name, got, now, report=report, patch=patch, events=events)
+        outcome = self._outcome(
+            suffix, site.name, got, now, report=report, patch=patch, events=events
         )
-        self._report(result, snapshot is not None, events)
+        if report.ok:
+            history = _history(report.document)
+            outcome = replace(outcome, pith_number=number, history=(history[1], history[2]))
         # The mirror's document conditions are what this body shows: an invalid body, or
         # a history older than one it served before. Any other open one has cleared.
-        await self._reconcile(
+        snapshot = await self._store(
+            outcome,
             f"document:{suffix}:{site.name}",
             [e for e in events if e.severity == "critical"],
-            now,
-            log=False,
-            suffix=suffix,
+            suffix,
         )
+        self._report(result, snapshot is not None, events)
         if not report.ok:
             return None
-        if self._numbers.get(suffix) != number:
-            await self.store.set_pith_number(suffix, number)
-            self._numbers[suffix] = number
-        await self.store.put_history(_sha(body), *_history(report.document))
+        self._numbers[suffix] = number
         if self.config.trust.follow_rotations:
             await self._learn_keys(report.document, site.name, _sha(body), now)
         if self.config.crawl.discover:
@@ -398,6 +397,26 @@ class Crawler:
             )
             for p, c in changes
         ]
+
+    async def _store(
+        self, outcome: FetchOutcome, scope: str, current: list[NewEvent], suffix: str
+    ) -> Snapshot | None:
+        """Archive a fetch, and reconcile the alerts of its scope in the same transaction
+        (skipped when there is nothing to report and nothing open there)."""
+        if self._open_scopes is None:
+            self._open_scopes = {a.scope for a in await self.store.alerts.open_alerts()}
+        if not current and scope not in self._open_scopes:
+            return await self.store.record_fetch(outcome)
+        current = [e if e.suffix else replace(e, suffix=suffix) for e in current]
+        snapshot, opened, closed = await self.store.record_fetch_and_alerts(
+            outcome, scope, current, sinks=sink_names(self.config.alerts)
+        )
+        if current:
+            self._open_scopes.add(scope)
+        else:
+            self._open_scopes.discard(scope)
+        log_alerts(opened, closed)
+        return snapshot
 
     async def _number(self, suffix: str, report: Report) -> str:
         """The tracked record's Pith Number (or its suffix, before one was verified).
@@ -493,11 +512,13 @@ class Crawler:
                     else f"state_url_mismatch:{suffix}:{site.name}:{_sha(body)}",
                 )
             )
-        snapshot = await self.store.record_fetch(
-            self._outcome(suffix, site.name, got, now, report=report, events=events)
+        snapshot = await self._store(
+            self._outcome(suffix, site.name, got, now, report=report, events=events),
+            f"state:{suffix}:{site.name}",
+            events,
+            suffix,
         )
         self._report(result, snapshot is not None, events)
-        await self._reconcile(f"state:{suffix}:{site.name}", events, now, log=False, suffix=suffix)
 
     # -- plumbing --------------------------------------------------------------------------
 

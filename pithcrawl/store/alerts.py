@@ -134,23 +134,34 @@ class AlertBook:
         of the scope that are no longer reported close, with an `alert_closed` entry.
         Each opening and closing is queued for every sink. One transaction.
         """
+        async with self._db.write("reconcile alerts") as s:
+            return await self.reconcile_in(s, scope, current, now=now, sinks=sinks, log=log)
+
+    async def reconcile_in(
+        self,
+        s: Session,
+        scope: str,
+        current: Sequence[NewEvent],
+        *,
+        now: datetime,
+        sinks: Sequence[str],
+        log: bool,
+    ) -> tuple[list[Alert], list[Alert]]:
+        """`reconcile`, inside a transaction the caller holds (see `Store.record_fetch`)."""
         keys = {c.dedup_key: c for c in current if c.dedup_key}
         opened: list[Alert] = []
         closed: list[Alert] = []
-        async with self._db.write("reconcile alerts") as s:
-            rows = await s.all(
-                "SELECT * FROM alerts WHERE scope = ? AND closed_at IS NULL", (scope,)
-            )
-            already = {r["dedup_key"]: _alert(r) for r in rows}
-            for key, alert in already.items():
-                if key not in keys:
-                    closed.append(await self._close(s, alert, now, sinks))
-            for key, c in keys.items():
-                if key in already:
-                    continue
-                new = await self._open(s, scope, c, now=now, sinks=sinks, log=log)
-                if new is not None:
-                    opened.append(new)
+        rows = await s.all("SELECT * FROM alerts WHERE scope = ? AND closed_at IS NULL", (scope,))
+        already = {r["dedup_key"]: _alert(r) for r in rows}
+        for key, alert in already.items():
+            if key not in keys:
+                closed.append(await self._close(s, alert, now, sinks))
+        for key, c in keys.items():
+            if key in already:
+                continue
+            new = await self._open(s, scope, c, now=now, sinks=sinks, log=log)
+            if new is not None:
+                opened.append(new)
         return opened, closed
 
     async def _open(

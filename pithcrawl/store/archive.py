@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import Any
 
 from pithcrawl.errors import StoreError
-from pithcrawl.store.alerts import AlertBook
+from pithcrawl.store.alerts import Alert, AlertBook
 from pithcrawl.store.blobs import pack, unpack
 from pithcrawl.store.connection import Database
 from pithcrawl.store.fetches import INSERT_EVENT, check_outcome, event_params, write_fetch
@@ -279,6 +279,26 @@ class Store:
         check_outcome(fetch, blob)
         async with self._db.write("record a fetch") as s:
             return await write_fetch(s, fetch, blob)
+
+    async def record_fetch_and_alerts(
+        self,
+        fetch: FetchOutcome,
+        scope: str,
+        current: Sequence[NewEvent],
+        *,
+        sinks: Sequence[str],
+    ) -> tuple[Snapshot | None, list[Alert], list[Alert]]:
+        """`record_fetch` and the alerts of `scope` reconciled with `current`, in one
+        transaction: a crash never leaves a body archived without the alert it raises.
+        Returns the new snapshot, and the alerts opened and closed."""
+        blob = await pack(fetch.body) if fetch.body is not None else None
+        check_outcome(fetch, blob)
+        async with self._db.write("record a fetch and its alerts") as s:
+            snapshot = await write_fetch(s, fetch, blob)
+            opened, closed = await self.alerts.reconcile_in(
+                s, scope, current, now=fetch.fetched_at, sinks=sinks, log=False
+            )
+        return snapshot, opened, closed
 
     # -- snapshots and blobs ----------------------------------------------------------------
 

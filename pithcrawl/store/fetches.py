@@ -118,6 +118,26 @@ async def write_fetch(s: Session, fetch: FetchOutcome, blob: PackedBlob | None) 
         )
     if fetch.events:
         await s.run_many(INSERT_EVENT, [event_params(e, fetch.suffix, link) for e in fetch.events])
+    if fetch.trusted and blob is not None:
+        # What the verified bundle says of its record, in the same transaction as the
+        # snapshot: a crash can never leave a trusted body without them.
+        if fetch.pith_number is not None:
+            await s.run(
+                "UPDATE records SET pith_number = ? WHERE suffix = ?",
+                (fetch.pith_number, fetch.suffix),
+            )
+        if fetch.history is not None and fetch.pith_number is not None:
+            events, claims = fetch.history
+            await s.run(
+                "INSERT INTO histories (body_sha256, pith_number, events, claims)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (
+                    blob.sha256,
+                    fetch.pith_number,
+                    to_json_text(list(events)),
+                    to_json_text([list(c) for c in claims]),
+                ),
+            )
     return snapshot
 
 

@@ -217,6 +217,10 @@ class FetchOutcome:
     patch: str | None = None
     events: Sequence[NewEvent] = ()
     error: str | None = None
+    pith_number: str | None = None
+    """For a trusted bundle: the record's verified number, written with the snapshot."""
+    history: tuple[Sequence[str], Sequence[Sequence[str]]] | None = None
+    """For a trusted bundle: its event ids and claimed places (the `histories` row)."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
