@@ -71,6 +71,17 @@ class Summary:
         }
 
 
+def fetcher_for(config: Config) -> HttpFetcher:
+    """The one HTTP client of a pass or a round, as `[crawl]` configures it."""
+    return HttpFetcher(
+        user_agent=user_agent(config.crawl.contact),
+        timeout=config.crawl.timeout.total_seconds(),
+        max_bytes=config.crawl.max_bytes,
+        concurrency=config.crawl.concurrency,
+        per_host=config.crawl.per_host,
+    )
+
+
 async def sync_once(config: Config, db: Path, named: list[str], trust: TrustSet) -> Summary:
     """One pass over every tracked (or named) record and every mirror; then the
     divergence and reachability rules, then alert delivery."""
@@ -82,13 +93,7 @@ async def sync_once(config: Config, db: Path, named: list[str], trust: TrustSet)
         if config.watch.pith:
             await store.track([parse_reference(p) for p in config.watch.pith], now)
         suffixes = named or [r.suffix for r in await store.tracked()]
-        async with HttpFetcher(
-            user_agent=user_agent(config.crawl.contact),
-            timeout=config.crawl.timeout.total_seconds(),
-            max_bytes=config.crawl.max_bytes,
-            concurrency=config.crawl.concurrency,
-            per_host=config.crawl.per_host,
-        ) as fetcher:
+        async with fetcher_for(config) as fetcher:
             sites = await resolve(config, store, fetcher, now)
             summary.records, summary.mirrors = len(suffixes), len(sites)
             trust = await with_learned(trust, store, config)
@@ -243,13 +248,7 @@ class Daemon:
         config = self.config
         if config.watch.pith:
             await self.store.track([parse_reference(p) for p in config.watch.pith], _now())
-        async with HttpFetcher(
-            user_agent=user_agent(config.crawl.contact),
-            timeout=config.crawl.timeout.total_seconds(),
-            max_bytes=config.crawl.max_bytes,
-            concurrency=config.crawl.concurrency,
-            per_host=config.crawl.per_host,
-        ) as fetcher:
+        async with fetcher_for(config) as fetcher:
             trust = await with_learned(self.trust, self.store, config)
             crawler = Crawler(config, self.store, fetcher, trust, _now, metrics=self.metrics)
             await self._refresh_sites(fetcher)
