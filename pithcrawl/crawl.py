@@ -28,7 +28,7 @@ from pithcrawl.config import Config
 from pithcrawl.errors import FetchError
 from pithcrawl.fetch import Fetcher, FetchResult
 from pithcrawl.findings import Severity
-from pithcrawl.keys import InvalidKey, TrustSet, key_problems, load_key
+from pithcrawl.keys import InvalidKey, TrustedKey, TrustSet, key_problems, load_key
 from pithcrawl.metrics import Metrics
 from pithcrawl.mirrors import Site, discoverable, from_hints, public_url
 from pithcrawl.schedule import next_due, retry_due
@@ -318,9 +318,17 @@ class Crawler:
         outcome = self._outcome(
             suffix, site.name, got, now, report=report, patch=patch, events=events
         )
+        learned: list[TrustedKey] = []
         if report.ok:
             history = _history(report.document)
-            outcome = replace(outcome, pith_number=number, history=(history[1], history[2]))
+            if self.config.trust.follow_rotations:
+                learned = self._announced_keys(report.document)
+            outcome = replace(
+                outcome,
+                pith_number=number,
+                history=(history[1], history[2]),
+                learned_keys=[k.to_json() for k in learned],
+            )
         # The mirror's document conditions are what this body shows: an invalid body, or
         # a history older than one it served before. Any other open one has cleared.
         snapshot = await self._store(
@@ -333,8 +341,15 @@ class Crawler:
         if not report.ok:
             return None
         self._numbers[suffix] = number
-        if self.config.trust.follow_rotations:
-            await self._learn_keys(report.document, site.name, _sha(body), now)
+        if learned:
+            self.trust = self.trust.with_keys(learned)
+            for key in learned:
+                log.warning(
+                    "key_learned",
+                    key_id=key.key_id,
+                    fingerprint=key.fingerprint_hex,
+                    body_sha256=_sha(body),
+                )
         if self.config.crawl.discover:
             await self._discover(report.document, suffix, now)
         return _Trusted(_sha(body), report.bundle_sha256, report.document)
@@ -643,25 +658,18 @@ class Crawler:
             emit = log.warning if e.severity in ("critical", "error") else log.info
             emit(e.kind, severity=e.severity, summary=e.summary, dedup_key=e.dedup_key)
 
-    async def _learn_keys(
-        self, bundle: dict[str, Any], mirror: str, body_sha256: str, now: datetime
-    ) -> None:
-        """Trust the keys a verified bundle announces (`trust.follow_rotations`)."""
+    def _announced_keys(self, bundle: dict[str, Any]) -> list[TrustedKey]:
+        """New, well-formed keys a verified bundle announces (`trust.follow_rotations`):
+        kept in the archive in the transaction of the snapshot that announced them."""
+        keys = []
         for doc in bundle["public_keys"]:
             if doc["key_id"] in self.trust or key_problems(doc):
                 continue
             try:
-                key = load_key(doc)
+                keys.append(load_key(doc))
             except InvalidKey:
                 continue
-            self.trust = self.trust.with_keys([key])
-            if await self.store.learn_key(doc, at=now, mirror=mirror, body_sha256=body_sha256):
-                log.warning(
-                    "key_learned",
-                    key_id=key.key_id,
-                    fingerprint=key.fingerprint_hex,
-                    body_sha256=body_sha256,
-                )
+        return keys
 
     async def _discover(self, bundle: dict[str, Any], suffix: str, now: datetime) -> None:
         """Add the mirrors a verified bundle names, if they may be crawled."""

@@ -126,6 +126,14 @@ async def write_fetch(s: Session, fetch: FetchOutcome, blob: PackedBlob | None) 
                 "UPDATE records SET pith_number = ? WHERE suffix = ?",
                 (fetch.pith_number, fetch.suffix),
             )
+        await s.run_many(
+            "INSERT INTO learned_keys (key_id, key_json, learned_at, mirror, body_sha256)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            [
+                (k["key_id"], to_json_text(k), fetched_at, fetch.mirror, blob.sha256)
+                for k in fetch.learned_keys
+            ],
+        )
         if fetch.history is not None and fetch.pith_number is not None:
             events, claims = fetch.history
             await s.run(

@@ -221,6 +221,8 @@ class FetchOutcome:
     """For a trusted bundle: the record's verified number, written with the snapshot."""
     history: tuple[Sequence[str], Sequence[Sequence[str]]] | None = None
     """For a trusted bundle: its event ids and claimed places (the `histories` row)."""
+    learned_keys: Sequence[dict[str, Any]] = ()
+    """For a trusted bundle, with `trust.follow_rotations`: the new keys it announces."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
