@@ -182,20 +182,6 @@ class Store:
 
     # -- keys learned from rotations -------------------------------------------------------
 
-    async def learn_key(
-        self, key: dict[str, Any], *, at: datetime, mirror: str, body_sha256: str
-    ) -> bool:
-        """Remember a key a verified bundle announced; False if its id was known already."""
-        async with self._db.write("learn a key") as s:
-            return (
-                await s.run_many(
-                    "INSERT INTO learned_keys (key_id, key_json, learned_at, mirror, body_sha256)"
-                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    [(key["key_id"], to_json_text(key), db_time(at), mirror, body_sha256)],
-                )
-                == 1
-            )
-
     async def learned_keys(self) -> list[dict[str, Any]]:
         async with self._db.read("list learned keys") as s:
             rows = await s.all("SELECT key_json FROM learned_keys ORDER BY learned_at, key_id")
