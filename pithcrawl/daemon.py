@@ -30,9 +30,9 @@ from pithcrawl.fetch import HttpFetcher, user_agent
 from pithcrawl.keys import TrustSet
 from pithcrawl.metrics import Metrics, serve_metrics
 from pithcrawl.mirrors import Site, resolve
+from pithcrawl.pith import parse_reference
 from pithcrawl.sdnotify import Notifier
 from pithcrawl.store import Store
-from pithcrawl.verify import parse_reference
 
 log = structlog.get_logger("pithcrawl.daemon")
 

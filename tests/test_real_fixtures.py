@@ -9,8 +9,9 @@ from conftest import NOW, REAL, REAL_SUFFIX, load_json
 
 from pithcrawl.canon import H, canon, parse
 from pithcrawl.keys import TrustSet, fingerprint_b32, fingerprint_hex, verify_signature
+from pithcrawl.pith import pith_number
 from pithcrawl.trust import load_trust, registry_key
-from pithcrawl.verify import pith_number, verify, verify_bundle, verify_state
+from pithcrawl.verify import verify, verify_bundle, verify_state
 
 
 def test_real_bundle_verifies_with_no_finding(real_bundle_bytes: bytes, real_trust: TrustSet):

@@ -19,8 +19,8 @@ from typing import Any
 from pithcrawl.commands.sync import load
 from pithcrawl.config import Config
 from pithcrawl.errors import UsageError
+from pithcrawl.pith import parse_reference
 from pithcrawl.timestamps import format_seconds
-from pithcrawl.verify import parse_reference
 
 
 def archive(args: argparse.Namespace) -> tuple[Config, Path]:

@@ -20,9 +20,9 @@ import structlog
 from pithcrawl.config import Config, load_config
 from pithcrawl.daemon import sync_once
 from pithcrawl.errors import EXIT_OK, EXIT_OPERATIONAL, EXIT_SECURITY, UsageError
+from pithcrawl.pith import parse_reference
 from pithcrawl.store import Store
 from pithcrawl.trust import load_trust
-from pithcrawl.verify import parse_reference
 
 SYNC_HELP = "One pass: every tracked record from every mirror, verified and archived."
 SYNC_EXAMPLE = "pithcrawl --config /etc/pithcrawl.toml sync --json"
