@@ -200,13 +200,19 @@ class Session:
         return rows[0] if rows else None
 
     async def run(self, sql: str, params: Sequence[Any] = ()) -> tuple[int, int | None]:
-        """Execute one statement; (rows changed, last inserted rowid)."""
-        async with self._conn.execute(sql, params) as cur:
-            return cur.rowcount, cur.lastrowid
+        """Execute one statement; (rows changed, last inserted rowid).
+
+        One trip to the database thread: the cursor holds no result rows, so it is left
+        to be freed with its object rather than closed with a second trip.
+        """
+        cur = await self._conn.execute(sql, params)
+        return cur.rowcount, cur.lastrowid
 
     async def run_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
-        async with self._conn.executemany(sql, rows) as cur:
-            return cur.rowcount
+        if not rows:
+            return 0
+        cur = await self._conn.executemany(sql, rows)
+        return cur.rowcount
 
 
 async def _rollback(conn: aiosqlite.Connection) -> None:
