@@ -23,7 +23,13 @@ from pithcrawl.errors import StoreError
 from pithcrawl.store.alerts import Alert, AlertBook
 from pithcrawl.store.blobs import pack, unpack
 from pithcrawl.store.connection import Database
-from pithcrawl.store.fetches import INSERT_EVENT, check_outcome, event_params, write_fetch
+from pithcrawl.store.fetches import (
+    INSERT_EVENT,
+    bookkeeping_only,
+    check_outcome,
+    event_params,
+    write_fetch,
+)
 from pithcrawl.store.rows import (
     EventRow,
     FetchOutcome,
@@ -263,6 +269,10 @@ class Store:
         """
         blob = await pack(fetch.body) if fetch.body is not None else None
         check_outcome(fetch, blob)
+        single = bookkeeping_only(fetch, blob)
+        if single is not None:
+            await self._db.write_one("record a fetch", *single)
+            return None
         async with self._db.write("record a fetch") as s:
             return await write_fetch(s, fetch, blob)
 

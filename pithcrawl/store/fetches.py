@@ -78,6 +78,39 @@ def check_outcome(fetch: FetchOutcome, blob: PackedBlob | None) -> None:
         db_time(event.at)
 
 
+def bookkeeping_only(
+    fetch: FetchOutcome, blob: PackedBlob | None
+) -> tuple[str, tuple[Any, ...]] | None:
+    """The one statement a fetch that stores no body and no event writes (a 304, an
+    unchanged body, a failure), or None when it writes more. One statement is atomic on
+    its own: it needs no explicit transaction."""
+    if blob is not None or fetch.events or fetch.learned_keys:
+        return None
+    key = (fetch.suffix, fetch.mirror, fetch.kind)
+    fetched_at, next_due = db_time(fetch.fetched_at), db_time_or_none(fetch.next_due)
+    if fetch.error is not None:
+        return _FAILURE, (
+            *key,
+            fetch.url,
+            fetch.status,
+            fetched_at,
+            fetched_at,
+            next_due,
+            fetch.error,
+        )
+    return _SUCCESS, (
+        *key,
+        fetch.url,
+        fetch.etag,
+        fetch.last_modified,
+        fetch.body_sha256,
+        fetch.status,
+        fetched_at,
+        next_due,
+        False,
+    )
+
+
 async def write_fetch(s: Session, fetch: FetchOutcome, blob: PackedBlob | None) -> Snapshot | None:
     """Record `fetch` (whose body, if any, is `blob`) inside the caller's transaction."""
     key = (fetch.suffix, fetch.mirror, fetch.kind)
