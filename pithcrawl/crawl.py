@@ -272,16 +272,16 @@ class Crawler:
         if got.result is None or got.result.status not in (200, 304):
             await self._failed(suffix, site.name, got, result, now)
             return None
-        previous = await self.store.latest_snapshot(suffix, site.name, "bundle", trusted=True)
         if got.unchanged:
             await self.store.record_fetch(self._outcome(suffix, site.name, got, now))
-            last = got.before.body_sha256 if got.before else None
-            if previous is None or previous.body_sha256 != last:
+            before = got.before
+            if before is None or before.body_sha256 is None or not before.body_trusted:
                 # What this mirror serves was never trusted: its alert was raised when it
                 # first came; it is still a security finding of this pass.
                 result.serves_untrusted = True
                 return None
-            return _Trusted(previous.body_sha256, previous.bundle_sha256, None)
+            return _Trusted(before.body_sha256, None, None)
+        previous = await self.store.latest_snapshot(suffix, site.name, "bundle", trusted=True)
         body = got.result.body
         report = self._verify(body, suffix, now)
         self.metrics.findings(f.code for f in report.findings)

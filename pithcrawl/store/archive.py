@@ -113,6 +113,17 @@ UNION
 SELECT suffix FROM alerts WHERE closed_at IS NULL AND scope LIKE 'record:%'
 """
 
+# With the verdict on the body it last saw, so a 304 needs no second read.
+_FETCH_STATE = """
+SELECT f.*, (
+    SELECT s.trusted FROM snapshots AS s
+    WHERE s.suffix = f.suffix AND s.mirror = f.mirror AND s.kind = f.kind
+      AND s.body_sha256 = f.body_sha256
+    ORDER BY s.id DESC LIMIT 1
+) AS body_trusted
+FROM fetch_state AS f WHERE f.suffix = ? AND f.mirror = ? AND f.kind = ?
+"""
+
 _TRUSTED_STATES = """
 SELECT * FROM snapshots WHERE suffix = ? AND kind = 'state' AND trusted = 1
 ORDER BY fetched_at DESC, id DESC LIMIT ?
@@ -227,10 +238,7 @@ class Store:
 
     async def fetch_state(self, suffix: str, mirror: str, kind: str) -> FetchState | None:
         async with self._db.read("read fetch state") as s:
-            row = await s.one(
-                "SELECT * FROM fetch_state WHERE suffix = ? AND mirror = ? AND kind = ?",
-                (suffix, mirror, kind),
-            )
+            row = await s.one(_FETCH_STATE, (suffix, mirror, kind))
         return None if row is None else fetch_state_from_row(row)
 
     async def fetch_states(self, *, suffix: str | None = None) -> list[FetchState]:

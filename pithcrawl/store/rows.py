@@ -112,6 +112,8 @@ class FetchState:
     """Consecutive failures; 0 after a success."""
     next_due: datetime | None
     last_error: str | None
+    body_trusted: bool | None = None
+    """Whether `body_sha256`, as last archived from here, was trusted (None: unknown)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +267,12 @@ def fetch_state_from_row(row: sqlite3.Row) -> FetchState:
         failures=row["failures"],
         next_due=_time_or_none(row["next_due"]),
         last_error=row["last_error"],
+        body_trusted=(
+            None
+            if "body_trusted" not in row.keys()  # noqa: SIM118 - `in row` searches values
+            or row["body_trusted"] is None
+            else bool(row["body_trusted"])
+        ),
     )
 
 
