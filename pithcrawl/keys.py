@@ -13,7 +13,6 @@ import binascii
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -230,7 +229,3 @@ def _verify_cached(raw_key: bytes, digest_hex: str, signature_b64: str) -> bool:
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, ValueError):
         return False
     return True
-
-
-def signed_after_rotation(key: TrustedKey, signed_at: datetime) -> bool:
-    return key.rotates_at is not None and signed_at > key.rotates_at.at

@@ -20,8 +20,8 @@ Decisions:
 - Content is what the spec hashes, `H(event without signature, content_sha256,
   event_id)`, recomputed here: the registry re-signs events on every rebuild, so a new
   `signed_at` or signature is not a change of content.
-- `first_seen` reports nothing: the contract has no kind for a first archive, and the
-  archive's history already shows it.
+- A first snapshot reports nothing: the contract has no kind for a first archive, and
+  the archive's history already shows it.
 - `dedup_key` is `kind:pith_number:mirror:cause:ids`, where `pith_number` is the one
   served before (the record being watched) and `ids` (joined by `+`) are what make this
   change distinct: event ids, key ids, or the two `built_at` values.
@@ -296,12 +296,6 @@ def compare(previous: Bundle, current: Bundle, *, mirror: str) -> list[Change]:
         for kind, severity, rule in RULES
         for fact in rule(previous, current)
     ]
-
-
-def first_seen(bundle: Bundle) -> list[Change]:
-    """The changes a first snapshot brings: none (the archive's history records it)."""
-    del bundle  # nothing to compare with; kept so callers treat both cases alike
-    return []
 
 
 def _difference(served: Mapping[str, Any], inside: Mapping[str, Any]) -> tuple[str, str]:

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pithcrawl.keys import TrustSet, load_key
-from pithcrawl.timeline import Change, compare, compare_state_url, first_seen
+from pithcrawl.timeline import Change, compare, compare_state_url
 from pithcrawl.verify import verify_bundle
 
 MIRROR = "primary"
@@ -187,11 +187,6 @@ def test_other_canonical_record_is_rollback(
         "before": before["canonical_sha256"],
         "after": after["canonical_sha256"],
     }
-
-
-def test_first_snapshot_reports_nothing(builder: BundleBuilder, test_trust: TrustSet):
-    """The first archive of a record raises no change."""
-    assert first_seen(trusted(builder.build(), test_trust)) == []
 
 
 def test_state_json_differing_from_bundle(builder: BundleBuilder, test_trust: TrustSet):
