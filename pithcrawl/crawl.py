@@ -686,21 +686,6 @@ class Crawler:
             log.info("mirror_discovered", mirror=site.name, base_url=site.base_url)
 
 
-async def with_learned(trust: TrustSet, store: Store, config: Config) -> TrustSet:
-    """The configured trust set, plus keys learned from rotations when they are followed."""
-    if not config.trust.follow_rotations:
-        return trust
-    learned = []
-    for doc in await store.learned_keys():
-        try:
-            key = load_key(doc)
-        except InvalidKey:
-            continue
-        if key.key_id not in trust:
-            learned.append(key)
-    return trust.with_keys(learned)
-
-
 def _sha(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 

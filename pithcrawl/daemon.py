@@ -24,7 +24,7 @@ from anyio.abc import TaskStatus
 
 from pithcrawl.alert import Sinks, deliver_due, read_secret
 from pithcrawl.config import Config
-from pithcrawl.crawl import Crawler, PairResult, with_learned
+from pithcrawl.crawl import Crawler, PairResult
 from pithcrawl.errors import PithcrawlError
 from pithcrawl.fetch import HttpFetcher, user_agent
 from pithcrawl.keys import TrustSet
@@ -33,6 +33,7 @@ from pithcrawl.mirrors import Site, resolve
 from pithcrawl.pith import parse_reference
 from pithcrawl.sdnotify import Notifier
 from pithcrawl.store import Store
+from pithcrawl.trust import with_learned
 
 log = structlog.get_logger("pithcrawl.daemon")
 

@@ -1,6 +1,7 @@
 """Loading the trust set from key files: the shipped registry key, or the operator's.
 
-Owns where keys come from on disk. The rules about keys live in `keys`.
+Owns where keys come from: the key files on disk, and the keys learned from rotations
+kept in the archive. The rules about keys live in `keys`.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 
+from pithcrawl.config import Config
 from pithcrawl.errors import ConfigError
 from pithcrawl.keys import InvalidKey, TrustedKey, TrustSet, load_key
+from pithcrawl.store import Store
 
 REGISTRY_KEY_FILE = "pith-v1-2026-05.key.json"
 
@@ -42,3 +45,18 @@ def load_trust(paths: Iterable[Path] = ()) -> TrustSet:
         return TrustSet(keys or [registry_key()])
     except InvalidKey as e:
         raise ConfigError(str(e)) from None
+
+
+async def with_learned(trust: TrustSet, store: Store, config: Config) -> TrustSet:
+    """The configured trust set, plus keys learned from rotations when they are followed."""
+    if not config.trust.follow_rotations:
+        return trust
+    learned = []
+    for doc in await store.learned_keys():
+        try:
+            key = load_key(doc)
+        except InvalidKey:
+            continue
+        if key.key_id not in trust:
+            learned.append(key)
+    return trust.with_keys(learned)

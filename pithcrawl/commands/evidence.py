@@ -25,12 +25,11 @@ import anyio
 from pithcrawl import __version__
 from pithcrawl.commands.report import archive
 from pithcrawl.config import Config
-from pithcrawl.crawl import with_learned
 from pithcrawl.errors import EXIT_OK, OperationalError, UsageError
 from pithcrawl.keys import TrustedKey
 from pithcrawl.store import KINDS, Alert, Snapshot, Store
 from pithcrawl.timestamps import format_timestamp
-from pithcrawl.trust import load_trust
+from pithcrawl.trust import load_trust, with_learned
 
 HELP = "Write every document behind an alert, with a summary, so anyone can re-check it."
 EXAMPLE = "pithcrawl evidence 42 --out alert-42"

@@ -19,11 +19,10 @@ import anyio
 
 from pithcrawl.commands.report import archive
 from pithcrawl.config import Config
-from pithcrawl.crawl import with_learned
 from pithcrawl.errors import EXIT_OK, EXIT_OPERATIONAL, EXIT_SECURITY, StoreError
 from pithcrawl.keys import TrustSet
 from pithcrawl.store import Snapshot, Store
-from pithcrawl.trust import load_trust
+from pithcrawl.trust import load_trust, with_learned
 from pithcrawl.verify import verify_bundle, verify_state
 
 HELP = "Check the database and re-verify every archived trusted body."

@@ -1,4 +1,5 @@
-"""What the read-only report commands (`status`, `history`, `diff`, `events`) share.
+"""What the commands share: the configuration and archive they work on, and for the
+read-only reports (`status`, `history`, `diff`, `events`, …) their plain text forms.
 
 Owns finding the archive without creating it (a missing file is a usage error that
 says to run `sync` first), reading the PITH argument, and the plain text forms of
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from contextlib import suppress
@@ -16,11 +18,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pithcrawl.commands.sync import load
-from pithcrawl.config import Config
+from pithcrawl.config import Config, load_config
 from pithcrawl.errors import UsageError
 from pithcrawl.pith import parse_reference
 from pithcrawl.timestamps import format_seconds
+
+
+def load(args: argparse.Namespace) -> tuple[Config, Path]:
+    """The configuration (`--config`, or the defaults) and the archive's path (`--db`)."""
+    config = load_config(args.config) if args.config else Config()
+    db = args.db or config.db_path(os.environ)
+    return config, db
 
 
 def archive(args: argparse.Namespace) -> tuple[Config, Path]:

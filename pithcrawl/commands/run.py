@@ -8,7 +8,6 @@ import os
 import anyio
 
 from pithcrawl.config import Config, load_config
-from pithcrawl.daemon import Daemon
 from pithcrawl.errors import EXIT_OK
 from pithcrawl.sdnotify import Notifier
 from pithcrawl.trust import load_trust
@@ -29,6 +28,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = load()
     db = args.db or config.db_path(os.environ)
+    from pithcrawl.daemon import Daemon
+
     daemon = Daemon(load, db, lambda c: load_trust(c.trust.keys), Notifier())
     anyio.run(daemon.run)
     return EXIT_OK

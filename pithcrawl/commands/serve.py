@@ -20,7 +20,6 @@ from anyio.abc import TaskStatus
 
 from pithcrawl.commands.report import archive
 from pithcrawl.errors import EXIT_OK, UsageError
-from pithcrawl.serve import serving
 from pithcrawl.store import Store
 
 HELP = "Serve the archive as a Pith mirror (the exact verified bytes), until SIGTERM."
@@ -86,6 +85,8 @@ async def _serve(db: Path, host: str, port: int, name: str | None, base_url: str
         anyio.create_task_group() as tg,
     ):
         await tg.start(_stop_on_signal, tg.cancel_scope)
+        from pithcrawl.serve import serving
+
         async with serving(store, host, port, name=name, base_url=base_url) as server:
             log.info(
                 "serve_started",

@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 import anyio
 import structlog
 
-from pithcrawl.config import Config, load_config
-from pithcrawl.daemon import sync_once
+from pithcrawl.commands.report import load
 from pithcrawl.errors import EXIT_OK, EXIT_OPERATIONAL, EXIT_SECURITY, UsageError
 from pithcrawl.pith import parse_reference
 from pithcrawl.store import Store
@@ -41,12 +38,6 @@ def add_sync_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_track_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pith", nargs="+", metavar="PITH", help="full number, suffix or bundle URL")
-
-
-def load(args: argparse.Namespace) -> tuple[Config, Path]:
-    config = load_config(args.config) if args.config else Config()
-    db = args.db or config.db_path(os.environ)
-    return config, db
 
 
 def _suffixes(refs: list[str]) -> list[str]:
@@ -91,6 +82,8 @@ def run_sync(args: argparse.Namespace) -> int:
     named = _suffixes(args.pith)
     trust = load_trust(config.trust.keys)
     started = time.monotonic()
+    from pithcrawl.daemon import sync_once
+
     summary = anyio.run(sync_once, config, db, named, trust)
     summary.duration_s = time.monotonic() - started
     if args.json:

@@ -26,7 +26,6 @@ from pithcrawl.errors import (
     FetchError,
     UsageError,
 )
-from pithcrawl.fetch import HttpFetcher, user_agent
 from pithcrawl.timestamps import parse_timestamp
 from pithcrawl.trust import load_trust
 from pithcrawl.verify import Report, verify
@@ -127,6 +126,8 @@ def _read_all(sources: list[str], config: Config) -> list[_Read]:
 
 async def _fetch_all(urls: list[str], config: Config) -> dict[str, _Read]:
     out: dict[str, _Read] = {}
+    from pithcrawl.fetch import HttpFetcher, user_agent
+
     async with HttpFetcher(
         user_agent=user_agent(config.crawl.contact),
         timeout=config.crawl.timeout.total_seconds(),
