@@ -144,17 +144,23 @@ class Crawler:
     _open_scopes: set[str] | None = None
 
     async def sync_pair(
-        self, suffix: str, site: Site, *, bundle_state: FetchState | _Unread | None = UNREAD
+        self,
+        suffix: str,
+        site: Site,
+        *,
+        bundle_state: FetchState | _Unread | None = UNREAD,
+        state_state: FetchState | _Unread | None = UNREAD,
     ) -> PairResult:
         """Fetch, verify and archive one record's bundle and state.json from one mirror.
 
-        `bundle_state`: the bundle's fetch bookkeeping when the caller has read it already.
+        `bundle_state`, `state_state`: the fetch bookkeeping of each, when the caller has
+        read it already (None: there is none).
         """
         result = PairResult(suffix, site.name)
         with structlog.contextvars.bound_contextvars(suffix=suffix, mirror=site.name):
             trusted = await self._bundle(suffix, site, result, bundle_state)
             if trusted is not None and result.error is None:
-                await self._state(suffix, site, trusted, result)
+                await self._state(suffix, site, trusted, result, state_state)
             if result.new_snapshots:
                 await self.check_record(suffix)
         return result
@@ -474,8 +480,15 @@ class Crawler:
 
     # -- state.json ----------------------------------------------------------------------
 
-    async def _state(self, suffix: str, site: Site, bundle: _Trusted, result: PairResult) -> None:
-        got = await self._fetch(suffix, site, "state", site.state_url(suffix))
+    async def _state(
+        self,
+        suffix: str,
+        site: Site,
+        bundle: _Trusted,
+        result: PairResult,
+        known: FetchState | _Unread | None = UNREAD,
+    ) -> None:
+        got = await self._fetch(suffix, site, "state", site.state_url(suffix), before=known)
         now = self.clock()
         if got.result is not None and got.result.status == 404:
             return  # state.json is optional for a mirror: its absence is not news

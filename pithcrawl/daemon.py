@@ -32,7 +32,7 @@ from pithcrawl.metrics import Metrics, serve_metrics
 from pithcrawl.mirrors import Site, resolve
 from pithcrawl.pith import parse_reference
 from pithcrawl.sdnotify import Notifier
-from pithcrawl.store import Store
+from pithcrawl.store import FetchState, Store
 from pithcrawl.trust import with_learned
 
 log = structlog.get_logger("pithcrawl.daemon")
@@ -100,23 +100,32 @@ async def sync_once(config: Config, db: Path, named: list[str], trust: TrustSet)
             trust = await with_learned(trust, store, config)
             crawler = Crawler(config, store, fetcher, trust, lambda: datetime.now(UTC))
             progress = Progress(len(suffixes) * len(sites))
-            send, receive = anyio.create_memory_object_stream[tuple[str, Site]](
-                config.crawl.concurrency
-            )
+            send, receive = anyio.create_memory_object_stream[_Job](config.crawl.concurrency)
 
             async def worker() -> None:
                 async with receive.clone() as jobs:
-                    async for suffix, site in jobs:
-                        results.append(await _pair(crawler, store, suffix, site))
+                    async for job in jobs:
+                        results.append(await _pair(crawler, job))
                         progress.step()
 
             async with anyio.create_task_group() as tg:
                 for _ in range(config.crawl.concurrency):
                     tg.start_soon(worker)
                 async with send:
-                    for suffix in suffixes:
-                        for site in sites:
-                            await send.send((suffix, site))
+                    # The bookkeeping of a chunk of records in one read, not one per fetch.
+                    for start in range(0, len(suffixes), PASS_CHUNK):
+                        chunk = suffixes[start : start + PASS_CHUNK]
+                        known = await store.fetch_states_of(chunk)
+                        for suffix in chunk:
+                            for site in sites:
+                                await send.send(
+                                    _Job(
+                                        suffix,
+                                        site,
+                                        known.get((suffix, site.name, "bundle")),
+                                        known.get((suffix, site.name, "state")),
+                                    )
+                                )
                 receive.close()
             progress.done()
             names = [s.name for s in sites]
@@ -143,13 +152,29 @@ async def sync_once(config: Config, db: Path, named: list[str], trust: TrustSet)
     return summary
 
 
-async def _pair(crawler: Crawler, store: Store, suffix: str, site: Site) -> PairResult:
+@dataclass(frozen=True, slots=True)
+class _Job:
+    suffix: str
+    site: Site
+    bundle_state: FetchState | None
+    state_state: FetchState | None
+
+
+#: Records whose bookkeeping a pass reads at once.
+PASS_CHUNK = 256
+
+
+async def _pair(crawler: Crawler, job: _Job) -> PairResult:
     """One pair, unless the mirror asked us (or failed enough) to come back later."""
-    state = await store.fetch_state(suffix, site.name, "bundle")
+    state = job.bundle_state
     now = datetime.now(UTC)
     if state is not None and state.failures and state.next_due and state.next_due > now:
-        return PairResult(suffix, site.name, error=state.last_error or "failing", deferred=True)
-    return await crawler.sync_pair(suffix, site, bundle_state=state)
+        return PairResult(
+            job.suffix, job.site.name, error=state.last_error or "failing", deferred=True
+        )
+    return await crawler.sync_pair(
+        job.suffix, job.site, bundle_state=state, state_state=job.state_state
+    )
 
 
 class Progress:

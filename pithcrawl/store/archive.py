@@ -124,6 +124,16 @@ SELECT f.*, (
 FROM fetch_state AS f WHERE f.suffix = ? AND f.mirror = ? AND f.kind = ?
 """
 
+_FETCH_STATES_OF = """
+SELECT f.*, (
+    SELECT s.trusted FROM snapshots AS s
+    WHERE s.suffix = f.suffix AND s.mirror = f.mirror AND s.kind = f.kind
+      AND s.body_sha256 = f.body_sha256
+    ORDER BY s.id DESC LIMIT 1
+) AS body_trusted
+FROM fetch_state AS f WHERE f.suffix IN (SELECT value FROM json_each(?))
+"""
+
 _TRUSTED_STATES = """
 SELECT * FROM snapshots WHERE suffix = ? AND kind = 'state' AND trusted = 1
 ORDER BY fetched_at DESC, id DESC LIMIT ?
@@ -250,6 +260,15 @@ class Store:
                 (suffix,),
             )
         return [fetch_state_from_row(r) for r in rows]
+
+    async def fetch_states_of(
+        self, suffixes: Sequence[str]
+    ) -> dict[tuple[str, str, str], FetchState]:
+        """The bookkeeping of these records, every mirror and kind, in one read (a pass
+        reads a chunk of records at a time instead of one row per fetch)."""
+        async with self._db.read("read fetch states") as s:
+            rows = await s.all(_FETCH_STATES_OF, (to_json_text(list(suffixes)),))
+        return {(r["suffix"], r["mirror"], r["kind"]): fetch_state_from_row(r) for r in rows}
 
     async def due(
         self, now: datetime, limit: int | None = None, *, mirrors: Sequence[str] | None = None
