@@ -87,3 +87,18 @@ def mirror() -> Iterator[TestMirror]:
 
 def load_json(path: Path) -> Any:
     return json.loads(path.read_bytes())
+
+
+def write_config(tmp_path: Path, signer: TestSigner, *bases: str) -> Path:
+    """A config file trusting `signer`'s key, with one mirror per base URL (m0, m1, …)."""
+    key = tmp_path / "test.key.json"
+    key.write_text(json.dumps(signer.public_key()))
+    mirrors = "".join(
+        f'[[mirrors]]\nname = "m{i}"\nbase_url = "{b}"\n\n' for i, b in enumerate(bases)
+    )
+    cfg = tmp_path / "pithcrawl.toml"
+    cfg.write_text(
+        f'db = "archive.db"\n[trust]\nkeys = ["{key.name}"]\nclock_skew = "3650d"\n'
+        f'[crawl]\ntimeout = "5s"\n\n{mirrors}'
+    )
+    return cfg

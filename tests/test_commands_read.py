@@ -9,26 +9,13 @@ from pathlib import Path
 import jsonpatch
 import pytest
 from builder import BundleBuilder, TestSigner, canonical_record
+from conftest import write_config
 from mirror import TestMirror
 
 from pithcrawl.cli import main
 from pithcrawl.store.connection import WriterLock
 
 OTHER_SUFFIX = "A" * 26  # well formed, never archived
-
-
-def write_config(tmp_path: Path, signer: TestSigner, *bases: str) -> Path:
-    key = tmp_path / "test.key.json"
-    key.write_text(json.dumps(signer.public_key()))
-    mirrors = "".join(
-        f'[[mirrors]]\nname = "m{i}"\nbase_url = "{b}"\n\n' for i, b in enumerate(bases)
-    )
-    cfg = tmp_path / "pithcrawl.toml"
-    cfg.write_text(
-        f'db = "archive.db"\n[trust]\nkeys = ["{key.name}"]\nclock_skew = "3650d"\n'
-        f'[crawl]\ntimeout = "5s"\n\n{mirrors}'
-    )
-    return cfg
 
 
 @dataclass
