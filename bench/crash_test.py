@@ -30,7 +30,8 @@ on both final archives); each must hold whatever moment a crash hits:
                     event → snapshot, history → blob, delivery → alert)
     schema          user_version is pithcrawl's SCHEMA_VERSION
     records         exactly the N records tracked before the first run
-    blobs           each blob is zstd and decompresses to `size` bytes hashing to its key
+    blobs           each blob is zstd (a delta: over its base, one level shallower) and
+                    decompresses to `size` bytes hashing to its key
     snapshot_body   every snapshot's body_sha256 is a blob
     trusted_bundle  every trusted bundle snapshot has bundle_sha256, built_at and
                     event_count, no critical finding, and its body says the same
@@ -123,10 +124,24 @@ def _critical(findings: str) -> list[str]:
 
 
 def _blobs(conn: sqlite3.Connection) -> tuple[list[str], dict[str, bytes]]:
+    """Decode every blob independently of pithcrawl: a delta (`base` set) with its base's
+    decoded bytes as a raw-content zstd dictionary, shallowest bases first."""
     bad, bodies = [], {}
-    for key, size, codec, data in conn.execute("SELECT sha256, size, codec, data FROM blobs"):
+    rows = conn.execute("SELECT sha256, size, codec, base, depth, data FROM blobs ORDER BY depth")
+    depths: dict[str, int] = {}
+    for key, size, codec, base, depth, data in rows:
+        depths[key] = depth
+        if base is not None and (base not in bodies or depths[base] != depth - 1 or depth > 2):
+            bad.append(f"blob {key}: base {base} missing, unreadable or not one level shallower")
+            continue
         try:
-            body = zstandard.ZstdDecompressor().decompress(data, max_output_size=size)
+            dictionary = None
+            if base is not None:
+                raw = zstandard.DICT_TYPE_RAWCONTENT
+                dictionary = zstandard.ZstdCompressionDict(bodies[base], dict_type=raw)
+            body = zstandard.ZstdDecompressor(dict_data=dictionary).decompress(
+                data, max_output_size=size
+            )
         except zstandard.ZstdError as e:
             bad.append(f"blob {key}: does not decompress ({e})")
             continue

@@ -10,7 +10,6 @@ in the same transaction that archives it, after verification.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -18,12 +17,11 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-import jsonpatch
 import structlog
 
 from pithcrawl import divergence, timeline
 from pithcrawl.alert import log_alerts, sink_names
-from pithcrawl.canon import MalformedJSON, parse
+from pithcrawl.canon import parse
 from pithcrawl.config import Config
 from pithcrawl.errors import FetchError
 from pithcrawl.fetch import Fetcher, FetchResult
@@ -299,7 +297,6 @@ class Crawler:
             "body_sha256": _sha(body),
         }
         events: list[NewEvent] = []
-        patch = await self._patch_from_last(suffix, site.name, report)
         if not report.ok:
             result.serves_untrusted = True
             kind = alert_kind(report)
@@ -321,9 +318,7 @@ class Crawler:
             events.extend(
                 await self._changes(suffix, site.name, previous, report, evidence=evidence, now=now)
             )
-        outcome = self._outcome(
-            suffix, site.name, got, now, report=report, patch=patch, events=events
-        )
+        outcome = self._outcome(suffix, site.name, got, now, report=report, events=events)
         learned: list[TrustedKey] = []
         if report.ok:
             history = _history(report.document)
@@ -540,8 +535,18 @@ class Crawler:
                     else f"state_url_mismatch:{suffix}:{site.name}:{_sha(body)}",
                 )
             )
+        # A state.json is a copy of its bundle's `state`: stored as a delta against it.
+        outcome = self._outcome(
+            suffix,
+            site.name,
+            got,
+            now,
+            report=report,
+            events=events,
+            related_sha256=bundle.body_sha256,
+        )
         snapshot = await self._store(
-            self._outcome(suffix, site.name, got, now, report=report, events=events),
+            outcome,
             f"state:{suffix}:{site.name}",
             events,
             suffix,
@@ -620,8 +625,8 @@ class Crawler:
         now: datetime,
         *,
         report: Report | None = None,
-        patch: str | None = None,
         events: list[NewEvent] | None = None,
+        related_sha256: str | None = None,
     ) -> FetchOutcome:
         fetched = got.result
         assert fetched is not None
@@ -649,20 +654,9 @@ class Crawler:
             event_count=len(report.events) if report and report.kind == "bundle" else None,
             trusted=bool(report and report.ok),
             findings=report.findings if report else (),
-            patch=patch,
             events=events or (),
+            related_sha256=related_sha256,
         )
-
-    async def _patch_from_last(self, suffix: str, mirror: str, report: Report) -> str | None:
-        """The patch from the previous snapshot of this record and mirror, if both are JSON."""
-        last = await self.store.latest_snapshot(suffix, mirror, "bundle")
-        if last is None or report.document is None:
-            return None
-        try:
-            before = parse(await self.store.get_blob(last.body_sha256))
-        except MalformedJSON:
-            return None
-        return _patch(before, report.document)
 
     def _report(self, result: PairResult, new_snapshot: bool, events: list[NewEvent]) -> None:
         result.new_snapshots += new_snapshot
@@ -701,11 +695,3 @@ class Crawler:
 
 def _sha(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
-
-
-def _patch(before: Any, after: Any) -> str | None:
-    """An RFC 6902 patch from `before` to `after`, kept only if it reproduces `after`."""
-    patch = jsonpatch.make_patch(before, after)
-    if jsonpatch.apply_patch(before, patch.patch) != after:
-        return None
-    return json.dumps(patch.patch, separators=(",", ":"), ensure_ascii=False)

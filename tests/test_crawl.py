@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import json
 import socket
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import jsonpatch
 import pytest
 from builder import BundleBuilder, TestSigner, canonical_record, serialize
 from mirror import TestMirror
 
-from pithcrawl.canon import parse
 from pithcrawl.config import Config, parse_config
 from pithcrawl.daemon import Summary, sync_once
 from pithcrawl.keys import TrustSet, load_key
@@ -119,8 +118,9 @@ async def test_unchanged_resync_is_conditional_and_stores_no_body(tmp_path, sign
         assert after["blob_bytes_stored"] == before["blob_bytes_stored"]
 
 
-async def test_added_event_gives_snapshot_patch_and_event_added(tmp_path, signer):
-    """A mirror adds an event: a new snapshot, a patch that reproduces it, an event_added."""
+async def test_added_event_gives_snapshot_delta_and_event_added(tmp_path, signer):
+    """A mirror adds an event: a new snapshot stored as a small delta against the last
+    one, the state.json as a delta against its bundle, and an event_added."""
     async with env(tmp_path, signer) as e:
         b = record(signer)
         serve(e, b)
@@ -135,10 +135,20 @@ async def test_added_event_gives_snapshot_patch_and_event_added(tmp_path, signer
             snaps = await store.snapshots(b.suffix, mirror="m0")
             assert len(snaps) == 2
             assert snaps[1].prev_id == snaps[0].id
-            assert snaps[1].patch is not None
-            patched = jsonpatch.apply_patch(parse(first), json.loads(snaps[1].patch))
-            assert patched == parse(await store.get_blob(snaps[1].body_sha256))
+            assert await store.get_blob(snaps[0].body_sha256) == first
+            assert await store.get_blob(snaps[1].body_sha256) == b.bytes()
+            states = await store.snapshots(b.suffix, mirror="m0", kind="state")
             events = await store.events(kinds=["event_added"])
+        with sqlite3.connect(e.db) as conn:
+            stored = {
+                sha: (base, size, stored)
+                for sha, base, size, stored in conn.execute(
+                    "SELECT sha256, base, size, length(data) FROM blobs"
+                )
+            }
+        base, size, kept = stored[snaps[1].body_sha256]
+        assert base == snaps[0].body_sha256 and kept < size / 8
+        assert stored[states[-1].body_sha256][0] == snaps[1].body_sha256
         assert len(events) == 1
         assert events[0].mirrors == ("m0",)
         assert new["event_id"] in json.dumps(events[0].evidence)

@@ -42,7 +42,9 @@ def test_a_sound_archive(capsys, tmp_path, signer, mirror):
     assert result["problems"] == []
 
 
-def test_a_body_altered_on_disk_is_reported(capsys, tmp_path, signer, mirror):
+def test_a_body_altered_on_disk_is_reported_with_what_depends_on_it(
+    capsys, tmp_path, signer, mirror
+):
     cfg = archive(tmp_path, signer, mirror)
     capsys.readouterr()
     with sqlite3.connect(tmp_path / "a.db") as conn:
@@ -55,9 +57,13 @@ def test_a_body_altered_on_disk_is_reported(capsys, tmp_path, signer, mirror):
         )
     code, result = fsck(capsys, cfg)
     assert code == 1
-    (problem,) = result["problems"]
-    assert problem["body_sha256"] == sha
-    assert "sha256" in problem["problem"] or "corrupt" in problem["problem"]
+    problems = {p["kind"]: p for p in result["problems"]}
+    assert problems["bundle"]["body_sha256"] == sha
+    assert f"blob {sha} is corrupt" in problems["bundle"]["problem"]
+    # The state.json was stored as a delta against that bundle: unreadable now, and said so.
+    assert problems["state"]["body_sha256"] != sha
+    assert f"blob {sha} is corrupt" in problems["state"]["problem"]
+    assert "delta base of blob" in problems["state"]["problem"]
 
 
 def test_a_trust_set_that_no_longer_vouches_for_the_archive(capsys, tmp_path, signer, mirror):

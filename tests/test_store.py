@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
@@ -256,6 +255,135 @@ async def test_get_blob_detects_tampering(store: Store, real_bundle_bytes: bytes
         await store.get_blob(snap.body_sha256)
 
 
+def _blob_rows(path: Path) -> dict[str, tuple[str | None, int, int, int]]:
+    """sha256 → (base, depth, size, stored bytes) of every blob, read behind the store."""
+    with raw(path) as conn:
+        rows = conn.execute("SELECT sha256, base, depth, size, length(data) FROM blobs")
+        return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
+
+
+def _grown(body: bytes, n: int) -> bytes:
+    """`body` with n distinct 100-character additions: a record that gained n events."""
+    extra = b"".join(b',"x%d":"%s"' % (i, str(i).encode() * 60) for i in range(n))
+    return body[:-1] + extra + body[-1:]
+
+
+async def test_a_changed_body_is_stored_as_a_small_delta(
+    store: Store, real_bundle_bytes: bytes
+) -> None:
+    """The next body of a series is a delta against the last one, a small fraction of a
+    self-contained frame, and reads back byte for byte from a fresh connection."""
+    first = await store.record_fetch(ok(real_bundle_bytes))
+    changed = _grown(real_bundle_bytes, 1)
+    second = await store.record_fetch(ok(changed, at=1))
+    assert first is not None and second is not None
+    rows = _blob_rows(store.path)
+    assert rows[first.body_sha256][:2] == (None, 0)
+    base, depth, size, kept = rows[second.body_sha256]
+    assert (base, depth) == (first.body_sha256, 1)
+    assert kept < size / 8 and kept < rows[first.body_sha256][3] / 4
+    async with await Store.open(store.path, readonly=True) as fresh:  # nothing cached
+        assert await fresh.get_blob(second.body_sha256) == changed
+        assert await fresh.get_blob(first.body_sha256) == real_bundle_bytes
+
+
+async def test_a_state_is_stored_against_the_bundle_it_was_compared_with(
+    store: Store, real_bundle_bytes: bytes, real_state_bytes: bytes
+) -> None:
+    """`related_sha256` names a better base than the series has (here: none yet)."""
+    bundle = await store.record_fetch(ok(real_bundle_bytes))
+    assert bundle is not None
+    state = await store.record_fetch(
+        ok(real_state_bytes, kind="state", related_sha256=bundle.body_sha256)
+    )
+    assert state is not None
+    base, depth, size, kept = _blob_rows(store.path)[state.body_sha256]
+    assert (base, depth) == (bundle.body_sha256, 1)
+    assert kept < size / 20  # the state is a copy of the bundle's `state`
+    assert await store.get_blob(state.body_sha256) == real_state_bytes
+
+
+async def test_deltas_never_stack_deeper_than_max_depth(
+    store: Store, real_bundle_bytes: bytes
+) -> None:
+    """A long series keeps every body readable within MAX_DEPTH frames of a whole one."""
+    from pithcrawl.store.blobs import MAX_DEPTH
+
+    bodies = [_grown(real_bundle_bytes, n) for n in range(8)]
+    shas = []
+    for n, body in enumerate(bodies):
+        snap = await store.record_fetch(ok(body, at=n))
+        assert snap is not None
+        shas.append(snap.body_sha256)
+    rows = _blob_rows(store.path)
+    assert max(depth for _, depth, _, _ in rows.values()) == MAX_DEPTH
+    for sha, (base, depth, _, _) in rows.items():
+        assert base is None or rows[base][1] == depth - 1, sha
+    async with await Store.open(store.path, readonly=True) as fresh:
+        assert [await fresh.get_blob(sha) for sha in shas] == bodies
+
+
+async def test_an_unrelated_body_is_stored_whole(
+    store: Store, real_bundle_bytes: bytes, real_state_bytes: bytes
+) -> None:
+    """A delta that would not be small is not worth a dependency: the body stands alone."""
+    await store.record_fetch(ok(real_bundle_bytes))
+    unrelated = os.urandom(4000).hex().encode()
+    snap = await store.record_fetch(ok(unrelated, at=1))
+    assert snap is not None
+    assert _blob_rows(store.path)[snap.body_sha256][:2] == (None, 0)
+
+
+async def test_a_damaged_base_is_reported_for_the_delta_too(
+    store: Store, real_bundle_bytes: bytes
+) -> None:
+    first = await store.record_fetch(ok(real_bundle_bytes))
+    second = await store.record_fetch(ok(_grown(real_bundle_bytes, 1), at=1))
+    assert first is not None and second is not None
+    with raw(store.path) as conn:
+        conn.execute("UPDATE blobs SET data = ? WHERE sha256 = ?", (b"junk", first.body_sha256))
+    with pytest.raises(StoreCorrupt, match=f"delta base of blob {second.body_sha256}"):
+        await store.get_blob(second.body_sha256)
+    with raw(store.path) as conn:  # a base gone missing (foreign keys off behind our back)
+        conn.execute("DELETE FROM blobs WHERE sha256 = ?", (first.body_sha256,))
+    with pytest.raises(StoreCorrupt, match="which is missing"):
+        await store.get_blob(second.body_sha256)
+
+
+async def test_an_archive_of_schema_4_is_upgraded_keeping_every_body(
+    tmp_path: Path, real_bundle_bytes: bytes
+) -> None:
+    """Migration 5 rebuilds `blobs` (foreign keys off, checked before the commit): every
+    body and every reference to it survives, and foreign keys are enforced afterwards."""
+    from pithcrawl.store.schema import MIGRATIONS, statements
+
+    db = tmp_path / "old.db"
+    old = packed(real_bundle_bytes)
+    with raw(db) as conn:
+        for script in MIGRATIONS[:4]:
+            for statement in statements(script):
+                conn.execute(statement)
+        conn.execute("PRAGMA user_version = 4")
+        conn.execute(
+            "INSERT INTO blobs (sha256, size, codec, data) VALUES (?, ?, ?, ?)",
+            (old.sha256, old.size, old.codec, old.data),
+        )
+        conn.execute(
+            "INSERT INTO snapshots (suffix, mirror, kind, fetched_at, url, status, body_sha256,"
+            " trusted) VALUES (?, 'main', 'bundle', '2026-11-01T00:00:00Z', ?, 200, ?, 1)",
+            (REAL_SUFFIX, URL, old.sha256),
+        )
+    async with await Store.open(db, exclusive=True) as store:
+        assert await store.get_blob(old.sha256) == real_bundle_bytes
+        assert len(await store.snapshots(REAL_SUFFIX)) == 1
+    with raw(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        conn.execute("PRAGMA foreign_keys = ON")
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute("DELETE FROM blobs WHERE sha256 = ?", (old.sha256,))
+
+
 async def test_get_blob_of_unknown_sha256(store: Store) -> None:
     """Asking for a body never stored is a StoreError, not a KeyError."""
     with pytest.raises(StoreError, match="no blob"):
@@ -295,15 +423,14 @@ async def test_unchanged_body_adds_no_snapshot_or_blob(
 async def test_changed_body_adds_snapshot_linked_to_previous(
     store: Store, real_bundle_bytes: bytes, real_state_bytes: bytes
 ) -> None:
-    """A new body is a new snapshot whose prev_id is the last one, with its patch."""
+    """A new body is a new snapshot whose prev_id is the last one."""
     first = await store.record_fetch(ok(real_bundle_bytes))
-    patch = json.dumps([{"op": "replace", "path": "/built_at", "value": "x"}])
     second = await store.record_fetch(
-        ok(real_state_bytes, at=60, patch=patch, trusted=False, findings=[bad_finding()])
+        ok(real_state_bytes, at=60, trusted=False, findings=[bad_finding()])
     )
     assert first is not None and second is not None
-    assert first.prev_id is None and first.patch is None
-    assert second.prev_id == first.id and second.patch == patch
+    assert first.prev_id is None
+    assert second.prev_id == first.id
     assert second.findings == (bad_finding(),) and not second.trusted
     assert await store.snapshots(REAL_SUFFIX) == [first, second]
     assert await store.snapshot(second.id) == second

@@ -11,7 +11,6 @@ usage error (exit 2) that names it.
 from __future__ import annotations
 
 import argparse
-import json
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,10 +127,6 @@ async def _changes(store: Store, s: Snapshot, by_id: dict[int, Snapshot]) -> int
     prev = by_id.get(s.prev_id) or await store.snapshot(s.prev_id)
     if prev is None:
         return None
-    # The stored patch is from the newest *trusted* earlier snapshot; it is the patch
-    # from `prev_id` only when that one was trusted. Otherwise recompute.
-    if s.patch is not None and prev.trusted:
-        return len(json.loads(s.patch))
     try:
         before = parse(await store.get_blob(prev.body_sha256))
         after = parse(await store.get_blob(s.body_sha256))

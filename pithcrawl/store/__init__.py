@@ -8,7 +8,8 @@ The package is the only place that speaks SQL or sees a sqlite3 error (it raises
 - `connection`: opening, the writers' lock, pragmas, migrations, transactions;
 - `schema`: the numbered migrations;
 - `rows`: the values going in and out;
-- `blobs`: the zstd codec and the sha256 check of archived bodies;
+- `blobs`: the zstd codec (whole or delta frames) and the sha256 check of bodies;
+- `bodies`: the `blobs` table: choosing a delta's base, following bases on reads;
 - `alerts`: open and closed alerts, and their deliveries to each sink.
 
 It decides nothing about trust, changes or scheduling: those are stored as given.

@@ -4,7 +4,7 @@ Owns what is kept and how it is read back: tracked records, mirrors, per-fetch
 bookkeeping, snapshots with their blobs, and the event log. `record_fetch` stores one
 fetch's blob, snapshot, bookkeeping and events in one `BEGIN IMMEDIATE` transaction, so
 a crash or a cancel leaves all of it or none. It does not decide anything: whether a
-body is trusted, what changed (the patch), which events to raise and when to fetch next
+body is trusted, what changed, which events to raise and when to fetch next
 are the caller's (`crawl`'s) results, stored here as given. The writes of one fetch
 live in `fetches`.
 """
@@ -19,9 +19,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from pithcrawl.errors import StoreError
 from pithcrawl.store.alerts import Alert, AlertBook
-from pithcrawl.store.blobs import pack, unpack
+from pithcrawl.store.blobs import PackedBlob
+from pithcrawl.store.bodies import Bodies
 from pithcrawl.store.connection import Database
 from pithcrawl.store.fetches import (
     INSERT_EVENT,
@@ -147,6 +147,8 @@ class Store:
         self._db = db
         self.alerts = AlertBook(db)
         """Open and closed alerts and their deliveries (`store.alerts`)."""
+        self.bodies = Bodies(db)
+        """The archived bodies (`blobs`), stored as deltas where that pays."""
 
     @classmethod
     async def open(
@@ -294,14 +296,16 @@ class Store:
         Returns the new snapshot, or None when the body is unchanged, not modified (304)
         or the fetch failed.
         """
-        blob = await pack(fetch.body) if fetch.body is not None else None
+        blob = await self.bodies.pack(fetch)
         check_outcome(fetch, blob)
         single = bookkeeping_only(fetch, blob)
         if single is not None:
             await self._db.write_one("record a fetch", *single)
             return None
         async with self._db.write("record a fetch") as s:
-            return await write_fetch(s, fetch, blob)
+            snapshot = await write_fetch(s, fetch, blob)
+        self._stored(fetch, blob)
+        return snapshot
 
     async def record_fetch_and_alerts(
         self,
@@ -314,14 +318,19 @@ class Store:
         """`record_fetch` and the alerts of `scope` reconciled with `current`, in one
         transaction: a crash never leaves a body archived without the alert it raises.
         Returns the new snapshot, and the alerts opened and closed."""
-        blob = await pack(fetch.body) if fetch.body is not None else None
+        blob = await self.bodies.pack(fetch)
         check_outcome(fetch, blob)
         async with self._db.write("record a fetch and its alerts") as s:
             snapshot = await write_fetch(s, fetch, blob)
             opened, closed = await self.alerts.reconcile_in(
                 s, scope, current, now=fetch.fetched_at, sinks=sinks, log=False
             )
+        self._stored(fetch, blob)
         return snapshot, opened, closed
+
+    def _stored(self, fetch: FetchOutcome, blob: PackedBlob | None) -> None:
+        if blob is not None and fetch.body is not None:
+            self.bodies.remember(blob, fetch.body)
 
     # -- snapshots and blobs ----------------------------------------------------------------
 
@@ -352,13 +361,7 @@ class Store:
 
     async def get_blob(self, sha256: str) -> bytes:
         """The exact bytes once fetched with this sha256 (`StoreCorrupt` if damaged)."""
-        async with self._db.read("read a blob") as s:
-            row = await s.one(
-                "SELECT sha256, size, codec, data FROM blobs WHERE sha256 = ?", (sha256,)
-            )
-        if row is None:
-            raise StoreError(f"no blob with sha256 {sha256} in the archive {self.path}")
-        return unpack(row["sha256"], row["size"], row["codec"], row["data"])
+        return await self.bodies.get(sha256)
 
     # -- events ---------------------------------------------------------------------------
 

@@ -4,6 +4,13 @@ Owns the codec and the check on the way out (size and sha256 of the decompressed
 so a damaged blob is reported as `StoreCorrupt` rather than served. The bytes in are
 exactly the bytes received: signatures cover them, so nothing here normalises anything.
 It runs no SQL.
+
+A body may be stored as a delta: a zstd frame compressed with the exact bytes of another
+blob (its *base*) as a raw-content dictionary. A record's next bundle is mostly its last
+one, and a state.json is a copy of its bundle's `state`, so a changed record costs a few
+hundred bytes instead of a few kilobytes. A delta is kept only when it is at most
+`DELTA_MAX_RATIO` of the body; bases are at most `MAX_DEPTH` deep, so reading any body
+decompresses a bounded number of frames.
 """
 
 from __future__ import annotations
@@ -18,6 +25,11 @@ from pithcrawl.errors import StoreCorrupt
 
 CODEC = "zstd"
 _LEVEL = 6  # JSON bodies: level 6 is within 10% of level 19's size at a tenth of its time.
+#: A delta frame's base may itself be a delta, up to this many frames deep.
+MAX_DEPTH = 2
+#: A delta larger than this fraction of the raw body is not worth a dependency: the body
+#: is stored on its own (a self-contained frame is ~20-30% of a JSON body).
+DELTA_MAX_RATIO = 0.125
 # Past this size compression takes milliseconds: do it off the event loop.
 _THREAD_THRESHOLD = 1 << 20
 
@@ -28,32 +40,59 @@ class PackedBlob:
     size: int
     codec: str
     data: bytes
+    base: str | None = None
+    """The blob whose bytes are this frame's dictionary (None: a self-contained frame)."""
+    depth: int = 0
+    """How many frames reading this one decompresses beyond itself."""
+
+
+@dataclass(frozen=True, slots=True)
+class Base:
+    """A stored blob offered as the dictionary of a new one."""
+
+    sha256: str
+    depth: int
+    body: bytes
 
 
 def sha256_hex(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
-def packed(body: bytes) -> PackedBlob:
-    """A body as stored."""
-    # A compressor per call: zstandard's objects are not safe to share across threads.
+def packed(body: bytes, base: Base | None = None) -> PackedBlob:
+    """A body as stored: a delta against `base` when that is small enough, else alone."""
+    sha = sha256_hex(body)
+    if base is not None and base.depth < MAX_DEPTH and base.sha256 != sha:
+        # A compressor per call: zstandard's objects are not safe to share across threads.
+        data = zstandard.ZstdCompressor(level=_LEVEL, dict_data=_dictionary(base.body)).compress(
+            body
+        )
+        if len(data) <= DELTA_MAX_RATIO * len(body):
+            return PackedBlob(sha, len(body), CODEC, data, base.sha256, base.depth + 1)
     data = zstandard.ZstdCompressor(level=_LEVEL).compress(body)
-    return PackedBlob(sha256_hex(body), len(body), CODEC, data)
+    return PackedBlob(sha, len(body), CODEC, data)
 
 
-async def pack(body: bytes) -> PackedBlob:
+async def pack(body: bytes, base: Base | None = None) -> PackedBlob:
     """`packed`, off the event loop when the body is large."""
     if len(body) > _THREAD_THRESHOLD:
-        return await anyio.to_thread.run_sync(packed, body)
-    return packed(body)
+        return await anyio.to_thread.run_sync(packed, body, base)
+    return packed(body, base)
 
 
-def unpack(sha256: str, size: int, codec: str, data: bytes) -> bytes:
-    """The original bytes of a stored blob, checked against its size and sha256."""
+def _dictionary(base: bytes) -> zstandard.ZstdCompressionDict:
+    return zstandard.ZstdCompressionDict(base, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+
+
+def unpack(sha256: str, size: int, codec: str, data: bytes, base: bytes | None = None) -> bytes:
+    """The original bytes of a stored blob, checked against its size and sha256.
+
+    `base`: the exact bytes of the blob it names as its base, for a delta frame."""
     if codec != CODEC:
         raise StoreCorrupt(f"blob {sha256} has unknown codec {codec!r}; expected {CODEC!r}")
     try:
-        body: bytes = zstandard.ZstdDecompressor().decompress(data, max_output_size=size)
+        d = zstandard.ZstdDecompressor(dict_data=_dictionary(base) if base is not None else None)
+        body: bytes = d.decompress(data, max_output_size=size)
     except zstandard.ZstdError as e:
         raise StoreCorrupt(f"blob {sha256} does not decompress: {e}") from e
     if len(body) != size:

@@ -287,19 +287,40 @@ def _refuse_newer(version: int) -> None:
 
 
 async def _migrate(conn: aiosqlite.Connection, path: Path, version: int) -> None:
-    for number in range(version + 1, SCHEMA_VERSION + 1):
-        with translated(path, f"migrate to schema version {number}"):
-            await conn.execute("BEGIN IMMEDIATE")
-            try:
-                # Another process may have migrated while we waited for the write lock.
-                current = await _user_version(conn)
-                _refuse_newer(current)
-                if current < number:
-                    for statement in statements(MIGRATIONS[number - 1]):
-                        await conn.execute(statement)
-                    await conn.execute(f"PRAGMA user_version = {number}")
-            except BaseException:
-                await _rollback(conn)
-                raise
-            with anyio.CancelScope(shield=True):
-                await conn.execute("COMMIT")
+    if version >= SCHEMA_VERSION:
+        return
+    # Foreign keys off while tables are rebuilt (SQLite's documented procedure; the
+    # pragma is a no-op inside a transaction, so it is set around them), and every
+    # reference checked before each commit instead.
+    await conn.execute("PRAGMA foreign_keys = OFF")
+    try:
+        for number in range(version + 1, SCHEMA_VERSION + 1):
+            with translated(path, f"migrate to schema version {number}"):
+                await _migrate_one(conn, number)
+    finally:
+        with anyio.CancelScope(shield=True), translated(path, "open the database"):
+            await conn.execute("PRAGMA foreign_keys = ON")
+
+
+async def _migrate_one(conn: aiosqlite.Connection, number: int) -> None:
+    await conn.execute("BEGIN IMMEDIATE")
+    try:
+        # Another process may have migrated while we waited for the write lock.
+        current = await _user_version(conn)
+        _refuse_newer(current)
+        if current < number:
+            for statement in statements(MIGRATIONS[number - 1]):
+                await conn.execute(statement)
+            async with conn.execute("PRAGMA foreign_key_check") as cur:
+                broken = await cur.fetchone()
+            if broken is not None:
+                raise sqlite3.IntegrityError(
+                    f"migration {number} would leave {broken[0]} row {broken[1]}"
+                    f" referring to a missing {broken[2]} row"
+                )
+            await conn.execute(f"PRAGMA user_version = {number}")
+    except BaseException:
+        await _rollback(conn)
+        raise
+    with anyio.CancelScope(shield=True):
+        await conn.execute("COMMIT")

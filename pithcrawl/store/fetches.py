@@ -52,8 +52,8 @@ ON CONFLICT (suffix, mirror, kind) DO UPDATE SET
 
 _INSERT_SNAPSHOT = """
 INSERT INTO snapshots (suffix, mirror, kind, fetched_at, url, status, body_sha256,
-                       bundle_sha256, built_at, event_count, trusted, findings, prev_id, patch)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                       bundle_sha256, built_at, event_count, trusted, findings, prev_id)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 INSERT_EVENT = """
@@ -128,9 +128,9 @@ async def write_fetch(s: Session, fetch: FetchOutcome, blob: PackedBlob | None) 
         link = None if latest is None else latest["id"]
         if blob is not None:
             await s.run(
-                "INSERT INTO blobs (sha256, size, codec, data) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT DO NOTHING",
-                (blob.sha256, blob.size, blob.codec, blob.data),
+                "INSERT INTO blobs (sha256, size, codec, base, depth, data)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (blob.sha256, blob.size, blob.codec, blob.base, blob.depth, blob.data),
             )
             if latest is None or latest["body_sha256"] != blob.sha256:
                 snapshot = await _insert_snapshot(s, fetch, blob.sha256, link)
@@ -216,7 +216,6 @@ async def _insert_snapshot(
             int(fetch.trusted),
             to_json_text([f.to_json() for f in fetch.findings]),
             prev_id,
-            fetch.patch,
         ),
     )
     row = await s.one("SELECT * FROM snapshots WHERE id = ?", (rowid,))

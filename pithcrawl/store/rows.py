@@ -138,8 +138,6 @@ class Snapshot:
     findings: tuple[Finding, ...]
     prev_id: int | None
     """The previous snapshot of the same (suffix, mirror, kind), whatever its trust."""
-    patch: str | None
-    """RFC 6902 JSON Patch (JSON text) from the previous snapshot's document to this one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +214,6 @@ class FetchOutcome:
     event_count: int | None = None
     trusted: bool = False
     findings: Sequence[Finding] = ()
-    patch: str | None = None
     events: Sequence[NewEvent] = ()
     error: str | None = None
     pith_number: str | None = None
@@ -225,6 +222,9 @@ class FetchOutcome:
     """For a trusted bundle: its event ids and claimed places (the `histories` row)."""
     learned_keys: Sequence[dict[str, Any]] = ()
     """For a trusted bundle, with `trust.follow_rotations`: the new keys it announces."""
+    related_sha256: str | None = None
+    """An archived body this one likely shares most of its bytes with, besides the last
+    one of its series (a state.json's bundle): a hint for storing it as a delta."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -292,7 +292,6 @@ def snapshot_from_row(row: sqlite3.Row) -> Snapshot:
         trusted=bool(row["trusted"]),
         findings=tuple(Finding.from_json(f) for f in orjson.loads(row["findings"])),
         prev_id=row["prev_id"],
-        patch=row["patch"],
     )
 
 

@@ -153,7 +153,31 @@ CREATE TABLE histories (
 ) WITHOUT ROWID;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
+# Blobs become a rowid table (a WITHOUT ROWID row longer than ~1 KB spills into an overflow
+# page of its own: most of a 4 KB page wasted per body) and may be stored as a zstd delta:
+# `base` names the blob whose exact bytes were the frame's raw-content dictionary, and
+# `depth` counts the bases under it (0: the frame stands alone). Writers keep depth at
+# most `blobs.MAX_DEPTH`, so reading any body decompresses at most that many more frames.
+# The rebuild is SQLite's documented one (new table, copy, drop, rename), run with foreign
+# keys off and checked with `foreign_key_check` before the commit (`connection._migrate`).
+# From this version on `snapshots.patch` is no longer written: `diff` and `history`
+# compute patches from the archived bodies, which cost less to keep than the patches.
+_V5 = """
+CREATE TABLE blobs_v5 (
+    id      INTEGER PRIMARY KEY,
+    sha256  TEXT NOT NULL UNIQUE CHECK (length(sha256) = 64),
+    size    INTEGER NOT NULL CHECK (size >= 0),
+    codec   TEXT NOT NULL CHECK (codec = 'zstd'),
+    base    TEXT REFERENCES blobs (sha256) CHECK (base IS NULL OR base <> sha256),
+    depth   INTEGER NOT NULL DEFAULT 0 CHECK ((base IS NULL) = (depth = 0) AND depth >= 0),
+    data    BLOB NOT NULL
+);
+INSERT INTO blobs_v5 (sha256, size, codec, data) SELECT sha256, size, codec, data FROM blobs;
+DROP TABLE blobs;
+ALTER TABLE blobs_v5 RENAME TO blobs;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5)
 """Migration scripts in order; the schema version is their count."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,129 @@
+"""Archived bodies in the `blobs` table: choosing a delta base on the way in, following
+bases on the way out, and a small cache of recent bodies.
+
+Owns the reads that storing and reading a body need; the codec and its checks are
+`blobs`'. A body is stored as a delta against a related body already archived (the
+previous body of its series, or for a state.json the bundle it was compared with) when
+that pays (`blobs.packed`); reading it decompresses its bases first. Bases are never
+deleted, and every base is shallower than the blob naming it, so following them ends.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from pithcrawl.errors import StoreCorrupt, StoreError
+from pithcrawl.store.blobs import MAX_DEPTH, Base, PackedBlob, pack, unpack
+from pithcrawl.store.connection import Database, Session
+from pithcrawl.store.rows import FetchOutcome
+
+#: Bodies kept decoded in memory as the likely next bases (by sha256, so never stale).
+CACHE_BYTES = 8 << 20
+
+# The named blob and the chain of its bases, deepest (self-contained) first.
+_CHAIN = """
+WITH RECURSIVE chain (sha256, size, codec, base, depth, data, n) AS (
+    SELECT sha256, size, codec, base, depth, data, 0 FROM blobs WHERE sha256 = ?
+    UNION ALL
+    SELECT b.sha256, b.size, b.codec, b.base, b.depth, b.data, c.n + 1
+    FROM blobs AS b JOIN chain AS c ON b.sha256 = c.base
+    WHERE c.n < ?
+)
+SELECT sha256, size, codec, base, depth, data FROM chain ORDER BY n DESC
+"""
+
+_LATEST_OF_SERIES = """
+SELECT body_sha256 FROM snapshots WHERE suffix = ? AND mirror = ? AND kind = ?
+ORDER BY id DESC LIMIT 1
+"""
+
+
+class Bodies:
+    """The `blobs` table of one archive."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._cache: OrderedDict[str, bytes] = OrderedDict()
+        self._cached_bytes = 0
+
+    async def pack(self, fetch: FetchOutcome) -> PackedBlob | None:
+        """`fetch`'s body as it will be stored (None if it has none), a delta if that pays."""
+        if fetch.body is None:
+            return None
+        return await pack(fetch.body, await self._base(fetch))
+
+    def remember(self, blob: PackedBlob, body: bytes) -> None:
+        """`body` was stored as `blob`: keep it at hand as the likely next base."""
+        self._keep(blob.sha256, body)
+
+    async def get(self, sha256: str) -> bytes:
+        """The exact bytes once fetched with this sha256 (`StoreCorrupt` if damaged).
+
+        Always read from the file and checked: the cache only serves choosing bases."""
+        async with self._db.read("read a blob") as s:
+            rows = await s.all(_CHAIN, (sha256, MAX_DEPTH))
+        if not rows or rows[-1]["sha256"] != sha256:
+            raise StoreError(f"no blob with sha256 {sha256} in the archive {self._db.path}")
+        body: bytes | None = None
+        below: str | None = None
+        for row in rows:  # deepest first: each frame's dictionary is the one before it
+            if row["base"] != below:
+                raise StoreCorrupt(
+                    f"blob {row['sha256']} names base {row['base']}, which is missing"
+                    " or deeper than allowed"
+                )
+            try:
+                body = unpack(row["sha256"], row["size"], row["codec"], row["data"], body)
+            except StoreCorrupt as e:
+                if row["sha256"] == sha256:
+                    raise
+                raise StoreCorrupt(f"{e} (it is a delta base of blob {sha256})") from e
+            below = row["sha256"]
+        assert body is not None
+        self._keep(sha256, body)
+        return body
+
+    async def _base(self, fetch: FetchOutcome) -> Base | None:
+        """The best archived body to store `fetch`'s body against, if any."""
+        async with self._db.read("choose a delta base") as s:
+            candidates = [fetch.related_sha256] if fetch.related_sha256 else []
+            latest = await s.one(_LATEST_OF_SERIES, (fetch.suffix, fetch.mirror, fetch.kind))
+            if latest is not None:
+                candidates.append(latest[0])
+            found = await _shallow_enough(s, candidates)
+        if found is None:
+            return None
+        sha256, depth = found
+        body = self._cache.get(sha256)
+        if body is not None:
+            self._cache.move_to_end(sha256)
+            return Base(sha256, depth, body)
+        try:
+            body = await self.get(sha256)
+        except StoreCorrupt:
+            return None  # a damaged base is fsck's news; the new body is stored alone
+        return Base(sha256, depth, body)
+
+    def _keep(self, sha256: str, body: bytes) -> None:
+        if len(body) > CACHE_BYTES // 8 or sha256 in self._cache:
+            return
+        self._cache[sha256] = body
+        self._cached_bytes += len(body)
+        while self._cached_bytes > CACHE_BYTES:
+            _, old = self._cache.popitem(last=False)
+            self._cached_bytes -= len(old)
+
+
+async def _shallow_enough(s: Session, candidates: Sequence[str]) -> tuple[str, int] | None:
+    """The first candidate blob that exists, or the nearest of its bases a new delta may
+    stand on (depth below MAX_DEPTH): (sha256, depth)."""
+    for candidate in candidates:
+        sha256 = candidate
+        row = await s.one("SELECT base, depth FROM blobs WHERE sha256 = ?", (sha256,))
+        while row is not None and row["depth"] >= MAX_DEPTH:
+            sha256 = row["base"]
+            row = await s.one("SELECT base, depth FROM blobs WHERE sha256 = ?", (sha256,))
+        if row is not None:
+            return sha256, int(row["depth"])
+    return None
