@@ -10,9 +10,27 @@ from __future__ import annotations
 import base64
 import re
 
+_B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"  # RFC 4648 §6
+
+#: Every pair of RFC 4648 base32 characters, indexed by the 10 bits they encode.
+_B32_PAIRS = tuple(a + b for a in _B32 for b in _B32)
+#: Shifts that cut the suffix's 130 bits into 13 pairs of base32 characters, first first.
+_PAIR_SHIFTS = tuple(range(120, -1, -10))
+
 
 def pith_suffix(canonical_sha256: str) -> str:
-    """The 26-character suffix: base32 of the canonical hash bytes (pith-format.md §2)."""
+    """The 26-character suffix of a sha256 hex digest (pith-format.md §2).
+
+    That is the first 130 bits of the hash, 5 to a character. Computed from the hex
+    text as an integer: `base64.b32encode` (the definition, `pith_suffix_reference`)
+    is a Python loop in 3.11, and every verification computes a suffix.
+    """
+    bits = int(canonical_sha256[:34], 16) >> 6  # 34 hex digits are 136 bits
+    return "".join([_B32_PAIRS[(bits >> shift) & 0x3FF] for shift in _PAIR_SHIFTS])
+
+
+def pith_suffix_reference(canonical_sha256: str) -> str:
+    """pith_suffix exactly as pith-format.md §2 writes it."""
     # Base32 encodes each 5 bytes on its own, so the first 20 bytes give the first 32
     # characters of the full encoding, of which the suffix is the first 26.
     return base64.b32encode(bytes.fromhex(canonical_sha256)[:20]).decode("ascii")[:26]
