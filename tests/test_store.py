@@ -384,6 +384,58 @@ async def test_an_archive_of_schema_4_is_upgraded_keeping_every_body(
             conn.execute("DELETE FROM blobs WHERE sha256 = ?", (old.sha256,))
 
 
+def _on_disk(path: Path) -> tuple[int, int] | None:
+    """(failures, status) of the main bundle's bookkeeping as another process sees it."""
+    with raw(path) as conn:
+        row = conn.execute(
+            "SELECT failures, status FROM fetch_state WHERE suffix = ? AND mirror = 'main'",
+            (REAL_SUFFIX,),
+        ).fetchone()
+    return None if row is None else (row[0], row[1])
+
+
+async def test_bookkeeping_is_deferred_but_every_read_sees_it(
+    store: Store, real_bundle_bytes: bytes
+) -> None:
+    """A fetch that only keeps bookkeeping is written with others: not yet in the file,
+    but visible to any read of this store, and in the file after `flush`."""
+    await store.record_fetch(ok(real_bundle_bytes))
+    await store.record_fetch(failed(at=1))
+    assert _on_disk(store.path) == (0, 200)  # deferred: the file has the 200 only
+    state = await store.fetch_state(REAL_SUFFIX, "main", "bundle")  # a read writes them first
+    assert state is not None and state.failures == 1
+    await store.record_fetch(failed(at=2))
+    await store.flush()
+    assert _on_disk(store.path) == (2, None)
+
+
+async def test_deferred_bookkeeping_keeps_its_order_and_is_written_on_close(
+    tmp_path: Path, real_bundle_bytes: bytes
+) -> None:
+    """Failures then a success of one document, all deferred: the success is last."""
+    db = tmp_path / "archive.db"
+    async with await Store.open(db, exclusive=True) as store:
+        await store.track([REAL_SUFFIX], NOW)
+        await store.upsert_mirror(mirror("main"))
+        await store.record_fetch(ok(real_bundle_bytes))
+        for at in (1, 2, 3):
+            await store.record_fetch(failed(at=at))
+        await store.record_fetch(replace(ok(real_bundle_bytes, at=4), body=None, status=304))
+        assert _on_disk(db) == (0, 200)
+    assert _on_disk(db) == (0, 304)  # closing wrote them, in order
+
+
+async def test_a_full_batch_of_deferred_bookkeeping_is_written_at_once(
+    store: Store, real_bundle_bytes: bytes
+) -> None:
+    from pithcrawl.store.connection import DEFER_MAX
+
+    await store.record_fetch(ok(real_bundle_bytes))
+    for at in range(1, DEFER_MAX + 1):
+        await store.record_fetch(failed(at=at))
+    assert _on_disk(store.path) == (DEFER_MAX, None)
+
+
 async def test_get_blob_of_unknown_sha256(store: Store) -> None:
     """Asking for a body never stored is a StoreError, not a KeyError."""
     with pytest.raises(StoreError, match="no blob"):

@@ -166,6 +166,10 @@ class Store:
     def path(self) -> Path:
         return self._db.path
 
+    async def flush(self) -> None:
+        """Write the fetch bookkeeping still deferred (every read does this first)."""
+        await self._db.flush()
+
     async def close(self) -> None:
         await self._db.close()
 
@@ -300,7 +304,8 @@ class Store:
         check_outcome(fetch, blob)
         single = bookkeeping_only(fetch, blob)
         if single is not None:
-            await self._db.write_one("record a fetch", *single)
+            # Bookkeeping only (a 304, an unchanged body, a failure): written with others.
+            await self._db.write_one("record a fetch", *single, defer=True)
             return None
         async with self._db.write("record a fetch") as s:
             snapshot = await write_fetch(s, fetch, blob)

@@ -109,11 +109,20 @@ def translated(db: Path, doing: str) -> Iterator[None]:
         raise StoreError(describe(db, doing, e)) from e
 
 
+#: Deferred statements (`write_one(..., defer=True)`) written together at the latest.
+DEFER_MAX = 512
+
+
 class Database:
     """One aiosqlite connection shared by the tasks of one process, one task at a time.
 
     Tasks take turns (`read`, `write`) because a transaction spans several awaits: two
     tasks interleaving statements on one connection would share one transaction.
+
+    Statements that only keep bookkeeping may be deferred: they are written together, in
+    one transaction of a few `executemany` calls, before any other use of the connection
+    (so every read sees them), at `DEFER_MAX`, on `flush` and on close. A crash loses
+    at most the deferred ones, which is the same as those fetches not having happened.
     """
 
     def __init__(
@@ -124,6 +133,7 @@ class Database:
         self.readonly = readonly
         self._writer_lock = lock
         self._turn = anyio.Lock()
+        self._deferred: list[tuple[str, Sequence[Any]]] = []
 
     @classmethod
     async def open(cls, path: Path, *, exclusive: bool, readonly: bool) -> Database:
@@ -143,17 +153,23 @@ class Database:
         # and it must still end the connection and release the writers' lock.
         with anyio.CancelScope(shield=True):
             async with self._turn:
-                conn, self._conn = self._conn, None
                 try:
-                    if conn is not None:
-                        with translated(self.path, "close"):
-                            if not self.readonly:
-                                await conn.execute("PRAGMA optimize")
-                            await conn.close()
+                    await self._write_deferred()
                 finally:
-                    if self._writer_lock is not None:
-                        self._writer_lock.release()
-                        self._writer_lock = None
+                    await self._close()
+
+    async def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        try:
+            if conn is not None:
+                with translated(self.path, "close"):
+                    if not self.readonly:
+                        await conn.execute("PRAGMA optimize")
+                    await conn.close()
+        finally:
+            if self._writer_lock is not None:
+                self._writer_lock.release()
+                self._writer_lock = None
 
     def _live(self) -> aiosqlite.Connection:
         if self._conn is None:
@@ -163,21 +179,63 @@ class Database:
     @asynccontextmanager
     async def read(self, doing: str) -> AsyncIterator[Session]:
         async with self._turn:
+            await self._write_deferred()
             with translated(self.path, doing):
                 yield Session(self._live())
 
-    async def write_one(self, doing: str, sql: str, params: Sequence[Any]) -> None:
+    async def write_one(
+        self, doing: str, sql: str, params: Sequence[Any], *, defer: bool = False
+    ) -> None:
         """One statement in SQLite's own implicit transaction: atomic, and one thread trip
-        instead of three (BEGIN, the statement, COMMIT)."""
+        instead of three (BEGIN, the statement, COMMIT); or, with `defer`, later with
+        others (see the class)."""
+        if defer:
+            self._live()
+            self._deferred.append((sql, params))
+            if len(self._deferred) < DEFER_MAX:
+                return
         async with self._turn:
+            await self._write_deferred()
+            if defer:
+                return
             conn = self._live()
             with translated(self.path, doing):
                 await conn.execute(sql, params)
+
+    async def flush(self) -> None:
+        """Write the deferred statements now."""
+        async with self._turn:
+            await self._write_deferred()
+
+    async def _write_deferred(self) -> None:
+        """The deferred statements in one transaction, a run of equal SQL per call.
+        Shielded: a cancel must not split it. On an error they are dropped (and the
+        error raised): they only recorded fetches, which will simply happen again."""
+        if not self._deferred:
+            return
+        batch, self._deferred = self._deferred, []
+        runs: list[tuple[str, list[Sequence[Any]]]] = []
+        for sql, params in batch:
+            if runs and runs[-1][0] == sql:
+                runs[-1][1].append(params)
+            else:
+                runs.append((sql, [params]))
+        conn = self._live()
+        with anyio.CancelScope(shield=True), translated(self.path, "record fetches"):
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, rows in runs:
+                    await conn.executemany(sql, rows)
+            except BaseException:
+                await _rollback(conn)
+                raise
+            await conn.execute("COMMIT")
 
     @asynccontextmanager
     async def write(self, doing: str) -> AsyncIterator[Session]:
         """A `BEGIN IMMEDIATE` transaction: committed when the block ends, else rolled back."""
         async with self._turn:
+            await self._write_deferred()
             conn = self._live()
             with translated(self.path, doing):
                 await conn.execute("BEGIN IMMEDIATE")
