@@ -1,3 +1,5 @@
 from pithcrawl.cli import main
 
-raise SystemExit(main())
+# Guarded: worker processes (`crawl.workers`) import the main module under another name.
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -60,6 +60,8 @@ class CrawlConfig:
     contact: str = ""
     discover: bool = True
     allow_private_hosts: bool = False
+    workers: int = 0
+    """Processes a large `sync` pass is split across (0: one per CPU it may use)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +244,7 @@ def _crawl(t: _Table) -> CrawlConfig:
         contact=contact,
         discover=t.boolean("discover", d.discover),
         allow_private_hosts=t.boolean("allow_private_hosts", d.allow_private_hosts),
+        workers=t.integer("workers", d.workers, minimum=0),
     )
 
 

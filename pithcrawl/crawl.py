@@ -163,6 +163,10 @@ class Crawler:
                 await self.check_record(suffix)
         return result
 
+    def forget_open_scopes(self) -> None:
+        """Other processes wrote alerts to the archive: read the open ones again."""
+        self._open_scopes = None
+
     async def check_record(self, suffix: str, *, mirrors: Sequence[str] | None = None) -> None:
         """The divergence rules over everything archived of one record, across mirrors.
 

@@ -13,12 +13,13 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_process
 import structlog
 from anyio.abc import TaskStatus
 
@@ -28,6 +29,8 @@ from pithcrawl.crawl import Crawler, PairResult
 from pithcrawl.errors import PithcrawlError
 from pithcrawl.fetch import HttpFetcher, user_agent
 from pithcrawl.keys import TrustSet
+from pithcrawl.log import configure as configure_logging
+from pithcrawl.log import settings as log_settings
 from pithcrawl.metrics import Metrics, serve_metrics
 from pithcrawl.mirrors import Site, resolve
 from pithcrawl.pith import parse_reference
@@ -85,49 +88,39 @@ def fetcher_for(config: Config) -> HttpFetcher:
 
 async def sync_once(config: Config, db: Path, named: list[str], trust: TrustSet) -> Summary:
     """One pass over every tracked (or named) record and every mirror; then the
-    divergence and reachability rules, then alert delivery."""
+    divergence and reachability rules, then alert delivery.
+
+    A pass over many records is split across worker processes (`crawl.workers`), each
+    crawling its share of the records with its share of the fetch limits and writing to
+    the archive itself; this process keeps the writers' lock, crawls one share, and runs
+    the rules that span records and mirrors once all are done.
+    """
     db.parent.mkdir(parents=True, exist_ok=True)
     summary = Summary()
-    results: list[PairResult] = []
+    tallies: list[Tally] = []
     async with await Store.open(db, exclusive=True) as store:
         now = datetime.now(UTC)
         if config.watch.pith:
             await store.track([parse_reference(p) for p in config.watch.pith], now)
         suffixes = named or [r.suffix for r in await store.tracked()]
-        async with fetcher_for(config) as fetcher:
+        shares = split(suffixes, workers_for(config, len(suffixes)))
+        share = shared_limits(config, len(shares))
+        async with fetcher_for(share) as fetcher:
             sites = await resolve(config, store, fetcher, now)
             summary.records, summary.mirrors = len(suffixes), len(sites)
             trust = await with_learned(trust, store, config)
-            crawler = Crawler(config, store, fetcher, trust, lambda: datetime.now(UTC))
-            progress = Progress(len(suffixes) * len(sites))
-            send, receive = anyio.create_memory_object_stream[_Job](config.crawl.concurrency)
-
-            async def worker() -> None:
-                async with receive.clone() as jobs:
-                    async for job in jobs:
-                        results.append(await _pair(crawler, job))
-                        progress.step()
-
+            crawler = Crawler(share, store, fetcher, trust, lambda: datetime.now(UTC))
             async with anyio.create_task_group() as tg:
-                for _ in range(config.crawl.concurrency):
-                    tg.start_soon(worker)
-                async with send:
-                    # The bookkeeping of a chunk of records in one read, not one per fetch.
-                    for start in range(0, len(suffixes), PASS_CHUNK):
-                        chunk = suffixes[start : start + PASS_CHUNK]
-                        known = await store.fetch_states_of(chunk)
-                        for suffix in chunk:
-                            for site in sites:
-                                await send.send(
-                                    _Job(
-                                        suffix,
-                                        site,
-                                        known.get((suffix, site.name, "bundle")),
-                                        known.get((suffix, site.name, "state")),
-                                    )
-                                )
-                receive.close()
+                limiter = anyio.CapacityLimiter(max(1, len(shares) - 1))
+                for others in shares[1:]:
+                    job = ShareJob(share, db, others, sites, trust, log_settings())
+                    tg.start_soon(_run_share, job, limiter, tallies)
+                progress = Progress(len(suffixes) * len(sites), weight=len(shares))
+                own = await crawl_share(crawler, store, shares[0], sites, progress)
+                tallies.append(Tally.of(own))
             progress.done()
+            if len(shares) > 1:
+                crawler.forget_open_scopes()  # the other processes opened and closed some
             names = [s.name for s in sites]
             await crawler.recheck(suffixes, names)
             await crawler.check_mirrors(names)
@@ -141,15 +134,151 @@ async def sync_once(config: Config, db: Path, named: list[str], trust: TrustSet)
                 random.Random(),  # noqa: S311 - jitter, not crypto
             )
         open_alerts = await store.alerts.open_alerts(suffixes=suffixes)
-    for r in results:
-        summary.new_snapshots += r.new_snapshots
-        summary.events += len(r.events)
-        summary.errors += r.error is not None
-        summary.deferred += r.deferred
-        summary.untrusted += r.serves_untrusted
+    for t in tallies:
+        summary.new_snapshots += t.new_snapshots
+        summary.events += t.events
+        summary.errors += t.errors
+        summary.deferred += t.deferred
+        summary.untrusted += t.untrusted
     summary.alerts = sum(1 for a in open_alerts if a.severity == "critical")
     summary.warnings = sum(1 for a in open_alerts if a.severity != "critical")
     return summary
+
+
+async def crawl_share(
+    crawler: Crawler,
+    store: Store,
+    suffixes: list[str],
+    sites: list[Site],
+    progress: Progress | None = None,
+) -> list[PairResult]:
+    """Every (record, mirror) pair of `suffixes` × `sites`, `crawl.concurrency` at a time."""
+    results: list[PairResult] = []
+    concurrency = crawler.config.crawl.concurrency
+    send, receive = anyio.create_memory_object_stream[_Job](concurrency)
+
+    async def worker() -> None:
+        async with receive.clone() as jobs:
+            async for job in jobs:
+                results.append(await _pair(crawler, job))
+                if progress is not None:
+                    progress.step()
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(concurrency):
+            tg.start_soon(worker)
+        async with send:
+            # The bookkeeping of a chunk of records in one read, not one per fetch.
+            for start in range(0, len(suffixes), PASS_CHUNK):
+                chunk = suffixes[start : start + PASS_CHUNK]
+                known = await store.fetch_states_of(chunk)
+                for suffix in chunk:
+                    for site in sites:
+                        await send.send(
+                            _Job(
+                                suffix,
+                                site,
+                                known.get((suffix, site.name, "bundle")),
+                                known.get((suffix, site.name, "state")),
+                            )
+                        )
+        receive.close()
+    return results
+
+
+# -- sharing a pass between processes ------------------------------------------------------
+
+#: A pass gives a worker process a share only if each gets at least this many records:
+#: below it, starting a process (about half a second) costs more than it saves.
+SHARE_MIN = 512
+#: Never more processes than this, whatever the CPU count.
+WORKERS_MAX = 8
+
+
+def workers_for(config: Config, records: int) -> int:
+    """How many processes a pass over `records` records uses."""
+    wanted = config.crawl.workers or _usable_cpus()
+    # Each process gets at least one fetch in flight, per host too, so the shared limits
+    # stay the configured ones.
+    limit = min(WORKERS_MAX, config.crawl.per_host, config.crawl.concurrency)
+    return max(1, min(wanted, limit, records // SHARE_MIN))
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def split(suffixes: list[str], parts: int) -> list[list[str]]:
+    """`suffixes` dealt into `parts` shares (every part non-empty when there are enough)."""
+    return [suffixes[i::parts] for i in range(parts)]
+
+
+def shared_limits(config: Config, parts: int) -> Config:
+    """`config` with each process's share of the fetch limits (their sum never exceeds
+    the configured ones)."""
+    if parts == 1:
+        return config
+    crawl = replace(
+        config.crawl,
+        concurrency=config.crawl.concurrency // parts,
+        per_host=config.crawl.per_host // parts,
+    )
+    return replace(config, crawl=crawl)
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """What a share of a pass found, in numbers (sent back from a worker process)."""
+
+    new_snapshots: int = 0
+    events: int = 0
+    errors: int = 0
+    deferred: int = 0
+    untrusted: int = 0
+
+    @classmethod
+    def of(cls, results: list[PairResult]) -> Tally:
+        return cls(
+            new_snapshots=sum(r.new_snapshots for r in results),
+            events=sum(len(r.events) for r in results),
+            errors=sum(r.error is not None for r in results),
+            deferred=sum(r.deferred for r in results),
+            untrusted=sum(r.serves_untrusted for r in results),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ShareJob:
+    """Everything a worker process needs to crawl its share (pickled to it)."""
+
+    config: Config
+    db: Path
+    suffixes: list[str]
+    sites: list[Site]
+    trust: TrustSet
+    log: tuple[str, int]
+
+
+async def _run_share(job: ShareJob, limiter: anyio.CapacityLimiter, out: list[Tally]) -> None:
+    # cancellable: on SIGTERM the worker is killed like a crashed pass, which loses
+    # nothing archived (every fetch is recorded in one transaction, or not at all).
+    out.append(await anyio.to_process.run_sync(run_share, job, cancellable=True, limiter=limiter))
+
+
+def run_share(job: ShareJob) -> Tally:
+    """A worker process's share of a pass (runs in the worker)."""
+    configure_logging(*job.log)
+    return anyio.run(_share, job)
+
+
+async def _share(job: ShareJob) -> Tally:
+    # Not the writers' lock: the process that started this one holds it for the pass.
+    async with await Store.open(job.db) as store, fetcher_for(job.config) as fetcher:
+        crawler = Crawler(job.config, store, fetcher, job.trust, lambda: datetime.now(UTC))
+        return Tally.of(await crawl_share(crawler, store, job.suffixes, job.sites))
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,16 +307,19 @@ async def _pair(crawler: Crawler, job: _Job) -> PairResult:
 
 
 class Progress:
-    """records done/total and rate on a terminal; silent otherwise."""
+    """records done/total and rate on a terminal; silent otherwise.
 
-    def __init__(self, total: int) -> None:
-        self.total, self.count = total, 0
+    `weight`: pairs each step stands for (a pass shared by N processes counts this
+    one's share N times: an estimate of the whole, which ends at the total)."""
+
+    def __init__(self, total: int, weight: int = 1) -> None:
+        self.total, self.count, self.weight = total, 0, weight
         self.started = time.monotonic()
         self.tty = sys.stderr.isatty()
 
     def step(self) -> None:
-        self.count += 1
-        if self.tty and (self.count % 50 == 0 or self.count == self.total):
+        self.count = min(self.total, self.count + self.weight)
+        if self.tty and (self.count % 50 < self.weight or self.count == self.total):
             rate = self.count / max(time.monotonic() - self.started, 1e-9)
             print(f"\r{self.count}/{self.total} ({rate:.0f}/s)", end="", file=sys.stderr)
 

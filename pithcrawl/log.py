@@ -12,12 +12,16 @@ from typing import TextIO
 
 import structlog
 
+_settings: tuple[str, int] = ("json", 0)
+
 
 def configure(fmt: str | None = None, verbosity: int = 0, stream: TextIO | None = None) -> None:
     """Set up structlog. `fmt` is "json", "console" or None (pick by whether it is a TTY)."""
+    global _settings  # noqa: PLW0603 - what `settings` hands to worker processes
     out: TextIO = stream or _Stderr()  # type: ignore[assignment] # write/flush/isatty is all
     if fmt is None:
         fmt = "console" if out.isatty() else "json"
+    _settings = (fmt, verbosity)
     level = {-1: logging.WARNING, 0: logging.INFO}.get(max(-1, min(verbosity, 1)), logging.DEBUG)
     renderer: structlog.typing.Processor
     if fmt == "json":
@@ -36,6 +40,11 @@ def configure(fmt: str | None = None, verbosity: int = 0, stream: TextIO | None 
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
+
+
+def settings() -> tuple[str, int]:
+    """The format and verbosity last configured, for a worker process to log the same way."""
+    return _settings
 
 
 class _Stderr:

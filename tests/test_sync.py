@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,9 @@ from builder import BundleBuilder, TestSigner, canonical_record
 from conftest import write_config
 from mirror import TestMirror
 
+from pithcrawl import daemon
 from pithcrawl.cli import main
+from pithcrawl.config import parse_config
 
 
 def sync(capsys, cfg: Path, *extra: str) -> tuple[int, dict]:
@@ -97,3 +100,60 @@ def test_bad_config_exits_2_naming_the_key(capsys, tmp_path: Path, toml: str, ke
     assert key in err
     assert "Traceback" not in err
     assert not (tmp_path / "pithcrawl.db").exists()
+
+
+def _archived(db: Path) -> tuple[list[tuple], list[tuple]]:
+    """What an archive holds, independent of ids and times: snapshots and open alerts."""
+    with sqlite3.connect(db) as conn:
+        snaps = conn.execute(
+            "SELECT suffix, mirror, kind, body_sha256, trusted FROM snapshots ORDER BY 1, 2, 3"
+        ).fetchall()
+        alerts = conn.execute(
+            "SELECT kind, suffix, dedup_key FROM alerts WHERE closed_at IS NULL ORDER BY 3"
+        ).fetchall()
+    return snaps, alerts
+
+
+def test_a_pass_shared_by_a_worker_process_archives_what_one_process_would(
+    capsys, tmp_path: Path, signer: TestSigner, mirror: TestMirror, monkeypatch
+):
+    """`crawl.workers = 2`: a worker process crawls every other record (verified, archived
+    and alerted on like the rest), and the summary counts both shares."""
+    monkeypatch.setattr(daemon, "SHARE_MIN", 1)
+    builders = {b.suffix: b for b in records(signer, 6)}
+    # The shares are dealt in tracked order (suffix order here): 0, 2, 4 stay in this
+    # process, 1, 3, 5 go to the worker. One bad bundle in each share.
+    order = sorted(builders)
+    for i, suffix in enumerate(order):
+        doc = builders[suffix].build()
+        if i in (0, 3):
+            doc["bundle_signature"]["bundle_sha256"] = "0" * 64
+        mirror.put(json.dumps(doc).encode())
+    seen = {}
+    for workers in (1, 2):
+        home = tmp_path / f"workers{workers}"
+        home.mkdir()
+        cfg = write_config(home, signer, mirror.base_url)
+        cfg.write_text(cfg.read_text().replace("[crawl]\n", f"[crawl]\nworkers = {workers}\n"))
+        assert main(["--config", str(cfg), "track", *order]) == 0
+        code, summary = sync(capsys, cfg)
+        assert code == 1, summary
+        summary.pop("duration_s")
+        seen[workers] = summary, _archived(home / "archive.db")
+    summary, (snaps, alerts) = seen[2]
+    assert seen[1] == seen[2]
+    assert summary["new_snapshots"] == 2 * 4 + 2  # the two bad bundles: no state.json
+    assert {s[0] for s in snaps} == set(order)
+    bad = [("document_invalid", order[0]), ("document_invalid", order[3])]
+    assert sorted((a[0], a[1]) for a in alerts) == sorted(bad)
+    assert summary["alerts"] == 2 and summary["untrusted"] == 2
+
+
+def test_workers_share_the_fetch_limits():
+    """No more processes than records allow, nor than per_host or concurrency can share."""
+    config = parse_config("[crawl]\nworkers = 4\nconcurrency = 32\nper_host = 2\n")
+    assert daemon.workers_for(config, 100_000) == 2  # per_host 2: one each
+    assert daemon.workers_for(config, daemon.SHARE_MIN * 2 - 1) == 1
+    shared = daemon.shared_limits(config, 2)
+    assert (shared.crawl.concurrency, shared.crawl.per_host) == (16, 1)
+    assert daemon.split(list("abcde"), 2) == [["a", "c", "e"], ["b", "d"]]
