@@ -137,16 +137,17 @@ class Piece:
     """A JSON value with its canonical bytes computed once, to be embedded in larger
     documents without serialising it again. Canonically it *is* its value."""
 
-    __slots__ = ("data", "value")
+    __slots__ = ("data", "fragment", "value")
 
     def __init__(self, value: Any) -> None:
         self.value = value
         self.data = canon(value)
+        self.fragment = orjson.Fragment(self.data)
 
 
 def _default(obj: Any) -> Any:
     if isinstance(obj, Piece):
-        return orjson.Fragment(obj.data)
+        return obj.fragment
     if isinstance(obj, float):
         return orjson.Fragment(float.__repr__(obj).encode("ascii"))
     raise TypeError(f"{type(obj).__name__} is not JSON")

@@ -14,12 +14,14 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import nacl.bindings
 import nacl.exceptions
 
 from pithcrawl.timestamps import Timestamp, parse_timestamp
+
+_T = TypeVar("_T")
 
 
 class InvalidKey(ValueError):
@@ -44,9 +46,21 @@ class TrustedKey:
     raw: bytes
     rotates_at: Timestamp | None = None
     fingerprint_hex: str = field(init=False, repr=False, compare=False)
+    #: The raw bytes as a document writes them; see `published_as`.
+    raw_hex: str = field(init=False, repr=False, compare=False)
+    raw_b64: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fingerprint_hex", fingerprint_hex(self.raw))
+        object.__setattr__(self, "raw_hex", self.raw.hex())
+        object.__setattr__(self, "raw_b64", base64.b64encode(self.raw).decode("ascii"))
+
+    def published_as(self, raw_hex: str | None, raw_b64: str | None) -> bool:
+        """Whether a published key's hex and base64 (either may be absent) are these bytes."""
+        if raw_hex is not None and raw_hex != self.raw_hex:
+            return False
+        # The usual spelling is the canonical one; any other may still decode to the key.
+        return raw_b64 is None or raw_b64 == self.raw_b64 or _b64_bytes(raw_b64) == self.raw
 
     @property
     def fingerprint_b32(self) -> str:
@@ -187,6 +201,14 @@ class TrustSet(Mapping[str, TrustedKey]):
     def __getitem__(self, key_id: str) -> TrustedKey:
         return self._keys[key_id]
 
+    @overload
+    def get(self, key_id: str, /) -> TrustedKey | None: ...
+    @overload
+    def get(self, key_id: str, /, default: TrustedKey | _T) -> TrustedKey | _T: ...
+    def get(self, key_id: str, /, default: object = None) -> object:
+        # Mapping.get goes through __getitem__ and a KeyError; asked once per signature.
+        return self._keys.get(key_id, default)
+
     def __iter__(self):  # type: ignore[no-untyped-def] # Mapping's own signature
         return iter(self._keys)
 
@@ -199,6 +221,13 @@ class TrustSet(Mapping[str, TrustedKey]):
     def with_keys(self, keys: Iterable[TrustedKey]) -> TrustSet:
         """A new trust set with `keys` added (a key id already trusted keeps its key)."""
         return TrustSet([*self._keys.values(), *(k for k in keys if k.key_id not in self._keys)])
+
+
+def _b64_bytes(text: str) -> bytes | None:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
 
 
 def verify_signature(raw_key: bytes, digest_hex: str, signature_b64: str) -> bool:

@@ -6,13 +6,24 @@ import json
 from typing import Any
 
 from builder import BundleBuilder, TestSigner, serialize
-from hypothesis import given
+from conftest import NOW, REAL_SUFFIX
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pithcrawl import schema
+from pithcrawl.canon import canon, parse
+from pithcrawl.keys import TrustSet, load_key
 from pithcrawl.pith import pith_suffix, pith_suffix_reference
+from pithcrawl.verify import (
+    DEFAULT_CLOCK_SKEW,
+    Report,
+    clean_bundle_report,
+    verify_bundle,
+    verify_bundle_document,
+)
 
 SIGNER = TestSigner("fast-key")
+TRUST = TrustSet([load_key(SIGNER.public_key())])
 
 
 def _bundle() -> dict[str, Any]:
@@ -51,3 +62,63 @@ def test_generated_schema_validator_agrees_when_any_member_is_removed():
 def test_pith_suffix_is_the_base32_of_the_spec(digest):
     """The integer-based suffix equals base64.b32encode's, for any digest."""
     assert pith_suffix(digest.hex()) == pith_suffix_reference(digest.hex())
+
+
+def _reference(data: bytes, trust: TrustSet, **kw: Any) -> Report:
+    """The complete check alone, on the exact reading: what the fast path must match."""
+    return verify_bundle_document(parse(data), trust, now=NOW, **kw)
+
+
+def _same_report(data: bytes, trust: TrustSet, **kw: Any) -> None:
+    fast, ref = verify_bundle(data, trust, now=NOW, **kw), _reference(data, trust, **kw)
+    assert fast.findings == ref.findings
+    assert (fast.kind, fast.pith_number, fast.bundle_sha256, fast.built_at) == (
+        ref.kind,
+        ref.pith_number,
+        ref.bundle_sha256,
+        ref.built_at,
+    )
+    assert fast.events == ref.events
+    assert fast.state == ref.state
+    assert fast.equivocations == ref.equivocations
+    assert canon(fast.document) == canon(ref.document)
+
+
+def test_clean_path_report_is_the_complete_checks_on_the_real_bundle(
+    real_bundle_bytes: bytes, real_trust: TrustSet
+):
+    """The real bundle: the fast path's report is the one the complete check gives."""
+    assert clean_bundle_report(
+        json.loads(real_bundle_bytes), real_trust, NOW + DEFAULT_CLOCK_SKEW, REAL_SUFFIX
+    )
+    _same_report(real_bundle_bytes, real_trust, expected_suffix=REAL_SUFFIX)
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(0, 5))
+def test_clean_path_report_is_the_complete_checks_on_built_bundles(events):
+    """Bundles of every size the builder makes: same report by either road."""
+    b = BundleBuilder(SIGNER)
+    for j in range(events):
+        b.add_event(payload={"graph_snapshot": {"n": j, "x": 1.5, "big": 2**40}})
+    data = b.bytes()
+    assert clean_bundle_report(json.loads(data), TRUST, NOW + DEFAULT_CLOCK_SKEW, None)
+    _same_report(data, TRUST)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(st.sampled_from(_paths(json.loads(BUNDLE_BYTES))), st.data())
+def test_clean_path_declines_whatever_the_complete_check_finds(path, data):
+    """Any one member changed: a report only when the complete check finds nothing."""
+    doc = json.loads(BUNDLE_BYTES)
+    parent = doc
+    for p in path[:-1]:
+        parent = parent[p]
+    if data.draw(st.booleans()):
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = data.draw(st.none() | st.booleans() | st.integers() | st.text())
+    clean = clean_bundle_report(doc, TRUST, NOW + DEFAULT_CLOCK_SKEW, None)
+    if clean is not None:
+        assert _reference(serialize(doc), TRUST).findings == ()
+    _same_report(serialize(doc), TRUST)
