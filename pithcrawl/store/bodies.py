@@ -11,11 +11,10 @@ deleted, and every base is shallower than the blob naming it, so following them 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
 
 from pithcrawl.errors import StoreCorrupt, StoreError
 from pithcrawl.store.blobs import MAX_DEPTH, Base, PackedBlob, pack, unpack
-from pithcrawl.store.connection import Database, Session
+from pithcrawl.store.connection import Database
 from pithcrawl.store.rows import FetchOutcome
 
 #: Bodies kept decoded in memory as the likely next bases (by sha256, so never stale).
@@ -33,9 +32,19 @@ WITH RECURSIVE chain (sha256, size, codec, base, depth, data, n) AS (
 SELECT sha256, size, codec, base, depth, data FROM chain ORDER BY n DESC
 """
 
-_LATEST_OF_SERIES = """
-SELECT body_sha256 FROM snapshots WHERE suffix = ? AND mirror = ? AND kind = ?
-ORDER BY id DESC LIMIT 1
+# The blobs a new body of a series may be stored against, best first: the related body
+# named by the caller, then the newest body of the series.
+_CANDIDATES = """
+WITH candidate (sha256, rank) AS (
+    VALUES (?1, 0)
+    UNION ALL
+    SELECT * FROM (
+        SELECT body_sha256, 1 FROM snapshots WHERE suffix = ?2 AND mirror = ?3 AND kind = ?4
+        ORDER BY id DESC LIMIT 1
+    )
+)
+SELECT b.sha256, b.base, b.depth FROM candidate AS c JOIN blobs AS b ON b.sha256 = c.sha256
+ORDER BY c.rank LIMIT 1
 """
 
 
@@ -86,15 +95,14 @@ class Bodies:
 
     async def _base(self, fetch: FetchOutcome) -> Base | None:
         """The best archived body to store `fetch`'s body against, if any."""
+        key = (fetch.related_sha256, fetch.suffix, fetch.mirror, fetch.kind)
         async with self._db.read("choose a delta base") as s:
-            candidates = [fetch.related_sha256] if fetch.related_sha256 else []
-            latest = await s.one(_LATEST_OF_SERIES, (fetch.suffix, fetch.mirror, fetch.kind))
-            if latest is not None:
-                candidates.append(latest[0])
-            found = await _shallow_enough(s, candidates)
-        if found is None:
+            row = await s.one(_CANDIDATES, key)
+        if row is None:
             return None
-        sha256, depth = found
+        sha256, depth = row["sha256"], int(row["depth"])
+        if depth >= MAX_DEPTH:  # too deep to stand on: its base is one level shallower
+            sha256, depth = row["base"], depth - 1
         body = self._cache.get(sha256)
         if body is not None:
             self._cache.move_to_end(sha256)
@@ -113,17 +121,3 @@ class Bodies:
         while self._cached_bytes > CACHE_BYTES:
             _, old = self._cache.popitem(last=False)
             self._cached_bytes -= len(old)
-
-
-async def _shallow_enough(s: Session, candidates: Sequence[str]) -> tuple[str, int] | None:
-    """The first candidate blob that exists, or the nearest of its bases a new delta may
-    stand on (depth below MAX_DEPTH): (sha256, depth)."""
-    for candidate in candidates:
-        sha256 = candidate
-        row = await s.one("SELECT base, depth FROM blobs WHERE sha256 = ?", (sha256,))
-        while row is not None and row["depth"] >= MAX_DEPTH:
-            sha256 = row["base"]
-            row = await s.one("SELECT base, depth FROM blobs WHERE sha256 = ?", (sha256,))
-        if row is not None:
-            return sha256, int(row["depth"])
-    return None

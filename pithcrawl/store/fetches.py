@@ -19,7 +19,7 @@ from pithcrawl.store.rows import (
     Snapshot,
     db_time,
     db_time_or_none,
-    snapshot_from_row,
+    snapshot_of,
     to_json_text,
 )
 
@@ -218,6 +218,5 @@ async def _insert_snapshot(
             prev_id,
         ),
     )
-    row = await s.one("SELECT * FROM snapshots WHERE id = ?", (rowid,))
-    assert row is not None
-    return snapshot_from_row(row)
+    assert rowid is not None
+    return snapshot_of(fetch, rowid, body_sha256, prev_id)

@@ -295,6 +295,29 @@ def snapshot_from_row(row: sqlite3.Row) -> Snapshot:
     )
 
 
+def snapshot_of(
+    fetch: FetchOutcome, snapshot_id: int, body_sha256: str, prev_id: int | None
+) -> Snapshot:
+    """The snapshot `fetch` was just archived as: what `snapshot_from_row` would read back."""
+    assert fetch.status is not None  # a fetch with a body has its status
+    return Snapshot(
+        id=snapshot_id,
+        suffix=fetch.suffix,
+        mirror=fetch.mirror,
+        kind=fetch.kind,
+        fetched_at=_time(db_time(fetch.fetched_at)),
+        url=fetch.url,
+        status=fetch.status,
+        body_sha256=body_sha256,
+        bundle_sha256=fetch.bundle_sha256,
+        built_at=fetch.built_at,
+        event_count=fetch.event_count,
+        trusted=fetch.trusted,
+        findings=tuple(fetch.findings),
+        prev_id=prev_id,
+    )
+
+
 def event_from_row(row: sqlite3.Row) -> EventRow:
     return EventRow(
         id=row["id"],
