@@ -245,7 +245,7 @@ def _verify_cached(raw_key: bytes, digest_hex: str, signature_b64: str) -> bool:
     # registry signs the same digests again and again across mirrors and re-syncs.
     try:
         digest = bytes.fromhex(digest_hex)
-        signature = base64.b64decode(signature_b64, validate=True)
+        signature = _signature_bytes(signature_b64)
     except (ValueError, binascii.Error):
         return False
     if len(digest) != 32 or len(signature) != 64:
@@ -258,3 +258,16 @@ def _verify_cached(raw_key: bytes, digest_hex: str, signature_b64: str) -> bool:
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, ValueError):
         return False
     return True
+
+
+def _signature_bytes(text: str) -> bytes:
+    """base64.b64decode(text, validate=True), sooner for the usual, canonical text.
+
+    Strict mode accepts only alphabet characters with correct padding, a subset of what
+    validate=True accepts, and decodes it to the same bytes; anything else is judged by
+    the definition. (b64decode's validate runs a regular expression first.)
+    """
+    try:
+        return binascii.a2b_base64(text, strict_mode=True)
+    except (binascii.Error, ValueError):
+        return base64.b64decode(text, validate=True)

@@ -78,12 +78,15 @@ def equivocation_groups(
     ]
 
 
-ENTRY_KEYS = ("event_id", "target", "created_at", "signer", "payload")
-
-
 def entry(event: Mapping[str, Any]) -> dict[str, Any]:
     """How an applied event appears in `current` (checked)."""
-    return {k: event[k] for k in ENTRY_KEYS}
+    return {
+        "event_id": event["event_id"],
+        "target": event["target"],
+        "created_at": event["created_at"],
+        "signer": event["signer"],
+        "payload": event["payload"],
+    }
 
 
 def merge(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -122,3 +123,22 @@ def test_clean_path_declines_whatever_the_complete_check_finds(path, data):
     if clean is not None:
         assert _reference(serialize(doc), TRUST).findings == ()
     _same_report(serialize(doc), TRUST)
+
+
+@given(
+    st.text(alphabet="ABCXYZabcxyz0189+/=\n -_", max_size=12)
+    | st.binary(max_size=70).map(lambda b: base64.b64encode(b).decode())
+)
+def test_signature_text_decodes_as_the_definition_says(text):
+    """Whatever strict decoding accepts, b64decode(validate=True) reads the same way."""
+    from pithcrawl.keys import _signature_bytes
+
+    try:
+        expected: bytes | None = base64.b64decode(text, validate=True)
+    except ValueError:
+        expected = None
+    try:
+        got: bytes | None = _signature_bytes(text)
+    except ValueError:
+        got = None
+    assert got == expected
