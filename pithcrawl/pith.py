@@ -29,6 +29,22 @@ def pith_suffix(canonical_sha256: str) -> str:
     return "".join([_B32_PAIRS[(bits >> shift) & 0x3FF] for shift in _PAIR_SHIFTS])
 
 
+#: Base32 characters as the digits int(..., 32) reads.
+_B32_AS_DIGITS = str.maketrans(_B32, "0123456789abcdefghijklmnopqrstuv")
+
+
+def is_suffix_of(suffix: str, canonical_sha256: str) -> bool:
+    """Whether `suffix` == pith_suffix(canonical_sha256), by reading the suffix back.
+
+    Encoding is a loop in Python; reading is one translate and one int() in C. Base32
+    maps 26-character strings of its alphabet one to one onto 130-bit numbers, so the
+    strings are equal exactly when the suffix has that form and the numbers are equal.
+    """
+    return _SUFFIX.fullmatch(suffix) is not None and int(suffix.translate(_B32_AS_DIGITS), 32) == (
+        int(canonical_sha256[:34], 16) >> 6
+    )
+
+
 def pith_suffix_reference(canonical_sha256: str) -> str:
     """pith_suffix exactly as pith-format.md §2 writes it."""
     # Base32 encodes each 5 bytes on its own, so the first 20 bytes give the first 32

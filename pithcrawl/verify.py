@@ -26,7 +26,7 @@ from pithcrawl.merge import (
     merge,
     state_sha256,
 )
-from pithcrawl.pith import pith_number, short_aliases
+from pithcrawl.pith import is_suffix_of, pith_number, short_aliases
 from pithcrawl.timestamps import Timestamp, not_after, parse_timestamp
 
 DEFAULT_CLOCK_SKEW = timedelta(minutes=5)
@@ -764,9 +764,13 @@ class _CleanCheck:
 
     def _pith_number(self, canonical: str) -> str:
         doc = self.doc
-        number = pith_number(canonical, doc["canonical_record"]["metadata"]["submitted_at"])
-        suffix = number.rpartition(":")[2]
-        _hold(doc["canonical_sha256"] == canonical and doc["pith_number"] == number)
+        # The number must be pith_number(canonical, submitted_at): its prefix, then the
+        # suffix, read back rather than encoded (pith.is_suffix_of).
+        number: str = doc["pith_number"]
+        prefix = f"pith:{doc['canonical_record']['metadata']['submitted_at'][:4]}:"
+        suffix = number[len(prefix) :]
+        _hold(doc["canonical_sha256"] == canonical and number.startswith(prefix))
+        _hold(is_suffix_of(suffix, canonical))
         _hold(self.expected_suffix is None or suffix == self.expected_suffix)
         _hold(doc.get("short_pith_number", f"pith:{suffix[:8]}") == f"pith:{suffix[:8]}")
         aliases = short_aliases(suffix)

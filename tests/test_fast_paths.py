@@ -142,3 +142,15 @@ def test_signature_text_decodes_as_the_definition_says(text):
     except ValueError:
         got = None
     assert got == expected
+
+
+@given(st.binary(min_size=32, max_size=32), st.integers(0, 25), st.text(max_size=2))
+def test_reading_a_suffix_back_agrees_with_encoding_it(digest, at, insert):
+    """is_suffix_of is true of the suffix, false of any other text."""
+    from pithcrawl.pith import is_suffix_of
+
+    suffix = pith_suffix(digest.hex())
+    assert is_suffix_of(suffix, digest.hex())
+    other = suffix[:at] + insert + suffix[at + 1 :]
+    assert is_suffix_of(other, digest.hex()) == (other == suffix)
+    assert not is_suffix_of(suffix.lower(), digest.hex())
