@@ -26,8 +26,9 @@ lint: install
 sync: install
 	$(BIN)/pithcrawl sync $(ARGS)
 
+## make bench: the performance benchmark (corpus sizes 5,000 and 50,000; ARGS="--records 2000" for a quick one)
 bench: install
-	$(BIN)/python bench/verify_bench.py $(ARGS)
+	$(BIN)/python bench/sync_bench.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

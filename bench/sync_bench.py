@@ -1,6 +1,11 @@
 """End-to-end `pithcrawl sync` against a fast local mirror, each pass in a fresh process.
 
-    python bench/sync_bench.py [--records 2000] [--events 2-6] [--json out.json]
+    python bench/sync_bench.py [--records 5000,50000] [--events 2-6] [--json out.json]
+
+Every figure the README's Performance section gives, in one run: for each corpus size N, the four
+phases below; then verification alone against its Ed25519 floor (bench/verify_bench.py
+in a child process); then peak RSS side by side across the sizes. A table on stdout,
+the same figures as JSON in bench/out/sync_bench.json.
 
 Builds N records with 2–6 events each (seeded), signed with a key made here, cached
 under bench/out/ keyed by (N, seed, events). bench/mirror_server.py serves them from
@@ -251,8 +256,8 @@ def write_config(tmp: Path, url: str, concurrency: int, per_host: int) -> Path:
 # -- the run ------------------------------------------------------------------------------------
 
 
-def bench(args: argparse.Namespace, tmp: Path, events: tuple[int, int]) -> dict[str, Any]:
-    n, py = args.records, sys.executable
+def bench(args: argparse.Namespace, tmp: Path, events: tuple[int, int], n: int) -> dict[str, Any]:
+    py = sys.executable
     corpus_dir, rows = corpus(n, args.seed, events)
     overlay = tmp / "bumped"  # the bumped records' files, served over the corpus
     overlay.mkdir()
@@ -313,9 +318,21 @@ def bench(args: argparse.Namespace, tmp: Path, events: tuple[int, int]) -> dict[
         "mean_state_bytes": sum(row[2] for row in rows) // n,
         "profiled": args.profile,
         **r,
-        "cold_to_fetch_only": round(r["cold"]["wall_s"] / r["fetch_only"]["wall_s"], 2),
+        "cold_to_fetch_only": round(r["fetch_only"]["wall_s"] / r["cold"]["wall_s"], 3),
         "new_snapshot_checks": {k: {"found": f, "expected": e} for k, (f, e) in checks.items()},
     }
+
+
+def verification(bundles: int, tmp: Path) -> dict[str, Any]:
+    """bench/verify_bench.py's figures (verification alone, and its Ed25519 floor)."""
+    out = tmp / "verify.json"
+    argv = [sys.executable, str(BENCH / "verify_bench.py"), "--bundles", str(bundles)]
+    argv += ["--json", str(out)]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise BenchError(f"verify_bench: exit {done.returncode}\n{done.stderr[-4000:]}")
+    figures: dict[str, Any] = json.loads(out.read_text())
+    return figures
 
 
 def print_table(r: dict[str, Any]) -> None:
@@ -332,7 +349,7 @@ def print_table(r: dict[str, Any]) -> None:
         mirror_cpu = "-" if p["mirror_cpu_s"] is None else p["mirror_cpu_s"]
         extra = (mirror_cpu, p.get("db_bytes_added", "-"))
         print("{:<12}{:>11}{:>9.2f}{:>8.2f}{:>8.1f}{:>14}{:>12}".format(*cols, *extra))
-    print(f"\ncold sync time / fetch-only time: {r['cold_to_fetch_only']}")
+    print(f"\ncold sync / fetch-only, records/s: {r['cold_to_fetch_only']}")
     print(f"unchanged: Store.stats() delta {r['unchanged']['stats_delta']}")
     raw = b["raw_bundle_bytes_per_changed_record"]
     print(
@@ -345,6 +362,21 @@ def print_table(r: dict[str, Any]) -> None:
             print(f"UNEXPECTED {k}: {c['found']} new snapshots, expected {c['expected']}")
 
 
+def print_summary(result: dict[str, Any]) -> None:
+    v = result["verification"]
+    print(
+        f"verification alone: {v['verify_bundles_per_s']} bundles/s, Ed25519 floor"
+        f" {v['floor_bundles_per_s']} bundles/s: {v['ratio_to_floor']}x the floor"
+        f" ({v['bundles']} bundles, {v['signatures']} signatures)"
+    )
+    rss = result["peak_rss_mb"]
+    if len(rss) > 1:
+        line = ", ".join(
+            f"N={n}: cold {r['cold']} MB, unchanged {r['unchanged']} MB" for n, r in rss.items()
+        )
+        print(f"peak RSS by corpus size: {line}")
+
+
 def main() -> int:
     if sys.argv[1:2] == ["--fetch-only-child"]:  # run by `bench` in a child process
         base, corpus_dir, concurrency, per_host = sys.argv[2:]
@@ -355,11 +387,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--records", type=int, default=2000, help="N, 1 to 100000")
+    ap.add_argument(
+        "--records",
+        default="5000,50000",
+        help="corpus sizes N, comma-separated, each 1 to 100000 (all phases at each)",
+    )
     ap.add_argument("--events", default="2-6", help="events per record, LO-HI")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--per-host", type=int, default=32)
+    ap.add_argument("--verify-bundles", type=int, default=1000, help="for verification alone")
     ap.add_argument("--mirror-url", help="use this mirror instead of starting one")
     ap.add_argument("--mirror-reload", help="shell command: serve $BENCH_BUMPED_DIR's files")
     ap.add_argument("--profile", action="store_true", help="cProfile the cold sync into bench/out")
@@ -367,20 +404,41 @@ def main() -> int:
     args = ap.parse_args()
     lo, _, hi = args.events.partition("-")
     events = (int(lo), int(hi or lo))
-    if not 1 <= args.records <= 100_000 or not 1 <= events[0] <= events[1]:
+    try:
+        sizes = [int(n) for n in args.records.split(",")]
+    except ValueError:
+        ap.error("--records must be comma-separated integers")
+    if not all(1 <= n <= 100_000 for n in sizes) or not 1 <= events[0] <= events[1]:
         ap.error("--records must be 1..100000 and --events LO-HI with 1 <= LO <= HI")
     OUT.mkdir(parents=True, exist_ok=True)
+    # Bytecode compiled once, as an installed package has it: every pass is a new process,
+    # and compiling the package on each start (PYTHONDONTWRITEBYTECODE) is not pithcrawl.
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "pithcrawl")], check=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # still stop the mirror, rm tmp
+    runs: dict[int, dict[str, Any]] = {}
     try:
+        for n in sizes:
+            with tempfile.TemporaryDirectory(prefix="pithcrawl-bench-") as tmp:
+                runs[n] = bench(args, Path(tmp), events, n)
+            print_table(runs[n])
+            print()
         with tempfile.TemporaryDirectory(prefix="pithcrawl-bench-") as tmp:
-            result = bench(args, Path(tmp), events)
+            figures = verification(args.verify_bundles, Path(tmp))
     except BenchError as e:
         print(f"sync_bench: {e}", file=sys.stderr)
         return 1
-    print_table(result)
+    result = {
+        "sizes": {str(n): r for n, r in runs.items()},
+        "verification": figures,
+        "peak_rss_mb": {
+            str(n): {k: r[k]["peak_rss_mb"] for k in ("cold", "unchanged", "bumped")}
+            for n, r in runs.items()
+        },
+    }
+    print_summary(result)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
-    checks = result["new_snapshot_checks"].values()
+    checks = [c for r in runs.values() for c in r["new_snapshot_checks"].values()]
     return 0 if all(c["found"] == c["expected"] for c in checks) else 1
 
 
