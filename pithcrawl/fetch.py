@@ -182,7 +182,9 @@ class HttpFetcher:
         if self._session is not None:
             raise RuntimeError("HttpFetcher is already open")
         sock_timeout = min(self._timeout, _SOCK_TIMEOUT_MAX)
-        self._slots = anyio.Semaphore(self._concurrency)
+        # fast_acquire: a free slot is taken without a trip through the event loop (the
+        # request that follows yields anyway).
+        self._slots = anyio.Semaphore(self._concurrency, fast_acquire=True)
         self._session = aiohttp.ClientSession(
             # Our semaphores queue requests before the timeout starts; these limits only
             # back them up, so a request never times out waiting for a pooled connection.
@@ -284,7 +286,7 @@ class HttpFetcher:
         host = (url.host or "").lower()
         host_slot = self._host_slots.get(host)
         if host_slot is None:
-            host_slot = self._host_slots[host] = anyio.Semaphore(self._per_host)
+            host_slot = self._host_slots[host] = anyio.Semaphore(self._per_host, fast_acquire=True)
         # Host first: a request queued behind a busy host must not hold a global slot
         # that requests to idle hosts could use.
         async with host_slot, self._slots:
