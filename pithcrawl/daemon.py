@@ -6,6 +6,7 @@ summary of a pass. Each pair's work is `crawl.Crawler.sync_pair`.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import random
 import signal
@@ -113,7 +114,7 @@ async def sync_once(config: Config, db: Path, named: list[str], trust: TrustSet)
             async with anyio.create_task_group() as tg:
                 limiter = anyio.CapacityLimiter(max(1, len(shares) - 1))
                 for others in shares[1:]:
-                    job = ShareJob(share, db, others, sites, trust, log_settings())
+                    job = ShareJob(share, db, others, sites, trust, log_settings(), os.getpid())
                     tg.start_soon(_run_share, job, limiter, tallies)
                 progress = Progress(len(suffixes) * len(sites), weight=len(shares))
                 own = await crawl_share(crawler, store, shares[0], sites, progress)
@@ -260,6 +261,8 @@ class ShareJob:
     sites: list[Site]
     trust: TrustSet
     log: tuple[str, int]
+    parent: int
+    """The pid of the process that started the worker."""
 
 
 async def _run_share(job: ShareJob, limiter: anyio.CapacityLimiter, out: list[Tally]) -> None:
@@ -270,8 +273,24 @@ async def _run_share(job: ShareJob, limiter: anyio.CapacityLimiter, out: list[Ta
 
 def run_share(job: ShareJob) -> Tally:
     """A worker process's share of a pass (runs in the worker)."""
+    _bound_to_parent(job.parent)
     configure_logging(*job.log)
     return anyio.run(_share, job)
+
+
+def _bound_to_parent(parent: int) -> None:
+    """A worker lives and dies with the process that started it: Ctrl-C is for that
+    process (which stops the workers itself), and on Linux the kernel kills the worker
+    if its parent dies, so no orphan keeps crawling once the pass is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # it died before prctl took effect
+            os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 async def _share(job: ShareJob) -> Tally:

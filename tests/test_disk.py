@@ -55,13 +55,13 @@ def pithcrawl(cfg: Path, *args: str, **kw) -> subprocess.CompletedProcess[str]:
 
 
 def test_full_disk_is_exit_3_and_loses_nothing(tmp_path, signer: TestSigner, mirror):
-    cfg, builders = setup(tmp_path, signer, mirror, 12)
+    cfg, builders = setup(tmp_path, signer, mirror, 40)
     first = builders[:2]
     assert main(["--config", str(cfg), "track", *(b.pith_number for b in builders)]) == 0
     assert main(["--config", str(cfg), "sync", *(b.pith_number for b in first)]) == 0
     db = tmp_path / "db" / "a.db"
     before = trusted(db)
-    limit = db.stat().st_size + 64 * 1024
+    limit = db.stat().st_size + 16 * 1024
 
     def small_disk() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() fails with EFBIG instead

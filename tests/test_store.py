@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 from conftest import NOW, REAL_SUFFIX
 from hypothesis import given
@@ -26,6 +27,7 @@ from pithcrawl.store import (
     Store,
 )
 from pithcrawl.store.blobs import packed, unpack
+from pithcrawl.store.connection import Database
 
 pytestmark = pytest.mark.anyio
 
@@ -681,3 +683,99 @@ async def test_closed_store_refuses_use(tmp_path: Path) -> None:
 
 def bad_finding() -> Finding:
     return finding("bundle_signature_invalid", "/bundle_signature", "does not verify")
+
+
+# -- group commit --------------------------------------------------------------------------
+
+
+def _suffix(i: int) -> str:
+    return f"{i:026d}".replace("0", "A")
+
+
+async def _add_record(db: Database, i: int, *, fail: bool = False) -> None:
+    async with db.write("add a record") as s:
+        await s.run("INSERT INTO records (suffix, added_at) VALUES (?, ?)", (_suffix(i), "t"))
+        await anyio.lowlevel.checkpoint()  # let the others queue up behind this block
+        if fail:
+            raise RuntimeError("this block fails")
+
+
+def _records_on_disk(path: Path) -> set[str]:
+    with raw(path) as conn:
+        return {r[0] for r in conn.execute("SELECT suffix FROM records")}
+
+
+async def test_write_blocks_queued_together_share_one_commit(tmp_path: Path) -> None:
+    """Writers queued behind each other commit together, and each returns committed."""
+    db = await Database.open(tmp_path / "a.db", exclusive=True, readonly=False)
+    try:
+        async with anyio.create_task_group() as tg:
+            for i in range(20):
+                tg.start_soon(_add_record, db, i)
+        assert _records_on_disk(db.path) == {_suffix(i) for i in range(20)}
+        assert 1 <= db.commits < 20
+        await _add_record(db, 99)  # alone: its own transaction, committed on return
+        assert _suffix(99) in _records_on_disk(db.path)
+    finally:
+        await db.close()
+
+
+async def test_a_failing_block_rolls_back_its_group_and_nothing_is_half_written(
+    tmp_path: Path,
+) -> None:
+    """Exactly the writes whose blocks returned are in the file; the others raised."""
+    db = await Database.open(tmp_path / "a.db", exclusive=True, readonly=False)
+    returned: set[str] = set()
+    failed: dict[int, BaseException] = {}
+
+    async def writer(i: int) -> None:
+        try:
+            await _add_record(db, i, fail=i == 5)
+        except (StoreError, RuntimeError) as e:
+            failed[i] = e
+        else:
+            returned.add(_suffix(i))
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for i in range(12):
+                tg.start_soon(writer, i)
+        assert isinstance(failed[5], RuntimeError)
+        others = [e for i, e in failed.items() if i != 5]
+        assert others and all("another write of the same transaction" in str(e) for e in others)
+        assert _records_on_disk(db.path) == returned
+        assert len(returned) + len(failed) == 12
+    finally:
+        await db.close()
+
+
+async def test_a_writer_cancelled_while_queued_does_not_hold_its_group_open(
+    tmp_path: Path,
+) -> None:
+    """A block cancelled while it waits for its turn neither writes nor blocks the rest."""
+    db = await Database.open(tmp_path / "a.db", exclusive=True, readonly=False)
+    inside, may_end = anyio.Event(), anyio.Event()
+
+    async def slow() -> None:
+        async with db.write("add a record") as s:
+            await s.run("INSERT INTO records (suffix, added_at) VALUES (?, ?)", (_suffix(1), "t"))
+            inside.set()
+            await may_end.wait()
+
+    async def cancelled() -> None:
+        with anyio.move_on_after(0.05):
+            await _add_record(db, 2)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(slow)
+            await inside.wait()
+            tg.start_soon(cancelled)
+            tg.start_soon(_add_record, db, 3)
+            await anyio.sleep(0.2)  # 2 gave up waiting; 3 still waits
+            may_end.set()
+        assert _records_on_disk(db.path) == {_suffix(1), _suffix(3)}
+        await _add_record(db, 4)  # and the connection is usable afterwards
+        assert _suffix(4) in _records_on_disk(db.path)
+    finally:
+        await db.close()

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -157,3 +160,34 @@ def test_workers_share_the_fetch_limits():
     shared = daemon.shared_limits(config, 2)
     assert (shared.crawl.concurrency, shared.crawl.per_host) == (16, 1)
     assert daemon.split(list("abcde"), 2) == [["a", "c", "e"], ["b", "d"]]
+
+
+def test_a_worker_dies_with_the_pass_that_started_it(tmp_path: Path):
+    """A pass killed with SIGKILL leaves no worker crawling on its own (Linux)."""
+    parent = (
+        "import subprocess, sys, os, time\n"
+        "child = subprocess.Popen([sys.executable, '-c',"
+        " 'import sys, time; from pithcrawl.daemon import _bound_to_parent;"
+        ' _bound_to_parent(int(sys.argv[1])); print("ready", flush=True); time.sleep(60)\','
+        " str(os.getpid())], stdout=subprocess.PIPE, text=True)\n"
+        "assert child.stdout.readline() == 'ready\\n'\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    worker = int(proc.stdout.readline())
+    proc.kill()
+    proc.wait(10)
+    deadline = time.monotonic() + 10
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(worker)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has stopped; only its exit status is left

@@ -305,7 +305,8 @@ class Store:
         single = bookkeeping_only(fetch, blob)
         if single is not None:
             # Bookkeeping only (a 304, an unchanged body, a failure): written with others.
-            await self._db.write_one("record a fetch", *single, defer=True)
+            if self._db.defer(*single):
+                await self._db.flush()
             return None
         async with self._db.write("record a fetch") as s:
             snapshot = await write_fetch(s, fetch, blob)

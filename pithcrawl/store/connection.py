@@ -4,8 +4,9 @@ Owns everything between a path and a ready aiosqlite connection: the writers' ad
 lock (`flock` on `DB.lock`), the pragmas (WAL, `busy_timeout`, foreign keys,
 `synchronous=NORMAL`), applying `schema.MIGRATIONS` under `PRAGMA user_version` (each in
 its own `BEGIN IMMEDIATE` transaction) and refusing a newer schema, serialising the tasks
-that share the connection, and translating every sqlite3 and OS error into `StoreError`
-(the one boundary where they are translated). It knows no table: queries are `archive`'s.
+that share the connection, group commit and deferred bookkeeping (see `Database`), and
+translating every sqlite3 and OS error into `StoreError` (the one boundary where they are
+translated). It knows no table: queries are `archive`'s.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
@@ -24,7 +26,10 @@ import anyio
 from pithcrawl.errors import StoreError, StoreLocked
 from pithcrawl.store.schema import MIGRATIONS, SCHEMA_VERSION, statements
 
-BUSY_TIMEOUT_MS = 5000
+#: How long a statement waits for another process's write lock before failing. Writers
+#: of one archive take turns in short transactions, but SQLite's wait is a sleep-and-retry
+#: loop, not a queue: a generous bound keeps a busy neighbour from failing us.
+BUSY_TIMEOUT_MS = 30_000
 
 
 def lock_path(db: Path) -> Path:
@@ -109,8 +114,26 @@ def translated(db: Path, doing: str) -> Iterator[None]:
         raise StoreError(describe(db, doing, e)) from e
 
 
-#: Deferred statements (`write_one(..., defer=True)`) written together at the latest.
+#: Deferred statements (`Database.defer`) written together at the latest.
 DEFER_MAX = 512
+#: A group is committed after this many `write` blocks, or once open this long: other
+#: processes writing the same archive (a pass shared by workers, `track`) get their turn.
+GROUP_MAX = 64
+GROUP_SECONDS = 0.05
+
+
+class _Group:
+    """One open transaction shared by the `write` blocks that queued up for it."""
+
+    def __init__(self) -> None:
+        self.blocks = 0
+        self.started = time.monotonic()
+        self.ended = anyio.Event()
+        self.error: BaseException | None = None
+
+    @property
+    def full(self) -> bool:
+        return self.blocks >= GROUP_MAX or time.monotonic() - self.started >= GROUP_SECONDS
 
 
 class Database:
@@ -119,10 +142,17 @@ class Database:
     Tasks take turns (`read`, `write`) because a transaction spans several awaits: two
     tasks interleaving statements on one connection would share one transaction.
 
-    Statements that only keep bookkeeping may be deferred: they are written together, in
-    one transaction of a few `executemany` calls, before any other use of the connection
-    (so every read sees them), at `DEFER_MAX`, on `flush` and on close. A crash loses
-    at most the deferred ones, which is the same as those fetches not having happened.
+    Group commit: `write` blocks that queue up behind each other share one transaction
+    (at most `GROUP_MAX`), committed by the last of them; each block returns only once it
+    is committed. Under load this takes SQLite's write lock once per group, not once per
+    block (what other processes writing the same archive wait for) and commits once.
+    The price: a block that fails rolls back its whole group, and the other blocks of
+    the group raise `StoreError` too. Nothing is ever half-written.
+
+    Statements that only keep bookkeeping may be deferred (`defer`): they are written
+    together, in a few `executemany` calls, before any other use of the connection (so
+    every read sees them), at `DEFER_MAX`, on `flush` and on close. A crash loses at most
+    the deferred ones, which is the same as those fetches not having happened.
     """
 
     def __init__(
@@ -136,6 +166,10 @@ class Database:
         # statement awaits the database thread right after, so no task is starved.
         self._turn = anyio.Lock(fast_acquire=True)
         self._deferred: list[tuple[str, Sequence[Any]]] = []
+        self._group: _Group | None = None
+        self._writers_waiting = 0
+        self.commits = 0
+        """Transactions committed (groups, and deferred statements on their own)."""
 
     @classmethod
     async def open(cls, path: Path, *, exclusive: bool, readonly: bool) -> Database:
@@ -157,6 +191,7 @@ class Database:
             async with self._turn:
                 try:
                     await self._write_deferred()
+                    await self._end_group()
                 finally:
                     await self._close()
 
@@ -165,8 +200,11 @@ class Database:
         try:
             if conn is not None:
                 with translated(self.path, "close"):
-                    if not self.readonly:
-                        await conn.execute("PRAGMA optimize")
+                    if self._writer_lock is not None:
+                        # Only the archive's one writer process: PRAGMA optimize may write,
+                        # and is not worth waiting for another writer's lock.
+                        with suppress(sqlite3.OperationalError):
+                            await conn.execute("PRAGMA optimize")
                     await conn.close()
         finally:
             if self._writer_lock is not None:
@@ -180,50 +218,132 @@ class Database:
 
     @asynccontextmanager
     async def read(self, doing: str) -> AsyncIterator[Session]:
+        """Statements that see everything written so far (including an open group)."""
         async with self._turn:
-            await self._write_deferred()
-            with translated(self.path, doing):
-                yield Session(self._live())
+            try:
+                await self._write_deferred()
+                with translated(self.path, doing):
+                    yield Session(self._live())
+            finally:
+                await self._end_group_if_idle()
 
-    async def write_one(
-        self, doing: str, sql: str, params: Sequence[Any], *, defer: bool = False
-    ) -> None:
-        """One statement in SQLite's own implicit transaction: atomic, and one thread trip
-        instead of three (BEGIN, the statement, COMMIT); or, with `defer`, later with
-        others (see the class)."""
-        if defer:
-            self._live()
-            self._deferred.append((sql, params))
-            if len(self._deferred) < DEFER_MAX:
-                return
-        async with self._turn:
-            await self._write_deferred()
-            if defer:
-                return
-            conn = self._live()
-            with translated(self.path, doing):
-                await conn.execute(sql, params)
+    def defer(self, sql: str, params: Sequence[Any]) -> bool:
+        """Queue one bookkeeping statement (see the class); True when the queue is full
+        and the caller should `flush`."""
+        self._live()
+        self._deferred.append((sql, params))
+        return len(self._deferred) >= DEFER_MAX
 
     async def flush(self) -> None:
-        """Write the deferred statements now."""
+        """Write the deferred statements (and end an open group) now."""
         async with self._turn:
-            await self._write_deferred()
+            try:
+                await self._write_deferred()
+            finally:
+                await self._end_group_if_idle()
+
+    @asynccontextmanager
+    async def write(self, doing: str) -> AsyncIterator[Session]:
+        """A transaction (shared with the blocks queued behind it, see the class): it is
+        committed when the block returns; if the block raises, it is rolled back."""
+        self._writers_waiting += 1
+        try:
+            await self._turn.acquire()
+        except BaseException:
+            self._writers_waiting -= 1
+            if not self._writers_waiting and self._group is not None:
+                # The group was left open for this block, which is not coming: end it.
+                with anyio.CancelScope(shield=True):
+                    async with self._turn:
+                        await self._end_group_if_idle()
+            raise
+        self._writers_waiting -= 1
+        try:
+            with translated(self.path, doing):
+                await self._write_deferred()
+                group = await self._join_group()
+                try:
+                    yield Session(self._live())
+                except BaseException as e:
+                    await self._fail_group(e)
+                    raise
+                if group.full:
+                    await self._end_group()
+                else:
+                    await self._end_group_if_idle()
+        finally:
+            self._turn.release()
+        if not group.ended.is_set():
+            await group.ended.wait()  # committed by the last block of the group
+        if group.error is not None:
+            raise StoreError(
+                f"database {self.path}: cannot {doing}: another write of the same"
+                f" transaction failed ({group.error})"
+            ) from group.error
+
+    # -- the transaction of a group (the caller holds the turn) -------------------------
+
+    async def _join_group(self) -> _Group:
+        if self._group is None:
+            # Shielded: aiosqlite runs a statement even when its caller is cancelled, and
+            # a BEGIN nobody knows about would break every later transaction.
+            with anyio.CancelScope(shield=True):
+                await self._live().execute("BEGIN IMMEDIATE")
+            self._group = _Group()
+        self._group.blocks += 1
+        return self._group
+
+    async def _end_group_if_idle(self) -> None:
+        """Commit the open group unless a `write` block is queued to join it."""
+        if not self._writers_waiting:
+            await self._end_group()
+
+    async def _end_group(self) -> None:
+        group, self._group = self._group, None
+        if group is None:
+            return
+        # Shielded: a cancel arriving during COMMIT must not leave us unsure whether it
+        # happened (and aiosqlite would run it anyway).
+        with anyio.CancelScope(shield=True):
+            try:
+                with translated(self.path, "commit"):
+                    await self._live().execute("COMMIT")
+                self.commits += 1
+            except BaseException as e:
+                group.error = e
+                await _rollback(self._live())
+                raise
+            finally:
+                group.ended.set()
+
+    async def _fail_group(self, error: BaseException) -> None:
+        group, self._group = self._group, None
+        if group is not None:
+            group.error = error
+            with anyio.CancelScope(shield=True):
+                await _rollback(self._live())
+            group.ended.set()
 
     async def _write_deferred(self) -> None:
-        """The deferred statements in one transaction, a run of equal SQL per call.
-        Shielded: a cancel must not split it. On an error they are dropped (and the
-        error raised): they only recorded fetches, which will simply happen again."""
+        """The deferred statements, a run of equal SQL per call, in the open group or a
+        transaction of their own. Shielded: a cancel must not split them. On an error
+        they are dropped (and the error raised): they only recorded fetches, which will
+        simply happen again."""
         if not self._deferred:
             return
-        batch, self._deferred = self._deferred, []
+        queued, self._deferred = self._deferred, []
         runs: list[tuple[str, list[Sequence[Any]]]] = []
-        for sql, params in batch:
+        for sql, params in queued:
             if runs and runs[-1][0] == sql:
                 runs[-1][1].append(params)
             else:
                 runs.append((sql, [params]))
         conn = self._live()
         with anyio.CancelScope(shield=True), translated(self.path, "record fetches"):
+            if self._group is not None:
+                for sql, rows in runs:
+                    await conn.executemany(sql, rows)
+                return
             await conn.execute("BEGIN IMMEDIATE")
             try:
                 for sql, rows in runs:
@@ -232,24 +352,7 @@ class Database:
                 await _rollback(conn)
                 raise
             await conn.execute("COMMIT")
-
-    @asynccontextmanager
-    async def write(self, doing: str) -> AsyncIterator[Session]:
-        """A `BEGIN IMMEDIATE` transaction: committed when the block ends, else rolled back."""
-        async with self._turn:
-            await self._write_deferred()
-            conn = self._live()
-            with translated(self.path, doing):
-                await conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield Session(conn)
-                except BaseException:
-                    await _rollback(conn)
-                    raise
-                # Shielded: a cancel arriving during COMMIT must not leave us unsure
-                # whether it happened (and aiosqlite would run it anyway).
-                with anyio.CancelScope(shield=True):
-                    await conn.execute("COMMIT")
+            self.commits += 1
 
 
 class Session:
