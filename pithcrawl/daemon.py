@@ -117,8 +117,7 @@ async def sync_once(config: Config, db: Path, named: list[str], trust: TrustSet)
                     job = ShareJob(share, db, others, sites, trust, log_settings(), os.getpid())
                     tg.start_soon(_run_share, job, limiter, tallies)
                 progress = Progress(len(suffixes) * len(sites), weight=len(shares))
-                own = await crawl_share(crawler, store, shares[0], sites, progress)
-                tallies.append(Tally.of(own))
+                tallies.append(await crawl_share(crawler, store, shares[0], sites, progress))
             progress.done()
             if len(shares) > 1:
                 crawler.forget_open_scopes()  # the other processes opened and closed some
@@ -152,16 +151,17 @@ async def crawl_share(
     suffixes: list[str],
     sites: list[Site],
     progress: Progress | None = None,
-) -> list[PairResult]:
-    """Every (record, mirror) pair of `suffixes` × `sites`, `crawl.concurrency` at a time."""
-    results: list[PairResult] = []
+) -> Tally:
+    """Every (record, mirror) pair of `suffixes` × `sites`, `crawl.concurrency` at a time;
+    what they found, counted as they end (memory stays flat however many there are)."""
+    tally = Tally()
     concurrency = crawler.config.crawl.concurrency
     send, receive = anyio.create_memory_object_stream[_Job](concurrency)
 
     async def worker() -> None:
         async with receive.clone() as jobs:
             async for job in jobs:
-                results.append(await _pair(crawler, job))
+                tally.add(await _pair(crawler, job))
                 if progress is not None:
                     progress.step()
 
@@ -184,7 +184,7 @@ async def crawl_share(
                             )
                         )
         receive.close()
-    return results
+    return tally
 
 
 # -- sharing a pass between processes ------------------------------------------------------
@@ -230,7 +230,7 @@ def shared_limits(config: Config, parts: int) -> Config:
     return replace(config, crawl=crawl)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Tally:
     """What a share of a pass found, in numbers (sent back from a worker process)."""
 
@@ -240,15 +240,12 @@ class Tally:
     deferred: int = 0
     untrusted: int = 0
 
-    @classmethod
-    def of(cls, results: list[PairResult]) -> Tally:
-        return cls(
-            new_snapshots=sum(r.new_snapshots for r in results),
-            events=sum(len(r.events) for r in results),
-            errors=sum(r.error is not None for r in results),
-            deferred=sum(r.deferred for r in results),
-            untrusted=sum(r.serves_untrusted for r in results),
-        )
+    def add(self, r: PairResult) -> None:
+        self.new_snapshots += r.new_snapshots
+        self.events += len(r.events)
+        self.errors += r.error is not None
+        self.deferred += r.deferred
+        self.untrusted += r.serves_untrusted
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,7 +294,7 @@ async def _share(job: ShareJob) -> Tally:
     # Not the writers' lock: the process that started this one holds it for the pass.
     async with await Store.open(job.db) as store, fetcher_for(job.config) as fetcher:
         crawler = Crawler(job.config, store, fetcher, job.trust, lambda: datetime.now(UTC))
-        return Tally.of(await crawl_share(crawler, store, job.suffixes, job.sites))
+        return await crawl_share(crawler, store, job.suffixes, job.sites)
 
 
 @dataclass(frozen=True, slots=True)

@@ -239,10 +239,11 @@ def verify_signature(raw_key: bytes, digest_hex: str, signature_b64: str) -> boo
     return _verify_cached(raw_key, digest_hex, signature_b64)
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=8192)
 def _verify_cached(raw_key: bytes, digest_hex: str, signature_b64: str) -> bool:
     # A (key, digest, signature) triple verifies the same way every time, and the
     # registry signs the same digests again and again across mirrors and re-syncs.
+    # Bounded (a few MB): a pass over N records must not hold N records' signatures.
     try:
         digest = bytes.fromhex(digest_hex)
         signature = _signature_bytes(signature_b64)

@@ -10,14 +10,19 @@ import pytest
 PACKAGE = Path(__file__).parent.parent / "pithcrawl"
 PURE = [
     "canon",
+    "divergence",
     "findings",
     "keys",
     "merge",
+    "pith",
     "schedule",
     "schema",
     "timeline",
     "timestamps",
-    "verify",
+    "verify/__init__",
+    "verify/report",
+    "verify/complete",
+    "verify/clean",
 ]
 SHELL_LIBS = {
     "aiohttp",
