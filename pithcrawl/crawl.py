@@ -55,6 +55,18 @@ def _history(bundle: dict[str, Any]) -> _History:
     )
 
 
+def _seen(snap: Snapshot, history: _History) -> divergence.Seen:
+    return divergence.Seen(
+        snap.mirror,
+        snap.fetched_at,
+        snap.body_sha256,
+        snap.url,
+        snap.built_at or "",
+        history[1],
+        history[2],
+    )
+
+
 @dataclass(slots=True)
 class PairResult:
     """What one (record, mirror) pass found."""
@@ -136,7 +148,6 @@ class Crawler:
     metrics: Metrics = field(default_factory=Metrics)
     _verdicts: OrderedDict[tuple[str, str], Report] = field(default_factory=OrderedDict)
     _verdicts_trust: TrustSet | None = None
-    _numbers: dict[str, str] = field(default_factory=dict)
     # Scopes with open alerts: this process is the archive's only writer, so after one
     # read it knows them, and a pass with nothing to report writes no alert transaction.
     _open_scopes: set[str] | None = None
@@ -179,7 +190,8 @@ class Crawler:
             latest[snap.mirror] = snap
         trusted = [s for s in snapshots if s.trusted]
         known = await self.store.histories(sorted({s.body_sha256 for s in trusted}))
-        archived = [await self._seen(s, known) for s in trusted]
+        histories = [await self._history(s, known) for s in trusted]
+        archived = [_seen(s, h) for s, h in zip(trusted, histories, strict=True)]
         by_body = {s.body_sha256: seen for s, seen in zip(trusted, archived, strict=True)}
         current = {
             m: by_body[s.body_sha256]
@@ -188,7 +200,7 @@ class Crawler:
         }
         if not archived:
             return
-        number = self._numbers.get(suffix, suffix)
+        number = histories[-1][0]  # every trusted bundle of the record states it
         now = self.clock()
         found = divergence.conditions(
             divergence.Histories(number, current, archived), now, self.config.alerts.stale_after
@@ -247,22 +259,13 @@ class Crawler:
             await self.check_record(suffix, mirrors=mirrors)
         return len(todo)
 
-    async def _seen(self, snap: Snapshot, known: dict[str, _History]) -> divergence.Seen:
+    async def _history(self, snap: Snapshot, known: dict[str, _History]) -> _History:
         cached = known.get(snap.body_sha256)
         if cached is None:  # archived before histories were kept: derive it once
             doc = parse(await self.store.get_blob(snap.body_sha256))
             cached = _history(doc)
             await self.store.put_history(snap.body_sha256, *cached)
-        self._numbers[snap.suffix] = cached[0]
-        return divergence.Seen(
-            snap.mirror,
-            snap.fetched_at,
-            snap.body_sha256,
-            snap.url,
-            snap.built_at or "",
-            cached[1],
-            cached[2],
-        )
+        return cached
 
     # -- the bundle ----------------------------------------------------------------------
 
@@ -345,7 +348,6 @@ class Crawler:
         self._report(result, snapshot is not None, events)
         if not report.ok:
             return None
-        self._numbers[suffix] = number
         if learned:
             self.trust = self.trust.with_keys(learned)
             for key in learned:
@@ -444,14 +446,10 @@ class Crawler:
         Never the number a document claims for itself when that is another record: a
         mirror serving record B at record A's address raises an alert about A.
         """
-        if not self._numbers:
-            self._numbers.update(
-                (r.suffix, r.pith_number) for r in await self.store.tracked() if r.pith_number
-            )
         claimed = report.pith_number
         if claimed is not None and claimed.rpartition(":")[2] == suffix:
             return claimed
-        return self._numbers.get(suffix, suffix)
+        return await self.store.pith_number(suffix) or suffix
 
     async def _reconcile(
         self,

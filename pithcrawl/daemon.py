@@ -103,7 +103,7 @@ async def sync_once(config: Config, db: Path, named: list[str], trust: TrustSet)
         now = datetime.now(UTC)
         if config.watch.pith:
             await store.track([parse_reference(p) for p in config.watch.pith], now)
-        suffixes = named or [r.suffix for r in await store.tracked()]
+        suffixes = named or await store.tracked_suffixes()
         shares = split(suffixes, workers_for(config, len(suffixes)))
         share = shared_limits(config, len(shares))
         async with fetcher_for(share) as fetcher:
@@ -408,7 +408,7 @@ class Daemon:
             if self.config.metrics.bind:
                 port = await tg.start(serve_metrics, self.metrics, self.config.metrics.bind)
                 log.info("metrics_serving", bind=self.config.metrics.bind, port=port)
-            tracked = len(await store.tracked())
+            tracked = await store.tracked_count()
             self.metrics.set_records(tracked)
             self.notifier.ready(f"watching {tracked} records")
             log.info("daemon_ready", records=tracked, db=str(self.db))
@@ -426,7 +426,7 @@ class Daemon:
             trust = await with_learned(self.trust, self.store, config)
             crawler = Crawler(config, self.store, fetcher, trust, _now, metrics=self.metrics)
             await self._refresh_sites(fetcher)
-            tracked = len(await self.store.tracked())
+            tracked = await self.store.tracked_count()
             self.notifier.ready(f"watching {tracked} records on {len(self.sites)} mirrors")
             log.info("crawl_started", records=tracked, mirrors=len(self.sites))
             secret = read_secret(config.alerts.webhook_secret_file, os.environ)
@@ -448,7 +448,7 @@ class Daemon:
             if time.monotonic() - checked > self.check_every:
                 checked = time.monotonic()
                 names = list(self.sites)
-                tracked = [r.suffix for r in await self.store.tracked()]
+                tracked = await self.store.tracked_suffixes()
                 await crawler.recheck(tracked, names)
                 await crawler.check_mirrors(names)
                 self.metrics.set_records(len(tracked))

@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
 async def gather(config: Config, db: Path) -> Status:
     """Read everything `status` shows, in one read-only session."""
     async with await Store.open(db, readonly=True) as store:
-        records = len(await store.tracked())
+        records = await store.tracked_count()
         states = await store.fetch_states()
         known = await store.mirrors()
         alerts = await store.alerts.open_alerts()

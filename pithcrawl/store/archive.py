@@ -207,6 +207,23 @@ class Store:
             rows = await s.all("SELECT * FROM records ORDER BY added_at, suffix")
         return [record_from_row(r) for r in rows]
 
+    async def tracked_suffixes(self) -> list[str]:
+        """The suffixes of `tracked`, in its order (a pass needs nothing more of them)."""
+        async with self._db.read("list tracked records") as s:
+            rows = await s.all("SELECT suffix FROM records ORDER BY added_at, suffix")
+        return [r[0] for r in rows]
+
+    async def tracked_count(self) -> int:
+        async with self._db.read("count tracked records") as s:
+            row = await s.one("SELECT count(*) FROM records")
+        return int(row[0]) if row is not None else 0
+
+    async def pith_number(self, suffix: str) -> str | None:
+        """A tracked record's verified Pith Number, once one is known."""
+        async with self._db.read("read a pith number") as s:
+            row = await s.one("SELECT pith_number FROM records WHERE suffix = ?", (suffix,))
+        return None if row is None else row[0]
+
     async def set_pith_number(self, suffix: str, pith_number: str) -> None:
         async with self._db.write("set a pith number") as s:
             await s.run(
