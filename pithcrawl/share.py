@@ -1,0 +1,224 @@
+"""A share of a pass: its (record, mirror) pairs crawled with bounded concurrency, and
+the worker processes a large `sync` pass is shared with.
+
+Owns how many processes a pass uses, how records and fetch limits are dealt between
+them, what a worker runs, and the tally each share sends back. `daemon.sync_once` runs
+one share itself and starts the others here.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+import anyio
+import anyio.to_process
+
+from pithcrawl.config import Config
+from pithcrawl.crawl import Crawler, PairResult
+from pithcrawl.fetch import HttpFetcher, user_agent
+from pithcrawl.keys import TrustSet
+from pithcrawl.log import configure as configure_logging
+from pithcrawl.mirrors import Site
+from pithcrawl.store import FetchState, Store
+
+
+class Steps(Protocol):
+    """Something told of each pair done (a progress display)."""
+
+    def step(self) -> None: ...
+
+
+def fetcher_for(config: Config) -> HttpFetcher:
+    """The one HTTP client of a pass or a round, as `[crawl]` configures it."""
+    return HttpFetcher(
+        user_agent=user_agent(config.crawl.contact),
+        timeout=config.crawl.timeout.total_seconds(),
+        max_bytes=config.crawl.max_bytes,
+        concurrency=config.crawl.concurrency,
+        per_host=config.crawl.per_host,
+    )
+
+
+async def crawl_share(
+    crawler: Crawler,
+    store: Store,
+    suffixes: list[str],
+    sites: list[Site],
+    progress: Steps | None = None,
+) -> Tally:
+    """Every (record, mirror) pair of `suffixes` × `sites`, `crawl.concurrency` at a time;
+    what they found, counted as they end (memory stays flat however many there are)."""
+    tally = Tally()
+    concurrency = crawler.config.crawl.concurrency
+    send, receive = anyio.create_memory_object_stream[_Job](concurrency)
+
+    async def worker() -> None:
+        async with receive.clone() as jobs:
+            async for job in jobs:
+                tally.add(await _pair(crawler, job))
+                if progress is not None:
+                    progress.step()
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(concurrency):
+            tg.start_soon(worker)
+        async with send:
+            # The bookkeeping of a chunk of records in one read, not one per fetch.
+            for start in range(0, len(suffixes), PASS_CHUNK):
+                chunk = suffixes[start : start + PASS_CHUNK]
+                known = await store.fetch_states_of(chunk)
+                for suffix in chunk:
+                    for site in sites:
+                        await send.send(
+                            _Job(
+                                suffix,
+                                site,
+                                known.get((suffix, site.name, "bundle")),
+                                known.get((suffix, site.name, "state")),
+                            )
+                        )
+        receive.close()
+    return tally
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    suffix: str
+    site: Site
+    bundle_state: FetchState | None
+    state_state: FetchState | None
+
+
+#: Records whose bookkeeping a pass reads at once.
+PASS_CHUNK = 256
+
+
+async def _pair(crawler: Crawler, job: _Job) -> PairResult:
+    """One pair, unless the mirror asked us (or failed enough) to come back later."""
+    state = job.bundle_state
+    now = datetime.now(UTC)
+    if state is not None and state.failures and state.next_due and state.next_due > now:
+        return PairResult(
+            job.suffix, job.site.name, error=state.last_error or "failing", deferred=True
+        )
+    return await crawler.sync_pair(
+        job.suffix, job.site, bundle_state=state, state_state=job.state_state
+    )
+
+
+#: A pass gives a worker process a share only if each gets at least this many records:
+#: below it, starting a process (about half a second) costs more than it saves.
+SHARE_MIN = 512
+#: Never more processes than this, whatever the CPU count.
+WORKERS_MAX = 8
+
+
+def workers_for(config: Config, records: int) -> int:
+    """How many processes a pass over `records` records uses."""
+    wanted = config.crawl.workers or _usable_cpus()
+    # Each process gets at least one fetch in flight, per host too, so the shared limits
+    # stay the configured ones.
+    limit = min(WORKERS_MAX, config.crawl.per_host, config.crawl.concurrency)
+    return max(1, min(wanted, limit, records // SHARE_MIN))
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def split(suffixes: list[str], parts: int) -> list[list[str]]:
+    """`suffixes` dealt into `parts` shares (every part non-empty when there are enough)."""
+    return [suffixes[i::parts] for i in range(parts)]
+
+
+def shared_limits(config: Config, parts: int) -> Config:
+    """`config` with each process's share of the fetch limits (their sum never exceeds
+    the configured ones)."""
+    if parts == 1:
+        return config
+    crawl = replace(
+        config.crawl,
+        concurrency=config.crawl.concurrency // parts,
+        per_host=config.crawl.per_host // parts,
+    )
+    return replace(config, crawl=crawl)
+
+
+@dataclass(slots=True)
+class Tally:
+    """What a share of a pass found, in numbers (sent back from a worker process)."""
+
+    new_snapshots: int = 0
+    events: int = 0
+    errors: int = 0
+    deferred: int = 0
+    untrusted: int = 0
+
+    def add(self, r: PairResult) -> None:
+        self.new_snapshots += r.new_snapshots
+        self.events += len(r.events)
+        self.errors += r.error is not None
+        self.deferred += r.deferred
+        self.untrusted += r.serves_untrusted
+
+
+@dataclass(frozen=True, slots=True)
+class ShareJob:
+    """Everything a worker process needs to crawl its share (pickled to it)."""
+
+    config: Config
+    db: Path
+    suffixes: list[str]
+    sites: list[Site]
+    trust: TrustSet
+    log: tuple[str, int]
+    parent: int
+    """The pid of the process that started the worker."""
+
+
+async def run_share_in_worker(
+    job: ShareJob, limiter: anyio.CapacityLimiter, out: list[Tally]
+) -> None:
+    """Run `job` in a worker process; its tally goes to `out`."""
+    # cancellable: on SIGTERM the worker is killed like a crashed pass, which loses
+    # nothing archived (every fetch is recorded in one transaction, or not at all).
+    out.append(await anyio.to_process.run_sync(run_share, job, cancellable=True, limiter=limiter))
+
+
+def run_share(job: ShareJob) -> Tally:
+    """A worker process's share of a pass (runs in the worker)."""
+    _bound_to_parent(job.parent)
+    configure_logging(*job.log)
+    return anyio.run(_share, job)
+
+
+def _bound_to_parent(parent: int) -> None:
+    """A worker lives and dies with the process that started it: Ctrl-C is for that
+    process (which stops the workers itself), and on Linux the kernel kills the worker
+    if its parent dies, so no orphan keeps crawling once the pass is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # it died before prctl took effect
+            os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+async def _share(job: ShareJob) -> Tally:
+    # Not the writers' lock: the process that started this one holds it for the pass.
+    async with await Store.open(job.db) as store, fetcher_for(job.config) as fetcher:
+        crawler = Crawler(job.config, store, fetcher, job.trust, lambda: datetime.now(UTC))
+        return await crawl_share(crawler, store, job.suffixes, job.sites)
