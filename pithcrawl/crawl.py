@@ -575,6 +575,7 @@ class Crawler:
             result = await self.fetcher.get(
                 url,
                 allow_url=public_url if guarded else None,
+                public_only=guarded,
                 etag=before.etag if same_url and before else None,
                 last_modified=before.last_modified if same_url and before else None,
             )

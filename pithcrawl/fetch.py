@@ -1,6 +1,7 @@
 """HTTP GETs of mirror documents: the one module that talks to the network.
 
-Owns the one aiohttp `ClientSession` and everything about a single GET: conditional
+Owns the aiohttp sessions (one of them connects to public addresses only, for mirrors
+nobody configured) and everything about a single GET: conditional
 requests (ETag / Last-Modified), the byte cap (on the declared length, the bytes on the
 wire and the decoded bytes, so a gzip bomb stops at the cap), redirects (bounded, looped
 chains refused, every target vetted by the caller's `allow_url` hook), global and
@@ -13,7 +14,10 @@ escapes). It does not judge statuses: 404, 410, 429 and 5xx come back as results
 from __future__ import annotations
 
 import email.utils
+import errno
 import inspect
+import ipaddress
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,7 +30,9 @@ from typing import Protocol
 import aiohttp
 import anyio
 from aiohttp import hdrs
+from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
+from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
 from pithcrawl import __version__
@@ -96,7 +102,38 @@ class Fetcher(Protocol):
         etag: str | None = None,
         last_modified: str | None = None,
         allow_url: AllowUrl | None = None,
+        public_only: bool = False,
     ) -> FetchResult: ...
+
+
+def is_public_address(address: str) -> bool:
+    """A globally routable unicast address (not loopback, private, link-local, …)."""
+    ip = ipaddress.ip_address(address)
+    return ip.is_global and not ip.is_multicast
+
+
+class PublicResolver(AbstractResolver):
+    """aiohttp's resolver, keeping public addresses only.
+
+    The check that a discovered mirror's name is public happens before the GET; this
+    makes the connection itself unable to reach anything else (DNS rebinding)."""
+
+    def __init__(self, inner: AbstractResolver | None = None) -> None:
+        self._inner = inner or DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        found = await self._inner.resolve(host, port, family)
+        public = [r for r in found if is_public_address(r["host"])]
+        if not public:
+            addresses = ", ".join(sorted({r["host"] for r in found}))
+            # With an errno, aiohttp keeps the text (as strerror) in the error it raises.
+            raise OSError(errno.EACCES, f"{host} resolves to no public address ({addresses})")
+        return public
+
+    async def close(self) -> None:
+        await self._inner.close()
 
 
 def user_agent(contact: str = "") -> str:
@@ -140,6 +177,7 @@ class HttpFetcher:
         "_max_bytes",
         "_max_redirects",
         "_per_host",
+        "_public_session",
         "_session",
         "_slots",
         "_timeout",
@@ -175,20 +213,35 @@ class HttpFetcher:
         self._max_redirects = max_redirects
         self._allow_url = allow_url
         self._session: aiohttp.ClientSession | None = None
+        self._public_session: aiohttp.ClientSession | None = None
         self._slots: anyio.Semaphore | None = None
         self._host_slots: dict[str, anyio.Semaphore] = {}
 
     async def __aenter__(self) -> HttpFetcher:
         if self._session is not None:
             raise RuntimeError("HttpFetcher is already open")
-        sock_timeout = min(self._timeout, _SOCK_TIMEOUT_MAX)
         # fast_acquire: a free slot is taken without a trip through the event loop (the
         # request that follows yields anyway).
         self._slots = anyio.Semaphore(self._concurrency, fast_acquire=True)
-        self._session = aiohttp.ClientSession(
-            # Our semaphores queue requests before the timeout starts; these limits only
-            # back them up, so a request never times out waiting for a pooled connection.
-            connector=aiohttp.TCPConnector(limit=self._concurrency, limit_per_host=self._per_host),
+        self._session = self._new_session(
+            aiohttp.TCPConnector(limit=self._concurrency, limit_per_host=self._per_host)
+        )
+        # For public_only GETs: names are resolved at connect time to public addresses
+        # only, so a name checked as public cannot be pointed elsewhere in between.
+        self._public_session = self._new_session(
+            aiohttp.TCPConnector(
+                limit=self._concurrency, limit_per_host=self._per_host, resolver=PublicResolver()
+            )
+        )
+        return self
+
+    def _new_session(self, connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
+        sock_timeout = min(self._timeout, _SOCK_TIMEOUT_MAX)
+        return aiohttp.ClientSession(
+            # Our semaphores queue requests before the timeout starts; the connector's
+            # limits only back them up, so a request never times out waiting for a
+            # pooled connection.
+            connector=connector,
             timeout=aiohttp.ClientTimeout(
                 total=self._timeout, sock_connect=sock_timeout, sock_read=sock_timeout
             ),
@@ -197,7 +250,6 @@ class HttpFetcher:
             raise_for_status=False,
             trust_env=False,
         )
-        return self
 
     async def __aexit__(
         self,
@@ -205,10 +257,12 @@ class HttpFetcher:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        session, self._session = self._session, None
+        sessions = (self._session, self._public_session)
+        self._session = self._public_session = None
         self._host_slots.clear()
-        if session is not None:
-            await session.close()
+        for session in sessions:
+            if session is not None:
+                await session.close()
 
     async def get(
         self,
@@ -217,10 +271,15 @@ class HttpFetcher:
         etag: str | None = None,
         last_modified: str | None = None,
         allow_url: AllowUrl | None = None,
+        public_only: bool = False,
     ) -> FetchResult:
-        """GET `url`, following redirects; see the module docstring for what raises."""
+        """GET `url`, following redirects; see the module docstring for what raises.
+
+        `public_only`: connect to public addresses only (`is_public_address`), whatever
+        a name resolves to at that moment: for mirrors nobody configured."""
         allow = allow_url or self._allow_url
-        if self._session is None:
+        session = self._public_session if public_only else self._session
+        if session is None:
             raise RuntimeError("HttpFetcher.get() called outside `async with`")
         current = _http_url(url)
         if current is None:
@@ -236,7 +295,7 @@ class HttpFetcher:
             async with self._slot(current):
                 started = time.monotonic()
                 try:
-                    outcome = await self._hop(self._session, url, current, headers)
+                    outcome = await self._hop(session, url, current, headers)
                 finally:
                     elapsed += time.monotonic() - started
             if isinstance(outcome, FetchResult):

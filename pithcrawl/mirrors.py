@@ -8,7 +8,6 @@ always allowed: the operator chose them.
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import structlog
 from pithcrawl.canon import MalformedJSON, parse
 from pithcrawl.config import Config
 from pithcrawl.errors import FetchError
-from pithcrawl.fetch import Fetcher
+from pithcrawl.fetch import Fetcher, is_public_address
 from pithcrawl.store import Mirror, Store
 
 log = structlog.get_logger("pithcrawl.mirrors")
@@ -160,11 +159,6 @@ def from_hints(bundle: Mapping[str, Any], suffix: str) -> list[Site]:
 def _http(url: str) -> bool:
     parts = urlsplit(url)
     return parts.scheme in ("http", "https") and bool(parts.hostname)
-
-
-def is_public_address(address: str) -> bool:
-    ip = ipaddress.ip_address(address)
-    return ip.is_global and not ip.is_multicast
 
 
 async def public_url(url: str) -> bool:

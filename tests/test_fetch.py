@@ -21,6 +21,7 @@ import aiohttp
 import anyio
 import pytest
 from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -35,7 +36,13 @@ from pithcrawl.errors import (
     TLSError,
     TooLarge,
 )
-from pithcrawl.fetch import FetchResult, HttpFetcher, parse_retry_after, user_agent
+from pithcrawl.fetch import (
+    FetchResult,
+    HttpFetcher,
+    PublicResolver,
+    parse_retry_after,
+    user_agent,
+)
 
 MIB = 1 << 20
 NOW = datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -732,3 +739,54 @@ async def test_queued_requests_do_not_use_up_their_timeout() -> None:
     """Waiting for a slot does not count against a request's timeout."""
     # 6 requests of 0.4 s through one slot take 2.4 s in all: longer than the timeout.
     assert await _max_concurrent(6, delay=0.4, per_host=1, timeout=2.0) == 1
+
+
+# -- public addresses only (mirrors nobody configured) ------------------------------------
+
+
+class _Answers(AbstractResolver):
+    """A resolver that answers every name with fixed addresses."""
+
+    def __init__(self, *addresses: str) -> None:
+        self.addresses = addresses
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        return [
+            ResolveResult(hostname=host, host=a, port=port, family=family, proto=0, flags=0)
+            for a in self.addresses
+        ]
+
+    async def close(self) -> None:
+        return None
+
+
+@pytest.mark.anyio
+async def test_the_public_resolver_keeps_public_addresses_only() -> None:
+    mixed = PublicResolver(_Answers("10.0.0.7", "93.184.216.34", "::1", "2606:4700::1111"))
+    kept = await mixed.resolve("mirror.example", 443)
+    assert [r["host"] for r in kept] == ["93.184.216.34", "2606:4700::1111"]
+    for private in ("127.0.0.1", "169.254.169.254", "192.168.1.2", "fd00::1", "0.0.0.0"):
+        with pytest.raises(OSError, match="resolves to no public address"):
+            await PublicResolver(_Answers(private)).resolve("rebound.example", 443)
+
+
+@pytest.mark.anyio
+async def test_a_public_only_get_never_connects_to_a_private_address() -> None:
+    """`localhost` resolves to loopback: refused at connect time (the server is never
+    asked), while the same GET without `public_only` is answered."""
+    hits: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        return web.Response(body=b"{}")
+
+    async with serve(web.get("/x", handler)) as base:
+        url = base.replace("127.0.0.1", "localhost") + "/x"
+        async with fetcher() as f:
+            with pytest.raises(FetchError, match="no public address"):
+                await f.get(url, public_only=True)
+            assert hits == []
+            assert (await f.get(url)).status == 200
+    assert hits == ["/x"]
