@@ -110,6 +110,8 @@ class _Got:
     before: FetchState | None
     result: FetchResult | None
     error: str | None
+    body_sha256: str | None = None
+    """Of the body of a 200 (hashed once: it keys the verdict, the evidence, the store)."""
 
     @property
     def changed(self) -> bool:
@@ -117,7 +119,7 @@ class _Got:
         return (
             self.result is not None
             and self.result.status == 200
-            and (self.before is None or self.before.body_sha256 != _sha(self.result.body))
+            and (self.before is None or self.before.body_sha256 != self.body_sha256)
         )
 
     @property
@@ -293,15 +295,15 @@ class Crawler:
                 return None
             return _Trusted(before.body_sha256, None, None)
         previous = await self.store.latest_snapshot(suffix, site.name, "bundle", trusted=True)
-        body = got.result.body
-        report = self._verify(body, suffix, now)
+        body, body_sha = got.result.body, got.body_sha256 or _sha(got.result.body)
+        report = self._verify(body, body_sha, suffix, now)
         self.metrics.findings(f.code for f in report.findings)
         number = await self._number(suffix, report)
         evidence = {
             "mirror": site.name,
             "url": got.result.final_url,
             "fetched_at": format_timestamp(now),
-            "body_sha256": _sha(body),
+            "body_sha256": body_sha,
         }
         events: list[NewEvent] = []
         if not report.ok:
@@ -318,7 +320,7 @@ class Crawler:
                     summary=f"{site.name} served an untrusted bundle for {number}: "
                     + ", ".join(codes),
                     evidence={**evidence, "findings": [f.to_json() for f in report.findings]},
-                    dedup_key=f"{kind}:{suffix}:{site.name}:{_sha(body)}",
+                    dedup_key=f"{kind}:{suffix}:{site.name}:{body_sha}",
                 )
             )
         elif previous is not None:
@@ -355,13 +357,13 @@ class Crawler:
                     "key_learned",
                     key_id=key.key_id,
                     fingerprint=key.fingerprint_hex,
-                    body_sha256=_sha(body),
+                    body_sha256=body_sha,
                 )
         if self.config.crawl.discover:
             await self._discover(report.document, suffix, now)
-        return _Trusted(_sha(body), report.bundle_sha256, report.document)
+        return _Trusted(body_sha, report.bundle_sha256, report.document)
 
-    def _verify(self, body: bytes, suffix: str, now: datetime) -> Report:
+    def _verify(self, body: bytes, body_sha: str, suffix: str, now: datetime) -> Report:
         """Verify a bundle body, once per body while the trust set stays the same.
 
         Mirrors mostly serve the same bytes, and a pass visits one record's mirrors one
@@ -369,7 +371,7 @@ class Crawler:
         trust set too, and held in memory only: a verdict never outlives the keys it
         was reached with.
         """
-        key = (_sha(body), suffix)
+        key = (body_sha, suffix)
         cached = self._verdicts.get(key)
         if cached is not None and self._verdicts_trust is self.trust:
             self._verdicts.move_to_end(key)
@@ -498,9 +500,10 @@ class Crawler:
             return
         if got.unchanged:
             assert got.before is not None  # unchanged implies a body before
-            body = await self.store.get_blob(got.before.body_sha256 or "")
+            body_sha = got.before.body_sha256 or ""
+            body = await self.store.get_blob(body_sha)
         else:
-            body = got.result.body
+            body, body_sha = got.result.body, got.body_sha256 or _sha(got.result.body)
         report = verify_state(body, expected_suffix=suffix)
         bundle_doc = bundle.document
         if bundle_doc is None:
@@ -527,14 +530,14 @@ class Crawler:
                         "mirror": site.name,
                         "url": got.url,
                         "fetched_at": format_timestamp(now),
-                        "state_body_sha256": _sha(body),
+                        "state_body_sha256": body_sha,
                         "bundle_body_sha256": bundle.body_sha256,
                         "findings": [f.to_json() for f in report.findings],
                         **(mismatch.evidence if mismatch else {}),
                     },
                     dedup_key=mismatch.dedup_key
                     if mismatch
-                    else f"state_url_mismatch:{suffix}:{site.name}:{_sha(body)}",
+                    else f"state_url_mismatch:{suffix}:{site.name}:{body_sha}",
                 )
             )
         # A state.json is a copy of its bundle's `state`: stored as a delta against it.
@@ -581,7 +584,8 @@ class Crawler:
             )
         except FetchError as e:
             return _Got(kind, url, before, None, str(e))
-        return _Got(kind, url, before if same_url else None, result, None)
+        sha = _sha(result.body) if result.status == 200 else None
+        return _Got(kind, url, before if same_url else None, result, None, sha)
 
     async def _failed(
         self, suffix: str, mirror: str, got: _Got, result: PairResult, now: datetime
