@@ -7,7 +7,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import anyio
@@ -28,6 +28,8 @@ from pithcrawl.store import (
 )
 from pithcrawl.store.blobs import packed, unpack
 from pithcrawl.store.connection import Database
+from pithcrawl.store.rows import db_time
+from pithcrawl.timestamps import format_timestamp
 
 pytestmark = pytest.mark.anyio
 
@@ -779,3 +781,10 @@ async def test_a_writer_cancelled_while_queued_does_not_hold_its_group_open(
         assert _suffix(4) in _records_on_disk(db.path)
     finally:
         await db.close()
+
+
+@given(st.datetimes(min_value=datetime(1000, 1, 1), timezones=st.timezones()))
+def test_stored_times_are_the_registry_text_of_the_same_instant(at: datetime) -> None:
+    """`db_time` (isoformat) writes exactly what `format_timestamp` (strftime) would."""
+    assert db_time(at) == format_timestamp(at)
+    assert datetime.fromisoformat(db_time(at)) == at

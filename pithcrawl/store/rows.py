@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -28,10 +28,13 @@ SEVERITIES = ("info", "warning", "error", "critical")
 
 
 def db_time(at: datetime) -> str:
-    """A time as stored: RFC 3339 UTC with microseconds, which sorts as text."""
+    """A time as stored: RFC 3339 UTC with microseconds, which sorts as text.
+
+    The text of `format_timestamp`, built by isoformat (a tenth of strftime's cost; a
+    few are written per fetch)."""
     if at.tzinfo is None:
         raise ValueError(f"naive datetime {at!r}: the store needs an aware (UTC) time")
-    return format_timestamp(at)
+    return at.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def db_time_or_none(at: datetime | None) -> str | None:
