@@ -7,7 +7,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
@@ -787,4 +787,4 @@ async def test_a_writer_cancelled_while_queued_does_not_hold_its_group_open(
 def test_stored_times_are_the_registry_text_of_the_same_instant(at: datetime) -> None:
     """`db_time` (isoformat) writes exactly what `format_timestamp` (strftime) would."""
     assert db_time(at) == format_timestamp(at)
-    assert datetime.fromisoformat(db_time(at)) == at
+    assert datetime.fromisoformat(db_time(at)) == at.astimezone(UTC)
