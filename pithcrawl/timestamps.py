@@ -30,11 +30,12 @@ def parse_timestamp(value: object) -> Timestamp | None:
     """Parse an RFC 3339 UTC timestamp; None when it is not one."""
     if not isinstance(value, str):
         return None
-    return _parse(value)
+    return parse_timestamp_text(value)
 
 
 @lru_cache(maxsize=8192)
-def _parse(value: str) -> Timestamp | None:
+def parse_timestamp_text(value: str) -> Timestamp | None:
+    """`parse_timestamp` of a value known to be a string (the schema says so)."""
     # Bundles repeat the same few timestamps many times; parsing is pure, so cache it.
     m = _RFC3339_UTC.match(value)
     if m is None:
