@@ -4,7 +4,8 @@ Owns the decision of what is routine (a 304, an unchanged body, a transient erro
 retry later) and what is news (a new snapshot, a change in the history, an invalid
 document). It is the only module that combines `fetch`, `verify`, `timeline` and
 `store`; each of those stays ignorant of the others. Nothing is marked trusted except
-in the same transaction that archives it, after verification.
+in the same transaction that archives it, after verification. What holds across a
+record's mirrors and over time, kept as alerts, is `conditions`'s.
 """
 
 from __future__ import annotations
@@ -12,16 +13,17 @@ from __future__ import annotations
 import hashlib
 import random
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 import structlog
 
-from pithcrawl import divergence, timeline
+from pithcrawl import timeline
 from pithcrawl.alert import log_alerts, sink_names
 from pithcrawl.canon import parse
+from pithcrawl.conditions import Conditions, history_of
 from pithcrawl.config import Config
 from pithcrawl.errors import FetchError
 from pithcrawl.fetch import Fetcher, FetchResult
@@ -43,28 +45,6 @@ RETRY_CAP = 6 * 3600.0
 JITTER = 0.1
 #: Verdicts on recent bundle bodies kept in memory (see `Crawler._verify`).
 VERDICTS_KEPT = 64
-#: What a trusted body says of the history: (pith_number, event ids, claimed places).
-_History = tuple[str, tuple[str, ...], tuple[tuple[str, str, str], ...]]
-
-
-def _history(bundle: dict[str, Any]) -> _History:
-    return (
-        bundle["pith_number"],
-        tuple(e["event_id"] for e in bundle["events"]),
-        divergence.claims_of(bundle),
-    )
-
-
-def _seen(snap: Snapshot, history: _History) -> divergence.Seen:
-    return divergence.Seen(
-        snap.mirror,
-        snap.fetched_at,
-        snap.body_sha256,
-        snap.url,
-        snap.built_at or "",
-        history[1],
-        history[2],
-    )
 
 
 @dataclass(slots=True)
@@ -150,9 +130,11 @@ class Crawler:
     metrics: Metrics = field(default_factory=Metrics)
     _verdicts: OrderedDict[tuple[str, str], Report] = field(default_factory=OrderedDict)
     _verdicts_trust: TrustSet | None = None
-    # Scopes with open alerts: this process is the archive's only writer, so after one
-    # read it knows them, and a pass with nothing to report writes no alert transaction.
-    _open_scopes: set[str] | None = None
+    conditions: Conditions = field(init=False)
+    """The alerts of records and mirrors (divergence, reachability) in the archive."""
+
+    def __post_init__(self) -> None:
+        self.conditions = Conditions(self.config, self.store, self.clock)
 
     async def sync_pair(
         self,
@@ -173,101 +155,8 @@ class Crawler:
             if trusted is not None and result.error is None:
                 await self._state(suffix, site, trusted, result, state_state)
             if result.new_snapshots:
-                await self.check_record(suffix)
+                await self.conditions.check_record(suffix)
         return result
-
-    def forget_open_scopes(self) -> None:
-        """Other processes wrote alerts to the archive: read the open ones again."""
-        self._open_scopes = None
-
-    async def check_record(self, suffix: str, *, mirrors: Sequence[str] | None = None) -> None:
-        """The divergence rules over everything archived of one record, across mirrors.
-
-        `mirrors`: the mirrors crawled now (default: every mirror that served it); only
-        their latest bundles count as "served now", but every archived one is history.
-        """
-        snapshots = await self.store.snapshots(suffix)
-        latest: dict[str, Snapshot] = {}
-        for snap in snapshots:
-            latest[snap.mirror] = snap
-        trusted = [s for s in snapshots if s.trusted]
-        known = await self.store.histories(sorted({s.body_sha256 for s in trusted}))
-        histories = [await self._history(s, known) for s in trusted]
-        archived = [_seen(s, h) for s, h in zip(trusted, histories, strict=True)]
-        by_body = {s.body_sha256: seen for s, seen in zip(trusted, archived, strict=True)}
-        current = {
-            m: by_body[s.body_sha256]
-            for m, s in latest.items()
-            if s.trusted and (mirrors is None or m in mirrors)
-        }
-        if not archived:
-            return
-        number = histories[-1][0]  # every trusted bundle of the record states it
-        now = self.clock()
-        found = divergence.conditions(
-            divergence.Histories(number, current, archived), now, self.config.alerts.stale_after
-        )
-        await self._reconcile(
-            f"record:{suffix}",
-            [
-                NewEvent(
-                    kind=c.kind,
-                    severity=c.severity,
-                    at=now,
-                    pith_number=number,
-                    mirrors=c.mirrors,
-                    summary=c.summary,
-                    evidence=c.evidence,
-                    dedup_key=c.dedup_key,
-                    suffix=suffix,
-                )
-                for c in found
-            ],
-            now,
-            log=True,
-        )
-
-    async def check_mirrors(self, names: Sequence[str]) -> None:
-        """`mirror_unreachable`: a mirror that has failed for a record for longer than
-        `alerts.unreachable_after`. One alert per mirror (a dead mirror is one problem,
-        not one per record); transient failures stay quiet."""
-        now = self.clock()
-        since = now - self.config.alerts.unreachable_after
-        for name in names:
-            count, examples = await self.store.alerts.failing(name, since)
-            current = []
-            if count:
-                current.append(
-                    NewEvent(
-                        kind="mirror_unreachable",
-                        severity="error",
-                        at=now,
-                        pith_number=None,
-                        mirrors=(name,),
-                        summary=f"{name} has failed for {count} record(s) for longer than "
-                        f"{self.config.alerts.unreachable_after}",
-                        evidence={"mirror": name, "records": count, "examples": examples},
-                        dedup_key=f"mirror_unreachable:{name}",
-                    )
-                )
-            await self._reconcile(f"reach:{name}", current, now, log=True)
-
-    async def recheck(self, suffixes: Sequence[str], mirrors: Sequence[str]) -> int:
-        """Re-run the divergence rules where time alone can change them (a lag turning
-        stale) or an alert is open; how many records were checked."""
-        wanted = set(suffixes)
-        todo = [s for s in await self.store.records_to_recheck() if s in wanted]
-        for suffix in todo:
-            await self.check_record(suffix, mirrors=mirrors)
-        return len(todo)
-
-    async def _history(self, snap: Snapshot, known: dict[str, _History]) -> _History:
-        cached = known.get(snap.body_sha256)
-        if cached is None:  # archived before histories were kept: derive it once
-            doc = parse(await self.store.get_blob(snap.body_sha256))
-            cached = _history(doc)
-            await self.store.put_history(snap.body_sha256, *cached)
-        return cached
 
     # -- the bundle ----------------------------------------------------------------------
 
@@ -330,7 +219,7 @@ class Crawler:
         outcome = self._outcome(suffix, site.name, got, now, report=report, events=events)
         learned: list[TrustedKey] = []
         if report.ok:
-            history = _history(report.document)
+            history = history_of(report.document)
             if self.config.trust.follow_rotations:
                 learned = self._announced_keys(report.document)
             outcome = replace(
@@ -427,18 +316,13 @@ class Crawler:
     ) -> Snapshot | None:
         """Archive a fetch, and reconcile the alerts of its scope in the same transaction
         (skipped when there is nothing to report and nothing open there)."""
-        if self._open_scopes is None:
-            self._open_scopes = {a.scope for a in await self.store.alerts.open_alerts()}
-        if not current and scope not in self._open_scopes:
+        if not current and not await self.conditions.is_open(scope):
             return await self.store.record_fetch(outcome)
         current = [e if e.suffix else replace(e, suffix=suffix) for e in current]
         snapshot, opened, closed = await self.store.record_fetch_and_alerts(
             outcome, scope, current, sinks=sink_names(self.config.alerts)
         )
-        if current:
-            self._open_scopes.add(scope)
-        else:
-            self._open_scopes.discard(scope)
+        self.conditions.mark(scope, bool(current))
         log_alerts(opened, closed)
         return snapshot
 
@@ -452,30 +336,6 @@ class Crawler:
         if claimed is not None and claimed.rpartition(":")[2] == suffix:
             return claimed
         return await self.store.pith_number(suffix) or suffix
-
-    async def _reconcile(
-        self,
-        scope: str,
-        current: list[NewEvent],
-        now: datetime,
-        *,
-        log: bool,
-        suffix: str | None = None,
-    ) -> None:
-        if self._open_scopes is None:
-            self._open_scopes = {a.scope for a in await self.store.alerts.open_alerts()}
-        if not current and scope not in self._open_scopes:
-            return  # nothing to open, nothing open to close: no transaction at all
-        if suffix is not None:
-            current = [e if e.suffix else replace(e, suffix=suffix) for e in current]
-        opened, closed = await self.store.alerts.reconcile(
-            scope, current, now=now, sinks=sink_names(self.config.alerts), log=log
-        )
-        if current:
-            self._open_scopes.add(scope)
-        else:
-            self._open_scopes.discard(scope)
-        log_alerts(opened, closed)
 
     # -- state.json ----------------------------------------------------------------------
 

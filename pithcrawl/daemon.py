@@ -117,10 +117,10 @@ async def sync_once(config: Config, db: Path, named: list[str], trust: TrustSet)
                 tallies.append(await crawl_share(crawler, store, shares[0], sites, progress))
             progress.done()
             if len(shares) > 1:
-                crawler.forget_open_scopes()  # the other processes opened and closed some
+                crawler.conditions.forget_open_scopes()  # workers opened and closed some
             names = [s.name for s in sites]
-            await crawler.recheck(suffixes, names)
-            await crawler.check_mirrors(names)
+            await crawler.conditions.recheck(suffixes, names)
+            await crawler.conditions.check_mirrors(names)
             sinks = Sinks(
                 config.alerts, fetcher, read_secret(config.alerts.webhook_secret_file, os.environ)
             )
@@ -269,8 +269,8 @@ class Daemon:
                 checked = time.monotonic()
                 names = list(self.sites)
                 tracked = await self.store.tracked_suffixes()
-                await crawler.recheck(tracked, names)
-                await crawler.check_mirrors(names)
+                await crawler.conditions.recheck(tracked, names)
+                await crawler.conditions.check_mirrors(names)
                 self.metrics.set_records(len(tracked))
                 open_alerts = await self.store.alerts.open_alerts()
                 self.metrics.set_open_alerts(Counter(a.kind for a in open_alerts))

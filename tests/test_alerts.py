@@ -374,7 +374,7 @@ async def test_transient_failure_is_quiet_persistent_one_is_mirror_unreachable(t
 
             async with HttpFetcher(user_agent="t") as f:
                 crawler = Crawler(e.config, store, f, e.trust, lambda: datetime.now(UTC))
-                await crawler.check_mirrors(["m0"])
+                await crawler.conditions.check_mirrors(["m0"])
             (alert,) = await store.alerts.open_alerts()
         assert alert.kind == "mirror_unreachable"
         assert alert.severity == "error"

@@ -1,0 +1,185 @@
+"""The conditions records and mirrors are in, kept as alerts in the archive.
+
+Owns, over what is archived: the divergence rules for one record across its mirrors and
+over time (`check_record`, with `divergence`'s pure rule table), reachability per mirror
+(`check_mirrors`), the rechecks time alone calls for, and reconciling a scope's open
+alerts with what holds now. It knows which scopes have open alerts, so a pass with
+nothing to report writes no alert transaction. It fetches and verifies nothing
+(`crawl` does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from pithcrawl import divergence
+from pithcrawl.alert import log_alerts, sink_names
+from pithcrawl.canon import parse
+from pithcrawl.config import Config
+from pithcrawl.store import NewEvent, Snapshot, Store
+
+#: What a trusted body says of the history: (pith_number, event ids, claimed places).
+History = tuple[str, tuple[str, ...], tuple[tuple[str, str, str], ...]]
+
+
+def history_of(bundle: dict[str, Any]) -> History:
+    return (
+        bundle["pith_number"],
+        tuple(e["event_id"] for e in bundle["events"]),
+        divergence.claims_of(bundle),
+    )
+
+
+def _seen(snap: Snapshot, history: History) -> divergence.Seen:
+    return divergence.Seen(
+        snap.mirror,
+        snap.fetched_at,
+        snap.body_sha256,
+        snap.url,
+        snap.built_at or "",
+        history[1],
+        history[2],
+    )
+
+
+@dataclass(slots=True)
+class Conditions:
+    """The alerts of one archive, as this process's only writer of them sees them."""
+
+    config: Config
+    store: Store
+    clock: Callable[[], datetime]
+    # Scopes with open alerts: this process writes them, so after one read it knows
+    # them (other processes sharing a pass: `forget_open_scopes` once they are done).
+    _open_scopes: set[str] | None = None
+
+    def forget_open_scopes(self) -> None:
+        """Other processes wrote alerts to the archive: read the open ones again."""
+        self._open_scopes = None
+
+    async def is_open(self, scope: str) -> bool:
+        """Whether `scope` has an open alert."""
+        if self._open_scopes is None:
+            self._open_scopes = {a.scope for a in await self.store.alerts.open_alerts()}
+        return scope in self._open_scopes
+
+    def mark(self, scope: str, is_open: bool) -> None:
+        """`scope`'s alerts were just reconciled: it has open ones or none."""
+        if self._open_scopes is None:
+            return  # not read yet: the next `is_open` reads it from the archive
+        if is_open:
+            self._open_scopes.add(scope)
+        else:
+            self._open_scopes.discard(scope)
+
+    async def check_record(self, suffix: str, *, mirrors: Sequence[str] | None = None) -> None:
+        """The divergence rules over everything archived of one record, across mirrors.
+
+        `mirrors`: the mirrors crawled now (default: every mirror that served it); only
+        their latest bundles count as "served now", but every archived one is history.
+        """
+        snapshots = await self.store.snapshots(suffix)
+        latest: dict[str, Snapshot] = {}
+        for snap in snapshots:
+            latest[snap.mirror] = snap
+        trusted = [s for s in snapshots if s.trusted]
+        known = await self.store.histories(sorted({s.body_sha256 for s in trusted}))
+        histories = [await self._history(s, known) for s in trusted]
+        archived = [_seen(s, h) for s, h in zip(trusted, histories, strict=True)]
+        by_body = {s.body_sha256: seen for s, seen in zip(trusted, archived, strict=True)}
+        current = {
+            m: by_body[s.body_sha256]
+            for m, s in latest.items()
+            if s.trusted and (mirrors is None or m in mirrors)
+        }
+        if not archived:
+            return
+        number = histories[-1][0]  # every trusted bundle of the record states it
+        now = self.clock()
+        found = divergence.conditions(
+            divergence.Histories(number, current, archived), now, self.config.alerts.stale_after
+        )
+        await self.reconcile(
+            f"record:{suffix}",
+            [
+                NewEvent(
+                    kind=c.kind,
+                    severity=c.severity,
+                    at=now,
+                    pith_number=number,
+                    mirrors=c.mirrors,
+                    summary=c.summary,
+                    evidence=c.evidence,
+                    dedup_key=c.dedup_key,
+                    suffix=suffix,
+                )
+                for c in found
+            ],
+            now,
+            log=True,
+        )
+
+    async def check_mirrors(self, names: Sequence[str]) -> None:
+        """`mirror_unreachable`: a mirror that has failed for a record for longer than
+        `alerts.unreachable_after`. One alert per mirror (a dead mirror is one problem,
+        not one per record); transient failures stay quiet."""
+        now = self.clock()
+        since = now - self.config.alerts.unreachable_after
+        for name in names:
+            count, examples = await self.store.alerts.failing(name, since)
+            current = []
+            if count:
+                current.append(
+                    NewEvent(
+                        kind="mirror_unreachable",
+                        severity="error",
+                        at=now,
+                        pith_number=None,
+                        mirrors=(name,),
+                        summary=f"{name} has failed for {count} record(s) for longer than "
+                        f"{self.config.alerts.unreachable_after}",
+                        evidence={"mirror": name, "records": count, "examples": examples},
+                        dedup_key=f"mirror_unreachable:{name}",
+                    )
+                )
+            await self.reconcile(f"reach:{name}", current, now, log=True)
+
+    async def recheck(self, suffixes: Sequence[str], mirrors: Sequence[str]) -> int:
+        """Re-run the divergence rules where time alone can change them (a lag turning
+        stale) or an alert is open; how many records were checked."""
+        wanted = set(suffixes)
+        todo = [s for s in await self.store.records_to_recheck() if s in wanted]
+        for suffix in todo:
+            await self.check_record(suffix, mirrors=mirrors)
+        return len(todo)
+
+    async def _history(self, snap: Snapshot, known: dict[str, History]) -> History:
+        cached = known.get(snap.body_sha256)
+        if cached is None:  # archived before histories were kept: derive it once
+            doc = parse(await self.store.get_blob(snap.body_sha256))
+            cached = history_of(doc)
+            await self.store.put_history(snap.body_sha256, *cached)
+        return cached
+
+    async def reconcile(
+        self,
+        scope: str,
+        current: list[NewEvent],
+        now: datetime,
+        *,
+        log: bool,
+        suffix: str | None = None,
+    ) -> None:
+        """Open, keep or close the alerts of `scope` so they are `current`."""
+        if not current and not await self.is_open(scope):
+            return  # nothing to open, nothing open to close: no transaction at all
+        if suffix is not None:
+            current = [e if e.suffix else replace(e, suffix=suffix) for e in current]
+        opened, closed = await self.store.alerts.reconcile(
+            scope, current, now=now, sinks=sink_names(self.config.alerts), log=log
+        )
+        self.mark(scope, bool(current))
+        log_alerts(opened, closed)
