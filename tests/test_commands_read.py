@@ -13,7 +13,7 @@ from conftest import write_config
 from mirror import TestMirror
 
 from pithcrawl.cli import main
-from pithcrawl.store.connection import WriterLock
+from pithcrawl.store.lock import WriterLock
 
 OTHER_SUFFIX = "A" * 26  # well formed, never archived
 

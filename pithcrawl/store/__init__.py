@@ -5,7 +5,10 @@ The package is the only place that speaks SQL or sees a sqlite3 error (it raises
 
 - `archive`: `Store`, the typed async API, and its queries;
 - `fetches`: what recording one fetch writes, inside `record_fetch`'s transaction;
-- `connection`: opening, the writers' lock, pragmas, migrations, transactions;
+- `connection`: the one connection of a process: turns, transactions with group commit,
+  deferred bookkeeping;
+- `sqlite`: opening, pragmas, migrations, and translating sqlite3 errors;
+- `lock`: the writers' lock;
 - `schema`: the numbered migrations;
 - `rows`: the values going in and out;
 - `blobs`: the zstd codec (whole or delta frames) and the sha256 check of bodies;

@@ -1,118 +1,26 @@
-"""The one connection to the archive: opening, locking, migrating, transactions.
+"""The one connection to the archive, shared by the tasks of a process.
 
-Owns everything between a path and a ready aiosqlite connection: the writers' advisory
-lock (`flock` on `DB.lock`), the pragmas (WAL, `busy_timeout`, foreign keys,
-`synchronous=NORMAL`), applying `schema.MIGRATIONS` under `PRAGMA user_version` (each in
-its own `BEGIN IMMEDIATE` transaction) and refusing a newer schema, serialising the tasks
-that share the connection, group commit and deferred bookkeeping (see `Database`), and
-translating every sqlite3 and OS error into `StoreError` (the one boundary where they are
-translated). It knows no table: queries are `archive`'s.
+Owns serialising those tasks, the transactions of `write` blocks with group commit, and
+the deferred bookkeeping statements (see `Database`). Opening, migrating and translating
+errors are `sqlite`'s; the writers' lock is `lock`'s. It knows no table: queries are
+`archive`'s.
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager, suppress
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 import anyio
 
-from pithcrawl.errors import StoreError, StoreLocked
-from pithcrawl.store.schema import MIGRATIONS, SCHEMA_VERSION, statements
-
-#: How long a statement waits for another process's write lock before failing. Writers
-#: of one archive take turns in short transactions, but SQLite's wait is a sleep-and-retry
-#: loop, not a queue: a generous bound keeps a busy neighbour from failing us.
-BUSY_TIMEOUT_MS = 30_000
-
-
-def lock_path(db: Path) -> Path:
-    return db.with_name(db.name + ".lock")
-
-
-class WriterLock:
-    """An exclusive, non-blocking `flock` on `DB.lock`: one writer process per archive.
-
-    flock locks belong to the open file description, so a second acquisition fails even
-    from the same process, and the kernel drops the lock when the process dies (a crash
-    leaves no stale lock). The file holds the holder's pid, for the error message only.
-    The file is never deleted: unlinking a lock file races with its next opener.
-    """
-
-    def __init__(self, fd: int) -> None:
-        self._fd: int | None = fd
-
-    @classmethod
-    def acquire(cls, db: Path) -> WriterLock:
-        path = lock_path(db)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as e:
-            raise StoreError(f"cannot create the lock file {path}: {e.strerror or e}") from e
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            holder = _read_pid(fd)
-            os.close(fd)
-            raise StoreLocked(f"another pithcrawl is using {db} (pid {holder})") from e
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        except OSError as e:
-            os.close(fd)
-            raise StoreError(f"cannot write the lock file {path}: {e.strerror or e}") from e
-        return cls(fd)
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            os.close(fd)  # closing the last descriptor releases the flock
-
-
-def _read_pid(fd: int) -> str:
-    try:
-        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-    except OSError:
-        text = ""
-    return text if text.isdigit() else "unknown"
-
-
-def describe(db: Path, doing: str, e: sqlite3.Error) -> str:
-    """A message for a sqlite3 error that says what we were doing and what to check."""
-    text = str(e)
-    hints = {
-        "file is not a database": f"{db} is not a pithcrawl database (file is not a database)",
-        "unable to open database file": (
-            f"cannot open database {db}: unable to open database file"
-            " (does its directory exist, and may pithcrawl write there?)"
-        ),
-        "readonly database": f"database {db} is read-only: cannot {doing}",
-        "database is locked": (
-            f"database {db} stayed locked by another process for more than"
-            f" {BUSY_TIMEOUT_MS // 1000}s: cannot {doing}"
-        ),
-        "disk image is malformed": f"database {db} is damaged ({text}); run `pithcrawl fsck`",
-    }
-    for needle, message in hints.items():
-        if needle in text:
-            return message
-    return f"database {db}: cannot {doing}: {text}"
-
-
-@contextmanager
-def translated(db: Path, doing: str) -> Iterator[None]:
-    """Turn sqlite3 errors raised inside into `StoreError` (the only place this happens)."""
-    try:
-        yield
-    except sqlite3.Error as e:
-        raise StoreError(describe(db, doing, e)) from e
-
+from pithcrawl.errors import StoreError
+from pithcrawl.store.lock import WriterLock
+from pithcrawl.store.sqlite import connect, rollback, translated
 
 #: Deferred statements (`Database.defer`) written together at the latest.
 DEFER_MAX = 512
@@ -177,7 +85,7 @@ class Database:
             raise ValueError("a read-only store cannot take the writers' lock")
         lock = WriterLock.acquire(path) if exclusive else None
         try:
-            conn = await _connect(path, readonly=readonly)
+            conn = await connect(path, readonly=readonly)
         except BaseException:
             if lock is not None:
                 lock.release()
@@ -311,7 +219,7 @@ class Database:
                 self.commits += 1
             except BaseException as e:
                 group.error = e
-                await _rollback(self._live())
+                await rollback(self._live())
                 raise
             finally:
                 group.ended.set()
@@ -321,7 +229,7 @@ class Database:
         if group is not None:
             group.error = error
             with anyio.CancelScope(shield=True):
-                await _rollback(self._live())
+                await rollback(self._live())
             group.ended.set()
 
     async def _write_deferred(self) -> None:
@@ -349,7 +257,7 @@ class Database:
                 for sql, rows in runs:
                     await conn.executemany(sql, rows)
             except BaseException:
-                await _rollback(conn)
+                await rollback(conn)
                 raise
             await conn.execute("COMMIT")
             self.commits += 1
@@ -384,106 +292,3 @@ class Session:
             return 0
         cur = await self._conn.executemany(sql, rows)
         return cur.rowcount
-
-
-async def _rollback(conn: aiosqlite.Connection) -> None:
-    # Shielded so a cancelled task still ends its transaction; a ROLLBACK with no
-    # transaction open (sqlite already rolled back, e.g. after SQLITE_FULL) is fine.
-    with anyio.CancelScope(shield=True), suppress(sqlite3.OperationalError):
-        await conn.execute("ROLLBACK")
-
-
-def _target(path: Path, *, readonly: bool) -> str:
-    # SQLite's URI form is the only way to ask for mode=ro; as_uri() percent-encodes.
-    return f"{path.absolute().as_uri()}?mode=ro" if readonly else str(path)
-
-
-async def _connect(path: Path, *, readonly: bool) -> aiosqlite.Connection:
-    target = _target(path, readonly=readonly)
-    with translated(path, "open the database"):
-        # Open once without aiosqlite first: when aiosqlite's own connect fails, its
-        # worker thread outlives the event loop and reports into a closed loop.
-        await anyio.to_thread.run_sync(_probe, target, readonly)
-        conn = await aiosqlite.connect(target, uri=readonly, isolation_level=None)
-    try:
-        conn.row_factory = sqlite3.Row
-        with translated(path, "open the database"):
-            await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            await conn.execute("PRAGMA foreign_keys = ON")
-            version = await _user_version(conn)
-            _refuse_newer(version)
-            if not readonly:
-                # journal_mode is persistent in the file, so read-only users get WAL too.
-                await conn.execute("PRAGMA journal_mode = WAL")
-                await conn.execute("PRAGMA synchronous = NORMAL")
-        if readonly:
-            if version < SCHEMA_VERSION:
-                raise StoreError(
-                    f"database {path} has schema version {version}, older than this"
-                    f" pithcrawl ({SCHEMA_VERSION}); open it for writing once to upgrade it"
-                )
-        else:
-            await _migrate(conn, path, version)
-    except BaseException:
-        with anyio.CancelScope(shield=True), suppress(sqlite3.Error):
-            await conn.close()
-        raise
-    return conn
-
-
-def _probe(target: str, uri: bool) -> None:
-    sqlite3.connect(target, uri=uri).close()
-
-
-async def _user_version(conn: aiosqlite.Connection) -> int:
-    async with conn.execute("PRAGMA user_version") as cur:
-        row = await cur.fetchone()
-    return int(row[0]) if row is not None else 0
-
-
-def _refuse_newer(version: int) -> None:
-    if version > SCHEMA_VERSION:
-        raise StoreError(
-            f"database schema version {version} is newer than this pithcrawl"
-            f" ({SCHEMA_VERSION}); upgrade pithcrawl"
-        )
-
-
-async def _migrate(conn: aiosqlite.Connection, path: Path, version: int) -> None:
-    if version >= SCHEMA_VERSION:
-        return
-    # Foreign keys off while tables are rebuilt (SQLite's documented procedure; the
-    # pragma is a no-op inside a transaction, so it is set around them), and every
-    # reference checked before each commit instead.
-    await conn.execute("PRAGMA foreign_keys = OFF")
-    try:
-        for number in range(version + 1, SCHEMA_VERSION + 1):
-            with translated(path, f"migrate to schema version {number}"):
-                await _migrate_one(conn, number)
-    finally:
-        with anyio.CancelScope(shield=True), translated(path, "open the database"):
-            await conn.execute("PRAGMA foreign_keys = ON")
-
-
-async def _migrate_one(conn: aiosqlite.Connection, number: int) -> None:
-    await conn.execute("BEGIN IMMEDIATE")
-    try:
-        # Another process may have migrated while we waited for the write lock.
-        current = await _user_version(conn)
-        _refuse_newer(current)
-        if current < number:
-            for statement in statements(MIGRATIONS[number - 1]):
-                await conn.execute(statement)
-            async with conn.execute("PRAGMA foreign_key_check") as cur:
-                broken = await cur.fetchone()
-            if broken is not None:
-                raise sqlite3.IntegrityError(
-                    f"migration {number} would leave {broken[0]} row {broken[1]}"
-                    f" referring to a missing {broken[2]} row"
-                )
-            await conn.execute(f"PRAGMA user_version = {number}")
-    except BaseException:
-        await _rollback(conn)
-        raise
-    with anyio.CancelScope(shield=True):
-        await conn.execute("COMMIT")

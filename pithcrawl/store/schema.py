@@ -159,7 +159,7 @@ CREATE TABLE histories (
 # `depth` counts the bases under it (0: the frame stands alone). Writers keep depth at
 # most `blobs.MAX_DEPTH`, so reading any body decompresses at most that many more frames.
 # The rebuild is SQLite's documented one (new table, copy, drop, rename), run with foreign
-# keys off and checked with `foreign_key_check` before the commit (`connection._migrate`).
+# keys off and checked with `foreign_key_check` before the commit (`sqlite._migrate`).
 # From this version on `snapshots.patch` is no longer written: `diff` and `history`
 # compute patches from the archived bodies, which cost less to keep than the patches.
 _V5 = """
