@@ -188,7 +188,7 @@ def load_key(doc: Any) -> TrustedKey:
 class TrustSet(Mapping[str, TrustedKey]):
     """The keys pithcrawl trusts, by key_id. Immutable."""
 
-    __slots__ = ("_keys",)
+    __slots__ = ("_keys", "rotations")
 
     def __init__(self, keys: Iterable[TrustedKey]) -> None:
         by_id: dict[str, TrustedKey] = {}
@@ -197,6 +197,10 @@ class TrustSet(Mapping[str, TrustedKey]):
                 raise InvalidKey(f"two different keys claim key_id {key.key_id!r}")
             by_id[key.key_id] = key
         self._keys = by_id
+        #: The configured `rotates_at` of each key that has one, by key id. Read only.
+        self.rotations: Mapping[str, Timestamp] = {
+            key_id: key.rotates_at for key_id, key in by_id.items() if key.rotates_at is not None
+        }
 
     def __getitem__(self, key_id: str) -> TrustedKey:
         return self._keys[key_id]
@@ -230,17 +234,15 @@ def _b64_bytes(text: str) -> bytes | None:
         return None
 
 
+@lru_cache(maxsize=8192)
 def verify_signature(raw_key: bytes, digest_hex: str, signature_b64: str) -> bool:
     """Whether `signature_b64` is an Ed25519 signature by `raw_key` over the raw digest bytes.
 
     The signed message is always the 32 raw bytes of a sha256 digest, never its hex
     text (pith-format.md §1). Malformed input is simply not a valid signature.
     """
-    return _verify_cached(raw_key, digest_hex, signature_b64)
-
-
-@lru_cache(maxsize=8192)
-def _verify_cached(raw_key: bytes, digest_hex: str, signature_b64: str) -> bool:
+    # The cache is the function itself, not behind a wrapper: a call frame less for
+    # each of the half a dozen signatures of every bundle.
     # A (key, digest, signature) triple verifies the same way every time, and the
     # registry signs the same digests again and again across mirrors and re-syncs.
     # Bounded (a few MB): a pass over N records must not hold N records' signatures.

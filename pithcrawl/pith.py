@@ -73,4 +73,4 @@ def parse_reference(text: str) -> str:
 
 
 def short_aliases(suffix: str) -> dict[str, str]:
-    return {f"pith_short_{n}": suffix[:n] for n in (8, 12, 16)}
+    return {"pith_short_8": suffix[:8], "pith_short_12": suffix[:12], "pith_short_16": suffix[:16]}

@@ -6,7 +6,7 @@ import base64
 import json
 from typing import Any
 
-from builder import BundleBuilder, TestSigner, serialize
+from builder import BundleBuilder, TestSigner, seal, serialize
 from conftest import NOW, REAL_SUFFIX
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -154,3 +154,25 @@ def test_reading_a_suffix_back_agrees_with_encoding_it(digest, at, insert):
     other = suffix[:at] + insert + suffix[at + 1 :]
     assert is_suffix_of(other, digest.hex()) == (other == suffix)
     assert not is_suffix_of(suffix.lower(), digest.hex())
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    st.sampled_from([None, "2026-11-01T00:00:00Z", "2026-12-31T00:00:00Z"]),
+    st.sampled_from([None, "2026-11-01T00:00:00Z", "2026-12-31T00:00:00Z", "not a time"]),
+)
+def test_clean_path_agrees_on_key_rotations(configured, announced):
+    """A rotation configured, announced by the bundle, both or neither: same report."""
+    from pithcrawl.keys import TrustedKey
+    from pithcrawl.timestamps import parse_timestamp
+
+    trust = TrustSet(
+        [TrustedKey(SIGNER.key_id, SIGNER.raw, configured and parse_timestamp(configured))]
+    )
+    doc = _bundle()
+    for key in doc["public_keys"]:
+        key["rotates_at"] = announced
+    data = serialize(seal(doc, SIGNER))
+    _same_report(data, trust)
+    if "2026-11-01T00:00:00Z" not in (configured, announced) and announced != "not a time":
+        assert clean_bundle_report(json.loads(data), trust, NOW + DEFAULT_CLOCK_SKEW, None)

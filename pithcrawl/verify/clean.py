@@ -11,6 +11,7 @@ that fails raises `_Unclean` in line rather than through a helper.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -86,7 +87,7 @@ class CleanCheck:
     trust: TrustSet
     latest: datetime
     expected_suffix: str | None
-    rotates: dict[str, Timestamp] = field(default_factory=dict)
+    rotates: Mapping[str, Timestamp] = field(default_factory=dict)
 
     def run(self) -> Report:
         doc = self.doc
@@ -164,6 +165,7 @@ class CleanCheck:
 
     def _keys(self) -> None:
         trust = self.trust
+        announced: dict[str, Timestamp] = {}
         for key in self.doc["public_keys"]:
             trusted = trust.get(key["key_id"])
             if trusted is None:
@@ -174,8 +176,13 @@ class CleanCheck:
                 ts = parse_timestamp_text(key["rotates_at"])
                 if ts is None:
                     raise _Unclean
-                self.rotates[trusted.key_id] = ts
-        add_configured_rotations(self.rotates, trust)
+                announced[trusted.key_id] = ts
+        if announced:
+            add_configured_rotations(announced, trust)
+            self.rotates = announced
+        else:
+            # What add_configured_rotations makes of no announcement: the trust set's own.
+            self.rotates = trust.rotations
 
     def _signed(self, sig: dict[str, Any], digest: str) -> None:
         """The signature is by a trusted key, before it rotated, over `digest`."""
