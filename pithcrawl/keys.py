@@ -87,6 +87,9 @@ _KEY_FIELDS = (
     "fingerprint_sha256_hex",
     "fingerprint_sha256_b32_first128bits",
 )
+#: The types whose values the cache may hold: no two of them compare equal across types
+#: (an int key would share True's cache entry, and messages quote the value).
+_STR_OR_NONE = frozenset({str, type(None)})
 
 
 def key_problems(doc: Any) -> list[tuple[str, str]]:
@@ -97,8 +100,15 @@ def key_problems(doc: Any) -> list[tuple[str, str]]:
     """
     if not isinstance(doc, dict):
         return [("", "a key must be a JSON object")]
-    fields = tuple(doc.get(k) for k in _KEY_FIELDS)
-    if all(v is None or isinstance(v, str) for v in fields):
+    # One display, not a generator: asked of every key of every bundle.
+    fields = (
+        doc.get("algorithm"),
+        doc.get("public_key_b64"),
+        doc.get("public_key_hex"),
+        doc.get("fingerprint_sha256_hex"),
+        doc.get("fingerprint_sha256_b32_first128bits"),
+    )
+    if _STR_OR_NONE.issuperset(map(type, fields)):
         # Every bundle publishes the same few keys: judge each distinct one once.
         return list(_key_problems_cached(fields))
     return _key_problems(doc)

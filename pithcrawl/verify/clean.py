@@ -71,12 +71,13 @@ def clean_shape(doc: Any) -> bool:
     """`bundle_shape` finds nothing (and `BundleCheck._keys` no inconsistent key)."""
     if not schema.fits(doc, schema.BUNDLE):
         return False
-    created = [e for e in doc["events"] if e["event_type"] == "record_created"]
-    return (
-        bool(created)
-        and all(schema.fits(e["payload"], schema.RECORD_CREATED_PAYLOAD) for e in created)
-        and not any(key_problems(key) for key in doc["public_keys"])
-    )
+    created = False
+    for event in doc["events"]:
+        if event["event_type"] == "record_created":
+            if not schema.fits(event["payload"], schema.RECORD_CREATED_PAYLOAD):
+                return False
+            created = True
+    return created and not any(key_problems(key) for key in doc["public_keys"])
 
 
 @dataclass(slots=True)
