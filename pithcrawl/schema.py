@@ -185,6 +185,12 @@ def fits(doc: Any, spec: Spec) -> bool:
     return _compiled(spec)(doc)
 
 
+def validator(spec: Spec) -> Validator:
+    """`fits` for one spec, as a function a hot caller can keep: `validator(s)(d)` is
+    `fits(d, s)` without the look-up."""
+    return _compiled(spec)
+
+
 def _compiled(spec: Spec) -> Validator:
     validator = _CACHE.get(id(spec))
     if validator is None:

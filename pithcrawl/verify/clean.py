@@ -27,6 +27,8 @@ from pithcrawl.timestamps import Timestamp, not_after, parse_timestamp_text
 from pithcrawl.verify.report import EventInfo, Report, add_configured_rotations
 
 _Fragment = orjson.Fragment
+_fits_bundle = schema.validator(schema.BUNDLE)
+_fits_record_created = schema.validator(schema.RECORD_CREATED_PAYLOAD)
 _SORT_KEYS = orjson.OPT_SORT_KEYS
 
 
@@ -69,12 +71,12 @@ def clean_bundle_report(
 
 def clean_shape(doc: Any) -> bool:
     """`bundle_shape` finds nothing (and `BundleCheck._keys` no inconsistent key)."""
-    if not schema.fits(doc, schema.BUNDLE):
+    if not _fits_bundle(doc):
         return False
     created = False
     for event in doc["events"]:
         if event["event_type"] == "record_created":
-            if not schema.fits(event["payload"], schema.RECORD_CREATED_PAYLOAD):
+            if not _fits_record_created(event["payload"]):
                 return False
             created = True
     return created and not any(key_problems(key) for key in doc["public_keys"])
