@@ -408,3 +408,14 @@ def test_key_file_shape_matches_bundle_keys():
     assert key.key_id == "pith-v1-2026-05"
     assert base64.b64encode(key.raw).decode() == "stVStoiQhXFxp4s2pdzPNoqVNBMojDU/fJ2db5S3CbM="
     assert copy.deepcopy(key) == key
+
+
+@pytest.mark.parametrize("value", [True, 5, "keys", {"key_id": "k"}])
+def test_public_keys_of_another_type_is_a_schema_finding(
+    builder: BundleBuilder, test_trust: TrustSet, value: Any
+):
+    """public_keys that is no array: one schema finding, never an exception."""
+    doc = builder.build()
+    doc["public_keys"] = value
+    report = verify_bundle(serialize(doc), test_trust, now=NOW)
+    assert [(f.code, f.path) for f in report.findings] == [("schema_invalid", "/public_keys")]

@@ -41,7 +41,8 @@ def bundle_shape(doc: Any) -> Iterator[tuple[str, str]]:
     for i in created:
         payload = doc["events"][i].get("payload")
         yield from schema.check(payload, schema.RECORD_CREATED_PAYLOAD, "events", i, "payload")
-    for i, key in enumerate(doc.get("public_keys") or []):
+    keys = doc.get("public_keys")
+    for i, key in enumerate(keys if isinstance(keys, list) else ()):
         if isinstance(key, dict) and key.get("key_id") is not None:
             for fld, msg in key_problems(key):
                 if fld in ("", "algorithm"):
