@@ -111,12 +111,11 @@ def derive(
     *,
     entry_of: Callable[[int, Mapping[str, Any]], Any] | None = None,
     canonical_record: Any = None,
-    source_aliases: Any = None,
 ) -> dict[str, Any]:
     """The state without `state_sha256`.
 
-    `entry_of`, `canonical_record` and `source_aliases` let a caller substitute values
-    of the same canonical form (the verifier passes pre-serialised fragments), so the
+    `entry_of` and `canonical_record` let a caller substitute values of the same
+    canonical form (the verifier passes pre-serialised fragments), so the
     state's canonical bytes are assembled rather than computed again.
     """
     events: Sequence[Mapping[str, Any]] = bundle["events"]
@@ -125,7 +124,9 @@ def derive(
         "canonical_record": (
             bundle["canonical_record"] if canonical_record is None else canonical_record
         ),
-        "source_aliases": bundle["source_aliases"] if source_aliases is None else source_aliases,
+        # A copy: an event type whose plural is `source_aliases` ("source_aliase") goes to
+        # this list by the inferred rule, and must not change the bundle it came from.
+        "source_aliases": list(bundle["source_aliases"]),
         "record_created": None,
     }
     for name in CURRENT_LISTS:

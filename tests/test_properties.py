@@ -162,3 +162,31 @@ def test_compact_reading_agrees_with_the_exact_one(doc):
     assert canonical_reference(fast) == canonical_reference(parse(data))
     # ...and what Python's json.dumps wrote, orjson canonicalises exactly as the spec does.
     assert canon(fast) == canonical_reference(parse(data))
+
+
+def test_the_merge_never_changes_the_bundle_it_reads() -> None:
+    """An event type whose plural is another field of `current` ("source_aliase" →
+    `source_aliases`) goes to that list by the inferred rule, in the state only."""
+    from pithcrawl.merge import derive
+
+    aliases = [{"alias_type": "arxiv", "alias_value": "2611.00001"}]
+    bundle = {
+        "pith_number": "pith:2026:" + "A" * 26,
+        "merge_version": "1",
+        "canonical_record": {"title": "x"},
+        "source_aliases": aliases,
+        "events": [
+            {
+                "event_id": "sha256:" + "1" * 64,
+                "event_type": "source_aliase",
+                "target": "graph",
+                "created_at": "2026-11-01T00:00:00Z",
+                "signer": {"key_id": "k"},
+                "payload": {},
+            },
+        ],
+    }
+    before = json.loads(json.dumps(bundle))
+    state = derive(bundle, [True], {}, [])
+    assert bundle == before
+    assert len(state["current"]["source_aliases"]) == 2
