@@ -51,16 +51,12 @@ log = structlog.get_logger("pithcrawl.daemon")
 
 
 @dataclass(slots=True)
-class Summary:
+class Summary(Tally):
+    """A pass: the tallies of its shares, and what it found in the end."""
+
     records: int = 0
     mirrors: int = 0
-    new_snapshots: int = 0
-    events: int = 0
     alerts: int = 0
-    errors: int = 0
-    deferred: int = 0
-    untrusted: int = 0
-    """Pairs whose mirror serves a bundle that failed verification."""
     warnings: int = 0
     """Open alerts of error severity (a mirror stale or unreachable) for these records."""
     delivered: int = 0
@@ -132,11 +128,7 @@ async def sync_once(config: Config, db: Path, named: list[str], trust: TrustSet)
             )
         open_alerts = await store.alerts.open_alerts(suffixes=suffixes)
     for t in tallies:
-        summary.new_snapshots += t.new_snapshots
-        summary.events += t.events
-        summary.errors += t.errors
-        summary.deferred += t.deferred
-        summary.untrusted += t.untrusted
+        summary.absorb(t)
     summary.alerts = sum(1 for a in open_alerts if a.severity == "critical")
     summary.warnings = sum(1 for a in open_alerts if a.severity != "critical")
     return summary

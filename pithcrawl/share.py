@@ -163,6 +163,7 @@ class Tally:
     errors: int = 0
     deferred: int = 0
     untrusted: int = 0
+    """Pairs whose mirror serves a bundle that failed verification."""
 
     def add(self, r: PairResult) -> None:
         self.new_snapshots += r.new_snapshots
@@ -170,6 +171,14 @@ class Tally:
         self.errors += r.error is not None
         self.deferred += r.deferred
         self.untrusted += r.serves_untrusted
+
+    def absorb(self, other: Tally) -> None:
+        """Count another share's tally in this one."""
+        self.new_snapshots += other.new_snapshots
+        self.events += other.events
+        self.errors += other.errors
+        self.deferred += other.deferred
+        self.untrusted += other.untrusted
 
 
 @dataclass(frozen=True, slots=True)

@@ -109,18 +109,23 @@ def test_clean_path_report_is_the_complete_checks_on_built_bundles(events):
     _same_report(data, TRUST)
 
 
-@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
-@given(st.sampled_from(_paths(json.loads(BUNDLE_BYTES))), st.data())
-def test_clean_path_declines_whatever_the_complete_check_finds(path, data):
-    """Any one member changed: a report only when the complete check finds nothing."""
-    doc = json.loads(BUNDLE_BYTES)
+def _change_one(doc: Any, path: tuple[Any, ...], data: Any, values: Any) -> None:
+    """Remove the member at `path`, or give it one of `values`."""
     parent = doc
     for p in path[:-1]:
         parent = parent[p]
     if data.draw(st.booleans()):
         del parent[path[-1]]
     else:
-        parent[path[-1]] = data.draw(st.none() | st.booleans() | st.integers() | st.text())
+        parent[path[-1]] = data.draw(values)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(st.sampled_from(_paths(json.loads(BUNDLE_BYTES))), st.data())
+def test_clean_path_declines_whatever_the_complete_check_finds(path, data):
+    """Any one member changed: a report only when the complete check finds nothing."""
+    doc = json.loads(BUNDLE_BYTES)
+    _change_one(doc, path, data, st.none() | st.booleans() | st.integers() | st.text())
     clean = clean_bundle_report(doc, TRUST, NOW + DEFAULT_CLOCK_SKEW, None)
     if clean is not None:
         assert _reference(serialize(doc), TRUST).findings == ()
@@ -189,14 +194,8 @@ def test_a_state_read_fast_gets_the_exact_readings_report(path, data):
     """`verify_state` reads compact bytes fast; whatever one member is changed to, its
     report is the one the exact reading gives."""
     doc = json.loads(STATE_BYTES)
-    parent = doc
-    for p in path[:-1]:
-        parent = parent[p]
-    if data.draw(st.booleans()):
-        del parent[path[-1]]
-    else:
-        finite = st.floats(allow_nan=False, allow_infinity=False)  # parse refuses the others
-        parent[path[-1]] = data.draw(st.none() | st.booleans() | st.integers() | finite)
+    finite = st.floats(allow_nan=False, allow_infinity=False)  # parse refuses the others
+    _change_one(doc, path, data, st.none() | st.booleans() | st.integers() | finite)
     raw = serialize(doc)
     suffix = data.draw(st.sampled_from([None, json.loads(STATE_BYTES)["pith_number"][-26:]]))
     got = verify_state(raw, expected_suffix=suffix)

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -690,14 +691,37 @@ def bad_finding() -> Finding:
 # -- group commit --------------------------------------------------------------------------
 
 
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    """The archive's connection alone, as the store's methods share it."""
+    database = await Database.open(tmp_path / "a.db", exclusive=True, readonly=False)
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
 def _suffix(i: int) -> str:
     return f"{i:026d}".replace("0", "A")
 
 
-async def _add_record(db: Database, i: int, *, fail: bool = False) -> None:
+async def _add_record(
+    db: Database,
+    i: int,
+    *,
+    fail: bool = False,
+    inside: anyio.Event | None = None,
+    may_end: anyio.Event | None = None,
+) -> None:
+    """Insert a record in a `write` block that lets others queue up behind it (until
+    `may_end` is set, when given) and then fails or ends."""
     async with db.write("add a record") as s:
         await s.run("INSERT INTO records (suffix, added_at) VALUES (?, ?)", (_suffix(i), "t"))
-        await anyio.lowlevel.checkpoint()  # let the others queue up behind this block
+        if inside is not None:
+            inside.set()
+        if may_end is not None:
+            await may_end.wait()
+        await anyio.lowlevel.checkpoint()
         if fail:
             raise RuntimeError("this block fails")
 
@@ -707,26 +731,21 @@ def _records_on_disk(path: Path) -> set[str]:
         return {r[0] for r in conn.execute("SELECT suffix FROM records")}
 
 
-async def test_write_blocks_queued_together_share_one_commit(tmp_path: Path) -> None:
+async def test_write_blocks_queued_together_share_one_commit(db: Database) -> None:
     """Writers queued behind each other commit together, and each returns committed."""
-    db = await Database.open(tmp_path / "a.db", exclusive=True, readonly=False)
-    try:
-        async with anyio.create_task_group() as tg:
-            for i in range(20):
-                tg.start_soon(_add_record, db, i)
-        assert _records_on_disk(db.path) == {_suffix(i) for i in range(20)}
-        assert 1 <= db.commits < 20
-        await _add_record(db, 99)  # alone: its own transaction, committed on return
-        assert _suffix(99) in _records_on_disk(db.path)
-    finally:
-        await db.close()
+    async with anyio.create_task_group() as tg:
+        for i in range(20):
+            tg.start_soon(_add_record, db, i)
+    assert _records_on_disk(db.path) == {_suffix(i) for i in range(20)}
+    assert 1 <= db.commits < 20
+    await _add_record(db, 99)  # alone: its own transaction, committed on return
+    assert _suffix(99) in _records_on_disk(db.path)
 
 
 async def test_a_failing_block_rolls_back_its_group_and_nothing_is_half_written(
-    tmp_path: Path,
+    db: Database,
 ) -> None:
     """Exactly the writes whose blocks returned are in the file; the others raised."""
-    db = await Database.open(tmp_path / "a.db", exclusive=True, readonly=False)
     returned: set[str] = set()
     failed: dict[int, BaseException] = {}
 
@@ -738,49 +757,36 @@ async def test_a_failing_block_rolls_back_its_group_and_nothing_is_half_written(
         else:
             returned.add(_suffix(i))
 
-    try:
-        async with anyio.create_task_group() as tg:
-            for i in range(12):
-                tg.start_soon(writer, i)
-        assert isinstance(failed[5], RuntimeError)
-        others = [e for i, e in failed.items() if i != 5]
-        assert others and all("another write of the same transaction" in str(e) for e in others)
-        assert _records_on_disk(db.path) == returned
-        assert len(returned) + len(failed) == 12
-    finally:
-        await db.close()
+    async with anyio.create_task_group() as tg:
+        for i in range(12):
+            tg.start_soon(writer, i)
+    assert isinstance(failed[5], RuntimeError)
+    others = [e for i, e in failed.items() if i != 5]
+    assert others and all("another write of the same transaction" in str(e) for e in others)
+    assert _records_on_disk(db.path) == returned
+    assert len(returned) + len(failed) == 12
 
 
 async def test_a_writer_cancelled_while_queued_does_not_hold_its_group_open(
-    tmp_path: Path,
+    db: Database,
 ) -> None:
     """A block cancelled while it waits for its turn neither writes nor blocks the rest."""
-    db = await Database.open(tmp_path / "a.db", exclusive=True, readonly=False)
     inside, may_end = anyio.Event(), anyio.Event()
-
-    async def slow() -> None:
-        async with db.write("add a record") as s:
-            await s.run("INSERT INTO records (suffix, added_at) VALUES (?, ?)", (_suffix(1), "t"))
-            inside.set()
-            await may_end.wait()
 
     async def cancelled() -> None:
         with anyio.move_on_after(0.05):
             await _add_record(db, 2)
 
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(slow)
-            await inside.wait()
-            tg.start_soon(cancelled)
-            tg.start_soon(_add_record, db, 3)
-            await anyio.sleep(0.2)  # 2 gave up waiting; 3 still waits
-            may_end.set()
-        assert _records_on_disk(db.path) == {_suffix(1), _suffix(3)}
-        await _add_record(db, 4)  # and the connection is usable afterwards
-        assert _suffix(4) in _records_on_disk(db.path)
-    finally:
-        await db.close()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(partial(_add_record, db, 1, inside=inside, may_end=may_end))
+        await inside.wait()
+        tg.start_soon(cancelled)
+        tg.start_soon(_add_record, db, 3)
+        await anyio.sleep(0.2)  # 2 gave up waiting; 3 still waits
+        may_end.set()
+    assert _records_on_disk(db.path) == {_suffix(1), _suffix(3)}
+    await _add_record(db, 4)  # and the connection is usable afterwards
+    assert _suffix(4) in _records_on_disk(db.path)
 
 
 @given(st.datetimes(min_value=datetime(1000, 1, 1), timezones=st.timezones()))
