@@ -794,3 +794,56 @@ def test_stored_times_are_the_registry_text_of_the_same_instant(at: datetime) ->
     """`db_time` (isoformat) writes exactly what `format_timestamp` (strftime) would."""
     assert db_time(at) == format_timestamp(at)
     assert datetime.fromisoformat(db_time(at)) == at.astimezone(UTC)
+
+
+async def test_failing_deferred_statements_fail_the_open_group_and_nothing_waits(
+    db: Database,
+) -> None:
+    """A deferred statement that fails inside an open group (a full disk, a broken
+    row): the group is rolled back, every block of it raises, none waits for a commit."""
+    outcome: dict[str, str] = {}
+
+    async def first() -> None:
+        try:
+            async with db.write("add a record") as s:
+                await s.run(
+                    "INSERT INTO records (suffix, added_at) VALUES (?, ?)", (_suffix(1), "t")
+                )
+                db.defer("INSERT INTO records (suffix, added_at) VALUES (?, ?)", ("short", "t"))
+                await anyio.sleep(0.01)  # the second block queues up behind this one
+        except StoreError as e:
+            outcome["first"] = str(e)
+
+    async def second() -> None:
+        await anyio.sleep(0.001)
+        try:
+            await _add_record(db, 2)
+        except StoreError as e:
+            outcome["second"] = str(e)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(first)
+            tg.start_soon(second)
+    assert "another write of the same transaction failed" in outcome["first"]
+    assert "CHECK constraint failed" in outcome["second"]
+    assert _records_on_disk(db.path) == set()
+    await _add_record(db, 3)  # no transaction left open: the connection writes again
+    assert _records_on_disk(db.path) == {_suffix(3)}
+
+
+async def test_a_failed_commit_of_deferred_statements_leaves_no_transaction_open(
+    db: Database,
+) -> None:
+    """A COMMIT that fails (a deferred foreign key here; a full disk in life) is rolled
+    back: the next write can begin its own transaction."""
+    async with db.write("make tables") as s:
+        await s.run("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+        await s.run(
+            "CREATE TABLE child (p INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)"
+        )
+    db.defer("INSERT INTO child (p) VALUES (?)", (42,))  # fails only at COMMIT
+    with pytest.raises(StoreError, match="FOREIGN KEY"):
+        await db.flush()
+    await _add_record(db, 1)
+    assert _records_on_disk(db.path) == {_suffix(1)}

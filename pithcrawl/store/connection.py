@@ -249,17 +249,22 @@ class Database:
         conn = self._live()
         with anyio.CancelScope(shield=True), translated(self.path, "record fetches"):
             if self._group is not None:
-                for sql, rows in runs:
-                    await conn.executemany(sql, rows)
+                try:
+                    for sql, rows in runs:
+                        await conn.executemany(sql, rows)
+                except BaseException as e:
+                    await self._fail_group(e)  # its blocks must not wait, nor half-commit
+                    raise
                 return
             await conn.execute("BEGIN IMMEDIATE")
             try:
                 for sql, rows in runs:
                     await conn.executemany(sql, rows)
+                await conn.execute("COMMIT")
             except BaseException:
+                # Also after a failed COMMIT: SQLite may leave the transaction open.
                 await rollback(conn)
                 raise
-            await conn.execute("COMMIT")
             self.commits += 1
 
 
