@@ -106,10 +106,31 @@ class Fetcher(Protocol):
     ) -> FetchResult: ...
 
 
+#: IPv6 ranges that carry an IPv4 address a gateway may deliver to a private network:
+#: NAT64 (RFC 6052, 8215), 6to4, Teredo and the deprecated IPv4-compatible form.
+_EMBEDS_IPV4 = tuple(
+    ipaddress.ip_network(n)
+    for n in ("64:ff9b::/96", "64:ff9b:1::/48", "2002::/16", "2001::/32", "::/96")
+)
+
+
 def is_public_address(address: str) -> bool:
-    """A globally routable unicast address (not loopback, private, link-local, …)."""
+    """A globally routable unicast address (not loopback, private, link-local, …, nor an
+    IPv6 form that may carry traffic to an IPv4 address behind a gateway)."""
     ip = ipaddress.ip_address(address)
+    if ip.version == 6 and any(ip in net for net in _EMBEDS_IPV4):
+        return False
     return ip.is_global and not ip.is_multicast
+
+
+def _literal_address(host: str | None) -> str | None:
+    """`host` when it is an IP address literal (no name to resolve), else None."""
+    text = (host or "").strip("[]")
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    return text
 
 
 class PublicResolver(AbstractResolver):
@@ -292,6 +313,13 @@ class HttpFetcher:
         chain = [str(current)]
         elapsed = 0.0
         while True:
+            literal = _literal_address(current.host) if public_only else None
+            if literal is not None and not is_public_address(literal):
+                # aiohttp connects to a literal without asking the resolver.
+                raise ConnectionFailed(
+                    f"{url}: {literal} is not a public address (refused for a mirror"
+                    " nobody configured)"
+                )
             async with self._slot(current):
                 started = time.monotonic()
                 try:

@@ -170,6 +170,9 @@ async def public_url(url: str) -> bool:
 async def discoverable(site: Site, *, allow_private: bool) -> str | None:
     """Why a discovered mirror may not be crawled, or None when it may."""
     urls = [site.base_url, site.bundle_url("A" * 26), site.state_url("A" * 26)]
+    well_known = site.well_known_url("A" * 26)
+    if well_known is not None:  # the fallback address is fetched too
+        urls.append(well_known)
     for url in urls:
         parts = urlsplit(url)
         if parts.scheme != "https" and not allow_private:

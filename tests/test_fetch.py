@@ -40,6 +40,7 @@ from pithcrawl.fetch import (
     FetchResult,
     HttpFetcher,
     PublicResolver,
+    is_public_address,
     parse_retry_after,
     user_agent,
 )
@@ -790,3 +791,38 @@ async def test_a_public_only_get_never_connects_to_a_private_address() -> None:
             assert hits == []
             assert (await f.get(url)).status == 200
     assert hits == ["/x"]
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("93.184.216.34", True),
+        ("2606:4700::1111", True),
+        ("127.0.0.1", False),
+        ("::ffff:127.0.0.1", False),  # IPv4-mapped
+        ("64:ff9b::a00:1", False),  # NAT64 of 10.0.0.1
+        ("64:ff9b:1::a00:1", False),  # local-use NAT64
+        ("2002:a00:1::1", False),  # 6to4 of 10.0.0.1
+        ("2001:0:4136:e378::1", False),  # Teredo
+        ("::a00:1", False),  # IPv4-compatible (deprecated)
+    ],
+)
+def test_public_addresses_exclude_ipv6_forms_that_reach_ipv4_gateways(address, public):
+    assert is_public_address(address) is public
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("host", ["127.0.0.1", "[::ffff:127.0.0.1]"])
+async def test_a_public_only_get_refuses_a_private_address_literal(host: str) -> None:
+    """aiohttp connects to a literal without the resolver: the fetcher refuses it first."""
+    hits: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        return web.Response(body=b"{}")
+
+    async with serve(web.get("/x", handler)) as base, fetcher() as f:
+        url = base.replace("127.0.0.1", host) + "/x"
+        with pytest.raises(FetchError, match="is not a public address"):
+            await f.get(url, public_only=True)
+    assert hits == []

@@ -572,6 +572,37 @@ INTERNAL_HINTS = {
 }
 
 
+async def test_a_hint_whose_fallback_address_is_internal_is_refused(tmp_path, signer, logs):
+    """The well-known fallback a hint names is fetched too: it is vetted like the rest."""
+    async with scene(tmp_path, signer) as s:
+        hinted = _record(signer, 2, events=2)
+        base = "https://93.184.216.34"  # public, and a literal: no lookup needed
+        for name, fallback in (
+            ("plain-http", f"http://169.254.169.254/.well-known/pith/{hinted.suffix}/bundle.json"),
+            ("internal", f"https://10.1.2.3/.well-known/pith/{hinted.suffix}/bundle.json"),
+        ):
+            hinted.mirror_hints.append(
+                {
+                    "mirror_type": "https",
+                    "name": name,
+                    "base_url": base,
+                    "bundle_url": f"{base}/pith/{hinted.suffix}/bundle.json",
+                    "state_url": f"{base}/pith/{hinted.suffix}/state.json",
+                    "well_known_bundle_url": fallback,
+                    "status": "mirror",
+                }
+            )
+        s.mirror.put(hinted.bytes())
+        s.configure("discover = true")
+        await s.sync()
+        async with s.store() as store:
+            assert [m for m in await store.mirrors() if m.origin == "discovered"] == []
+        reasons = sorted(e["reason"] for e in logs if e["event"] == "mirror_hint_refused")
+        assert reasons[0].startswith("10.1.2.3 resolves to a non-public address (10.1.2.3")
+        assert reasons[1].startswith("http://169.254.169.254/.well-known/pith/")
+        assert reasons[1].endswith("is not https")
+
+
 async def test_mirror_hints_to_internal_addresses_are_refused(tmp_path, signer, logs):
     """A valid bundle whose mirror_hints name internal addresses: the bundle is trusted,
     no hinted mirror is added, one `mirror_hint_refused` line per hint says why."""
