@@ -658,8 +658,10 @@ async def test_redirect_from_a_discovered_mirror_to_an_internal_address_is_refus
     tmp_path, signer, target
 ):
     """A discovered mirror (it passed the guard when found) redirects a record's bundle to
-    an internal address: the redirect is refused, nothing there is asked for, nothing is
-    archived from that mirror; the configured mirror's copy of the record is unaffected."""
+    an internal address: nothing there is asked for, nothing is archived from that
+    mirror; the configured mirror's copy of the record is unaffected. (This mirror is on
+    loopback itself, so its own address is refused before the redirect is seen; a public
+    one's redirect meets `allow_url`, tested in test_fetch.)"""
     async with scene(tmp_path, signer) as s, TestMirror() as internal, HostileMirror() as found:
         internal.put(s.bad.bytes())  # an internal service that would answer
         port = internal.base_url.rpartition(":")[2]
@@ -686,7 +688,7 @@ async def test_redirect_from_a_discovered_mirror_to_an_internal_address_is_refus
                 result = await crawler.sync_pair(s.bad.suffix, site)
             await store.upsert_mirror(site.row(datetime.now(UTC)))
         assert result.error is not None
-        assert "refused by policy" in result.error  # RedirectRefused, not a failed connect
+        assert "is not a public address" in result.error  # refused, not a failed connect
         assert sum(internal.hits.values()) == 0
         summary = await s.sync()
         assert summary.mirrors == 1  # and a pass leaves the loopback "discovered" mirror out
