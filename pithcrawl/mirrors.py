@@ -18,10 +18,11 @@ from urllib.parse import urlsplit
 import anyio
 import structlog
 
+from pithcrawl.addresses import is_public_address
 from pithcrawl.canon import MalformedJSON, parse
 from pithcrawl.config import Config
 from pithcrawl.errors import FetchError
-from pithcrawl.fetch import Fetcher, is_public_address
+from pithcrawl.fetch import Fetcher
 from pithcrawl.store import Mirror, Store
 
 log = structlog.get_logger("pithcrawl.mirrors")

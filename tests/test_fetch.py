@@ -25,6 +25,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pithcrawl.addresses import PublicResolver, is_public_address
 from pithcrawl.errors import (
     BadResponse,
     ConnectionFailed,
@@ -39,8 +40,6 @@ from pithcrawl.errors import (
 from pithcrawl.fetch import (
     FetchResult,
     HttpFetcher,
-    PublicResolver,
-    is_public_address,
     parse_retry_after,
     user_agent,
 )
