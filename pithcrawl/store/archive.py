@@ -326,7 +326,7 @@ class Store:
                 await self._db.flush()
             return None
         async with self._db.write("record a fetch") as s:
-            snapshot = await write_fetch(s, fetch, blob)
+            snapshot = await s.call(write_fetch, fetch, blob)
         self._stored(fetch, blob)
         return snapshot
 
@@ -344,7 +344,7 @@ class Store:
         blob = await self.bodies.pack(fetch)
         check_outcome(fetch, blob)
         async with self._db.write("record a fetch and its alerts") as s:
-            snapshot = await write_fetch(s, fetch, blob)
+            snapshot = await s.call(write_fetch, fetch, blob)
             opened, closed = await self.alerts.reconcile_in(
                 s, scope, current, now=fetch.fetched_at, sinks=sinks, log=False
             )

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import aiosqlite
 import anyio
 
 from pithcrawl.errors import StoreError
 from pithcrawl.store.lock import WriterLock
-from pithcrawl.store.sqlite import connect, rollback, translated
+from pithcrawl.store.sqlite import connect, in_thread, rollback, translated
 
 #: Deferred statements (`Database.defer`) written together at the latest.
 DEFER_MAX = 512
@@ -28,6 +28,9 @@ DEFER_MAX = 512
 #: processes writing the same archive (a pass shared by workers, `track`) get their turn.
 GROUP_MAX = 64
 GROUP_SECONDS = 0.05
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class _Group:
@@ -291,6 +294,16 @@ class Session:
         """
         cur = await self._conn.execute(sql, params)
         return cur.rowcount, cur.lastrowid
+
+    async def call(
+        self,
+        fn: Callable[Concatenate[sqlite3.Connection, P], T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """`fn(connection, *args)`, a plain function running its statements on the raw
+        sqlite3 connection, in the database thread: one hand-off for all of them."""
+        return await in_thread(self._conn, fn, *args, **kwargs)
 
     async def run_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
         if not rows:

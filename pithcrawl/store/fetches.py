@@ -4,15 +4,16 @@ Owns the rules of recording a fetch: a blob is inserted once per sha256, a snaps
 when the body differs from the latest of its (suffix, mirror, kind), the bookkeeping of
 success (failures reset, validators replaced by a 200 and kept by a 304) and of failure
 (failures counted, `first_failure_at` kept), and events linked to the snapshot. It runs
-inside a transaction it is given; it neither begins nor commits one.
+inside a transaction it is given, in the database thread; it neither begins nor commits
+one.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 from pithcrawl.store.blobs import PackedBlob
-from pithcrawl.store.connection import Session
 from pithcrawl.store.rows import (
     FetchOutcome,
     NewEvent,
@@ -111,31 +112,37 @@ def bookkeeping_only(
     )
 
 
-async def write_fetch(s: Session, fetch: FetchOutcome, blob: PackedBlob | None) -> Snapshot | None:
-    """Record `fetch` (whose body, if any, is `blob`) inside the caller's transaction."""
+def write_fetch(
+    conn: sqlite3.Connection, fetch: FetchOutcome, blob: PackedBlob | None
+) -> Snapshot | None:
+    """Record `fetch` (whose body, if any, is `blob`) inside the caller's transaction.
+
+    A plain function on the raw connection, run in the database thread as one call
+    (`Session.call`): its half a dozen statements cost one thread hand-off, not one each.
+    """
     key = (fetch.suffix, fetch.mirror, fetch.kind)
     fetched_at, next_due = db_time(fetch.fetched_at), db_time_or_none(fetch.next_due)
     snapshot: Snapshot | None = None
     link: int | None = None
     if fetch.error is not None:
-        await s.run(
+        conn.execute(
             _FAILURE,
             (*key, fetch.url, fetch.status, fetched_at, fetched_at, next_due, fetch.error),
         )
     else:
-        latest = await s.one(_LATEST_BODY, key)
+        latest = conn.execute(_LATEST_BODY, key).fetchone()
         # Events of an unchanged (or 304) fetch concern the body already archived.
         link = None if latest is None else latest["id"]
         if blob is not None:
-            await s.run(
+            conn.execute(
                 "INSERT INTO blobs (sha256, size, codec, base, depth, data)"
                 " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (blob.sha256, blob.size, blob.codec, blob.base, blob.depth, blob.data),
             )
             if latest is None or latest["body_sha256"] != blob.sha256:
-                snapshot = await _insert_snapshot(s, fetch, blob.sha256, link)
+                snapshot = _insert_snapshot(conn, fetch, blob.sha256, link)
                 link = snapshot.id
-        await s.run(
+        conn.execute(
             _SUCCESS,
             (
                 *key,
@@ -150,26 +157,27 @@ async def write_fetch(s: Session, fetch: FetchOutcome, blob: PackedBlob | None) 
             ),
         )
     if fetch.events:
-        await s.run_many(INSERT_EVENT, [event_params(e, fetch.suffix, link) for e in fetch.events])
+        conn.executemany(INSERT_EVENT, [event_params(e, fetch.suffix, link) for e in fetch.events])
     if fetch.trusted and blob is not None:
         # What the verified bundle says of its record, in the same transaction as the
         # snapshot: a crash can never leave a trusted body without them.
         if fetch.pith_number is not None:
-            await s.run(
+            conn.execute(
                 "UPDATE records SET pith_number = ? WHERE suffix = ?",
                 (fetch.pith_number, fetch.suffix),
             )
-        await s.run_many(
-            "INSERT INTO learned_keys (key_id, key_json, learned_at, mirror, body_sha256)"
-            " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            [
-                (k["key_id"], to_json_text(k), fetched_at, fetch.mirror, blob.sha256)
-                for k in fetch.learned_keys
-            ],
-        )
+        if fetch.learned_keys:
+            conn.executemany(
+                "INSERT INTO learned_keys (key_id, key_json, learned_at, mirror, body_sha256)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [
+                    (k["key_id"], to_json_text(k), fetched_at, fetch.mirror, blob.sha256)
+                    for k in fetch.learned_keys
+                ],
+            )
         if fetch.history is not None and fetch.pith_number is not None:
             events, claims = fetch.history
-            await s.run(
+            conn.execute(
                 "INSERT INTO histories (body_sha256, pith_number, events, claims)"
                 " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (
@@ -197,10 +205,10 @@ def event_params(event: NewEvent, suffix: str | None, snapshot_id: int | None) -
     )
 
 
-async def _insert_snapshot(
-    s: Session, fetch: FetchOutcome, body_sha256: str, prev_id: int | None
+def _insert_snapshot(
+    conn: sqlite3.Connection, fetch: FetchOutcome, body_sha256: str, prev_id: int | None
 ) -> Snapshot:
-    _, rowid = await s.run(
+    rowid = conn.execute(
         _INSERT_SNAPSHOT,
         (
             fetch.suffix,
@@ -217,6 +225,6 @@ async def _insert_snapshot(
             to_json_text([f.to_json() for f in fetch.findings]),
             prev_id,
         ),
-    )
+    ).lastrowid
     assert rowid is not None
     return snapshot_of(fetch, rowid, body_sha256, prev_id)

@@ -10,9 +10,10 @@ error into `StoreError` (the one place where they are translated). It knows no t
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
 
 import aiosqlite
 import anyio
@@ -24,6 +25,9 @@ from pithcrawl.store.schema import MIGRATIONS, SCHEMA_VERSION, statements
 #: of one archive take turns in short transactions, but SQLite's wait is a sleep-and-retry
 #: loop, not a queue: a generous bound keeps a busy neighbour from failing us.
 BUSY_TIMEOUT_MS = 30_000
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def describe(db: Path, doing: str, e: sqlite3.Error) -> str:
@@ -62,6 +66,26 @@ async def rollback(conn: aiosqlite.Connection) -> None:
     # transaction open (sqlite already rolled back, e.g. after SQLITE_FULL) is fine.
     with anyio.CancelScope(shield=True), suppress(sqlite3.OperationalError):
         await conn.execute("ROLLBACK")
+
+
+async def in_thread(
+    conn: aiosqlite.Connection,
+    fn: Callable[Concatenate[sqlite3.Connection, P], T],
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> T:
+    """`fn(raw connection, *args)` in `conn`'s database thread: one hand-off for all the
+    statements `fn` runs.
+
+    aiosqlite runs each of its own calls this way (`Connection._execute`, how its
+    `execute_fetchall` runs), but offers no public door to it; every statement awaited
+    on its own costs a thread hand-off both ways, and recording a fetch runs about six.
+    tests/test_store.py exercises this on every write, so an aiosqlite that drops the
+    method fails the tests, not a user.
+    """
+    raw = conn._conn  # the sqlite3.Connection, used only from inside its thread
+    result: T = await conn._execute(fn, raw, *args, **kwargs)  # type: ignore[no-untyped-call]
+    return result
 
 
 def _target(path: Path, *, readonly: bool) -> str:
