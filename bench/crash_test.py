@@ -485,7 +485,12 @@ def crash_runs(
             run["landed"] = landed(now["fetched"], ref["fetches"])
             run["snapshots_missing"] = now["snapshots"] < ref["snapshots"]
         else:
-            (a, b) = now["window"]  # the archive is complete: aim inside such a pass
+            if now["window"] is not None:
+                (a, b) = now["window"]  # the archive is complete: aim inside such a pass
+            elif proc.returncode == 0:
+                # Every pass fetches every record: a finished one that recorded none
+                # lost its bookkeeping.
+                tally.add(label, {"recorded": ["a sync that finished recorded no fetch"]})
             if proc.returncode != 0:
                 stderr = (tmp / f"{label}.err").read_text()[-2000:]
                 tally.add(label, {"exit": [f"sync exited {proc.returncode}: {stderr}"]})

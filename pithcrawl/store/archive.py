@@ -12,6 +12,7 @@ live in `fetches`.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterable, Sequence
 from contextlib import suppress
 from datetime import datetime
@@ -26,6 +27,7 @@ from pithcrawl.store.connection import Database
 from pithcrawl.store.fetches import (
     INSERT_EVENT,
     bookkeeping_only,
+    check_body,
     check_outcome,
     event_params,
     write_fetch,
@@ -317,16 +319,15 @@ class Store:
         Returns the new snapshot, or None when the body is unchanged, not modified (304)
         or the fetch failed.
         """
-        blob = await self.bodies.pack(fetch)
-        check_outcome(fetch, blob)
-        single = bookkeeping_only(fetch, blob)
+        check_outcome(fetch)
+        single = bookkeeping_only(fetch)
         if single is not None:
             # Bookkeeping only (a 304, an unchanged body, a failure): written with others.
             if self._db.defer(*single):
                 await self._db.flush()
             return None
         async with self._db.write("record a fetch") as s:
-            snapshot = await s.call(write_fetch, fetch, blob)
+            snapshot, blob = await s.call(self._write_fetch, fetch)
         self._stored(fetch, blob)
         return snapshot
 
@@ -341,15 +342,22 @@ class Store:
         """`record_fetch` and the alerts of `scope` reconciled with `current`, in one
         transaction: a crash never leaves a body archived without the alert it raises.
         Returns the new snapshot, and the alerts opened and closed."""
-        blob = await self.bodies.pack(fetch)
-        check_outcome(fetch, blob)
+        check_outcome(fetch)
         async with self._db.write("record a fetch and its alerts") as s:
-            snapshot = await s.call(write_fetch, fetch, blob)
+            snapshot, blob = await s.call(self._write_fetch, fetch)
             opened, closed = await self.alerts.reconcile_in(
                 s, scope, current, now=fetch.fetched_at, sinks=sinks, log=False
             )
         self._stored(fetch, blob)
         return snapshot, opened, closed
+
+    def _write_fetch(
+        self, conn: sqlite3.Connection, fetch: FetchOutcome
+    ) -> tuple[Snapshot | None, PackedBlob | None]:
+        """Pack the body and write the fetch: one call in the database thread."""
+        blob = self.bodies.pack_in(conn, fetch)
+        check_body(fetch, blob)
+        return write_fetch(conn, fetch, blob), blob
 
     def _stored(self, fetch: FetchOutcome, blob: PackedBlob | None) -> None:
         if blob is not None and fetch.body is not None:

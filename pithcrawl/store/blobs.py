@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-import anyio
 import zstandard
 
 from pithcrawl.errors import StoreCorrupt
@@ -30,8 +29,6 @@ MAX_DEPTH = 2
 #: A delta larger than this fraction of the raw body is not worth a dependency: the body
 #: is stored on its own (a self-contained frame is ~20-30% of a JSON body).
 DELTA_MAX_RATIO = 0.125
-# Past this size compression takes milliseconds: do it off the event loop.
-_THREAD_THRESHOLD = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,13 +68,6 @@ def packed(body: bytes, base: Base | None = None) -> PackedBlob:
             return PackedBlob(sha, len(body), CODEC, data, base.sha256, base.depth + 1)
     data = zstandard.ZstdCompressor(level=_LEVEL).compress(body)
     return PackedBlob(sha, len(body), CODEC, data)
-
-
-async def pack(body: bytes, base: Base | None = None) -> PackedBlob:
-    """`packed`, off the event loop when the body is large."""
-    if len(body) > _THREAD_THRESHOLD:
-        return await anyio.to_thread.run_sync(packed, body, base)
-    return packed(body, base)
 
 
 def _dictionary(base: bytes) -> zstandard.ZstdCompressionDict:

@@ -10,10 +10,12 @@ deleted, and every base is shallower than the blob naming it, so following them 
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 from collections import OrderedDict
 
 from pithcrawl.errors import StoreCorrupt, StoreError
-from pithcrawl.store.blobs import MAX_DEPTH, Base, PackedBlob, pack, unpack
+from pithcrawl.store.blobs import MAX_DEPTH, Base, PackedBlob, packed, unpack
 from pithcrawl.store.connection import Database
 from pithcrawl.store.rows import FetchOutcome
 
@@ -49,18 +51,26 @@ ORDER BY c.rank LIMIT 1
 
 
 class Bodies:
-    """The `blobs` table of one archive."""
+    """The `blobs` table of one archive.
+
+    Packing a body runs in the database thread, inside the write that stores it
+    (`pack_in`): choosing its base and reading that base are statements of the same
+    call, and compressing there keeps zstd off the event loop. The cache is shared by
+    that thread and the event loop's, so it is locked.
+    """
 
     def __init__(self, db: Database) -> None:
         self._db = db
         self._cache: OrderedDict[str, bytes] = OrderedDict()
         self._cached_bytes = 0
+        self._lock = threading.Lock()
 
-    async def pack(self, fetch: FetchOutcome) -> PackedBlob | None:
-        """`fetch`'s body as it will be stored (None if it has none), a delta if that pays."""
+    def pack_in(self, conn: sqlite3.Connection, fetch: FetchOutcome) -> PackedBlob | None:
+        """`fetch`'s body as it will be stored (None if it has none), a delta if that
+        pays. Runs in the database thread (`Session.call`)."""
         if fetch.body is None:
             return None
-        return await pack(fetch.body, await self._base(fetch))
+        return packed(fetch.body, self._base(conn, fetch))
 
     def remember(self, blob: PackedBlob, body: bytes) -> None:
         """`body` was stored as `blob`: keep it at hand as the likely next base."""
@@ -71,7 +81,10 @@ class Bodies:
 
         Always read from the file and checked: the cache only serves choosing bases."""
         async with self._db.read("read a blob") as s:
-            rows = await s.all(_CHAIN, (sha256, MAX_DEPTH))
+            return await s.call(self._read, sha256)
+
+    def _read(self, conn: sqlite3.Connection, sha256: str) -> bytes:
+        rows = conn.execute(_CHAIN, (sha256, MAX_DEPTH)).fetchall()
         if not rows or rows[-1]["sha256"] != sha256:
             raise StoreError(f"no blob with sha256 {sha256} in the archive {self._db.path}")
         body: bytes | None = None
@@ -93,31 +106,35 @@ class Bodies:
         self._keep(sha256, body)
         return body
 
-    async def _base(self, fetch: FetchOutcome) -> Base | None:
+    def _base(self, conn: sqlite3.Connection, fetch: FetchOutcome) -> Base | None:
         """The best archived body to store `fetch`'s body against, if any."""
         key = (fetch.related_sha256, fetch.suffix, fetch.mirror, fetch.kind)
-        async with self._db.read("choose a delta base") as s:
-            row = await s.one(_CANDIDATES, key)
+        row = conn.execute(_CANDIDATES, key).fetchone()
         if row is None:
             return None
         sha256, depth = row["sha256"], int(row["depth"])
         if depth >= MAX_DEPTH:  # too deep to stand on: its base is one level shallower
             sha256, depth = row["base"], depth - 1
-        body = self._cache.get(sha256)
+        with self._lock:
+            body = self._cache.get(sha256)
+            if body is not None:
+                self._cache.move_to_end(sha256)
         if body is not None:
-            self._cache.move_to_end(sha256)
             return Base(sha256, depth, body)
         try:
-            body = await self.get(sha256)
+            body = self._read(conn, sha256)
         except StoreCorrupt:
             return None  # a damaged base is fsck's news; the new body is stored alone
         return Base(sha256, depth, body)
 
     def _keep(self, sha256: str, body: bytes) -> None:
-        if len(body) > CACHE_BYTES // 8 or sha256 in self._cache:
+        if len(body) > CACHE_BYTES // 8:
             return
-        self._cache[sha256] = body
-        self._cached_bytes += len(body)
-        while self._cached_bytes > CACHE_BYTES:
-            _, old = self._cache.popitem(last=False)
-            self._cached_bytes -= len(old)
+        with self._lock:
+            if sha256 in self._cache:
+                return
+            self._cache[sha256] = body
+            self._cached_bytes += len(body)
+            while self._cached_bytes > CACHE_BYTES:
+                _, old = self._cache.popitem(last=False)
+                self._cached_bytes -= len(old)

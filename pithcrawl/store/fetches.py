@@ -69,23 +69,25 @@ ORDER BY id DESC LIMIT 1
 """
 
 
-def check_outcome(fetch: FetchOutcome, blob: PackedBlob | None) -> None:
+def check_outcome(fetch: FetchOutcome) -> None:
     """Refuse a malformed outcome before any transaction starts (a bug in the caller)."""
-    if blob is not None and fetch.body_sha256 not in (None, blob.sha256):
-        raise ValueError(f"body_sha256 {fetch.body_sha256} does not match the body ({blob.sha256})")
     db_time(fetch.fetched_at)
     db_time_or_none(fetch.next_due)
     for event in fetch.events:
         db_time(event.at)
 
 
-def bookkeeping_only(
-    fetch: FetchOutcome, blob: PackedBlob | None
-) -> tuple[str, tuple[Any, ...]] | None:
+def check_body(fetch: FetchOutcome, blob: PackedBlob | None) -> None:
+    """Refuse an outcome whose `body_sha256` is not its body's, before any statement."""
+    if blob is not None and fetch.body_sha256 not in (None, blob.sha256):
+        raise ValueError(f"body_sha256 {fetch.body_sha256} does not match the body ({blob.sha256})")
+
+
+def bookkeeping_only(fetch: FetchOutcome) -> tuple[str, tuple[Any, ...]] | None:
     """The one statement a fetch that stores no body and no event writes (a 304, an
     unchanged body, a failure), or None when it writes more. One statement is atomic on
     its own: it needs no explicit transaction."""
-    if blob is not None or fetch.events or fetch.learned_keys:
+    if fetch.body is not None or fetch.events or fetch.learned_keys:
         return None
     key = (fetch.suffix, fetch.mirror, fetch.kind)
     fetched_at, next_due = db_time(fetch.fetched_at), db_time_or_none(fetch.next_due)
