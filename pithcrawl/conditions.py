@@ -86,7 +86,7 @@ class Conditions:
         for snap in snapshots:
             latest[snap.mirror] = snap
         trusted = [s for s in snapshots if s.trusted]
-        known = await self.store.histories(sorted({s.body_sha256 for s in trusted}))
+        known = await self.store.trusted.histories(sorted({s.body_sha256 for s in trusted}))
         histories = [await self._history(s, known) for s in trusted]
         archived = [_seen(s, h) for s, h in zip(trusted, histories, strict=True)]
         by_body = {s.body_sha256: seen for s, seen in zip(trusted, archived, strict=True)}
@@ -151,7 +151,7 @@ class Conditions:
         """Re-run the divergence rules where time alone can change them (a lag turning
         stale) or an alert is open; how many records were checked."""
         wanted = set(suffixes)
-        todo = [s for s in await self.store.records_to_recheck() if s in wanted]
+        todo = [s for s in await self.store.trusted.records_to_recheck() if s in wanted]
         for suffix in todo:
             await self.check_record(suffix, mirrors=mirrors)
         return len(todo)
@@ -161,7 +161,7 @@ class Conditions:
         if cached is None:  # archived before histories were kept: derive it once
             doc = parse(await self.store.get_blob(snap.body_sha256))
             cached = history_of(doc)
-            await self.store.put_history(snap.body_sha256, *cached)
+            await self.store.trusted.put_history(snap.body_sha256, *cached)
         return cached
 
     async def reconcile(

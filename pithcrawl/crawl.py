@@ -2,15 +2,15 @@
 
 Owns the decision of what is routine (a 304, an unchanged body, a transient error to
 retry later) and what is news (a new snapshot, a change in the history, an invalid
-document). It is the only module that combines `fetch`, `verify`, `timeline` and
-`store`; each of those stays ignorant of the others. Nothing is marked trusted except
-in the same transaction that archives it, after verification. What holds across a
+document). It is the only module that combines `verify`, `timeline` and `store`; each
+of those stays ignorant of the others. Nothing is marked trusted except in the same
+transaction that archives it, after verification. Polling a document and its
+bookkeeping (validators, next due, backoff) are `polling`'s; what holds across a
 record's mirrors and over time, kept as alerts, is `conditions`'s.
 """
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections import OrderedDict
 from collections.abc import Callable
@@ -25,24 +25,18 @@ from pithcrawl.alert import log_alerts, sink_names
 from pithcrawl.canon import parse
 from pithcrawl.conditions import Conditions, history_of
 from pithcrawl.config import Config
-from pithcrawl.errors import FetchError
-from pithcrawl.fetch import Fetcher, FetchResult
+from pithcrawl.fetch import Fetcher
 from pithcrawl.findings import Severity
 from pithcrawl.keys import InvalidKey, TrustedKey, TrustSet, key_problems, load_key
 from pithcrawl.metrics import Metrics
-from pithcrawl.mirrors import Site, discoverable, from_hints, public_url
-from pithcrawl.schedule import next_due, retry_due
+from pithcrawl.mirrors import Site, discoverable, from_hints
+from pithcrawl.polling import UNREAD, Poller, Unread, body_sha256
 from pithcrawl.store import FetchOutcome, FetchState, NewEvent, Snapshot, Store
 from pithcrawl.timestamps import format_timestamp
 from pithcrawl.verify import Report, verify_bundle, verify_state
 
 log = structlog.get_logger("pithcrawl.crawl")
 
-#: Backoff after failures: 1 minute doubling up to 6 hours, with full jitter.
-RETRY_BASE = 60.0
-RETRY_CAP = 6 * 3600.0
-#: Successful fetches come back after `crawl.interval` ± 10%.
-JITTER = 0.1
 #: Verdicts on recent bundle bodies kept in memory (see `Crawler._verify`).
 VERDICTS_KEPT = 64
 
@@ -65,13 +59,6 @@ class PairResult:
         return self.serves_untrusted or any(e.severity == "critical" for e in self.events)
 
 
-class _Unread:
-    """The caller has not read the fetch bookkeeping (as opposed to: it read None)."""
-
-
-UNREAD = _Unread()
-
-
 @dataclass(frozen=True, slots=True)
 class _Trusted:
     """The trusted bundle a mirror serves now; `document` is parsed only when needed."""
@@ -79,34 +66,6 @@ class _Trusted:
     body_sha256: str
     bundle_sha256: str | None
     document: Any
-
-
-@dataclass(frozen=True, slots=True)
-class _Got:
-    """One document fetched (or not) from one mirror, with what we knew before."""
-
-    kind: str
-    url: str
-    before: FetchState | None
-    result: FetchResult | None
-    error: str | None
-    body_sha256: str | None = None
-    """Of the body of a 200 (hashed once: it keys the verdict, the evidence, the store)."""
-
-    @property
-    def changed(self) -> bool:
-        """A 200 with a body other than the last one from this URL."""
-        return (
-            self.result is not None
-            and self.result.status == 200
-            and (self.before is None or self.before.body_sha256 != self.body_sha256)
-        )
-
-    @property
-    def unchanged(self) -> bool:
-        return self.result is not None and (
-            self.result.status == 304 or (self.result.status == 200 and not self.changed)
-        )
 
 
 def alert_kind(report: Report) -> str:
@@ -132,17 +91,20 @@ class Crawler:
     _verdicts_trust: TrustSet | None = None
     conditions: Conditions = field(init=False)
     """The alerts of records and mirrors (divergence, reachability) in the archive."""
+    poller: Poller = field(init=False)
+    """Fetches each document and writes down how the poll went."""
 
     def __post_init__(self) -> None:
         self.conditions = Conditions(self.config, self.store, self.clock)
+        self.poller = Poller(self.config, self.store, self.fetcher, self.metrics, self.rand)
 
     async def sync_pair(
         self,
         suffix: str,
         site: Site,
         *,
-        bundle_state: FetchState | _Unread | None = UNREAD,
-        state_state: FetchState | _Unread | None = UNREAD,
+        bundle_state: FetchState | Unread | None = UNREAD,
+        state_state: FetchState | Unread | None = UNREAD,
     ) -> PairResult:
         """Fetch, verify and archive one record's bundle and state.json from one mirror.
 
@@ -161,21 +123,21 @@ class Crawler:
     # -- the bundle ----------------------------------------------------------------------
 
     async def _bundle(
-        self, suffix: str, site: Site, result: PairResult, state: FetchState | _Unread | None
+        self, suffix: str, site: Site, result: PairResult, state: FetchState | Unread | None
     ) -> _Trusted | None:
-        got = await self._fetch(suffix, site, "bundle", site.bundle_url(suffix), before=state)
+        got = await self.poller.fetch(suffix, site, "bundle", site.bundle_url(suffix), before=state)
         if got.result is None or got.result.status not in (200, 304):
             fallback = site.well_known_url(suffix)
             if fallback is not None and (got.result is None or got.result.status == 404):
-                alt = await self._fetch(suffix, site, "bundle", fallback, conditional=False)
+                alt = await self.poller.fetch(suffix, site, "bundle", fallback, conditional=False)
                 if alt.result is not None and alt.result.status == 200:
                     got = alt
         now = self.clock()
         if got.result is None or got.result.status not in (200, 304):
-            await self._failed(suffix, site.name, got, result, now)
+            result.error = await self.poller.failed(suffix, site.name, got, now)
             return None
         if got.unchanged:
-            await self.store.record_fetch(self._outcome(suffix, site.name, got, now))
+            await self.store.record_fetch(self.poller.outcome(suffix, site.name, got, now))
             before = got.before
             if before is None or before.body_sha256 is None or not before.body_trusted:
                 # What this mirror serves was never trusted: its alert was raised when it
@@ -184,7 +146,7 @@ class Crawler:
                 return None
             return _Trusted(before.body_sha256, None, None)
         previous = await self.store.latest_snapshot(suffix, site.name, "bundle", trusted=True)
-        body, body_sha = got.result.body, got.body_sha256 or _sha(got.result.body)
+        body, body_sha = got.result.body, got.body_sha256 or body_sha256(got.result.body)
         report = self._verify(body, body_sha, suffix, now)
         self.metrics.findings(f.code for f in report.findings)
         number = await self._number(suffix, report)
@@ -216,7 +178,7 @@ class Crawler:
             events.extend(
                 await self._changes(suffix, site.name, previous, report, evidence=evidence, now=now)
             )
-        outcome = self._outcome(suffix, site.name, got, now, report=report, events=events)
+        outcome = self.poller.outcome(suffix, site.name, got, now, report=report, events=events)
         learned: list[TrustedKey] = []
         if report.ok:
             history = history_of(report.document)
@@ -294,7 +256,7 @@ class Crawler:
         ever served (not merely the last one: after a replay of an old bundle, the news
         when the mirror recovers is only what is really new)."""
         number = await self._number(suffix, report)
-        base = await self.store.highest_trusted_bundle(suffix, mirror) or previous
+        base = await self.store.trusted.highest_bundle(suffix, mirror) or previous
         before = parse(await self.store.get_blob(base.body_sha256))
         changes = [(base, c) for c in timeline.compare(before, report.document, mirror=mirror)]
         return [
@@ -345,25 +307,25 @@ class Crawler:
         site: Site,
         bundle: _Trusted,
         result: PairResult,
-        known: FetchState | _Unread | None = UNREAD,
+        known: FetchState | Unread | None = UNREAD,
     ) -> None:
-        got = await self._fetch(suffix, site, "state", site.state_url(suffix), before=known)
+        got = await self.poller.fetch(suffix, site, "state", site.state_url(suffix), before=known)
         now = self.clock()
         if got.result is not None and got.result.status == 404:
             return  # state.json is optional for a mirror: its absence is not news
         if got.result is None or got.result.status not in (200, 304):
-            await self._failed(suffix, site.name, got, result, now)
+            result.error = await self.poller.failed(suffix, site.name, got, now)
             return
         if got.unchanged and bundle.document is None:
             # Neither document changed since they were last compared.
-            await self.store.record_fetch(self._outcome(suffix, site.name, got, now))
+            await self.store.record_fetch(self.poller.outcome(suffix, site.name, got, now))
             return
         if got.unchanged:
             assert got.before is not None  # unchanged implies a body before
             body_sha = got.before.body_sha256 or ""
             body = await self.store.get_blob(body_sha)
         else:
-            body, body_sha = got.result.body, got.body_sha256 or _sha(got.result.body)
+            body, body_sha = got.result.body, got.body_sha256 or body_sha256(got.result.body)
         report = verify_state(body, expected_suffix=suffix)
         bundle_doc = bundle.document
         if bundle_doc is None:
@@ -401,7 +363,7 @@ class Crawler:
                 )
             )
         # A state.json is a copy of its bundle's `state`: stored as a delta against it.
-        outcome = self._outcome(
+        outcome = self.poller.outcome(
             suffix,
             site.name,
             got,
@@ -418,112 +380,7 @@ class Crawler:
         )
         self._report(result, snapshot is not None, events)
 
-    # -- plumbing --------------------------------------------------------------------------
-
-    async def _fetch(
-        self,
-        suffix: str,
-        site: Site,
-        kind: str,
-        url: str,
-        *,
-        conditional: bool = True,
-        before: FetchState | _Unread | None = UNREAD,
-    ) -> _Got:
-        if isinstance(before, _Unread):
-            before = await self.store.fetch_state(suffix, site.name, kind)
-        same_url = conditional and before is not None and before.url == url
-        try:
-            guarded = site.origin == "discovered" and not self.config.crawl.allow_private_hosts
-            result = await self.fetcher.get(
-                url,
-                allow_url=public_url if guarded else None,
-                public_only=guarded,
-                etag=before.etag if same_url and before else None,
-                last_modified=before.last_modified if same_url and before else None,
-            )
-        except FetchError as e:
-            return _Got(kind, url, before, None, str(e))
-        sha = _sha(result.body) if result.status == 200 else None
-        return _Got(kind, url, before if same_url else None, result, None, sha)
-
-    async def _failed(
-        self, suffix: str, mirror: str, got: _Got, result: PairResult, now: datetime
-    ) -> None:
-        failures = (got.before.failures if got.before else 0) + 1
-        status = got.result.status if got.result else None
-        error = got.error or f"HTTP {status} from {got.url}"
-        due = retry_due(
-            now,
-            failures,
-            got.result.retry_after if got.result else None,
-            base=RETRY_BASE,
-            cap=RETRY_CAP,
-            rand=self.rand.random(),
-        )
-        await self.store.record_fetch(
-            FetchOutcome(
-                suffix=suffix,
-                mirror=mirror,
-                kind=got.kind,
-                url=got.url,
-                fetched_at=now,
-                status=status,
-                next_due=due,
-                error=error,
-            )
-        )
-        result.error = error
-        self.metrics.fetch(mirror, got.kind, "failed")
-        log.info(
-            "fetch_failed",
-            kind=got.kind,
-            url=got.url,
-            error=error,
-            failures=failures,
-            retry_at=format_timestamp(due),
-        )
-
-    def _outcome(
-        self,
-        suffix: str,
-        mirror: str,
-        got: _Got,
-        now: datetime,
-        *,
-        report: Report | None = None,
-        events: list[NewEvent] | None = None,
-        related_sha256: str | None = None,
-    ) -> FetchOutcome:
-        fetched = got.result
-        assert fetched is not None
-        if fetched.status == 304:
-            self.metrics.fetch(mirror, got.kind, "not_modified")
-        else:
-            self.metrics.fetch(mirror, got.kind, "changed" if got.changed else "unchanged")
-        if got.kind == "bundle":
-            self.metrics.success(mirror, now)
-        return FetchOutcome(
-            suffix=suffix,
-            mirror=mirror,
-            kind=got.kind,
-            url=got.url,
-            fetched_at=now,
-            status=fetched.status,
-            body=fetched.body if got.changed else None,
-            etag=fetched.etag,
-            last_modified=fetched.last_modified,
-            next_due=next_due(
-                now, self.config.crawl.interval, jitter=JITTER, rand=self.rand.random()
-            ),
-            bundle_sha256=report.bundle_sha256 if report else None,
-            built_at=report.built_at if report else None,
-            event_count=len(report.events) if report and report.kind == "bundle" else None,
-            trusted=bool(report and report.ok),
-            findings=report.findings if report else (),
-            events=events or (),
-            related_sha256=related_sha256,
-        )
+    # -- reporting and trust -----------------------------------------------------------------
 
     def _report(self, result: PairResult, new_snapshot: bool, events: list[NewEvent]) -> None:
         result.new_snapshots += new_snapshot
@@ -558,7 +415,3 @@ class Crawler:
             await self.store.upsert_mirror(site.row(now))
             known.add((site.base_url, site.bundle_pattern))
             log.info("mirror_discovered", mirror=site.name, base_url=site.base_url)
-
-
-def _sha(body: bytes) -> str:
-    return hashlib.sha256(body).hexdigest()

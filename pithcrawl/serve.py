@@ -180,7 +180,7 @@ class Catalog:
         version = await self.store.newest_snapshot_id(suffix)
         if version is None:
             return None
-        snap = await self.store.newest_trusted_bundle(suffix)
+        snap = await self.store.trusted.newest_bundle(suffix)
         if snap is None:
             return None
         data = await self.store.get_blob(snap.body_sha256)
@@ -197,7 +197,7 @@ class Catalog:
         """A trusted archived state.json whose content is the bundle's `state`, if any."""
         compact_sha = hashlib.sha256(compact).hexdigest()
         seen: set[str] = set()
-        for snap in await self.store.trusted_states(suffix, limit=_STATE_CANDIDATES):
+        for snap in await self.store.trusted.states(suffix, limit=_STATE_CANDIDATES):
             if snap.body_sha256 in seen:
                 continue
             seen.add(snap.body_sha256)
@@ -305,7 +305,7 @@ class _Handlers:
 
     async def health(self, request: web.Request) -> web.StreamResponse:
         try:
-            records = await self.catalog.store.trusted_record_count()
+            records = await self.catalog.store.trusted.record_count()
         except StoreError as e:
             log.error("health_failed", error=str(e))
             return web.json_response(

@@ -520,7 +520,7 @@ async def test_replay_of_an_older_valid_bundle_is_a_rollback(tmp_path, signer):
             alerts = await store.alerts.open_alerts()
             assert await store.get_blob(_sha(old)) == old
             assert await store.get_blob(_sha(new)) == new
-            newest = await store.newest_trusted_bundle(s.bad.suffix)
+            newest = await store.trusted.newest_bundle(s.bad.suffix)
             latest = await store.latest_snapshot(s.bad.suffix, MIRROR, "bundle", trusted=True)
         causes = sorted(a.evidence["cause"] for a in alerts)
         assert causes == ["built_at_went_back", "events_dropped"]

@@ -74,7 +74,7 @@ async def check(config: Config, db: Path, trust: TrustSet) -> Result:
         result.integrity = await store.integrity_check()
         trust = await with_learned(trust, store, config)
         after = 0
-        while page := await store.trusted_snapshots(after_id=after):
+        while page := await store.trusted.snapshots(after_id=after):
             for snap in page:
                 problem = await _recheck(store, snap, trust, config)
                 result.checked += 1

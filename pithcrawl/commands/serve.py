@@ -94,7 +94,7 @@ async def _serve(db: Path, host: str, port: int, name: str | None, base_url: str
                 url=server.url,
                 name=server.name,
                 db=str(db),
-                records=await store.trusted_record_count(),
+                records=await store.trusted.record_count(),
             )
             await anyio.sleep_forever()
 

@@ -6,7 +6,7 @@ fetch's blob, snapshot, bookkeeping and events in one `BEGIN IMMEDIATE` transact
 a crash or a cancel leaves all of it or none. It does not decide anything: whether a
 body is trusted, what changed, which events to raise and when to fetch next
 are the caller's (`crawl`'s) results, stored here as given. The writes of one fetch
-live in `fetches`.
+live in `fetches`; the reads of what trusted snapshots say, in `trusted`.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from pithcrawl.store.rows import (
     snapshot_from_row,
     to_json_text,
 )
+from pithcrawl.store.trusted import Trusted
 
 _UPSERT_MIRROR = """
 INSERT INTO mirrors (name, base_url, bundle_pattern, state_pattern, well_known_pattern,
@@ -91,30 +92,6 @@ SELECT (SELECT count(*) FROM blobs) AS blobs, (SELECT count(*) FROM records) AS 
        (SELECT coalesce(sum(length(data)), 0) FROM blobs) AS blob_bytes_stored
 """
 
-# What `serve` hands out: the newest verified history. `built_at` is compared as a time
-# (julianday reads RFC 3339 with `Z` and any fraction; text order would misplace a
-# fraction), then the newest fetch, then the newest row.
-_NEWEST_TRUSTED_BUNDLE = """
-SELECT * FROM snapshots WHERE suffix = ? AND kind = 'bundle' AND trusted = 1
-ORDER BY julianday(built_at) DESC, fetched_at DESC, id DESC LIMIT 1
-"""
-
-_HIGHEST_TRUSTED_BUNDLE = """
-SELECT * FROM snapshots WHERE suffix = ? AND mirror = ? AND kind = 'bundle' AND trusted = 1
-ORDER BY julianday(built_at) DESC, id DESC LIMIT 1
-"""
-
-_TO_RECHECK = """
-WITH latest AS (
-    SELECT suffix, mirror, max(id) AS id FROM snapshots WHERE kind = 'bundle'
-    GROUP BY suffix, mirror
-)
-SELECT l.suffix FROM latest AS l JOIN snapshots AS s ON s.id = l.id WHERE s.trusted = 1
-GROUP BY l.suffix HAVING count(DISTINCT s.body_sha256) > 1
-UNION
-SELECT suffix FROM alerts WHERE closed_at IS NULL AND scope LIKE 'record:%'
-"""
-
 # With the verdict on the body it last saw, so a 304 needs no second read.
 _FETCH_STATE = """
 SELECT f.*, (
@@ -136,11 +113,6 @@ SELECT f.*, (
 FROM fetch_state AS f WHERE f.suffix IN (SELECT value FROM json_each(?))
 """
 
-_TRUSTED_STATES = """
-SELECT * FROM snapshots WHERE suffix = ? AND kind = 'state' AND trusted = 1
-ORDER BY fetched_at DESC, id DESC LIMIT ?
-"""
-
 
 class Store:
     """The archive: one SQLite file, one connection, the single writer of its process."""
@@ -151,6 +123,8 @@ class Store:
         """Open and closed alerts and their deliveries (`store.alerts`)."""
         self.bodies = Bodies(db)
         """The archived bodies (`blobs`), stored as deltas where that pays."""
+        self.trusted = Trusted(db)
+        """What the trusted snapshots say: served bodies, histories (`store.trusted`)."""
 
     @classmethod
     async def open(
@@ -421,98 +395,12 @@ class Store:
             )
         return [event_from_row(r) for r in rows]
 
-    # -- serving ------------------------------------------------------------------------
-
-    async def newest_trusted_bundle(self, suffix: str) -> Snapshot | None:
-        """The trusted bundle snapshot of a record with the newest `built_at` (then the
-        newest fetch) across every mirror, tracked or not; None if none is trusted."""
-        async with self._db.read("find the newest trusted bundle") as s:
-            row = await s.one(_NEWEST_TRUSTED_BUNDLE, (suffix,))
-        return None if row is None else snapshot_from_row(row)
-
-    async def highest_trusted_bundle(self, suffix: str, mirror: str) -> Snapshot | None:
-        """The trusted bundle with the newest `built_at` a mirror ever served for a record:
-        what it must not go back from."""
-        async with self._db.read("find the highest trusted bundle") as s:
-            row = await s.one(_HIGHEST_TRUSTED_BUNDLE, (suffix, mirror))
-        return None if row is None else snapshot_from_row(row)
-
-    async def trusted_states(self, suffix: str, *, limit: int = 32) -> list[Snapshot]:
-        """A record's trusted state.json snapshots across every mirror, newest fetch first."""
-        async with self._db.read("list trusted states") as s:
-            rows = await s.all(_TRUSTED_STATES, (suffix, limit))
-        return [snapshot_from_row(r) for r in rows]
-
     async def newest_snapshot_id(self, suffix: str) -> int | None:
         """The id of a record's newest snapshot of any kind, mirror or trust: it changes
         whenever anything about the record is archived (a cheap freshness check)."""
         async with self._db.read("read the newest snapshot id") as s:
             row = await s.one("SELECT max(id) FROM snapshots WHERE suffix = ?", (suffix,))
         return None if row is None or row[0] is None else int(row[0])
-
-    async def trusted_record_count(self) -> int:
-        """How many records have at least one trusted bundle snapshot."""
-        async with self._db.read("count trusted records") as s:
-            row = await s.one(
-                "SELECT count(DISTINCT suffix) FROM snapshots WHERE kind = 'bundle' AND trusted = 1"
-            )
-        return 0 if row is None else int(row[0])
-
-    # -- histories (for the divergence rules) ---------------------------------------------
-
-    async def put_history(
-        self,
-        body_sha256: str,
-        pith_number: str,
-        events: Sequence[str],
-        claims: Sequence[Sequence[str]],
-    ) -> None:
-        """Remember what a trusted bundle body says of its record's history."""
-        async with self._db.write("save a history") as s:
-            await s.run(
-                "INSERT INTO histories (body_sha256, pith_number, events, claims)"
-                " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (
-                    body_sha256,
-                    pith_number,
-                    to_json_text(list(events)),
-                    to_json_text([list(c) for c in claims]),
-                ),
-            )
-
-    async def histories(
-        self, bodies: Sequence[str]
-    ) -> dict[str, tuple[str, tuple[str, ...], tuple[tuple[str, str, str], ...]]]:
-        """(pith_number, event ids, claims) of the given trusted bodies that are known."""
-        async with self._db.read("read histories") as s:
-            rows = await s.all(
-                "SELECT * FROM histories WHERE body_sha256 IN (SELECT value FROM json_each(?))",
-                (to_json_text(list(bodies)),),
-            )
-        return {
-            r["body_sha256"]: (
-                r["pith_number"],
-                tuple(json.loads(r["events"])),
-                tuple((c[0], c[1], c[2]) for c in json.loads(r["claims"])),
-            )
-            for r in rows
-        }
-
-    async def records_to_recheck(self) -> list[str]:
-        """Records whose mirrors now serve different trusted bodies, or that have open
-        record alerts: where the time-dependent divergence rules may change their mind."""
-        async with self._db.read("list records to recheck") as s:
-            rows = await s.all(_TO_RECHECK)
-        return [r[0] for r in rows]
-
-    async def trusted_snapshots(self, *, after_id: int = 0, limit: int = 500) -> list[Snapshot]:
-        """Trusted snapshots in id order, a page at a time (for `fsck`)."""
-        async with self._db.read("list trusted snapshots") as s:
-            rows = await s.all(
-                "SELECT * FROM snapshots WHERE trusted = 1 AND id > ? ORDER BY id LIMIT ?",
-                (after_id, limit),
-            )
-        return [snapshot_from_row(r) for r in rows]
 
     # -- maintenance ----------------------------------------------------------------------
 

@@ -1,0 +1,137 @@
+"""What the archive's trusted snapshots say, read back for those who rely on them.
+
+Owns the reads behind serving verified bodies (`serve`), the history each trusted
+bundle states and the records whose mirrors disagree (the divergence rules in
+`conditions`), and the pages of trusted snapshots `fsck` re-verifies. It marks nothing
+trusted: a snapshot is trusted only by the transaction that archived it (`fetches`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from pithcrawl.store.connection import Database
+from pithcrawl.store.rows import Snapshot, snapshot_from_row, to_json_text
+
+# What `serve` hands out: the newest verified history. `built_at` is compared as a time
+# (julianday reads RFC 3339 with `Z` and any fraction; text order would misplace a
+# fraction), then the newest fetch, then the newest row.
+_NEWEST_TRUSTED_BUNDLE = """
+SELECT * FROM snapshots WHERE suffix = ? AND kind = 'bundle' AND trusted = 1
+ORDER BY julianday(built_at) DESC, fetched_at DESC, id DESC LIMIT 1
+"""
+
+_HIGHEST_TRUSTED_BUNDLE = """
+SELECT * FROM snapshots WHERE suffix = ? AND mirror = ? AND kind = 'bundle' AND trusted = 1
+ORDER BY julianday(built_at) DESC, id DESC LIMIT 1
+"""
+
+_TO_RECHECK = """
+WITH latest AS (
+    SELECT suffix, mirror, max(id) AS id FROM snapshots WHERE kind = 'bundle'
+    GROUP BY suffix, mirror
+)
+SELECT l.suffix FROM latest AS l JOIN snapshots AS s ON s.id = l.id WHERE s.trusted = 1
+GROUP BY l.suffix HAVING count(DISTINCT s.body_sha256) > 1
+UNION
+SELECT suffix FROM alerts WHERE closed_at IS NULL AND scope LIKE 'record:%'
+"""
+
+_TRUSTED_STATES = """
+SELECT * FROM snapshots WHERE suffix = ? AND kind = 'state' AND trusted = 1
+ORDER BY fetched_at DESC, id DESC LIMIT ?
+"""
+
+
+class Trusted:
+    """The trusted snapshots of one archive (`Store.trusted`)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    # -- what readers are served ------------------------------------------------------------
+
+    async def newest_bundle(self, suffix: str) -> Snapshot | None:
+        """The trusted bundle snapshot of a record with the newest `built_at` (then the
+        newest fetch) across every mirror, tracked or not; None if none is trusted."""
+        async with self._db.read("find the newest trusted bundle") as s:
+            row = await s.one(_NEWEST_TRUSTED_BUNDLE, (suffix,))
+        return None if row is None else snapshot_from_row(row)
+
+    async def highest_bundle(self, suffix: str, mirror: str) -> Snapshot | None:
+        """The trusted bundle with the newest `built_at` a mirror ever served for a record:
+        what it must not go back from."""
+        async with self._db.read("find the highest trusted bundle") as s:
+            row = await s.one(_HIGHEST_TRUSTED_BUNDLE, (suffix, mirror))
+        return None if row is None else snapshot_from_row(row)
+
+    async def states(self, suffix: str, *, limit: int = 32) -> list[Snapshot]:
+        """A record's trusted state.json snapshots across every mirror, newest fetch first."""
+        async with self._db.read("list trusted states") as s:
+            rows = await s.all(_TRUSTED_STATES, (suffix, limit))
+        return [snapshot_from_row(r) for r in rows]
+
+    async def record_count(self) -> int:
+        """How many records have at least one trusted bundle snapshot."""
+        async with self._db.read("count trusted records") as s:
+            row = await s.one(
+                "SELECT count(DISTINCT suffix) FROM snapshots WHERE kind = 'bundle' AND trusted = 1"
+            )
+        return 0 if row is None else int(row[0])
+
+    # -- histories (for the divergence rules) ---------------------------------------------
+
+    async def put_history(
+        self,
+        body_sha256: str,
+        pith_number: str,
+        events: Sequence[str],
+        claims: Sequence[Sequence[str]],
+    ) -> None:
+        """Remember what a trusted bundle body says of its record's history."""
+        async with self._db.write("save a history") as s:
+            await s.run(
+                "INSERT INTO histories (body_sha256, pith_number, events, claims)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (
+                    body_sha256,
+                    pith_number,
+                    to_json_text(list(events)),
+                    to_json_text([list(c) for c in claims]),
+                ),
+            )
+
+    async def histories(
+        self, bodies: Sequence[str]
+    ) -> dict[str, tuple[str, tuple[str, ...], tuple[tuple[str, str, str], ...]]]:
+        """(pith_number, event ids, claims) of the given trusted bodies that are known."""
+        async with self._db.read("read histories") as s:
+            rows = await s.all(
+                "SELECT * FROM histories WHERE body_sha256 IN (SELECT value FROM json_each(?))",
+                (to_json_text(list(bodies)),),
+            )
+        return {
+            r["body_sha256"]: (
+                r["pith_number"],
+                tuple(json.loads(r["events"])),
+                tuple((c[0], c[1], c[2]) for c in json.loads(r["claims"])),
+            )
+            for r in rows
+        }
+
+    async def records_to_recheck(self) -> list[str]:
+        """Records whose mirrors now serve different trusted bodies, or that have open
+        record alerts: where the time-dependent divergence rules may change their mind."""
+        async with self._db.read("list records to recheck") as s:
+            rows = await s.all(_TO_RECHECK)
+        return [r[0] for r in rows]
+
+    async def snapshots(self, *, after_id: int = 0, limit: int = 500) -> list[Snapshot]:
+        """Trusted snapshots in id order, a page at a time (for `fsck`)."""
+        async with self._db.read("list trusted snapshots") as s:
+            rows = await s.all(
+                "SELECT * FROM snapshots WHERE trusted = 1 AND id > ? ORDER BY id LIMIT ?",
+                (after_id, limit),
+            )
+        return [snapshot_from_row(r) for r in rows]
