@@ -30,23 +30,24 @@ _Fragment = orjson.Fragment
 _fits_bundle = schema.validator(schema.BUNDLE)
 _fits_record_created = schema.validator(schema.RECORD_CREATED_PAYLOAD)
 _SORT_KEYS = orjson.OPT_SORT_KEYS
+#: `EventInfo(*fields)` without the named tuple's generated `__new__` (one per event).
+_new_info = tuple.__new__
 
 
 class _Unclean(Exception):
     """Something in the bundle may be wrong: the complete check must look and say what."""
 
 
-def _canon(value: Any) -> bytes:
+def _canon(value: Any, _dumps: Any = orjson.dumps, _option: int = _SORT_KEYS) -> bytes:
     """`canon.canon(value)` for a tree of plain JSON values and fragments.
 
     Without `canon`'s fallbacks: whatever orjson cannot write alone (an integer past 64
-    bits, a lone surrogate, a float subclass) is a doubt, left to the complete check.
-    What orjson writes alone it writes exactly as `canon` does, which asks it first.
+    bits, a lone surrogate, a float subclass) raises `orjson.JSONEncodeError`, a doubt
+    `clean_bundle_report` leaves to the complete check. What orjson writes alone it
+    writes exactly as `canon` does, which asks it first.
     """
-    try:
-        return orjson.dumps(value, option=_SORT_KEYS)
-    except orjson.JSONEncodeError:
-        raise _Unclean from None
+    result: bytes = _dumps(value, option=_option)
+    return result
 
 
 def clean_bundle_report(
@@ -65,7 +66,7 @@ def clean_bundle_report(
         return None
     try:
         return CleanCheck(doc, trust, latest, expected_suffix).run()
-    except _Unclean:
+    except (_Unclean, orjson.JSONEncodeError):
         return None
 
 
@@ -133,15 +134,18 @@ class CleanCheck:
             content["event_id"] = event_id
             whole.append(content)
             infos.append(
-                EventInfo(
-                    i,
-                    event_id,
-                    event["event_type"],
-                    digest,
-                    sig["key_id"],
-                    event["prev_event"],
-                    tuple(event["supersedes"]),
-                    True,
+                _new_info(
+                    EventInfo,
+                    (
+                        i,
+                        event_id,
+                        event["event_type"],
+                        digest,
+                        sig["key_id"],
+                        event["prev_event"],
+                        tuple(event["supersedes"]),
+                        True,
+                    ),
                 )
             )
             if event["prev_event"] is not None or event["supersedes"]:
