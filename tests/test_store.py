@@ -588,6 +588,22 @@ async def test_body_sha256_must_match_body(store: Store, real_bundle_bytes: byte
         await store.record_fetch(ok(real_bundle_bytes, body_sha256="0" * 64))
 
 
+async def test_a_fetch_failing_late_in_its_write_leaves_nothing(
+    store: Store, real_bundle_bytes: bytes
+) -> None:
+    """A statement failing after the blob, snapshot and bookkeeping of a fetch were written
+    (all in one call in the database thread) takes them all back; the store goes on."""
+    bad = event(severity="dire")  # refused by the events table's CHECK, written last
+    with pytest.raises(StoreError, match="CHECK constraint"):
+        await store.record_fetch(ok(real_bundle_bytes, events=[bad]))
+    stats = await store.stats()
+    assert (stats["blobs"], stats["snapshots"], stats["events"]) == (0, 0, 0)
+    assert await store.fetch_state(REAL_SUFFIX, "main", "bundle") is None
+    assert await store.record_fetch(ok(real_bundle_bytes, events=[event()])) is not None
+    stats = await store.stats()
+    assert (stats["blobs"], stats["snapshots"], stats["events"]) == (1, 1, 1)
+
+
 async def test_concurrent_tasks_share_one_store(store: Store, real_bundle_bytes: bytes) -> None:
     """Tasks recording at once take turns: no transaction swallows another's statements."""
     suffixes = [f"{i:026d}" for i in range(20)]
