@@ -147,11 +147,14 @@ class Conditions:
                 )
             await self.reconcile(f"reach:{name}", current, now, log=True)
 
-    async def recheck(self, suffixes: Sequence[str], mirrors: Sequence[str]) -> int:
+    async def recheck(self, suffixes: Sequence[str] | None, mirrors: Sequence[str]) -> int:
         """Re-run the divergence rules where time alone can change them (a lag turning
-        stale) or an alert is open; how many records were checked."""
-        wanted = set(suffixes)
-        todo = [s for s in await self.store.trusted.records_to_recheck() if s in wanted]
+        stale) or an alert is open, for `suffixes` (None: every tracked record); how many
+        records were checked."""
+        todo = await self.store.trusted.records_to_recheck()
+        if suffixes is not None:
+            wanted = set(suffixes)
+            todo = [s for s in todo if s in wanted]
         for suffix in todo:
             await self.check_record(suffix, mirrors=mirrors)
         return len(todo)

@@ -39,10 +39,9 @@ from pithcrawl.share import (
     Tally,
     crawl_share,
     fetcher_for,
+    plan,
     run_share_in_worker,
     shared_limits,
-    split,
-    workers_for,
 )
 from pithcrawl.store import Store
 from pithcrawl.trust import with_learned
@@ -96,12 +95,11 @@ async def sync_once(config: Config, db: Path, named: list[str], trust: TrustSet)
         now = datetime.now(UTC)
         if config.watch.pith:
             await store.track([parse_reference(p) for p in config.watch.pith], now)
-        suffixes = named or await store.tracked_suffixes()
-        shares = split(suffixes, workers_for(config, len(suffixes)))
+        shares, count = await plan(config, store, named)
         share = shared_limits(config, len(shares))
         async with fetcher_for(share) as fetcher:
             sites = await resolve(config, store, fetcher, now)
-            summary.records, summary.mirrors = len(suffixes), len(sites)
+            summary.records, summary.mirrors = count, len(sites)
             trust = await with_learned(trust, store, config)
             crawler = Crawler(share, store, fetcher, trust, lambda: datetime.now(UTC))
             async with anyio.create_task_group() as tg:
@@ -109,13 +107,13 @@ async def sync_once(config: Config, db: Path, named: list[str], trust: TrustSet)
                 for others in shares[1:]:
                     job = ShareJob(share, db, others, sites, trust, log_settings(), os.getpid())
                     tg.start_soon(run_share_in_worker, job, limiter, tallies)
-                progress = Progress(len(suffixes) * len(sites), weight=len(shares))
+                progress = Progress(count * len(sites), weight=len(shares))
                 tallies.append(await crawl_share(crawler, store, shares[0], sites, progress))
             progress.done()
             if len(shares) > 1:
                 crawler.conditions.forget_open_scopes()  # workers opened and closed some
             names = [s.name for s in sites]
-            await crawler.conditions.recheck(suffixes, names)
+            await crawler.conditions.recheck(named or None, names)
             await crawler.conditions.check_mirrors(names)
             sinks = Sinks(
                 config.alerts, fetcher, read_secret(config.alerts.webhook_secret_file, os.environ)
@@ -126,7 +124,7 @@ async def sync_once(config: Config, db: Path, named: list[str], trust: TrustSet)
                 datetime.now(UTC),
                 random.Random(),  # noqa: S311 - jitter, not crypto
             )
-        open_alerts = await store.alerts.open_alerts(suffixes=suffixes)
+        open_alerts = await store.alerts.open_alerts(suffixes=named or None, tracked=not named)
     for t in tallies:
         summary.absorb(t)
     summary.alerts = sum(1 for a in open_alerts if a.severity == "critical")
@@ -260,10 +258,9 @@ class Daemon:
             if time.monotonic() - checked > self.check_every:
                 checked = time.monotonic()
                 names = list(self.sites)
-                tracked = await self.store.tracked_suffixes()
-                await crawler.conditions.recheck(tracked, names)
+                await crawler.conditions.recheck(None, names)
                 await crawler.conditions.check_mirrors(names)
-                self.metrics.set_records(len(tracked))
+                self.metrics.set_records(await self.store.tracked_count())
                 open_alerts = await self.store.alerts.open_alerts()
                 self.metrics.set_open_alerts(Counter(a.kind for a in open_alerts))
             await deliver_due(self.store, sinks, _now(), rand, metrics=self.metrics)

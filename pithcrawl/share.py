@@ -9,9 +9,11 @@ one share itself and starts the others here.
 from __future__ import annotations
 
 import ctypes
+import itertools
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,11 +51,11 @@ def fetcher_for(config: Config) -> HttpFetcher:
 async def crawl_share(
     crawler: Crawler,
     store: Store,
-    suffixes: list[str],
+    records: Records,
     sites: list[Site],
     progress: Steps | None = None,
 ) -> Tally:
-    """Every (record, mirror) pair of `suffixes` × `sites`, `crawl.concurrency` at a time;
+    """Every (record, mirror) pair of `records` × `sites`, `crawl.concurrency` at a time;
     what they found, counted as they end (memory stays flat however many there are)."""
     tally = Tally()
     concurrency = crawler.config.crawl.concurrency
@@ -71,8 +73,7 @@ async def crawl_share(
             tg.start_soon(worker)
         async with send:
             # The bookkeeping of a chunk of records in one read, not one per fetch.
-            for start in range(0, len(suffixes), PASS_CHUNK):
-                chunk = suffixes[start : start + PASS_CHUNK]
+            async for chunk in records.chunks(store):
                 known = await store.fetch_states_of(chunk)
                 for suffix in chunk:
                     for site in sites:
@@ -96,8 +97,42 @@ class _Job:
     state_state: FetchState | None
 
 
-#: Records whose bookkeeping a pass reads at once.
+#: Records a pass reads (their suffixes, then their bookkeeping) at once.
 PASS_CHUNK = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Records:
+    """The records of one share of a pass: the named ones, or the tracked ones whose
+    suffix is in [low, high) (None: unbounded). Tracked ones are read from the archive a
+    chunk at a time, so a pass holds one chunk of suffixes however many are tracked."""
+
+    named: tuple[str, ...] | None = None
+    low: str | None = None
+    high: str | None = None
+
+    async def chunks(self, store: Store) -> AsyncIterator[list[str]]:
+        if self.named is not None:
+            for start in range(0, len(self.named), PASS_CHUNK):
+                yield list(self.named[start : start + PASS_CHUNK])
+            return
+        after: str | None = None
+        while chunk := await store.tracked_page(
+            low=self.low, high=self.high, after=after, limit=PASS_CHUNK
+        ):
+            yield chunk
+            after = chunk[-1]
+
+
+async def plan(config: Config, store: Store, named: list[str]) -> tuple[list[Records], int]:
+    """The shares of a pass over `named` records, or every tracked one, and how many
+    records that is: one share per process (`workers_for`)."""
+    if named:
+        parts = workers_for(config, len(named))
+        return [Records(named=tuple(share)) for share in split(named, parts)], len(named)
+    count = await store.tracked_count()
+    edges = [None, *await store.tracked_bounds(workers_for(config, count)), None]
+    return [Records(low=lo, high=hi) for lo, hi in itertools.pairwise(edges)], count
 
 
 async def _pair(crawler: Crawler, job: _Job) -> PairResult:
@@ -187,7 +222,7 @@ class ShareJob:
 
     config: Config
     db: Path
-    suffixes: list[str]
+    records: Records
     sites: list[Site]
     trust: TrustSet
     log: tuple[str, int]
@@ -230,4 +265,4 @@ async def _share(job: ShareJob) -> Tally:
     # Not the writers' lock: the process that started this one holds it for the pass.
     async with await Store.open(job.db) as store, fetcher_for(job.config) as fetcher:
         crawler = Crawler(job.config, store, fetcher, job.trust, lambda: datetime.now(UTC))
-        return await crawl_share(crawler, store, job.suffixes, job.sites)
+        return await crawl_share(crawler, store, job.records, job.sites)

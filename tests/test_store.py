@@ -644,6 +644,36 @@ async def test_due_lists_never_fetched_first_then_by_next_due(
     assert (SUFFIX_C, "main") in await store.due(NOW + timedelta(hours=1))
 
 
+async def test_tracked_records_are_read_in_pages_of_ranges(store: Store) -> None:
+    """A pass reads the tracked records a page at a time, in suffix ranges that together
+    hold each of them exactly once (what the processes of a shared pass split)."""
+    import itertools
+    import random
+
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+    rng = random.Random(7)
+    await store.track({"".join(rng.choices(alphabet, k=26)) for _ in range(1000)}, NOW)
+    suffixes = sorted(r.suffix for r in await store.tracked())  # with the fixture's own
+    for parts in (1, 2, 3, 7):
+        bounds = await store.tracked_bounds(parts)
+        assert len(bounds) == parts - 1 and bounds == sorted(set(bounds))
+        edges = [None, *bounds, None]
+        shares = []
+        for low, high in itertools.pairwise(edges):
+            got: list[str] = []
+            while page := await store.tracked_page(
+                low=low, high=high, after=got[-1] if got else None, limit=64
+            ):
+                assert len(page) <= 64
+                got += page
+            shares.append(got)
+        assert [s for share in shares for s in share] == suffixes  # each once, in order
+        assert max(map(len, shares)) - min(map(len, shares)) <= 1
+    # More parts than records: no bound twice, so no range holds a record twice.
+    many = await store.tracked_bounds(2 * len(suffixes))
+    assert many == sorted(set(many)) and set(many) <= set(suffixes)
+
+
 async def test_due_ignores_untracked_records(store: Store, real_bundle_bytes: bytes) -> None:
     """Untracking a record drops it (and its bookkeeping) from the schedule; snapshots stay."""
     await store.record_fetch(ok(real_bundle_bytes))

@@ -124,8 +124,8 @@ def test_a_pass_shared_by_a_worker_process_archives_what_one_process_would(
     and alerted on like the rest), and the summary counts both shares."""
     monkeypatch.setattr(share, "SHARE_MIN", 1)
     builders = {b.suffix: b for b in records(signer, 6)}
-    # The shares are dealt in tracked order (suffix order here): 0, 2, 4 stay in this
-    # process, 1, 3, 5 go to the worker. One bad bundle in each share.
+    # The shares are ranges of suffixes: 0, 1, 2 stay in this process, 3, 4, 5 go to the
+    # worker. One bad bundle in each share.
     order = sorted(builders)
     for i, suffix in enumerate(order):
         doc = builders[suffix].build()

@@ -261,14 +261,19 @@ class AlertBook:
             row = await s.one("SELECT * FROM alerts WHERE id = ?", (alert_id,))
         return None if row is None else _alert(row)
 
-    async def open_alerts(self, *, suffixes: Sequence[str] | None = None) -> list[Alert]:
-        """Open alerts, newest first; of `suffixes` (and record-less ones) when given."""
+    async def open_alerts(
+        self, *, suffixes: Sequence[str] | None = None, tracked: bool = False
+    ) -> list[Alert]:
+        """Open alerts, newest first; only of `suffixes` when given, only of tracked
+        records when `tracked` (record-less alerts, of mirrors, either way)."""
         names = None if suffixes is None else to_json_text(list(suffixes))
         async with self._db.read("list open alerts") as s:
             rows = await s.all(
-                "SELECT * FROM alerts WHERE closed_at IS NULL AND (?1 IS NULL OR suffix IS NULL"
-                " OR suffix IN (SELECT value FROM json_each(?1))) ORDER BY opened_at DESC, id DESC",
-                (names,),
+                "SELECT * FROM alerts WHERE closed_at IS NULL AND (suffix IS NULL OR ("
+                " (?1 IS NULL OR suffix IN (SELECT value FROM json_each(?1)))"
+                " AND (NOT ?2 OR suffix IN (SELECT suffix FROM records))"
+                ")) ORDER BY opened_at DESC, id DESC",
+                (names, tracked),
             )
         return [_alert(r) for r in rows]
 

@@ -114,6 +114,17 @@ FROM fetch_state AS f WHERE f.suffix IN (SELECT value FROM json_each(?))
 """
 
 
+# A page of tracked suffixes in [?1, ?3), or after ?1: keyset pagination on the primary key.
+_PAGE_FROM = (
+    "SELECT suffix FROM records WHERE suffix >= ?1 AND suffix < ?3 ORDER BY suffix LIMIT ?2"
+)
+_PAGE_AFTER = (
+    "SELECT suffix FROM records WHERE suffix > ?1 AND suffix < ?3 ORDER BY suffix LIMIT ?2"
+)
+#: Sorts after every suffix (ASCII) in SQLite's binary collation: the open upper bound.
+_PAST_EVERY_SUFFIX = "\U0010ffff"
+
+
 class Store:
     """The archive: one SQLite file, one connection, the single writer of its process."""
 
@@ -183,11 +194,30 @@ class Store:
             rows = await s.all("SELECT * FROM records ORDER BY added_at, suffix")
         return [record_from_row(r) for r in rows]
 
-    async def tracked_suffixes(self) -> list[str]:
-        """The suffixes of `tracked`, in its order (a pass needs nothing more of them)."""
+    async def tracked_page(
+        self, *, low: str | None, high: str | None, after: str | None, limit: int
+    ) -> list[str]:
+        """Up to `limit` tracked suffixes in [low, high) (None: unbounded) after `after`, in
+        suffix order: a pass reads the tracked records a page at a time."""
+        sql, start = (_PAGE_FROM, low or "") if after is None else (_PAGE_AFTER, after)
         async with self._db.read("list tracked records") as s:
-            rows = await s.all("SELECT suffix FROM records ORDER BY added_at, suffix")
+            rows = await s.all(sql, (start, limit, _PAST_EVERY_SUFFIX if high is None else high))
         return [r[0] for r in rows]
+
+    async def tracked_bounds(self, parts: int) -> list[str]:
+        """The suffixes that cut the tracked records, in suffix order, into `parts` ranges
+        of nearly equal size (`parts` - 1 of them, fewer when there are fewer records)."""
+        count = await self.tracked_count()
+        bounds: list[str] = []
+        async with self._db.read("split tracked records") as s:
+            for k in range(1, parts):
+                row = await s.one(
+                    "SELECT suffix FROM records ORDER BY suffix LIMIT 1 OFFSET ?",
+                    (k * count // parts,),
+                )
+                if row is not None and (not bounds or row[0] > bounds[-1]):
+                    bounds.append(row[0])
+        return bounds
 
     async def tracked_count(self) -> int:
         async with self._db.read("count tracked records") as s:

@@ -31,11 +31,14 @@ _TO_RECHECK = """
 WITH latest AS (
     SELECT suffix, mirror, max(id) AS id FROM snapshots WHERE kind = 'bundle'
     GROUP BY suffix, mirror
+),
+candidates (suffix) AS (
+    SELECT l.suffix FROM latest AS l JOIN snapshots AS s ON s.id = l.id WHERE s.trusted = 1
+    GROUP BY l.suffix HAVING count(DISTINCT s.body_sha256) > 1
+    UNION
+    SELECT suffix FROM alerts WHERE closed_at IS NULL AND scope LIKE 'record:%'
 )
-SELECT l.suffix FROM latest AS l JOIN snapshots AS s ON s.id = l.id WHERE s.trusted = 1
-GROUP BY l.suffix HAVING count(DISTINCT s.body_sha256) > 1
-UNION
-SELECT suffix FROM alerts WHERE closed_at IS NULL AND scope LIKE 'record:%'
+SELECT suffix FROM candidates WHERE suffix IN (SELECT suffix FROM records)
 """
 
 _TRUSTED_STATES = """
@@ -121,8 +124,9 @@ class Trusted:
         }
 
     async def records_to_recheck(self) -> list[str]:
-        """Records whose mirrors now serve different trusted bodies, or that have open
-        record alerts: where the time-dependent divergence rules may change their mind."""
+        """Tracked records whose mirrors now serve different trusted bodies, or that have
+        open record alerts: where the time-dependent divergence rules may change their
+        mind."""
         async with self._db.read("list records to recheck") as s:
             rows = await s.all(_TO_RECHECK)
         return [r[0] for r in rows]
