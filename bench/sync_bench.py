@@ -175,24 +175,70 @@ class Mirror:
             self.proc.wait()
 
 
-def run_child(argv: list[str], label: str, tmp: Path, n: int, mirror: Mirror) -> dict[str, Any]:
+class Launcher:
+    """Starts the measured processes from a small process of its own, started first.
+
+    On Linux a child's peak RSS (`ru_maxrss`) counts the memory of the process that
+    forked it: the image it replaces at exec is a copy of its parent's. Forked from this
+    script, which by then holds the listing of N records, every child would report at
+    least this script's size. Forked from this launcher (about 10 MB), they report
+    their own.
+    """
+
+    _CODE = (
+        "import json, os, subprocess, sys, time\n"
+        "for line in sys.stdin:\n"
+        "    job = json.loads(line)\n"
+        "    with open(job['out'], 'wb') as o, open(job['err'], 'wb') as e:\n"
+        "        t0 = time.perf_counter()\n"
+        "        p = subprocess.Popen(job['argv'], stdout=o, stderr=e, cwd=job['cwd'])\n"
+        "        _, status, ru = os.wait4(p.pid, 0)\n"
+        "        wall = time.perf_counter() - t0\n"
+        "    print(json.dumps([os.waitstatus_to_exitcode(status), wall,\n"
+        "                      ru.ru_utime + ru.ru_stime, ru.ru_maxrss]), flush=True)\n"
+    )
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", self._CODE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def run(self, argv: list[str], out: Path, err: Path) -> tuple[int, float, float, int]:
+        """Run argv to completion: (exit code, wall s, CPU s, peak RSS in ru_maxrss units)."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        job = {"argv": argv, "cwd": str(ROOT), "out": str(out), "err": str(err)}
+        self.proc.stdin.write(json.dumps(job) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise BenchError("the launcher process died")
+        code, wall, cpu, maxrss = json.loads(line)
+        return code, wall, cpu, maxrss
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait()
+
+
+def run_child(
+    launcher: Launcher, argv: list[str], label: str, tmp: Path, *, n: int, mirror: Mirror
+) -> dict[str, Any]:
     """Run argv to completion: its figures and stdout, or BenchError with its stderr."""
     out, err = tmp / f"{label}.out", tmp / f"{label}.err"
     m0 = mirror.cpu()
-    with out.open("wb") as o, err.open("wb") as e:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=o, stderr=e, cwd=ROOT)
-        _, status, ru = os.wait4(proc.pid, 0)  # this child's own rusage
-        wall = time.perf_counter() - t0
-    proc.returncode = code = os.waitstatus_to_exitcode(status)
+    code, wall, cpu, maxrss = launcher.run(argv, out, err)
     if code != 0:
         raise BenchError(f"{label}: exit {code}: {' '.join(argv)}\n{err.read_text()[-4000:]}")
     m1 = mirror.cpu()
     return {
         "records_per_s": round(n / wall, 1),
         "wall_s": round(wall, 3),
-        "cpu_s": round(ru.ru_utime + ru.ru_stime, 3),
-        "peak_rss_mb": round(ru.ru_maxrss / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1),
+        "cpu_s": round(cpu, 3),
+        "peak_rss_mb": round(maxrss / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1),
         "mirror_cpu_s": None if m0 is None or m1 is None else round(m1 - m0, 2),
         "stdout": out.read_text(),
     }
@@ -256,7 +302,9 @@ def write_config(tmp: Path, url: str, concurrency: int, per_host: int) -> Path:
 # -- the run ------------------------------------------------------------------------------------
 
 
-def bench(args: argparse.Namespace, tmp: Path, events: tuple[int, int], n: int) -> dict[str, Any]:
+def bench(
+    args: argparse.Namespace, launcher: Launcher, tmp: Path, events: tuple[int, int], n: int
+) -> dict[str, Any]:
     py = sys.executable
     corpus_dir, rows = corpus(n, args.seed, events)
     overlay = tmp / "bumped"  # the bumped records' files, served over the corpus
@@ -269,18 +317,20 @@ def bench(args: argparse.Namespace, tmp: Path, events: tuple[int, int], n: int) 
         db = tmp / "archive.db"
         anyio.run(_track, db, [row[0] for row in rows])
         r: dict[str, Any] = {}
-        start = run_child([py, "-m", "pithcrawl", "--version"], "startup", tmp, n, mirror)
+        start = run_child(
+            launcher, [py, "-m", "pithcrawl", "--version"], "startup", tmp, n=n, mirror=mirror
+        )
         r["startup"] = {k: start[k] for k in ("wall_s", "cpu_s", "peak_rss_mb", "stdout")}
         limits = [str(args.concurrency), str(args.per_host)]
         fetch_argv = [py, __file__, "--fetch-only-child", mirror.url, str(corpus_dir), *limits]
-        r["fetch_only"] = run_child(fetch_argv, "fetch_only", tmp, n, mirror)
+        r["fetch_only"] = run_child(launcher, fetch_argv, "fetch_only", tmp, n=n, mirror=mirror)
         r["fetch_only"]["bytes"] = int(r["fetch_only"]["stdout"])
 
         def sync(label: str, profile: bool = False) -> dict[str, Any]:
             before, size0 = anyio.run(_stats, db), db_bytes(db)
             prof = ["-m", "cProfile", "-o", str(OUT / f"{label}_sync.prof")] if profile else []
             argv = [py, *prof, "-m", "pithcrawl", "--config", str(cfg), "-q", "sync", "--json"]
-            run = run_child(argv, label, tmp, n, mirror)
+            run = run_child(launcher, argv, label, tmp, n=n, mirror=mirror)
             after, size1 = anyio.run(_stats, db), db_bytes(db)
             run["summary"] = json.loads(run["stdout"].strip().splitlines()[-1])
             run["db_bytes_added"] = size1 - size0
@@ -384,6 +434,14 @@ def main() -> int:
         suffixes = [row[0] for row in rows]
         print(anyio.run(_fetch_all, base, suffixes, int(concurrency), int(per_host)))
         return 0
+    launcher = Launcher()  # first, while this process is small (see Launcher)
+    try:
+        return _main(launcher)
+    finally:
+        launcher.close()
+
+
+def _main(launcher: Launcher) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -419,7 +477,7 @@ def main() -> int:
     try:
         for n in sizes:
             with tempfile.TemporaryDirectory(prefix="pithcrawl-bench-") as tmp:
-                runs[n] = bench(args, Path(tmp), events, n)
+                runs[n] = bench(args, launcher, Path(tmp), events, n)
             print_table(runs[n])
             print()
         with tempfile.TemporaryDirectory(prefix="pithcrawl-bench-") as tmp:
