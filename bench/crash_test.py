@@ -88,7 +88,17 @@ import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sync_bench import OUT, ROOT, BenchError, Mirror, _track, corpus, run_child, write_config
+from sync_bench import (
+    OUT,
+    ROOT,
+    BenchError,
+    Launcher,
+    Mirror,
+    _track,
+    corpus,
+    run_child,
+    write_config,
+)
 
 from pithcrawl.store.schema import SCHEMA_VERSION
 from pithcrawl.timestamps import format_timestamp
@@ -515,10 +525,11 @@ def crash_test(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     tracked = set(suffixes)
     tally = Tally(set(args.allow))
     mirror = Mirror([corpus_dir], None, None)
+    launcher = Launcher()
     try:
         argv, ref_db = fresh_archive(tmp / "reference", mirror.url, suffixes)
         since = datetime.now(UTC)
-        ref = run_child(argv, "reference", tmp, args.records, mirror)
+        ref = run_child(launcher, argv, "reference", tmp, n=args.records, mirror=mirror)
         ref["window"] = counts(ref_db, since)["window"]
         ref["summary"] = json.loads(ref.pop("stdout").strip().splitlines()[-1])
         tally.add("reference", check_archive(ref_db, tracked), count=False)
@@ -531,12 +542,13 @@ def crash_test(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         crash_runs(argv, db, tracked, ref, tally, kills=args.kills, tmp=tmp, seed=args.seed)
         t2 = time.perf_counter()
         try:
-            final = run_child(argv, "final", tmp, args.records, mirror)
+            final = run_child(launcher, argv, "final", tmp, n=args.records, mirror=mirror)
             final["summary"] = json.loads(final.pop("stdout").strip().splitlines()[-1])
         except BenchError as e:
             final = {"error": str(e)}
             tally.add("final", {"exit": [str(e)]})
     finally:
+        launcher.close()
         mirror.close()
     tally.add("final", check_archive(db, tracked))
     left = counts(db, datetime.now(UTC))
