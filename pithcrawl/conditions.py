@@ -151,7 +151,7 @@ class Conditions:
         """Re-run the divergence rules where time alone can change them (a lag turning
         stale) or an alert is open, for `suffixes` (None: every tracked record); how many
         records were checked."""
-        todo = await self.store.trusted.records_to_recheck()
+        todo = await self.store.trusted.records_to_recheck(tracked=suffixes is None)
         if suffixes is not None:
             wanted = set(suffixes)
             todo = [s for s in todo if s in wanted]

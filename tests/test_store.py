@@ -604,6 +604,40 @@ async def test_a_fetch_failing_late_in_its_write_leaves_nothing(
     assert (stats["blobs"], stats["snapshots"], stats["events"]) == (1, 1, 1)
 
 
+async def test_a_malformed_fetch_fails_alone(store: Store, real_bundle_bytes: bytes) -> None:
+    """A caller's mistake is refused before the transaction it would share with other
+    writes queued at the same moment: theirs are committed."""
+    outcomes: dict[str, str] = {}
+
+    async def record(name: str, fetch: FetchOutcome) -> None:
+        try:
+            await store.record_fetch(fetch)
+            outcomes[name] = "stored"
+        except Exception as e:  # what each write raised is the result
+            outcomes[name] = type(e).__name__
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(record, "good", ok(real_bundle_bytes, mirror="other"))
+        tg.start_soon(record, "bad", ok(real_bundle_bytes + b" ", body_sha256="0" * 64))
+    assert outcomes == {"good": "stored", "bad": "ValueError"}
+    assert (await store.stats())["snapshots"] == 1
+
+
+async def test_records_to_recheck_include_untracked_ones_only_when_asked(
+    store: Store, real_bundle_bytes: bytes
+) -> None:
+    """Mirrors serving different trusted bodies put a record on the recheck list; a pass
+    over every tracked record skips untracked ones, but `sync` of a named, untracked
+    record still rechecks it."""
+    await store.track([REAL_SUFFIX], NOW)
+    await store.record_fetch(ok(real_bundle_bytes, mirror="main"))
+    await store.record_fetch(ok(real_bundle_bytes + b" ", mirror="other"))
+    assert await store.trusted.records_to_recheck(tracked=True) == [REAL_SUFFIX]
+    await store.untrack([REAL_SUFFIX])
+    assert await store.trusted.records_to_recheck(tracked=True) == []
+    assert await store.trusted.records_to_recheck() == [REAL_SUFFIX]
+
+
 async def test_concurrent_tasks_share_one_store(store: Store, real_bundle_bytes: bytes) -> None:
     """Tasks recording at once take turns: no transaction swallows another's statements."""
     suffixes = [f"{i:026d}" for i in range(20)]

@@ -27,7 +27,6 @@ from pithcrawl.store.connection import Database
 from pithcrawl.store.fetches import (
     INSERT_EVENT,
     bookkeeping_only,
-    check_body,
     check_outcome,
     event_params,
     write_fetch,
@@ -360,7 +359,6 @@ class Store:
     ) -> tuple[Snapshot | None, PackedBlob | None]:
         """Pack the body and write the fetch: one call in the database thread."""
         blob = self.bodies.pack_in(conn, fetch)
-        check_body(fetch, blob)
         return write_fetch(conn, fetch, blob), blob
 
     def _stored(self, fetch: FetchOutcome, blob: PackedBlob | None) -> None:

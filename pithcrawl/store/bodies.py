@@ -123,8 +123,10 @@ class Bodies:
             return Base(sha256, depth, body)
         try:
             body = self._read(conn, sha256)
-        except StoreCorrupt:
-            return None  # a damaged base is fsck's news; the new body is stored alone
+        except StoreError:
+            # A damaged or missing base is fsck's news; the new body is stored alone (an
+            # error here would fail every write grouped with this one).
+            return None
         return Base(sha256, depth, body)
 
     def _keep(self, sha256: str, body: bytes) -> None:

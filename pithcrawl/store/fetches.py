@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from pithcrawl.store.blobs import PackedBlob
+from pithcrawl.store.blobs import PackedBlob, sha256_hex
 from pithcrawl.store.rows import (
     FetchOutcome,
     NewEvent,
@@ -70,17 +70,16 @@ ORDER BY id DESC LIMIT 1
 
 
 def check_outcome(fetch: FetchOutcome) -> None:
-    """Refuse a malformed outcome before any transaction starts (a bug in the caller)."""
+    """Refuse a malformed outcome before any transaction starts (a bug in the caller):
+    inside one, it would fail the other writes grouped with it."""
     db_time(fetch.fetched_at)
     db_time_or_none(fetch.next_due)
     for event in fetch.events:
         db_time(event.at)
-
-
-def check_body(fetch: FetchOutcome, blob: PackedBlob | None) -> None:
-    """Refuse an outcome whose `body_sha256` is not its body's, before any statement."""
-    if blob is not None and fetch.body_sha256 not in (None, blob.sha256):
-        raise ValueError(f"body_sha256 {fetch.body_sha256} does not match the body ({blob.sha256})")
+    if fetch.body is not None and fetch.body_sha256 is not None:
+        actual = sha256_hex(fetch.body)
+        if actual != fetch.body_sha256:
+            raise ValueError(f"body_sha256 {fetch.body_sha256} does not match the body ({actual})")
 
 
 def bookkeeping_only(fetch: FetchOutcome) -> tuple[str, tuple[Any, ...]] | None:

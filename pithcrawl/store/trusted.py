@@ -38,7 +38,7 @@ candidates (suffix) AS (
     UNION
     SELECT suffix FROM alerts WHERE closed_at IS NULL AND scope LIKE 'record:%'
 )
-SELECT suffix FROM candidates WHERE suffix IN (SELECT suffix FROM records)
+SELECT suffix FROM candidates WHERE NOT ?1 OR suffix IN (SELECT suffix FROM records)
 """
 
 _TRUSTED_STATES = """
@@ -123,12 +123,12 @@ class Trusted:
             for r in rows
         }
 
-    async def records_to_recheck(self) -> list[str]:
-        """Tracked records whose mirrors now serve different trusted bodies, or that have
-        open record alerts: where the time-dependent divergence rules may change their
-        mind."""
+    async def records_to_recheck(self, *, tracked: bool = False) -> list[str]:
+        """Records whose mirrors now serve different trusted bodies, or that have open
+        record alerts: where the time-dependent divergence rules may change their mind.
+        Only tracked ones when `tracked` (a record named to `sync` need not be)."""
         async with self._db.read("list records to recheck") as s:
-            rows = await s.all(_TO_RECHECK)
+            rows = await s.all(_TO_RECHECK, (tracked,))
         return [r[0] for r in rows]
 
     async def snapshots(self, *, after_id: int = 0, limit: int = 500) -> list[Snapshot]:
