@@ -292,6 +292,25 @@ async def test_a_changed_body_is_stored_as_a_small_delta(
         assert await fresh.get_blob(first.body_sha256) == real_bundle_bytes
 
 
+async def test_a_large_body_is_packed_before_its_write_the_same_way(
+    store: Store, real_bundle_bytes: bytes, monkeypatch
+) -> None:
+    """A body over `LARGE_BODY` is packed outside the write transaction (compressing it
+    would hold the write): the same delta against the same base, read back exactly."""
+    from pithcrawl.store import bodies
+
+    monkeypatch.setattr(bodies, "LARGE_BODY", 1000)  # the real bundle (14 KB) is "large"
+    first = await store.record_fetch(ok(real_bundle_bytes))
+    changed = _grown(real_bundle_bytes, 1)
+    prepared = await store.bodies.pack_large(ok(changed, at=1))
+    assert prepared is not None and prepared.base is not None  # packed before any write
+    second = await store.record_fetch(ok(changed, at=1))
+    assert first is not None and second is not None
+    assert _blob_rows(store.path)[second.body_sha256][:2] == (first.body_sha256, 1)
+    async with await Store.open(store.path, readonly=True) as fresh:
+        assert await fresh.get_blob(second.body_sha256) == changed
+
+
 async def test_a_state_is_stored_against_the_bundle_it_was_compared_with(
     store: Store, real_bundle_bytes: bytes, real_state_bytes: bytes
 ) -> None:

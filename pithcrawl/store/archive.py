@@ -329,8 +329,9 @@ class Store:
             if self._db.defer(*single):
                 await self._db.flush()
             return None
+        prepared = await self.bodies.pack_large(fetch)
         async with self._db.write("record a fetch") as s:
-            snapshot, blob = await s.call(self._write_fetch, fetch)
+            snapshot, blob = await s.call(self._write_fetch, fetch, prepared)
         self._stored(fetch, blob)
         return snapshot
 
@@ -346,8 +347,9 @@ class Store:
         transaction: a crash never leaves a body archived without the alert it raises.
         Returns the new snapshot, and the alerts opened and closed."""
         check_outcome(fetch)
+        prepared = await self.bodies.pack_large(fetch)
         async with self._db.write("record a fetch and its alerts") as s:
-            snapshot, blob = await s.call(self._write_fetch, fetch)
+            snapshot, blob = await s.call(self._write_fetch, fetch, prepared)
             opened, closed = await self.alerts.reconcile_in(
                 s, scope, current, now=fetch.fetched_at, sinks=sinks, log=False
             )
@@ -355,10 +357,11 @@ class Store:
         return snapshot, opened, closed
 
     def _write_fetch(
-        self, conn: sqlite3.Connection, fetch: FetchOutcome
+        self, conn: sqlite3.Connection, fetch: FetchOutcome, prepared: PackedBlob | None
     ) -> tuple[Snapshot | None, PackedBlob | None]:
-        """Pack the body and write the fetch: one call in the database thread."""
-        blob = self.bodies.pack_in(conn, fetch)
+        """Pack the body (unless `prepared` already is) and write the fetch: one call in
+        the database thread."""
+        blob = prepared if prepared is not None else self.bodies.pack_in(conn, fetch)
         return write_fetch(conn, fetch, blob), blob
 
     def _stored(self, fetch: FetchOutcome, blob: PackedBlob | None) -> None:

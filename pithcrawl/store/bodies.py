@@ -14,6 +14,8 @@ import sqlite3
 import threading
 from collections import OrderedDict
 
+import anyio
+
 from pithcrawl.errors import StoreCorrupt, StoreError
 from pithcrawl.store.blobs import MAX_DEPTH, Base, PackedBlob, packed, unpack
 from pithcrawl.store.connection import Database
@@ -21,6 +23,9 @@ from pithcrawl.store.rows import FetchOutcome
 
 #: Bodies kept decoded in memory as the likely next bases (by sha256, so never stale).
 CACHE_BYTES = 8 << 20
+#: Past this size a body is packed before its write, in a worker thread: compressing it
+#: takes long enough that the write transaction (and the database thread) should not wait.
+LARGE_BODY = 1 << 20
 
 # The named blob and the chain of its bases, deepest (self-contained) first.
 _CHAIN = """
@@ -71,6 +76,17 @@ class Bodies:
         if fetch.body is None:
             return None
         return packed(fetch.body, self._base(conn, fetch))
+
+    async def pack_large(self, fetch: FetchOutcome) -> PackedBlob | None:
+        """`pack_in` for a body over `LARGE_BODY`, before its write: the base is chosen
+        and read in a read turn, the compression runs in a worker thread. None for any
+        other body (the write packs it). Bases are never deleted, so one chosen before
+        the write is still there in it."""
+        if fetch.body is None or len(fetch.body) <= LARGE_BODY:
+            return None
+        async with self._db.read("choose a delta base") as s:
+            base = await s.call(self._base, fetch)
+        return await anyio.to_thread.run_sync(packed, fetch.body, base)
 
     def remember(self, blob: PackedBlob, body: bytes) -> None:
         """`body` was stored as `blob`: keep it at hand as the likely next base."""
