@@ -129,16 +129,23 @@ class Metrics:
         self._alert_kinds: set[str] = set(ALERT_KINDS)
         self.set_open_alerts({})
         self._mirrors: set[str] = set()
-        self._fetch_series: set[tuple[str, str, str]] = set()
+        # Each fetch series's child, kept: labels() costs a lock and a validation per call.
+        self._fetch_series: dict[tuple[str, str, str], Counter] = {}
         self._succeeded: set[str] = set()
 
     def fetch(self, mirror: str, kind: str, outcome: Outcome) -> None:
         """One document fetched (or deferred) from `mirror`."""
-        if outcome not in OUTCOMES:
-            raise ValueError(f"fetch outcome {outcome!r}: expected one of {', '.join(OUTCOMES)}")
-        self._seen_mirror(mirror)
-        self._fetch_series.add((mirror, kind, outcome))
-        self._fetches.labels(mirror, kind, outcome).inc()
+        series = (mirror, kind, outcome)
+        child = self._fetch_series.get(series)
+        if child is None:
+            if outcome not in OUTCOMES:
+                raise ValueError(
+                    f"fetch outcome {outcome!r}: expected one of {', '.join(OUTCOMES)}"
+                )
+            self._seen_mirror(mirror)
+            child = self._fetch_series.get(series) or self._fetches.labels(*series)
+            self._fetch_series[series] = child
+        child.inc()
 
     def findings(self, codes: Iterable[str]) -> None:
         """The findings of one verified document, one count per finding."""
@@ -182,7 +189,7 @@ class Metrics:
         keep = set(names)
         for series in [s for s in self._fetch_series if s[0] not in keep]:
             self._fetches.remove(*series)
-            self._fetch_series.discard(series)
+            del self._fetch_series[series]
         for mirror in self._succeeded - keep:
             self._last_success.remove(mirror)
         self._mirrors &= keep
@@ -198,8 +205,9 @@ class Metrics:
         self._mirrors.add(mirror)
         for kind in FETCH_KINDS:
             for outcome in OUTCOMES:
-                self._fetch_series.add((mirror, kind, outcome))
-                self._fetches.labels(mirror, kind, outcome)
+                self._fetch_series[mirror, kind, outcome] = self._fetches.labels(
+                    mirror, kind, outcome
+                )
 
 
 def parse_bind(bind: str) -> tuple[str, int]:

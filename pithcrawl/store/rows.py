@@ -255,6 +255,10 @@ def mirror_from_row(row: sqlite3.Row) -> Mirror:
 
 
 def fetch_state_from_row(row: sqlite3.Row) -> FetchState:
+    try:
+        trusted = row["body_trusted"]  # only the queries that join the verdict have it
+    except IndexError:
+        trusted = None
     return FetchState(
         suffix=row["suffix"],
         mirror=row["mirror"],
@@ -270,12 +274,7 @@ def fetch_state_from_row(row: sqlite3.Row) -> FetchState:
         failures=row["failures"],
         next_due=_time_or_none(row["next_due"]),
         last_error=row["last_error"],
-        body_trusted=(
-            None
-            if "body_trusted" not in row.keys()  # noqa: SIM118 - `in row` searches values
-            or row["body_trusted"] is None
-            else bool(row["body_trusted"])
-        ),
+        body_trusted=None if trusted is None else bool(trusted),
     )
 
 
