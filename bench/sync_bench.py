@@ -425,6 +425,11 @@ def print_summary(result: dict[str, Any]) -> None:
         f" {v['floor_bundles_per_s']} bundles/s: {v['ratio_to_floor']}x the floor"
         f" ({v['bundles']} bundles, {v['signatures']} signatures)"
     )
+    real = v["real_bundle"]
+    print(
+        f"  the registry's real bundle: {real['verify_us']} us against a floor of"
+        f" {real['floor_us']} us ({real['signatures']} signatures): {real['ratio_to_floor']}x"
+    )
     rss = result["peak_rss_mb"]
     if len(rss) > 1:
         line = ", ".join(
