@@ -282,7 +282,7 @@ async def _fetch_all(base: str, suffixes: list[str], concurrency: int, per_host:
 
 async def _track(db: Path, suffixes: list[str]) -> None:
     async with await Store.open(db) as store:
-        await store.track(suffixes, datetime.now(UTC))
+        await store.watchlist.track(suffixes, datetime.now(UTC))
 
 
 async def _stats(db: Path) -> dict[str, int]:

@@ -297,7 +297,7 @@ class Crawler:
         claimed = report.pith_number
         if claimed is not None and claimed.rpartition(":")[2] == suffix:
             return claimed
-        return await self.store.pith_number(suffix) or suffix
+        return await self.store.watchlist.pith_number(suffix) or suffix
 
     # -- state.json ----------------------------------------------------------------------
 
@@ -404,7 +404,7 @@ class Crawler:
 
     async def _discover(self, bundle: dict[str, Any], suffix: str, now: datetime) -> None:
         """Add the mirrors a verified bundle names, if they may be crawled."""
-        known = {(m.base_url, m.bundle_pattern) for m in await self.store.mirrors()}
+        known = {(m.base_url, m.bundle_pattern) for m in await self.store.watchlist.mirrors()}
         for site in from_hints(bundle, suffix):
             if (site.base_url, site.bundle_pattern) in known:
                 continue
@@ -412,6 +412,6 @@ class Crawler:
             if refused is not None:
                 log.info("mirror_hint_refused", mirror=site.name, reason=refused)
                 continue
-            await self.store.upsert_mirror(site.row(now))
+            await self.store.watchlist.upsert_mirror(site.row(now))
             known.add((site.base_url, site.bundle_pattern))
             log.info("mirror_discovered", mirror=site.name, base_url=site.base_url)

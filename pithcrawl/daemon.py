@@ -94,7 +94,7 @@ async def sync_once(config: Config, db: Path, named: list[str], trust: TrustSet)
     async with await Store.open(db, exclusive=True) as store:
         now = datetime.now(UTC)
         if config.watch.pith:
-            await store.track([parse_reference(p) for p in config.watch.pith], now)
+            await store.watchlist.track([parse_reference(p) for p in config.watch.pith], now)
         shares, count = await plan(config, store, named)
         share = shared_limits(config, len(shares))
         async with fetcher_for(share) as fetcher:
@@ -218,7 +218,7 @@ class Daemon:
             if self.config.metrics.bind:
                 port = await tg.start(serve_metrics, self.metrics, self.config.metrics.bind)
                 log.info("metrics_serving", bind=self.config.metrics.bind, port=port)
-            tracked = await store.tracked_count()
+            tracked = await store.watchlist.tracked_count()
             self.metrics.set_records(tracked)
             self.notifier.ready(f"watching {tracked} records")
             log.info("daemon_ready", records=tracked, db=str(self.db))
@@ -231,12 +231,14 @@ class Daemon:
     async def _crawl(self) -> None:
         config = self.config
         if config.watch.pith:
-            await self.store.track([parse_reference(p) for p in config.watch.pith], _now())
+            await self.store.watchlist.track(
+                [parse_reference(p) for p in config.watch.pith], _now()
+            )
         async with fetcher_for(config) as fetcher:
             trust = await with_learned(self.trust, self.store, config)
             crawler = Crawler(config, self.store, fetcher, trust, _now, metrics=self.metrics)
             await self._refresh_sites(fetcher)
-            tracked = await self.store.tracked_count()
+            tracked = await self.store.watchlist.tracked_count()
             self.notifier.ready(f"watching {tracked} records on {len(self.sites)} mirrors")
             log.info("crawl_started", records=tracked, mirrors=len(self.sites))
             secret = read_secret(config.alerts.webhook_secret_file, os.environ)
@@ -260,7 +262,7 @@ class Daemon:
                 names = list(self.sites)
                 await crawler.conditions.recheck(None, names)
                 await crawler.conditions.check_mirrors(names)
-                self.metrics.set_records(await self.store.tracked_count())
+                self.metrics.set_records(await self.store.watchlist.tracked_count())
                 open_alerts = await self.store.alerts.open_alerts()
                 self.metrics.set_open_alerts(Counter(a.kind for a in open_alerts))
             await deliver_due(self.store, sinks, _now(), rand, metrics=self.metrics)
@@ -323,7 +325,7 @@ class Daemon:
         sites = await resolve(self.config, self.store, fetcher, _now())
         for site in sites:
             if site.origin == "config":
-                await self.store.upsert_mirror(site.row(_now()))
+                await self.store.watchlist.upsert_mirror(site.row(_now()))
         self.sites = {s.name: s for s in sites}
         self.metrics.retain_mirrors(self.sites)
         self.sites_at = time.monotonic()

@@ -235,8 +235,8 @@ async def resolve(config: Config, store: Store, fetcher: Fetcher, now: datetime)
             log.warning("manifest_unreadable", manifest=m.manifest, error=str(e))
             continue
         for site in listed:
-            await store.upsert_mirror(site.row(now))
-    known = [Site.from_row(row) for row in await store.mirrors()]
+            await store.watchlist.upsert_mirror(site.row(now))
+    known = [Site.from_row(row) for row in await store.watchlist.mirrors()]
     manifest_sites = [
         s
         for s in known

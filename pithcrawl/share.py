@@ -117,7 +117,7 @@ class Records:
                 yield list(self.named[start : start + PASS_CHUNK])
             return
         after: str | None = None
-        while chunk := await store.tracked_page(
+        while chunk := await store.watchlist.tracked_page(
             low=self.low, high=self.high, after=after, limit=PASS_CHUNK
         ):
             yield chunk
@@ -130,8 +130,8 @@ async def plan(config: Config, store: Store, named: list[str]) -> tuple[list[Rec
     if named:
         parts = workers_for(config, len(named))
         return [Records(named=tuple(share)) for share in split(named, parts)], len(named)
-    count = await store.tracked_count()
-    edges = [None, *await store.tracked_bounds(workers_for(config, count)), None]
+    count = await store.watchlist.tracked_count()
+    edges = [None, *await store.watchlist.tracked_bounds(workers_for(config, count)), None]
     return [Records(low=lo, high=hi) for lo, hi in itertools.pairwise(edges)], count
 
 

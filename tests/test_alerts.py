@@ -148,7 +148,7 @@ async def env(tmp_path: Path, signer: TestSigner, n: int = 2) -> AsyncIterator[E
 
 async def track(e: Env, *builders: BundleBuilder) -> None:
     async with await Store.open(e.db) as store:
-        await store.track([b.suffix for b in builders], datetime.now(UTC))
+        await store.watchlist.track([b.suffix for b in builders], datetime.now(UTC))
 
 
 def fork(signer: TestSigner) -> tuple[BundleBuilder, BundleBuilder]:

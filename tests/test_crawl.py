@@ -75,7 +75,7 @@ def serve(e: Env, *builders: BundleBuilder, only: list[int] | None = None) -> No
 
 async def track(e: Env, *builders: BundleBuilder) -> None:
     async with await Store.open(e.db) as store:
-        await store.track([b.suffix for b in builders], datetime.now(UTC))
+        await store.watchlist.track([b.suffix for b in builders], datetime.now(UTC))
 
 
 async def test_first_sync_archives_every_record_from_every_mirror(tmp_path, signer):
@@ -322,7 +322,7 @@ async def test_hinted_loopback_mirror_is_refused_by_default(tmp_path, signer):
         assert summary.mirrors == 1
         assert sum(e.mirrors[1].hits.values()) == 0
         async with e.store() as store:
-            assert [m.origin for m in await store.mirrors()].count("discovered") == 0
+            assert [m.origin for m in await store.watchlist.mirrors()].count("discovered") == 0
 
 
 async def test_hinted_mirror_is_crawled_when_allowed(tmp_path, signer):

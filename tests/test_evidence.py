@@ -63,7 +63,7 @@ def build(tmp_path: Path, signer: TestSigner, suffix: str, rounds: Rounds) -> Ar
             config = load_config(cfg)
             trust = TrustSet([load_key(signer.public_key())])
             async with await Store.open(config.db_path({})) as store:
-                await store.track([suffix], datetime.now(UTC))
+                await store.watchlist.track([suffix], datetime.now(UTC))
             for bodies in rounds:
                 for m, body in zip(mirrors, bodies, strict=True):
                     if body is not None:

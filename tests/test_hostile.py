@@ -145,7 +145,7 @@ async def scene(tmp_path: Path, signer: TestSigner) -> AsyncIterator[Scene]:
         s = Scene(tmp_path, mirror, good, bad, TrustSet([load_key(signer.public_key())]), Config())
         s.configure()
         async with await Store.open(s.db) as store:
-            await store.track([good.suffix, bad.suffix], datetime.now(UTC))
+            await store.watchlist.track([good.suffix, bad.suffix], datetime.now(UTC))
         yield s
 
 
@@ -167,7 +167,7 @@ async def assert_bad_untrusted(s: Scene) -> None:
     async with s.store() as store:
         for kind in ("bundle", "state"):
             assert await store.latest_snapshot(s.bad.suffix, MIRROR, kind, trusted=True) is None
-        (record,) = [r for r in await store.tracked() if r.suffix == s.bad.suffix]
+        (record,) = [r for r in await store.watchlist.tracked() if r.suffix == s.bad.suffix]
         assert record.pith_number is None
 
 
@@ -596,7 +596,7 @@ async def test_a_hint_whose_fallback_address_is_internal_is_refused(tmp_path, si
         s.configure("discover = true")
         await s.sync()
         async with s.store() as store:
-            assert [m for m in await store.mirrors() if m.origin == "discovered"] == []
+            assert [m for m in await store.watchlist.mirrors() if m.origin == "discovered"] == []
         reasons = sorted(e["reason"] for e in logs if e["event"] == "mirror_hint_refused")
         assert reasons[0].startswith("10.1.2.3 resolves to a non-public address (10.1.2.3")
         assert reasons[1].startswith("http://169.254.169.254/.well-known/pith/")
@@ -627,7 +627,7 @@ async def test_mirror_hints_to_internal_addresses_are_refused(tmp_path, signer, 
         await assert_good_archived(s)
         async with s.store() as store:
             assert await store.latest_snapshot(s.bad.suffix, MIRROR, "bundle", trusted=True)
-            assert [m for m in await store.mirrors() if m.origin == "discovered"] == []
+            assert [m for m in await store.watchlist.mirrors() if m.origin == "discovered"] == []
         refused = {e["mirror"]: e["reason"] for e in logs if e["event"] == "mirror_hint_refused"}
         assert not [e for e in logs if e["event"] == "mirror_discovered"]
         assert len(refused) == len(INTERNAL_HINTS)
@@ -682,11 +682,11 @@ async def test_redirect_from_a_discovered_mirror_to_an_internal_address_is_refus
         # discovered mirrors each time); so the crawler is asked directly, as it would be
         # for a public mirror that turned hostile after it was found.
         async with await Store.open(s.db, exclusive=True) as store:
-            await store.track([s.bad.suffix], datetime.now(UTC))
+            await store.watchlist.track([s.bad.suffix], datetime.now(UTC))
             async with HttpFetcher(user_agent="test", timeout=1.0) as fetcher:
                 crawler = Crawler(s.config, store, fetcher, s.trust, lambda: datetime.now(UTC))
                 result = await crawler.sync_pair(s.bad.suffix, site)
-            await store.upsert_mirror(site.row(datetime.now(UTC)))
+            await store.watchlist.upsert_mirror(site.row(datetime.now(UTC)))
         assert result.error is not None
         assert "is not a public address" in result.error  # refused, not a failed connect
         assert sum(internal.hits.values()) == 0

@@ -73,7 +73,7 @@ async def archive(
     """Sync every tracked record from `mirrors` into a new archive; its path."""
     path = tmp_path / db
     async with await Store.open(path) as store:
-        await store.track(track, datetime.now(UTC))
+        await store.watchlist.track(track, datetime.now(UTC))
     await sync_once(config(tmp_path, db, [m.base_url for m in mirrors]), path, [], trust)
     return path
 
@@ -394,7 +394,7 @@ async def test_a_pithcrawl_archives_identical_bytes_from_anothers_serve(
     async with site(tmp_path, signer, test_trust) as s:
         db_b = tmp_path / "b.db"
         async with await Store.open(db_b) as store:
-            await store.track([s.good.suffix, s.bad.suffix], datetime.now(UTC))
+            await store.watchlist.track([s.good.suffix, s.bad.suffix], datetime.now(UTC))
         summary = await sync_once(config(tmp_path, "b.db", [s.server.url]), db_b, [], test_trust)
         assert summary.alerts == 0
         assert summary.errors == 1  # A does not serve the record it could not verify

@@ -108,8 +108,8 @@ def raw(path: Path) -> Iterator[sqlite3.Connection]:
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
     async with await Store.open(tmp_path / "archive.db", exclusive=True) as s:
-        await s.track([REAL_SUFFIX], NOW)
-        await s.upsert_mirror(mirror("main"))
+        await s.watchlist.track([REAL_SUFFIX], NOW)
+        await s.watchlist.upsert_mirror(mirror("main"))
         yield s
 
 
@@ -132,9 +132,9 @@ async def test_reopening_is_idempotent(tmp_path: Path) -> None:
     """Opening a current database again migrates nothing and keeps its rows."""
     db = tmp_path / "a.db"
     async with await Store.open(db) as s:
-        await s.track([REAL_SUFFIX], NOW)
+        await s.watchlist.track([REAL_SUFFIX], NOW)
     async with await Store.open(db) as s:
-        assert [r.suffix for r in await s.tracked()] == [REAL_SUFFIX]
+        assert [r.suffix for r in await s.watchlist.tracked()] == [REAL_SUFFIX]
         assert await s.integrity_check() == ["ok"]
     with raw(db) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
@@ -173,7 +173,7 @@ async def test_second_exclusive_open_is_refused(tmp_path: Path) -> None:
         ):
             await Store.open(db, exclusive=True)
         async with await Store.open(db) as reader:
-            assert await reader.tracked() == []
+            assert await reader.watchlist.tracked() == []
     async with await Store.open(db, exclusive=True):
         pass
 
@@ -201,12 +201,12 @@ async def test_readonly_store_refuses_writes(tmp_path: Path) -> None:
     """SQLite's mode=ro (not chmod, which root ignores) makes every write a StoreError."""
     db = tmp_path / "a.db"
     async with await Store.open(db) as s:
-        await s.track([REAL_SUFFIX], NOW)
+        await s.watchlist.track([REAL_SUFFIX], NOW)
     async with await Store.open(db, readonly=True) as ro:
-        assert [r.suffix for r in await ro.tracked()] == [REAL_SUFFIX]
+        assert [r.suffix for r in await ro.watchlist.tracked()] == [REAL_SUFFIX]
         with pytest.raises(StoreError, match="is read-only"):
-            await ro.track([SUFFIX_B], NOW)
-        assert [r.suffix for r in await ro.tracked()] == [REAL_SUFFIX]
+            await ro.watchlist.track([SUFFIX_B], NOW)
+        assert [r.suffix for r in await ro.watchlist.tracked()] == [REAL_SUFFIX]
 
 
 async def test_readonly_open_of_missing_file_is_refused(tmp_path: Path) -> None:
@@ -232,7 +232,7 @@ async def test_uncreatable_location_is_refused(tmp_path: Path) -> None:
 
 async def test_blob_is_stored_once_and_round_trips(store: Store, real_bundle_bytes: bytes) -> None:
     """One body from two mirrors is one blob, compressed, returned byte for byte."""
-    await store.upsert_mirror(mirror("other"))
+    await store.watchlist.upsert_mirror(mirror("other"))
     first = await store.record_fetch(ok(real_bundle_bytes))
     second = await store.record_fetch(ok(real_bundle_bytes, mirror="other"))
     assert first is not None and second is not None
@@ -439,8 +439,8 @@ async def test_deferred_bookkeeping_keeps_its_order_and_is_written_on_close(
     """Failures then a success of one document, all deferred: the success is last."""
     db = tmp_path / "archive.db"
     async with await Store.open(db, exclusive=True) as store:
-        await store.track([REAL_SUFFIX], NOW)
-        await store.upsert_mirror(mirror("main"))
+        await store.watchlist.track([REAL_SUFFIX], NOW)
+        await store.watchlist.upsert_mirror(mirror("main"))
         await store.record_fetch(ok(real_bundle_bytes))
         for at in (1, 2, 3):
             await store.record_fetch(failed(at=at))
@@ -648,11 +648,11 @@ async def test_records_to_recheck_include_untracked_ones_only_when_asked(
     """Mirrors serving different trusted bodies put a record on the recheck list; a pass
     over every tracked record skips untracked ones, but `sync` of a named, untracked
     record still rechecks it."""
-    await store.track([REAL_SUFFIX], NOW)
+    await store.watchlist.track([REAL_SUFFIX], NOW)
     await store.record_fetch(ok(real_bundle_bytes, mirror="main"))
     await store.record_fetch(ok(real_bundle_bytes + b" ", mirror="other"))
     assert await store.trusted.records_to_recheck(tracked=True) == [REAL_SUFFIX]
-    await store.untrack([REAL_SUFFIX])
+    await store.watchlist.untrack([REAL_SUFFIX])
     assert await store.trusted.records_to_recheck(tracked=True) == []
     assert await store.trusted.records_to_recheck() == [REAL_SUFFIX]
 
@@ -660,7 +660,7 @@ async def test_records_to_recheck_include_untracked_ones_only_when_asked(
 async def test_concurrent_tasks_share_one_store(store: Store, real_bundle_bytes: bytes) -> None:
     """Tasks recording at once take turns: no transaction swallows another's statements."""
     suffixes = [f"{i:026d}" for i in range(20)]
-    await store.track(suffixes, NOW)
+    await store.watchlist.track(suffixes, NOW)
 
     async def one(i: int) -> None:
         body = real_bundle_bytes + str(i).encode()
@@ -680,7 +680,7 @@ async def test_due_lists_never_fetched_first_then_by_next_due(
     store: Store, real_bundle_bytes: bytes
 ) -> None:
     """Never-fetched pairs come first, then the overdue by next_due; future ones not at all."""
-    await store.track([SUFFIX_B, SUFFIX_C], NOW)
+    await store.watchlist.track([SUFFIX_B, SUFFIX_C], NOW)
     await store.record_fetch(ok(real_bundle_bytes, next_due=NOW - timedelta(hours=1)))
     await store.record_fetch(
         replace(ok(real_bundle_bytes), suffix=SUFFIX_B, next_due=NOW - timedelta(hours=2))
@@ -688,7 +688,7 @@ async def test_due_lists_never_fetched_first_then_by_next_due(
     await store.record_fetch(
         replace(ok(real_bundle_bytes), suffix=SUFFIX_C, next_due=NOW + timedelta(hours=1))
     )
-    await store.upsert_mirror(mirror("zeta"))
+    await store.watchlist.upsert_mirror(mirror("zeta"))
     due = await store.due(NOW)
     never = [(REAL_SUFFIX, "zeta"), (SUFFIX_B, "zeta"), (SUFFIX_C, "zeta")]
     assert sorted(due[:3]) == never
@@ -705,16 +705,16 @@ async def test_tracked_records_are_read_in_pages_of_ranges(store: Store) -> None
 
     alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
     rng = random.Random(7)
-    await store.track({"".join(rng.choices(alphabet, k=26)) for _ in range(1000)}, NOW)
-    suffixes = sorted(r.suffix for r in await store.tracked())  # with the fixture's own
+    await store.watchlist.track({"".join(rng.choices(alphabet, k=26)) for _ in range(1000)}, NOW)
+    suffixes = sorted(r.suffix for r in await store.watchlist.tracked())  # with the fixture's own
     for parts in (1, 2, 3, 7):
-        bounds = await store.tracked_bounds(parts)
+        bounds = await store.watchlist.tracked_bounds(parts)
         assert len(bounds) == parts - 1 and bounds == sorted(set(bounds))
         edges = [None, *bounds, None]
         shares = []
         for low, high in itertools.pairwise(edges):
             got: list[str] = []
-            while page := await store.tracked_page(
+            while page := await store.watchlist.tracked_page(
                 low=low, high=high, after=got[-1] if got else None, limit=64
             ):
                 assert len(page) <= 64
@@ -723,14 +723,14 @@ async def test_tracked_records_are_read_in_pages_of_ranges(store: Store) -> None
         assert [s for share in shares for s in share] == suffixes  # each once, in order
         assert max(map(len, shares)) - min(map(len, shares)) <= 1
     # More parts than records: no bound twice, so no range holds a record twice.
-    many = await store.tracked_bounds(2 * len(suffixes))
+    many = await store.watchlist.tracked_bounds(2 * len(suffixes))
     assert many == sorted(set(many)) and set(many) <= set(suffixes)
 
 
 async def test_due_ignores_untracked_records(store: Store, real_bundle_bytes: bytes) -> None:
     """Untracking a record drops it (and its bookkeeping) from the schedule; snapshots stay."""
     await store.record_fetch(ok(real_bundle_bytes))
-    assert await store.untrack([REAL_SUFFIX, SUFFIX_B]) == 1
+    assert await store.watchlist.untrack([REAL_SUFFIX, SUFFIX_B]) == 1
     assert await store.due(NOW + timedelta(days=1)) == []
     assert len(await store.snapshots(REAL_SUFFIX)) == 1
     assert await store.fetch_state(REAL_SUFFIX, "main", "bundle") is None
@@ -741,9 +741,9 @@ async def test_due_ignores_untracked_records(store: Store, real_bundle_bytes: by
 
 async def test_track_counts_only_new_records(store: Store) -> None:
     """track() returns how many suffixes were not tracked yet; pith numbers can be set later."""
-    assert await store.track([REAL_SUFFIX, SUFFIX_B, SUFFIX_B], NOW) == 1
-    await store.set_pith_number(SUFFIX_B, f"pith:2026:{SUFFIX_B}")
-    records = {r.suffix: r for r in await store.tracked()}
+    assert await store.watchlist.track([REAL_SUFFIX, SUFFIX_B, SUFFIX_B], NOW) == 1
+    await store.watchlist.set_pith_number(SUFFIX_B, f"pith:2026:{SUFFIX_B}")
+    records = {r.suffix: r for r in await store.watchlist.tracked()}
     assert records[SUFFIX_B].pith_number == f"pith:2026:{SUFFIX_B}"
     assert records[REAL_SUFFIX].pith_number is None
     assert records[REAL_SUFFIX].added_at == NOW
@@ -752,10 +752,10 @@ async def test_track_counts_only_new_records(store: Store) -> None:
 async def test_upsert_mirror_updates_but_keeps_added_at(store: Store) -> None:
     """Upserting a known mirror changes its URLs and origin, not when it was first seen."""
     later = replace(mirror("main"), base_url="https://moved.example", origin="manifest")
-    await store.upsert_mirror(replace(later, added_at=NOW + timedelta(days=1)))
-    assert await store.mirrors() == [later]
-    assert await store.remove_mirror("main")
-    assert await store.mirrors() == []
+    await store.watchlist.upsert_mirror(replace(later, added_at=NOW + timedelta(days=1)))
+    assert await store.watchlist.mirrors() == [later]
+    assert await store.watchlist.remove_mirror("main")
+    assert await store.watchlist.mirrors() == []
 
 
 async def test_events_filter_by_time_and_kind(store: Store) -> None:
@@ -780,7 +780,7 @@ async def test_closed_store_refuses_use(tmp_path: Path) -> None:
     await s.close()
     await s.close()
     with pytest.raises(StoreError, match="closed"):
-        await s.tracked()
+        await s.watchlist.tracked()
 
 
 def bad_finding() -> Finding:

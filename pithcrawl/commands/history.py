@@ -101,7 +101,7 @@ async def _history(
 ) -> tuple[str | None, list[Entry]]:
     async with await Store.open(db, readonly=True) as store:
         snaps = await store.snapshots(suffix, mirror=mirror, kind=kind)
-        record = next((r for r in await store.tracked() if r.suffix == suffix), None)
+        record = next((r for r in await store.watchlist.tracked() if r.suffix == suffix), None)
         if record is None and not snaps and not await _archived(store, suffix):
             raise UsageError(f"PITH {suffix}: no such record in the archive {db}")
         linked: dict[int, list[str]] = defaultdict(list)

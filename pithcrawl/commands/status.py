@@ -107,9 +107,9 @@ def run(args: argparse.Namespace) -> int:
 async def gather(config: Config, db: Path) -> Status:
     """Read everything `status` shows, in one read-only session."""
     async with await Store.open(db, readonly=True) as store:
-        records = await store.tracked_count()
+        records = await store.watchlist.tracked_count()
         states = await store.fetch_states()
-        known = await store.mirrors()
+        known = await store.watchlist.mirrors()
         alerts = await store.alerts.open_alerts()
         deliveries: dict[int, list[Delivery]] = {}
         for d in await store.alerts.deliveries():

@@ -57,7 +57,7 @@ def run_track(args: argparse.Namespace) -> int:
     async def go() -> int:
         db.parent.mkdir(parents=True, exist_ok=True)
         async with await Store.open(db) as store:
-            return await store.track(suffixes, datetime.now(UTC))
+            return await store.watchlist.track(suffixes, datetime.now(UTC))
 
     added = anyio.run(go)
     print(f"tracking {len(suffixes)} record(s), {added} new")
@@ -70,7 +70,7 @@ def run_untrack(args: argparse.Namespace) -> int:
 
     async def go() -> int:
         async with await Store.open(db) as store:
-            return await store.untrack(suffixes)
+            return await store.watchlist.untrack(suffixes)
 
     removed = anyio.run(go)
     print(f"no longer tracking {removed} record(s)")

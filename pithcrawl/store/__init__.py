@@ -6,6 +6,7 @@ The package is the only place that speaks SQL or sees a sqlite3 error (it raises
 - `archive`: `Store`, the typed async API, and its queries;
 - `fetches`: what recording one fetch writes, inside `record_fetch`'s transaction;
 - `trusted`: what trusted snapshots say, read back for serving, divergence and `fsck`;
+- `watchlist`: the tracked records and the mirrors they are polled from;
 - `connection`: the one connection of a process: turns, transactions with group commit,
   deferred bookkeeping;
 - `sqlite`: opening, pragmas, migrations, and translating sqlite3 errors;
