@@ -1,17 +1,20 @@
 """The operator's configuration: a frozen dataclass tree, its defaults and its TOML parser.
 
-Owns every key of the configuration file (contract.md, "Configuration"), its default, its
-validation (a `ConfigError` names the full key path, e.g. `mirrors[1].base_url`, and the
-bad value) and where relative paths point: the config file's directory.
+Owns every key of the configuration file (contract.md, "Configuration"), its default, the
+rules particular to one key (a mirror's patterns, a Pith Number, a bind address, …), the
+entry points `load_config` and `parse_config`, and where relative paths point: the
+config file's directory.
 
-It does not load trust keys, open the database, fetch a manifest or read the environment:
+Every `ConfigError` names the full key path, e.g. `mirrors[1].base_url`, and the bad
+value. Checking a single value's type and form (integers, durations, URLs, paths, unknown
+keys) is `toml`'s, not this module's. Nor does it load trust keys, open the database,
+fetch a manifest or read the environment:
 `default_db_path` takes the environment as a parameter, and only `load_config` reads a file.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import re
 import tomllib
@@ -22,8 +25,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from pithcrawl.config.toml import Table, bad, check_url, table
 from pithcrawl.errors import ConfigError
-from pithcrawl.timestamps import parse_duration
 
 REGISTRY_BASE_URL = "https://pith.science"
 REGISTRY_MANIFEST_URL = "https://pith.science/pith-mirrors.json"
@@ -209,19 +212,19 @@ def parse_config(text: str, *, base_dir: Path | None = None) -> Config:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"invalid TOML: {e}") from e
     root = Path(os.path.abspath(base_dir if base_dir is not None else Path.cwd()))
-    top = _table(raw, "", Config, root)
+    top = table(raw, "", Config, root)
     return Config(
         db=top.path("db"),
-        trust=_trust(top.section("trust")),
-        crawl=_crawl(top.section("crawl")),
+        trust=_trust(top.section("trust", TrustConfig)),
+        crawl=_crawl(top.section("crawl", CrawlConfig)),
         mirrors=_mirrors(raw.get("mirrors"), root),
-        watch=_watch(top.section("watch")),
-        alerts=_alerts(top.section("alerts")),
-        metrics=_metrics(top.section("metrics")),
+        watch=_watch(top.section("watch", WatchConfig)),
+        alerts=_alerts(top.section("alerts", AlertsConfig)),
+        metrics=_metrics(top.section("metrics", MetricsConfig)),
     )
 
 
-def _trust(t: _Table) -> TrustConfig:
+def _trust(t: Table) -> TrustConfig:
     d = TrustConfig()
     return TrustConfig(
         keys=t.paths("keys"),
@@ -230,11 +233,11 @@ def _trust(t: _Table) -> TrustConfig:
     )
 
 
-def _crawl(t: _Table) -> CrawlConfig:
+def _crawl(t: Table) -> CrawlConfig:
     d = CrawlConfig()
     contact = t.string("contact", d.contact)
     if not (contact.isascii() and contact.isprintable()):  # it goes into an HTTP header
-        raise _bad(t.key("contact"), "expected printable ASCII", contact)
+        raise bad(t.key("contact"), "expected printable ASCII", contact)
     return CrawlConfig(
         interval=t.duration("interval", d.interval),
         concurrency=t.integer("concurrency", d.concurrency, minimum=1),
@@ -252,15 +255,15 @@ def _mirrors(raw: object, root: Path) -> tuple[MirrorConfig, ...]:
     if raw is None:
         return DEFAULT_MIRRORS
     if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
-        raise _bad("mirrors", "expected [[mirrors]] tables", raw)
+        raise bad("mirrors", "expected [[mirrors]] tables", raw)
     if not raw:
         raise ConfigError("mirrors: empty; leave the key out to use the default mirrors")
     mirrors: list[MirrorConfig] = []
     seen: dict[str, int] = {}
     for i, item in enumerate(raw):
-        mirror = _mirror(_table(item, f"mirrors[{i}]", MirrorConfig, root))
+        mirror = _mirror(table(item, f"mirrors[{i}]", MirrorConfig, root))
         if mirror.name in seen:
-            raise _bad(
+            raise bad(
                 f"mirrors[{i}].name", f"duplicate of mirrors[{seen[mirror.name]}]", mirror.name
             )
         seen[mirror.name] = i
@@ -268,7 +271,7 @@ def _mirrors(raw: object, root: Path) -> tuple[MirrorConfig, ...]:
     return tuple(mirrors)
 
 
-def _mirror(t: _Table) -> MirrorConfig:
+def _mirror(t: Table) -> MirrorConfig:
     base_url, manifest = t.url("base_url"), t.url("manifest")
     if base_url is not None and manifest is not None:
         raise ConfigError(f"{t.key('manifest')}: give base_url or manifest, not both")
@@ -277,7 +280,7 @@ def _mirror(t: _Table) -> MirrorConfig:
     if base_url is not None:
         base_url = base_url.rstrip("/")
         if urlsplit(base_url).query or urlsplit(base_url).fragment:
-            raise _bad(t.key("base_url"), "expected no query or fragment", base_url)
+            raise bad(t.key("base_url"), "expected no query or fragment", base_url)
     patterns: dict[str, str] = {}
     for name in _PATTERN_KEYS:
         if name not in t.raw:
@@ -295,24 +298,24 @@ def _mirror(t: _Table) -> MirrorConfig:
 
 def _pattern(key: str, pattern: str, base_url: str) -> str:
     if "{suffix}" not in pattern:
-        raise _bad(key, "expected a pattern holding {suffix}", pattern)
+        raise bad(key, "expected a pattern holding {suffix}", pattern)
     unknown = set(_PLACEHOLDER.findall(pattern)) - {"base_url", "suffix"}
     if unknown:
-        raise _bad(key, "expected only {base_url} and {suffix} placeholders", pattern)
+        raise bad(key, "expected only {base_url} and {suffix} placeholders", pattern)
     expanded = pattern.replace("{base_url}", base_url).replace("{suffix}", _SAMPLE_SUFFIX)
-    _check_url(key, expanded, shown=pattern)
+    check_url(key, expanded, shown=pattern)
     return pattern
 
 
-def _watch(t: _Table) -> WatchConfig:
+def _watch(t: Table) -> WatchConfig:
     pith = t.strings("pith")
     for i, number in enumerate(pith):
         if not _PITH.match(number):
-            raise _bad(f"{t.key('pith')}[{i}]", "expected pith:YYYY:SUFFIX or SUFFIX", number)
+            raise bad(f"{t.key('pith')}[{i}]", "expected pith:YYYY:SUFFIX or SUFFIX", number)
     return WatchConfig(pith=pith)
 
 
-def _alerts(t: _Table) -> AlertsConfig:
+def _alerts(t: Table) -> AlertsConfig:
     d = AlertsConfig()
     alerts = AlertsConfig(
         hook=t.path("hook"),
@@ -327,118 +330,9 @@ def _alerts(t: _Table) -> AlertsConfig:
     return alerts
 
 
-def _metrics(t: _Table) -> MetricsConfig:
+def _metrics(t: Table) -> MetricsConfig:
     bind = t.string("bind", "")
     m = _BIND.match(bind)
     if bind and (m is None or not 0 < int(m.group(1)) < 65536):
-        raise _bad(t.key("bind"), 'expected HOST:PORT or ""', bind)
+        raise bad(t.key("bind"), 'expected HOST:PORT or ""', bind)
     return MetricsConfig(bind=bind)
-
-
-@dataclass(frozen=True, slots=True)
-class _Table:
-    """One TOML table being read, with the key path its errors name."""
-
-    raw: dict[str, Any]
-    where: str
-    root: Path
-
-    def key(self, name: str) -> str:
-        return f"{self.where}.{name}" if self.where else name
-
-    def section(self, name: str) -> _Table:
-        return _table(self.raw.get(name, {}), name, _SECTIONS[name], self.root)
-
-    def _get(self, name: str, kind: type[Any], expected: str) -> Any:
-        value = self.raw.get(name)
-        # bool is an int in Python, not in TOML.
-        ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
-        if value is not None and not ok:
-            raise _bad(self.key(name), f"expected {expected}", value)
-        return value
-
-    def string(self, name: str, default: str, *, nonempty: bool = False) -> str:
-        value: str | None = self._get(name, str, "a string")
-        if nonempty and value == "":
-            raise ConfigError(f"{self.key(name)}: must not be empty")
-        return default if value is None else value
-
-    def boolean(self, name: str, default: bool) -> bool:
-        value: bool | None = self._get(name, bool, "true or false")
-        return default if value is None else value
-
-    def integer(self, name: str, default: int, *, minimum: int) -> int:
-        value: int | None = self._get(name, int, "an integer")
-        if value is not None and value < minimum:
-            raise _bad(self.key(name), f"expected at least {minimum}", value)
-        return default if value is None else value
-
-    def duration(self, name: str, default: timedelta, *, allow_zero: bool = False) -> timedelta:
-        expected = "a duration like 30s, 5m, 6h or 2d"
-        text: str | None = self._get(name, str, expected)
-        if text is None:
-            return default
-        try:
-            value = parse_duration(text)
-        except ValueError:
-            raise _bad(self.key(name), f"expected {expected}", text) from None
-        if not value and not allow_zero:
-            raise _bad(self.key(name), "expected a duration longer than zero", text)
-        return value
-
-    def url(self, name: str) -> str | None:
-        value: str | None = self._get(name, str, "an http or https URL")
-        return None if value is None else _check_url(self.key(name), value)
-
-    def path(self, name: str) -> Path | None:
-        value: str | None = self._get(name, str, "a file path")
-        return None if value is None else _resolve(self.key(name), value, self.root)
-
-    def strings(self, name: str) -> tuple[str, ...]:
-        values: list[Any] = self._get(name, list, "a list of strings") or []
-        for i, value in enumerate(values):
-            if not isinstance(value, str):
-                raise _bad(f"{self.key(name)}[{i}]", "expected a string", value)
-        return tuple(values)
-
-    def paths(self, name: str) -> tuple[Path, ...]:
-        return tuple(
-            _resolve(f"{self.key(name)}[{i}]", value, self.root)
-            for i, value in enumerate(self.strings(name))
-        )
-
-
-def _table(raw: object, path: str, cls: type[Any], root: Path) -> _Table:
-    if not isinstance(raw, dict):
-        raise _bad(path, "expected a table", raw)
-    known = [f.name for f in dataclasses.fields(cls)]
-    for name in raw:
-        if name not in known:
-            key = f"{path}.{name}" if path else name
-            near = difflib.get_close_matches(name, known, n=1)
-            hint = f"; did you mean {near[0]!r}?" if near else f"; known: {', '.join(known)}"
-            raise ConfigError(f"{key}: unknown key{hint}")
-    return _Table(raw, path, root)
-
-
-def _check_url(key: str, value: str, *, shown: str | None = None) -> str:
-    try:
-        parts = urlsplit(value)
-        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
-    except ValueError:  # a port that is not a number
-        ok = False
-    if not ok or any(c.isspace() for c in value):
-        raise _bad(key, "expected an http or https URL with a host", shown or value)
-    return value
-
-
-def _resolve(key: str, text: str, root: Path) -> Path:
-    if not text or text.startswith("~"):  # expanding ~ would read the environment
-        raise _bad(key, "expected an absolute path or one relative to the config file", text)
-    return Path(os.path.normpath(root / text))
-
-
-def _bad(key: str, expected: str, value: object) -> ConfigError:
-    shown = repr(value)
-    shown = shown if len(shown) <= 80 else shown[:77] + "..."
-    return ConfigError(f"{key or 'config'}: {expected}, got {shown}")
