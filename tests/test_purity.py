@@ -22,6 +22,7 @@ PURE = [
     "verify/__init__",
     "verify/report",
     "verify/complete",
+    "verify/timestamp_rules",
     "verify/clean",
 ]
 SHELL_LIBS = {

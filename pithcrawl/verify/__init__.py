@@ -7,8 +7,9 @@ rules §5 (1–6) and equivocation inside one bundle. Pure: bytes and `now` in, 
 document with earlier ones (`timeline`) or with other mirrors (`divergence`).
 
 Modules: `report` (the verdict, and what both checks share), `complete` (every rule,
-with findings: the reference) and `clean` (the fast path for a bundle with nothing
-wrong). This module is the entry: it reads the bytes and picks the check.
+with findings: the reference), `timestamp_rules` (its §5 rules 1–5) and `clean` (the
+fast path for a bundle with nothing wrong). This module is the entry: it reads the bytes
+and picks the check.
 """
 
 from __future__ import annotations

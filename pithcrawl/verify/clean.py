@@ -276,7 +276,7 @@ class CleanCheck:
         return ts
 
     def _timestamps(self) -> None:
-        """Rules 1–5, as `BundleCheck._timestamps` checks them (6 is in `_signed`)."""
+        """Rules 1–5, as `timestamp_rules.check_timestamps` checks them (6 is in `_signed`)."""
         doc, time = self.doc, self._time
         submitted = time(doc["canonical_record"]["metadata"]["submitted_at"])
         built = time(doc["built_at"])

@@ -1,6 +1,12 @@
 """The complete check: every rule of pith-format.md over one bundle, each failure a
 finding with its JSON Pointer and message. The reference: the clean path (`clean`) must
 agree with it, and defers to it at the first doubt.
+
+Owns the shape check (`bundle_shape`) and `BundleCheck`, which runs every other rule:
+keys and signatures (with §5 rule 6, rotation), the record and its Pith Number, each
+event, the bundle signature, equivocation, and the served state against the merge. It
+does not own the timestamp rules 1–5 (`timestamp_rules`, which it calls first), the
+verdict and what both checks share (`report`), or the choice of check (the entry).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from pithcrawl.findings import Finding, finding, pointer
 from pithcrawl.keys import TrustedKey, TrustSet, key_problems, verify_signature
 from pithcrawl.merge import Equivocation, derive, equivocation_groups, merge
 from pithcrawl.pith import pith_number, short_aliases
-from pithcrawl.timestamps import Timestamp, not_after, parse_timestamp
+from pithcrawl.timestamps import Timestamp
 from pithcrawl.verify.report import (
     EVENT_INVALIDATING,
     EventInfo,
@@ -25,6 +31,7 @@ from pithcrawl.verify.report import (
     add_configured_rotations,
     first_difference,
 )
+from pithcrawl.verify.timestamp_rules import check_timestamps
 
 
 def bundle_shape(doc: Any) -> Iterator[tuple[str, str]]:
@@ -59,7 +66,7 @@ class BundleCheck:
     expected_suffix: str | None
     findings: list[Finding] = field(default_factory=list)
     parts: Parts = field(init=False)
-    times: dict[str, Timestamp | None] = field(default_factory=dict)
+    times: dict[str, Timestamp | None] = field(init=False)  # from check_timestamps
     rotates: dict[str, Timestamp] = field(default_factory=dict)
 
     def add(self, code: str, path: str, message: str) -> None:
@@ -68,7 +75,7 @@ class BundleCheck:
     def run(self) -> Report:
         doc = self.doc
         parts = self.parts = Parts.of(doc)
-        self._timestamps()
+        self.times = check_timestamps(doc, self.latest, self.findings)
         self._keys()
         canonical = sha256_hex(parts.record.data)
         number = self._pith_number(canonical)
@@ -347,93 +354,3 @@ class BundleCheck:
             f"the served state differs from the recomputed merge: {what}",
         )
         return recomputed
-
-    # -- timestamps (pith-format.md §5) ---------------------------------------------
-
-    def _ts(self, path: str, value: Any, *, future_ok: bool = False) -> Timestamp | None:
-        """Rule 1 for one field: it parses, and (unless `future_ok`) is not in the future."""
-        ts = parse_timestamp(value)
-        if ts is None:
-            self.add("timestamp_invalid", path, f"{value!r} is not an RFC 3339 UTC time")
-        elif not future_ok and ts.at > self.latest:
-            self.add(
-                "timestamp_future", path, f"{ts.text} is later than now plus the allowed clock skew"
-            )
-        return ts
-
-    def _order(self, a: Timestamp | None, b: Timestamp | None, path: str, why: str) -> None:
-        """a ≤ b, or a `timestamp_order` finding at `path`."""
-        if a is not None and b is not None and not not_after(a, b):
-            self.add("timestamp_order", path, f"{why}: {a.text} is after {b.text}")
-
-    def _timestamps(self) -> None:
-        """Rules 1–5 in one pass (rule 6, rotation, is checked with each signature).
-
-        Only the times a later check needs are kept: each signature's `signed_at`, by
-        the signature's path, and each announced `rotates_at`.
-        """
-        doc, ts, order, times = self.doc, self._ts, self._order, self.times
-        submitted = ts(
-            "/canonical_record/metadata/submitted_at",
-            doc["canonical_record"]["metadata"]["submitted_at"],
-        )
-        built = ts("/built_at", doc["built_at"])
-        for i, alias in enumerate(doc["source_aliases"]):
-            if "created_at" in alias:
-                path = f"/source_aliases/{i}/created_at"
-                order(
-                    ts(path, alias["created_at"]),
-                    built,
-                    "/built_at",
-                    f"alias {i} is newer than the build",
-                )
-        for i, event in enumerate(doc["events"]):
-            base = f"/events/{i}"
-            created = ts(base + "/created_at", event["created_at"])
-            signed = times[base + "/signature"] = ts(
-                base + "/signature/signed_at", event["signature"]["signed_at"]
-            )
-            if event["event_type"] == "record_created":
-                receipt = event["payload"]["receipt"]
-                rbase = base + "/payload/receipt"
-                r_signed = times[rbase] = ts(rbase + "/signed_at", receipt["signed_at"])
-                first = ts(rbase + "/first_computed_at", receipt["first_computed_at"])
-                last = ts(rbase + "/last_reissued_at", receipt["last_reissued_at"])
-                order(
-                    submitted,
-                    created,
-                    base + "/created_at",
-                    "the record was created before the paper was submitted",
-                )
-                order(
-                    first,
-                    last,
-                    rbase + "/last_reissued_at",
-                    "the receipt was reissued before it was first computed",
-                )
-                order(
-                    first,
-                    r_signed,
-                    rbase + "/signed_at",
-                    "the receipt was signed before it was first computed",
-                )
-            order(
-                created,
-                signed,
-                base + "/signature/signed_at",
-                "the event was signed before it was created",
-            )
-            order(created, built, "/built_at", f"event {i} is newer than the build")
-        bundle_signed = times["/bundle_signature"] = ts(
-            "/bundle_signature/signed_at", doc["bundle_signature"]["signed_at"]
-        )
-        order(
-            built,
-            bundle_signed,
-            "/bundle_signature/signed_at",
-            "the bundle was signed before it was built",
-        )
-        for i, key in enumerate(doc["public_keys"]):
-            if key.get("rotates_at") is not None:
-                path = f"/public_keys/{i}/rotates_at"
-                times[path] = ts(path, key["rotates_at"], future_ok=True)
