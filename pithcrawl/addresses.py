@@ -2,8 +2,8 @@
 
 Owns the predicate (`is_public_address`), the resolver that keeps only public addresses
 at connect time (`PublicResolver`, against DNS rebinding) and the recognition of address
-literals (which aiohttp connects to without a resolver). `fetch` applies them to GETs
-for discovered mirrors; `mirrors` applies the predicate when a mirror is discovered.
+literals (which aiohttp connects to without a resolver). `http_fetcher` applies them to
+GETs for discovered mirrors; `mirrors` applies the predicate when a mirror is discovered.
 """
 
 from __future__ import annotations

@@ -39,10 +39,10 @@ from pithcrawl.errors import (
 )
 from pithcrawl.fetch import (
     FetchResult,
-    HttpFetcher,
     parse_retry_after,
     user_agent,
 )
+from pithcrawl.http_fetcher import HttpFetcher
 
 MIB = 1 << 20
 NOW = datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)

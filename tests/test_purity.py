@@ -11,6 +11,7 @@ PACKAGE = Path(__file__).parent.parent / "pithcrawl"
 PURE = [
     "canon",
     "divergence",
+    "fetch",
     "findings",
     "keys",
     "merge",
@@ -50,7 +51,7 @@ SHELL_LIBS = {
     "builtins",
 }
 SHELL_MODULES = {
-    "fetch",
+    "http_fetcher",
     "store",
     "alert",
     "serve",

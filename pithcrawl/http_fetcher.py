@@ -1,0 +1,363 @@
+"""HTTP GETs of mirror documents: the one module that talks to the network.
+
+Owns `HttpFetcher`, the real `Fetcher`: the aiohttp sessions (one of them connects to
+public addresses only, for mirrors nobody configured) and everything about a single GET:
+conditional requests (ETag / Last-Modified), the byte cap (on the declared length, the
+bytes on the wire and the decoded bytes, so a gzip bomb stops at the cap), redirects
+(bounded, looped chains refused, every target vetted by the caller's `allow_url` hook),
+global and per-host concurrency limits, and the translation of every aiohttp, socket,
+TLS and timeout error into a `FetchError` subclass (nothing foreign escapes). What a
+fetch is (`FetchResult`, the `Fetcher` protocol, `user_agent`, `Retry-After` parsing) is
+`fetch`'s, not this module's. It does not judge statuses: 404, 410, 429 and 5xx come back
+as results for `crawl` to decide on. It does not retry, parse or verify bodies, or
+schedule.
+"""
+
+from __future__ import annotations
+
+import inspect
+import ssl
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from datetime import UTC, datetime
+from types import TracebackType
+
+import aiohttp
+import anyio
+from aiohttp import hdrs
+from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
+from yarl import URL
+
+from pithcrawl.addresses import PublicResolver, is_public_address, literal_address
+from pithcrawl.errors import (
+    BadResponse,
+    ConnectionFailed,
+    FetchError,
+    FetchTimeout,
+    IncompleteBody,
+    RedirectError,
+    RedirectRefused,
+    TLSError,
+    TooLarge,
+)
+from pithcrawl.fetch import AllowUrl, FetchResult, parse_retry_after
+
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# A peer that goes quiet this long while connecting or between two reads is gone, even
+# when the total timeout is generous.
+_SOCK_TIMEOUT_MAX = 10.0
+_ACCEPT_ENCODING = "gzip, deflate"
+_DETAIL_MAX = 200
+# Bytes taken from aiohttp's buffer per read of a body.
+_READ_CHUNK = 1 << 16
+
+
+class HttpFetcher:
+    """The real `Fetcher`: aiohttp, one session, used as `async with HttpFetcher(...) as f`.
+
+    `timeout` bounds each hop (connect, headers and whole body); callers wanting a
+    deadline over a whole redirect chain wrap `get` in their own cancel scope.
+    `allow_url` sees every redirect target (not the URL asked for, which the caller
+    chose); returning False refuses it with `RedirectRefused`.
+    """
+
+    __slots__ = (
+        "_allow_url",
+        "_concurrency",
+        "_host_slots",
+        "_max_bytes",
+        "_max_redirects",
+        "_per_host",
+        "_public_session",
+        "_session",
+        "_slots",
+        "_timeout",
+        "_user_agent",
+    )
+
+    def __init__(
+        self,
+        *,
+        user_agent: str,
+        timeout: float = 30.0,
+        max_bytes: int = 16_000_000,
+        concurrency: int = 32,
+        per_host: int = 4,
+        max_redirects: int = 5,
+        allow_url: AllowUrl | None = None,
+    ) -> None:
+        if not timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+        if concurrency < 1 or per_host < 1:
+            raise ValueError(
+                f"concurrency and per_host must be >= 1, got {concurrency}, {per_host}"
+            )
+        if max_redirects < 0:
+            raise ValueError(f"max_redirects must be >= 0, got {max_redirects}")
+        self._user_agent = user_agent
+        self._timeout = timeout
+        self._max_bytes = max_bytes
+        self._concurrency = concurrency
+        self._per_host = per_host
+        self._max_redirects = max_redirects
+        self._allow_url = allow_url
+        self._session: aiohttp.ClientSession | None = None
+        self._public_session: aiohttp.ClientSession | None = None
+        self._slots: anyio.Semaphore | None = None
+        self._host_slots: dict[str, anyio.Semaphore] = {}
+
+    async def __aenter__(self) -> HttpFetcher:
+        if self._session is not None:
+            raise RuntimeError("HttpFetcher is already open")
+        # fast_acquire: a free slot is taken without a trip through the event loop (the
+        # request that follows yields anyway).
+        self._slots = anyio.Semaphore(self._concurrency, fast_acquire=True)
+        self._session = self._new_session(
+            aiohttp.TCPConnector(limit=self._concurrency, limit_per_host=self._per_host)
+        )
+        # For public_only GETs: names are resolved at connect time to public addresses
+        # only, so a name checked as public cannot be pointed elsewhere in between.
+        self._public_session = self._new_session(
+            aiohttp.TCPConnector(
+                limit=self._concurrency, limit_per_host=self._per_host, resolver=PublicResolver()
+            )
+        )
+        return self
+
+    def _new_session(self, connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
+        sock_timeout = min(self._timeout, _SOCK_TIMEOUT_MAX)
+        return aiohttp.ClientSession(
+            # Our semaphores queue requests before the timeout starts; the connector's
+            # limits only back them up, so a request never times out waiting for a
+            # pooled connection.
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(
+                total=self._timeout, sock_connect=sock_timeout, sock_read=sock_timeout
+            ),
+            headers={hdrs.USER_AGENT: self._user_agent, hdrs.ACCEPT_ENCODING: _ACCEPT_ENCODING},
+            cookie_jar=aiohttp.DummyCookieJar(),  # mirrors are static: no state between GETs
+            raise_for_status=False,
+            trust_env=False,
+        )
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        sessions = (self._session, self._public_session)
+        self._session = self._public_session = None
+        self._host_slots.clear()
+        for session in sessions:
+            if session is not None:
+                await session.close()
+
+    async def get(
+        self,
+        url: str,
+        *,
+        etag: str | None = None,
+        last_modified: str | None = None,
+        allow_url: AllowUrl | None = None,
+        public_only: bool = False,
+    ) -> FetchResult:
+        """GET `url`, following redirects; see the module docstring for what raises.
+
+        `public_only`: connect to public addresses only (`is_public_address`), whatever
+        a name resolves to at that moment: for mirrors nobody configured."""
+        allow = allow_url or self._allow_url
+        session = self._public_session if public_only else self._session
+        if session is None:
+            raise RuntimeError("HttpFetcher.get() called outside `async with`")
+        current = _http_url(url)
+        if current is None:
+            raise FetchError(f"{url}: not an absolute http(s) URL")
+        headers: dict[str, str] = {}
+        if etag is not None:
+            headers[hdrs.IF_NONE_MATCH] = etag
+        if last_modified is not None:
+            headers[hdrs.IF_MODIFIED_SINCE] = last_modified
+        chain = [str(current)]
+        elapsed = 0.0
+        while True:
+            literal = literal_address(current.host) if public_only else None
+            if literal is not None and not is_public_address(literal):
+                # aiohttp connects to a literal without asking the resolver.
+                raise ConnectionFailed(
+                    f"{url}: {literal} is not a public address (refused for a mirror"
+                    " nobody configured)"
+                )
+            async with self._slot(current):
+                started = time.monotonic()
+                try:
+                    outcome = await self._hop(session, url, current, headers)
+                finally:
+                    elapsed += time.monotonic() - started
+            if isinstance(outcome, FetchResult):
+                return replace(outcome, elapsed=elapsed)
+            current = await self._follow(url, chain, outcome, allow)
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
+        """POST `body` (a webhook delivery); the response status. Redirects are not
+        followed (a webhook that moved should be reconfigured, not chased)."""
+        if self._session is None:
+            raise RuntimeError("HttpFetcher.post() outside `async with`")
+        target = URL(url)
+        try:
+            async with (
+                self._slot(target),
+                self._session.post(
+                    target,
+                    data=body,
+                    headers={**headers, hdrs.USER_AGENT: self._user_agent},
+                    allow_redirects=False,
+                ) as resp,
+            ):
+                await resp.content.read(65536)  # a reply body is not used; bound it anyway
+                return resp.status
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise self._translate(exc, target, reading_body=False) from exc
+
+    async def _follow(self, url: str, chain: list[str], target: URL, allow: AllowUrl | None) -> URL:
+        """Vet one redirect target against the loop, the count and the caller's hook."""
+        text = str(target)
+        hops = " → ".join([*chain, text])
+        if text in chain:
+            raise RedirectError(f"{url}: redirect loop: {hops}")
+        if len(chain) > self._max_redirects:
+            raise RedirectError(f"{url}: more than {self._max_redirects} redirects: {hops}")
+        allowed = True if allow is None else allow(text)
+        if inspect.isawaitable(allowed):
+            allowed = await allowed
+        if not allowed:
+            raise RedirectRefused(f"{url}: redirect to {text} refused by policy: {hops}")
+        chain.append(text)
+        return target
+
+    @asynccontextmanager
+    async def _slot(self, url: URL) -> AsyncIterator[None]:
+        assert self._slots is not None  # set with the session
+        host = (url.host or "").lower()
+        host_slot = self._host_slots.get(host)
+        if host_slot is None:
+            host_slot = self._host_slots[host] = anyio.Semaphore(self._per_host, fast_acquire=True)
+        # Host first: a request queued behind a busy host must not hold a global slot
+        # that requests to idle hosts could use.
+        async with host_slot, self._slots:
+            yield
+
+    async def _hop(
+        self, session: aiohttp.ClientSession, origin: str, url: URL, headers: dict[str, str]
+    ) -> FetchResult | URL:
+        """One request: its result (`elapsed` left to the caller), or a redirect's target."""
+        reading_body = False
+        try:
+            async with session.get(url, headers=headers, allow_redirects=False) as resp:
+                fetched_at = datetime.now(UTC)
+                location = resp.headers.get(hdrs.LOCATION)
+                if resp.status in _REDIRECT_STATUSES and location is not None:
+                    return _redirect_target(origin, url, location)
+                reading_body = True
+                body = b"" if resp.status == 304 else await self._read_body(resp, url)
+                h = resp.headers
+                return FetchResult(
+                    url=origin,
+                    final_url=str(url),
+                    status=resp.status,
+                    body=body,
+                    etag=h.get(hdrs.ETAG),
+                    last_modified=h.get(hdrs.LAST_MODIFIED),
+                    content_type=h.get(hdrs.CONTENT_TYPE),
+                    retry_after=parse_retry_after(h.get(hdrs.RETRY_AFTER), fetched_at),
+                    fetched_at=fetched_at,
+                    elapsed=0.0,
+                )
+        except FetchError:
+            raise
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise self._translate(exc, url, reading_body=reading_body) from exc
+
+    async def _read_body(self, resp: aiohttp.ClientResponse, url: URL) -> bytes:
+        cap = self._max_bytes
+        declared = resp.content_length
+        if declared is not None and declared > cap:
+            resp.close()
+            raise TooLarge(f"{url}: Content-Length {declared} exceeds the {cap}-byte limit")
+        parts: list[bytes] = []
+        size = 0
+        # aiohttp decodes gzip/deflate incrementally, at most about a read buffer per
+        # chunk, and pauses the socket while we hold unread data: memory stays bounded,
+        # and the count below is of decoded bytes, so a bomb stops here at the cap.
+        # Pieces of a fixed size, not `iter_any()`: that joins everything aiohttp has
+        # buffered into one more copy (most of a MiB of a bomb's decoded zeros).
+        async for chunk in resp.content.iter_chunked(_READ_CHUNK):
+            size += len(chunk)
+            if size > cap:
+                resp.close()
+                encoding = resp.headers.get(hdrs.CONTENT_ENCODING)
+                how = f" after {encoding} decoding" if encoding else ""
+                raise TooLarge(f"{url}: body exceeds the {cap}-byte limit{how}")
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def _translate(self, exc: BaseException, url: URL, *, reading_body: bool) -> FetchError:
+        """The one place aiohttp's, ssl's and the socket's exceptions become ours."""
+        where = "while reading the body" if reading_body else "before the response headers"
+        if isinstance(exc, TimeoutError):  # also aiohttp's connect and sock_read timeouts
+            return FetchTimeout(f"{url}: timed out {where} (timeout {self._timeout:g}s)")
+        if isinstance(
+            exc, aiohttp.ClientSSLError | aiohttp.ServerFingerprintMismatch | ssl.SSLError
+        ):
+            return TLSError(f"{url}: TLS failed: {exc}")
+        detail = _one_line(str(exc) or type(exc).__name__)
+        if isinstance(exc, aiohttp.ClientPayloadError):
+            cause = exc.__cause__
+            if isinstance(cause, HttpProcessingError):
+                detail = _one_line(cause.message)
+            if isinstance(cause, ContentEncodingError):
+                return BadResponse(f"{url}: the body could not be decoded: {detail}")
+            return IncompleteBody(f"{url}: the body was cut short: {detail}")
+        if isinstance(exc, aiohttp.ServerDisconnectedError):
+            detail = "the server closed the connection"
+        if isinstance(exc, aiohttp.ClientConnectorDNSError):
+            return ConnectionFailed(f"{url}: could not resolve the host: {detail}")
+        if isinstance(exc, aiohttp.ClientConnectionError | OSError):
+            if reading_body:
+                return IncompleteBody(f"{url}: the connection failed {where}: {detail}")
+            return ConnectionFailed(f"{url}: the connection failed {where}: {detail}")
+        if isinstance(exc, aiohttp.ClientResponseError):
+            return BadResponse(f"{url}: not a valid HTTP response: {_one_line(exc.message)}")
+        return FetchError(f"{url}: the request failed {where}: {detail}")
+
+
+def _one_line(text: str) -> str:
+    """aiohttp's parser messages, fit for one log line: no caret diagrams, no 8 KiB header."""
+    words = [word for word in text.split() if word != "^"]
+    line = " ".join(words)
+    return line if len(line) <= _DETAIL_MAX else line[: _DETAIL_MAX - 1] + "…"
+
+
+def _http_url(text: str) -> URL | None:
+    try:
+        url = URL(text)
+    except (TypeError, ValueError):
+        return None
+    if url.scheme not in ("http", "https") or not url.host:
+        return None
+    return url
+
+
+def _redirect_target(origin: str, url: URL, location: str) -> URL:
+    """The absolute URL a `Location` header points to, relative ones resolved."""
+    try:
+        target = url.join(URL(location))
+    except (TypeError, ValueError) as exc:
+        raise BadResponse(f"{origin}: {url} redirects to an invalid Location {location!r}") from exc
+    if target.scheme not in ("http", "https") or not target.host:
+        raise RedirectError(f"{origin}: {url} redirects to a non-HTTP URL {location!r}")
+    return target.with_fragment(None)
