@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from builder import BundleBuilder, TestSigner, canonical_record, serialize
 
-from pithcrawl.http_fetcher import HttpFetcher
+from pithcrawl.fetch.client import HttpFetcher
 from pithcrawl.store import Store
 
 BENCH = Path(__file__).resolve().parent

@@ -2,7 +2,7 @@
 
 Owns the predicate (`is_public_address`), the resolver that keeps only public addresses
 at connect time (`PublicResolver`, against DNS rebinding) and the recognition of address
-literals (which aiohttp connects to without a resolver). `http_fetcher` applies them to
+literals (which aiohttp connects to without a resolver). `fetch.client` applies them to
 GETs for discovered mirrors; `mirrors` applies the predicate when a mirror is discovered.
 """
 

@@ -27,7 +27,7 @@ import structlog
 
 from pithcrawl.config import AlertsConfig
 from pithcrawl.errors import ConfigError, FetchError
-from pithcrawl.http_fetcher import HttpFetcher
+from pithcrawl.fetch.client import HttpFetcher
 from pithcrawl.metrics import Metrics
 from pithcrawl.schedule import retry_due
 from pithcrawl.store import Alert, Delivery, Store

@@ -27,7 +27,7 @@ from pithcrawl.alert import Sinks, deliver_due, read_secret
 from pithcrawl.config import Config
 from pithcrawl.crawl import Crawler
 from pithcrawl.errors import PithcrawlError
-from pithcrawl.http_fetcher import HttpFetcher
+from pithcrawl.fetch.client import HttpFetcher
 from pithcrawl.keys import TrustSet
 from pithcrawl.log import settings as log_settings
 from pithcrawl.metrics import Metrics, serve_metrics

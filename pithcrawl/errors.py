@@ -19,7 +19,7 @@
 
 Security findings are *not* exceptions: the verifier returns them as data in a report
 and the CLI maps a critical finding to exit 1. Foreign exceptions (aiohttp, sqlite3,
-nacl) are translated into these at exactly one boundary: `http_fetcher`, `store`, `keys`.
+nacl) are translated into these at exactly one boundary: `fetch`, `store`, `keys`.
 Anything else that escapes is a bug in pithcrawl.
 """
 

@@ -25,7 +25,7 @@ import anyio.to_process
 from pithcrawl.config import Config
 from pithcrawl.crawl import Crawler, PairResult
 from pithcrawl.fetch import user_agent
-from pithcrawl.http_fetcher import HttpFetcher
+from pithcrawl.fetch.client import HttpFetcher
 from pithcrawl.keys import TrustSet
 from pithcrawl.log import configure as configure_logging
 from pithcrawl.mirrors import Site

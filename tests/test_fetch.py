@@ -42,7 +42,7 @@ from pithcrawl.fetch import (
     parse_retry_after,
     user_agent,
 )
-from pithcrawl.http_fetcher import HttpFetcher
+from pithcrawl.fetch.client import HttpFetcher
 
 MIB = 1 << 20
 NOW = datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)

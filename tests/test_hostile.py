@@ -45,7 +45,7 @@ from mirror import TestMirror
 from pithcrawl.config import Config, parse_config
 from pithcrawl.crawl import Crawler
 from pithcrawl.daemon import Summary, sync_once
-from pithcrawl.http_fetcher import HttpFetcher
+from pithcrawl.fetch.client import HttpFetcher
 from pithcrawl.keys import TrustSet, load_key
 from pithcrawl.mirrors import Site
 from pithcrawl.store import Store

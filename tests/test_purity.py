@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).parent.parent / "pithcrawl"
 PURE = [
     "canon",
     "divergence",
-    "fetch",
+    "fetch/__init__",
     "findings",
     "keys",
     "merge",
@@ -51,7 +51,7 @@ SHELL_LIBS = {
     "builtins",
 }
 SHELL_MODULES = {
-    "http_fetcher",
+    "fetch.client",
     "store",
     "alert",
     "serve",
@@ -82,7 +82,10 @@ def test_pure_module_imports_no_io(module: str):
         top = name.split(".")[0]
         assert top not in SHELL_LIBS, f"{module} imports {name}"
         if top == "pithcrawl" and "." in name:
-            assert name.split(".")[1] not in SHELL_MODULES, f"{module} imports {name}"
+            parts = name.split(".")
+            # A shell module may sit in a package that is pure itself (`fetch.client`).
+            inside = {parts[1], ".".join(parts[1:3])}
+            assert not inside & SHELL_MODULES, f"{module} imports {name}"
     calls = {
         n.func.id
         for n in ast.walk(tree)

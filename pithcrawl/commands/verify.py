@@ -127,7 +127,7 @@ def _read_all(sources: list[str], config: Config) -> list[_Read]:
 async def _fetch_all(urls: list[str], config: Config) -> dict[str, _Read]:
     out: dict[str, _Read] = {}
     from pithcrawl.fetch import user_agent
-    from pithcrawl.http_fetcher import HttpFetcher
+    from pithcrawl.fetch.client import HttpFetcher
 
     async with HttpFetcher(
         user_agent=user_agent(config.crawl.contact),

@@ -1,11 +1,14 @@
-"""What a fetch is, apart from how one is made: no aiohttp, no I/O.
+"""Fetching mirror documents: what a fetch is here, how one is made in `fetch.client`.
+
+This module is pure (no aiohttp, no I/O), so the rules that only need a fetch's result
+do not import the network.
 
 Owns `FetchResult` (one answered GET, whatever its status), the `Fetcher` protocol that
 `crawl`, `polling` and `mirrors` depend on, the `AllowUrl` hook type for vetting
 redirect targets, the User-Agent string (`user_agent`) and `Retry-After` parsing
 (`parse_retry_after`, with `now` a parameter). It does not talk to the network: the
 real `Fetcher` over aiohttp, and the translation of aiohttp's errors into `FetchError`,
-are `http_fetcher`'s. It does not judge statuses, retry or schedule either.
+are `fetch.client`'s. It does not judge statuses, retry or schedule either.
 """
 
 from __future__ import annotations

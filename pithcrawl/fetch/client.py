@@ -8,9 +8,9 @@ bytes on the wire and the decoded bytes, so a gzip bomb stops at the cap), redir
 global and per-host concurrency limits, and the translation of every aiohttp, socket,
 TLS and timeout error into a `FetchError` subclass (nothing foreign escapes). What a
 fetch is (`FetchResult`, the `Fetcher` protocol, `user_agent`, `Retry-After` parsing) is
-`fetch`'s, not this module's. It does not judge statuses: 404, 410, 429 and 5xx come back
-as results for `crawl` to decide on. It does not retry, parse or verify bodies, or
-schedule.
+the `fetch` package's own (its `__init__`), not this module's. It does not judge
+statuses: 404, 410, 429 and 5xx come back as results for `crawl` to decide on. It does
+not retry, parse or verify bodies, or schedule.
 """
 
 from __future__ import annotations
