@@ -62,9 +62,12 @@ class Conditions:
 
     async def is_open(self, scope: str) -> bool:
         """Whether `scope` has an open alert."""
+        return scope in await self._open()
+
+    async def _open(self) -> set[str]:
         if self._open_scopes is None:
             self._open_scopes = {a.scope for a in await self.store.alerts.open_alerts()}
-        return scope in self._open_scopes
+        return self._open_scopes
 
     def mark(self, scope: str, is_open: bool) -> None:
         """`scope`'s alerts were just reconciled: it has open ones or none."""
@@ -146,6 +149,12 @@ class Conditions:
                     )
                 )
             await self.reconcile(f"reach:{name}", current, now, log=True)
+        # A mirror no longer in the set (taken out of the configuration) is asked for
+        # nothing any more, so it is not unreachable either: its alert closes.
+        asked = {f"reach:{name}" for name in names}
+        for scope in sorted(s for s in await self._open() if s.startswith("reach:")):
+            if scope not in asked:
+                await self.reconcile(scope, [], now, log=True)
 
     async def recheck(self, suffixes: Sequence[str] | None, mirrors: Sequence[str]) -> int:
         """Re-run the divergence rules where time alone can change them (a lag turning

@@ -89,6 +89,7 @@ async def sync_once(config: Config, db: Path, named: list[str], trust: TrustSet)
     the rules that span records and mirrors once all are done.
     """
     db.parent.mkdir(parents=True, exist_ok=True)
+    named = list(dict.fromkeys(named))  # a record named twice is crawled once
     summary = Summary()
     tallies: list[Tally] = []
     async with await Store.open(db, exclusive=True) as store:
@@ -103,10 +104,9 @@ async def sync_once(config: Config, db: Path, named: list[str], trust: TrustSet)
             trust = await with_learned(trust, store, config)
             crawler = Crawler(share, store, fetcher, trust, lambda: datetime.now(UTC))
             async with anyio.create_task_group() as tg:
-                limiter = anyio.CapacityLimiter(max(1, len(shares) - 1))
                 for others in shares[1:]:
                     job = ShareJob(share, db, others, sites, trust, log_settings(), os.getpid())
-                    tg.start_soon(run_share_in_worker, job, limiter, tallies)
+                    tg.start_soon(run_share_in_worker, job, tallies)
                 progress = Progress(count * len(sites), weight=len(shares))
                 tallies.append(await crawl_share(crawler, store, shares[0], sites, progress))
             progress.done()

@@ -11,7 +11,9 @@ from __future__ import annotations
 import ctypes
 import itertools
 import os
+import pickle
 import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -20,16 +22,19 @@ from pathlib import Path
 from typing import Protocol
 
 import anyio
-import anyio.to_process
+import structlog
 
 from pithcrawl.config import Config
 from pithcrawl.crawl import Crawler, PairResult
+from pithcrawl.errors import PithcrawlError
 from pithcrawl.fetch import user_agent
 from pithcrawl.fetch.client import HttpFetcher
 from pithcrawl.keys import TrustSet
 from pithcrawl.log import configure as configure_logging
 from pithcrawl.mirrors import Site
 from pithcrawl.store import FetchState, Store
+
+log = structlog.get_logger("pithcrawl.share")
 
 
 class Steps(Protocol):
@@ -111,6 +116,13 @@ class Records:
     named: tuple[str, ...] | None = None
     low: str | None = None
     high: str | None = None
+
+    def describe(self) -> str:
+        """These records, in words (for a log line)."""
+        if self.named is not None:
+            return f"{len(self.named)} named records"
+        low, high = self.low or "the first", self.high or "the last"
+        return f"the tracked records from {low} up to {high}"
 
     async def chunks(self, store: Store) -> AsyncIterator[list[str]]:
         if self.named is not None:
@@ -231,13 +243,75 @@ class ShareJob:
     """The pid of the process that started the worker."""
 
 
-async def run_share_in_worker(
-    job: ShareJob, limiter: anyio.CapacityLimiter, out: list[Tally]
-) -> None:
-    """Run `job` in a worker process; its tally goes to `out`."""
-    # cancellable: on SIGTERM the worker is killed like a crashed pass, which loses
-    # nothing archived (every fetch is recorded in one transaction, or not at all).
-    out.append(await anyio.to_process.run_sync(run_share, job, cancellable=True, limiter=limiter))
+#: How a worker process starts: the parent's import path first (one pickle on stdin, read
+#: before anything of pithcrawl is imported), then `worker_main` reads the job.
+_WORKER = (
+    "import pickle, sys\n"
+    "sys.path[:] = pickle.load(sys.stdin.buffer)\n"
+    "from pithcrawl.share import worker_main\n"
+    "raise SystemExit(worker_main())\n"
+)
+
+
+async def run_share_in_worker(job: ShareJob, out: list[Tally]) -> None:
+    """Run `job` in a worker process of its own; its tally goes to `out`.
+
+    The worker inherits this process's stderr, so its logs and alerts go where these do,
+    and answers on its stdout with its tally. A worker that fails (it raised, crashed or
+    was killed) costs its share, not the pass: it counts as one error, told in the log,
+    and the pass goes on to the rules across records and to alert delivery; what the
+    worker archived before it failed is kept.
+    """
+    # On a cancel (SIGTERM or Ctrl-C on the pass), leaving this block kills the worker
+    # like a crashed pass, which loses nothing archived: every fetch is recorded in one
+    # transaction, or not at all.
+    async with await anyio.open_process(
+        [sys.executable, "-c", _WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None
+    ) as process:
+        assert process.stdin is not None and process.stdout is not None
+        await process.stdin.send(pickle.dumps(sys.path) + pickle.dumps(job))
+        await process.stdin.aclose()
+        answer = b"".join([chunk async for chunk in process.stdout])
+        code = await process.wait()
+    out.append(_tally_of(job, code, answer))
+
+
+def _tally_of(job: ShareJob, code: int, answer: bytes) -> Tally:
+    """What a worker process answered, or one error when it did not finish."""
+    if code == 0:
+        try:
+            tally = pickle.loads(answer)  # noqa: S301 - our own child, over a pipe
+        except Exception:  # any unreadable answer is a failed share
+            tally = None
+        if isinstance(tally, Tally):
+            return tally
+    how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+    log.error(
+        "worker_failed",
+        detail=f"a worker process {how} before finishing its share of the pass",
+        share=job.records.describe(),
+    )
+    return Tally(errors=1)
+
+
+def worker_main() -> int:
+    """A worker process's life (started by `run_share_in_worker`): read the job from
+    stdin, crawl the share, answer with the pickled tally on stdout. 0 when it did."""
+    job: ShareJob = pickle.load(sys.stdin.buffer)  # noqa: S301 - from our own parent
+    # The answer keeps the real stdout; anything else printed goes to stderr, with the logs.
+    answer = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    try:
+        tally = run_share(job)
+    except PithcrawlError as e:
+        log.error("worker_failed", detail=str(e), share=job.records.describe())
+        return 1
+    except Exception:
+        log.exception("worker_failed", detail="internal error (a bug: please report it)")
+        return 1
+    answer.write(pickle.dumps(tally))
+    answer.close()
+    return 0
 
 
 def run_share(job: ShareJob) -> Tally:

@@ -191,3 +191,43 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"  # a zombie has stopped; only its exit status is left
+
+
+def test_a_record_named_twice_is_crawled_once(capsys, tmp_path: Path, signer, mirror):
+    """`sync X pith:2026:X`: one record, one fetch, one failure counted."""
+    b = records(signer, 1)[0]
+    mirror.put(b.bytes())
+    mirror.fail(b.suffix, 503)
+    cfg = write_config(tmp_path, signer, mirror.base_url)
+    code, summary = sync(capsys, cfg, b.suffix, b.pith_number, b.suffix)
+    assert code == 3
+    assert (summary["records"], summary["errors"]) == (1, 1)
+    assert mirror.hits[f"/pith/{b.suffix}/bundle.json"] == 1
+    with sqlite3.connect(tmp_path / "archive.db") as c:
+        failures = c.execute("SELECT failures FROM fetch_state WHERE kind = 'bundle'").fetchall()
+    assert failures == [(1,)]
+
+
+def test_a_mirror_taken_out_of_the_configuration_closes_its_alert(
+    capsys, tmp_path: Path, signer, mirror
+):
+    """A mirror nobody asks any more is not unreachable: its alert closes and stops
+    making every later pass exit 3."""
+    b = records(signer, 1)[0]
+    mirror.put(b.bytes())
+    dead = "http://127.0.0.1:9"  # the discard port: nothing answers
+    cfg = write_config(tmp_path, signer, mirror.base_url, dead)
+    cfg.write_text(
+        cfg.read_text().replace("[crawl]\n", '[alerts]\nunreachable_after = "1s"\n[crawl]\n')
+    )
+    assert main(["--config", str(cfg), "track", b.suffix]) == 0
+    sync(capsys, cfg)  # m1's first failure
+    time.sleep(1.1)
+    code, summary = sync(capsys, cfg)
+    assert (code, summary["warnings"]) == (3, 1)  # failing for over a second: open
+    cfg = write_config(tmp_path, signer, mirror.base_url)  # m1 taken out
+    code, summary = sync(capsys, cfg)
+    assert (code, summary["mirrors"], summary["warnings"]) == (0, 1, 0), summary
+    with sqlite3.connect(tmp_path / "archive.db") as c:
+        rows = c.execute("SELECT scope, closed_at IS NOT NULL FROM alerts").fetchall()
+    assert rows == [("reach:m1", 1)]
