@@ -25,6 +25,7 @@ from pithcrawl.alert import log_alerts, sink_names
 from pithcrawl.canon import parse
 from pithcrawl.conditions import Conditions, history_of
 from pithcrawl.config import Config
+from pithcrawl.errors import StoreCorrupt
 from pithcrawl.fetch import Fetcher
 from pithcrawl.findings import Severity
 from pithcrawl.keys import InvalidKey, TrustedKey, TrustSet, key_problems, load_key
@@ -257,7 +258,13 @@ class Crawler:
         when the mirror recovers is only what is really new)."""
         number = await self._number(suffix, report)
         base = await self.store.trusted.highest_bundle(suffix, mirror) or previous
-        before = parse(await self.store.get_blob(base.body_sha256))
+        try:
+            before = parse(await self.store.get_blob(base.body_sha256))
+        except StoreCorrupt as e:
+            # Damage in the archive is fsck's news, and no reason to stop watching: this
+            # body is still judged and archived, with no change told against the lost one.
+            log.error("archive_damaged", detail=str(e), snapshot_id=base.id)
+            return []
         changes = [(base, c) for c in timeline.compare(before, report.document, mirror=mirror)]
         return [
             NewEvent(

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from pithcrawl.errors import StoreCorrupt, StoreError, StoreLocked
 from pithcrawl.findings import Finding, finding
+from pithcrawl.keys import TrustSet
 from pithcrawl.store import (
     SCHEMA_VERSION,
     FetchOutcome,
@@ -372,6 +373,92 @@ async def test_a_damaged_base_is_reported_for_the_delta_too(
         conn.execute("DELETE FROM blobs WHERE sha256 = ?", (first.body_sha256,))
     with pytest.raises(StoreCorrupt, match="which is missing"):
         await store.get_blob(second.body_sha256)
+
+
+def _claim_eight_byte_size(path: Path, sha256: str) -> None:
+    """One bit flipped in a stored frame: its header now declares an 8-byte content size
+    (gigabytes, read from the bytes that follow)."""
+    with raw(path) as conn:
+        data = bytearray(
+            conn.execute("SELECT data FROM blobs WHERE sha256 = ?", (sha256,)).fetchone()[0]
+        )
+        data[4] ^= 0x80  # Frame_Content_Size_flag, the top bits of the descriptor
+        conn.execute("UPDATE blobs SET data = ? WHERE sha256 = ?", (bytes(data), sha256))
+
+
+async def test_a_frame_header_claiming_a_huge_size_is_corrupt_not_a_memory_error(
+    tmp_path: Path, real_bundle_bytes: bytes, real_trust: TrustSet
+) -> None:
+    """zstandard allocates what a frame's header declares. A damaged header is reported
+    as damage, the next body of its series is stored whole (after a restart, with nothing
+    cached), and fsck reports it instead of dying."""
+    from pithcrawl.commands.fsck import check
+    from pithcrawl.config import Config
+
+    db = tmp_path / "archive.db"
+    async with await Store.open(db, exclusive=True) as s:
+        await s.watchlist.track([REAL_SUFFIX], NOW)
+        await s.watchlist.upsert_mirror(mirror("main"))
+        first = await s.record_fetch(ok(real_bundle_bytes))
+    assert first is not None
+    _claim_eight_byte_size(db, first.body_sha256)
+    async with await Store.open(db, exclusive=True) as s:
+        with pytest.raises(StoreCorrupt, match="its frame says"):
+            await s.get_blob(first.body_sha256)
+        second = await s.record_fetch(ok(_grown(real_bundle_bytes, 1), at=1))
+        assert second is not None
+        assert _blob_rows(db)[second.body_sha256][:2] == (None, 0)  # whole, not a delta
+        assert await s.get_blob(second.body_sha256) == _grown(real_bundle_bytes, 1)
+    result = await check(Config(), db, real_trust)
+    damaged = result.problems[0]  # the grown body is no signed bundle: a problem too
+    assert damaged["snapshot_id"] == first.id and "its frame says" in damaged["problem"]
+
+
+async def test_a_large_body_packed_against_a_base_rolled_back_since_is_stored_whole(
+    store: Store, real_bundle_bytes: bytes, monkeypatch
+) -> None:
+    """A read turn sees an open group's writes: a large body may be packed against a base
+    that the group then rolls back. Its write notices and packs it again."""
+    from pithcrawl.store import bodies, connection
+
+    monkeypatch.setattr(bodies, "LARGE_BODY", 1000)  # the real bundle (14 KB) is "large"
+    monkeypatch.setattr(connection, "GROUP_SECONDS", 10.0)  # groups end by blocks only
+    outcomes: dict[str, str] = {}
+    inside, may_end = anyio.Event(), anyio.Event()
+
+    async def first() -> None:  # the series' first body, in a group it holds open
+        try:
+            async with store._db.write("record a fetch") as s:
+                await s.call(store._write_fetch, ok(real_bundle_bytes), None)
+                inside.set()
+                await may_end.wait()
+        except StoreError as e:
+            outcomes["first"] = str(e)
+
+    async def large() -> None:  # the next body, packed (in a read turn) before its write
+        snap = await store.record_fetch(ok(_grown(real_bundle_bytes, 1), at=1))
+        outcomes["large"] = "stored" if snap is not None else "none"
+
+    async def failing() -> None:  # a block of the same group that fails: all rolled back
+        try:
+            await store.add_events([event(severity="dire")])
+        except StoreError as e:
+            outcomes["failing"] = str(e)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(first)
+            await inside.wait()
+            tg.start_soon(large)
+            await anyio.sleep(0.05)
+            tg.start_soon(failing)  # queued: the first block leaves the group open for it
+            await anyio.sleep(0.05)
+            may_end.set()
+    assert "CHECK constraint" in outcomes["failing"]
+    assert "another write of the same transaction failed" in outcomes["first"]
+    assert outcomes["large"] == "stored"
+    rows = _blob_rows(store.path)
+    assert len(rows) == 1 and next(iter(rows.values()))[:2] == (None, 0)
 
 
 async def test_an_archive_of_schema_4_is_upgraded_keeping_every_body(

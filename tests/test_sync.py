@@ -231,3 +231,24 @@ def test_a_mirror_taken_out_of_the_configuration_closes_its_alert(
     with sqlite3.connect(tmp_path / "archive.db") as c:
         rows = c.execute("SELECT scope, closed_at IS NOT NULL FROM alerts").fetchall()
     assert rows == [("reach:m1", 1)]
+
+
+def test_a_damaged_archived_bundle_does_not_stop_the_watch(
+    capsys, tmp_path: Path, signer: TestSigner, mirror: TestMirror
+):
+    """The previous bundle's blob is damaged on disk: the record's next bundle is still
+    verified and archived (with no change told against the lost one), and the damage is
+    logged for the operator (fsck's news) instead of ending the pass with a traceback."""
+    b = records(signer, 1)[0]
+    mirror.put(b.bytes())
+    cfg = write_config(tmp_path, signer, mirror.base_url)
+    assert sync(capsys, cfg, b.suffix)[0] == 0
+    with sqlite3.connect(tmp_path / "archive.db") as c:
+        c.execute("UPDATE blobs SET data = x'00'")  # every archived body, damaged
+    b.add_event()
+    mirror.put(b.bytes())
+    code = main(["--config", str(cfg), "--log-format", "json", "sync", "--json", b.suffix])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert json.loads(out)["new_snapshots"] == 2
+    assert '"archive_damaged"' in err and "Traceback" not in err

@@ -244,6 +244,13 @@ class Store:
     ) -> tuple[Snapshot | None, PackedBlob | None]:
         """Pack the body (unless `prepared` already is) and write the fetch: one call in
         the database thread."""
+        if (
+            prepared is not None
+            and prepared.base is not None
+            and not _has_blob(conn, prepared.base)
+        ):
+            # Its base was chosen in a read turn that saw a group since rolled back.
+            prepared = None
         blob = prepared if prepared is not None else self.bodies.pack_in(conn, fetch)
         return write_fetch(conn, fetch, blob), blob
 
@@ -332,6 +339,10 @@ class Store:
         async with self._db.read("check integrity") as s:
             rows = await s.all("PRAGMA integrity_check")
         return [str(r[0]) for r in rows]
+
+
+def _has_blob(conn: sqlite3.Connection, sha256: str) -> bool:
+    return conn.execute("SELECT 1 FROM blobs WHERE sha256 = ?", (sha256,)).fetchone() is not None
 
 
 def _file_bytes(db: Path) -> int:

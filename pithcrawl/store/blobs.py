@@ -81,9 +81,15 @@ def unpack(sha256: str, size: int, codec: str, data: bytes, base: bytes | None =
     if codec != CODEC:
         raise StoreCorrupt(f"blob {sha256} has unknown codec {codec!r}; expected {CODEC!r}")
     try:
+        # zstandard allocates what the frame's header declares, whatever max_output_size
+        # says: a damaged header must not size that allocation (one flipped bit claims
+        # gigabytes). Our frames declare their size; -1 is a frame that does not say.
+        declared = zstandard.frame_content_size(data)
+        if declared not in (size, -1):
+            raise StoreCorrupt(f"blob {sha256} should hold {size} bytes, its frame says {declared}")
         d = zstandard.ZstdDecompressor(dict_data=_dictionary(base) if base is not None else None)
         body: bytes = d.decompress(data, max_output_size=size)
-    except zstandard.ZstdError as e:
+    except (zstandard.ZstdError, MemoryError, ValueError) as e:
         raise StoreCorrupt(f"blob {sha256} does not decompress: {e}") from e
     if len(body) != size:
         raise StoreCorrupt(f"blob {sha256} should hold {size} bytes, found {len(body)}")

@@ -80,8 +80,9 @@ class Bodies:
     async def pack_large(self, fetch: FetchOutcome) -> PackedBlob | None:
         """`pack_in` for a body over `LARGE_BODY`, before its write: the base is chosen
         and read in a read turn, the compression runs in a worker thread. None for any
-        other body (the write packs it). Bases are never deleted, so one chosen before
-        the write is still there in it."""
+        other body (the write packs it). Bases are never deleted, but a read turn sees
+        an open group's writes, which may yet be rolled back: the write checks that the
+        base is there and packs the body again if it is not (`Store._write_fetch`)."""
         if fetch.body is None or len(fetch.body) <= LARGE_BODY:
             return None
         async with self._db.read("choose a delta base") as s:
