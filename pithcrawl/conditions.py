@@ -66,7 +66,7 @@ class Conditions:
 
     async def _open(self) -> set[str]:
         if self._open_scopes is None:
-            self._open_scopes = {a.scope for a in await self.store.alerts.open_alerts()}
+            self._open_scopes = await self.store.alerts.open_scopes()
         return self._open_scopes
 
     def mark(self, scope: str, is_open: bool) -> None:

@@ -12,7 +12,6 @@ import random
 import signal
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -124,11 +123,13 @@ async def sync_once(config: Config, db: Path, named: list[str], trust: TrustSet)
                 datetime.now(UTC),
                 random.Random(),  # noqa: S311 - jitter, not crypto
             )
-        open_alerts = await store.alerts.open_alerts(suffixes=named or None, tracked=not named)
+        severities = await store.alerts.open_counts(
+            "severity", suffixes=named or None, tracked=not named
+        )
     for t in tallies:
         summary.absorb(t)
-    summary.alerts = sum(1 for a in open_alerts if a.severity == "critical")
-    summary.warnings = sum(1 for a in open_alerts if a.severity != "critical")
+    summary.alerts = severities.pop("critical", 0)
+    summary.warnings = sum(severities.values())
     return summary
 
 
@@ -263,8 +264,7 @@ class Daemon:
                 await crawler.conditions.recheck(None, names)
                 await crawler.conditions.check_mirrors(names)
                 self.metrics.set_records(await self.store.watchlist.tracked_count())
-                open_alerts = await self.store.alerts.open_alerts()
-                self.metrics.set_open_alerts(Counter(a.kind for a in open_alerts))
+                self.metrics.set_open_alerts(await self.store.alerts.open_counts("kind"))
             await deliver_due(self.store, sinks, _now(), rand, metrics=self.metrics)
             await anyio.sleep(self.deliver_every)
 

@@ -189,6 +189,10 @@ async def test_lag_is_not_divergence_until_stale_after(tmp_path, signer):
         assert (summary.alerts, summary.warnings) == (0, 1)
         async with e.store() as store:
             (alert,) = await store.alerts.open_alerts()
+            assert await store.alerts.open_scopes() == {alert.scope}
+            assert await store.alerts.open_counts("kind") == {"mirror_stale": 1}
+            assert await store.alerts.open_counts("severity", tracked=True) == {alert.severity: 1}
+            assert await store.alerts.open_counts("severity", suffixes=["A" * 26]) == {}
         assert alert.kind == "mirror_stale"
         assert alert.mirrors == ("m1",)
         e.mirrors[1].put(b.bytes())  # caught up

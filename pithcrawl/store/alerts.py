@@ -14,7 +14,7 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pithcrawl.store.connection import Database, Session
 from pithcrawl.store.fetches import INSERT_EVENT, event_params
@@ -276,6 +276,35 @@ class AlertBook:
                 (names, tracked),
             )
         return [_alert(r) for r in rows]
+
+    async def open_scopes(self) -> set[str]:
+        """The scopes that have an open alert (their scopes only: however many are open,
+        no alert's evidence is read)."""
+        async with self._db.read("list open alert scopes") as s:
+            rows = await s.all("SELECT DISTINCT scope FROM alerts WHERE closed_at IS NULL")
+        return {r[0] for r in rows}
+
+    async def open_counts(
+        self,
+        by: Literal["severity", "kind"],
+        *,
+        suffixes: Sequence[str] | None = None,
+        tracked: bool = False,
+    ) -> dict[str, int]:
+        """How many alerts are open, by `severity` or `kind`, of the alerts `open_alerts`
+        would list with the same arguments."""
+        if by not in ("severity", "kind"):
+            raise ValueError(f"cannot count open alerts by {by!r}")
+        names = None if suffixes is None else to_json_text(list(suffixes))
+        # `by` is one of two column names (checked above), not a value to bind.
+        query = (
+            f"SELECT {by}, count(*) FROM alerts WHERE closed_at IS NULL"  # noqa: S608
+            " AND (suffix IS NULL OR ((?1 IS NULL OR suffix IN (SELECT value FROM json_each(?1)))"
+            " AND (NOT ?2 OR suffix IN (SELECT suffix FROM records)))) GROUP BY 1"
+        )
+        async with self._db.read("count open alerts") as s:
+            rows = await s.all(query, (names, tracked))
+        return {r[0]: r[1] for r in rows}
 
     async def due_deliveries(self, now: datetime, limit: int = 100) -> list[tuple[Delivery, Alert]]:
         """Deliveries not yet taken whose next attempt is due, oldest alert and phase first."""
