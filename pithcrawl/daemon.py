@@ -43,6 +43,7 @@ from pithcrawl.share import (
     shared_limits,
 )
 from pithcrawl.store import Store
+from pithcrawl.store.archive import Due
 from pithcrawl.trust import with_learned
 
 log = structlog.get_logger("pithcrawl.daemon")
@@ -157,6 +158,8 @@ class Progress:
 
 #: How long the scheduler sleeps when nothing is due (it wakes early on a reload).
 IDLE_POLL = 5.0
+#: While every worker is busy, the scheduler updates the lag metric this often.
+WAITING_STEP = 1.0
 #: Mirror lists (manifests) are refreshed at most this often.
 SITES_REFRESH = 3600.0
 #: One summary line per this many seconds of crawling.
@@ -191,6 +194,7 @@ class Daemon:
         self.config = load()
         self.trust_for = trust_for
         self.trust = trust_for(self.config)
+        self.secret = read_secret(self.config.alerts.webhook_secret_file, os.environ)
         self.db = db
         self.notifier = notifier
         self.idle_poll = idle_poll
@@ -204,6 +208,8 @@ class Daemon:
         self.metrics = Metrics()
         # Made in run(): anyio's primitives belong to a running event loop.
         self.wake: anyio.Event
+        self.free: anyio.Semaphore
+        """Workers not busy with a pair (the scheduler takes one before handing one out)."""
         self.round_scope: anyio.CancelScope | None = None
         self.store: Store  # set by run(), which owns it
 
@@ -242,10 +248,11 @@ class Daemon:
             tracked = await self.store.watchlist.tracked_count()
             self.notifier.ready(f"watching {tracked} records on {len(self.sites)} mirrors")
             log.info("crawl_started", records=tracked, mirrors=len(self.sites))
-            secret = read_secret(config.alerts.webhook_secret_file, os.environ)
             send, receive = anyio.create_memory_object_stream[tuple[str, Site]](0)
+            self.free = anyio.Semaphore(config.crawl.concurrency)
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._housekeeping, crawler, Sinks(config.alerts, fetcher, secret))
+                sinks = Sinks(config.alerts, fetcher, self.secret)
+                tg.start_soon(self._housekeeping, crawler, sinks)
                 for _ in range(config.crawl.concurrency):
                     tg.start_soon(self._worker, crawler, receive.clone())
                 receive.close()
@@ -279,8 +286,10 @@ class Daemon:
             due = await self.store.due(
                 now, limit=config.crawl.concurrency * 4, mirrors=list(self.sites)
             )
-            pairs = [p for p in due if p not in self.inflight]
-            for suffix, name in pairs:
+            pairs = [d for d in due if (d.suffix, d.mirror) not in self.inflight]
+            self._set_lag(pairs)
+            for i, (suffix, name, _) in enumerate(pairs):
+                await self._free_worker(pairs[i:])
                 self.inflight.add((suffix, name))
                 await send.send((suffix, self.sites[name]))
             if time.monotonic() - last_summary > SUMMARY_EVERY:
@@ -289,12 +298,30 @@ class Daemon:
             if not pairs:
                 await self._idle()
 
+    async def _free_worker(self, waiting: list[Due]) -> None:
+        """Wait until a worker is free. All may be busy for long (a mirror that never
+        answers holds each until its timeout, and its fallback URL as long again): the
+        scheduler is not stuck for that, so it keeps telling the watchdog, and the lag
+        metric how late the `waiting` pairs are getting."""
+        step = WAITING_STEP
+        if self.notifier.watchdog is not None:
+            step = min(step, self.notifier.watchdog.total_seconds() / 2)
+        while True:
+            self._ping()
+            with anyio.move_on_after(step):
+                await self.free.acquire()
+                return
+            self._set_lag(waiting)
+
+    def _set_lag(self, waiting: list[Due]) -> None:
+        """How late the oldest due pair no worker has taken yet is (0: none is waiting)."""
+        oldest = min((d.since for d in waiting), default=None)
+        self.metrics.set_lag((_now() - oldest).total_seconds() if oldest is not None else 0.0)
+
     async def _idle(self) -> None:
         """Sleep until the next pair is due (at most `idle_poll`), a fetch ends or a reload."""
         wait = self.idle_poll
         upcoming = await self.store.next_due(list(self.sites))
-        lag = (_now() - upcoming).total_seconds() if upcoming is not None else 0.0
-        self.metrics.set_lag(lag if not self.inflight else 0.0)
         if upcoming is not None:
             ahead = (upcoming - _now()).total_seconds()
             if ahead > 0:  # (a pair already due is in flight: its worker will wake us)
@@ -312,6 +339,7 @@ class Daemon:
                     result = await crawler.sync_pair(suffix, site)
                 finally:
                     self.inflight.discard((suffix, site.name))
+                    self.free.release()
                     self.wake.set()
                 self.metrics.snapshots(result.new_snapshots)
                 t = self.totals
@@ -365,6 +393,7 @@ class Daemon:
         try:
             config = self.load()
             trust = self.trust_for(config)
+            secret = read_secret(config.alerts.webhook_secret_file, os.environ)
         except PithcrawlError as e:
             log.error("reload_refused", error=str(e))
             self.notifier.ready("reload refused; running with the previous configuration")
@@ -377,7 +406,7 @@ class Daemon:
             )
         if config.db is not None and config.db != self.config.db:
             log.warning("reload_ignores_db", running=str(self.db), configured=str(config.db))
-        self.config, self.trust = config, trust
+        self.config, self.trust, self.secret = config, trust, secret
         self.sites_at = 0.0
         log.info("config_reloaded")
         self.wake.set()
@@ -385,16 +414,18 @@ class Daemon:
             self.round_scope.cancel()
 
     def _ping(self) -> None:
-        """Tell systemd's watchdog the scheduler is alive, at half its interval.
+        """Tell systemd's watchdog the scheduler is alive.
 
         Pinged from the scheduler loop itself (not a task of its own), so a scheduler
-        stuck on the archive or the network stops the pings and systemd restarts us.
+        stuck on the archive or the network stops the pings and systemd restarts us. Its
+        waits last at most half the interval; a ping is skipped only within a quarter of
+        one, so a wait that ends a moment early never makes the gap a whole interval.
         """
         watchdog = self.notifier.watchdog
         if watchdog is None:
             return
         now = time.monotonic()
-        if now - self.pinged_at >= watchdog.total_seconds() / 2:
+        if now - self.pinged_at >= watchdog.total_seconds() / 4:
             self.notifier.ping()
             self.pinged_at = now
 

@@ -102,8 +102,11 @@ def from_manifest(doc: Any, *, prefix: str = "") -> list[Site]:
     skipped (a manifest is unsigned: it can add places to look, never trust)."""
     if not isinstance(doc, dict) or doc.get("manifest_type") != "pith_mirror_manifest":
         raise ValueError("not a pith_mirror_manifest")
+    entries = doc.get("mirrors") or []
+    if not isinstance(entries, list):
+        raise ValueError(f"its mirrors are a {type(entries).__name__}, not a list")
     sites = []
-    for entry in doc.get("mirrors") or []:
+    for entry in entries:
         fields = (
             _strings(entry, "name", "base_url", "bundle_pattern", "state_pattern")
             if isinstance(entry, dict)

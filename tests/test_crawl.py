@@ -421,6 +421,24 @@ async def test_mirrors_listed_by_a_manifest_are_crawled(tmp_path, signer):
             assert await store.latest_snapshot(b.suffix, "registry/listed", "bundle", trusted=True)
 
 
+@pytest.mark.parametrize("mirrors", [5, True, {"name": "x"}, "mirrors", None, []])
+async def test_a_manifest_of_any_shape_is_read_or_told_unreadable(tmp_path, signer, mirrors):
+    """A manifest is unsigned network input: whatever its `mirrors` holds, the pass goes
+    on with no mirror from it (and says why), never ends with a traceback."""
+    async with env(tmp_path, signer, n=1) as e:
+        b = record(signer)
+        doc = {"manifest_type": "pith_mirror_manifest", "mirrors": mirrors}
+        e.mirrors[0].extra["/pith-mirrors.json"] = json.dumps(doc).encode()
+        e.config = parse_config(
+            f'[crawl]\ndiscover = false\n[[mirrors]]\nname = "registry"\n'
+            f'manifest = "{e.mirrors[0].base_url}/pith-mirrors.json"\n',
+            base_dir=tmp_path,
+        )
+        await track(e, b)
+        summary = await e.sync()
+        assert (summary.mirrors, summary.errors) == (0, 0)
+
+
 async def test_a_discovered_mirror_is_dropped_when_private_hosts_are_no_longer_allowed(
     tmp_path, signer
 ):

@@ -18,7 +18,7 @@ from contextlib import suppress
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 from pithcrawl.store.alerts import Alert, AlertBook
 from pithcrawl.store.blobs import PackedBlob
@@ -55,7 +55,8 @@ ORDER BY id DESC LIMIT 1
 
 # Every tracked record × known mirror whose bundle is due; never fetched first.
 _DUE = """
-SELECT r.suffix, m.name FROM records AS r CROSS JOIN mirrors AS m
+SELECT r.suffix, m.name, coalesce(f.next_due, r.added_at)
+FROM records AS r CROSS JOIN mirrors AS m
 LEFT JOIN fetch_state AS f ON f.suffix = r.suffix AND f.mirror = m.name AND f.kind = 'bundle'
 WHERE (f.next_due IS NULL OR f.next_due <= ?)
   AND (? IS NULL OR m.name IN (SELECT value FROM json_each(?)))
@@ -183,13 +184,14 @@ class Store:
 
     async def due(
         self, now: datetime, limit: int | None = None, *, mirrors: Sequence[str] | None = None
-    ) -> list[tuple[str, str]]:
-        """(suffix, mirror) pairs whose bundle is due at `now`: never fetched first, then
-        by `next_due`; only of `mirrors` when given (the mirrors crawled now)."""
+    ) -> list[Due]:
+        """(suffix, mirror, since) of the pairs whose bundle is due at `now`: never
+        fetched first, then by `next_due`; only of `mirrors` when given (the mirrors
+        crawled now)."""
         names = None if mirrors is None else to_json_text(list(mirrors))
         async with self._db.read("list due fetches") as s:
             rows = await s.all(_DUE, (db_time(now), names, names, -1 if limit is None else limit))
-        return [(r[0], r[1]) for r in rows]
+        return [Due(r[0], r[1], datetime.fromisoformat(r[2])) for r in rows]
 
     async def next_due(self, mirrors: Sequence[str]) -> datetime | None:
         """The earliest time a tracked record's bundle is due from one of `mirrors`."""
@@ -339,6 +341,15 @@ class Store:
         async with self._db.read("check integrity") as s:
             rows = await s.all("PRAGMA integrity_check")
         return [str(r[0]) for r in rows]
+
+
+class Due(NamedTuple):
+    """A (record, mirror) pair whose bundle is due."""
+
+    suffix: str
+    mirror: str
+    since: datetime
+    """When it fell due (when the record was tracked, for a pair never fetched)."""
 
 
 def _has_blob(conn: sqlite3.Connection, sha256: str) -> bool:
