@@ -244,18 +244,34 @@ def _b64_bytes(text: str) -> bytes | None:
         return None
 
 
-@lru_cache(maxsize=8192)
 def verify_signature(raw_key: bytes, digest_hex: str, signature_b64: str) -> bool:
     """Whether `signature_b64` is an Ed25519 signature by `raw_key` over the raw digest bytes.
 
     The signed message is always the 32 raw bytes of a sha256 digest, never its hex
     text (pith-format.md §1). Malformed input is simply not a valid signature.
     """
-    # The cache is the function itself, not behind a wrapper: a call frame less for
-    # each of the half a dozen signatures of every bundle.
+    # Only texts of the one length that can be valid reach the cache, so what it holds
+    # stays small however large the strings a hostile document puts there.
+    if len(signature_b64) != _SIGNATURE_B64_LENGTH or len(digest_hex) != 64:
+        return False
+    return _verify_signature(raw_key, digest_hex, signature_b64)
+
+
+#: A 64-byte Ed25519 signature in padded base64.
+_SIGNATURE_B64_LENGTH = 88
+
+
+def forget_verified() -> None:
+    """Forget every signature checked so far (a benchmark checks each one for real)."""
+    _verify_signature.cache_clear()
+
+
+@lru_cache(maxsize=8192)
+def _verify_signature(raw_key: bytes, digest_hex: str, signature_b64: str) -> bool:
     # A (key, digest, signature) triple verifies the same way every time, and the
     # registry signs the same digests again and again across mirrors and re-syncs.
-    # Bounded (a few MB): a pass over N records must not hold N records' signatures.
+    # Bounded (8192 triples of a few hundred bytes): a pass over N records must not
+    # hold N records' signatures.
     try:
         digest = bytes.fromhex(digest_hex)
         signature = _signature_bytes(signature_b64)

@@ -33,9 +33,19 @@ def parse_timestamp(value: object) -> Timestamp | None:
     return parse_timestamp_text(value)
 
 
-@lru_cache(maxsize=8192)
 def parse_timestamp_text(value: str) -> Timestamp | None:
     """`parse_timestamp` of a value known to be a string (the schema says so)."""
+    if len(value) > _LONGEST:  # not one; and the cache below holds short strings only
+        return None
+    return _parse_timestamp_text(value)
+
+
+#: The longest timestamp the format has: `2026-11-27T12:00:00.123456Z`.
+_LONGEST = 27
+
+
+@lru_cache(maxsize=8192)
+def _parse_timestamp_text(value: str) -> Timestamp | None:
     # Bundles repeat the same few timestamps many times; parsing is pure, so cache it.
     m = _RFC3339_UTC.match(value)
     if m is None:

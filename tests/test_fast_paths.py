@@ -6,6 +6,8 @@ import base64
 import json
 from typing import Any
 
+import orjson
+import pytest
 from builder import BundleBuilder, TestSigner, seal, serialize
 from conftest import NOW, REAL_SUFFIX
 from hypothesis import HealthCheck, given, settings
@@ -205,3 +207,86 @@ def test_a_state_read_fast_gets_the_exact_readings_report(path, data):
         want.findings,
         canon(want.document),
     )
+
+
+@pytest.mark.parametrize("value", [1e-7, 1e-5, 2.5e-9, 3e-5, -4.2e-6])
+def test_a_float_hashed_the_way_orjson_writes_it_is_not_trusted(monkeypatch, value):
+    """The spec hashes Python's json.dumps: `1e-07`, not orjson's `1e-7` (the two differ
+    for 0 < |x| < 1e-4 only). A bundle whose hashes and signatures were made over
+    orjson's writing must fail by either road (the fast one accepted it)."""
+    import builder as bundle_builder
+
+    with monkeypatch.context() as m:
+        m.setattr(bundle_builder, "canon", lambda x: orjson.dumps(x, option=orjson.OPT_SORT_KEYS))
+        b = BundleBuilder(SIGNER)
+        b.add_event(payload={"graph_snapshot": {"score": value}})
+        data = orjson.dumps(b.build())
+    report = verify_bundle(data, TRUST, now=NOW)
+    assert not report.ok and "event_hash_mismatch" in report.codes
+    _same_report(data, TRUST)
+
+
+def test_a_float_the_spec_writes_is_trusted_by_either_road():
+    """The same floats, hashed as the spec says: trusted (by the complete check)."""
+    b = BundleBuilder(SIGNER)
+    b.add_event(payload={"graph_snapshot": {"scores": [1e-7, 1e-5, 0.5, 1e16, 1e-300]}})
+    data = b.bytes()
+    assert verify_bundle(data, TRUST, now=NOW).ok
+    _same_report(data, TRUST)
+
+
+def test_an_untrusted_keys_rotation_time_must_parse_too():
+    """Rule 1 holds for every timestamp, in the keys nobody trusts as well."""
+    other = TestSigner("other-key")
+    b = BundleBuilder(SIGNER, extra_keys=[other.public_key(rotates_at="not-a-time")])
+    b.add_event()
+    data = b.bytes()
+    assert verify_bundle(data, TRUST, now=NOW).codes == {"timestamp_invalid"}
+    _same_report(data, TRUST)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_a_key_listed_twice_rotates_at_the_earlier_time(reverse):
+    """Rule 6: whichever listing comes first, the earliest announced rotation counts (a
+    later listing used to cancel an earlier one)."""
+    b = BundleBuilder(SIGNER, extra_keys=[SIGNER.public_key(rotates_at="2030-01-01T00:00:00Z")])
+    b.add_event()
+    doc = b.build()
+    doc["public_keys"][0]["rotates_at"] = "2026-11-01T00:00:00Z"  # before every signature
+    if reverse:
+        doc["public_keys"].reverse()
+    data = serialize(seal(doc, SIGNER))
+    assert "key_expired" in verify_bundle(data, TRUST, now=NOW).codes
+    _same_report(data, TRUST)
+
+
+@pytest.mark.parametrize("depth", [254, 300, 900])
+def test_deep_nesting_is_a_finding_not_an_exception(depth):
+    """orjson reads deeper than it writes: the fast reading declines, and the exact one
+    reports (as for any document that is not a bundle)."""
+    data = b'{"a":' + b"[" * depth + b"]" * depth + b"}"
+    assert not verify_bundle(data, TRUST, now=NOW).ok
+    assert not verify_state(data).ok
+
+
+def test_the_signature_cache_holds_only_texts_that_can_be_signatures():
+    """A document's 5 MB `signature_b64` is judged invalid without being kept."""
+    from pithcrawl.keys import _verify_signature, verify_signature
+
+    _verify_signature.cache_clear()
+    assert not verify_signature(SIGNER.raw, "0" * 64, "A" * 5_000_000)
+    assert not verify_signature(SIGNER.raw, "0" * 5_000_000, "A" * 88)
+    assert _verify_signature.cache_info().currsize == 0
+    assert not verify_signature(SIGNER.raw, "0" * 64, "A" * 88)  # the lengths that can be
+    assert _verify_signature.cache_info().currsize == 1
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False) | st.floats(-1e-4, 1e-4))
+def test_orjson_writes_a_float_as_repr_does_unless_the_fast_reading_declines(x):
+    """The fast reading trusts orjson's float writing only where it is Python's repr."""
+    from pithcrawl.canon import _orjson_own_float
+
+    written = orjson.dumps({"x": x})
+    if written.decode() != '{"x":' + repr(x) + "}":
+        assert 0 < abs(x) < 1e-4
+        assert _orjson_own_float(written)

@@ -182,16 +182,21 @@ class CleanCheck:
         trust = self.trust
         announced: dict[str, Timestamp] = {}
         for key in self.doc["public_keys"]:
+            rotates_at = key.get("rotates_at")
+            # Every key's time must parse (rule 1), trusted or not.
+            ts = None if rotates_at is None else parse_timestamp_text(rotates_at)
+            if rotates_at is not None and ts is None:
+                raise _Unclean
             trusted = trust.get(key["key_id"])
             if trusted is None:
                 continue
             if not trusted.published_as(key.get("public_key_hex"), key.get("public_key_b64")):
                 raise _Unclean
-            if key.get("rotates_at") is not None:
-                ts = parse_timestamp_text(key["rotates_at"])
-                if ts is None:
-                    raise _Unclean
-                announced[trusted.key_id] = ts
+            if ts is not None:
+                earlier = announced.get(trusted.key_id)
+                # A key listed twice: the earliest rotation announced counts (rule 6).
+                if earlier is None or ts.at < earlier.at:
+                    announced[trusted.key_id] = ts
         if announced:
             add_configured_rotations(announced, trust)
             self.rotates = announced

@@ -124,7 +124,9 @@ class BundleCheck:
                 )
                 continue
             announced = self.times.get(pointer("public_keys", i, "rotates_at"))
-            if announced is not None:
+            earlier = self.rotates.get(trusted.key_id)
+            # A key listed twice: the earliest rotation announced counts (rule 6).
+            if announced is not None and (earlier is None or announced.at < earlier.at):
                 self.rotates[trusted.key_id] = announced
         add_configured_rotations(self.rotates, self.trust)
 
