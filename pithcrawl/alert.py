@@ -15,12 +15,15 @@ import hmac
 import json
 import os
 import random
+import signal
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import IO
 
 import anyio
 import structlog
@@ -108,7 +111,48 @@ def hook_environment(
         DEDUP_KEY=alert.dedup_key,
         JSON_FILENAME=str(json_file),
     )
-    return env
+    # An environment value cannot hold a NUL; an alert's text comes partly from mirrors.
+    return {k: v.replace("\0", "") for k, v in env.items()}
+
+
+async def _run_hook(hook: Path, env: dict[str, str], err: IO[bytes], limit: float) -> int:
+    """Run the hook to its exit status. An argument vector, never a shell: no field of the
+    alert is ever parsed as a command. In a session of its own, so that on a timeout (or
+    a cancel) every process it started is killed with it."""
+    try:
+        process = await anyio.open_process(
+            [str(hook)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
+        )
+    except OSError as e:
+        raise DeliveryFailed(f"hook {hook} could not run: {e.strerror or e}") from None
+    try:
+        with anyio.fail_after(limit):
+            return await process.wait()
+    except TimeoutError:
+        raise DeliveryFailed(f"hook {hook} did not finish within {limit:g}s") from None
+    finally:
+        if process.returncode is None:
+            with suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            with anyio.CancelScope(shield=True):
+                await process.wait()
+
+
+#: How much of a failing hook's stderr is read back for its error (the end of it).
+_STDERR_TAIL = 4096
+
+
+def _tail(err: IO[bytes]) -> list[str]:
+    """The last lines of what the hook wrote to stderr, each cut short."""
+    err.seek(0, os.SEEK_END)
+    err.seek(max(0, err.tell() - _STDERR_TAIL))
+    lines = err.read().decode("utf-8", "replace").replace("\0", "").strip().splitlines()
+    return [line if len(line) <= 300 else line[:299] + "…" for line in lines[-3:]]
 
 
 @dataclass(slots=True)
@@ -135,27 +179,15 @@ class Sinks:
             json_file = Path(tmp) / f"alert-{alert.id}-{phase}.json"
             json_file.write_bytes(payload(alert, phase))
             env = hook_environment(alert, phase, json_file, self.env)
-            try:
-                # An argument vector, never a shell: no field of the alert is ever parsed
-                # as a command.
-                with anyio.fail_after(timeout):
-                    done = await anyio.run_process(
-                        [str(hook)],
-                        env=env,
-                        check=False,
-                        stdin=subprocess.DEVNULL,
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.PIPE,
+            # stderr to a file: judged by the hook's exit, not by when the last process
+            # holding a pipe lets go of it, and read back only in part.
+            with (Path(tmp) / "stderr").open("w+b") as err:
+                code = await _run_hook(hook, env, err, timeout)
+                if code != 0:
+                    tail = _tail(err)
+                    raise DeliveryFailed(
+                        f"hook {hook} exited {code}" + (f": {' | '.join(tail)}" if tail else "")
                     )
-            except TimeoutError:
-                raise DeliveryFailed(f"hook {hook} did not finish within {timeout:g}s") from None
-            except OSError as e:
-                raise DeliveryFailed(f"hook {hook} could not run: {e.strerror or e}") from None
-        if done.returncode != 0:
-            tail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-3:]
-            raise DeliveryFailed(
-                f"hook {hook} exited {done.returncode}" + (f": {' | '.join(tail)}" if tail else "")
-            )
 
     async def _webhook(self, alert: Alert, phase: str) -> None:
         url = self.config.webhook

@@ -12,6 +12,7 @@ record's mirrors and over time, kept as alerts, is `conditions`'s.
 from __future__ import annotations
 
 import random
+import re
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -37,6 +38,9 @@ from pithcrawl.timestamps import format_timestamp
 from pithcrawl.verify import Report, verify_bundle, verify_state
 
 log = structlog.get_logger("pithcrawl.crawl")
+
+#: A Pith Number's form (pith-format.md §2).
+_NUMBER = re.compile(r"pith:[0-9]{4}:[A-Z2-7]{26}")
 
 #: Verdicts on recent bundle bodies kept in memory (see `Crawler._verify`).
 VERDICTS_KEPT = 64
@@ -302,7 +306,9 @@ class Crawler:
         mirror serving record B at record A's address raises an alert about A.
         """
         claimed = report.pith_number
-        if claimed is not None and claimed.rpartition(":")[2] == suffix:
+        # The claim of a document that may not verify: only a number of the right form,
+        # for this record, ever names it (it reaches logs and hooks).
+        if claimed is not None and _NUMBER.fullmatch(claimed) and claimed[-26:] == suffix:
             return claimed
         return await self.store.watchlist.pith_number(suffix) or suffix
 

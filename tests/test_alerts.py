@@ -431,3 +431,82 @@ def test_the_webhook_secret_never_reaches_logs_events_or_status(tmp_path, signer
     assert SECRET.decode() not in captured.out + captured.err
     assert "delivery_failed" in captured.err  # the failure is logged, without the secret
     assert SECRET not in (tmp_path / "a.db").read_bytes()
+
+
+async def test_a_hostile_number_claim_never_reaches_the_hook(tmp_path, signer):
+    """An invalid bundle claims a Pith Number holding a NUL: the alert names the tracked
+    record instead, and the hook is told (a NUL in its environment used to end every
+    later pass with an exception, the delivery never even marked as failed)."""
+    async with env(tmp_path, signer, n=1) as e:
+        b = BundleBuilder(signer)
+        doc = b.build()
+        doc["pith_number"] = "evil\u0000x:" + b.suffix
+        doc["events"] = "not a list"  # schema_invalid: the report keeps the claim
+        e.mirrors[0].put(json.dumps(doc).encode())
+        await track(e, b)
+        e.configure(hook=str(hook_script(tmp_path)))
+        summary = await e.sync()
+        assert (summary.alerts, summary.delivered, summary.undelivered) == (1, 1, 0)
+        (call,) = calls(tmp_path)
+        assert call["env"]["PITH_NUMBER"] == b.suffix
+
+
+def _sh(tmp_path: Path, body: str) -> Path:
+    hook = tmp_path / "hook"
+    hook.write_text("#!/bin/sh\n" + body)
+    hook.chmod(hook.stat().st_mode | stat.S_IXUSR)
+    return hook
+
+
+def _an_alert() -> tuple[Any, Any]:
+    from pithcrawl.store import Alert, Delivery
+
+    now = datetime.now(UTC)
+    alert = Alert(1, "k", "s", "document_invalid", "critical", None, None, (), "x", {}, now, None)
+    return Delivery(1, "hook", "open", 0, now, None, None), alert
+
+
+async def test_a_hook_is_judged_by_its_exit_not_by_a_child_left_behind(tmp_path):
+    """A hook that exits 0 leaving a background process (holding stderr) has delivered
+    (it used to be a timeout, and the hook ran again)."""
+    hook = _sh(tmp_path, "sleep 30 &\nexit 0\n")
+    config = parse_config(f'[alerts]\nhook = "{hook}"\nhook_timeout = "5s"\n', base_dir=tmp_path)
+    started = time.monotonic()
+    await Sinks(config.alerts, None).send(*_an_alert())
+    assert time.monotonic() - started < 4
+
+
+async def test_a_hook_that_times_out_is_killed_with_its_children(tmp_path):
+    from pithcrawl.alert import DeliveryFailed
+
+    pids = tmp_path / "pids"
+    hook = _sh(tmp_path, f'sleep 60 &\necho $! > "{pids}"\nsleep 60\n')
+    config = parse_config(f'[alerts]\nhook = "{hook}"\nhook_timeout = "1s"\n', base_dir=tmp_path)
+    with pytest.raises(DeliveryFailed, match="did not finish within 1s"):
+        await Sinks(config.alerts, None).send(*_an_alert())
+    child = int(pids.read_text())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        await anyio.sleep(0.05)
+    else:
+        pytest.fail("the hook's background child outlived the timeout")
+
+
+async def test_a_failing_hooks_stderr_is_read_back_in_part(tmp_path):
+    """50 MB of stderr without a newline: the error keeps a few hundred characters of
+    its end (it used to keep all of it, in memory and in one log line)."""
+    from pithcrawl.alert import DeliveryFailed
+
+    hook = _sh(
+        tmp_path, "head -c 50000000 /dev/zero | tr '\\0' A >&2\nprintf '\\ndone\\n' >&2\nexit 1\n"
+    )
+    config = parse_config(f'[alerts]\nhook = "{hook}"\nhook_timeout = "60s"\n', base_dir=tmp_path)
+    with pytest.raises(DeliveryFailed) as failed:
+        await Sinks(config.alerts, None).send(*_an_alert())
+    message = str(failed.value)
+    assert message.startswith(f"hook {hook} exited 1: ") and message.endswith("| done")
+    assert len(message) < 1000
