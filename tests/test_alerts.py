@@ -510,3 +510,39 @@ async def test_a_failing_hooks_stderr_is_read_back_in_part(tmp_path):
     message = str(failed.value)
     assert message.startswith(f"hook {hook} exited 1: ") and message.endswith("| done")
     assert len(message) < 1000
+
+
+async def test_a_closing_notice_waits_for_its_opening_one(tmp_path, signer):
+    """The opening notice failed, then the condition cleared: the sink hears of the
+    alert opening first and closing last (it used to hear the close first, the alert
+    as open last)."""
+    up, log = tmp_path / "sink-up", tmp_path / "log.jsonl"
+    hook = tmp_path / "hook"
+    hook.write_text(  # refuses opening notices until `up` exists
+        f"#!{sys.executable}\nimport json, os, sys, pathlib\n"
+        f"if os.environ['EVENT'] != 'alert_closed' and not pathlib.Path({str(up)!r}).exists():\n"
+        "    sys.exit(1)\n"
+        f"open({str(log)!r}, 'a').write(json.dumps(os.environ['EVENT']) + '\\n')\n"
+    )
+    hook.chmod(hook.stat().st_mode | stat.S_IXUSR)
+    async with env(tmp_path, signer, n=1) as e:
+        b = BundleBuilder(signer)
+        good = b.bytes()
+        doc = json.loads(good)
+        doc["built_at"] = "not a time"
+        e.mirrors[0].put(json.dumps(doc).encode())
+        await track(e, b)
+        e.configure(hook=str(hook))
+        assert (await e.sync()).undelivered == 1
+        e.mirrors[0].put(good)  # the condition clears
+        await e.sync()
+        assert not log.exists()  # the close waits for the open
+        up.touch()
+        async with await Store.open(e.db) as store, HttpFetcher(user_agent="t") as f:
+            later = datetime.now(UTC) + timedelta(hours=2)
+            for _ in range(2):
+                await deliver_due(store, Sinks(e.config.alerts, f), later, random.Random(1))
+    assert [json.loads(line) for line in log.read_text().splitlines()] == [
+        "document_invalid",
+        "alert_closed",
+    ]

@@ -307,11 +307,17 @@ class AlertBook:
         return {r[0]: r[1] for r in rows}
 
     async def due_deliveries(self, now: datetime, limit: int = 100) -> list[tuple[Delivery, Alert]]:
-        """Deliveries not yet taken whose next attempt is due, oldest alert and phase first."""
+        """Deliveries not yet taken whose next attempt is due, oldest alert and phase first.
+
+        A closing notice waits for its sink to have taken the opening one: a sink must
+        never hear last that a closed alert is open."""
         async with self._db.read("list due deliveries") as s:
             rows = await s.all(
                 "SELECT d.*, a.* FROM deliveries AS d JOIN alerts AS a ON a.id = d.alert_id"
                 " WHERE d.delivered_at IS NULL AND d.next_attempt <= ?"
+                " AND NOT (d.phase = 'close' AND EXISTS (SELECT 1 FROM deliveries AS o"
+                "  WHERE o.alert_id = d.alert_id AND o.sink = d.sink AND o.phase = 'open'"
+                "  AND o.delivered_at IS NULL))"
                 " ORDER BY d.alert_id, d.phase DESC, d.sink LIMIT ?",
                 (db_time(now), limit),
             )
