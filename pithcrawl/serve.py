@@ -378,6 +378,10 @@ def _app(h: _Handlers) -> web.Application:
     return app
 
 
+#: How long a client may take to send a request, or stay idle between two.
+IDLE_CLIENT_SECONDS = 15.0
+
+
 @asynccontextmanager
 async def serving(
     store: Store,
@@ -396,7 +400,14 @@ async def serving(
     catalog = catalog or Catalog(store)
     handlers = _Handlers(catalog, base_url)
     runner = web.AppRunner(
-        _app(handlers), access_log=None, handle_signals=False, shutdown_timeout=5.0
+        _app(handlers),
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=5.0,
+        # From the connection's start: a client that sends no whole request in this
+        # long (or stays idle between two) is dropped, so slow or silent ones cannot
+        # hold every descriptor (aiohttp's default is an hour).
+        keepalive_timeout=IDLE_CLIENT_SECONDS,
     )
     await runner.setup()
     try:

@@ -499,3 +499,23 @@ def test_the_command_needs_an_archive(tmp_path, capsys):
 
     assert main(["--db", str(tmp_path / "none.db"), "serve"]) == 2
     assert "no archive" in capsys.readouterr().err
+
+
+async def test_a_client_that_never_finishes_its_request_is_dropped(
+    tmp_path, signer, test_trust, monkeypatch
+):
+    """A half-sent request holds a descriptor only for a while (aiohttp's default is an
+    hour: enough silent clients locked everyone else out)."""
+    from pithcrawl import serve
+
+    monkeypatch.setattr(serve, "IDLE_CLIENT_SECONDS", 0.5)
+    async with site(tmp_path, signer, test_trust) as s:
+        host, port = s.server.url.removeprefix("http://").rsplit(":", 1)
+        stream = await anyio.connect_tcp(host, int(port))
+        async with stream:
+            await stream.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and nothing more
+            with anyio.fail_after(5):
+                with pytest.raises(anyio.EndOfStream):
+                    await stream.receive()
+        async with s.http.get(f"{s.server.url}/pith/{s.good.suffix}/bundle.json") as r:
+            assert r.status == 200  # the others are served

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import re
 import signal
+from contextlib import suppress
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -75,8 +76,22 @@ def run(args: argparse.Namespace) -> int:
     _, db = archive(args)
     host, port = parse_bind(args.bind)
     base_url = parse_base_url(args.base_url)
+    _raise_descriptor_limit()
     anyio.run(_serve, db, host, port, args.name, base_url)
     return EXIT_OK
+
+
+def _raise_descriptor_limit() -> None:
+    """A server holds a descriptor per client: take the most the system allows this
+    process (the soft limit up to the hard one), as servers do."""
+    try:
+        import resource
+    except ImportError:  # not on Unix
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        with suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 async def _serve(db: Path, host: str, port: int, name: str | None, base_url: str | None) -> None:
