@@ -92,9 +92,10 @@ class Conditions:
         known = await self.store.trusted.histories(sorted({s.body_sha256 for s in trusted}))
         histories = [await self._history(s, known) for s in trusted]
         archived = [_seen(s, h) for s, h in zip(trusted, histories, strict=True)]
-        by_body = {s.body_sha256: seen for s, seen in zip(trusted, archived, strict=True)}
+        # By snapshot, not by body: mirrors serving the same bytes are each themselves.
+        by_snapshot = {s.id: seen for s, seen in zip(trusted, archived, strict=True)}
         current = {
-            m: by_body[s.body_sha256]
+            m: by_snapshot[s.id]
             for m, s in latest.items()
             if s.trusted and (mirrors is None or m in mirrors)
         }

@@ -92,6 +92,9 @@ class Crawler:
     clock: Callable[[], datetime]
     rand: random.Random = field(default_factory=random.Random)
     metrics: Metrics = field(default_factory=Metrics)
+    mirrors: list[str] | None = None
+    """The mirrors crawled now (None: every mirror that ever served a record counts as
+    serving it now); a mirror taken out of the configuration is only history."""
     _verdicts: OrderedDict[tuple[str, str], Report] = field(default_factory=OrderedDict)
     _verdicts_trust: TrustSet | None = None
     conditions: Conditions = field(init=False)
@@ -122,7 +125,7 @@ class Crawler:
             if trusted is not None and result.error is None:
                 await self._state(suffix, site, trusted, result, state_state)
             if result.new_snapshots:
-                await self.conditions.check_record(suffix)
+                await self.conditions.check_record(suffix, mirrors=self.mirrors)
         return result
 
     # -- the bundle ----------------------------------------------------------------------

@@ -211,6 +211,7 @@ class Daemon:
         self.free: anyio.Semaphore
         """Workers not busy with a pair (the scheduler takes one before handing one out)."""
         self.round_scope: anyio.CancelScope | None = None
+        self.crawler: Crawler | None = None
         self.store: Store  # set by run(), which owns it
 
     async def run(self) -> None:
@@ -244,6 +245,7 @@ class Daemon:
         async with fetcher_for(config) as fetcher:
             trust = await with_learned(self.trust, self.store, config)
             crawler = Crawler(config, self.store, fetcher, trust, _now, metrics=self.metrics)
+            self.crawler = crawler
             await self._refresh_sites(fetcher)
             tracked = await self.store.watchlist.tracked_count()
             self.notifier.ready(f"watching {tracked} records on {len(self.sites)} mirrors")
@@ -355,6 +357,8 @@ class Daemon:
             if site.origin == "config":
                 await self.store.watchlist.upsert_mirror(site.row(_now()))
         self.sites = {s.name: s for s in sites}
+        if self.crawler is not None:
+            self.crawler.mirrors = list(self.sites)
         self.metrics.retain_mirrors(self.sites)
         self.sites_at = time.monotonic()
 

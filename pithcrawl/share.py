@@ -64,6 +64,7 @@ async def crawl_share(
     """Every (record, mirror) pair of `records` × `sites`, `crawl.concurrency` at a time;
     what they found, counted as they end (memory stays flat however many there are)."""
     tally = Tally()
+    crawler.mirrors = [s.name for s in sites]
     concurrency = crawler.config.crawl.concurrency
     send, receive = anyio.create_memory_object_stream[_Job](concurrency)
 

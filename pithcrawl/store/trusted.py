@@ -36,6 +36,15 @@ candidates (suffix) AS (
     SELECT l.suffix FROM latest AS l JOIN snapshots AS s ON s.id = l.id WHERE s.trusted = 1
     GROUP BY l.suffix HAVING count(DISTINCT s.body_sha256) > 1
     UNION
+    -- A mirror whose latest trusted bundle is not the newest one archived lags, even when
+    -- every mirror now serves the same bytes (the newest came from one that went back).
+    SELECT l.suffix FROM latest AS l JOIN snapshots AS s ON s.id = l.id
+    WHERE s.trusted = 1 AND s.body_sha256 != (
+        SELECT n.body_sha256 FROM snapshots AS n
+        WHERE n.suffix = l.suffix AND n.kind = 'bundle' AND n.trusted = 1
+        ORDER BY julianday(n.built_at) DESC, n.fetched_at DESC, n.id DESC LIMIT 1
+    )
+    UNION
     SELECT suffix FROM alerts WHERE closed_at IS NULL AND scope LIKE 'record:%'
 )
 SELECT suffix FROM candidates WHERE NOT ?1 OR suffix IN (SELECT suffix FROM records)
