@@ -166,3 +166,49 @@ def test_dead_url_exits_3(capsys):
     code, out, _ = run(capsys, "verify", f"http://127.0.0.1:{port}/pith/{REAL_SUFFIX}/bundle.json")
     assert code == 3
     assert out.startswith("ERROR")
+
+
+def test_expect_names_the_record_every_document_must_be(capsys):
+    code, out, _ = run(capsys, "verify", REAL_BUNDLE, "--now", NOW, "--expect", REAL_SUFFIX)
+    assert code == 0, out
+    other = "A" * 26
+    code, out, _ = run(capsys, "verify", REAL_BUNDLE, "--now", NOW, "--expect", other)
+    assert code == 1 and "pith_number_mismatch" in out
+
+
+def test_clock_skew_lets_a_document_be_ahead_by_that_much(capsys):
+    """The real bundle as of a day before it was built: refused, unless the skew says so."""
+    day_before = "2026-05-01T00:00:00Z"
+    code, out, _ = run(capsys, "verify", REAL_BUNDLE, "--now", day_before, "--clock-skew", "0s")
+    assert code == 1 and "timestamp_future" in out
+    code, out, _ = run(capsys, "verify", REAL_BUNDLE, "--now", day_before, "--clock-skew", "3650d")
+    assert code == 0, out
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--expect", "nope"], "--expect"),
+        (["--clock-skew", "forever"], "--clock-skew"),
+    ],
+)
+def test_a_bad_option_value_is_a_usage_error(capsys, argv, named):
+    code, _, err = run(capsys, "verify", REAL_BUNDLE, *argv)
+    assert code == 2 and named in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["diff", "A" * 26, "--from", str(2**63)],
+        ["diff", "A" * 26, "--to", "0"],
+        ["evidence", str(2**63), "--out", "x"],
+        ["evidence", "twelve", "--out", "x"],
+    ],
+)
+def test_an_id_out_of_range_is_a_usage_error(capsys, argv):
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "is not" in err and "Traceback" not in err

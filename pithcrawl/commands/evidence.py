@@ -23,7 +23,7 @@ from typing import Any
 import anyio
 
 from pithcrawl import __version__
-from pithcrawl.commands.report import archive
+from pithcrawl.commands.report import archive, row_id
 from pithcrawl.config import Config
 from pithcrawl.errors import EXIT_OK, OperationalError, UsageError
 from pithcrawl.keys import TrustedKey
@@ -39,7 +39,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("alert_id", type=int, metavar="ALERT_ID", help="the alert's id")
+    p.add_argument("alert_id", type=row_id, metavar="ALERT_ID", help="the alert's id")
     p.add_argument(
         "--out", type=Path, required=True, metavar="DIR", help="directory to write (created)"
     )
@@ -215,13 +215,20 @@ async def _document(
     return Document(full, (ref.role,), snap.kind, snap.trusted, body)
 
 
-def recheck(package: Package) -> list[tuple[Document, str]]:
-    """One `pithcrawl verify` command per document, run from the evidence directory."""
-    keys = [arg for file, _, _ in package.keys for arg in ("--key", file)]
+def recheck(package: Package, config: Config) -> list[tuple[Document, str]]:
+    """One `pithcrawl verify` command per document, run from the evidence directory: as
+    of when it was fetched, with the archive's clock skew, as a document of the alert's
+    record (a mirror serving another record's document is what some alerts are about)."""
+    options = [arg for file, _, _ in package.keys for arg in ("--key", file)]
+    if config.trust.clock_skew != Config().trust.clock_skew:
+        seconds = config.trust.clock_skew.total_seconds()
+        options += ["--clock-skew", f"{int(seconds) if seconds.is_integer() else seconds}s"]
+    if package.alert.suffix is not None:
+        options += ["--expect", package.alert.suffix]
     commands = []
     for d in package.documents:
         now = ["--now", d.ref.fetched_at] if d.ref.fetched_at else []
-        commands.append((d, shlex.join(["pithcrawl", "verify", *keys, *now, d.file])))
+        commands.append((d, shlex.join(["pithcrawl", "verify", *options, *now, d.file])))
     return commands
 
 
@@ -236,7 +243,7 @@ def _write(out: Path, package: Package, config: Config, generated: datetime) -> 
             raise OperationalError(f"{path}: wrote bytes with sha256 {written}, not {d.ref.sha256}")
     for file, key, _ in package.keys:
         (out / file).write_text(json.dumps(key.to_json(), indent=2) + "\n", encoding="utf-8")
-    commands = recheck(package)
+    commands = recheck(package, config)
     summary = {
         "alert": package.alert.to_json(),
         "documents": [d.to_json() for d in package.documents],
@@ -294,12 +301,6 @@ def readme(package: Package, commands: list[tuple[Document, str]], config: Confi
     for d, command in commands:
         expect = {True: "exit 0 (ok)", False: "exit 1 (FAIL)", None: "see the claim above"}
         lines += [f"  {command}", f"    expect: {expect[d.trusted]}"]
-    if config.trust.clock_skew != Config().trust.clock_skew:
-        lines += [
-            "",
-            f"The archive allows a clock skew of {config.trust.clock_skew}; verify allows its"
-            " default unless given a --config with [trust] clock_skew.",
-        ]
     lines += ["", "summary.json holds the alert object, every document and these commands."]
     return "\n".join(lines) + "\n"
 

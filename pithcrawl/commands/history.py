@@ -20,7 +20,7 @@ import anyio
 import jsonpatch
 
 from pithcrawl.canon import MalformedJSON, parse
-from pithcrawl.commands.report import archive, print_json, suffix_of, table, when
+from pithcrawl.commands.report import archive, print_json, row_id, suffix_of, table, when
 from pithcrawl.errors import EXIT_OK, UsageError
 from pithcrawl.store import KINDS, Snapshot, Store
 from pithcrawl.timestamps import format_timestamp
@@ -41,8 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def add_diff_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pith", metavar="PITH", help="full number, suffix or bundle URL")
     p.add_argument("--mirror", metavar="NAME", help="the last two snapshots of this mirror")
-    p.add_argument("--from", dest="from_id", type=int, metavar="ID", help="older snapshot id")
-    p.add_argument("--to", dest="to_id", type=int, metavar="ID", help="newer snapshot id")
+    p.add_argument("--from", dest="from_id", type=row_id, metavar="ID", help="older snapshot id")
+    p.add_argument("--to", dest="to_id", type=row_id, metavar="ID", help="newer snapshot id")
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,6 +50,17 @@ def suffix_of(ref: str) -> str:
         raise UsageError(f"PITH {ref!r}: {e}") from None
 
 
+def row_id(text: str) -> int:
+    """An argparse type: an archive row id (a snapshot's or an alert's), 1 to 2**63 - 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"{text} is not an id (ids run from 1 to 2**63 - 1)")
+    return value
+
+
 def file_bytes(db: Path) -> int:
     """The database's size on disk, with its WAL and shared-memory files."""
     size = 0

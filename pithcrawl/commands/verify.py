@@ -26,7 +26,8 @@ from pithcrawl.errors import (
     FetchError,
     UsageError,
 )
-from pithcrawl.timestamps import parse_timestamp
+from pithcrawl.pith import parse_reference
+from pithcrawl.timestamps import parse_duration, parse_timestamp
 from pithcrawl.trust import load_trust
 from pithcrawl.verify import Report, verify
 
@@ -47,6 +48,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="trusted key file (repeatable); replaces the shipped registry key",
     )
     p.add_argument("--now", metavar="TIME", help="verify as of this RFC 3339 UTC time")
+    p.add_argument(
+        "--expect",
+        metavar="PITH",
+        help="every document must be of this record (number, suffix or bundle URL)",
+    )
+    p.add_argument(
+        "--clock-skew",
+        metavar="DURATION",
+        help="timestamps may be this far ahead of now (default: trust.clock_skew)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
 
 
@@ -68,6 +79,18 @@ def run(args: argparse.Namespace) -> int:
                 f"--now: {args.now!r} is not an RFC 3339 UTC time like 2026-06-01T00:00:00Z"
             )
         now = stamp.at
+    skew = config.trust.clock_skew
+    if args.clock_skew is not None:
+        try:
+            skew = parse_duration(args.clock_skew)
+        except ValueError as e:
+            raise UsageError(f"--clock-skew: {e}") from None
+    expect = None
+    if args.expect is not None:
+        try:
+            expect = parse_reference(args.expect)
+        except ValueError as e:
+            raise UsageError(f"--expect: {e}") from None
     trust = load_trust(args.key or config.trust.keys)
     reads = _read_all(args.sources, config)
     results: list[dict[str, Any]] = []
@@ -83,8 +106,8 @@ def run(args: argparse.Namespace) -> int:
             read.data,
             trust,
             now=now,
-            clock_skew=config.trust.clock_skew,
-            expected_suffix=read.expected_suffix,
+            clock_skew=skew,
+            expected_suffix=expect or read.expected_suffix,
         )
         results.append({"source": read.source, "kind": report.kind, **report.to_json()})
         if not report.ok:
