@@ -97,6 +97,11 @@ def _strings(obj: Mapping[str, Any], *keys: str) -> tuple[str, ...] | None:
     return None
 
 
+#: The most mirrors one manifest may list (the registry's lists a handful): an unsigned
+#: document must not make every record be crawled from thousands of places.
+MANIFEST_MAX = 256
+
+
 def from_manifest(doc: Any, *, prefix: str = "") -> list[Site]:
     """The mirrors a `pith_mirror_manifest` lists; entries without usable patterns are
     skipped (a manifest is unsigned: it can add places to look, never trust)."""
@@ -105,6 +110,8 @@ def from_manifest(doc: Any, *, prefix: str = "") -> list[Site]:
     entries = doc.get("mirrors") or []
     if not isinstance(entries, list):
         raise ValueError(f"its mirrors are a {type(entries).__name__}, not a list")
+    if len(entries) > MANIFEST_MAX:
+        raise ValueError(f"it lists {len(entries)} mirrors (at most {MANIFEST_MAX} are read)")
     sites = []
     for entry in entries:
         fields = (
@@ -229,6 +236,8 @@ def unique(sites: Iterable[Site]) -> list[Site]:
 async def resolve(config: Config, store: Store, fetcher: Fetcher, now: datetime) -> list[Site]:
     """Every mirror to crawl now: configured, from manifests (refreshed), discovered."""
     sites = configured(config)
+    manifest_sites: list[Site] = []
+    unread: list[str] = []  # manifests not read now: their last listing stands
     for m in config.mirrors:
         if m.manifest is None:
             continue
@@ -236,15 +245,25 @@ async def resolve(config: Config, store: Store, fetcher: Fetcher, now: datetime)
             listed = await fetch_manifest(fetcher, m.manifest, m.name)
         except ValueError as e:
             log.warning("manifest_unreadable", manifest=m.manifest, error=str(e))
+            unread.append(m.name)
             continue
+        manifest_sites += listed  # exactly what it lists now: a mirror it dropped is gone
         for site in listed:
             await store.watchlist.upsert_mirror(site.row(now))
+        names = {site.name for site in listed}
+        for row in await store.watchlist.mirrors():
+            dropped = Site.from_row(row)
+            if (
+                dropped.origin == "manifest"
+                and dropped.name.startswith(f"{m.name}/")
+                and dropped.name not in names
+            ):
+                await store.watchlist.remove_mirror(dropped.name)
     known = [Site.from_row(row) for row in await store.watchlist.mirrors()]
-    manifest_sites = [
+    manifest_sites += [
         s
         for s in known
-        if s.origin == "manifest"
-        and any(m.manifest and s.name.startswith(f"{m.name}/") for m in config.mirrors)
+        if s.origin == "manifest" and any(s.name.startswith(f"{name}/") for name in unread)
     ]
     discovered = []
     if config.crawl.discover:

@@ -384,3 +384,23 @@ def test_dataclasses_are_frozen(instance: object, name: str) -> None:
     """Every config value is immutable."""
     with pytest.raises(dataclasses.FrozenInstanceError):
         setattr(instance, name, None)
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ('[crawl]\ninterval = "99999999d"\n', "crawl.interval"),
+        ('[trust]\nclock_skew = "99999999d"\n', "trust.clock_skew"),
+        ('[alerts]\nunreachable_after = "99999999d"\n', "alerts.unreachable_after"),
+        ("[crawl]\nconcurrency = 1000000000\n", "crawl.concurrency"),
+        ("[crawl]\nper_host = 100000\n", "crawl.per_host"),
+        ("[crawl]\nworkers = 100000\n", "crawl.workers"),
+        ('[[mirrors]]\nname = "x"\nbase_url = "https://a..b"\n', "mirrors"),
+        ('[[mirrors]]\nname = "x"\nbase_url = "https://' + "a" * 64 + '.org"\n', "mirrors"),
+    ],
+)
+def test_a_value_past_what_pithcrawl_can_use_is_refused_at_load(toml: str, key: str) -> None:
+    """Refused when read, naming the key (a duration a date cannot be moved by, or tasks
+    by the million, used to end a pass later with a traceback or exhaust memory)."""
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        parse_config(toml)

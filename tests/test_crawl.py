@@ -455,3 +455,63 @@ async def test_a_discovered_mirror_is_dropped_when_private_hosts_are_no_longer_a
         hits = sum(e.mirrors[1].hits.values())
         assert (await e.sync()).mirrors == 1
         assert sum(e.mirrors[1].hits.values()) == hits
+
+
+def _listing(name: str, base: str) -> dict[str, str]:
+    return {
+        "name": name,
+        "base_url": base,
+        "bundle_pattern": f"{base}/pith/{{suffix}}/bundle.json",
+        "state_pattern": f"{base}/pith/{{suffix}}/state.json",
+    }
+
+
+def _use_manifest(e, tmp_path, entries) -> None:
+    doc = {"manifest_type": "pith_mirror_manifest", "manifest_version": "1.0", "mirrors": entries}
+    e.mirrors[0].extra["/pith-mirrors.json"] = json.dumps(doc).encode()
+    e.config = parse_config(
+        f'[crawl]\ndiscover = false\ntimeout = "3s"\n[[mirrors]]\nname = "registry"\n'
+        f'manifest = "{e.mirrors[0].base_url}/pith-mirrors.json"\n',
+        base_dir=tmp_path,
+    )
+
+
+async def test_a_manifest_mirror_no_one_can_look_up_fails_alone(tmp_path, signer):
+    async with env(tmp_path, signer, n=2) as e:
+        b = record(signer)
+        serve(e, b, only=[1])
+        _use_manifest(
+            e, tmp_path, [_listing("good", e.mirrors[1].base_url), _listing("bad", "https://a..b")]
+        )
+        await track(e, b)
+        summary = await e.sync()
+        assert (summary.mirrors, summary.errors, summary.new_snapshots) == (2, 1, 2)
+
+
+async def test_a_mirror_the_manifest_no_longer_lists_is_no_longer_crawled(tmp_path, signer):
+    """The manifest's listing now is what counts (its last one, while it cannot be read):
+    mirrors it dropped used to be crawled for good, and a manifest rotating names grew
+    the crawl without bound."""
+    async with env(tmp_path, signer, n=3) as e:
+        b = record(signer)
+        serve(e, b, only=[1, 2])
+        await track(e, b)
+        _use_manifest(e, tmp_path, [_listing("one", e.mirrors[1].base_url)])
+        assert (await e.sync()).mirrors == 1
+        _use_manifest(e, tmp_path, [_listing("two", e.mirrors[2].base_url)])
+        hits = sum(e.mirrors[1].hits.values())
+        assert (await e.sync()).mirrors == 1
+        assert sum(e.mirrors[1].hits.values()) == hits
+        e.mirrors[0].extra["/pith-mirrors.json"] = b"not json"  # unreadable: "two" stands
+        assert (await e.sync()).mirrors == 1
+
+
+async def test_a_manifest_listing_too_many_mirrors_is_not_read(tmp_path, signer):
+    from pithcrawl.mirrors import MANIFEST_MAX
+
+    async with env(tmp_path, signer, n=1) as e:
+        b = record(signer)
+        listing = [_listing(f"m{i}", f"http://m{i}.invalid") for i in range(MANIFEST_MAX + 1)]
+        _use_manifest(e, tmp_path, listing)
+        await track(e, b)
+        assert (await e.sync()).mirrors == 0

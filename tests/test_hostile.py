@@ -697,3 +697,18 @@ async def test_redirect_from_a_discovered_mirror_to_an_internal_address_is_refus
         assert sum(internal.hits.values()) == 0
         async with s.store() as store:
             assert await store.snapshots(s.bad.suffix, mirror="found (mirror.example)") == []
+
+
+@pytest.mark.parametrize(
+    "location", ["http://a..b/", "http://" + "a" * 64 + ".example/", "http://xn--zz-/"]
+)
+async def test_a_redirect_to_a_host_no_one_can_look_up_fails_that_record_only(
+    tmp_path, signer, location
+):
+    """A host name IDNA cannot encode (an empty label, one over 63 characters): the
+    record's fetch fails and is retried later; the pass goes on (it used to end it)."""
+    async with scene(tmp_path, signer) as s:
+        s.serve_bad(redirect(location))
+        summary = await s.sync()
+        assert summary.errors == 1
+        await assert_good_archived(s)

@@ -34,6 +34,9 @@ DEFAULT_BUNDLE_PATTERN = "{base_url}/pith/{suffix}/bundle.json"
 DEFAULT_STATE_PATTERN = "{base_url}/pith/{suffix}/state.json"
 DEFAULT_WELL_KNOWN_PATTERN = "{base_url}/.well-known/pith/{suffix}/bundle.json"
 DB_FILENAME = "pithcrawl.db"
+#: The most fetches in flight `crawl.concurrency` may ask for: each is a task and a
+#: connection, and past a few thousand they only contend for the same CPU and sockets.
+CONCURRENCY_MAX = 4096
 
 _PATTERN_KEYS = ("bundle_pattern", "state_pattern", "well_known_pattern")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
@@ -240,14 +243,14 @@ def _crawl(t: Table) -> CrawlConfig:
         raise bad(t.key("contact"), "expected printable ASCII", contact)
     return CrawlConfig(
         interval=t.duration("interval", d.interval),
-        concurrency=t.integer("concurrency", d.concurrency, minimum=1),
-        per_host=t.integer("per_host", d.per_host, minimum=1),
+        concurrency=t.integer("concurrency", d.concurrency, minimum=1, maximum=CONCURRENCY_MAX),
+        per_host=t.integer("per_host", d.per_host, minimum=1, maximum=CONCURRENCY_MAX),
         timeout=t.duration("timeout", d.timeout),
         max_bytes=t.integer("max_bytes", d.max_bytes, minimum=1024),
         contact=contact,
         discover=t.boolean("discover", d.discover),
         allow_private_hosts=t.boolean("allow_private_hosts", d.allow_private_hosts),
-        workers=t.integer("workers", d.workers, minimum=0),
+        workers=t.integer("workers", d.workers, minimum=0, maximum=CONCURRENCY_MAX),
     )
 
 

@@ -25,6 +25,9 @@ from urllib.parse import urlsplit
 from pithcrawl.errors import ConfigError
 from pithcrawl.timestamps import parse_duration
 
+#: The longest duration a key may hold: past it, adding one to a date overflows.
+LONGEST = timedelta(days=36525)
+
 
 @dataclass(frozen=True, slots=True)
 class Table:
@@ -58,10 +61,12 @@ class Table:
         value: bool | None = self._get(name, bool, "true or false")
         return default if value is None else value
 
-    def integer(self, name: str, default: int, *, minimum: int) -> int:
+    def integer(self, name: str, default: int, *, minimum: int, maximum: int = 2**31) -> int:
         value: int | None = self._get(name, int, "an integer")
         if value is not None and value < minimum:
             raise bad(self.key(name), f"expected at least {minimum}", value)
+        if value is not None and value > maximum:
+            raise bad(self.key(name), f"expected at most {maximum}", value)
         return default if value is None else value
 
     def duration(self, name: str, default: timedelta, *, allow_zero: bool = False) -> timedelta:
@@ -75,6 +80,8 @@ class Table:
             raise bad(self.key(name), f"expected {expected}", text) from None
         if not value and not allow_zero:
             raise bad(self.key(name), "expected a duration longer than zero", text)
+        if value > LONGEST:
+            raise bad(self.key(name), "expected at most 100 years", text)
         return value
 
     def url(self, name: str) -> str | None:
@@ -116,7 +123,9 @@ def check_url(key: str, value: str, *, shown: str | None = None) -> str:
     try:
         parts = urlsplit(value)
         ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
-    except ValueError:  # a port that is not a number
+        if ok and parts.hostname is not None:
+            parts.hostname.encode("idna")  # a name DNS can be asked (labels of 1-63)
+    except ValueError:  # a port that is not a number; a name IDNA cannot encode
         ok = False
     if not ok or any(c.isspace() for c in value):
         raise bad(key, "expected an http or https URL with a host", shown or value)

@@ -220,7 +220,7 @@ class HttpFetcher:
             ):
                 await resp.content.read(65536)  # a reply body is not used; bound it anyway
                 return resp.status
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except (aiohttp.ClientError, OSError, TimeoutError, UnicodeError) as exc:
             raise self._translate(exc, target, reading_body=False) from exc
 
     async def _follow(self, url: str, chain: list[str], target: URL, allow: AllowUrl | None) -> URL:
@@ -279,7 +279,7 @@ class HttpFetcher:
                 )
         except FetchError:
             raise
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except (aiohttp.ClientError, OSError, TimeoutError, UnicodeError) as exc:
             raise self._translate(exc, url, reading_body=reading_body) from exc
 
     async def _read_body(self, resp: aiohttp.ClientResponse, url: URL) -> bytes:
@@ -308,6 +308,8 @@ class HttpFetcher:
     def _translate(self, exc: BaseException, url: URL, *, reading_body: bool) -> FetchError:
         """The one place aiohttp's, ssl's and the socket's exceptions become ours."""
         where = "while reading the body" if reading_body else "before the response headers"
+        if isinstance(exc, UnicodeError):  # IDNA: a label too long, empty, or not encodable
+            return ConnectionFailed(f"{url}: the host name cannot be looked up: {exc}")
         if isinstance(exc, TimeoutError):  # also aiohttp's connect and sock_read timeouts
             return FetchTimeout(f"{url}: timed out {where} (timeout {self._timeout:g}s)")
         if isinstance(
