@@ -11,7 +11,6 @@ usage error (exit 2) that names it.
 from __future__ import annotations
 
 import argparse
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,15 +100,14 @@ async def _history(
 ) -> tuple[str | None, list[Entry]]:
     async with await Store.open(db, readonly=True) as store:
         snaps = await store.snapshots(suffix, mirror=mirror, kind=kind)
-        record = next((r for r in await store.watchlist.tracked() if r.suffix == suffix), None)
+        record = await store.watchlist.record(suffix)
         if record is None and not snaps and not await _archived(store, suffix):
             raise UsageError(f"PITH {suffix}: no such record in the archive {db}")
-        linked: dict[int, list[str]] = defaultdict(list)
-        for e in await store.events():
-            if e.snapshot_id is not None:
-                linked[e.snapshot_id].append(e.kind)
+        linked = await store.event_kinds([s.id for s in snaps])
         by_id = {s.id: s for s in snaps}
-        entries = [Entry(s, await _changes(store, s, by_id), tuple(linked[s.id])) for s in snaps]
+        entries = [
+            Entry(s, await _changes(store, s, by_id), tuple(linked.get(s.id, ()))) for s in snaps
+        ]
         number = record.pith_number if record is not None else None
         if number is None:
             number = await _pith_number(store, suffix)

@@ -318,6 +318,19 @@ class Store:
             )
         return [event_from_row(r) for r in rows]
 
+    async def event_kinds(self, snapshot_ids: Sequence[int]) -> dict[int, list[str]]:
+        """The kinds of the events linked to each of these snapshots, in log order."""
+        async with self._db.read("read the events of snapshots") as s:
+            rows = await s.all(
+                "SELECT snapshot_id, kind FROM events"
+                " WHERE snapshot_id IN (SELECT value FROM json_each(?)) ORDER BY at, id",
+                (to_json_text(list(snapshot_ids)),),
+            )
+        linked: dict[int, list[str]] = {}
+        for snapshot_id, kind in rows:
+            linked.setdefault(snapshot_id, []).append(kind)
+        return linked
+
     async def newest_snapshot_id(self, suffix: str) -> int | None:
         """The id of a record's newest snapshot of any kind, mirror or trust: it changes
         whenever anything about the record is archived (a cheap freshness check)."""

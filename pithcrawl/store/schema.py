@@ -177,7 +177,12 @@ DROP TABLE blobs;
 ALTER TABLE blobs_v5 RENAME TO blobs;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5)
+# The events of given snapshots (`history`) without reading the whole event log.
+_V6 = """
+CREATE INDEX events_snapshot ON events (snapshot_id) WHERE snapshot_id IS NOT NULL;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
 """Migration scripts in order; the schema version is their count."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -66,6 +66,12 @@ class Watchlist:
             rows = await s.all("SELECT * FROM records ORDER BY added_at, suffix")
         return [record_from_row(r) for r in rows]
 
+    async def record(self, suffix: str) -> Record | None:
+        """One tracked record, or None."""
+        async with self._db.read("read a tracked record") as s:
+            row = await s.one("SELECT * FROM records WHERE suffix = ?", (suffix,))
+        return None if row is None else record_from_row(row)
+
     async def tracked_page(
         self, *, low: str | None, high: str | None, after: str | None, limit: int
     ) -> list[str]:
