@@ -1056,3 +1056,34 @@ async def test_the_events_of_some_snapshots_are_read_by_index(
             ("[1]",),
         ).fetchall()
     assert any("USING INDEX events_snapshot" in row[3] for row in plan), plan
+
+
+async def test_mirror_summaries_sum_up_each_mirrors_bookkeeping(
+    store: Store, real_bundle_bytes: bytes, real_state_bytes: bytes
+) -> None:
+    """What `status` shows per mirror, summed in SQL (one row a mirror, however many
+    records): the same as summing the rows one by one."""
+    await store.watchlist.upsert_mirror(mirror("other"))
+    await store.watchlist.track([SUFFIX_B], NOW)
+    await store.record_fetch(ok(real_bundle_bytes))
+    await store.record_fetch(ok(real_state_bytes, kind="state", at=2))
+    await store.record_fetch(failed(5, "timeout"))
+    await store.record_fetch(replace(failed(9, "HTTP 503"), suffix=SUFFIX_B))
+    await store.record_fetch(ok(real_bundle_bytes, mirror="other", at=3))
+    await store.flush()
+    states = await store.fetch_states()
+    summaries = {s.mirror: s for s in await store.mirror_summaries()}
+    assert set(summaries) == {"main", "other"}
+    for name, got in summaries.items():
+        rows = [s for s in states if s.mirror == name]
+        failing = [s for s in rows if s.failures]
+        latest_failure = max(failing, key=lambda s: s.last_fetch_at, default=None)
+        assert got.records == len({s.suffix for s in rows})
+        assert got.last_success_at == max(
+            (s.last_success_at for s in rows if s.last_success_at), default=None
+        )
+        assert got.last_failure_at == (latest_failure and latest_failure.last_fetch_at)
+        assert got.last_error == (latest_failure and latest_failure.last_error)
+        assert got.failures == max(s.failures for s in rows)
+        assert got.next_due == min(s.next_due for s in rows if s.next_due)
+    assert summaries["main"].last_error == "HTTP 503"  # its latest failure (of two records)

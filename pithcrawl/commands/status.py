@@ -10,7 +10,7 @@ the archive's alert table, each with the state of its delivery to every sink.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,8 @@ import anyio
 from pithcrawl.commands.report import archive, file_bytes, print_json, size, table, when
 from pithcrawl.config import Config
 from pithcrawl.errors import EXIT_OK
-from pithcrawl.store import Alert, Delivery, FetchState, Store
+from pithcrawl.store import Alert, Delivery, Store
+from pithcrawl.store.archive import MirrorSummary
 from pithcrawl.timestamps import format_timestamp
 
 HELP = "Tracked records, mirrors (last success and failure), open alerts, the archive."
@@ -37,31 +38,23 @@ class MirrorStatus:
 
     name: str
     base_url: str | None = None
-    records: set[str] = field(default_factory=set)
+    records: int = 0
     last_success_at: datetime | None = None
     last_failure_at: datetime | None = None
     failures: int = 0
     last_error: str | None = None
     next_due: datetime | None = None
 
-    def add(self, state: FetchState) -> None:
-        self.records.add(state.suffix)
-        self.last_success_at = _latest(self.last_success_at, state.last_success_at)
-        failed_at = state.last_fetch_at if state.failures else None
-        if failed_at is not None and (
-            self.last_failure_at is None or failed_at > self.last_failure_at
-        ):
-            self.last_failure_at = failed_at
-            self.last_error = state.last_error
-        self.failures = max(self.failures, state.failures)
-        if state.next_due is not None and (self.next_due is None or state.next_due < self.next_due):
-            self.next_due = state.next_due
+    def take(self, s: MirrorSummary) -> None:
+        self.records, self.failures, self.last_error = s.records, s.failures, s.last_error
+        self.last_success_at, self.last_failure_at = s.last_success_at, s.last_failure_at
+        self.next_due = s.next_due
 
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "base_url": self.base_url,
-            "records": len(self.records),
+            "records": self.records,
             "last_success_at": _text(self.last_success_at),
             "last_failure_at": _text(self.last_failure_at),
             "failures": self.failures,
@@ -78,6 +71,9 @@ class Status:
     mirrors: list[MirrorStatus]
     open_alerts: list[Alert]
     deliveries: dict[int, list[Delivery]]
+    """The deliveries of the open alerts."""
+    undelivered: int
+    """Deliveries not yet taken, of any alert (a closing notice of a closed one too)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -88,9 +84,7 @@ class Status:
                 {**a.to_json(), "deliveries": [_delivery(d) for d in self.deliveries.get(a.id, [])]}
                 for a in self.open_alerts
             ],
-            "undelivered": sum(
-                1 for ds in self.deliveries.values() for d in ds if d.delivered_at is None
-            ),
+            "undelivered": self.undelivered,
         }
 
 
@@ -108,19 +102,20 @@ async def gather(config: Config, db: Path) -> Status:
     """Read everything `status` shows, in one read-only session."""
     async with await Store.open(db, readonly=True) as store:
         records = await store.watchlist.tracked_count()
-        states = await store.fetch_states()
+        summaries = await store.mirror_summaries()
         known = await store.watchlist.mirrors()
         alerts = await store.alerts.open_alerts()
         deliveries: dict[int, list[Delivery]] = {}
-        for d in await store.alerts.deliveries():
+        for d in await store.alerts.deliveries(alert_ids=[a.id for a in alerts]):
             deliveries.setdefault(d.alert_id, []).append(d)
+        undelivered = await store.alerts.undelivered_count()
     mirrors: dict[str, MirrorStatus] = {}
     for m in config.mirrors:
         mirrors[m.name] = MirrorStatus(m.name, m.base_url)
     for k in known:
         mirrors.setdefault(k.name, MirrorStatus(k.name, k.base_url))
-    for s in states:
-        mirrors.setdefault(s.mirror, MirrorStatus(s.mirror)).add(s)
+    for summary in summaries:
+        mirrors.setdefault(summary.mirror, MirrorStatus(summary.mirror)).take(summary)
     return Status(
         db=db,
         db_bytes=file_bytes(db),
@@ -128,6 +123,7 @@ async def gather(config: Config, db: Path) -> Status:
         mirrors=sorted(mirrors.values(), key=lambda m: m.name),
         open_alerts=alerts,
         deliveries=deliveries,
+        undelivered=undelivered,
     )
 
 
@@ -164,7 +160,7 @@ def render(status: Status) -> list[str]:
             [
                 (
                     m.name,
-                    str(len(m.records)),
+                    str(m.records),
                     when(m.last_success_at),
                     when(m.last_failure_at),
                     str(m.failures),

@@ -323,14 +323,25 @@ class AlertBook:
             )
         return [(_delivery(r), _alert(r)) for r in rows]
 
-    async def deliveries(self, alert_id: int | None = None) -> list[Delivery]:
+    async def deliveries(
+        self, alert_id: int | None = None, *, alert_ids: Sequence[int] | None = None
+    ) -> list[Delivery]:
+        """The deliveries of one alert, of some (`alert_ids`), or of all."""
+        ids = None if alert_ids is None else to_json_text(list(alert_ids))
         async with self._db.read("list deliveries") as s:
             rows = await s.all(
-                "SELECT * FROM deliveries WHERE ?1 IS NULL OR alert_id = ?1"
+                "SELECT * FROM deliveries WHERE (?1 IS NULL OR alert_id = ?1)"
+                " AND (?2 IS NULL OR alert_id IN (SELECT value FROM json_each(?2)))"
                 " ORDER BY alert_id, phase DESC, sink",
-                (alert_id,),
+                (alert_id, ids),
             )
         return [_delivery(r) for r in rows]
+
+    async def undelivered_count(self) -> int:
+        """Deliveries not yet taken by their sinks."""
+        async with self._db.read("count undelivered") as s:
+            row = await s.one("SELECT count(*) FROM deliveries WHERE delivered_at IS NULL")
+        return 0 if row is None else int(row[0])
 
     async def delivered(self, d: Delivery, at: datetime) -> None:
         async with self._db.write("record a delivery") as s:

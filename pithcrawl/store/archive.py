@@ -69,6 +69,16 @@ SELECT min(f.next_due) FROM fetch_state AS f JOIN records AS r ON r.suffix = f.s
 WHERE f.kind = 'bundle' AND f.mirror IN (SELECT value FROM json_each(?))
 """
 
+# Times are stored as text that sorts as time (`rows.db_time`): min and max compare them.
+_MIRROR_SUMMARIES = """
+SELECT f.mirror, count(DISTINCT f.suffix), max(f.last_success_at),
+       max(CASE WHEN f.failures > 0 THEN f.last_fetch_at END), max(f.failures),
+       (SELECT g.last_error FROM fetch_state AS g WHERE g.mirror = f.mirror AND g.failures > 0
+        ORDER BY g.last_fetch_at DESC LIMIT 1),
+       min(f.next_due)
+FROM fetch_state AS f GROUP BY f.mirror ORDER BY f.mirror
+"""
+
 _STATS = """
 SELECT (SELECT count(*) FROM blobs) AS blobs, (SELECT count(*) FROM records) AS records,
        (SELECT count(*) FROM mirrors) AS mirrors,
@@ -164,7 +174,7 @@ class Store:
         return None if row is None else fetch_state_from_row(row)
 
     async def fetch_states(self, *, suffix: str | None = None) -> list[FetchState]:
-        """All bookkeeping rows (of one record if `suffix`), for `status`."""
+        """All bookkeeping rows (of one record if `suffix`)."""
         async with self._db.read("read fetch state") as s:
             rows = await s.all(
                 "SELECT * FROM fetch_state WHERE ?1 IS NULL OR suffix = ?1"
@@ -172,6 +182,24 @@ class Store:
                 (suffix,),
             )
         return [fetch_state_from_row(r) for r in rows]
+
+    async def mirror_summaries(self) -> list[MirrorSummary]:
+        """Each mirror's bookkeeping summed over its (record, kind) rows, for `status`:
+        one row a mirror however many records are tracked."""
+        async with self._db.read("sum up fetch state") as s:
+            rows = await s.all(_MIRROR_SUMMARIES)
+        return [
+            MirrorSummary(
+                r[0],
+                r[1],
+                _at(r[2]),
+                _at(r[3]),
+                r[4],
+                r[5],
+                _at(r[6]),
+            )
+            for r in rows
+        ]
 
     async def fetch_states_of(
         self, suffixes: Sequence[str]
@@ -356,6 +384,20 @@ class Store:
         return [str(r[0]) for r in rows]
 
 
+class MirrorSummary(NamedTuple):
+    """One mirror's fetch bookkeeping, summed (`Store.mirror_summaries`)."""
+
+    mirror: str
+    records: int
+    last_success_at: datetime | None
+    last_failure_at: datetime | None
+    failures: int
+    """The most consecutive failures of any of its (record, kind) pairs."""
+    last_error: str | None
+    """The error of its latest failed fetch."""
+    next_due: datetime | None
+
+
 class Due(NamedTuple):
     """A (record, mirror) pair whose bundle is due."""
 
@@ -363,6 +405,10 @@ class Due(NamedTuple):
     mirror: str
     since: datetime
     """When it fell due (when the record was tracked, for a pair never fetched)."""
+
+
+def _at(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
 
 
 def _has_blob(conn: sqlite3.Connection, sha256: str) -> bool:
