@@ -32,7 +32,7 @@ from pithcrawl.findings import Severity
 from pithcrawl.keys import InvalidKey, TrustedKey, TrustSet, key_problems, load_key
 from pithcrawl.metrics import Metrics
 from pithcrawl.mirrors import Site, discoverable, from_hints
-from pithcrawl.polling import UNREAD, Poller, Unread, body_sha256
+from pithcrawl.polling import UNREAD, Got, Poller, Unread, body_sha256
 from pithcrawl.store import FetchOutcome, FetchState, NewEvent, Snapshot, Store
 from pithcrawl.timestamps import format_timestamp
 from pithcrawl.verify import Report, verify_bundle, verify_state
@@ -92,6 +92,8 @@ class Crawler:
     clock: Callable[[], datetime]
     rand: random.Random = field(default_factory=random.Random)
     metrics: Metrics = field(default_factory=Metrics)
+    reverify: bool = False
+    """Judge unchanged bodies again (the trust set changed since their verdicts)."""
     mirrors: list[str] | None = None
     """The mirrors crawled now (None: every mirror that ever served a record counts as
     serving it now); a mirror taken out of the configuration is only history."""
@@ -145,14 +147,32 @@ class Crawler:
             result.error = await self.poller.failed(suffix, site.name, got, now)
             return None
         if got.unchanged:
-            await self.store.record_fetch(self.poller.outcome(suffix, site.name, got, now))
             before = got.before
-            if before is None or before.body_sha256 is None or not before.body_trusted:
-                # What this mirror serves was never trusted: its alert was raised when it
-                # first came; it is still a security finding of this pass.
-                result.serves_untrusted = True
-                return None
-            return _Trusted(before.body_sha256, None, None)
+            again = None
+            if (
+                before is not None
+                and before.body_sha256 is not None
+                and (self.reverify or not before.body_trusted)
+            ):
+                # The keys changed since this body was judged, or it was not trusted then:
+                # its archived bytes are judged again, under the keys of now (below, as a
+                # body just fetched: the same bytes, so no new snapshot).
+                again = await self._archived(got)
+                if again is not None:
+                    assert again.result is not None and before is not None
+                    judged = self._verify(again.result.body, again.body_sha256 or "", suffix, now)
+                    if judged.ok == bool(before.body_trusted):
+                        again = None  # the same verdict: nothing new to say
+            if again is None:
+                await self.store.record_fetch(self.poller.outcome(suffix, site.name, got, now))
+                if before is None or before.body_sha256 is None or not before.body_trusted:
+                    # What this mirror serves was never trusted: its alert was raised when
+                    # it first came; it is still a security finding of this pass.
+                    result.serves_untrusted = True
+                    return None
+                return _Trusted(before.body_sha256, None, None)
+            got = again
+        assert got.result is not None  # a 200 or a 304, checked above
         previous = await self.store.latest_snapshot(suffix, site.name, "bundle", trusted=True)
         body, body_sha = got.result.body, got.body_sha256 or body_sha256(got.result.body)
         report = self._verify(body, body_sha, suffix, now)
@@ -301,6 +321,23 @@ class Crawler:
         self.conditions.mark(scope, bool(current))
         log_alerts(opened, closed)
         return snapshot
+
+    async def _archived(self, got: Got) -> Got | None:
+        """`got` (unchanged) as a 200 of the archived body it stands for; None when that
+        cannot be read (damage is logged; the last verdict then stands)."""
+        before, fetched = got.before, got.result
+        assert before is not None and before.body_sha256 is not None and fetched is not None
+        try:
+            body = await self.store.get_blob(before.body_sha256)
+        except StoreCorrupt as e:
+            log.error("archive_damaged", detail=str(e), body_sha256=before.body_sha256)
+            return None
+        return replace(
+            got,
+            result=replace(fetched, status=200, body=body),
+            body_sha256=before.body_sha256,
+            rejudged=True,
+        )
 
     async def _number(self, suffix: str, report: Report) -> str:
         """The tracked record's Pith Number (or its suffix, before one was verified).

@@ -102,16 +102,23 @@ async def sync_once(config: Config, db: Path, named: list[str], trust: TrustSet)
             sites = await resolve(config, store, fetcher, now)
             summary.records, summary.mirrors = count, len(sites)
             trust = await with_learned(trust, store, config)
+            # Verdicts reached under other keys are reached again for unchanged bodies.
+            reverify = await store.setting(TRUST_DIGEST) != trust.digest
             crawler = Crawler(share, store, fetcher, trust, lambda: datetime.now(UTC))
+            crawler.reverify = reverify
             async with anyio.create_task_group() as tg:
                 for others in shares[1:]:
-                    job = ShareJob(share, db, others, sites, trust, log_settings(), os.getpid())
+                    job = ShareJob(
+                        share, db, others, sites, trust, log_settings(), os.getpid(), reverify
+                    )
                     tg.start_soon(run_share_in_worker, job, tallies)
                 progress = Progress(count * len(sites), weight=len(shares))
                 tallies.append(await crawl_share(crawler, store, shares[0], sites, progress))
             progress.done()
             if len(shares) > 1:
                 crawler.conditions.forget_open_scopes()  # workers opened and closed some
+            if reverify and not any(t.failed_share for t in tallies):
+                await store.set_setting(TRUST_DIGEST, trust.digest)  # every body judged
             names = [s.name for s in sites]
             await crawler.conditions.recheck(named or None, names)
             await crawler.conditions.check_mirrors(names)
@@ -156,6 +163,8 @@ class Progress:
             print(file=sys.stderr)
 
 
+#: The setting naming the trust set the archive's verdicts were last reached under.
+TRUST_DIGEST = "trust_digest"
 #: How long the scheduler sleeps when nothing is due (it wakes early on a reload).
 IDLE_POLL = 5.0
 #: While every worker is busy, the scheduler updates the lag metric this often.
@@ -212,6 +221,8 @@ class Daemon:
         """Workers not busy with a pair (the scheduler takes one before handing one out)."""
         self.round_scope: anyio.CancelScope | None = None
         self.crawler: Crawler | None = None
+        self.judged_under: tuple[str, float] | None = None
+        """The trust set unchanged bodies are being judged again under, and until when."""
         self.store: Store  # set by run(), which owns it
 
     async def run(self) -> None:
@@ -246,6 +257,13 @@ class Daemon:
             trust = await with_learned(self.trust, self.store, config)
             crawler = Crawler(config, self.store, fetcher, trust, _now, metrics=self.metrics)
             self.crawler = crawler
+            self.judged_under = None
+            if await self.store.setting(TRUST_DIGEST) != trust.digest:
+                # Unchanged bodies are judged again for one interval (every pair comes due
+                # in it), then the archive notes the keys its verdicts stand on.
+                crawler.reverify = True
+                until = time.monotonic() + 1.2 * config.crawl.interval.total_seconds()
+                self.judged_under = (trust.digest, until)
             await self._refresh_sites(fetcher)
             tracked = await self.store.watchlist.tracked_count()
             self.notifier.ready(f"watching {tracked} records on {len(self.sites)} mirrors")
@@ -267,6 +285,9 @@ class Daemon:
         rand = random.Random()  # noqa: S311 - jitter, not crypto
         checked = 0.0
         while True:
+            if self.judged_under is not None and time.monotonic() > self.judged_under[1]:
+                await self.store.set_setting(TRUST_DIGEST, self.judged_under[0])
+                crawler.reverify, self.judged_under = False, None
             if time.monotonic() - checked > self.check_every:
                 checked = time.monotonic()
                 names = list(self.sites)

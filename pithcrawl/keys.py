@@ -232,6 +232,15 @@ class TrustSet(Mapping[str, TrustedKey]):
     def __repr__(self) -> str:
         return f"TrustSet({sorted(self._keys)})"
 
+    @property
+    def digest(self) -> str:
+        """Which keys, and which rotations: equal for two trust sets that judge alike."""
+        keys = sorted(
+            (k.key_id, k.raw.hex(), None if k.rotates_at is None else k.rotates_at.text)
+            for k in self._keys.values()
+        )
+        return hashlib.sha256(repr(keys).encode()).hexdigest()
+
     def with_keys(self, keys: Iterable[TrustedKey]) -> TrustSet:
         """A new trust set with `keys` added (a key id already trusted keeps its key)."""
         return TrustSet([*self._keys.values(), *(k for k in keys if k.key_id not in self._keys)])

@@ -52,6 +52,8 @@ class Got:
     error: str | None
     body_sha256: str | None = None
     """Of the body of a 200 (hashed once: it keys the verdict, the evidence, the store)."""
+    rejudged: bool = False
+    """The archived body this fetch left unchanged, to be judged again as if new."""
 
     @property
     def changed(self) -> bool:
@@ -59,7 +61,9 @@ class Got:
         return (
             self.result is not None
             and self.result.status == 200
-            and (self.before is None or self.before.body_sha256 != self.body_sha256)
+            and (
+                self.rejudged or self.before is None or self.before.body_sha256 != self.body_sha256
+            )
         )
 
     @property

@@ -213,6 +213,8 @@ class Tally:
     deferred: int = 0
     untrusted: int = 0
     """Pairs whose mirror serves a bundle that failed verification."""
+    failed_share: bool = False
+    """A worker process did not finish its share."""
 
     def add(self, r: PairResult) -> None:
         self.new_snapshots += r.new_snapshots
@@ -228,6 +230,7 @@ class Tally:
         self.errors += other.errors
         self.deferred += other.deferred
         self.untrusted += other.untrusted
+        self.failed_share = self.failed_share or other.failed_share
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +245,8 @@ class ShareJob:
     log: tuple[str, int]
     parent: int
     """The pid of the process that started the worker."""
+    reverify: bool = False
+    """Judge unchanged bodies again (the trust set changed)."""
 
 
 #: How a worker process starts: the parent's import path first (one pickle on stdin, read
@@ -292,7 +297,7 @@ def _tally_of(job: ShareJob, code: int, answer: bytes) -> Tally:
         detail=f"a worker process {how} before finishing its share of the pass",
         share=job.records.describe(),
     )
-    return Tally(errors=1)
+    return Tally(errors=1, failed_share=True)
 
 
 def worker_main() -> int:
@@ -341,4 +346,5 @@ async def _share(job: ShareJob) -> Tally:
     # Not the writers' lock: the process that started this one holds it for the pass.
     async with await Store.open(job.db) as store, fetcher_for(job.config) as fetcher:
         crawler = Crawler(job.config, store, fetcher, job.trust, lambda: datetime.now(UTC))
+        crawler.reverify = job.reverify
         return await crawl_share(crawler, store, job.records, job.sites)

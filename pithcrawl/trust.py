@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 
 from pithcrawl.config import Config
-from pithcrawl.errors import ConfigError
+from pithcrawl.errors import ConfigError, StoreError
 from pithcrawl.keys import InvalidKey, TrustedKey, TrustSet, load_key
 from pithcrawl.store import Store
+from pithcrawl.verify import verify_bundle
 
 REGISTRY_KEY_FILE = "pith-v1-2026-05.key.json"
 
@@ -48,15 +50,35 @@ def load_trust(paths: Iterable[Path] = ()) -> TrustSet:
 
 
 async def with_learned(trust: TrustSet, store: Store, config: Config) -> TrustSet:
-    """The configured trust set, plus keys learned from rotations when they are followed."""
+    """The configured trust set, plus keys learned from rotations when they are followed.
+
+    A learned key counts only while the bundle that announced it still verifies under
+    the configured keys and the learned keys accepted so far: a key does not outlive the
+    key that vouched for it (one taken out of the configuration, say as compromised).
+    """
     if not config.trust.follow_rotations:
         return trust
-    learned = []
-    for doc in await store.learned_keys():
+    pending: list[tuple[TrustedKey, str]] = []
+    for doc, announced_in in await store.learned_keys_with_vouchers():
         try:
             key = load_key(doc)
         except InvalidKey:
             continue
         if key.key_id not in trust:
-            learned.append(key)
-    return trust.with_keys(learned)
+            pending.append((key, announced_in))
+    accepted, now = trust, datetime.now(UTC)
+    progress = True
+    while pending and progress:  # a learned key may vouch for one learned after it
+        progress = False
+        for key, announced_in in list(pending):
+            try:
+                body = await store.get_blob(announced_in)
+            except StoreError:
+                pending.remove((key, announced_in))  # its evidence is gone: not trusted
+                continue
+            report = verify_bundle(body, accepted, now=now, clock_skew=config.trust.clock_skew)
+            if report.ok:
+                accepted = accepted.with_keys([key])
+                pending.remove((key, announced_in))
+                progress = True
+    return accepted

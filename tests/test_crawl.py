@@ -515,3 +515,85 @@ async def test_a_manifest_listing_too_many_mirrors_is_not_read(tmp_path, signer)
         _use_manifest(e, tmp_path, listing)
         await track(e, b)
         assert (await e.sync()).mirrors == 0
+
+
+class _NoValidatorsMirror(TestMirror):
+    """Sends no ETag: every fetch again is a 200 of the same bytes."""
+
+    __test__ = False
+
+    def _serve(self, request, table):
+        response = super()._serve(request, table)
+        response.headers.pop("ETag", None)
+        return response
+
+
+@pytest.mark.parametrize("validators", [True, False])
+async def test_an_unchanged_bundle_is_judged_again_when_its_key_is_no_longer_trusted(
+    tmp_path, signer, validators
+):
+    """The key that signed a bundle is taken out of the trust set (compromised, say): the
+    same bytes, 304 or 200, are untrusted now, told as such (they used to stay trusted on
+    the strength of the old verdict)."""
+    from pithcrawl.keys import TrustSet, load_key
+
+    mirror = TestMirror() if validators else _NoValidatorsMirror()
+    async with env(tmp_path, signer, n=0) as e, mirror as m:
+        e.mirrors = [m]
+        e.config = _config(tmp_path, [m.base_url])
+        b = record(signer)
+        serve(e, b)
+        await track(e, b)
+        first = await e.sync()
+        assert (first.untrusted, first.alerts) == (0, 0)
+        e.trust = TrustSet([load_key(TestSigner("another-key").public_key())])
+        second = await e.sync()
+        assert (second.untrusted, second.alerts) == (1, 1), second
+        assert (await e.sync()).alerts == 1  # the same alert, still open
+        async with e.store() as store:  # and `serve` no longer hands it out
+            assert await store.trusted.newest_bundle(b.suffix) is None
+        e.trust = TrustSet([load_key(signer.public_key())])  # trusted again
+        fourth = await e.sync()
+        assert (fourth.untrusted, fourth.alerts) == (0, 0), fourth
+
+
+async def test_an_unchanged_bundle_is_trusted_once_its_key_is(tmp_path, signer):
+    """A bundle refused for a key nobody trusted is trusted, its alert closed, once the
+    key is (it used to stay untrusted for as long as its bytes stayed the same)."""
+    from pithcrawl.keys import TrustSet, load_key
+
+    second = TestSigner("second-key")
+    async with env(tmp_path, signer, n=1) as e:
+        b = record(second)
+        serve(e, b)
+        await track(e, b)
+        assert (await e.sync()).untrusted == 1
+        e.trust = TrustSet([load_key(signer.public_key()), load_key(second.public_key())])
+        summary = await e.sync()
+        assert (summary.untrusted, summary.alerts) == (0, 0)
+
+
+async def test_a_learned_key_does_not_outlive_the_key_that_vouched_for_it(tmp_path, signer):
+    """follow_rotations: K1's bundle announces K2, which is learned. K1 is then taken out
+    of the configuration: a bundle signed by K2 alone is not trusted (it used to be)."""
+    from pithcrawl.keys import TrustSet, load_key
+
+    k2, k3 = TestSigner("rotated-key"), TestSigner("unrelated-key")
+    async with env(tmp_path, signer, n=1) as e:
+        e.config = _config(
+            tmp_path, [e.mirrors[0].base_url], "discover = false\n[trust]\nfollow_rotations = true"
+        )
+        a = record(signer, 0)
+        a.extra_keys.append(k2.public_key())
+        serve(e, a)
+        await track(e, a)
+        assert (await e.sync()).alerts == 0
+        c = record(k2, 1)  # signed by K2 alone
+        serve(e, c)
+        await track(e, c)
+        assert (await e.sync(c.suffix)).untrusted == 0  # K2 learned, vouched for by K1
+        e.trust = TrustSet([load_key(k3.public_key())])  # K1 no longer trusted
+        summary = await e.sync(c.suffix)
+        assert summary.untrusted == 1
+        async with e.store() as store:
+            assert await store.trusted.newest_bundle(c.suffix) is None

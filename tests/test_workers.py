@@ -174,7 +174,7 @@ def test_a_worker_that_fails_is_one_error_told_in_the_log(tmp_path: Path, capfd)
     )
     out: list[Tally] = []
     anyio.run(run_share_in_worker, job, out)
-    assert out == [Tally(errors=1)]
+    assert out == [Tally(errors=1, failed_share=True)]
     err = capfd.readouterr().err
     failed = [json.loads(line) for line in err.splitlines() if '"worker_failed"' in line]
     # One line from the worker (why), one from this process (that its share is lost).
@@ -186,6 +186,6 @@ def test_a_worker_that_fails_is_one_error_told_in_the_log(tmp_path: Path, capfd)
 
 def test_a_worker_answer_that_cannot_be_read_is_a_failed_share():
     job = ShareJob(parse_config(""), Path("x"), Records(), [], TrustSet([]), ("json", 0), 1)
-    assert _tally_of(job, 0, b"not a pickle") == Tally(errors=1)
-    assert _tally_of(job, -9, b"") == Tally(errors=1)
+    assert _tally_of(job, 0, b"not a pickle") == Tally(errors=1, failed_share=True)
+    assert _tally_of(job, -9, b"") == Tally(errors=1, failed_share=True)
     assert _tally_of(job, 0, pickle.dumps(Tally(new_snapshots=3))) == Tally(new_snapshots=3)

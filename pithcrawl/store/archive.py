@@ -166,6 +166,15 @@ class Store:
             rows = await s.all("SELECT key_json FROM learned_keys ORDER BY learned_at, key_id")
         return [json.loads(r[0]) for r in rows]
 
+    async def learned_keys_with_vouchers(self) -> list[tuple[dict[str, Any], str]]:
+        """Each learned key, with the sha256 of the bundle that announced it, in the order
+        they were learned."""
+        async with self._db.read("list learned keys") as s:
+            rows = await s.all(
+                "SELECT key_json, body_sha256 FROM learned_keys ORDER BY learned_at, key_id"
+            )
+        return [(json.loads(r[0]), str(r[1])) for r in rows]
+
     # -- fetch bookkeeping ----------------------------------------------------------------
 
     async def fetch_state(self, suffix: str, mirror: str, kind: str) -> FetchState | None:
@@ -345,6 +354,19 @@ class Store:
                 (since_text, to_json_text(list(kinds))),
             )
         return [event_from_row(r) for r in rows]
+
+    async def setting(self, name: str) -> str | None:
+        async with self._db.read("read a setting") as s:
+            row = await s.one("SELECT value FROM settings WHERE name = ?", (name,))
+        return None if row is None else str(row[0])
+
+    async def set_setting(self, name: str, value: str) -> None:
+        async with self._db.write("write a setting") as s:
+            await s.run(
+                "INSERT INTO settings (name, value) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (name, value),
+            )
 
     async def event_kinds(self, snapshot_ids: Sequence[int]) -> dict[int, list[str]]:
         """The kinds of the events linked to each of these snapshots, in log order."""

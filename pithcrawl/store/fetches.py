@@ -64,7 +64,7 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 _LATEST_BODY = """
-SELECT id, body_sha256 FROM snapshots WHERE suffix = ? AND mirror = ? AND kind = ?
+SELECT id, body_sha256, trusted FROM snapshots WHERE suffix = ? AND mirror = ? AND kind = ?
 ORDER BY id DESC LIMIT 1
 """
 
@@ -140,7 +140,12 @@ def write_fetch(
                 " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (blob.sha256, blob.size, blob.codec, blob.base, blob.depth, blob.data),
             )
-            if latest is None or latest["body_sha256"] != blob.sha256:
+            if (
+                latest is None
+                or latest["body_sha256"] != blob.sha256
+                # The same bytes judged anew, otherwise (the trust set changed).
+                or bool(latest["trusted"]) != fetch.trusted
+            ):
                 snapshot = _insert_snapshot(conn, fetch, blob.sha256, link)
                 link = snapshot.id
         conn.execute(

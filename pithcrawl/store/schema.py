@@ -182,7 +182,16 @@ _V6 = """
 CREATE INDEX events_snapshot ON events (snapshot_id) WHERE snapshot_id IS NOT NULL;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
+# Facts about the archive as a whole, by name: the trust set its verdicts were last
+# reached under (`trust_digest`), so a pass after a change of keys judges again.
+_V7 = """
+CREATE TABLE settings (
+    name   TEXT PRIMARY KEY,
+    value  TEXT NOT NULL
+);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7)
 """Migration scripts in order; the schema version is their count."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -198,6 +207,7 @@ TABLES = (
     "alerts",
     "deliveries",
     "histories",
+    "settings",
 )
 """Every table, for `Store.stats`."""
 

@@ -17,9 +17,15 @@ from pithcrawl.store.rows import Snapshot, snapshot_from_row, to_json_text
 # What `serve` hands out: the newest verified history. `built_at` is compared as a time
 # (julianday reads RFC 3339 with `Z` and any fraction; text order would misplace a
 # fraction), then the newest fetch, then the newest row.
+# A body judged again and found untrusted (its key no longer trusted) is not served,
+# whatever it was judged before.
 _NEWEST_TRUSTED_BUNDLE = """
-SELECT * FROM snapshots WHERE suffix = ? AND kind = 'bundle' AND trusted = 1
-ORDER BY julianday(built_at) DESC, fetched_at DESC, id DESC LIMIT 1
+SELECT * FROM snapshots AS s WHERE s.suffix = ?1 AND s.kind = 'bundle' AND s.trusted = 1
+  AND NOT EXISTS (
+    SELECT 1 FROM snapshots AS later WHERE later.suffix = ?1 AND later.kind = 'bundle'
+      AND later.body_sha256 = s.body_sha256 AND later.id > s.id AND later.trusted = 0
+  )
+ORDER BY julianday(s.built_at) DESC, s.fetched_at DESC, s.id DESC LIMIT 1
 """
 
 _HIGHEST_TRUSTED_BUNDLE = """
