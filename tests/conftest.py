@@ -6,9 +6,10 @@ import json
 import sys
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import pytest
@@ -68,7 +69,16 @@ def anyio_backend() -> str:
 @pytest.fixture
 def mirror() -> Iterator[TestMirror]:
     """A loopback TestMirror in its own event-loop thread, for tests that run the CLI."""
-    m = TestMirror()
+    with in_thread(TestMirror()) as m:
+        yield m
+
+
+M = TypeVar("M", bound=TestMirror)
+
+
+@contextmanager
+def in_thread(m: M) -> Iterator[M]:
+    """Serve `m` from an event loop of its own thread while the block runs."""
     started = threading.Event()
     stop = threading.Event()
 
@@ -80,9 +90,11 @@ def mirror() -> Iterator[TestMirror]:
     t = threading.Thread(target=anyio.run, args=(serve,), daemon=True)
     t.start()
     assert started.wait(10), "the loopback mirror did not start"
-    yield m
-    stop.set()
-    t.join(10)
+    try:
+        yield m
+    finally:
+        stop.set()
+        t.join(10)
 
 
 def load_json(path: Path) -> Any:

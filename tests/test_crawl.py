@@ -427,13 +427,7 @@ async def test_a_manifest_of_any_shape_is_read_or_told_unreadable(tmp_path, sign
     on with no mirror from it (and says why), never ends with a traceback."""
     async with env(tmp_path, signer, n=1) as e:
         b = record(signer)
-        doc = {"manifest_type": "pith_mirror_manifest", "mirrors": mirrors}
-        e.mirrors[0].extra["/pith-mirrors.json"] = json.dumps(doc).encode()
-        e.config = parse_config(
-            f'[crawl]\ndiscover = false\n[[mirrors]]\nname = "registry"\n'
-            f'manifest = "{e.mirrors[0].base_url}/pith-mirrors.json"\n',
-            base_dir=tmp_path,
-        )
+        _use_manifest(e, tmp_path, mirrors)
         await track(e, b)
         summary = await e.sync()
         assert (summary.mirrors, summary.errors) == (0, 0)

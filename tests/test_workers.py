@@ -21,7 +21,7 @@ from pathlib import Path
 import anyio
 import pytest
 from aiohttp import web
-from conftest import write_config
+from conftest import in_thread, write_config
 from mirror import TestMirror
 from test_sync import records
 
@@ -55,21 +55,11 @@ class HeldMirror(TestMirror):
 
 @pytest.fixture
 def held_mirror() -> Iterator[HeldMirror]:
-    m = HeldMirror()
-    started, stop = threading.Event(), threading.Event()
-
-    async def serve() -> None:
-        async with m:
-            started.set()
-            await anyio.to_thread.run_sync(stop.wait)
-
-    t = threading.Thread(target=anyio.run, args=(serve,), daemon=True)
-    t.start()
-    assert started.wait(10), "the loopback mirror did not start"
-    yield m
-    m.release.set()
-    stop.set()
-    t.join(10)
+    with in_thread(HeldMirror()) as m:
+        try:
+            yield m
+        finally:
+            m.release.set()
 
 
 def _pass(
