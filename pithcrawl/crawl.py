@@ -39,6 +39,13 @@ from pithcrawl.verify import Report, verify_bundle, verify_state
 
 log = structlog.get_logger("pithcrawl.crawl")
 
+
+def _nothing_before(got: Got) -> bool:
+    """No body was archived from this URL, so a 304 cannot mean "the one you have"."""
+    before = got.before
+    return before is None or before.body_sha256 is None or before.url != got.url
+
+
 #: A Pith Number's form (pith-format.md §2).
 _NUMBER = re.compile(r"pith:[0-9]{4}:[A-Z2-7]{26}")
 
@@ -143,7 +150,10 @@ class Crawler:
                 if alt.result is not None and alt.result.status == 200:
                     got = alt
         now = self.clock()
-        if got.result is None or got.result.status not in (200, 304):
+        if got.result is not None and got.result.status == 304 and _nothing_before(got):
+            # "Not modified" since nothing: no body archived from this URL to stand for.
+            got = replace(got, error=f"{got.url}: 304 Not Modified to a request for a body")
+        if got.error is not None or got.result is None or got.result.status not in (200, 304):
             result.error = await self.poller.failed(suffix, site.name, got, now)
             return None
         if got.unchanged:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from builder import BundleBuilder, TestSigner, canonical_record, serialize
 from mirror import TestMirror
 
@@ -591,3 +592,29 @@ async def test_a_learned_key_does_not_outlive_the_key_that_vouched_for_it(tmp_pa
         assert summary.untrusted == 1
         async with e.store() as store:
             assert await store.trusted.newest_bundle(c.suffix) is None
+
+
+class _Always304Mirror(TestMirror):
+    """Answers 304 Not Modified to every request, conditional or not."""
+
+    __test__ = False
+
+    def _serve(self, request, table):
+        self.hits[request.path] += 1
+        return web.Response(status=304)
+
+
+async def test_a_304_to_a_request_for_a_body_is_a_failed_fetch(tmp_path, signer):
+    """Nothing was archived from the URL, so "not modified" stands for nothing: a failed
+    fetch, retried later (it used to count as a mirror serving an untrusted bundle, exit
+    1, with no alert to say so)."""
+    async with env(tmp_path, signer, n=0) as e, _Always304Mirror() as m:
+        e.mirrors = [m]
+        e.config = _config(tmp_path, [m.base_url])
+        b = record(signer)
+        await track(e, b)
+        summary = await e.sync()
+        assert (summary.untrusted, summary.errors, summary.alerts) == (0, 1, 0)
+        async with e.store() as store:
+            state = await store.fetch_state(b.suffix, "m0", "bundle")
+        assert state is not None and "304 Not Modified" in (state.last_error or "")
