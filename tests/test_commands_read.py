@@ -133,6 +133,23 @@ def test_diff_unknown_id_or_other_record_exits_2(capsys, archive: Archive):
     assert code == 2 and OTHER_SUFFIX in err and len(err.strip().splitlines()) == 1
 
 
+def test_diff_refuses_what_is_not_two_bundles_in_order(capsys, archive: Archive):
+    """A state snapshot, another mirror's, or the newer one first: a one-line usage error
+    (a patch between a bundle and a state, or a reversed one, used to be printed)."""
+    suffix = archive.builder.suffix
+    _, out, _ = cli(capsys, archive.cfg, "history", suffix, "--json")
+    first, second = (str(s["id"]) for s in json.loads(out)["snapshots"])
+    _, out, _ = cli(capsys, archive.cfg, "history", suffix, "--kind", "state", "--json")
+    state = str(json.loads(out)["snapshots"][0]["id"])
+    for args, said in (
+        (["--to", state], "diff compares bundles"),
+        (["--from", second, "--to", first], "give the older snapshot first"),
+        (["--mirror", "elsewhere", "--to", second], "not from elsewhere"),
+    ):
+        code, out, err = cli(capsys, archive.cfg, "diff", suffix, *args)
+        assert code == 2 and out == "" and said in err, (args, err)
+
+
 def test_events_lists_event_added_after_the_second_sync(capsys, archive: Archive):
     """events --json: one parseable object per line, event_added among them."""
     code, out, _ = cli(capsys, archive.cfg, "events", "--json")

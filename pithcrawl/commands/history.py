@@ -199,8 +199,12 @@ async def _diff(
                     f"PITH {suffix}: no bundle snapshots{_from(mirror)}; diff needs two"
                 )
             raise UsageError(f"PITH {suffix}: no such record in the archive {db}")
-        new = await _pick(store, "--to", to_id, suffix) if to_id is not None else None
-        old = await _pick(store, "--from", from_id, suffix) if from_id is not None else None
+        new = await _pick(store, "--to", to_id, suffix, mirror) if to_id is not None else None
+        old = await _pick(store, "--from", from_id, suffix, mirror) if from_id is not None else None
+        if old is not None and new is not None and old.id > new.id:
+            raise UsageError(
+                f"--from {old.id} is newer than --to {new.id}: give the older snapshot first"
+            )
         if new is None:
             if not series:
                 raise UsageError(f"PITH {suffix}: no bundle snapshots{_from(mirror)}")
@@ -218,12 +222,18 @@ async def _diff(
     return patch
 
 
-async def _pick(store: Store, flag: str, snapshot_id: int, suffix: str) -> Snapshot:
+async def _pick(
+    store: Store, flag: str, snapshot_id: int, suffix: str, mirror: str | None
+) -> Snapshot:
     s = await store.snapshot(snapshot_id)
     if s is None:
         raise UsageError(f"{flag} {snapshot_id}: no such snapshot in the archive")
     if s.suffix != suffix:
         raise UsageError(f"{flag} {snapshot_id}: a snapshot of {s.suffix}, not of {suffix}")
+    if s.kind != "bundle":
+        raise UsageError(f"{flag} {snapshot_id}: a snapshot of a {s.kind}; diff compares bundles")
+    if mirror is not None and s.mirror != mirror:
+        raise UsageError(f"{flag} {snapshot_id}: a snapshot from {s.mirror}, not from {mirror}")
     return s
 
 
