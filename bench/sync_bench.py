@@ -8,7 +8,7 @@ in a child process); then peak RSS side by side across the sizes. A table on std
 the same figures as JSON in bench/out/sync_bench.json.
 
 Builds N records with 2–6 events each (seeded), signed with a key made here, cached
-under bench/out/ keyed by (N, seed, events). bench/mirror_server.py serves them from
+under bench/out/ (or $BENCH_OUT) keyed by (N, seed, events). bench/mirror_server.py serves them from
 its own process; or `--mirror-url` names another mirror serving the same files, and
 `--mirror-reload CMD` makes it serve the bumped files in $BENCH_BUMPED_DIR too. Then,
 each in a child process, with its wall time, CPU (user+sys), peak RSS and the
@@ -52,7 +52,8 @@ from pithcrawl.store import Store
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-OUT = BENCH / "out"
+#: Cached corpora and the figures (BENCH_OUT moves them, as the tests do).
+OUT = Path(os.environ.get("BENCH_OUT") or BENCH / "out")
 KEY_ID = "bench-sync-key"
 CORPUS_VERSION = 1  # bump when `build` changes, so cached corpora are rebuilt
 _TEXT = (
