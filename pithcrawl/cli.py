@@ -8,11 +8,12 @@ codes are the contract's: 0 nothing wrong, 1 a security finding, 2 usage or conf
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn, TextIO, cast
 
 from pithcrawl import __version__
 from pithcrawl.commands import COMMANDS
@@ -81,13 +82,56 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure(args.log_format, args.verbose - args.quiet)
+    stdout = sys.stdout
+    sys.stdout = cast(TextIO, _ReaderMayLeave(stdout))
     try:
         code: int = args.run(args)
     except KeyboardInterrupt:
         return 130
     except BaseException as e:
         return _failed(e)
+    finally:
+        sys.stdout = stdout
     return code
+
+
+class _ReaderMayLeave:
+    """stdout for a reader that may stop reading (`pithcrawl status | head -1`).
+
+    Once the pipe is closed, output goes to /dev/null and the command runs on to its own
+    exit code: `verify URL | head` under `set -o pipefail` must still say 1 for a bad
+    document, not fail with a traceback and 3.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._reader_gone()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._reader_gone()
+
+    def _reader_gone(self) -> None:
+        # What is still buffered, and all that follows, then flushes into /dev/null,
+        # also at exit, where a flush into the closed pipe would print a warning.
+        try:
+            fd = self._stream.fileno()
+        except (OSError, ValueError):
+            return  # not a file (a test's capture): nothing to redirect
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def _failed(error: BaseException) -> int:

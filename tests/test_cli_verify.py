@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
 import json
 import socket
 import sys
@@ -212,3 +214,27 @@ def test_an_id_out_of_range_is_a_usage_error(capsys, argv):
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert "is not" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args", [["--json"], []])
+def test_a_reader_that_left_does_not_change_the_exit_code(tmp_path: Path, args: list[str]):
+    """`pithcrawl verify --json BAD | head` under pipefail: still 1, and no traceback."""
+    doc = json.loads((REAL / f"{REAL_SUFFIX}.bundle.json").read_bytes())
+    doc["built_at"] = "2026-05-01T00:00:00Z"  # after the hash: bundle_hash_mismatch
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc))
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first byte is written
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "pithcrawl", "verify", *args, str(bad), str(bad)],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+    finally:
+        os.close(write)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
