@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import io
-import os
-import subprocess
 import json
+import os
 import socket
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
