@@ -825,3 +825,18 @@ async def test_a_public_only_get_refuses_a_private_address_literal(host: str) ->
         with pytest.raises(FetchError, match="is not a public address"):
             await f.get(url, public_only=True)
     assert hits == []
+
+
+@pytest.mark.anyio
+async def test_leaving_on_a_cancellation_still_closes_both_sessions() -> None:
+    """A reload or a stop cancels the crawl inside `async with HttpFetcher`: its sessions
+    must close anyway (each left open keeps its sockets, and aiohttp writes "Unclosed
+    client session" to stderr, a line that breaks `jq` over the JSON log)."""
+    sessions: list[aiohttp.ClientSession] = []
+    with anyio.CancelScope() as scope:
+        async with fetcher() as f:
+            sessions += [f._session, f._public_session]  # type: ignore[list-item]
+            scope.cancel()
+            await anyio.sleep(1)
+    assert len(sessions) == 2
+    assert all(s.closed for s in sessions)

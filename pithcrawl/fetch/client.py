@@ -153,9 +153,12 @@ class HttpFetcher:
         sessions = (self._session, self._public_session)
         self._session = self._public_session = None
         self._host_slots.clear()
-        for session in sessions:
-            if session is not None:
-                await session.close()
+        # Shielded: leaving on a cancellation (a reload, a stop) must still close both,
+        # or each leaves its sockets open and an "Unclosed client session" line on stderr.
+        with anyio.CancelScope(shield=True):
+            for session in sessions:
+                if session is not None:
+                    await session.close()
 
     async def get(
         self,
