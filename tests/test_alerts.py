@@ -255,8 +255,17 @@ def test_events_show_each_alert_delivery_state(tmp_path, signer, capsys, mirror)
     capsys.readouterr()
     assert main(["--config", str(cfg), "events", "--json", "--kind", "document_invalid"]) == 0
     (line,) = capsys.readouterr().out.splitlines()
-    alert = json.loads(line)["alert"]
+    entry = json.loads(line)
+    alert = entry["alert"]
     assert alert["status"] == "open"
+    # `id` is the alert's, as status and `evidence ALERT_ID` know it; `log_id` the entry's.
+    assert entry["id"] == alert["id"] and isinstance(entry["log_id"], int)
+    assert main(["--config", str(cfg), "status", "--json"]) == 0
+    (opened,) = json.loads(capsys.readouterr().out)["open_alerts"]
+    assert opened["id"] == entry["id"]
+    code = main(["--config", str(cfg), "evidence", str(entry["id"]), "--out", str(tmp_path / "ev")])
+    assert code == 0
+    assert json.loads((tmp_path / "ev" / "summary.json").read_text())["alert"]["id"] == entry["id"]
     (delivery,) = alert["deliveries"]
     assert (delivery["sink"], delivery["delivered"], delivery["attempts"]) == ("hook", False, 1)
     assert "not yet" in delivery["last_error"]

@@ -160,6 +160,8 @@ def test_events_lists_event_added_after_the_second_sync(capsys, archive: Archive
     assert added[0]["pith_number"] == archive.builder.pith_number
     assert added[0]["mirrors"] == ["m0"]
     assert set(added[0]) >= {"id", "kind", "severity", "at", "summary", "evidence", "dedup_key"}
+    # No alert behind it: no alert id to pass to `evidence`, and the log entry's own id.
+    assert added[0]["id"] is None and isinstance(added[0]["log_id"], int)
 
 
 def test_events_filters_by_kind_and_since(capsys, archive: Archive):

@@ -60,13 +60,22 @@ def run(args: argparse.Namespace) -> int:
     for event in events:
         alert = alerts.get(event.dedup_key) if event.dedup_key else None
         if args.json:
-            doc = event.to_json()
-            if alert is not None:
-                doc["alert"] = alert
-            print(json.dumps(doc, ensure_ascii=False))
+            print(json.dumps(entry_json(event, alert), ensure_ascii=False))
         else:
             print(line(event) + (f"  [{_alert_text(alert)}]" if alert else ""))
     return EXIT_OK
+
+
+def entry_json(event: EventRow, alert: dict[str, Any] | None) -> dict[str, Any]:
+    """One line of `--json`: the contract's alert object, where `id` is the alert's, as
+    hooks, webhooks, `status` and `evidence ALERT_ID` know it (null for an entry that
+    raised no alert, such as `event_added`), and `log_id` is the entry's own row."""
+    doc = event.to_json()
+    doc["log_id"] = doc["id"]
+    doc["id"] = None if alert is None else alert["id"]
+    if alert is not None:
+        doc["alert"] = alert
+    return doc
 
 
 async def _events(
