@@ -60,6 +60,8 @@ class Summary(Tally):
     """Open alerts of error severity (a mirror stale or unreachable) for these records."""
     delivered: int = 0
     undelivered: int = 0
+    manifests_unread: int = 0
+    """Manifests that could not be read (their last listing was crawled instead)."""
     duration_s: float = 0.0
 
     def to_json(self) -> dict[str, float | int]:
@@ -75,6 +77,7 @@ class Summary(Tally):
             "warnings": self.warnings,
             "delivered": self.delivered,
             "undelivered": self.undelivered,
+            "manifests_unread": self.manifests_unread,
             "duration_s": round(self.duration_s, 3),
         }
 
@@ -99,8 +102,9 @@ async def sync_once(config: Config, db: Path, named: list[str], trust: TrustSet)
         shares, count = await plan(config, store, named)
         share = shared_limits(config, len(shares))
         async with fetcher_for(share) as fetcher:
-            sites = await resolve(config, store, fetcher, now)
+            sites, unread = await resolve(config, store, fetcher, now)
             summary.records, summary.mirrors = count, len(sites)
+            summary.manifests_unread = len(unread)
             trust = await with_learned(trust, store, config)
             # Verdicts reached under other keys are reached again for unchanged bodies.
             reverify = await store.setting(TRUST_DIGEST) != trust.digest
@@ -373,7 +377,7 @@ class Daemon:
                 t.errors += result.error is not None
 
     async def _refresh_sites(self, fetcher: HttpFetcher) -> None:
-        sites = await resolve(self.config, self.store, fetcher, _now())
+        sites, _ = await resolve(self.config, self.store, fetcher, _now())  # unread: logged
         for site in sites:
             if site.origin == "config":
                 await self.store.watchlist.upsert_mirror(site.row(_now()))

@@ -8,6 +8,7 @@ always allowed: the operator chose them.
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from pithcrawl.config import Config
 from pithcrawl.errors import FetchError
 from pithcrawl.fetch import Fetcher
 from pithcrawl.store import Mirror, Store
+from pithcrawl.timestamps import format_timestamp
 
 log = structlog.get_logger("pithcrawl.mirrors")
 
@@ -233,20 +235,36 @@ def unique(sites: Iterable[Site]) -> list[Site]:
     return out
 
 
-async def resolve(config: Config, store: Store, fetcher: Fetcher, now: datetime) -> list[Site]:
-    """Every mirror to crawl now: configured, from manifests (refreshed), discovered."""
+async def resolve(
+    config: Config, store: Store, fetcher: Fetcher, now: datetime
+) -> tuple[list[Site], list[str]]:
+    """Every mirror to crawl now (configured, from manifests (refreshed), discovered), and
+    the names of the manifests that could not be read now (their last listing stands).
+
+    Each manifest's last read and last failure are kept in the archive (`manifest_reads`)
+    for `status` to show."""
     sites = configured(config)
     manifest_sites: list[Site] = []
     unread: list[str] = []  # manifests not read now: their last listing stands
     for m in config.mirrors:
         if m.manifest is None:
             continue
+        read = await manifest_read(store, m.name)
         try:
             listed = await fetch_manifest(fetcher, m.manifest, m.name)
         except ValueError as e:
             log.warning("manifest_unreadable", manifest=m.manifest, error=str(e))
             unread.append(m.name)
+            read.update(url=m.manifest, last_failure_at=format_timestamp(now), last_error=str(e))
+            await store.set_setting(MANIFEST_SETTING + m.name, json.dumps(read))
             continue
+        read.update(
+            url=m.manifest,
+            last_success_at=format_timestamp(now),
+            last_error=None,
+            listed=len(listed),
+        )
+        await store.set_setting(MANIFEST_SETTING + m.name, json.dumps(read))
         manifest_sites += listed  # exactly what it lists now: a mirror it dropped is gone
         for site in listed:
             await store.watchlist.upsert_mirror(site.row(now))
@@ -275,4 +293,19 @@ async def resolve(config: Config, store: Store, fetcher: Fetcher, now: datetime)
                 discovered.append(site)
             else:
                 log.info("mirror_skipped", mirror=site.name, reason=refused)
-    return unique([*sites, *manifest_sites, *discovered])
+    return unique([*sites, *manifest_sites, *discovered]), unread
+
+
+#: Settings named this plus a manifest entry's name hold its last read (JSON: `url`,
+#: `last_success_at`, `last_failure_at`, `last_error`, `listed`).
+MANIFEST_SETTING = "manifest:"
+
+
+async def manifest_read(store: Store, name: str) -> dict[str, Any]:
+    """What the archive knows of the last reads of manifest entry `name` ({} if none)."""
+    text = await store.setting(MANIFEST_SETTING + name)
+    try:
+        read = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return read if isinstance(read, dict) else {}

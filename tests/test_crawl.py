@@ -17,6 +17,7 @@ from aiohttp import web
 from builder import BundleBuilder, TestSigner, canonical_record, serialize
 from mirror import TestMirror
 
+from pithcrawl.commands.sync import exit_code, summary_line
 from pithcrawl.config import Config, parse_config
 from pithcrawl.daemon import Summary, sync_once
 from pithcrawl.keys import TrustSet, load_key
@@ -256,8 +257,10 @@ async def test_503_with_retry_after_is_retried_later_even_after_a_restart(tmp_pa
         assert state.next_due >= datetime.now(UTC) + timedelta(seconds=3590)
         hits = sum(e.mirrors[0].hits.values())
         again = await e.sync()
-        assert again.deferred == 1
-        assert again.errors == 1
+        # Put off, not fetched: no error of this pass, but the pass still ends in 3.
+        assert (again.deferred, again.errors) == (1, 0)
+        assert exit_code(again) == 3
+        assert "1 put off" in summary_line(again) and "0 errors" in summary_line(again)
         assert sum(e.mirrors[0].hits.values()) == hits
 
 
@@ -432,6 +435,10 @@ async def test_a_manifest_of_any_shape_is_read_or_told_unreadable(tmp_path, sign
         await track(e, b)
         summary = await e.sync()
         assert (summary.mirrors, summary.errors) == (0, 0)
+        # Told: the pass ends in 3 for a manifest it could not read (one that lists
+        # nothing, `[]` or null, is read).
+        unread = 0 if mirrors in ([], None) else 1
+        assert (summary.manifests_unread, exit_code(summary)) == (unread, 3 * unread)
 
 
 async def test_a_discovered_mirror_is_dropped_when_private_hosts_are_no_longer_allowed(
@@ -499,6 +506,37 @@ async def test_a_mirror_the_manifest_no_longer_lists_is_no_longer_crawled(tmp_pa
         assert sum(e.mirrors[1].hits.values()) == hits
         e.mirrors[0].extra["/pith-mirrors.json"] = b"not json"  # unreadable: "two" stands
         assert (await e.sync()).mirrors == 1
+
+
+async def test_a_manifest_that_cannot_be_read_is_told_by_sync_and_status(tmp_path, signer):
+    """Its last listing is crawled, but the pass ends in 3 and `status` shows the
+    manifest's last read and its error; a manifest entry dropped from the configuration
+    leaves its mirrors shown as no longer crawled, with nothing due."""
+    from pithcrawl.commands.status import gather
+
+    async with env(tmp_path, signer, n=2) as e:
+        b = record(signer)
+        serve(e, b, only=[1])
+        await track(e, b)
+        _use_manifest(e, tmp_path, [_listing("one", e.mirrors[1].base_url)])
+        first = await e.sync()
+        assert (first.manifests_unread, exit_code(first)) == (0, 0)
+        del e.mirrors[0].extra["/pith-mirrors.json"]  # now a 404
+        again = await e.sync()
+        assert (again.mirrors, again.errors, again.manifests_unread) == (1, 0, 1)
+        assert exit_code(again) == 3
+        assert "1 manifest(s) unreadable" in summary_line(again)
+        rows = {m.name: m for m in (await gather(e.config, e.db)).mirrors}
+        entry = rows["registry"]
+        assert entry.manifest == f"{e.mirrors[0].base_url}/pith-mirrors.json"
+        assert entry.records == 1  # the mirrors it listed when last read
+        assert entry.last_success_at is not None and entry.last_failure_at is not None
+        assert entry.last_error is not None and "404" in entry.last_error
+        assert rows["registry/one"].crawled and rows["registry/one"].next_due is not None
+        e.config = _config(tmp_path, [e.mirrors[1].base_url], "discover = false")
+        rows = {m.name: m for m in (await gather(e.config, e.db)).mirrors}
+        assert not rows["registry/one"].crawled and rows["registry/one"].next_due is None
+        assert "registry" not in rows or not rows["registry"].crawled
 
 
 async def test_a_manifest_listing_too_many_mirrors_is_not_read(tmp_path, signer):

@@ -42,6 +42,7 @@ from hostile import (
 )
 from mirror import TestMirror
 
+from pithcrawl.commands.sync import exit_code
 from pithcrawl.config import Config, parse_config
 from pithcrawl.crawl import Crawler
 from pithcrawl.daemon import Summary, sync_once
@@ -302,7 +303,7 @@ async def test_mirror_failure_is_an_operational_error(tmp_path, signer, case):
         if failure.retry_after is not None:
             hits = sum(s.mirror.hits.values())
             again = await s.sync()
-            assert (again.deferred, again.errors, again.alerts) == (1, 1, 0)
+            assert (again.deferred, again.errors, again.alerts) == (1, 0, 0)
             # Only the good record was asked again (bundle and state.json).
             assert sum(s.mirror.hits.values()) == hits + 2
 
@@ -323,7 +324,9 @@ async def test_storm_of_500s_backs_off_and_ends_as_mirror_unreachable(tmp_path, 
         assert (first.errors, first.alerts, first.warnings) == (1, 0, 0)
         await anyio.sleep(1.1)  # the failure must outlast unreachable_after
         passes = [await s.sync() for _ in range(3)]
-        assert all((p.errors, p.alerts) == (1, 0) for p in passes)
+        # Each pass either fetched and failed, or put the pair off (backoff): one each.
+        assert all((p.errors + p.deferred, p.alerts) == (1, 0) for p in passes)
+        assert all(exit_code(p) == 3 for p in passes)
         assert passes[-1].warnings == 1
         bad_hits = sum(n for path, n in s.mirror.hits.items() if s.bad.suffix in path)
         assert bad_hits <= 4  # one per pass at most: no retry loop inside a pass

@@ -20,9 +20,10 @@ import anyio
 from pithcrawl.commands.report import archive, file_bytes, print_json, size, table, when
 from pithcrawl.config import Config
 from pithcrawl.errors import EXIT_OK
-from pithcrawl.store import Alert, Delivery, Store
+from pithcrawl.mirrors import manifest_read
+from pithcrawl.store import Alert, Delivery, Mirror, Store
 from pithcrawl.store.archive import MirrorSummary
-from pithcrawl.timestamps import format_timestamp
+from pithcrawl.timestamps import format_timestamp, parse_timestamp
 
 HELP = "Tracked records, mirrors (last success and failure), open alerts, the archive."
 EXAMPLE = "pithcrawl --config /etc/pithcrawl.toml status --json"
@@ -44,6 +45,12 @@ class MirrorStatus:
     failures: int = 0
     last_error: str | None = None
     next_due: datetime | None = None
+    crawled: bool = True
+    """Still crawled: configured, listed by a configured manifest, or discovered while
+    discovery is on. Any other keeps its bookkeeping here, with nothing due."""
+    manifest: str | None = None
+    """For a manifest entry: the manifest's URL (its reads are the row's successes and
+    failures, and `records` the mirrors it listed last)."""
 
     def take(self, s: MirrorSummary) -> None:
         self.records, self.failures, self.last_error = s.records, s.failures, s.last_error
@@ -60,7 +67,17 @@ class MirrorStatus:
             "failures": self.failures,
             "last_error": self.last_error,
             "next_due": _text(self.next_due),
+            "crawled": self.crawled,
+            "manifest": self.manifest,
         }
+
+    def take_manifest(self, url: str, read: dict[str, Any]) -> None:
+        self.manifest = url
+        self.records = read.get("listed") or 0
+        self.last_success_at = parse_time(read.get("last_success_at"))
+        failed = parse_time(read.get("last_failure_at"))
+        if failed is not None and (self.last_success_at is None or failed > self.last_success_at):
+            self.last_failure_at, self.last_error = failed, read.get("last_error")
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +126,7 @@ async def gather(config: Config, db: Path) -> Status:
         for d in await store.alerts.deliveries(alert_ids=[a.id for a in alerts]):
             deliveries.setdefault(d.alert_id, []).append(d)
         undelivered = await store.alerts.undelivered_count()
+        reads = {m.name: await manifest_read(store, m.name) for m in config.mirrors if m.manifest}
     mirrors: dict[str, MirrorStatus] = {}
     for m in config.mirrors:
         mirrors[m.name] = MirrorStatus(m.name, m.base_url)
@@ -116,6 +134,13 @@ async def gather(config: Config, db: Path) -> Status:
         mirrors.setdefault(k.name, MirrorStatus(k.name, k.base_url))
     for summary in summaries:
         mirrors.setdefault(summary.mirror, MirrorStatus(summary.mirror)).take(summary)
+    for m in config.mirrors:
+        if m.manifest is not None and m.base_url is None:
+            mirrors[m.name].take_manifest(m.manifest, reads[m.name])
+    crawled = crawled_names(config, known)
+    for status in mirrors.values():
+        if status.name not in crawled:
+            status.crawled, status.next_due = False, None
     return Status(
         db=db,
         db_bytes=file_bytes(db),
@@ -125,6 +150,19 @@ async def gather(config: Config, db: Path) -> Status:
         deliveries=deliveries,
         undelivered=undelivered,
     )
+
+
+def crawled_names(config: Config, known: list[Mirror]) -> set[str]:
+    """The mirrors a pass crawls now: configured ones, those a configured manifest
+    listed, and discovered ones while discovery is on."""
+    names = {m.name for m in config.mirrors}
+    manifests = tuple(f"{m.name}/" for m in config.mirrors if m.manifest)
+    for k in known:
+        if (k.origin == "manifest" and k.name.startswith(manifests)) or (
+            k.origin == "discovered" and config.crawl.discover
+        ):
+            names.add(k.name)
+    return names
 
 
 def _delivery(d: Delivery) -> dict[str, Any]:
@@ -159,7 +197,7 @@ def render(status: Status) -> list[str]:
             ("mirror", "records", "last success", "last failure", "failures", "next due", "error"),
             [
                 (
-                    m.name,
+                    _name(m),
                     str(m.records),
                     when(m.last_success_at),
                     when(m.last_failure_at),
@@ -183,10 +221,21 @@ def render(status: Status) -> list[str]:
     return lines
 
 
+def _name(m: MirrorStatus) -> str:
+    if m.manifest is not None:
+        return f"{m.name} (manifest)"
+    return m.name if m.crawled else f"{m.name} (not crawled)"
+
+
 def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
     if a is None or b is None:
         return a or b
     return max(a, b)
+
+
+def parse_time(text: Any) -> datetime | None:
+    stamp = parse_timestamp(text) if isinstance(text, str) else None
+    return None if stamp is None else stamp.at
 
 
 def _text(at: datetime | None) -> str | None:

@@ -11,6 +11,7 @@ import json
 import sys
 import time
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import anyio
 import structlog
@@ -20,6 +21,9 @@ from pithcrawl.errors import EXIT_OK, EXIT_OPERATIONAL, EXIT_SECURITY, UsageErro
 from pithcrawl.pith import parse_reference
 from pithcrawl.store import Store
 from pithcrawl.trust import load_trust
+
+if TYPE_CHECKING:
+    from pithcrawl.daemon import Summary
 
 SYNC_HELP = "One pass: every tracked record from every mirror, verified and archived."
 SYNC_EXAMPLE = "pithcrawl --config /etc/pithcrawl.toml sync --json"
@@ -90,17 +94,30 @@ def run_sync(args: argparse.Namespace) -> int:
         json.dump(summary.to_json(), sys.stdout)
         print()
     else:
-        s = summary
-        print(
-            f"{s.records} records × {s.mirrors} mirrors: {s.new_snapshots} new snapshots, "
-            f"{s.events} events, {s.alerts + s.warnings} open alerts, {s.errors} errors"
-            f" in {s.duration_s:.1f}s"
-        )
+        print(summary_line(summary))
     log.info("sync_done", **summary.to_json())
-    # Exit 1 while a critical alert is open for what this pass checked, 3 while only
-    # operational ones are (or fetches failed), whether raised now or by an earlier pass.
-    if summary.alerts:
+    return exit_code(summary)
+
+
+def exit_code(s: Summary) -> int:
+    """1 while a critical alert is open for what the pass checked, 3 while only
+    operational ones are (or fetches failed, or were put off because their mirror keeps
+    failing, or a manifest could not be read), whether raised now or by an earlier pass."""
+    if s.alerts:
         return EXIT_SECURITY
-    if summary.errors or summary.warnings:
+    if s.errors or s.deferred or s.manifests_unread or s.warnings:
         return EXIT_OPERATIONAL
     return EXIT_OK
+
+
+def summary_line(s: Summary) -> str:
+    """The pass in one line, for people."""
+    line = (
+        f"{s.records} records × {s.mirrors} mirrors: {s.new_snapshots} new snapshots, "
+        f"{s.events} events, {s.alerts + s.warnings} open alerts, {s.errors} errors"
+    )
+    if s.deferred:
+        line += f", {s.deferred} put off (their mirror keeps failing; retried later)"
+    if s.manifests_unread:
+        line += f", {s.manifests_unread} manifest(s) unreadable (see status)"
+    return f"{line} in {s.duration_s:.1f}s"
