@@ -72,6 +72,17 @@ def read_secret(path: Path | None, env: Mapping[str, str]) -> bytes | None:
     raise ConfigError(f"alerts.webhook_secret_file: cannot read {path}")
 
 
+def check_sinks(config: AlertsConfig, env: Mapping[str, str]) -> bytes | None:
+    """The webhook secret, once the sinks are known to be usable: a hook that is not an
+    executable file, or a secret that cannot be read, is a configuration error now (exit
+    2, or a refused reload), not a delivery failing on the first alert."""
+    hook = config.hook
+    if hook is not None and not (hook.is_file() and os.access(hook, os.X_OK)):
+        why = "does not exist" if not hook.exists() else "is not an executable file"
+        raise ConfigError(f"alerts.hook: {hook} {why}")
+    return read_secret(config.webhook_secret_file, env)
+
+
 def signature(secret: bytes, body: bytes) -> str:
     """The value of the X-Pithcrawl-Signature-256 header: `sha256=` + hex HMAC of the body."""
     return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()

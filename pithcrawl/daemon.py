@@ -22,7 +22,7 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 
-from pithcrawl.alert import Sinks, deliver_due, read_secret
+from pithcrawl.alert import Sinks, check_sinks, deliver_due
 from pithcrawl.config import Config
 from pithcrawl.crawl import Crawler
 from pithcrawl.errors import PithcrawlError
@@ -93,6 +93,7 @@ async def sync_once(config: Config, db: Path, named: list[str], trust: TrustSet)
     """
     db.parent.mkdir(parents=True, exist_ok=True)
     named = list(dict.fromkeys(named))  # a record named twice is crawled once
+    secret = check_sinks(config.alerts, os.environ)  # before the pass, not after it
     summary = Summary()
     tallies: list[Tally] = []
     async with await Store.open(db, exclusive=True) as store:
@@ -126,9 +127,7 @@ async def sync_once(config: Config, db: Path, named: list[str], trust: TrustSet)
             names = [s.name for s in sites]
             await crawler.conditions.recheck(named or None, names)
             await crawler.conditions.check_mirrors(names)
-            sinks = Sinks(
-                config.alerts, fetcher, read_secret(config.alerts.webhook_secret_file, os.environ)
-            )
+            sinks = Sinks(config.alerts, fetcher, secret)
             summary.delivered, summary.undelivered = await deliver_due(
                 store,
                 sinks,
@@ -207,7 +206,7 @@ class Daemon:
         self.config = load()
         self.trust_for = trust_for
         self.trust = trust_for(self.config)
-        self.secret = read_secret(self.config.alerts.webhook_secret_file, os.environ)
+        self.secret = check_sinks(self.config.alerts, os.environ)
         self.db = db
         self.notifier = notifier
         self.idle_poll = idle_poll
@@ -422,7 +421,7 @@ class Daemon:
         try:
             config = self.load()
             trust = self.trust_for(config)
-            secret = read_secret(config.alerts.webhook_secret_file, os.environ)
+            secret = check_sinks(config.alerts, os.environ)
         except PithcrawlError as e:
             log.error("reload_refused", error=str(e))
             self.notifier.ready("reload refused; running with the previous configuration")

@@ -555,3 +555,30 @@ async def test_a_closing_notice_waits_for_its_opening_one(tmp_path, signer):
         "document_invalid",
         "alert_closed",
     ]
+
+
+@pytest.mark.parametrize("made", ["missing", "not executable", "a directory"])
+def test_a_hook_that_cannot_run_is_a_configuration_error_before_the_pass(
+    tmp_path, signer, capsys, mirror, made
+):
+    """`alerts.hook` naming nothing runnable: exit 2 naming the key, before a single
+    fetch (it used to pass, and the first alert then failed to deliver)."""
+    from pithcrawl.cli import main
+
+    b = BundleBuilder(signer)
+    mirror.put(b.bytes())
+    hook = tmp_path / "on-alert"
+    if made == "not executable":
+        hook.write_text("#!/bin/sh\nexit 0\n")
+    elif made == "a directory":
+        hook.mkdir()
+    (tmp_path / "k.json").write_text(json.dumps(signer.public_key()))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        f'db = "a.db"\n[trust]\nkeys = ["k.json"]\n[alerts]\nhook = "{hook}"\n'
+        f'[[mirrors]]\nname = "m"\nbase_url = "{mirror.base_url}"\n'
+    )
+    assert main(["--config", str(cfg), "sync", b.pith_number]) == 2
+    err = capsys.readouterr().err
+    assert "alerts.hook" in err and str(hook) in err and "Traceback" not in err
+    assert not mirror.hits  # refused before the pass
