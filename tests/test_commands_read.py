@@ -266,3 +266,23 @@ def test_history_of_an_unknown_record_exits_2(capsys, archive: Archive):
     code, out, err = cli(capsys, archive.cfg, "history", "not-a-pith")
     assert code == 2 and out == ""
     assert err.startswith("pithcrawl: PITH 'not-a-pith':") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("args", [("status",), ("sync",), ("run",), ("fsck",), ("serve",)])
+@pytest.mark.parametrize("via", ["--db", "config"])
+def test_a_directory_as_the_archive_is_a_usage_error(capsys, tmp_path: Path, args, via):
+    """`db` naming a directory: exit 2 naming the flag or key (sync said 3, "may pithcrawl
+    write there?", and status "no archive")."""
+    directory = tmp_path / "state"
+    directory.mkdir()
+    if via == "--db":
+        code = main(["--db", str(directory), *args])
+    else:
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(f'db = "{directory}"\n')
+        code = main(["--config", str(cfg), *args])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    named = "--db" if via == "--db" else "db"
+    assert err == f"pithcrawl: {named}: {directory} is a directory; name the archive's file in it\n"
+    assert list(directory.iterdir()) == []

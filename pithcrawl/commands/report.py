@@ -27,8 +27,16 @@ from pithcrawl.timestamps import format_seconds
 def load(args: argparse.Namespace) -> tuple[Config, Path]:
     """The configuration (`--config`, or the defaults) and the archive's path (`--db`)."""
     config = load_config(args.config) if args.config else Config()
-    db = args.db or config.db_path(os.environ)
-    return config, db
+    return config, db_file(args, config)
+
+
+def db_file(args: argparse.Namespace, config: Config) -> Path:
+    """The archive's path (`--db`, else the configuration's); a directory is a usage error."""
+    db: Path = args.db or config.db_path(os.environ)
+    if db.is_dir():
+        named = "--db" if args.db else "db"
+        raise UsageError(f"{named}: {db} is a directory; name the archive's file in it")
+    return db
 
 
 def archive(args: argparse.Namespace) -> tuple[Config, Path]:

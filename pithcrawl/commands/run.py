@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 import anyio
 
+from pithcrawl.commands.report import db_file
 from pithcrawl.config import Config, load_config
 from pithcrawl.errors import EXIT_OK
 from pithcrawl.sdnotify import Notifier
@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
         return load_config(path) if path else Config()
 
     config = load()
-    db = args.db or config.db_path(os.environ)
+    db = db_file(args, config)
     from pithcrawl.daemon import Daemon
 
     daemon = Daemon(load, db, lambda c: load_trust(c.trust.keys), Notifier())
