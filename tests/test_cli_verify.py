@@ -238,3 +238,19 @@ def test_a_reader_that_left_does_not_change_the_exit_code(tmp_path: Path, args: 
         os.close(write)
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("where", ["file", "url"])
+def test_a_document_over_max_bytes_is_malformed_json(capsys, tmp_path: Path, server, where):
+    """contract.md: "too large" is `malformed_json`, critical: exit 1 with the finding
+    (it used to be a read error, exit 3, which scripts take for an outage)."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[crawl]\nmax_bytes = 4096\n")  # the real bundle is 14 KB
+    source = REAL_BUNDLE if where == "file" else f"{server}/pith/{REAL_SUFFIX}/bundle.json"
+    code, out, _ = run(capsys, "--config", str(cfg), "verify", source, "--json")
+    assert code == 1
+    (result,) = json.loads(out)["results"]
+    assert result["ok"] is False
+    (found,) = result["findings"]
+    assert (found["code"], found["severity"]) == ("malformed_json", "critical")
+    assert "too large" in found["message"]

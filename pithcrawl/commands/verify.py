@@ -2,7 +2,8 @@
 
 Reads files, stdin or URLs (fetched once, with a timeout and a size cap), verifies
 each against the trust set, prints one line per document (or one JSON document) and
-exits 0 (all ok), 1 (a critical finding), 3 (something could not be read).
+exits 0 (all ok), 1 (a critical finding; a document over `crawl.max_bytes` is
+`malformed_json`), 3 (something could not be read).
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from pithcrawl.errors import (
     EXIT_OPERATIONAL,
     EXIT_SECURITY,
     FetchError,
+    TooLarge,
     UsageError,
 )
+from pithcrawl.findings import finding
 from pithcrawl.pith import parse_reference
 from pithcrawl.timestamps import parse_duration, parse_timestamp
 from pithcrawl.trust import load_trust
@@ -67,6 +70,9 @@ class _Read:
     data: bytes | None
     error: str | None = None
     expected_suffix: str | None = None
+    too_large: str | None = None
+    """Why the document was not read whole: too large is `malformed_json` (contract.md),
+    a finding like any other, not a failure to read."""
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,6 +102,13 @@ def run(args: argparse.Namespace) -> int:
     results: list[dict[str, Any]] = []
     code = EXIT_OK
     for read in reads:
+        if read.too_large is not None:
+            report = Report("unknown", None, (finding("malformed_json", "", read.too_large),))
+            results.append({"source": read.source, "kind": report.kind, **report.to_json()})
+            code = EXIT_SECURITY
+            if not args.json:
+                _print_report(read.source, report, args.verbose)
+            continue
         if read.data is None:
             results.append({"source": read.source, "ok": False, "error": read.error})
             code = max(code, EXIT_OPERATIONAL) if code != EXIT_SECURITY else code
@@ -160,6 +173,9 @@ async def _fetch_all(urls: list[str], config: Config) -> dict[str, _Read]:
         for url in urls:
             try:
                 result = await fetcher.get(url)
+            except TooLarge as e:
+                out[url] = _Read(url, None, too_large=f"too large: {e}")
+                continue
             except FetchError as e:
                 out[url] = _Read(url, None, str(e))
                 continue
@@ -181,5 +197,5 @@ def _read_local(source: str, cap: int) -> _Read:
     except OSError as e:
         return _Read(source, None, f"cannot read: {e.strerror or e}")
     if len(data) > cap:
-        return _Read(source, None, f"larger than crawl.max_bytes ({cap} bytes)")
+        return _Read(source, None, too_large=f"too large: over crawl.max_bytes ({cap} bytes)")
     return _Read(source, data)
