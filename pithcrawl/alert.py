@@ -34,6 +34,7 @@ from pithcrawl.fetch.client import HttpFetcher
 from pithcrawl.metrics import Metrics
 from pithcrawl.schedule import retry_due
 from pithcrawl.store import Alert, Delivery, Store
+from pithcrawl.timestamps import format_timestamp
 
 log = structlog.get_logger("pithcrawl.alert")
 
@@ -253,7 +254,7 @@ async def deliver_due(
                     "delivery_failed",
                     error=str(e),
                     attempts=delivery.attempts + 1,
-                    retry_at=retry_at.isoformat(),
+                    retry_at=format_timestamp(retry_at),
                 )
                 failed += 1
                 continue

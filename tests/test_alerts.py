@@ -440,6 +440,10 @@ def test_the_webhook_secret_never_reaches_logs_events_or_status(tmp_path, signer
     assert SECRET.decode() not in captured.out + captured.err
     assert "delivery_failed" in captured.err  # the failure is logged, without the secret
     assert SECRET not in (tmp_path / "a.db").read_bytes()
+    (failed,) = (
+        json.loads(line) for line in captured.err.splitlines() if '"delivery_failed"' in line
+    )
+    assert failed["retry_at"].endswith("Z")  # like every other time pithcrawl writes
 
 
 async def test_a_hostile_number_claim_never_reaches_the_hook(tmp_path, signer):

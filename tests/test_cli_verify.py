@@ -105,6 +105,7 @@ def test_security_finding_outranks_read_error(capsys, tmp_path: Path):
         (["verify", "x", "--now", "yesterday"], "--now"),
         (["verify", "x", "--key", "/nonexistent/key.json"], "key file"),
         (["verify"], "SOURCE"),
+        (["verify", "ftp://mirror.example/pith/x/bundle.json"], "only http(s) URLs"),
         (["frobnicate"], "invalid choice"),
     ],
 )
@@ -167,7 +168,7 @@ def test_dead_url_exits_3(capsys):
         port = s.getsockname()[1]
     code, out, _ = run(capsys, "verify", f"http://127.0.0.1:{port}/pith/{REAL_SUFFIX}/bundle.json")
     assert code == 3
-    assert out.startswith("ERROR")
+    assert out.startswith("ERROR") and out.count("/bundle.json") == 1, out  # URL named once
 
 
 def test_expect_names_the_record_every_document_must_be(capsys):

@@ -37,6 +37,7 @@ from pithcrawl.verify import Report, verify
 HELP = "Check bundle or state documents offline: every hash, signature and time rule."
 EXAMPLE = "pithcrawl verify 2SZ3GMWFCMMCUPZJQTONOWSJZ2.bundle.json --json"
 
+_OTHER_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 _URL_SUFFIX = re.compile(r"/pith/([A-Z2-7]{26})/(?:bundle|state)\.json(?:$|\?)")
 
 
@@ -97,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
             expect = parse_reference(args.expect)
         except ValueError as e:
             raise UsageError(f"--expect: {e}") from None
+    for source in args.sources:
+        if _OTHER_URL.match(source) and not _is_url(source) and not Path(source).exists():
+            raise UsageError(f"SOURCE {source!r}: only http(s) URLs, files and - are read")
     trust = load_trust(args.key or config.trust.keys)
     reads = _read_all(args.sources, config)
     results: list[dict[str, Any]] = []
@@ -174,10 +178,10 @@ async def _fetch_all(urls: list[str], config: Config) -> dict[str, _Read]:
             try:
                 result = await fetcher.get(url)
             except TooLarge as e:
-                out[url] = _Read(url, None, too_large=f"too large: {e}")
+                out[url] = _Read(url, None, too_large=f"too large: {_without(url, e)}")
                 continue
             except FetchError as e:
-                out[url] = _Read(url, None, str(e))
+                out[url] = _Read(url, None, _without(url, e))
                 continue
             if result.status != 200:
                 out[url] = _Read(url, None, f"HTTP {result.status}")
@@ -185,6 +189,11 @@ async def _fetch_all(urls: list[str], config: Config) -> dict[str, _Read]:
             m = _URL_SUFFIX.search(result.url)
             out[url] = _Read(url, result.body, expected_suffix=m.group(1) if m else None)
     return out
+
+
+def _without(url: str, error: Exception) -> str:
+    """The error's message without the URL it starts with (the line names it already)."""
+    return str(error).removeprefix(f"{url}: ")
 
 
 def _read_local(source: str, cap: int) -> _Read:
