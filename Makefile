@@ -3,21 +3,29 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test lint sync install bench clean
+.PHONY: test lint sync install install-test bench clean
 
-$(BIN)/pithcrawl: pyproject.toml
+# pithcrawl and what it runs on (aiohttp, pynacl, …): all `make sync` needs.
+$(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $@
+
+# Then the test tools (pytest, hypothesis, ruff, mypy).
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-install: $(BIN)/pithcrawl
+install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
 
 ## make test: lint, type-check and run the whole test suite
-test: install lint
+test: install-test lint
 	$(BIN)/pytest -n auto
 
-lint: install
+lint: install-test
 	$(BIN)/ruff check pithcrawl tests bench
 	$(BIN)/ruff format --check pithcrawl tests bench
 	$(BIN)/mypy
