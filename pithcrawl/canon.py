@@ -111,7 +111,7 @@ def parse(data: bytes) -> Any:
         # Documents as the registry serves them are compact JSON that re-serialises to
         # the same bytes; when they do, no key was dropped, so none was duplicated.
         # Anything else (whitespace, other escapes, duplicates) takes the strict parser.
-        if _dumps(doc, 0) != data:
+        if _round_trip(doc) != data:
             doc = _strict.decode(text)
     except MalformedJSON:
         raise
@@ -128,6 +128,44 @@ def parse(data: bytes) -> Any:
         except UnicodeEncodeError as e:
             raise MalformedJSON(f"string holds a lone surrogate at offset {e.start}") from None
     return doc
+
+
+#: The deepest nesting `parse` accepts: what orjson writes, 254 levels (a real bundle
+#: nests about ten). Every tree pithcrawl derives from a document (a state nests a payload a
+#: few levels deeper) then stays far inside the interpreter's recursion limit, which a
+#: document nested some 980 levels deep reached in the canonical writer and crashed
+#: the complete check.
+MAX_DEPTH = 254
+
+
+def _round_trip(doc: Any) -> bytes:
+    """`doc` written back compactly, in its own key order; `MalformedJSON` if it is nested
+    deeper than `MAX_DEPTH`."""
+    try:
+        written: bytes = orjson.dumps(doc, default=_default)
+    except orjson.JSONEncodeError:
+        # Past 64 bits, a lone surrogate, or too deep: only the last is refused here.
+        if _deeper_than(doc, MAX_DEPTH):
+            raise MalformedJSON(f"nested too deeply (more than {MAX_DEPTH} levels)") from None
+        return _dumps(doc, 0)
+    return written
+
+
+def _deeper_than(doc: Any, limit: int) -> bool:
+    """Whether `doc` nests more than `limit` arrays and objects (iterative: no recursion)."""
+    stack = [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def parse_compact(data: bytes) -> Any | None:

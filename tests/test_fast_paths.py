@@ -290,3 +290,44 @@ def test_orjson_writes_a_float_as_repr_does_unless_the_fast_reading_declines(x):
     if written.decode() != '{"x":' + repr(x) + "}":
         assert 0 < abs(x) < 1e-4
         assert _orjson_own_float(written)
+
+
+def _nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def test_a_signed_bundle_nested_as_deep_as_canon_allows_verifies():
+    """A payload nested to within a few levels of canon.MAX_DEPTH (with the bundle's own
+    levels around it) is read, hashed and verified like any other."""
+    from pithcrawl.canon import MAX_DEPTH
+
+    b = BundleBuilder(SIGNER)
+    b.add_event(payload={"graph_snapshot": {"deep": _nested(MAX_DEPTH - 10)}})
+    data = b.bytes()
+    assert verify_bundle(data, TRUST, now=NOW).ok
+    _same_report(data, TRUST)
+
+
+@pytest.mark.parametrize("depth", [*range(250, 262), 600, *range(930, 1000, 3)])
+def test_a_bundle_nested_too_deep_is_malformed_json_however_deep(depth):
+    """Past canon.MAX_DEPTH a bundle is `malformed_json`, whatever the depth: one nested
+    ~980 deep used to pass `parse` and then exhaust the interpreter's recursion limit in
+    the complete check's canonical writer (RecursionError out of verify_bundle, and out
+    of a crawl pass), a window that moved with the caller's stack."""
+    from pithcrawl.canon import MAX_DEPTH
+
+    b = BundleBuilder(SIGNER)
+    b.add_event(payload={"graph_snapshot": {"n": 1}})
+    nested = b"[" * depth + b"]" * depth
+    data = b.bytes().replace(b'"graph_snapshot":{"n":1}', b'"graph_snapshot":' + nested)
+    report = verify_bundle(data, TRUST, now=NOW)
+    # The deepest copy is the state's: {state, current, graph_snapshots, [i], payload}.
+    if depth + 6 <= MAX_DEPTH:
+        assert report.ok or "malformed_json" not in report.codes
+    else:
+        assert report.codes == {"malformed_json"}, report.codes
+        (found,) = report.findings
+        assert "nested too deeply" in found.message

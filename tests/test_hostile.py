@@ -399,6 +399,14 @@ LIES = {
         # a tree of 100,000 nested lists would add 5.6 MB more.
         heap=4 * MAX_BYTES,
     ),
+    "nested_300_deep": Lie(
+        # Past canon.MAX_DEPTH, but read by `parse` before it: a little deeper (~980), the
+        # complete check's canonical writer then exhausted the interpreter's recursion
+        # limit (tests/test_fast_paths.py scans that window).
+        lambda s: s.bad.bytes().replace(b"{", b'{"deep":' + b"[" * 300 + b"]" * 300 + b",", 1),
+        frozenset({"malformed_json"}),
+        message=r"nested too deeply \(more than 254 levels\)",
+    ),
     "enormous_integer": Lie(
         lambda s: b'{"event_count":' + b"9" * 900_000 + b"}",
         frozenset({"malformed_json"}),
