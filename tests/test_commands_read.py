@@ -286,3 +286,13 @@ def test_a_directory_as_the_archive_is_a_usage_error(capsys, tmp_path: Path, arg
     named = "--db" if via == "--db" else "db"
     assert err == f"pithcrawl: {named}: {directory} is a directory; name the archive's file in it\n"
     assert list(directory.iterdir()) == []
+
+
+def test_history_from_a_mirror_the_archive_does_not_know_exits_2(capsys, archive: Archive):
+    """`--mirror` naming no mirror at all is a usage error, as for `diff` (it printed "0
+    bundle snapshot(s)" and exit 0); a known mirror with nothing of this kind is 0."""
+    code, out, err = cli(capsys, archive.cfg, "history", archive.builder.suffix, "--mirror", "m9")
+    assert (code, out) == (2, "")
+    assert "--mirror m9: no such mirror" in err
+    code, out, _ = cli(capsys, archive.cfg, "history", archive.builder.suffix, "--mirror", "m0")
+    assert code == 0 and "2 bundle snapshot(s) from m0" in out

@@ -103,6 +103,8 @@ async def _history(
         record = await store.watchlist.record(suffix)
         if record is None and not snaps and not await _archived(store, suffix):
             raise UsageError(f"PITH {suffix}: no such record in the archive {db}")
+        if mirror is not None and not snaps and not await _known_mirror(store, mirror):
+            raise UsageError(f"--mirror {mirror}: no such mirror in the archive (see `status`)")
         linked = await store.event_kinds([s.id for s in snaps])
         by_id = {s.id: s for s in snaps}
         entries = [
@@ -112,6 +114,13 @@ async def _history(
         if number is None:
             number = await _pith_number(store, suffix)
     return number, entries
+
+
+async def _known_mirror(store: Store, name: str) -> bool:
+    """Whether the archive knows a mirror of that name (configured, listed or fetched)."""
+    if any(m.name == name for m in await store.watchlist.mirrors()):
+        return True
+    return any(s.mirror == name for s in await store.mirror_summaries())
 
 
 async def _archived(store: Store, suffix: str) -> bool:
