@@ -331,3 +331,34 @@ def test_a_bundle_nested_too_deep_is_malformed_json_however_deep(depth):
         assert report.codes == {"malformed_json"}, report.codes
         (found,) = report.findings
         assert "nested too deeply" in found.message
+
+
+#: Any JSON value a payload may hold: every number the spec can write (floats of every
+#: size, integers past 64 bits), every code point a string may hold, nesting.
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(st.characters(exclude_categories=["Cs"]), max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.text(st.characters(exclude_categories=["Cs"]), max_size=4), inner, max_size=3
+        )
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_JSON)
+def test_any_payload_signed_over_the_spec_is_judged_alike_by_both_roads(value):
+    """A payload of any JSON value, signed over the spec's canonical bytes, verifies, and
+    both roads give the same report (tests/test_fast_paths.py's float tests cover the
+    bytes orjson writes differently)."""
+    b = BundleBuilder(SIGNER)
+    b.add_event(payload={"graph_snapshot": {"v": value}})
+    data = b.bytes()
+    assert verify_bundle(data, TRUST, now=NOW).ok
+    _same_report(data, TRUST)
