@@ -51,3 +51,14 @@ def test_sync_bench_runs_every_phase_and_checks_its_archive(tmp_path: Path) -> N
     assert run20["bumped"]["changed_records"] == 2
     assert all(c["found"] == c["expected"] for c in run20["new_snapshot_checks"].values())
     assert any((tmp_path / "out").iterdir())  # the corpus was cached where it was told
+
+
+def test_soak_runs_the_daemon_and_stops_it_cleanly(tmp_path: Path) -> None:
+    out = tmp_path / "soak.json"
+    env = {"BENCH_OUT": str(tmp_path / "out"), "TMPDIR": str(tmp_path)}
+    args = ["--records", "20", "--minutes", "0.2", "--interval", "4s", "--every", "3"]
+    run("soak.py", *args, "--json", str(out), env=env)
+    figures = json.loads(out.read_text())
+    assert figures["exit_code"] == 0 and figures["loud_log_lines"] == []
+    assert len(figures["samples"]) >= 3
+    assert all(s["rss_mb"] > 0 and s["fds"] > 0 for s in figures["samples"])
