@@ -78,8 +78,9 @@ class Conditions:
         else:
             self._open_scopes.discard(scope)
 
-    async def check_record(self, suffix: str, *, mirrors: Sequence[str] | None = None) -> None:
-        """The divergence rules over everything archived of one record, across mirrors.
+    async def check_record(self, suffix: str, *, mirrors: Sequence[str] | None = None) -> int:
+        """The divergence rules over everything archived of one record, across mirrors;
+        how many alerts this opened.
 
         `mirrors`: the mirrors crawled now (default: every mirror that served it); only
         their latest bundles count as "served now", but every archived one is history.
@@ -100,13 +101,13 @@ class Conditions:
             if s.trusted and (mirrors is None or m in mirrors)
         }
         if not archived:
-            return
+            return 0
         number = histories[-1][0]  # every trusted bundle of the record states it
         now = self.clock()
         found = divergence.conditions(
             divergence.Histories(number, current, archived), now, self.config.alerts.stale_after
         )
-        await self.reconcile(
+        return await self.reconcile(
             f"record:{suffix}",
             [
                 NewEvent(
@@ -126,12 +127,13 @@ class Conditions:
             log=True,
         )
 
-    async def check_mirrors(self, names: Sequence[str]) -> None:
+    async def check_mirrors(self, names: Sequence[str]) -> int:
         """`mirror_unreachable`: a mirror that has failed for a record for longer than
         `alerts.unreachable_after`. One alert per mirror (a dead mirror is one problem,
-        not one per record); transient failures stay quiet."""
+        not one per record); transient failures stay quiet. How many alerts this opened."""
         now = self.clock()
         since = now - self.config.alerts.unreachable_after
+        opened = 0
         for name in names:
             count, examples = await self.store.alerts.failing(name, since)
             current = []
@@ -149,25 +151,27 @@ class Conditions:
                         dedup_key=f"mirror_unreachable:{name}",
                     )
                 )
-            await self.reconcile(f"reach:{name}", current, now, log=True)
+            opened += await self.reconcile(f"reach:{name}", current, now, log=True)
         # A mirror no longer in the set (taken out of the configuration) is asked for
         # nothing any more, so it is not unreachable either: its alert closes.
         asked = {f"reach:{name}" for name in names}
         for scope in sorted(s for s in await self._open() if s.startswith("reach:")):
             if scope not in asked:
                 await self.reconcile(scope, [], now, log=True)
+        return opened
 
     async def recheck(self, suffixes: Sequence[str] | None, mirrors: Sequence[str]) -> int:
         """Re-run the divergence rules where time alone can change them (a lag turning
         stale) or an alert is open, for `suffixes` (None: every tracked record); how many
-        records were checked."""
+        alerts this opened."""
         todo = await self.store.trusted.records_to_recheck(tracked=suffixes is None)
         if suffixes is not None:
             wanted = set(suffixes)
             todo = [s for s in todo if s in wanted]
+        opened = 0
         for suffix in todo:
-            await self.check_record(suffix, mirrors=mirrors)
-        return len(todo)
+            opened += await self.check_record(suffix, mirrors=mirrors)
+        return opened
 
     async def _history(self, snap: Snapshot, known: dict[str, History]) -> History:
         cached = known.get(snap.body_sha256)
@@ -185,10 +189,11 @@ class Conditions:
         *,
         log: bool,
         suffix: str | None = None,
-    ) -> None:
-        """Open, keep or close the alerts of `scope` so they are `current`."""
+    ) -> int:
+        """Open, keep or close the alerts of `scope` so they are `current`; how many
+        alerts this opened (each a new entry in the event log)."""
         if not current and not await self.is_open(scope):
-            return  # nothing to open, nothing open to close: no transaction at all
+            return 0  # nothing to open, nothing open to close: no transaction at all
         if suffix is not None:
             current = [e if e.suffix else replace(e, suffix=suffix) for e in current]
         opened, closed = await self.store.alerts.reconcile(
@@ -196,3 +201,4 @@ class Conditions:
         )
         self.mark(scope, bool(current))
         log_alerts(opened, closed)
+        return len(opened)

@@ -65,6 +65,9 @@ class PairResult:
     deferred: bool = False
     serves_untrusted: bool = False
     """The mirror serves a bundle that failed verification (new now, or as before)."""
+    record_events: int = 0
+    """Alerts the record-level rules opened after this pair's new snapshots (a
+    divergence, an equivocation across mirrors, a mirror gone stale)."""
 
     @property
     def critical(self) -> bool:
@@ -134,7 +137,9 @@ class Crawler:
             if trusted is not None and result.error is None:
                 await self._state(suffix, site, trusted, result, state_state)
             if result.new_snapshots:
-                await self.conditions.check_record(suffix, mirrors=self.mirrors)
+                result.record_events = await self.conditions.check_record(
+                    suffix, mirrors=self.mirrors
+                )
         return result
 
     # -- the bundle ----------------------------------------------------------------------

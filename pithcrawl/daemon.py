@@ -125,8 +125,9 @@ async def sync_once(config: Config, db: Path, named: list[str], trust: TrustSet)
             if reverify and not any(t.failed_share for t in tallies):
                 await store.set_setting(TRUST_DIGEST, trust.digest)  # every body judged
             names = [s.name for s in sites]
-            await crawler.conditions.recheck(named or None, names)
-            await crawler.conditions.check_mirrors(names)
+            # Alerts these open are entries of the pass's log too.
+            summary.events += await crawler.conditions.recheck(named or None, names)
+            summary.events += await crawler.conditions.check_mirrors(names)
             sinks = Sinks(config.alerts, fetcher, secret)
             summary.delivered, summary.undelivered = await deliver_due(
                 store,
@@ -371,7 +372,7 @@ class Daemon:
                 t = self.totals
                 t.records += 1
                 t.new_snapshots += result.new_snapshots
-                t.events += len(result.events)
+                t.events += len(result.events) + result.record_events
                 t.alerts += sum(1 for e in result.events if e.severity == "critical")
                 t.errors += result.error is not None
 

@@ -216,6 +216,11 @@ async def test_fork_is_a_divergence_delivered_once_to_hook_and_webhook(tmp_path,
         summary = await e.sync()
         assert summary.alerts == 1
         assert summary.delivered == 2
+        async with e.store() as store:
+            logged = await store.events()
+        # The pass counts every entry it logged, the record-level divergence included.
+        assert "mirror_divergence" in {x.kind for x in logged}
+        assert summary.events == len(logged)
         assert (await e.sync()).delivered == 0  # no second delivery of the same alert
         (call,) = calls(tmp_path)
         assert call["env"]["EVENT"] == "mirror_divergence"
