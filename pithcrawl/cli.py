@@ -91,6 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BaseException as e:
         return _failed(e)
     finally:
+        # What is still buffered goes out (or into /dev/null) through the wrapper now: at
+        # exit, a flush into a closed pipe would end the process with 120 instead.
+        sys.stdout.flush()
         sys.stdout = stdout
     return code
 
