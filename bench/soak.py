@@ -99,10 +99,13 @@ def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         try:
             while time.monotonic() - t0 < args.minutes * 60:
                 time.sleep(args.every)
-                if proc.poll() is not None:
+                try:
+                    if proc.poll() is not None:
+                        raise FileNotFoundError
+                    samples.append(sample(proc.pid, db, t0))
+                except FileNotFoundError:  # gone, maybe between poll() and /proc
                     tail = log.read_text(errors="replace")[-4000:]
-                    raise BenchError(f"the daemon died (exit {proc.returncode}):\n{tail}")
-                samples.append(sample(proc.pid, db, t0))
+                    raise BenchError(f"the daemon died (exit {proc.wait()}):\n{tail}") from None
                 s = samples[-1]
                 print(
                     f"{s['t_s']:>6}s  RSS {s['rss_mb']:>6} MB  fds {s['fds']:>3}  "
@@ -113,7 +116,12 @@ def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
             stopped = time.monotonic()
-            code = proc.wait(30)
+            try:
+                code: int | None = proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()  # did not stop on SIGTERM: a failure, and no daemon left behind
+                proc.wait()
+                code = None
             stop_s = time.monotonic() - stopped
     finally:
         mirror.close()
@@ -162,7 +170,10 @@ def main() -> int:
         f"RSS {growth['rss_mb']} MB, fds {growth['fds']}, threads {growth['threads']}, "
         f"db {growth['db_bytes']:.0f} B, wal {growth['wal_bytes']:.0f} B"
     )
-    print(f"SIGTERM: exit {result['exit_code']} after {result['stop_s']}s")
+    if result["exit_code"] is None:
+        print(f"SIGTERM: still running after {result['stop_s']}s, killed")
+    else:
+        print(f"SIGTERM: exit {result['exit_code']} after {result['stop_s']}s")
     for line in result["loud_log_lines"]:
         print(f"LOGGED {line}")
     if args.json:
