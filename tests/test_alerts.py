@@ -591,3 +591,46 @@ def test_a_hook_that_cannot_run_is_a_configuration_error_before_the_pass(
     err = capsys.readouterr().err
     assert "alerts.hook" in err and str(hook) in err and "Traceback" not in err
     assert not mirror.hits  # refused before the pass
+
+
+def test_events_name_the_alert_of_each_time_a_condition_came_back(tmp_path, capsys):
+    """A condition that clears and comes back is two alerts under one dedup_key: each
+    log entry names its own (the newest used to be named for both, so `evidence` with
+    the first entry's id exported the second alert)."""
+    from pithcrawl.cli import main
+    from pithcrawl.store import NewEvent, Store
+
+    db = tmp_path / "a.db"
+    t0 = datetime(2026, 11, 1, tzinfo=UTC)
+
+    def down(at: datetime) -> NewEvent:
+        return NewEvent(
+            kind="mirror_unreachable",
+            severity="error",
+            at=at,
+            pith_number=None,
+            mirrors=("m",),
+            summary="m is down",
+            evidence={"mirror": "m"},
+            dedup_key="mirror_unreachable:m",
+        )
+
+    async def come_and_go() -> tuple[Any, Any, Any]:
+        async with await Store.open(db) as store:
+            (first,), _ = await store.alerts.reconcile("reach:m", [down(t0)], now=t0)
+            hour = timedelta(hours=1)
+            _, (closed,) = await store.alerts.reconcile("reach:m", [], now=t0 + hour)
+            (second,), _ = await store.alerts.reconcile(
+                "reach:m", [down(t0 + 2 * hour)], now=t0 + 2 * hour
+            )
+        return first, closed, second
+
+    first, closed, second = anyio.run(come_and_go)
+    assert first.id != second.id and closed.id == first.id
+    assert main(["--db", str(db), "events", "--json"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [(x["kind"], x["id"], x["alert"]["status"]) for x in lines] == [
+        ("mirror_unreachable", first.id, "closed"),
+        ("alert_closed", first.id, "closed"),
+        ("mirror_unreachable", second.id, "open"),
+    ]

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     start = None if args.since is None else since(args.since, datetime.now(UTC))
     events, alerts = anyio.run(_events, db, start, tuple(args.kind))
     for event in events:
-        alert = alerts.get(event.dedup_key) if event.dedup_key else None
+        alert = alerts.get(event.id)
         if args.json:
             print(json.dumps(entry_json(event, alert), ensure_ascii=False))
         else:
@@ -80,27 +80,32 @@ def entry_json(event: EventRow, alert: dict[str, Any] | None) -> dict[str, Any]:
 
 async def _events(
     db: Path, start: datetime | None, kinds: tuple[str, ...]
-) -> tuple[list[EventRow], dict[str, dict[str, Any]]]:
-    """The events, and for those that are alerts, the alert's state and deliveries."""
+) -> tuple[list[EventRow], dict[int, dict[str, Any]]]:
+    """The events, and for each that belongs to an alert (by the entry's id), the
+    alert's id, state and deliveries."""
     async with await Store.open(db, readonly=True) as store:
         events = await store.events(since=start, kinds=kinds)
-        alerts = await store.alerts.by_dedup_key([e.dedup_key for e in events if e.dedup_key])
-        states: dict[str, dict[str, Any]] = {}
-        for key, a in alerts.items():
-            states[key] = {
-                "id": a.id,
-                "status": "open" if a.open else "closed",
-                "deliveries": [
-                    {
-                        "sink": d.sink,
-                        "phase": d.phase,
-                        "delivered": d.delivered_at is not None,
-                        "attempts": d.attempts,
-                        "last_error": d.last_error,
-                    }
-                    for d in await store.alerts.deliveries(a.id)
-                ],
-            }
+        alerts = await store.alerts.of_entries(events)
+        ids = sorted({a.id for a in alerts.values()})
+        deliveries: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
+        for d in await store.alerts.deliveries(alert_ids=ids) if ids else []:
+            deliveries[d.alert_id].append(
+                {
+                    "sink": d.sink,
+                    "phase": d.phase,
+                    "delivered": d.delivered_at is not None,
+                    "attempts": d.attempts,
+                    "last_error": d.last_error,
+                }
+            )
+    states = {
+        entry: {
+            "id": a.id,
+            "status": "open" if a.open else "closed",
+            "deliveries": deliveries[a.id],
+        }
+        for entry, a in alerts.items()
+    }
     return events, states
 
 

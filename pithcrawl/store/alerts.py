@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pithcrawl.store.connection import Database, Session
 from pithcrawl.store.fetches import INSERT_EVENT, event_params
-from pithcrawl.store.rows import NewEvent, db_time, to_json_text
+from pithcrawl.store.rows import EventRow, NewEvent, db_time, to_json_text
 from pithcrawl.timestamps import format_timestamp
 
 SINKS = ("hook", "webhook")
@@ -246,15 +246,40 @@ class AlertBook:
         examples = [{"suffix": r[0], "failing_since": r[1], "last_error": r[2]} for r in rows]
         return int(rows[0][3]), examples
 
-    async def by_dedup_key(self, keys: Sequence[str]) -> dict[str, Alert]:
-        """The newest alert of each dedup_key given (open or closed)."""
+    async def of_entries(self, entries: Sequence[EventRow]) -> dict[int, Alert]:
+        """The alert behind each event-log entry that has one, by the entry's id.
+
+        A dedup_key names a condition, and a condition can clear and come back: each
+        time is an alert of its own. An `alert_closed` entry names its alert; any other
+        entry belongs to the alert of its key that was open when it was written (or, for
+        an entry stamped a moment before its alert opened, the next one to open).
+        """
+        keys = sorted({e.dedup_key for e in entries if e.dedup_key})
+        if not keys:
+            return {}
         async with self._db.read("find alerts") as s:
             rows = await s.all(
                 "SELECT * FROM alerts WHERE dedup_key IN (SELECT value FROM json_each(?))"
-                " ORDER BY id",
-                (to_json_text(sorted(set(keys))),),
+                " ORDER BY opened_at, id",
+                (to_json_text(keys),),
             )
-        return {r["dedup_key"]: _alert(r) for r in rows}
+        by_id = {r["id"]: _alert(r) for r in rows}
+        by_key: dict[str, list[Alert]] = {}
+        for a in by_id.values():
+            by_key.setdefault(a.dedup_key, []).append(a)
+        found: dict[int, Alert] = {}
+        for e in entries:
+            if not e.dedup_key or e.dedup_key not in by_key:
+                continue
+            named = e.evidence.get("alert_id") if e.kind == "alert_closed" else None
+            if isinstance(named, int) and named in by_id:
+                found[e.id] = by_id[named]
+                continue
+            series = by_key[e.dedup_key]
+            found[e.id] = next(
+                (a for a in series if a.closed_at is None or e.at <= a.closed_at), series[-1]
+            )
+        return found
 
     async def get(self, alert_id: int) -> Alert | None:
         async with self._db.read("read an alert") as s:
