@@ -76,6 +76,11 @@ class IncompleteBody(FetchError):
 class TooLarge(FetchError):
     """The body, as declared, received or decoded, is larger than the byte cap."""
 
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        """The HTTP status of the response whose body it was."""
+
 
 class BadResponse(FetchError):
     """The server did not speak valid HTTP, or its body could not be decoded."""

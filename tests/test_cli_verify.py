@@ -127,7 +127,12 @@ def server() -> Iterator[str]:
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            if self.path in (f"/pith/{REAL_SUFFIX}/bundle.json", f"/pith/{'A' * 26}/bundle.json"):
+            if self.path == f"/pith/{'C' * 26}/bundle.json":  # an error page, 14 KB of it
+                self.send_response(503)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            elif self.path in (f"/pith/{REAL_SUFFIX}/bundle.json", f"/pith/{'A' * 26}/bundle.json"):
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -258,3 +263,14 @@ def test_a_document_over_max_bytes_is_malformed_json(capsys, tmp_path: Path, ser
     (found,) = result["findings"]
     assert (found["code"], found["severity"]) == ("malformed_json", "critical")
     assert "too large" in found["message"]
+
+
+def test_an_error_page_over_max_bytes_is_an_http_error_not_a_finding(capsys, tmp_path, server):
+    """A 503 with a large body is the mirror failing (exit 3), not a malformed document."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[crawl]\nmax_bytes = 4096\n")
+    code, out, _ = run(
+        capsys, "--config", str(cfg), "verify", f"{server}/pith/{'C' * 26}/bundle.json"
+    )
+    assert code == 3
+    assert out.startswith("ERROR") and "HTTP 503" in out

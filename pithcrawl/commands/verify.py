@@ -178,7 +178,10 @@ async def _fetch_all(urls: list[str], config: Config) -> dict[str, _Read]:
             try:
                 result = await fetcher.get(url)
             except TooLarge as e:
-                out[url] = _Read(url, None, too_large=f"too large: {_without(url, e)}")
+                if e.status != 200:  # an error page, however large, is no document
+                    out[url] = _Read(url, None, f"HTTP {e.status}")
+                else:
+                    out[url] = _Read(url, None, too_large=f"too large: {_without(url, e)}")
                 continue
             except FetchError as e:
                 out[url] = _Read(url, None, _without(url, e))

@@ -290,7 +290,10 @@ class HttpFetcher:
         declared = resp.content_length
         if declared is not None and declared > cap:
             resp.close()
-            raise TooLarge(f"{url}: Content-Length {declared} exceeds the {cap}-byte limit")
+            raise TooLarge(
+                f"{url}: Content-Length {declared} exceeds the {cap}-byte limit",
+                status=resp.status,
+            )
         parts: list[bytes] = []
         size = 0
         # aiohttp decodes gzip/deflate incrementally, at most about a read buffer per
@@ -304,7 +307,7 @@ class HttpFetcher:
                 resp.close()
                 encoding = resp.headers.get(hdrs.CONTENT_ENCODING)
                 how = f" after {encoding} decoding" if encoding else ""
-                raise TooLarge(f"{url}: body exceeds the {cap}-byte limit{how}")
+                raise TooLarge(f"{url}: body exceeds the {cap}-byte limit{how}", status=resp.status)
             parts.append(chunk)
         return b"".join(parts)
 
