@@ -293,7 +293,23 @@ async def resolve(
                 discovered.append(site)
             else:
                 log.info("mirror_skipped", mirror=site.name, reason=refused)
-    return unique([*sites, *manifest_sites, *discovered]), unread
+    resolved = unique([*sites, *manifest_sites, *discovered])
+    await store.set_setting(CRAWLED_SETTING, json.dumps(sorted(s.name for s in resolved)))
+    return resolved, unread
+
+
+#: The names of the mirrors the last pass crawled (JSON list), for `status`.
+CRAWLED_SETTING = "mirrors:crawled"
+
+
+async def last_crawled(store: Store) -> set[str] | None:
+    """The mirrors the last pass crawled, or None if no pass has said."""
+    text = await store.setting(CRAWLED_SETTING)
+    try:
+        names = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return {n for n in names if isinstance(n, str)} if isinstance(names, list) else None
 
 
 #: Settings named this plus a manifest entry's name hold its last read (JSON: `url`,

@@ -539,6 +539,35 @@ async def test_a_manifest_that_cannot_be_read_is_told_by_sync_and_status(tmp_pat
         assert "registry" not in rows or not rows["registry"].crawled
 
 
+async def test_status_says_crawled_only_of_mirrors_the_last_pass_crawled(tmp_path, signer):
+    """A manifest listing a mirror also configured by hand: the pass crawls it once, under
+    the configured name, and `status` must not call the manifest's duplicate crawled."""
+    from pithcrawl.commands.status import gather
+
+    async with env(tmp_path, signer, n=2) as e:
+        b = record(signer)
+        serve(e, b, only=[1])
+        await track(e, b)
+        base = e.mirrors[1].base_url
+        doc = {
+            "manifest_type": "pith_mirror_manifest",
+            "manifest_version": "1.0",
+            "mirrors": [_listing("one", base)],
+        }
+        e.mirrors[0].extra["/pith-mirrors.json"] = json.dumps(doc).encode()
+        e.config = parse_config(
+            f'[crawl]\ndiscover = false\n[[mirrors]]\nname = "direct"\nbase_url = "{base}"\n'
+            f'[[mirrors]]\nname = "registry"\n'
+            f'manifest = "{e.mirrors[0].base_url}/pith-mirrors.json"\n',
+            base_dir=tmp_path,
+        )
+        assert (await e.sync()).mirrors == 1
+        rows = {m.name: m for m in (await gather(e.config, e.db)).mirrors}
+        assert rows["direct"].crawled and rows["direct"].next_due is not None
+        assert not rows["registry/one"].crawled
+        assert rows["registry"].manifest is not None and rows["registry"].records == 1
+
+
 async def test_a_manifest_listing_too_many_mirrors_is_not_read(tmp_path, signer):
     from pithcrawl.mirrors import MANIFEST_MAX
 

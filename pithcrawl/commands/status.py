@@ -20,7 +20,7 @@ import anyio
 from pithcrawl.commands.report import archive, file_bytes, print_json, size, table, when
 from pithcrawl.config import Config
 from pithcrawl.errors import EXIT_OK
-from pithcrawl.mirrors import manifest_read
+from pithcrawl.mirrors import last_crawled, manifest_read
 from pithcrawl.store import Alert, Delivery, Mirror, Store
 from pithcrawl.store.archive import MirrorSummary
 from pithcrawl.timestamps import format_timestamp, parse_timestamp
@@ -127,6 +127,7 @@ async def gather(config: Config, db: Path) -> Status:
             deliveries.setdefault(d.alert_id, []).append(d)
         undelivered = await store.alerts.undelivered_count()
         reads = {m.name: await manifest_read(store, m.name) for m in config.mirrors if m.manifest}
+        last = await last_crawled(store)
     mirrors: dict[str, MirrorStatus] = {}
     for m in config.mirrors:
         mirrors[m.name] = MirrorStatus(m.name, m.base_url)
@@ -138,6 +139,10 @@ async def gather(config: Config, db: Path) -> Status:
         if m.manifest is not None and m.base_url is None:
             mirrors[m.name].take_manifest(m.manifest, reads[m.name])
     crawled = crawled_names(config, known)
+    if last is not None:
+        # What the last pass crawled (a duplicate of a configured mirror, or a discovered
+        # one refused, was not), less what the configuration has dropped since.
+        crawled &= last | {m.name for m in config.mirrors if m.manifest}
     for status in mirrors.values():
         if status.name not in crawled:
             status.crawled, status.next_due = False, None
