@@ -19,7 +19,7 @@ from pithcrawl import divergence
 from pithcrawl.alert import log_alerts, sink_names
 from pithcrawl.canon import parse
 from pithcrawl.config import Config
-from pithcrawl.store import NewEvent, Snapshot, Store
+from pithcrawl.store import Alert, NewEvent, Snapshot, Store
 
 #: What a trusted body says of the history: (pith_number, event ids, claimed places).
 History = tuple[str, tuple[str, ...], tuple[tuple[str, str, str], ...]]
@@ -78,9 +78,11 @@ class Conditions:
         else:
             self._open_scopes.discard(scope)
 
-    async def check_record(self, suffix: str, *, mirrors: Sequence[str] | None = None) -> int:
+    async def check_record(
+        self, suffix: str, *, mirrors: Sequence[str] | None = None
+    ) -> list[Alert]:
         """The divergence rules over everything archived of one record, across mirrors;
-        how many alerts this opened.
+        the alerts this opened.
 
         `mirrors`: the mirrors crawled now (default: every mirror that served it); only
         their latest bundles count as "served now", but every archived one is history.
@@ -101,7 +103,7 @@ class Conditions:
             if s.trusted and (mirrors is None or m in mirrors)
         }
         if not archived:
-            return 0
+            return []
         number = histories[-1][0]  # every trusted bundle of the record states it
         now = self.clock()
         found = divergence.conditions(
@@ -127,13 +129,13 @@ class Conditions:
             log=True,
         )
 
-    async def check_mirrors(self, names: Sequence[str]) -> int:
+    async def check_mirrors(self, names: Sequence[str]) -> list[Alert]:
         """`mirror_unreachable`: a mirror that has failed for a record for longer than
         `alerts.unreachable_after`. One alert per mirror (a dead mirror is one problem,
-        not one per record); transient failures stay quiet. How many alerts this opened."""
+        not one per record); transient failures stay quiet. The alerts this opened."""
         now = self.clock()
         since = now - self.config.alerts.unreachable_after
-        opened = 0
+        opened: list[Alert] = []
         for name in names:
             count, examples = await self.store.alerts.failing(name, since)
             current = []
@@ -160,15 +162,15 @@ class Conditions:
                 await self.reconcile(scope, [], now, log=True)
         return opened
 
-    async def recheck(self, suffixes: Sequence[str] | None, mirrors: Sequence[str]) -> int:
+    async def recheck(self, suffixes: Sequence[str] | None, mirrors: Sequence[str]) -> list[Alert]:
         """Re-run the divergence rules where time alone can change them (a lag turning
-        stale) or an alert is open, for `suffixes` (None: every tracked record); how many
+        stale) or an alert is open, for `suffixes` (None: every tracked record); the
         alerts this opened."""
         todo = await self.store.trusted.records_to_recheck(tracked=suffixes is None)
         if suffixes is not None:
             wanted = set(suffixes)
             todo = [s for s in todo if s in wanted]
-        opened = 0
+        opened: list[Alert] = []
         for suffix in todo:
             opened += await self.check_record(suffix, mirrors=mirrors)
         return opened
@@ -189,11 +191,11 @@ class Conditions:
         *,
         log: bool,
         suffix: str | None = None,
-    ) -> int:
-        """Open, keep or close the alerts of `scope` so they are `current`; how many
-        alerts this opened (each a new entry in the event log)."""
+    ) -> list[Alert]:
+        """Open, keep or close the alerts of `scope` so they are `current`; the alerts
+        this opened (each a new entry in the event log)."""
         if not current and not await self.is_open(scope):
-            return 0  # nothing to open, nothing open to close: no transaction at all
+            return []  # nothing to open, nothing open to close: no transaction at all
         if suffix is not None:
             current = [e if e.suffix else replace(e, suffix=suffix) for e in current]
         opened, closed = await self.store.alerts.reconcile(
@@ -201,4 +203,4 @@ class Conditions:
         )
         self.mark(scope, bool(current))
         log_alerts(opened, closed)
-        return len(opened)
+        return opened

@@ -33,7 +33,7 @@ from pithcrawl.keys import InvalidKey, TrustedKey, TrustSet, key_problems, load_
 from pithcrawl.metrics import Metrics
 from pithcrawl.mirrors import Site, discoverable, from_hints
 from pithcrawl.polling import UNREAD, Got, Poller, Unread, body_sha256
-from pithcrawl.store import FetchOutcome, FetchState, NewEvent, Snapshot, Store
+from pithcrawl.store import Alert, FetchOutcome, FetchState, NewEvent, Snapshot, Store
 from pithcrawl.timestamps import format_timestamp
 from pithcrawl.verify import Report, verify_bundle, verify_state
 
@@ -65,7 +65,7 @@ class PairResult:
     deferred: bool = False
     serves_untrusted: bool = False
     """The mirror serves a bundle that failed verification (new now, or as before)."""
-    record_events: int = 0
+    record_alerts: list[Alert] = field(default_factory=list)
     """Alerts the record-level rules opened after this pair's new snapshots (a
     divergence, an equivocation across mirrors, a mirror gone stale)."""
 
@@ -137,7 +137,7 @@ class Crawler:
             if trusted is not None and result.error is None:
                 await self._state(suffix, site, trusted, result, state_state)
             if result.new_snapshots:
-                result.record_events = await self.conditions.check_record(
+                result.record_alerts = await self.conditions.check_record(
                     suffix, mirrors=self.mirrors
                 )
         return result

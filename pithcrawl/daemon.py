@@ -42,7 +42,7 @@ from pithcrawl.share import (
     run_share_in_worker,
     shared_limits,
 )
-from pithcrawl.store import Store
+from pithcrawl.store import Alert, Store
 from pithcrawl.store.archive import Due
 from pithcrawl.trust import with_learned
 
@@ -126,8 +126,8 @@ async def sync_once(config: Config, db: Path, named: list[str], trust: TrustSet)
                 await store.set_setting(TRUST_DIGEST, trust.digest)  # every body judged
             names = [s.name for s in sites]
             # Alerts these open are entries of the pass's log too.
-            summary.events += await crawler.conditions.recheck(named or None, names)
-            summary.events += await crawler.conditions.check_mirrors(names)
+            summary.events += len(await crawler.conditions.recheck(named or None, names))
+            summary.events += len(await crawler.conditions.check_mirrors(names))
             sinks = Sinks(config.alerts, fetcher, secret)
             summary.delivered, summary.undelivered = await deliver_due(
                 store,
@@ -295,8 +295,9 @@ class Daemon:
             if time.monotonic() - checked > self.check_every:
                 checked = time.monotonic()
                 names = list(self.sites)
-                await crawler.conditions.recheck(None, names)
-                await crawler.conditions.check_mirrors(names)
+                opened = await crawler.conditions.recheck(None, names)
+                opened += await crawler.conditions.check_mirrors(names)
+                self._count_alerts(opened)
                 self.metrics.set_records(await self.store.watchlist.tracked_count())
                 self.metrics.set_open_alerts(await self.store.alerts.open_counts("kind"))
             await deliver_due(self.store, sinks, _now(), rand, metrics=self.metrics)
@@ -372,8 +373,9 @@ class Daemon:
                 t = self.totals
                 t.records += 1
                 t.new_snapshots += result.new_snapshots
-                t.events += len(result.events) + result.record_events
+                t.events += len(result.events)
                 t.alerts += sum(1 for e in result.events if e.severity == "critical")
+                self._count_alerts(result.record_alerts)
                 t.errors += result.error is not None
 
     async def _refresh_sites(self, fetcher: HttpFetcher) -> None:
@@ -386,6 +388,12 @@ class Daemon:
             self.crawler.mirrors = list(self.sites)
         self.metrics.retain_mirrors(self.sites)
         self.sites_at = time.monotonic()
+
+    def _count_alerts(self, opened: list[Alert]) -> None:
+        """Alerts the record- and mirror-level rules opened: entries of the log, and
+        the critical ones alerts, in `crawl_summary`."""
+        self.totals.events += len(opened)
+        self.totals.alerts += sum(1 for a in opened if a.severity == "critical")
 
     def _summary_line(self) -> None:
         t = self.totals

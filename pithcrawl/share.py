@@ -218,7 +218,7 @@ class Tally:
 
     def add(self, r: PairResult) -> None:
         self.new_snapshots += r.new_snapshots
-        self.events += len(r.events) + r.record_events
+        self.events += len(r.events) + len(r.record_alerts)
         # A deferred pair (its mirror failing, in backoff) was not fetched: not an error
         # of this pass, though the pass still ends in 3 for it.
         self.errors += r.error is not None and not r.deferred

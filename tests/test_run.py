@@ -158,3 +158,48 @@ def test_second_writer_is_refused_while_run_holds_the_archive(
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
+
+
+def test_the_daemons_counts_include_the_alerts_its_periodic_checks_open(
+    tmp_path: Path, signer: TestSigner, mirror: TestMirror
+):
+    """`crawl_summary`'s events and alerts count what the record- and mirror-level rules
+    open between fetches (here a mirror unreachable for longer than unreachable_after),
+    as they count what a fetch finds."""
+    from datetime import UTC, datetime
+
+    import anyio
+
+    from pithcrawl.config import load_config
+    from pithcrawl.daemon import Daemon
+    from pithcrawl.keys import TrustSet, load_key
+    from pithcrawl.sdnotify import Notifier
+    from pithcrawl.store import Store
+
+    b = BundleBuilder(signer, record=canonical_record("2611.00077"))
+    mirror.put(b.bytes())
+    dead = f"http://127.0.0.1:{free_port()}"
+    extra = f'[[mirrors]]\nname = "dead"\nbase_url = "{dead}"\n[alerts]\nunreachable_after = "1s"\n'
+    cfg = write_config(tmp_path, signer, mirror.base_url, "1s", extra)
+    trust = TrustSet([load_key(signer.public_key())])
+
+    async def go() -> tuple[Daemon, list[str]]:
+        async with await Store.open(tmp_path / "archive.db") as store:
+            await store.watchlist.track([b.suffix], datetime.now(UTC))
+        daemon = Daemon(
+            lambda: load_config(cfg),
+            tmp_path / "archive.db",
+            lambda _: trust,
+            Notifier({}),
+            check_every=0.3,
+            deliver_every=0.1,
+        )
+        with anyio.move_on_after(5):
+            await daemon.run()
+        async with await Store.open(tmp_path / "archive.db", readonly=True) as store:
+            kinds = [e.kind for e in await store.events() if e.kind != "alert_closed"]
+        return daemon, kinds
+
+    daemon, kinds = anyio.run(go)
+    assert "mirror_unreachable" in kinds
+    assert daemon.totals.events == len(kinds)
