@@ -6,10 +6,11 @@ Serves a signed corpus (sync_bench's, cached the same way) from bench/mirror_ser
 tracks every record, and runs the daemon with a short `crawl.interval`, so each pair is
 fetched again and again (conditional GETs: 304s). Every `--every` seconds it samples the
 daemon from /proc (RSS, open descriptors, threads) and the archive's files (db, -wal);
-at the end it stops the daemon with SIGTERM. The daemon's first interval (the cold crawl)
-is left out; over the rest, nothing changes, so every figure should stay flat. It prints
-the samples and each figure's growth per hour over that steady part, and exits 1 when the
-daemon died, did not exit 0 on SIGTERM, or logged anything at warning level or above.
+at the end it stops the daemon with SIGTERM. The first half of the run is left out (the
+cold crawl, and the connection pool and page cache filling up); over the second half,
+nothing changes, so every figure should stay flat. It prints the samples and each
+figure's growth per hour over that steady half, and exits 1 when the daemon died, did
+not exit 0 on SIGTERM, or logged anything at warning level or above.
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         with log.open("w") as err:
             proc = subprocess.Popen(argv, cwd=tmp, stderr=err, stdout=subprocess.DEVNULL)
         t0 = time.monotonic()
-        warmup = parse_duration(args.interval).total_seconds() * 1.5
+        # The second half, and never the cold crawl however short the run.
+        warmup = max(args.minutes * 30, parse_duration(args.interval).total_seconds() * 1.5)
         samples = []
         try:
             while time.monotonic() - t0 < args.minutes * 60:
