@@ -166,6 +166,14 @@ def main() -> int:
         except BenchError as e:
             print(f"soak: {e}", file=sys.stderr)
             return 1
+    steady = [x for x in result["samples"] if x["t_s"] >= result["steady_from_s"]]
+    if len(steady) < 2:
+        print(
+            f"soak: too short to judge: {len(steady)} sample(s) after"
+            f" {result['steady_from_s']:.0f}s (run longer, or sample more often)",
+            file=sys.stderr,
+        )
+        return 1
     growth = result["per_hour"]
     print(
         f"\nsteady state from {result['steady_from_s']:.0f}s, growth per hour: "

@@ -593,10 +593,12 @@ def test_a_hook_that_cannot_run_is_a_configuration_error_before_the_pass(
     assert not mirror.hits  # refused before the pass
 
 
-def test_events_name_the_alert_of_each_time_a_condition_came_back(tmp_path, capsys):
+@pytest.mark.parametrize("gap", [timedelta(hours=1), timedelta(0)])
+def test_events_name_the_alert_of_each_time_a_condition_came_back(tmp_path, capsys, gap):
     """A condition that clears and comes back is two alerts under one dedup_key: each
     log entry names its own (the newest used to be named for both, so `evidence` with
-    the first entry's id exported the second alert)."""
+    the first entry's id exported the second alert), also when it comes back at the
+    very moment it cleared."""
     from pithcrawl.cli import main
     from pithcrawl.store import NewEvent, Store
 
@@ -620,9 +622,8 @@ def test_events_name_the_alert_of_each_time_a_condition_came_back(tmp_path, caps
             (first,), _ = await store.alerts.reconcile("reach:m", [down(t0)], now=t0)
             hour = timedelta(hours=1)
             _, (closed,) = await store.alerts.reconcile("reach:m", [], now=t0 + hour)
-            (second,), _ = await store.alerts.reconcile(
-                "reach:m", [down(t0 + 2 * hour)], now=t0 + 2 * hour
-            )
+            back = t0 + hour + gap
+            (second,), _ = await store.alerts.reconcile("reach:m", [down(back)], now=back)
         return first, closed, second
 
     first, closed, second = anyio.run(come_and_go)

@@ -62,3 +62,19 @@ def test_soak_runs_the_daemon_and_stops_it_cleanly(tmp_path: Path) -> None:
     assert figures["exit_code"] == 0 and figures["loud_log_lines"] == []
     assert len(figures["samples"]) >= 3
     assert all(s["rss_mb"] > 0 and s["fds"] > 0 for s in figures["samples"])
+
+
+def test_soak_refuses_to_judge_a_run_too_short_to_have_a_steady_part(tmp_path: Path) -> None:
+    """No sample after the warm-up: no verdict of "0 growth", but exit 1 saying why."""
+    env = {**os.environ, "BENCH_OUT": str(tmp_path / "out"), "TMPDIR": str(tmp_path)}
+    args = ["--records", "5", "--minutes", "0.05", "--interval", "10s", "--every", "1"]
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "soak.py"), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 1
+    assert "too short to judge" in done.stderr

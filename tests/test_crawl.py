@@ -566,6 +566,11 @@ async def test_status_says_crawled_only_of_mirrors_the_last_pass_crawled(tmp_pat
         assert rows["direct"].crawled and rows["direct"].next_due is not None
         assert not rows["registry/one"].crawled
         assert rows["registry"].manifest is not None and rows["registry"].records == 1
+        # Mirrors configured since the last pass are crawled (by the next one).
+        e.config = _config(tmp_path, [base, f"{base}/x"])
+        rows = {m.name: m for m in (await gather(e.config, e.db)).mirrors}
+        assert rows["m0"].crawled and rows["m1"].crawled
+        assert not rows["direct"].crawled  # taken out of the configuration
 
 
 async def test_a_manifest_listing_too_many_mirrors_is_not_read(tmp_path, signer):

@@ -140,9 +140,11 @@ async def gather(config: Config, db: Path) -> Status:
             mirrors[m.name].take_manifest(m.manifest, reads[m.name])
     crawled = crawled_names(config, known)
     if last is not None:
-        # What the last pass crawled (a duplicate of a configured mirror, or a discovered
-        # one refused, was not), less what the configuration has dropped since.
-        crawled &= last | {m.name for m in config.mirrors if m.manifest}
+        # Configured entries are crawled (by the next pass, if added since the last); of
+        # the mirrors manifests listed and bundles named, those the last pass crawled (a
+        # duplicate of a configured mirror, or a discovered one refused, was not).
+        configured = {m.name for m in config.mirrors}
+        crawled = {n for n in crawled if n in configured or n in last}
     for status in mirrors.values():
         if status.name not in crawled:
             status.crawled, status.next_due = False, None

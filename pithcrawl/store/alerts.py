@@ -251,8 +251,8 @@ class AlertBook:
 
         A dedup_key names a condition, and a condition can clear and come back: each
         time is an alert of its own. An `alert_closed` entry names its alert; any other
-        entry belongs to the alert of its key that was open when it was written (or, for
-        an entry stamped a moment before its alert opened, the next one to open).
+        entry (stamped when its alert opened) belongs to the latest alert of its key
+        opened by then, so an alert opened at the very moment another closed is its own.
         """
         keys = sorted({e.dedup_key for e in entries if e.dedup_key})
         if not keys:
@@ -276,9 +276,8 @@ class AlertBook:
                 found[e.id] = by_id[named]
                 continue
             series = by_key[e.dedup_key]
-            found[e.id] = next(
-                (a for a in series if a.closed_at is None or e.at <= a.closed_at), series[-1]
-            )
+            opened = [a for a in series if a.opened_at <= e.at]
+            found[e.id] = opened[-1] if opened else series[0]
         return found
 
     async def get(self, alert_id: int) -> Alert | None:
