@@ -2,7 +2,7 @@
 the worker processes a large `sync` pass is shared with.
 
 Owns how many processes a pass uses, how records and fetch limits are dealt between
-them, what a worker runs, and the tally each share sends back. `daemon.sync_once` runs
+them, what a worker runs, and the tally each share sends back. `sync.sync_once` runs
 one share itself and starts the others here.
 """
 

@@ -20,6 +20,9 @@ from pithcrawl.verify import verify_bundle
 
 REGISTRY_KEY_FILE = "pith-v1-2026-05.key.json"
 
+#: The setting naming the trust set the archive's verdicts were last reached under.
+TRUST_DIGEST = "trust_digest"
+
 
 def registry_key() -> TrustedKey:
     """The Pith registry's key `pith-v1-2026-05`, shipped in the package."""

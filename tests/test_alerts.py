@@ -26,10 +26,10 @@ from mirror import TestMirror
 
 from pithcrawl.alert import Sinks, deliver_due, read_secret
 from pithcrawl.config import Config, parse_config
-from pithcrawl.daemon import Summary, sync_once
 from pithcrawl.fetch.client import HttpFetcher
 from pithcrawl.keys import TrustSet, load_key
 from pithcrawl.store import Store
+from pithcrawl.sync import Summary, sync_once
 
 pytestmark = pytest.mark.anyio
 SECRET = b"s3cret-for-tests"

@@ -1,5 +1,5 @@
 """Crawling and archiving, end to end: real loopback mirrors, a real SQLite archive,
-bundles signed with a test key. Each test runs whole `sync` passes (`daemon.sync_once`)."""
+bundles signed with a test key. Each test runs whole `sync` passes (`sync.sync_once`)."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from mirror import TestMirror
 
 from pithcrawl.commands.sync import exit_code, summary_line
 from pithcrawl.config import Config, parse_config
-from pithcrawl.daemon import Summary, sync_once
 from pithcrawl.keys import TrustSet, load_key
 from pithcrawl.store import Store
+from pithcrawl.sync import Summary, sync_once
 
 pytestmark = pytest.mark.anyio
 

@@ -1,6 +1,6 @@
 """`pithcrawl evidence`: the documents behind an alert, re-checked with `pithcrawl verify`.
 
-Archives are built by real `sync` passes (`daemon.sync_once`) against loopback mirrors;
+Archives are built by real `sync` passes (`sync.sync_once`) against loopback mirrors;
 `evidence` and `verify` then run through `pithcrawl.cli.main`, offline.
 """
 
@@ -25,9 +25,9 @@ from mirror import TestMirror
 from pithcrawl.cli import main
 from pithcrawl.commands.evidence import body_refs
 from pithcrawl.config import load_config
-from pithcrawl.daemon import sync_once
 from pithcrawl.keys import TrustSet, load_key
 from pithcrawl.store import Alert, Store
+from pithcrawl.sync import sync_once
 
 Rounds = Sequence[Sequence[bytes | None]]
 """Sync passes; in each, what every mirror serves (None: leave it as it was)."""

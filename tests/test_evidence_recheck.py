@@ -19,9 +19,9 @@ from builder import BundleBuilder, TestSigner, canonical_record
 from mirror import TestMirror
 
 from pithcrawl.config import load_config
-from pithcrawl.daemon import sync_once
 from pithcrawl.keys import TrustSet, load_key
 from pithcrawl.store import Alert, Store
+from pithcrawl.sync import sync_once
 
 PITHCRAWL = [sys.executable, "-m", "pithcrawl"]
 

@@ -1,5 +1,5 @@
 """Hostile mirrors, end to end: each misbehaviour of a real loopback server, one `sync`
-pass (`daemon.sync_once`) over two records on it, the hostile one and a good one.
+pass (`sync.sync_once`) over two records on it, the hostile one and a good one.
 
 For every case: the exact outcome for the hostile record (a finding and its alert, or an
 operational error with its retry time and no alert); the good record archived and trusted
@@ -45,11 +45,11 @@ from mirror import TestMirror
 from pithcrawl.commands.sync import exit_code
 from pithcrawl.config import Config, parse_config
 from pithcrawl.crawl import Crawler
-from pithcrawl.daemon import Summary, sync_once
 from pithcrawl.fetch.client import HttpFetcher
 from pithcrawl.keys import TrustSet, load_key
 from pithcrawl.mirrors import Site
 from pithcrawl.store import Store
+from pithcrawl.sync import Summary, sync_once
 
 pytestmark = pytest.mark.anyio
 

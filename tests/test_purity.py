@@ -57,6 +57,7 @@ SHELL_MODULES = {
     "serve",
     "crawl",
     "daemon",
+    "sync",
     "cli",
     "config",
     "log",

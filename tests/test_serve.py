@@ -31,12 +31,12 @@ from mirror import TestMirror
 from pithcrawl.canon import canon, parse
 from pithcrawl.commands.serve import parse_base_url, parse_bind
 from pithcrawl.config import Config, parse_config
-from pithcrawl.daemon import sync_once
 from pithcrawl.errors import OperationalError, UsageError
 from pithcrawl.keys import TrustSet
 from pithcrawl.mirrors import from_manifest
 from pithcrawl.serve import Catalog, Server, not_modified, serving
 from pithcrawl.store import Store
+from pithcrawl.sync import sync_once
 from pithcrawl.verify import verify_bundle
 
 pytestmark = pytest.mark.anyio

@@ -23,7 +23,7 @@ from pithcrawl.store import Store
 from pithcrawl.trust import load_trust
 
 if TYPE_CHECKING:
-    from pithcrawl.daemon import Summary
+    from pithcrawl.sync import Summary
 
 SYNC_HELP = "One pass: every tracked record from every mirror, verified and archived."
 SYNC_EXAMPLE = "pithcrawl --config /etc/pithcrawl.toml sync --json"
@@ -86,7 +86,7 @@ def run_sync(args: argparse.Namespace) -> int:
     named = _suffixes(args.pith)
     trust = load_trust(config.trust.keys)
     started = time.monotonic()
-    from pithcrawl.daemon import sync_once
+    from pithcrawl.sync import sync_once
 
     summary = anyio.run(sync_once, config, db, named, trust)
     summary.duration_s = time.monotonic() - started
