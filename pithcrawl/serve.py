@@ -8,21 +8,23 @@ cache of what is served per record, refilled when the archive's newest snapshot 
 record changes.
 
 What it serves: the exact bytes of the trusted bundle snapshot with the newest `built_at`
-(from whichever mirror), and a state.json equal to that bundle's own `state`: a trusted
-archived one when one matches (compared as canonical JSON), else the bundle's `state`
-serialised compactly. A record with no trusted bundle is a 404: an untrusted body is
-never served. A suffix is checked against its shape before any lookup, and nothing
-from a request ever becomes a file path.
+(from whichever mirror) that still verifies under the keys `serve` was started with, and
+a state.json equal to that bundle's own `state`: a trusted archived one when one matches
+(compared as canonical JSON), else the bundle's `state` serialised compactly. A record
+with no such bundle is a 404: an untrusted body is never served, and neither is one
+trusted when it was archived under keys since taken out of the trust set. A suffix is
+checked against its shape before any lookup, and nothing from a request ever becomes a
+file path.
 
-What it does not do: decide trust (that was decided, by verification, when the body was
-archived), write to the archive (it opens it read-only), or sign anything. The manifest
-therefore carries no `public_key`: the bundles carry the registry's signatures, which
-any client checks itself; a mirror adds none.
+What it does not do: write to the archive (it opens it read-only), or sign anything. The
+manifest therefore carries no `public_key`: the bundles carry the registry's
+signatures, which any client checks itself; a mirror adds none.
 """
 
 from __future__ import annotations
 
 import email.utils
+import functools
 import hashlib
 import json
 import re
@@ -31,7 +33,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
@@ -40,9 +42,11 @@ from aiohttp import web
 
 from pithcrawl.canon import MalformedJSON, canon, parse
 from pithcrawl.errors import OperationalError, StoreCorrupt, StoreError
+from pithcrawl.keys import TrustSet
 from pithcrawl.merge import MERGE_VERSION
 from pithcrawl.store import Snapshot, Store
 from pithcrawl.timestamps import format_seconds
+from pithcrawl.verify import DEFAULT_CLOCK_SKEW, verify_bundle
 
 log = structlog.get_logger("pithcrawl.serve")
 
@@ -64,6 +68,9 @@ _THREAD_THRESHOLD = 1 << 20
 #: Distinct archived state.json bodies compared with the bundle's state before falling
 #: back to serialising it (the matching one is nearly always the newest).
 _STATE_CANDIDATES = 32
+#: Trusted bundles of a record tried, newest first, for one that still verifies under
+#: the keys of now (after a change of keys, the newest may not).
+_BUNDLE_CANDIDATES = 16
 
 _ETAG = re.compile(r'(?:W/)?"([^"]*)"')
 
@@ -117,13 +124,19 @@ class Catalog:
     def __init__(
         self,
         store: Store,
+        trust: TrustSet,
         *,
+        clock_skew: timedelta = DEFAULT_CLOCK_SKEW,
         revalidate_after: float = REVALIDATE_AFTER,
         max_entries: int = CACHE_ENTRIES,
         max_bytes: int = CACHE_BYTES,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
+        self.trust = trust
+        """The keys a body must verify under to be served (the archive's verdict was
+        reached under the keys of its day)."""
+        self.clock_skew = clock_skew
         self.revalidate_after = revalidate_after
         self.max_entries = max_entries
         self.max_bytes = max_bytes
@@ -180,10 +193,10 @@ class Catalog:
         version = await self.store.newest_snapshot_id(suffix)
         if version is None:
             return None
-        snap = await self.store.trusted.newest_bundle(suffix)
-        if snap is None:
+        found = await self._verified_bundle(suffix)
+        if found is None:
             return None
-        data = await self.store.get_blob(snap.body_sha256)
+        snap, data = found
         self.fills += 1
         compact, expected = await _state_of(data, snap)
         state = await self._matching_state(suffix, compact, expected)
@@ -192,6 +205,31 @@ class Catalog:
             state if state is not None else Body.of(compact, snap.fetched_at),
             version,
         )
+
+    async def _verified_bundle(self, suffix: str) -> tuple[Snapshot, bytes] | None:
+        """The newest trusted bundle that verifies under `trust` now, and its bytes."""
+        for snap in await self.store.trusted.newest_bundles(suffix, limit=_BUNDLE_CANDIDATES):
+            data = await self.store.get_blob(snap.body_sha256)
+            judge = functools.partial(
+                verify_bundle,
+                data,
+                self.trust,
+                now=datetime.now(UTC),
+                clock_skew=self.clock_skew,
+                expected_suffix=suffix,
+            )
+            big = len(data) > _THREAD_THRESHOLD  # milliseconds of work: off the event loop
+            report = await anyio.to_thread.run_sync(judge) if big else judge()
+            if report.ok:
+                return snap, data
+            log.warning(
+                "serve_withheld",
+                suffix=suffix,
+                snapshot_id=snap.id,
+                body_sha256=snap.body_sha256,
+                findings=sorted({f.code for f in report.findings}),
+            )
+        return None
 
     async def _matching_state(self, suffix: str, compact: bytes, expected: bytes) -> Body | None:
         """A trusted archived state.json whose content is the bundle's `state`, if any."""
@@ -390,14 +428,17 @@ async def serving(
     *,
     name: str | None = None,
     base_url: str | None = None,
+    trust: TrustSet,
+    clock_skew: timedelta = DEFAULT_CLOCK_SKEW,
     catalog: Catalog | None = None,
 ) -> AsyncIterator[Server]:
-    """Serve `store` on HOST:PORT (0: any free port) until the block ends.
+    """Serve `store` on HOST:PORT (0: any free port) until the block ends; a bundle is
+    served only if it verifies under `trust`.
 
     `OperationalError` when the address cannot be bound. Leaving the block (a cancel
     included) stops accepting, lets in-flight requests finish briefly, and closes.
     """
-    catalog = catalog or Catalog(store)
+    catalog = catalog or Catalog(store, trust, clock_skew=clock_skew)
     handlers = _Handlers(catalog, base_url)
     runner = web.AppRunner(
         _app(handlers),

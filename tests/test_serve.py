@@ -105,7 +105,7 @@ async def site(
         db = await archive(tmp_path, trust, "a.db", source, track=[good.suffix, bad.suffix])
         store = await stack.enter_async_context(await Store.open(db, readonly=True))
         server = await stack.enter_async_context(
-            serving(store, "127.0.0.1", 0, **options)  # type: ignore[arg-type]
+            serving(store, "127.0.0.1", 0, trust=trust, **options)  # type: ignore[arg-type]
         )
         http = await stack.enter_async_context(aiohttp.ClientSession())
         yield Site(server, store, db, http, good, bad)
@@ -204,7 +204,7 @@ async def test_state_falls_back_to_the_bundles_own_state(tmp_path, signer, test_
         db = await archive(tmp_path, test_trust, "a.db", source, track=[b.suffix])
     async with (
         await Store.open(db, readonly=True) as store,
-        serving(store, "127.0.0.1", 0) as server,
+        serving(store, "127.0.0.1", 0, trust=test_trust) as server,
         aiohttp.ClientSession() as http,
     ):
         assert await trusted_blob(store, b.suffix, "state") == wrong  # archived, well-formed
@@ -227,7 +227,7 @@ async def test_newest_built_at_across_mirrors_is_served(tmp_path, signer, test_t
         db = await archive(tmp_path, test_trust, "a.db", ahead, behind, track=[b.suffix])
     async with (
         await Store.open(db, readonly=True) as store,
-        serving(store, "127.0.0.1", 0) as server,
+        serving(store, "127.0.0.1", 0, trust=test_trust) as server,
         aiohttp.ClientSession() as http,
     ):
         async with http.get(f"{server.url}/pith/{b.suffix}/bundle.json") as r:
@@ -368,7 +368,13 @@ async def test_newly_archived_history_is_served_after_revalidation(tmp_path, sig
         db = await archive(tmp_path, test_trust, "a.db", source, track=[b.suffix])
         async with (
             await Store.open(db, readonly=True) as store,
-            serving(store, "127.0.0.1", 0, catalog=Catalog(store, revalidate_after=0)) as server,
+            serving(
+                store,
+                "127.0.0.1",
+                0,
+                trust=test_trust,
+                catalog=Catalog(store, test_trust, revalidate_after=0),
+            ) as server,
             aiohttp.ClientSession() as http,
         ):
             url = f"{server.url}/pith/{b.suffix}/bundle.json"
@@ -417,7 +423,7 @@ async def test_a_busy_port_is_an_operational_error(tmp_path, signer, test_trust)
     async with site(tmp_path, signer, test_trust) as s:
         port = int(s.server.url.rsplit(":", 1)[1])
         with pytest.raises(OperationalError, match="cannot listen"):
-            async with serving(s.store, "127.0.0.1", port):
+            async with serving(s.store, "127.0.0.1", port, trust=test_trust):
                 pass
 
 
@@ -459,9 +465,12 @@ def test_the_command_serves_until_sigterm(tmp_path, signer, test_trust):
             return await archive(tmp_path, test_trust, "a.db", source, track=[b.suffix])
 
     db = anyio.run(build)
+    (tmp_path / "k.json").write_text(json.dumps(signer.public_key()))
+    cfg = tmp_path / "serve.toml"
+    cfg.write_text('[trust]\nkeys = ["k.json"]\n')  # the keys the archive was judged under
     command = ["--log-format", "json", "serve", "--bind", "127.0.0.1:0"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pithcrawl", "--db", str(db), *command],
+        [sys.executable, "-m", "pithcrawl", "--config", str(cfg), "--db", str(db), *command],
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -519,3 +528,41 @@ async def test_a_client_that_never_finishes_its_request_is_dropped(
                     await stream.receive()
         async with s.http.get(f"{s.server.url}/pith/{s.good.suffix}/bundle.json") as r:
             assert r.status == 200  # the others are served
+
+
+async def test_a_body_trusted_under_keys_taken_out_since_is_never_served(
+    tmp_path, signer, test_trust
+):
+    """Two trusted versions of a record, then its key taken out of the trust set (say, as
+    compromised): a pass judges the newest again and finds it untrusted, but the older
+    one keeps the archive's old verdict. `serve` used to fall back to it (a 200, and a
+    rollback to boot); it now serves only what verifies under its own keys: a 404."""
+    from pithcrawl.keys import load_key
+
+    b = record(signer, 0, events=1)
+    async with TestMirror() as source:
+        source.put(b.bytes())
+        db = await archive(tmp_path, test_trust, "a.db", source, track=[b.suffix])
+        b.add_event()
+        source.put(b.bytes())
+        cfg = config(tmp_path, "a.db", [source.base_url])
+        await sync_once(cfg, db, [], test_trust)
+        other = TrustSet([load_key(TestSigner("other-key").public_key())])
+        assert (await sync_once(cfg, db, [], other)).untrusted == 1
+    async with await Store.open(db, readonly=True) as store:
+        trusted = [s for s in await store.snapshots(b.suffix) if s.trusted]
+        assert len({s.body_sha256 for s in trusted}) == 2  # the old verdicts stand in it
+        async with (
+            serving(store, "127.0.0.1", 0, trust=other) as server,
+            aiohttp.ClientSession() as http,
+        ):
+            for path in ("bundle.json", "state.json"):
+                async with http.get(f"{server.url}/pith/{b.suffix}/{path}") as r:
+                    assert r.status == 404, path
+        # The control: under the old keys, the older trusted body verifies and is served.
+        async with (
+            serving(store, "127.0.0.1", 0, trust=test_trust) as server,
+            aiohttp.ClientSession() as http,
+            http.get(f"{server.url}/pith/{b.suffix}/bundle.json") as r,
+        ):
+            assert r.status == 200

@@ -1,9 +1,9 @@
 """`pithcrawl serve`: the archive as a Pith mirror, until SIGTERM/SIGINT.
 
-Parses the bind address and the manifest's options, opens the archive read-only (a
-`sync` or `run` may keep writing to it meanwhile) and runs `serve.serving` until a
-signal cancels it; the server then closes gracefully. What is served, and how, is
-`pithcrawl.serve`'s.
+Parses the bind address and the manifest's options, loads the trust set (a body is
+served only if it verifies under it), opens the archive read-only (a `sync` or `run`
+may keep writing to it meanwhile) and runs `serve.serving` until a signal cancels it;
+the server then closes gracefully. What is served, and how, is `pithcrawl.serve`'s.
 """
 
 from __future__ import annotations
@@ -20,8 +20,11 @@ import structlog
 from anyio.abc import TaskStatus
 
 from pithcrawl.commands.report import archive
+from pithcrawl.config import Config
 from pithcrawl.errors import EXIT_OK, UsageError
+from pithcrawl.keys import TrustSet
 from pithcrawl.store import Store
+from pithcrawl.trust import load_trust, with_learned
 
 HELP = "Serve the archive as a Pith mirror (the exact verified bytes), until SIGTERM."
 EXAMPLE = "pithcrawl serve --bind 127.0.0.1:8787"
@@ -73,11 +76,12 @@ def parse_base_url(text: str | None) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    _, db = archive(args)
+    config, db = archive(args)
     host, port = parse_bind(args.bind)
     base_url = parse_base_url(args.base_url)
+    trust = load_trust(config.trust.keys)
     _raise_descriptor_limit()
-    anyio.run(_serve, db, host, port, args.name, base_url)
+    anyio.run(_serve, config, trust, db, (host, port), (args.name, base_url))
     return EXIT_OK
 
 
@@ -94,7 +98,14 @@ def _raise_descriptor_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def _serve(db: Path, host: str, port: int, name: str | None, base_url: str | None) -> None:
+async def _serve(
+    config: Config,
+    trust: TrustSet,
+    db: Path,
+    bind: tuple[str, int],
+    manifest: tuple[str | None, str | None],
+) -> None:
+    (host, port), (name, base_url) = bind, manifest
     async with (
         await Store.open(db, readonly=True) as store,
         anyio.create_task_group() as tg,
@@ -102,7 +113,18 @@ async def _serve(db: Path, host: str, port: int, name: str | None, base_url: str
         await tg.start(_stop_on_signal, tg.cancel_scope)
         from pithcrawl.serve import serving
 
-        async with serving(store, host, port, name=name, base_url=base_url) as server:
+        # A body is served only if it verifies under the configured keys now (and the
+        # keys learned from rotations that still stand), whatever the archive's verdict.
+        trust = await with_learned(trust, store, config)
+        async with serving(
+            store,
+            host,
+            port,
+            name=name,
+            base_url=base_url,
+            trust=trust,
+            clock_skew=config.trust.clock_skew,
+        ) as server:
             log.info(
                 "serve_started",
                 bind=f"{host}:{port}",

@@ -25,7 +25,7 @@ SELECT * FROM snapshots AS s WHERE s.suffix = ?1 AND s.kind = 'bundle' AND s.tru
     SELECT 1 FROM snapshots AS later WHERE later.suffix = ?1 AND later.kind = 'bundle'
       AND later.body_sha256 = s.body_sha256 AND later.id > s.id AND later.trusted = 0
   )
-ORDER BY julianday(s.built_at) DESC, s.fetched_at DESC, s.id DESC LIMIT 1
+ORDER BY julianday(s.built_at) DESC, s.fetched_at DESC, s.id DESC LIMIT ?2
 """
 
 _HIGHEST_TRUSTED_BUNDLE = """
@@ -73,9 +73,14 @@ class Trusted:
     async def newest_bundle(self, suffix: str) -> Snapshot | None:
         """The trusted bundle snapshot of a record with the newest `built_at` (then the
         newest fetch) across every mirror, tracked or not; None if none is trusted."""
-        async with self._db.read("find the newest trusted bundle") as s:
-            row = await s.one(_NEWEST_TRUSTED_BUNDLE, (suffix,))
-        return None if row is None else snapshot_from_row(row)
+        found = await self.newest_bundles(suffix, limit=1)
+        return found[0] if found else None
+
+    async def newest_bundles(self, suffix: str, *, limit: int) -> list[Snapshot]:
+        """`newest_bundle` and the ones after it in that order, `limit` at most."""
+        async with self._db.read("find the newest trusted bundles") as s:
+            rows = await s.all(_NEWEST_TRUSTED_BUNDLE, (suffix, limit))
+        return [snapshot_from_row(r) for r in rows]
 
     async def highest_bundle(self, suffix: str, mirror: str) -> Snapshot | None:
         """The trusted bundle with the newest `built_at` a mirror ever served for a record:
