@@ -13,11 +13,14 @@ from typing import TextIO
 import structlog
 
 _settings: tuple[str, int] = ("json", 0)
+#: The handler through which the standard library's loggers (aiohttp's, asyncio's) write:
+#: replaced, not added to, when `configure` runs again.
+_stdlib_handler: logging.Handler | None = None
 
 
 def configure(fmt: str | None = None, verbosity: int = 0, stream: TextIO | None = None) -> None:
     """Set up structlog. `fmt` is "json", "console" or None (pick by whether it is a TTY)."""
-    global _settings  # noqa: PLW0603 - what `settings` hands to worker processes
+    global _settings, _stdlib_handler  # noqa: PLW0603 - one configuration per process
     out: TextIO = stream or _Stderr()  # type: ignore[assignment] # write/flush/isatty is all
     if fmt is None:
         fmt = "console" if out.isatty() else "json"
@@ -40,6 +43,29 @@ def configure(fmt: str | None = None, verbosity: int = 0, stream: TextIO | None 
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
+    # Libraries log through the standard library: the same lines, JSON off a TTY, with
+    # a traceback as data rather than as lines of text that break a reader of JSON.
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_logger_name,
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                *([structlog.processors.dict_tracebacks] if fmt == "json" else []),
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    if _stdlib_handler is not None:
+        root.removeHandler(_stdlib_handler)
+    root.addHandler(handler)
+    root.setLevel(level)
+    _stdlib_handler = handler
 
 
 def settings() -> tuple[str, int]:

@@ -27,6 +27,7 @@ import email.utils
 import functools
 import hashlib
 import json
+import logging
 import re
 import time
 from collections import OrderedDict
@@ -39,6 +40,7 @@ from typing import Any
 import anyio
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from pithcrawl.canon import MalformedJSON, canon, parse
 from pithcrawl.errors import OperationalError, StoreCorrupt, StoreError
@@ -420,6 +422,13 @@ def _app(h: _Handlers) -> web.Application:
 IDLE_CLIENT_SECONDS = 15.0
 
 
+def _not_a_client_error(record: logging.LogRecord) -> bool:
+    """aiohttp logs every malformed request with its traceback: the client got its 400,
+    and a client sending thousands must not fill the operator's log."""
+    error = record.exc_info[1] if record.exc_info else None
+    return not isinstance(error, HttpProcessingError)
+
+
 @asynccontextmanager
 async def serving(
     store: Store,
@@ -439,6 +448,9 @@ async def serving(
     included) stops accepting, lets in-flight requests finish briefly, and closes.
     """
     catalog = catalog or Catalog(store, trust, clock_skew=clock_skew)
+    server_log = logging.getLogger("aiohttp.server")
+    if _not_a_client_error not in server_log.filters:
+        server_log.addFilter(_not_a_client_error)
     handlers = _Handlers(catalog, base_url)
     runner = web.AppRunner(
         _app(handlers),

@@ -566,3 +566,34 @@ async def test_a_body_trusted_under_keys_taken_out_since_is_never_served(
             http.get(f"{server.url}/pith/{b.suffix}/bundle.json") as r,
         ):
             assert r.status == 200
+
+
+async def test_malformed_requests_get_a_400_and_leave_no_trace_in_the_log(
+    tmp_path, signer, test_trust, capsys
+):
+    """aiohttp logged each malformed request as a multi-line traceback, not JSON: a client
+    sending thousands filled the log (1.7 MB in 5 s). The client gets its 400; the log
+    stays quiet, and a real server error is still one JSON line."""
+    import logging
+
+    from pithcrawl.log import configure
+
+    configure("json", 0)
+    async with site(tmp_path, signer, test_trust) as s:
+        port = int(s.server.url.rsplit(":", 1)[1])
+        capsys.readouterr()
+        for request in (b"GET / HTTP/1.1\r\n\r\n", b"GET /\x00 HTTP/1.1\r\nHost: x\r\n\r\n"):
+            stream = await anyio.connect_tcp("127.0.0.1", port)
+            async with stream:
+                await stream.send(request)
+                assert (await stream.receive()).startswith(b"HTTP/1.0 400")
+        logging.getLogger("aiohttp.server").error("handler failed", exc_info=ValueError("x"))
+    err = capsys.readouterr().err
+    (line,) = err.splitlines()
+    logged = json.loads(line)
+    assert (logged["event"], logged["level"], logged["logger"]) == (
+        "handler failed",
+        "error",
+        "aiohttp.server",
+    )
+    assert logged["exception"][0]["exc_type"] == "ValueError"
