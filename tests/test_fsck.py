@@ -76,3 +76,63 @@ def test_a_trust_set_that_no_longer_vouches_for_the_archive(capsys, tmp_path, si
     problems = {p["kind"]: p["problem"] for p in result["problems"]}
     assert "untrusted_key" in problems["bundle"]
     assert "state" not in problems  # a state.json carries no signature of its own
+
+
+def _with_an_invalid_document(tmp_path: Path, signer: TestSigner, mirror: TestMirror) -> Path:
+    """An archive holding an alert and, as its evidence, the body that failed."""
+    b = BundleBuilder(signer)
+    doc = b.build()
+    doc["built_at"] = "soon"
+    mirror.put(json.dumps(doc).encode())
+    (tmp_path / "k.json").write_text(json.dumps(signer.public_key()))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        f'db = "a.db"\n[trust]\nkeys = ["k.json"]\n'
+        f'[[mirrors]]\nname = "m"\nbase_url = "{mirror.base_url}"\n'
+    )
+    assert main(["--config", str(cfg), "sync", b.pith_number]) == 1
+    return cfg
+
+
+def test_damaged_evidence_is_reported(capsys, tmp_path, signer, mirror):
+    """The body behind an alert is untrusted, but it is the alert's proof: one altered on
+    disk is fsck's news too (it used to say all was well, while `evidence` failed)."""
+    from pithcrawl.store.blobs import packed
+
+    cfg = _with_an_invalid_document(tmp_path, signer, mirror)
+    capsys.readouterr()
+    code, result = fsck(capsys, cfg)
+    assert (code, result["untrusted_snapshots_read"], result["problems"]) == (0, 1, [])
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        (sha,) = conn.execute("SELECT body_sha256 FROM snapshots WHERE trusted = 0").fetchone()
+        forged = packed(b'{"not": "what was served"}')
+        conn.execute("UPDATE blobs SET data = ? WHERE sha256 = ?", (forged.data, sha))
+    code, result = fsck(capsys, cfg)
+    assert code == 1
+    (problem,) = result["problems"]
+    assert problem["body_sha256"] == sha and problem["problem"].startswith("evidence unreadable")
+
+
+def test_damaged_json_in_alerts_and_the_log_is_reported_not_a_traceback(
+    capsys, tmp_path, signer, mirror
+):
+    """An alert's evidence or a log entry edited into bad JSON: fsck names each row (exit
+    1); status, events and evidence fail with one line (exit 3), never a traceback."""
+    cfg = _with_an_invalid_document(tmp_path, signer, mirror)
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        (alert_id,) = conn.execute("SELECT id FROM alerts").fetchone()
+        conn.execute("UPDATE alerts SET evidence = '[1, 2, \"x\"]' WHERE id = ?", (alert_id,))
+        conn.execute("PRAGMA ignore_check_constraints = ON")  # as an editor may
+        conn.execute("UPDATE events SET mirrors = '{not json' WHERE id = 1")
+    capsys.readouterr()
+    code, result = fsck(capsys, cfg)
+    assert code == 1
+    assert result["damaged_rows"] == [
+        f"alert {alert_id}: its evidence is not a JSON object",
+        "event 1: its mirrors is not a JSON list",
+    ]
+    for args in (["status"], ["events", "--json"], ["evidence", str(alert_id), "--out", "x"]):
+        code = main(["--config", str(cfg), *args])
+        err = capsys.readouterr().err
+        assert code == 3, args
+        assert "Traceback" not in err and "run fsck" in err, (args, err)

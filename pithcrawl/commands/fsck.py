@@ -2,8 +2,10 @@
 
 SQLite's integrity check, then every trusted snapshot read back (its body must hash to
 its sha256) and verified again, as of its fetch time, against the trust set (configured
-keys, plus keys learned from rotations when they are followed). Anything that no longer
-verifies is reported with its snapshot id. Read-only: it repairs nothing.
+keys, plus keys learned from rotations when they are followed); every untrusted one read
+back too (it is the evidence behind an alert); and every alert and log entry's JSON
+columns checked. Anything wrong is reported with its snapshot or row. Read-only: it
+repairs nothing.
 """
 
 from __future__ import annotations
@@ -37,13 +39,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 class Result:
     integrity: list[str] = field(default_factory=list)
     checked: int = 0
+    evidence_read: int = 0
+    """Untrusted snapshots whose bodies were read back."""
     problems: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[str] = field(default_factory=list)
+    """Alerts and log entries whose JSON columns are damaged."""
 
     def to_json(self) -> dict[str, Any]:
         return {
             "integrity": self.integrity,
             "trusted_snapshots_checked": self.checked,
+            "untrusted_snapshots_read": self.evidence_read,
             "problems": self.problems,
+            "damaged_rows": self.rows,
         }
 
 
@@ -56,16 +64,19 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"integrity: {', '.join(result.integrity)}")
         print(f"trusted snapshots re-verified: {result.checked}")
+        print(f"untrusted snapshots (evidence) read back: {result.evidence_read}")
         for p in result.problems:
             print(
                 f"PROBLEM snapshot {p['snapshot_id']} ({p['suffix']}, {p['mirror']}): "
                 f"{p['problem']}"
             )
-        if not result.problems:
-            print("every trusted body still verifies")
+        for row in result.rows:
+            print(f"PROBLEM {row}")
+        if not result.problems and not result.rows:
+            print("every trusted body still verifies; every body and row reads back")
     if result.integrity != ["ok"]:
         return EXIT_OPERATIONAL
-    return EXIT_SECURITY if result.problems else EXIT_OK
+    return EXIT_SECURITY if result.problems or result.rows else EXIT_OK
 
 
 async def check(config: Config, db: Path, trust: TrustSet) -> Result:
@@ -79,18 +90,30 @@ async def check(config: Config, db: Path, trust: TrustSet) -> Result:
                 problem = await _recheck(store, snap, trust, config)
                 result.checked += 1
                 if problem is not None:
-                    result.problems.append(
-                        {
-                            "snapshot_id": snap.id,
-                            "suffix": snap.suffix,
-                            "mirror": snap.mirror,
-                            "kind": snap.kind,
-                            "body_sha256": snap.body_sha256,
-                            "problem": problem,
-                        }
-                    )
+                    result.problems.append(_problem(snap, problem))
             after = page[-1].id
+        after = 0
+        while page := await store.untrusted_snapshots(after_id=after):
+            for snap in page:
+                result.evidence_read += 1
+                try:
+                    await store.get_blob(snap.body_sha256)
+                except StoreError as e:
+                    result.problems.append(_problem(snap, f"evidence unreadable: {e}"))
+            after = page[-1].id
+        result.rows = await store.malformed_rows()
     return result
+
+
+def _problem(snap: Snapshot, problem: str) -> dict[str, Any]:
+    return {
+        "snapshot_id": snap.id,
+        "suffix": snap.suffix,
+        "mirror": snap.mirror,
+        "kind": snap.kind,
+        "body_sha256": snap.body_sha256,
+        "problem": problem,
+    }
 
 
 async def _recheck(store: Store, snap: Snapshot, trust: TrustSet, config: Config) -> str | None:

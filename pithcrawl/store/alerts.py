@@ -9,7 +9,6 @@ condition is (`crawl`, `divergence`) or talks to a sink (`alert`).
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import Any, Literal
 
 from pithcrawl.store.connection import Database, Session
 from pithcrawl.store.fetches import INSERT_EVENT, event_params
-from pithcrawl.store.rows import EventRow, NewEvent, db_time, to_json_text
+from pithcrawl.store.rows import EventRow, NewEvent, db_time, json_column, to_json_text
 from pithcrawl.timestamps import format_timestamp
 
 SINKS = ("hook", "webhook")
@@ -81,9 +80,9 @@ def _alert(row: sqlite3.Row) -> Alert:
         row["severity"],
         row["pith_number"],
         row["suffix"],
-        tuple(json.loads(row["mirrors"])),
+        json_column(row, "mirrors", list, f"alert {row['id']}"),
         row["summary"],
-        json.loads(row["evidence"]),
+        json_column(row, "evidence", dict, f"alert {row['id']}"),
         datetime.fromisoformat(row["opened_at"]),
         datetime.fromisoformat(row["closed_at"]) if row["closed_at"] else None,
     )

@@ -405,6 +405,35 @@ class Store:
             rows = await s.all("PRAGMA integrity_check")
         return [str(r[0]) for r in rows]
 
+    async def malformed_rows(self) -> list[str]:
+        """Alerts and log entries whose JSON columns are not what pithcrawl writes (an
+        object of evidence, a list of mirrors): damage `fsck` reports."""
+        async with self._db.read("check JSON columns") as s:
+            rows = await s.all(_MALFORMED_ROWS)
+        return [f"{r[0]} {r[1]}: its {r[2]} is not a JSON {r[3]}" for r in rows]
+
+    async def untrusted_snapshots(self, *, after_id: int = 0, limit: int = 500) -> list[Snapshot]:
+        """Snapshots of bodies that did not verify, in id order, a page at a time: the
+        evidence behind alerts, which `fsck` reads back."""
+        async with self._db.read("list untrusted snapshots") as s:
+            rows = await s.all(
+                "SELECT * FROM snapshots WHERE trusted = 0 AND id > ? ORDER BY id LIMIT ?",
+                (after_id, limit),
+            )
+        return [snapshot_from_row(r) for r in rows]
+
+
+_MALFORMED_ROWS = """
+SELECT 'alert', id, 'evidence', 'object' FROM alerts
+  WHERE (CASE WHEN json_valid(evidence) THEN json_type(evidence) END) IS NOT 'object'
+UNION ALL SELECT 'alert', id, 'mirrors', 'list' FROM alerts
+  WHERE (CASE WHEN json_valid(mirrors) THEN json_type(mirrors) END) IS NOT 'array'
+UNION ALL SELECT 'event', id, 'evidence', 'object' FROM events
+  WHERE (CASE WHEN json_valid(evidence) THEN json_type(evidence) END) IS NOT 'object'
+UNION ALL SELECT 'event', id, 'mirrors', 'list' FROM events
+  WHERE (CASE WHEN json_valid(mirrors) THEN json_type(mirrors) END) IS NOT 'array'
+"""
+
 
 class MirrorSummary(NamedTuple):
     """One mirror's fetch bookkeeping, summed (`Store.mirror_summaries`)."""

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from pithcrawl.errors import StoreCorrupt
 from pithcrawl.findings import Finding
 from pithcrawl.timestamps import format_timestamp, parse_timestamp
 
@@ -328,9 +329,24 @@ def event_from_row(row: sqlite3.Row) -> EventRow:
         severity=row["severity"],
         pith_number=row["pith_number"],
         suffix=row["suffix"],
-        mirrors=tuple(orjson.loads(row["mirrors"])),
+        mirrors=json_column(row, "mirrors", list, f"event {row['id']}"),
         summary=row["summary"],
-        evidence=orjson.loads(row["evidence"]),
+        evidence=json_column(row, "evidence", dict, f"event {row['id']}"),
         dedup_key=row["dedup_key"],
         snapshot_id=row["snapshot_id"],
     )
+
+
+def json_column(row: sqlite3.Row, column: str, shape: type, what: str) -> Any:
+    """A JSON column of a row, of the shape pithcrawl writes (`list` as a tuple); damage
+    (the archive edited behind pithcrawl's back) is `StoreCorrupt`, not a traceback."""
+    value: Any
+    try:
+        value = orjson.loads(row[column])
+    except (orjson.JSONDecodeError, TypeError):
+        value = None
+    if not isinstance(value, shape):
+        raise StoreCorrupt(f"{what}: its {column} is not a JSON {shape.__name__}: run fsck")
+    if isinstance(value, list):
+        return tuple(value)
+    return value
