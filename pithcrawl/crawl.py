@@ -133,13 +133,19 @@ class Crawler:
         """
         result = PairResult(suffix, site.name)
         with structlog.contextvars.bound_contextvars(suffix=suffix, mirror=site.name):
-            trusted = await self._bundle(suffix, site, result, bundle_state)
-            if trusted is not None and result.error is None:
-                await self._state(suffix, site, trusted, result, state_state)
-            if result.new_snapshots:
-                result.record_alerts = await self.conditions.check_record(
-                    suffix, mirrors=self.mirrors
-                )
+            try:
+                trusted = await self._bundle(suffix, site, result, bundle_state)
+                if trusted is not None and result.error is None:
+                    await self._state(suffix, site, trusted, result, state_state)
+                if result.new_snapshots:
+                    result.record_alerts = await self.conditions.check_record(
+                        suffix, mirrors=self.mirrors
+                    )
+            except StoreCorrupt as e:
+                # Damage in the archive (fsck's to report) costs this pair, not the pass:
+                # an error of the pass, and every other record is still watched.
+                log.error("archive_damaged", detail=str(e))
+                result.error = f"archive damaged: {e}"
         return result
 
     # -- the bundle ----------------------------------------------------------------------

@@ -690,3 +690,33 @@ async def test_a_304_to_a_request_for_a_body_is_a_failed_fetch(tmp_path, signer)
         async with e.store() as store:
             state = await store.fetch_state(b.suffix, "m0", "bundle")
         assert state is not None and "304 Not Modified" in (state.last_error or "")
+
+
+async def test_a_snapshot_whose_body_is_gone_costs_its_pair_not_the_pass(tmp_path, signer):
+    """A trusted snapshot pointing at a body the archive no longer has (damage, or an
+    edit behind pithcrawl's back): that record's pair is an error of the pass
+    (`archive_damaged`), and every other record is still crawled and archived; the pass
+    used to end there, with nothing of the others archived."""
+    import sqlite3
+
+    async with env(tmp_path, signer, n=1) as e:
+        a, b = record(signer, 0), record(signer, 1)
+        serve(e, a, b)
+        await track(e, a, b)
+        await e.sync()
+        with sqlite3.connect(e.db) as conn:  # foreign keys off, as an editor has them
+            conn.execute(
+                "INSERT INTO snapshots (suffix, mirror, kind, fetched_at, url, status,"
+                " body_sha256, trusted, built_at, event_count)"
+                " SELECT suffix, mirror, kind, fetched_at, url, status, ?, 1, built_at,"
+                " event_count FROM snapshots WHERE suffix = ? AND kind = 'bundle'",
+                ("f" * 64, a.suffix),
+            )
+        a.add_event()
+        b.add_event()
+        serve(e, a, b)
+        summary = await e.sync()
+        assert summary.errors >= 1
+        async with e.store() as store:
+            newest = await store.latest_snapshot(b.suffix, "m0", "bundle", trusted=True)
+        assert newest is not None and newest.event_count == 3  # b was still crawled

@@ -103,7 +103,8 @@ class Bodies:
     def _read(self, conn: sqlite3.Connection, sha256: str) -> bytes:
         rows = conn.execute(_CHAIN, (sha256, MAX_DEPTH)).fetchall()
         if not rows or rows[-1]["sha256"] != sha256:
-            raise StoreError(f"no blob with sha256 {sha256} in the archive {self._db.path}")
+            # Every reference to a body is checked on writing: one missing is damage.
+            raise StoreCorrupt(f"no blob with sha256 {sha256} in the archive {self._db.path}")
         body: bytes | None = None
         below: str | None = None
         for row in rows:  # deepest first: each frame's dictionary is the one before it
