@@ -136,3 +136,33 @@ def test_damaged_json_in_alerts_and_the_log_is_reported_not_a_traceback(
         err = capsys.readouterr().err
         assert code == 3, args
         assert "Traceback" not in err and "run fsck" in err, (args, err)
+
+
+def test_a_row_pointed_at_another_valid_body_is_reported(capsys, tmp_path, signer, mirror):
+    """The newest snapshot's row pointed at an older, valid body of the record: every
+    body still verifies, but the row no longer describes its body (a silent rollback for
+    `serve` and the history rules). fsck said all was well."""
+    b = BundleBuilder(signer)
+    b.add_event()
+    mirror.put(b.bytes())
+    (tmp_path / "k.json").write_text(json.dumps(signer.public_key()))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        f'db = "a.db"\n[trust]\nkeys = ["k.json"]\n'
+        f'[[mirrors]]\nname = "m"\nbase_url = "{mirror.base_url}"\n'
+    )
+    assert main(["--config", str(cfg), "sync", b.pith_number]) == 0
+    b.add_event()
+    mirror.put(b.bytes())
+    assert main(["--config", str(cfg), "sync", b.pith_number]) == 0
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        old, new = conn.execute(
+            "SELECT body_sha256 FROM snapshots WHERE kind = 'bundle' ORDER BY id"
+        ).fetchall()
+        conn.execute("UPDATE snapshots SET body_sha256 = ? WHERE body_sha256 = ?", (old[0], new[0]))
+    capsys.readouterr()
+    code, result = fsck(capsys, cfg)
+    assert code == 1
+    (problem,) = result["problems"]
+    assert "its row describes another body" in problem["problem"]
+    assert "event_count 3 recorded, 2 in it" in problem["problem"]

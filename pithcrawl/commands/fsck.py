@@ -131,7 +131,18 @@ async def _recheck(store: Store, snap: Snapshot, trust: TrustSet, config: Config
             clock_skew=config.trust.clock_skew,
             expected_suffix=snap.suffix,
         )
-    if report.ok:
-        return None
-    codes = sorted({f.code for f in report.findings if f.severity == "critical"})
-    return "no longer verifies: " + ", ".join(codes)
+    if not report.ok:
+        codes = sorted({f.code for f in report.findings if f.severity == "critical"})
+        return "no longer verifies: " + ", ".join(codes)
+    if snap.kind == "bundle":
+        # The row must describe its body: a row pointed at another (older, valid) body
+        # would have `serve` and the history rules see another version than it records.
+        recorded = {
+            "bundle_sha256": (snap.bundle_sha256, report.bundle_sha256),
+            "built_at": (snap.built_at, report.built_at),
+            "event_count": (snap.event_count, len(report.events)),
+        }
+        wrong = [f"{k} {r!r} recorded, {a!r} in it" for k, (r, a) in recorded.items() if r != a]
+        if wrong:
+            return "its row describes another body: " + "; ".join(wrong)
+    return None
