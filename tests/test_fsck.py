@@ -166,3 +166,19 @@ def test_a_row_pointed_at_another_valid_body_is_reported(capsys, tmp_path, signe
     (problem,) = result["problems"]
     assert "its row describes another body" in problem["problem"]
     assert "event_count 3 recorded, 2 in it" in problem["problem"]
+
+
+def test_a_file_damaged_past_reading_says_what_to_do(capsys, tmp_path, signer, mirror):
+    """A truncated archive: exit 3 with one line that says to restore a backup (it used to
+    send fsck's own user to run fsck)."""
+    cfg = archive(tmp_path, signer, mirror)
+    db = tmp_path / "a.db"
+    for leftover in (tmp_path / "a.db-wal", tmp_path / "a.db-shm"):
+        leftover.unlink(missing_ok=True)
+    db.write_bytes(db.read_bytes()[: db.stat().st_size // 2])
+    capsys.readouterr()
+    code = main(["--config", str(cfg), "fsck"])
+    err = capsys.readouterr().err
+    assert code == 3
+    assert "restore it from a backup" in err and "run `pithcrawl fsck`" not in err
+    assert "Traceback" not in err

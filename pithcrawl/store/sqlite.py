@@ -44,7 +44,10 @@ def describe(db: Path, doing: str, e: sqlite3.Error) -> str:
             f"database {db} stayed locked by another process for more than"
             f" {BUSY_TIMEOUT_MS // 1000}s: cannot {doing}"
         ),
-        "disk image is malformed": f"database {db} is damaged ({text}); run `pithcrawl fsck`",
+        "disk image is malformed": (
+            f"database {db} is damaged ({text}): cannot {doing}; restore it from a backup"
+            " (SQLite's own `.recover` may save what is left)"
+        ),
     }
     for needle, message in hints.items():
         if needle in text:
