@@ -313,6 +313,8 @@ class _Handlers:
         self.catalog = catalog
         self.base_url = base_url
         self.name = "pithcrawl"  # set once the address is bound
+        self.bound = ""
+        """HOST:PORT this server listens on (for a request whose Host is unusable)."""
 
     async def bundle(self, request: web.Request) -> web.StreamResponse:
         served = await self._served(request)
@@ -336,7 +338,10 @@ class _Handlers:
         return served
 
     async def manifest(self, request: web.Request) -> web.StreamResponse:
-        base = self.base_url or f"{request.scheme}://{request.host}"
+        host = request.host
+        if not _plain_host(host):
+            host = self.bound  # a Host header that is no host[:port] names nothing
+        base = self.base_url or f"{request.scheme}://{host}"
         doc = manifest(self.name, base, datetime.now(UTC))
         headers = {"Cache-Control": CACHE_CONTROL}
         if self.base_url is None:
@@ -471,10 +476,22 @@ async def serving(
             raise OperationalError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
         bound = _hostport(runner.addresses[0])
         handlers.name = name or f"pithcrawl@{bound}"
+        handlers.bound = bound
         yield Server(f"http://{bound}", handlers.name, catalog)
     finally:
         with anyio.CancelScope(shield=True):
             await runner.cleanup()
+
+
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])(?::([0-9]{{1,5}}))?")
+
+
+def _plain_host(host: str) -> bool:
+    """Whether a Host header is a host name or address with an optional port, and no more
+    (no userinfo, path, spaces or list), so it can go into a URL the manifest gives."""
+    m = _HOST.fullmatch(host)
+    return m is not None and (m.group(1) is None or 0 < int(m.group(1)) < 65536)
 
 
 def _hostport(address: Any) -> str:

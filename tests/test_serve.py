@@ -292,6 +292,23 @@ async def test_record_whose_only_snapshot_is_untrusted_is_404(tmp_path, signer, 
                 assert "error" in await r.json()
 
 
+@pytest.mark.parametrize(
+    "host", ["a@b", "evil.example/pith-mirrors.json?", "x:99999", "127.0.0.1:1 , evil"]
+)
+async def test_a_host_header_that_is_no_host_is_not_put_into_the_manifest(
+    tmp_path, signer, test_trust, host
+):
+    """The manifest's URLs come from the Host header: one that is not host[:port] (userinfo,
+    a path, a bad port, a list) names nothing, and the server's own address is given."""
+    async with (
+        site(tmp_path, signer, test_trust) as s,
+        s.http.get(s.url("/pith-mirrors.json"), headers={"Host": host}) as r,
+    ):
+        assert r.status == 200
+        (entry,) = (await r.json())["mirrors"]
+    assert entry["base_url"] == s.server.url
+
+
 async def test_manifest_describes_this_server(tmp_path, signer, test_trust):
     """A pith_mirror_manifest with one entry: this server's URLs, no public_key."""
     async with (
