@@ -25,6 +25,7 @@ from mirror import TestMirror
 from pithcrawl.cli import main
 from pithcrawl.commands.evidence import body_refs
 from pithcrawl.config import load_config
+from pithcrawl.errors import StoreCorrupt
 from pithcrawl.keys import TrustSet, load_key
 from pithcrawl.store import Alert, Store
 from pithcrawl.sync import sync_once
@@ -291,7 +292,7 @@ def test_body_refs_finds_every_body_named_in_evidence():
             "state_body_sha256": sha[0],
             "bundle_body_sha256": sha[1],
             "documents": [{"mirror": "m1", "url": "u1", "fetched_at": "t1", "body_sha256": sha[2]}],
-            "nested": {"previous_body_sha256": sha[3], "body_sha256": "not a sha"},
+            "nested": {"previous_body_sha256": sha[3], "body_sha256": None},
         }
     )
     assert [(r.role, r.sha256, r.mirror, r.url, r.fetched_at) for r in refs] == [
@@ -300,3 +301,6 @@ def test_body_refs_finds_every_body_named_in_evidence():
         ("documents[0]", sha[2], "m1", "u1", "t1"),
         ("nested.previous_body_sha256", sha[3], None, None, None),
     ]
+    # A reference that is no sha256 is damage, not a document to leave out in silence.
+    with pytest.raises(StoreCorrupt, match="nested.body_sha256 'not a sha'"):
+        body_refs({"nested": {"body_sha256": "not a sha"}})

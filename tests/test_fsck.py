@@ -182,3 +182,23 @@ def test_a_file_damaged_past_reading_says_what_to_do(capsys, tmp_path, signer, m
     assert code == 3
     assert "restore it from a backup" in err and "run `pithcrawl fsck`" not in err
     assert "Traceback" not in err
+
+
+def test_evidence_naming_no_body_is_damage_not_an_empty_package(capsys, tmp_path, signer, mirror):
+    """An alert's evidence edited to name something that is not a sha256 (a path, say):
+    `evidence` says the evidence is damaged (exit 3) rather than writing no document and
+    exiting 0; nothing outside the output directory is ever read or written."""
+    cfg = _with_an_invalid_document(tmp_path, signer, mirror)
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        (alert_id,) = conn.execute("SELECT id FROM alerts").fetchone()
+        conn.execute(
+            "UPDATE alerts SET evidence = json_set(evidence, '$.body_sha256', '../../etc/passwd')"
+            " WHERE id = ?",
+            (alert_id,),
+        )
+    capsys.readouterr()
+    out = tmp_path / "ev"
+    code = main(["--config", str(cfg), "evidence", str(alert_id), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 3
+    assert "'../../etc/passwd'" in err and "Traceback" not in err

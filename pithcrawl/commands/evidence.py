@@ -25,7 +25,7 @@ import anyio
 from pithcrawl import __version__
 from pithcrawl.commands.report import archive, row_id
 from pithcrawl.config import Config
-from pithcrawl.errors import EXIT_OK, OperationalError, UsageError
+from pithcrawl.errors import EXIT_OK, OperationalError, StoreCorrupt, UsageError
 from pithcrawl.keys import TrustedKey
 from pithcrawl.store import KINDS, Alert, Snapshot, Store
 from pithcrawl.timestamps import format_timestamp
@@ -80,7 +80,15 @@ def body_refs(evidence: Any) -> list[Ref]:
             return
         for key, value in node.items():
             where = f"{path}.{key}" if path else key
-            if key.endswith("body_sha256") and isinstance(value, str) and _SHA256.fullmatch(value):
+            if (
+                key.endswith("body_sha256")
+                and value is not None
+                and not (isinstance(value, str) and _SHA256.fullmatch(value))
+            ):
+                # pithcrawl writes only sha256s here: anything else is damage, not a
+                # document to leave out without a word.
+                raise StoreCorrupt(f"the alert's evidence names {where} {value!r}: run fsck")
+            if key.endswith("body_sha256") and isinstance(value, str):
                 own = key == "body_sha256"
                 refs.append(
                     Ref(
