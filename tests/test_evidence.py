@@ -302,5 +302,5 @@ def test_body_refs_finds_every_body_named_in_evidence():
         ("nested.previous_body_sha256", sha[3], None, None, None),
     ]
     # A reference that is no sha256 is damage, not a document to leave out in silence.
-    with pytest.raises(StoreCorrupt, match="nested.body_sha256 'not a sha'"):
+    with pytest.raises(StoreCorrupt, match=r"nested\.body_sha256 'not a sha'"):
         body_refs({"nested": {"body_sha256": "not a sha"}})
