@@ -12,17 +12,22 @@ from mirror import TestMirror
 from pithcrawl.cli import main
 
 
-def archive(tmp_path: Path, signer: TestSigner, mirror: TestMirror) -> Path:
-    b = BundleBuilder(signer)
-    b.add_event()
-    mirror.put(b.bytes())
-    key = tmp_path / "k.json"
-    key.write_text(json.dumps(signer.public_key()))
+def configured(tmp_path: Path, signer: TestSigner, mirror: TestMirror) -> Path:
+    """A configuration trusting `signer`'s key and crawling `mirror` into a.db."""
+    (tmp_path / "k.json").write_text(json.dumps(signer.public_key()))
     cfg = tmp_path / "c.toml"
     cfg.write_text(
         f'db = "a.db"\n[trust]\nkeys = ["k.json"]\n'
         f'[[mirrors]]\nname = "m"\nbase_url = "{mirror.base_url}"\n'
     )
+    return cfg
+
+
+def archive(tmp_path: Path, signer: TestSigner, mirror: TestMirror) -> Path:
+    b = BundleBuilder(signer)
+    b.add_event()
+    mirror.put(b.bytes())
+    cfg = configured(tmp_path, signer, mirror)
     assert main(["--config", str(cfg), "sync", b.pith_number]) == 0
     return cfg
 
@@ -84,12 +89,7 @@ def _with_an_invalid_document(tmp_path: Path, signer: TestSigner, mirror: TestMi
     doc = b.build()
     doc["built_at"] = "soon"
     mirror.put(json.dumps(doc).encode())
-    (tmp_path / "k.json").write_text(json.dumps(signer.public_key()))
-    cfg = tmp_path / "c.toml"
-    cfg.write_text(
-        f'db = "a.db"\n[trust]\nkeys = ["k.json"]\n'
-        f'[[mirrors]]\nname = "m"\nbase_url = "{mirror.base_url}"\n'
-    )
+    cfg = configured(tmp_path, signer, mirror)
     assert main(["--config", str(cfg), "sync", b.pith_number]) == 1
     return cfg
 
@@ -145,12 +145,7 @@ def test_a_row_pointed_at_another_valid_body_is_reported(capsys, tmp_path, signe
     b = BundleBuilder(signer)
     b.add_event()
     mirror.put(b.bytes())
-    (tmp_path / "k.json").write_text(json.dumps(signer.public_key()))
-    cfg = tmp_path / "c.toml"
-    cfg.write_text(
-        f'db = "a.db"\n[trust]\nkeys = ["k.json"]\n'
-        f'[[mirrors]]\nname = "m"\nbase_url = "{mirror.base_url}"\n'
-    )
+    cfg = configured(tmp_path, signer, mirror)
     assert main(["--config", str(cfg), "sync", b.pith_number]) == 0
     b.add_event()
     mirror.put(b.bytes())
