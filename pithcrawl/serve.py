@@ -145,9 +145,15 @@ class Catalog:
         self.clock = clock
         self.fills = 0
         """How many times a record was read from the archive (for tests and metrics)."""
+        self.judged = 0
+        """How many bundles were verified before serving (for tests and metrics)."""
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._bytes = 0
         self._filling: dict[str, anyio.Lock] = {}
+        self._withheld: OrderedDict[str, int] = OrderedDict()
+        """Records whose every candidate failed verification, by the archive version
+        they were judged at: asked again only once something newer is archived, so a
+        flood of requests for one costs a query each, not sixteen verifications."""
 
     async def get(self, suffix: str) -> Served | None:
         """What to serve for a (well-formed) suffix; None when nothing trusted is archived."""
@@ -193,11 +199,16 @@ class Catalog:
         # The version is read first: a snapshot archived while we read makes the next
         # check refill, never the reverse.
         version = await self.store.newest_snapshot_id(suffix)
-        if version is None:
+        if version is None or self._withheld.get(suffix) == version:
             return None
         found = await self._verified_bundle(suffix)
         if found is None:
+            self._withheld[suffix] = version
+            self._withheld.move_to_end(suffix)
+            while len(self._withheld) > self.max_entries:
+                self._withheld.popitem(last=False)
             return None
+        self._withheld.pop(suffix, None)
         snap, data = found
         self.fills += 1
         compact, expected = await _state_of(data, snap)
@@ -222,6 +233,7 @@ class Catalog:
             )
             big = len(data) > _THREAD_THRESHOLD  # milliseconds of work: off the event loop
             report = await anyio.to_thread.run_sync(judge) if big else judge()
+            self.judged += 1
             if report.ok:
                 return snap, data
             log.warning(

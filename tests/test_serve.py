@@ -576,6 +576,12 @@ async def test_a_body_trusted_under_keys_taken_out_since_is_never_served(
             for path in ("bundle.json", "state.json"):
                 async with http.get(f"{server.url}/pith/{b.suffix}/{path}") as r:
                     assert r.status == 404, path
+            judged = server.catalog.judged
+            assert judged >= 1
+            for _ in range(5):  # asked again: a query each, not the verifications again
+                async with http.get(f"{server.url}/pith/{b.suffix}/bundle.json") as r:
+                    assert r.status == 404
+            assert server.catalog.judged == judged
         # The control: under the old keys, the older trusted body verifies and is served.
         async with (
             serving(store, "127.0.0.1", 0, trust=test_trust) as server,
