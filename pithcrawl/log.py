@@ -64,7 +64,8 @@ def configure(fmt: str | None = None, verbosity: int = 0, stream: TextIO | None 
     if _stdlib_handler is not None:
         root.removeHandler(_stdlib_handler)
     root.addHandler(handler)
-    root.setLevel(level)
+    # Libraries' debug lines (aiosqlite's two per statement) are not pithcrawl's -v.
+    root.setLevel(max(level, logging.INFO))
     _stdlib_handler = handler
 
 

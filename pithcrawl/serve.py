@@ -67,6 +67,8 @@ CACHE_ENTRIES = 1024
 CACHE_BYTES = 64 << 20
 #: Past this size, parsing a bundle takes milliseconds: do it off the event loop.
 _THREAD_THRESHOLD = 1 << 20
+#: Past this size, verifying one does (a 15 KB bundle takes about a millisecond).
+_VERIFY_THREAD_THRESHOLD = 128 << 10
 #: Distinct archived state.json bodies compared with the bundle's state before falling
 #: back to serialising it (the matching one is nearly always the newest).
 _STATE_CANDIDATES = 32
@@ -221,7 +223,11 @@ class Catalog:
 
     async def _verified_bundle(self, suffix: str) -> tuple[Snapshot, bytes] | None:
         """The newest trusted bundle that verifies under `trust` now, and its bytes."""
+        judged: set[str] = set()
         for snap in await self.store.trusted.newest_bundles(suffix, limit=_BUNDLE_CANDIDATES):
+            if snap.body_sha256 in judged:
+                continue  # the same bytes from another mirror, or judged again: one verdict
+            judged.add(snap.body_sha256)
             data = await self.store.get_blob(snap.body_sha256)
             judge = functools.partial(
                 verify_bundle,
@@ -231,7 +237,7 @@ class Catalog:
                 clock_skew=self.clock_skew,
                 expected_suffix=suffix,
             )
-            big = len(data) > _THREAD_THRESHOLD  # milliseconds of work: off the event loop
+            big = len(data) > _VERIFY_THREAD_THRESHOLD  # long work: off the event loop
             report = await anyio.to_thread.run_sync(judge) if big else judge()
             self.judged += 1
             if report.ok:
@@ -495,8 +501,9 @@ async def serving(
             await runner.cleanup()
 
 
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_HOST = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])(?::([0-9]{{1,5}}))?")
+# Labels as names are used (underscores in service names too), and a trailing dot.
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOST = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*\.?|\[[0-9A-Fa-f:.]+\])(?::([0-9]{{1,5}}))?")
 
 
 def _plain_host(host: str) -> bool:

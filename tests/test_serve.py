@@ -309,6 +309,20 @@ async def test_a_host_header_that_is_no_host_is_not_put_into_the_manifest(
     assert entry["base_url"] == s.server.url
 
 
+@pytest.mark.parametrize("host", ["my_service:8787", "pith.example.:443", "[::1]:8787"])
+async def test_a_host_header_naming_a_host_is_the_manifests_base(
+    tmp_path, signer, test_trust, host
+):
+    """Names as they are used (a service name with an underscore, a trailing dot, an IPv6
+    literal) are hosts: the manifest gives them back."""
+    async with (
+        site(tmp_path, signer, test_trust) as s,
+        s.http.get(s.url("/pith-mirrors.json"), headers={"Host": host}) as r,
+    ):
+        (entry,) = (await r.json())["mirrors"]
+    assert entry["base_url"] == f"http://{host}"
+
+
 async def test_manifest_describes_this_server(tmp_path, signer, test_trust):
     """A pith_mirror_manifest with one entry: this server's URLs, no public_key."""
     async with (
