@@ -31,7 +31,7 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -156,6 +156,17 @@ class Catalog:
         """Records whose every candidate failed verification, by the archive version
         they were judged at: asked again only once something newer is archived, so a
         flood of requests for one costs a query each, not sixteen verifications."""
+
+    def retrust(self, trust: TrustSet) -> bool:
+        """Serve under `trust` from now on (keys learned since the start, say): every
+        record is judged again. Whether the keys changed."""
+        if trust.digest == self.trust.digest:
+            return False
+        self.trust = trust
+        self._entries.clear()
+        self._bytes = 0
+        self._withheld.clear()
+        return True
 
     async def get(self, suffix: str) -> Served | None:
         """What to serve for a (well-formed) suffix; None when nothing trusted is archived."""
@@ -443,6 +454,22 @@ def _app(h: _Handlers) -> web.Application:
 
 #: How long a client may take to send a request, or stay idle between two.
 IDLE_CLIENT_SECONDS = 15.0
+
+
+#: How often `serve` looks for keys learned (`trust.follow_rotations`) since it started.
+KEYS_REFRESH = 60.0
+
+
+async def follow_keys(
+    catalog: Catalog, keys: Callable[[], Awaitable[TrustSet]], every: float = KEYS_REFRESH
+) -> None:
+    """Forever: the trust set again every `every` seconds (a `run` alongside may learn a
+    rotated key, or drop one whose voucher no longer verifies), served under at once."""
+    while True:
+        await anyio.sleep(every)
+        trust = await keys()
+        if catalog.retrust(trust):
+            log.info("serve_keys_changed", keys=sorted(trust))
 
 
 def _not_a_client_error(record: logging.LogRecord) -> bool:

@@ -634,3 +634,41 @@ async def test_malformed_requests_get_a_400_and_leave_no_trace_in_the_log(
         "aiohttp.server",
     )
     assert logged["exception"][0]["exc_type"] == "ValueError"
+
+
+async def test_keys_learned_while_serving_are_served_under(tmp_path, signer, test_trust):
+    """`serve` runs for weeks beside `run`, which may learn a rotated key: the keys are
+    looked up again (`follow_keys`), and what verifies under them is served at once (a
+    serve started before stayed with the old keys, and handed out an older version)."""
+    from pithcrawl.keys import load_key
+    from pithcrawl.serve import follow_keys
+
+    other = TrustSet([load_key(TestSigner("other-key").public_key())])
+    keys = [other]
+
+    async def current() -> TrustSet:
+        return keys[-1]
+
+    b = record(signer, 0)
+    async with TestMirror() as source:
+        source.put(b.bytes())
+        db = await archive(tmp_path, test_trust, "b.db", source, track=[b.suffix])
+    async with (
+        await Store.open(db, readonly=True) as store,
+        serving(store, "127.0.0.1", 0, trust=other) as server,
+        aiohttp.ClientSession() as http,
+        anyio.create_task_group() as tg,
+    ):
+        url = f"{server.url}/pith/{b.suffix}/bundle.json"
+        async with http.get(url) as r:
+            assert r.status == 404  # the signer's key is not among serve's keys yet
+        tg.start_soon(follow_keys, server.catalog, current, 0.05)
+        keys.append(test_trust)  # a key learned meanwhile
+        with anyio.fail_after(5):
+            while True:
+                async with http.get(url) as r:
+                    if r.status == 200:
+                        assert await r.read() == b.bytes()
+                        break
+                await anyio.sleep(0.05)
+        tg.cancel_scope.cancel()

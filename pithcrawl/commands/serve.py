@@ -111,20 +111,26 @@ async def _serve(
         anyio.create_task_group() as tg,
     ):
         await tg.start(_stop_on_signal, tg.cancel_scope)
-        from pithcrawl.serve import serving
+        from pithcrawl.serve import follow_keys, serving
 
         # A body is served only if it verifies under the configured keys now (and the
         # keys learned from rotations that still stand), whatever the archive's verdict.
-        trust = await with_learned(trust, store, config)
+        configured = trust
+
+        async def keys() -> TrustSet:
+            return await with_learned(configured, store, config)
+
         async with serving(
             store,
             host,
             port,
             name=name,
             base_url=base_url,
-            trust=trust,
+            trust=await keys(),
             clock_skew=config.trust.clock_skew,
         ) as server:
+            if config.trust.follow_rotations:  # a `run` alongside may learn keys
+                tg.start_soon(follow_keys, server.catalog, keys)
             log.info(
                 "serve_started",
                 bind=f"{host}:{port}",
