@@ -1119,3 +1119,26 @@ async def test_an_archive_of_every_older_schema_is_upgraded_and_works(
     async with await Store.open(db, readonly=True) as s:
         (snap,) = await s.snapshots(REAL_SUFFIX)
         assert await s.get_blob(snap.body_sha256) == real_bundle_bytes
+
+
+@pytest.mark.parametrize("claimed", [0, 3, 4, SCHEMA_VERSION - 1])
+async def test_an_archive_whose_version_was_set_back_is_refused_not_migrated_again(
+    tmp_path: Path, real_bundle_bytes: bytes, claimed: int
+) -> None:
+    """`user_version` edited back: running a migration again would destroy data (number 5
+    rebuilds `blobs`, and lost every delta link). Opening is refused, naming what of a
+    later schema is there, and nothing is changed."""
+    db = tmp_path / "a.db"
+    async with await Store.open(db, exclusive=True) as s:
+        await s.watchlist.track([REAL_SUFFIX], NOW)
+        await s.watchlist.upsert_mirror(mirror("main"))
+        await s.record_fetch(ok(real_bundle_bytes))
+    with raw(db) as conn:
+        before = conn.execute("SELECT sha256, base, data FROM blobs ORDER BY sha256").fetchall()
+        conn.execute(f"PRAGMA user_version = {claimed}")
+    with pytest.raises(StoreError, match="its version was changed"):
+        await Store.open(db, exclusive=True)
+    with raw(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == claimed
+        after = conn.execute("SELECT sha256, base, data FROM blobs ORDER BY sha256").fetchall()
+    assert after == before

@@ -18,7 +18,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 import aiosqlite
 import anyio
 
-from pithcrawl.errors import StoreError
+from pithcrawl.errors import StoreCorrupt, StoreError
 from pithcrawl.store.schema import MIGRATIONS, SCHEMA_VERSION, statements
 
 #: How long a statement waits for another process's write lock before failing. Writers
@@ -153,6 +153,7 @@ async def _migrate(conn: aiosqlite.Connection, path: Path, version: int) -> None
     # Foreign keys off while tables are rebuilt (SQLite's documented procedure; the
     # pragma is a no-op inside a transaction, so it is set around them), and every
     # reference checked before each commit instead.
+    await _refuse_later_objects(conn, path, version)
     await conn.execute("PRAGMA foreign_keys = OFF")
     try:
         for number in range(version + 1, SCHEMA_VERSION + 1):
@@ -161,6 +162,49 @@ async def _migrate(conn: aiosqlite.Connection, path: Path, version: int) -> None
     finally:
         with anyio.CancelScope(shield=True), translated(path, "open the database"):
             await conn.execute("PRAGMA foreign_keys = ON")
+
+
+#: (table or index, column or None) pairs: the shape of a schema, names only.
+Shape = set[tuple[str, str | None]]
+
+
+def _shape_of(version: int) -> Shape:
+    """What migrations 1 to `version` make, built in memory."""
+    mem = sqlite3.connect(":memory:")
+    try:
+        for script in MIGRATIONS[:version]:
+            for statement in statements(script):
+                mem.execute(statement)
+        return _shape(mem)
+    finally:
+        mem.close()
+
+
+def _shape(db: sqlite3.Connection) -> Shape:
+    found: Shape = set()
+    for kind, name in db.execute(
+        "SELECT type, name FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%'"
+    ).fetchall():
+        found.add((name, None))
+        if kind == "table":
+            found |= {(name, c[1]) for c in db.execute(f"PRAGMA table_info('{name}')")}
+    return found
+
+
+async def _refuse_later_objects(conn: aiosqlite.Connection, path: Path, version: int) -> None:
+    """Refuse to migrate a database that already holds tables, indexes or columns of a
+    later schema than its `user_version` says: the number was changed behind pithcrawl's
+    back, and running a migration again (one rebuilds `blobs`) would destroy data."""
+
+    now = await in_thread(conn, _shape)
+    later = _shape_of(SCHEMA_VERSION) - _shape_of(version)
+    found = sorted(f"{t}.{c}" if c else t for t, c in now & later)
+    if found:
+        raise StoreCorrupt(
+            f"database {path} says schema version {version}, but already holds"
+            f" {', '.join(found[:5])} of a later one: its version was changed; restore a"
+            " backup rather than migrate it again"
+        )
 
 
 async def _migrate_one(conn: aiosqlite.Connection, number: int) -> None:
