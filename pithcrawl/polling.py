@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import structlog
@@ -82,6 +82,8 @@ class Poller:
     fetcher: Fetcher
     metrics: Metrics
     rand: random.Random
+    _refused: set[tuple[str, str]] = field(default_factory=set)
+    """(mirror, header) pairs already warned of: one warning each, not one per fetch."""
 
     async def fetch(
         self,
@@ -108,6 +110,15 @@ class Poller:
             )
         except FetchError as e:
             return Got(kind, url, before, None, str(e))
+        for header in result.refused:
+            if (site.name, header) not in self._refused:
+                self._refused.add((site.name, header))
+                log.warning(
+                    "header_refused",
+                    header=header,
+                    url=url,
+                    detail="not fit to send back: fetched without it",
+                )
         sha = body_sha256(result.body) if result.status == 200 else None
         return Got(kind, url, before if same_url else None, result, None, sha)
 

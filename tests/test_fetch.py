@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import ssl
 import struct
@@ -428,6 +429,117 @@ async def test_undecodable_gzip_is_a_bad_response() -> None:
     async with serve(web.get("/", broken)) as base:
         with pytest.raises(BadResponse, match=r"127\.0\.0\.1.*could not be decoded"):
             await get(base, "/")
+
+
+def _gzip(data: bytes) -> bytes:
+    c = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    return c.compress(data) + c.flush()
+
+
+BODY = b'{"hello": "' + b"mirror " * 5000 + b'"}'
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("encoding", "encode"),
+    [
+        ("gzip", _gzip),
+        ("x-gzip", _gzip),
+        ("deflate", zlib.compress),  # the zlib wrapper, as RFC 9110 says
+        ("deflate", lambda d: zlib.compress(d)[2:-4]),  # raw deflate, as some servers send
+        ("gzip", lambda d: _gzip(d[:1000]) + _gzip(d[1000:])),  # two members (RFC 1952)
+        ("identity", lambda d: d),
+    ],
+    ids=["gzip", "x-gzip", "deflate-zlib", "deflate-raw", "gzip-two-members", "identity"],
+)
+async def test_each_encoding_decodes_to_the_exact_body(encoding, encode) -> None:
+    """Every encoding pithcrawl asks for (and the forms servers really send) decodes to
+    exactly the bytes that were encoded."""
+    sent = encode(BODY)
+    async with serve_raw(
+        b"HTTP/1.1 200 OK\r\nContent-Encoding: %s\r\nContent-Length: %d\r\n\r\n%s"
+        % (encoding.encode(), len(sent), sent)
+    ) as base:
+        result = await get(base, "/")
+    assert result.body == BODY
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_a_compressed_stream_cut_short_is_an_incomplete_body(encoding) -> None:
+    """A compressed stream that stops before its end, under an honest Content-Length for
+    the bytes that were sent, is a transfer that did not complete (aiohttp's own decoder
+    handed the half body over as if whole, which then read as malformed JSON)."""
+    whole = _gzip(BODY) if encoding == "gzip" else zlib.compress(BODY)
+    sent = whole[: len(whole) // 2]
+    async with serve_raw(
+        b"HTTP/1.1 200 OK\r\nContent-Encoding: %s\r\nContent-Length: %d\r\n\r\n%s"
+        % (encoding.encode(), len(sent), sent)
+    ) as base:
+        cut = rf"127\.0\.0\.1.*the {encoding} stream was cut short"
+        with pytest.raises(IncompleteBody, match=cut):
+            await get(base, "/")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("encoding", "body", "message"),
+    [
+        ("gzip", _gzip(BODY)[:-8] + b"\0" * 8, "could not be decoded"),  # a bad CRC
+        ("gzip", _gzip(BODY) + b"trailing junk", "data after the end of the gzip stream"),
+        ("br", b"whatever", "a Content-Encoding that was not asked for: 'br'"),
+    ],
+    ids=["bad-crc", "junk-after-the-end", "unasked-encoding"],
+)
+async def test_a_stream_that_is_not_what_it_says_is_a_bad_response(encoding, body, message):
+    """A body whose encoding is broken or was never asked for is a BadResponse (exit 3)."""
+    async with serve_raw(
+        b"HTTP/1.1 200 OK\r\nContent-Encoding: %s\r\nContent-Length: %d\r\n\r\n%s"
+        % (encoding.encode(), len(body), body)
+    ) as base:
+        with pytest.raises(BadResponse, match=re.escape(message)):
+            await get(base, "/")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "header",
+    [
+        b'ETag: "caf\xe9"',  # Latin-1: not UTF-8 at all
+        b'ETag: "a\x01b"',  # a control byte aiohttp would refuse to send back
+        b'ETag: "a\x7fb"',
+        b"ETag: unquoted",
+        b"Last-Modified: Mon, 01 Jan 2024 00:00:00 GMT\x01",
+        b"Last-Modified: L\xe9 1 janvier",
+    ],
+)
+async def test_a_validator_unfit_to_send_back_is_left_out_and_named(header) -> None:
+    """An ETag or Last-Modified holding a byte that is not visible ASCII is not kept (it
+    could be neither stored as text nor sent back), and the result names it."""
+    name = header.split(b":")[0].decode()
+    async with serve_raw(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n%s\r\n\r\n{}" % header) as base:
+        result = await get(base, "/")
+    assert (result.status, result.body) == (200, b"{}")
+    assert (result.etag, result.last_modified) == (None, None)
+    assert [h.lower() for h in result.refused] == [name.lower()]
+
+
+@pytest.mark.anyio
+async def test_a_validator_unfit_to_send_is_not_sent() -> None:
+    """A validator an older pithcrawl archived with a control byte in it is not sent (it
+    made aiohttp refuse the request, on every pass); the fit one still is."""
+    seen: list[tuple[str | None, str | None]] = []
+
+    async def ok(request: web.Request) -> web.Response:
+        seen.append(
+            (request.headers.get("If-None-Match"), request.headers.get("If-Modified-Since"))
+        )
+        return web.Response(body=b"{}")
+
+    async with serve(web.get("/", ok)) as base, fetcher() as f:
+        await f.get(base + "/", etag='"a\x01b"', last_modified="Mon, 01 Jan 2024 00:00:00 GMT")
+        await f.get(base + "/", etag='"fine"', last_modified="\x7f")
+    assert seen == [(None, "Mon, 01 Jan 2024 00:00:00 GMT"), ('"fine"', None)]
 
 
 # --- broken peers ------------------------------------------------------------------

@@ -43,6 +43,9 @@ class FetchResult:
     """When the final response's headers arrived (UTC)."""
     elapsed: float
     """Seconds on the network, summed over redirect hops (waits for a slot excluded)."""
+    refused: tuple[str, ...] = ()
+    """Headers the mirror sent that were unfit to keep and left out (an `ETag` holding a
+    control byte, say): their names, for the caller to log."""
 
     @property
     def ok(self) -> bool:

@@ -2,8 +2,10 @@
 
 Owns `HttpFetcher`, the real `Fetcher`: the aiohttp sessions (one of them connects to
 public addresses only, for mirrors nobody configured) and everything about a single GET:
-conditional requests (ETag / Last-Modified), the byte cap (on the declared length, the
-bytes on the wire and the decoded bytes, so a gzip bomb stops at the cap), redirects
+conditional requests (ETag / Last-Modified, only such as are fit to send back; unfit
+ones a mirror sends are left out and named in `FetchResult.refused`), the byte cap (on
+the declared length and the decoded bytes, decoded by `fetch.decode`, so a gzip bomb
+stops at the cap and a stream cut short is an incomplete body), redirects
 (bounded, looped chains refused, every target vetted by the caller's `allow_url` hook),
 global and per-host concurrency limits, and the translation of every aiohttp, socket,
 TLS and timeout error into a `FetchError` subclass (nothing foreign escapes). What a
@@ -43,6 +45,8 @@ from pithcrawl.errors import (
     TooLarge,
 )
 from pithcrawl.fetch import AllowUrl, FetchResult, parse_retry_after
+from pithcrawl.fetch.decode import Decoder
+from pithcrawl.text import header_token, storable
 
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # A peer that goes quiet this long while connecting or between two reads is gone, even
@@ -141,6 +145,9 @@ class HttpFetcher:
             headers={hdrs.USER_AGENT: self._user_agent, hdrs.ACCEPT_ENCODING: _ACCEPT_ENCODING},
             cookie_jar=aiohttp.DummyCookieJar(),  # mirrors are static: no state between GETs
             raise_for_status=False,
+            # Bodies are decoded by `fetch.decode`, which notices a gzip stream cut short
+            # (aiohttp's decoder takes it for the whole body).
+            auto_decompress=False,
             trust_env=False,
         )
 
@@ -181,6 +188,10 @@ class HttpFetcher:
         if current is None:
             raise FetchError(f"{url}: not an absolute http(s) URL")
         headers: dict[str, str] = {}
+        # Validators are what a mirror sent: only those fit to send back are (one kept
+        # by an older pithcrawl may hold a byte aiohttp refuses to send).
+        etag = header_token(etag, etag=True)
+        last_modified = header_token(last_modified, etag=False)
         if etag is not None:
             headers[hdrs.IF_NONE_MATCH] = etag
         if last_modified is not None:
@@ -268,17 +279,30 @@ class HttpFetcher:
                 reading_body = True
                 body = b"" if resp.status == 304 else await self._read_body(resp, url)
                 h = resp.headers
+                etag, last_modified = h.get(hdrs.ETAG), h.get(hdrs.LAST_MODIFIED)
+                kept_etag = header_token(etag, etag=True)
+                kept_last_modified = header_token(last_modified, etag=False)
+                refused = tuple(
+                    name
+                    for name, sent, kept in (
+                        (hdrs.ETAG, etag, kept_etag),
+                        (hdrs.LAST_MODIFIED, last_modified, kept_last_modified),
+                    )
+                    if sent is not None and kept is None
+                )
+                content_type = h.get(hdrs.CONTENT_TYPE)
                 return FetchResult(
                     url=origin,
                     final_url=str(url),
                     status=resp.status,
                     body=body,
-                    etag=h.get(hdrs.ETAG),
-                    last_modified=h.get(hdrs.LAST_MODIFIED),
-                    content_type=h.get(hdrs.CONTENT_TYPE),
+                    etag=kept_etag,
+                    last_modified=kept_last_modified,
+                    content_type=None if content_type is None else storable(content_type),
                     retry_after=parse_retry_after(h.get(hdrs.RETRY_AFTER), fetched_at),
                     fetched_at=fetched_at,
                     elapsed=0.0,
+                    refused=refused,
                 )
         except FetchError:
             raise
@@ -294,34 +318,38 @@ class HttpFetcher:
                 f"{url}: Content-Length {declared} exceeds the {cap}-byte limit",
                 status=resp.status,
             )
+        decoder = Decoder(resp.headers.get(hdrs.CONTENT_ENCODING), str(url))
         parts: list[bytes] = []
         size = 0
-        # aiohttp decodes gzip/deflate incrementally, at most about a read buffer per
-        # chunk, and pauses the socket while we hold unread data: memory stays bounded,
-        # and the count below is of decoded bytes, so a bomb stops here at the cap.
-        # Pieces of a fixed size, not `iter_any()`: that joins everything aiohttp has
-        # buffered into one more copy (most of a MiB of a bomb's decoded zeros).
+        # Read in pieces of a fixed size, decoded a piece at a time (aiohttp pauses the
+        # socket while we hold unread data): memory stays bounded, and the count below is
+        # of decoded bytes, so a bomb stops here at the cap. Not `iter_any()`: that joins
+        # everything aiohttp has buffered into one more copy.
         async for chunk in resp.content.iter_chunked(_READ_CHUNK):
-            size += len(chunk)
-            if size > cap:
-                resp.close()
-                encoding = resp.headers.get(hdrs.CONTENT_ENCODING)
-                how = f" after {encoding} decoding" if encoding else ""
-                raise TooLarge(f"{url}: body exceeds the {cap}-byte limit{how}", status=resp.status)
-            parts.append(chunk)
+            for piece in decoder.feed(chunk):
+                size += len(piece)
+                if size > cap:
+                    resp.close()
+                    how = f" after {decoder.encoding} decoding" if decoder.encoding else ""
+                    raise TooLarge(
+                        f"{url}: body exceeds the {cap}-byte limit{how}", status=resp.status
+                    )
+                parts.append(piece)
+        decoder.finish()
         return b"".join(parts)
 
     def _translate(self, exc: BaseException, url: URL, *, reading_body: bool) -> FetchError:
         """The one place aiohttp's, ssl's and the socket's exceptions become ours."""
         where = "while reading the body" if reading_body else "before the response headers"
         if isinstance(exc, UnicodeError):  # IDNA: a label too long, empty, or not encodable
-            return ConnectionFailed(f"{url}: the host name cannot be looked up: {exc}")
+            detail = _one_line(str(exc))
+            return ConnectionFailed(f"{url}: the host name cannot be looked up: {detail}")
         if isinstance(exc, TimeoutError):  # also aiohttp's connect and sock_read timeouts
             return FetchTimeout(f"{url}: timed out {where} (timeout {self._timeout:g}s)")
         if isinstance(
             exc, aiohttp.ClientSSLError | aiohttp.ServerFingerprintMismatch | ssl.SSLError
         ):
-            return TLSError(f"{url}: TLS failed: {exc}")
+            return TLSError(f"{url}: TLS failed: {_one_line(str(exc))}")
         detail = _one_line(str(exc) or type(exc).__name__)
         if isinstance(exc, aiohttp.ClientPayloadError):
             cause = exc.__cause__
@@ -344,8 +372,9 @@ class HttpFetcher:
 
 
 def _one_line(text: str) -> str:
-    """aiohttp's parser messages, fit for one log line: no caret diagrams, no 8 KiB header."""
-    words = [word for word in text.split() if word != "^"]
+    """aiohttp's parser messages, fit for one log line: no caret diagrams, no 8 KiB
+    header, and no byte of the mirror's that SQLite or JSON would refuse."""
+    words = [word for word in storable(text).split() if word != "^"]
     line = " ".join(words)
     return line if len(line) <= _DETAIL_MAX else line[: _DETAIL_MAX - 1] + "…"
 

@@ -23,6 +23,7 @@ from pithcrawl.store.rows import (
     snapshot_of,
     to_json_text,
 )
+from pithcrawl.text import storable
 
 # A success (200 or 304) clears the failure run. A 200's validators replace the old ones
 # (they described another body); a 304 keeps the old ones unless it sends new ones.
@@ -98,7 +99,7 @@ def bookkeeping_only(fetch: FetchOutcome) -> tuple[str, tuple[Any, ...]] | None:
             fetched_at,
             fetched_at,
             next_due,
-            fetch.error,
+            storable(fetch.error),  # it may quote what a mirror sent
         )
     return _SUCCESS, (
         *key,
@@ -126,9 +127,10 @@ def write_fetch(
     snapshot: Snapshot | None = None
     link: int | None = None
     if fetch.error is not None:
+        error = storable(fetch.error)
         conn.execute(
             _FAILURE,
-            (*key, fetch.url, fetch.status, fetched_at, fetched_at, next_due, fetch.error),
+            (*key, fetch.url, fetch.status, fetched_at, fetched_at, next_due, error),
         )
     else:
         latest = conn.execute(_LATEST_BODY, key).fetchone()
