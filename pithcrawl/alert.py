@@ -13,12 +13,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import random
 import signal
 import subprocess
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,7 +34,7 @@ from pithcrawl.errors import ConfigError, FetchError
 from pithcrawl.fetch.client import HttpFetcher
 from pithcrawl.metrics import Metrics
 from pithcrawl.schedule import retry_due
-from pithcrawl.store import Alert, Delivery, Store
+from pithcrawl.store import Alert, Delivery, Reconciled, Store
 from pithcrawl.timestamps import format_timestamp
 
 log = structlog.get_logger("pithcrawl.alert")
@@ -175,6 +176,12 @@ class Sinks:
     fetcher: HttpFetcher | None
     secret: bytes | None = None
     env: Mapping[str, str] = field(default_factory=lambda: os.environ)
+    down_until: dict[str, datetime] = field(default_factory=dict)
+    """Sinks that failed, and until when they are not tried again."""
+
+    @property
+    def names(self) -> list[str]:
+        return sink_names(self.config)
 
     async def send(self, delivery: Delivery, alert: Alert) -> None:
         if delivery.sink == "hook":
@@ -221,6 +228,11 @@ class Sinks:
             raise DeliveryFailed(f"webhook {url} answered HTTP {status}")
 
 
+#: Deliveries in flight to one sink at once: the hook runs one at a time (a script need
+#: not be written for several copies of itself at once), the webhook takes a few POSTs.
+SINK_CONCURRENCY = {"hook": 1, "webhook": 4}
+
+
 async def deliver_due(
     store: Store,
     sinks: Sinks,
@@ -230,47 +242,129 @@ async def deliver_due(
     limit: int = 100,
     metrics: Metrics | None = None,
 ) -> tuple[int, int]:
-    """Attempt every delivery that is due once; (delivered, failed)."""
-    ok = failed = 0
-    for delivery, alert in await store.alerts.due_deliveries(now, limit):
-        with structlog.contextvars.bound_contextvars(
-            alert_id=alert.id, sink=delivery.sink, phase=delivery.phase
-        ):
-            try:
-                await sinks.send(delivery, alert)
-            except DeliveryFailed as e:
-                retry_at = retry_due(
-                    now,
-                    delivery.attempts + 1,
-                    None,
-                    base=RETRY_BASE,
-                    cap=RETRY_CAP,
-                    rand=rand.random(),
-                )
-                await store.alerts.failed(delivery, str(e), retry_at)
-                if metrics is not None:
-                    metrics.delivery_failed(delivery.sink)
-                log.warning(
-                    "delivery_failed",
-                    error=str(e),
-                    attempts=delivery.attempts + 1,
-                    retry_at=format_timestamp(retry_at),
-                )
-                failed += 1
-                continue
-            await store.alerts.delivered(delivery, now)
-            if metrics is not None:
-                metrics.delivered(delivery.sink)
-            log.info("delivered", kind=alert.kind)
-            ok += 1
-    return ok, failed
+    """Attempt the deliveries due at `now`, every sink at once, each on its own (see
+    `deliver_to`); (delivered, failed)."""
+    counts = [0, 0]
+
+    async def one_sink(sink: str) -> None:
+        ok, failed = await deliver_to(store, sinks, sink, now, rand, limit=limit, metrics=metrics)
+        counts[0] += ok
+        counts[1] += failed
+
+    async with anyio.create_task_group() as tg:
+        for sink in sinks.names:
+            tg.start_soon(one_sink, sink)
+    return counts[0], counts[1]
 
 
-def log_alerts(opened: Sequence[Alert], closed: Sequence[Alert]) -> None:
+async def deliver_to(
+    store: Store,
+    sinks: Sinks,
+    sink: str,
+    now: datetime,
+    rand: random.Random,
+    *,
+    limit: int = 100,
+    metrics: Metrics | None = None,
+) -> tuple[int, int]:
+    """Attempt `sink`'s deliveries due at `now`, oldest first, as many at once as
+    `SINK_CONCURRENCY` says; (delivered, failed).
+
+    The first failure (a hook exiting non-zero, a webhook answering 500 or never) puts
+    the sink off until its retry time: the rest of its queue is left as it is, due, for
+    then. So a dead sink costs one timeout per retry, not one per alert, and since each
+    sink has its own queue and its own task, it holds up no other sink."""
+    down = sinks.down_until.get(sink)
+    if down is not None and down > now:
+        return 0, 0
+    queue = await store.alerts.due_deliveries(now, limit, sinks=[sink])
+    counts = [0, 0]
+    slots = anyio.Semaphore(SINK_CONCURRENCY[sink])
+
+    async def attempt(delivery: Delivery, alert: Alert) -> None:
+        try:
+            with structlog.contextvars.bound_contextvars(
+                alert_id=alert.id, sink=sink, phase=delivery.phase
+            ):
+                counts[
+                    await _attempt(
+                        store, sinks, delivery, alert, now=now, rand=rand, metrics=metrics
+                    )
+                ] += 1
+        finally:
+            slots.release()
+
+    async with anyio.create_task_group() as tg:
+        for delivery, alert in queue:
+            await slots.acquire()
+            if sink in sinks.down_until and sinks.down_until[sink] > now:
+                slots.release()
+                break  # failed meanwhile: what is left waits for the retry
+            tg.start_soon(attempt, delivery, alert)
+    return counts[0], counts[1]
+
+
+async def _attempt(
+    store: Store,
+    sinks: Sinks,
+    delivery: Delivery,
+    alert: Alert,
+    *,
+    now: datetime,
+    rand: random.Random,
+    metrics: Metrics | None,
+) -> int:
+    """One delivery: 0 when the sink took it, 1 when it failed (and when to retry is
+    kept, and the sink put off until then)."""
+    try:
+        await sinks.send(delivery, alert)
+    except DeliveryFailed as e:
+        retry_at = retry_due(
+            now, delivery.attempts + 1, None, base=RETRY_BASE, cap=RETRY_CAP, rand=rand.random()
+        )
+        await store.alerts.failed(delivery, str(e), retry_at)
+        sinks.down_until[delivery.sink] = max(
+            retry_at, sinks.down_until.get(delivery.sink, retry_at)
+        )
+        if metrics is not None:
+            metrics.delivery_failed(delivery.sink)
+        log.warning(
+            "delivery_failed",
+            error=str(e),
+            attempts=delivery.attempts + 1,
+            retry_at=format_timestamp(retry_at),
+        )
+        return 1
+    await store.alerts.delivered(delivery, now)
+    if metrics is not None:
+        metrics.delivered(delivery.sink)
+    log.info("delivered", kind=alert.kind)
+    return 0
+
+
+def log_entry(kind: str, severity: str, summary: str, dedup_key: str | None) -> None:
+    """The log line of one event-log entry: named by its kind, at its severity's level."""
+    log.log(level_of(severity), kind, severity=severity, summary=summary, dedup_key=dedup_key)
+
+
+def level_of(severity: str) -> int:
+    """The log level of an alert severity (`journalctl -p err` finds critical and error)."""
+    return _LEVELS.get(severity, logging.INFO)
+
+
+_LEVELS = {
+    "critical": logging.CRITICAL,
+    "error": logging.ERROR,
+    "warning": logging.WARNING,
+    "info": logging.INFO,
+}
+
+
+def log_alerts(done: Reconciled) -> None:
     """Every alert is in the structured log, whatever the sinks."""
-    for a in opened:
-        emit = log.error if a.severity == "critical" else log.warning
-        emit(
+    for a in done.opened:
+        log.log(
+            level_of(a.severity),
             "alert_opened",
             alert_id=a.id,
             kind=a.kind,
@@ -280,7 +374,9 @@ def log_alerts(opened: Sequence[Alert], closed: Sequence[Alert]) -> None:
             summary=a.summary,
             dedup_key=a.dedup_key,
         )
-    for a in closed:
+    for a in done.recurred:
+        log.debug("alert_recurred", alert_id=a.id, kind=a.kind, recurrences=a.recurrences)
+    for a in done.closed:
         log.info(
             "alert_closed", alert_id=a.id, kind=a.kind, dedup_key=a.dedup_key, summary=a.summary
         )

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pithcrawl import divergence
-from pithcrawl.alert import log_alerts, sink_names
+from pithcrawl.alert import log_alerts, log_entry, sink_names
 from pithcrawl.canon import parse
 from pithcrawl.config import Config
-from pithcrawl.store import Alert, NewEvent, Snapshot, Store
+from pithcrawl.store import Alert, NewEvent, Reconciled, Snapshot, Store
 
 #: What a trusted body says of the history: (pith_number, event ids, claimed places).
 History = tuple[str, tuple[str, ...], tuple[tuple[str, str, str], ...]]
@@ -158,8 +158,8 @@ class Conditions:
         # nothing any more, so it is not unreachable either: its alert closes.
         asked = {f"reach:{name}" for name in names}
         for scope in sorted(s for s in await self._open() if s.startswith("reach:")):
-            if scope not in asked:
-                await self.reconcile(scope, [], now, log=True)
+            if scope not in asked:  # no hold-down: nobody watches it any more
+                await self.reconcile(scope, [], now, log=True, hold=timedelta(0))
         return opened
 
     async def recheck(self, suffixes: Sequence[str] | None, mirrors: Sequence[str]) -> list[Alert]:
@@ -191,16 +191,37 @@ class Conditions:
         *,
         log: bool,
         suffix: str | None = None,
+        hold: timedelta | None = None,
     ) -> list[Alert]:
-        """Open, keep or close the alerts of `scope` so they are `current`; the alerts
-        this opened (each a new entry in the event log)."""
+        """Open, keep or close the alerts of `scope` so they are `current` (alerts no
+        longer reported close after the hold-down, `hold` or `alerts.resolve_after`); the
+        alerts this opened (each a new entry in the event log)."""
         if not current and not await self.is_open(scope):
             return []  # nothing to open, nothing open to close: no transaction at all
         if suffix is not None:
             current = [e if e.suffix else replace(e, suffix=suffix) for e in current]
-        opened, closed = await self.store.alerts.reconcile(
-            scope, current, now=now, sinks=sink_names(self.config.alerts), log=log
+        done = await self.store.alerts.reconcile(
+            scope,
+            current,
+            now=now,
+            sinks=sink_names(self.config.alerts),
+            hold=self.config.alerts.resolve_after if hold is None else hold,
+            log=log,
         )
-        self.mark(scope, bool(current))
-        log_alerts(opened, closed)
-        return opened
+        self.mark(scope, done.still_open)
+        if log:  # each alert opened is an event-log entry too: its line, named by its kind
+            for a in done.opened:
+                log_entry(a.kind, a.severity, a.summary, a.dedup_key)
+        log_alerts(done)
+        return done.opened
+
+    async def close_cleared(self) -> list[Alert]:
+        """Close the alerts whose condition has stayed clear for `alerts.resolve_after`
+        (time ends a hold-down, whether or not their scope is checked again)."""
+        closed = await self.store.alerts.close_cleared(
+            self.clock(), self.config.alerts.resolve_after
+        )
+        if closed:
+            self.forget_open_scopes()  # the scopes of those closed may have none left now
+        log_alerts(Reconciled(closed=closed))
+        return closed

@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 
 from pithcrawl import timeline
-from pithcrawl.alert import log_alerts, sink_names
+from pithcrawl.alert import log_alerts, log_entry, sink_names
 from pithcrawl.canon import parse
 from pithcrawl.conditions import Conditions, history_of
 from pithcrawl.config import Config
@@ -68,6 +68,9 @@ class PairResult:
     record_alerts: list[Alert] = field(default_factory=list)
     """Alerts the record-level rules opened after this pair's new snapshots (a
     divergence, an equivocation across mirrors, a mirror gone stale)."""
+    alerts_raised: int = 0
+    """Alerts this pair's fetches opened (an invalid document, a rollback, …), not
+    counting `record_alerts`."""
 
     @property
     def critical(self) -> bool:
@@ -220,7 +223,9 @@ class Crawler:
                     summary=f"{site.name} served an untrusted bundle for {number}: "
                     + ", ".join(codes),
                     evidence={**evidence, "findings": [f.to_json() for f in report.findings]},
-                    dedup_key=f"{kind}:{suffix}:{site.name}:{body_sha}",
+                    # One alert while the mirror serves untrusted bundles of this record,
+                    # however many different ones: a body per fetch is not an alert each.
+                    dedup_key=f"{kind}:{suffix}:{site.name}",
                 )
             )
         elif previous is not None:
@@ -246,6 +251,7 @@ class Crawler:
             f"document:{suffix}:{site.name}",
             [e for e in events if e.severity == "critical"],
             suffix,
+            result,
         )
         self._report(result, snapshot is not None, events)
         if not report.ok:
@@ -329,18 +335,29 @@ class Crawler:
         ]
 
     async def _store(
-        self, outcome: FetchOutcome, scope: str, current: list[NewEvent], suffix: str
+        self,
+        outcome: FetchOutcome,
+        scope: str,
+        current: list[NewEvent],
+        suffix: str,
+        result: PairResult,
     ) -> Snapshot | None:
         """Archive a fetch, and reconcile the alerts of its scope in the same transaction
-        (skipped when there is nothing to report and nothing open there)."""
+        (skipped when there is nothing to report and nothing open there); the alerts it
+        opened are counted in `result`."""
         if not current and not await self.conditions.is_open(scope):
             return await self.store.record_fetch(outcome)
         current = [e if e.suffix else replace(e, suffix=suffix) for e in current]
-        snapshot, opened, closed = await self.store.record_fetch_and_alerts(
-            outcome, scope, current, sinks=sink_names(self.config.alerts)
+        snapshot, done = await self.store.record_fetch_and_alerts(
+            outcome,
+            scope,
+            current,
+            sinks=sink_names(self.config.alerts),
+            hold=self.config.alerts.resolve_after,
         )
-        self.conditions.mark(scope, bool(current))
-        log_alerts(opened, closed)
+        self.conditions.mark(scope, done.still_open)
+        log_alerts(done)
+        result.alerts_raised += len(done.opened)
         return snapshot
 
     async def _archived(self, got: Got) -> Got | None:
@@ -431,9 +448,7 @@ class Crawler:
                         "findings": [f.to_json() for f in report.findings],
                         **(mismatch.evidence if mismatch else {}),
                     },
-                    dedup_key=mismatch.dedup_key
-                    if mismatch
-                    else f"state_url_mismatch:{suffix}:{site.name}:{body_sha}",
+                    dedup_key=f"state_url_mismatch:{suffix}:{site.name}",
                 )
             )
         # A state.json is a copy of its bundle's `state`: stored as a delta against it.
@@ -451,6 +466,7 @@ class Crawler:
             f"state:{suffix}:{site.name}",
             events,
             suffix,
+            result,
         )
         self._report(result, snapshot is not None, events)
 
@@ -460,8 +476,7 @@ class Crawler:
         result.new_snapshots += new_snapshot
         result.events.extend(events)
         for e in events:
-            emit = log.warning if e.severity in ("critical", "error") else log.info
-            emit(e.kind, severity=e.severity, summary=e.summary, dedup_key=e.dedup_key)
+            log_entry(e.kind, e.severity, e.summary, e.dedup_key)
 
     def _announced_keys(self, bundle: dict[str, Any]) -> list[TrustedKey]:
         """New, well-formed keys a verified bundle announces (`trust.follow_rotations`):

@@ -12,7 +12,6 @@ import random
 import signal
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,8 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 
-from pithcrawl.alert import Sinks, check_sinks, deliver_due
+from pithcrawl.alert import Sinks, check_sinks, deliver_to, sink_names
+from pithcrawl.clock import Clock
 from pithcrawl.config import Config
 from pithcrawl.crawl import Crawler
 from pithcrawl.errors import PithcrawlError
@@ -74,7 +74,9 @@ class Daemon:
         idle_poll: float = IDLE_POLL,
         deliver_every: float = DELIVER_EVERY,
         check_every: float = CHECK_EVERY,
+        clock: Clock | None = None,
     ) -> None:
+        self.clock = clock or Clock()
         self.load = load
         self.config = load()
         self.trust_for = trust_for
@@ -90,6 +92,8 @@ class Daemon:
         self.pinged_at = 0.0
         self.inflight: set[tuple[str, str]] = set()
         self.totals = Summary()
+        self.alerts_open = 0
+        """Open alerts, as of the last periodic check."""
         self.metrics = Metrics()
         # Made in run(): anyio's primitives belong to a running event loop.
         self.wake: anyio.Event
@@ -109,6 +113,7 @@ class Daemon:
             anyio.create_task_group() as tg,
         ):
             self.store = store
+            await self.clock.since_last_run(store)
             await tg.start(self._signals, tg.cancel_scope)
             if self.config.metrics.bind:
                 port = await tg.start(serve_metrics, self.metrics, self.config.metrics.bind)
@@ -127,11 +132,16 @@ class Daemon:
         config = self.config
         if config.watch.pith:
             await self.store.watchlist.track(
-                [parse_reference(p) for p in config.watch.pith], _now()
+                [parse_reference(p) for p in config.watch.pith], self.clock.now()
             )
+        # A sink configured since an alert opened is told of it (this round starts at
+        # start and after each reload, when sinks can change).
+        await self.store.alerts.queue_open(sink_names(config.alerts), self.clock.now())
         async with fetcher_for(config) as fetcher:
             trust = await with_learned(self.trust, self.store, config)
-            crawler = Crawler(config, self.store, fetcher, trust, _now, metrics=self.metrics)
+            crawler = Crawler(
+                config, self.store, fetcher, trust, self.clock.now, metrics=self.metrics
+            )
             self.crawler = crawler
             self.judged_under = None
             if await self.store.setting(TRUST_DIGEST) != trust.digest:
@@ -148,19 +158,22 @@ class Daemon:
             self.free = anyio.Semaphore(config.crawl.concurrency)
             async with anyio.create_task_group() as tg:
                 sinks = Sinks(config.alerts, fetcher, self.secret)
-                tg.start_soon(self._housekeeping, crawler, sinks)
+                tg.start_soon(self._housekeeping, crawler)
+                for sink in sinks.names:  # each its own task: a dead one delays no other
+                    tg.start_soon(self._deliveries, sinks, sink)
                 for _ in range(config.crawl.concurrency):
                     tg.start_soon(self._worker, crawler, receive.clone())
                 receive.close()
                 async with send:
                     await self._schedule(send, fetcher)
 
-    async def _housekeeping(self, crawler: Crawler, sinks: Sinks) -> None:
-        """Deliver due alerts every few seconds; every minute, the rules that time alone
-        can trigger (a lag turning stale, a mirror failing too long)."""
-        rand = random.Random()  # noqa: S311 - jitter, not crypto
+    async def _housekeeping(self, crawler: Crawler) -> None:
+        """Every few seconds, that the archive's file is still the one open; every minute,
+        the rules that time alone can trigger (a lag turning stale, a mirror failing too
+        long, an alert's hold-down ending)."""
         checked = 0.0
         while True:
+            self.store.check_file()  # deleted or replaced: stop, rather than write into it
             if self.judged_under is not None and time.monotonic() > self.judged_under[1]:
                 await self.store.set_setting(TRUST_DIGEST, self.judged_under[0])
                 crawler.reverify, self.judged_under = False, None
@@ -169,10 +182,20 @@ class Daemon:
                 names = list(self.sites)
                 opened = await crawler.conditions.recheck(None, names)
                 opened += await crawler.conditions.check_mirrors(names)
+                await crawler.conditions.close_cleared()
                 self._count_alerts(opened)
+                await self.clock.seen(self.store)
                 self.metrics.set_records(await self.store.watchlist.tracked_count())
-                self.metrics.set_open_alerts(await self.store.alerts.open_counts("kind"))
-            await deliver_due(self.store, sinks, _now(), rand, metrics=self.metrics)
+                counts = await self.store.alerts.open_counts("kind")
+                self.metrics.set_open_alerts(counts)
+                self.alerts_open = sum(counts.values())
+            await anyio.sleep(self.deliver_every)
+
+    async def _deliveries(self, sinks: Sinks, sink: str) -> None:
+        """Deliver `sink`'s due alerts every few seconds, on its own."""
+        rand = random.Random()  # noqa: S311 - jitter, not crypto
+        while True:
+            await deliver_to(self.store, sinks, sink, self.clock.now(), rand, metrics=self.metrics)
             await anyio.sleep(self.deliver_every)
 
     async def _schedule(self, send: Any, fetcher: HttpFetcher) -> None:
@@ -180,9 +203,10 @@ class Daemon:
         last_summary = time.monotonic()
         while True:
             self._ping()
+            await self.clock.check(self.store)  # a step back moves the schedule with it
             if time.monotonic() - self.sites_at > SITES_REFRESH:
                 await self._refresh_sites(fetcher)
-            now = _now()
+            now = self.clock.now()
             due = await self.store.due(
                 now, limit=config.crawl.concurrency * 4, mirrors=list(self.sites)
             )
@@ -216,14 +240,15 @@ class Daemon:
     def _set_lag(self, waiting: list[Due]) -> None:
         """How late the oldest due pair no worker has taken yet is (0: none is waiting)."""
         oldest = min((d.since for d in waiting), default=None)
-        self.metrics.set_lag((_now() - oldest).total_seconds() if oldest is not None else 0.0)
+        lag = (self.clock.now() - oldest).total_seconds() if oldest is not None else 0.0
+        self.metrics.set_lag(lag)
 
     async def _idle(self) -> None:
         """Sleep until the next pair is due (at most `idle_poll`), a fetch ends or a reload."""
         wait = self.idle_poll
         upcoming = await self.store.next_due(list(self.sites))
         if upcoming is not None:
-            ahead = (upcoming - _now()).total_seconds()
+            ahead = (upcoming - self.clock.now()).total_seconds()
             if ahead > 0:  # (a pair already due is in flight: its worker will wake us)
                 wait = min(wait, ahead)
         if self.notifier.watchdog is not None:
@@ -246,15 +271,16 @@ class Daemon:
                 t.records += 1
                 t.new_snapshots += result.new_snapshots
                 t.events += len(result.events)
-                t.alerts += sum(1 for e in result.events if e.severity == "critical")
+                t.alerts_raised += result.alerts_raised
                 self._count_alerts(result.record_alerts)
                 t.errors += result.error is not None
 
     async def _refresh_sites(self, fetcher: HttpFetcher) -> None:
-        sites, _ = await resolve(self.config, self.store, fetcher, _now())  # unread: logged
+        now = self.clock.now()
+        sites, _ = await resolve(self.config, self.store, fetcher, now)  # unread: logged
         for site in sites:
             if site.origin == "config":
-                await self.store.watchlist.upsert_mirror(site.row(_now()))
+                await self.store.watchlist.upsert_mirror(site.row(now))
         self.sites = {s.name: s for s in sites}
         if self.crawler is not None:
             self.crawler.mirrors = list(self.sites)
@@ -263,22 +289,26 @@ class Daemon:
 
     def _count_alerts(self, opened: list[Alert]) -> None:
         """Alerts the record- and mirror-level rules opened: entries of the log, and
-        the critical ones alerts, in `crawl_summary`."""
+        alerts raised, in `crawl_summary`."""
         self.totals.events += len(opened)
-        self.totals.alerts += sum(1 for a in opened if a.severity == "critical")
+        self.totals.alerts_raised += len(opened)
 
     def _summary_line(self) -> None:
+        """`crawl_summary` and systemd's status line: what was done since start, and the
+        alerts open now (as of the last minute's count)."""
         t = self.totals
         log.info(
             "crawl_summary",
             pairs=t.records,
             new_snapshots=t.new_snapshots,
             events=t.events,
-            alerts=t.alerts,
+            alerts_raised=t.alerts_raised,
+            alerts_open=self.alerts_open,
             errors=t.errors,
         )
         self.notifier.status(
-            f"{t.records} fetches, {t.new_snapshots} new snapshots, {t.alerts} alerts, "
+            f"{self.alerts_open} alerts open; since start: {t.records} fetches, "
+            f"{t.new_snapshots} new snapshots, {t.alerts_raised} alerts raised, "
             f"{t.errors} errors"
         )
 
@@ -337,7 +367,3 @@ class Daemon:
         if now - self.pinged_at >= watchdog.total_seconds() / 4:
             self.notifier.ping()
             self.pinged_at = now
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)

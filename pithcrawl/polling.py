@@ -148,7 +148,7 @@ class Poller:
             )
         )
         self.metrics.fetch(mirror, got.kind, "failed")
-        log.info(
+        log.warning(
             "fetch_failed",
             kind=got.kind,
             url=got.url,

@@ -213,6 +213,8 @@ class Tally:
     deferred: int = 0
     untrusted: int = 0
     """Pairs whose mirror serves a bundle that failed verification."""
+    alerts_raised: int = 0
+    """Alerts opened (of every severity)."""
     failed_share: bool = False
     """A worker process did not finish its share."""
 
@@ -224,6 +226,7 @@ class Tally:
         self.errors += r.error is not None and not r.deferred
         self.deferred += r.deferred
         self.untrusted += r.serves_untrusted
+        self.alerts_raised += r.alerts_raised + len(r.record_alerts)
 
     def absorb(self, other: Tally) -> None:
         """Count another share's tally in this one."""
@@ -232,6 +235,7 @@ class Tally:
         self.errors += other.errors
         self.deferred += other.deferred
         self.untrusted += other.untrusted
+        self.alerts_raised += other.alerts_raised
         self.failed_share = self.failed_share or other.failed_share
 
 

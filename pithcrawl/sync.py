@@ -13,12 +13,12 @@ import random
 import sys
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
 
-from pithcrawl.alert import Sinks, check_sinks, deliver_due
+from pithcrawl.alert import Sinks, check_sinks, deliver_due, sink_names
+from pithcrawl.clock import Clock
 from pithcrawl.config import Config
 from pithcrawl.crawl import Crawler
 from pithcrawl.keys import TrustSet
@@ -45,10 +45,14 @@ class Summary(Tally):
     records: int = 0
     mirrors: int = 0
     alerts: int = 0
+    """Critical alerts of these records whose condition holds now (the exit code's 1)."""
     warnings: int = 0
-    """Open alerts of error severity (a mirror stale or unreachable) for these records."""
+    """Alerts of error severity (a mirror stale or unreachable) whose condition holds now."""
+    alerts_open: int = 0
+    """Every open alert of these records, those held open while they stay clear too."""
     delivered: int = 0
     undelivered: int = 0
+    """Deliveries to the configured sinks still pending after the pass."""
     manifests_unread: int = 0
     """Manifests that could not be read (their last listing was crawled instead)."""
     duration_s: float = 0.0
@@ -59,6 +63,8 @@ class Summary(Tally):
             "mirrors": self.mirrors,
             "new_snapshots": self.new_snapshots,
             "events": self.events,
+            "alerts_open": self.alerts_open,
+            "alerts_raised": self.alerts_raised,
             "alerts": self.alerts,
             "errors": self.errors,
             "deferred": self.deferred,
@@ -85,10 +91,14 @@ async def sync_once(config: Config, db: Path, named: list[str], trust: TrustSet)
     secret = check_sinks(config.alerts, os.environ)  # before the pass, not after it
     summary = Summary()
     tallies: list[Tally] = []
+    clock = Clock()
     async with await Store.open(db, exclusive=True) as store:
-        now = datetime.now(UTC)
+        await clock.since_last_run(store)
+        now = clock.now()
         if config.watch.pith:
             await store.watchlist.track([parse_reference(p) for p in config.watch.pith], now)
+        sinks = sink_names(config.alerts)
+        await store.alerts.queue_open(sinks, now)  # a sink added since they opened
         shares, count = await plan(config, store, named)
         share = shared_limits(config, len(shares))
         async with fetcher_for(share) as fetcher:
@@ -98,7 +108,7 @@ async def sync_once(config: Config, db: Path, named: list[str], trust: TrustSet)
             trust = await with_learned(trust, store, config)
             # Verdicts reached under other keys are reached again for unchanged bodies.
             reverify = await store.setting(TRUST_DIGEST) != trust.digest
-            crawler = Crawler(share, store, fetcher, trust, lambda: datetime.now(UTC))
+            crawler = Crawler(share, store, fetcher, trust, clock.now)
             crawler.reverify = reverify
             async with anyio.create_task_group() as tg:
                 for others in shares[1:]:
@@ -115,22 +125,30 @@ async def sync_once(config: Config, db: Path, named: list[str], trust: TrustSet)
                 await store.set_setting(TRUST_DIGEST, trust.digest)  # every body judged
             names = [s.name for s in sites]
             # Alerts these open are entries of the pass's log too.
-            summary.events += len(await crawler.conditions.recheck(named or None, names))
-            summary.events += len(await crawler.conditions.check_mirrors(names))
-            sinks = Sinks(config.alerts, fetcher, secret)
-            summary.delivered, summary.undelivered = await deliver_due(
+            opened = await crawler.conditions.recheck(named or None, names)
+            opened += await crawler.conditions.check_mirrors(names)
+            summary.events += len(opened)
+            summary.alerts_raised += len(opened)
+            await crawler.conditions.close_cleared()
+            summary.delivered, _ = await deliver_due(
                 store,
-                sinks,
-                datetime.now(UTC),
+                Sinks(config.alerts, fetcher, secret),
+                clock.now(),
                 random.Random(),  # noqa: S311 - jitter, not crypto
             )
-        severities = await store.alerts.open_counts(
-            "severity", suffixes=named or None, tracked=not named
+            summary.undelivered = await store.alerts.undelivered_count(sinks)
+        these, tracked = named or None, not named
+        firing = await store.alerts.open_counts(
+            "severity", suffixes=these, tracked=tracked, firing=True
         )
+        held = await store.alerts.open_counts("severity", suffixes=these, tracked=tracked)
+        summary.alerts_open = sum(held.values())
+        await clock.seen(store)
+        store.check_file()  # written into a file deleted meanwhile: nothing was kept
     for t in tallies:
         summary.absorb(t)
-    summary.alerts = severities.pop("critical", 0)
-    summary.warnings = sum(severities.values())
+    summary.alerts = firing.pop("critical", 0)
+    summary.warnings = sum(firing.values())
     return summary
 
 

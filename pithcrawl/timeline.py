@@ -13,18 +13,21 @@ bundles prove; the caller adds URLs, fetch times and the sha256 of each body.
 
 Decisions:
 
-- One `Change` per row of `RULES` that fires, not one per snapshot: each cause of a
-  rollback is its own alert with its own `dedup_key`, so one clearing does not close
-  another. A row that concerns several events (dropped, added) reports them together;
-  a row about one thing (a correction, a key) reports each separately.
+- A rollback is one incident however many of its rules fire (a replayed older bundle
+  moves `built_at` back *and* drops events): one `rollback` Change whose summary and
+  evidence carry every cause, keyed by record and mirror only, so one incident is one
+  alert, and a rollback that partly recovers is still the same alert. The info kinds
+  are one `Change` per row that fires: a row that concerns several events (added)
+  reports them together; a row about one thing (a correction, a key) each separately.
 - Content is what the spec hashes, `H(event without signature, content_sha256,
   event_id)`, recomputed here: the registry re-signs events on every rebuild, so a new
   `signed_at` or signature is not a change of content.
 - A first snapshot reports nothing: the contract has no kind for a first archive, and
   the archive's history already shows it.
-- `dedup_key` is `kind:pith_number:mirror:cause:ids`, where `pith_number` is the one
-  served before (the record being watched) and `ids` (joined by `+`) are what make this
-  change distinct: event ids, key ids, or the two `built_at` values.
+- `dedup_key` is `rollback:pith_number:mirror` for a rollback, else
+  `kind:pith_number:mirror:cause:ids`, where `pith_number` is the one served before (the
+  record being watched) and `ids` (joined by `+`) are what make this change distinct:
+  event ids or key ids.
 """
 
 from __future__ import annotations
@@ -164,7 +167,7 @@ def event_content_changed(before: Bundle, after: Bundle) -> Iterator[_Fact]:
             "event_content_changed",
             "event(s) changed content under the same event_id: " + ", ".join(ids),
             ids,
-            {"events": [{"event_id": i, "content_sha256": _pair(*hashes[i])} for i in ids]},
+            {"changed_events": [{"event_id": i, "content_sha256": _pair(*hashes[i])} for i in ids]},
         )
 
 
@@ -274,7 +277,8 @@ def _dedup_key(kind: str, pith_number: str, mirror: str, cause: str, ids: tuple[
 
 
 def compare(previous: Bundle, current: Bundle, *, mirror: str) -> list[Change]:
-    """Every change from `previous` to `current`, two verified bundles of one record."""
+    """Every change from `previous` to `current`, two verified bundles of one record: at
+    most one `rollback` (every cause of it together), then the news."""
     number = previous["pith_number"]
     common = {
         "pith_number": number,
@@ -285,7 +289,24 @@ def compare(previous: Bundle, current: Bundle, *, mirror: str) -> list[Change]:
         ),
         "built_at": _pair(previous["built_at"], current["built_at"]),
     }
-    return [
+    fired = [
+        (kind, severity, fact) for kind, severity, rule in RULES for fact in rule(previous, current)
+    ]
+    back = [fact for kind, _, fact in fired if kind == "rollback"]
+    changes = []
+    if back:
+        causes = [fact.cause for fact in back]
+        detail = {k: v for fact in back for k, v in fact.detail.items()}
+        changes.append(
+            Change(
+                "rollback",
+                CRITICAL,
+                "; ".join(fact.summary for fact in back),
+                {**common, "cause": "+".join(causes), "causes": causes, **detail},
+                f"rollback:{number}:{mirror}",
+            )
+        )
+    changes += [
         Change(
             kind,
             severity,
@@ -293,9 +314,10 @@ def compare(previous: Bundle, current: Bundle, *, mirror: str) -> list[Change]:
             {**common, "cause": fact.cause, **fact.detail},
             _dedup_key(kind, number, mirror, fact.cause, fact.ids),
         )
-        for kind, severity, rule in RULES
-        for fact in rule(previous, current)
+        for kind, severity, fact in fired
+        if kind != "rollback"
     ]
+    return changes
 
 
 def _difference(served: Mapping[str, Any], inside: Mapping[str, Any]) -> tuple[str, str]:
@@ -338,5 +360,6 @@ def compare_state_url(
             "canon_sha256": {"bundle": sha256_hex(inside), "state_json": sha256_hex(served)},
             "first_difference": {"path": where, "what": what},
         },
-        _dedup_key("state_url_mismatch", number, mirror, "state_differs", (sha256_hex(served),)),
+        # One alert while the mirror's state.json is not its bundle's, whatever it serves.
+        f"state_url_mismatch:{number}:{mirror}",
     )

@@ -40,6 +40,8 @@ class Arena:
     records: list[BundleBuilder]
     signer: TestSigner
     extra: str = ""
+    """More `[crawl]` keys, and any sections after it."""
+    timeout: str = "1s"
     passes: int = 0
     summaries: list[Summary] = field(default_factory=list)
 
@@ -56,7 +58,7 @@ class Arena:
         key.write_text(json.dumps(self.signer.public_key()))
         return (
             f'db = "archive.db"\n[trust]\nkeys = ["{key.name}"]\nclock_skew = "3650d"\n'
-            f'[crawl]\ntimeout = "1s"\ndiscover = false\n{self.extra}\n'
+            f'[crawl]\ntimeout = "{self.timeout}"\ndiscover = false\n{self.extra}\n'
             f'[[mirrors]]\nname = "{GOOD}"\nbase_url = "{self.good.base_url}"\n'
             f'[[mirrors]]\nname = "{HOSTILE}"\nbase_url = "{self.hostile.base_url}"\n'
         )
@@ -98,7 +100,7 @@ class Arena:
 
 @asynccontextmanager
 async def arena(
-    tmp_path: Path, signer: TestSigner, *, records: int = 2, extra: str = ""
+    tmp_path: Path, signer: TestSigner, *, records: int = 2, extra: str = "", fetch_timeout: str = "1s"
 ) -> AsyncIterator[Arena]:
     """Both mirrors up, serving `records` records (one event each), all tracked."""
     async with TestMirror() as good, HostileMirror() as hostile:
@@ -109,7 +111,7 @@ async def arena(
             good.put(b.bytes())
             hostile.put(b.bytes())
             built.append(b)
-        a = Arena(tmp_path, good, hostile, built, signer, extra)
+        a = Arena(tmp_path, good, hostile, built, signer, extra, fetch_timeout)
         async with await Store.open(a.db) as store:
             await store.watchlist.track([b.suffix for b in built], datetime.now(UTC))
         yield a

@@ -148,7 +148,7 @@ def test_dropped_event_is_rollback(
     [change] = compare(before, after, mirror=MIRROR)
     assert causes([change]) == [("rollback", "critical", "events_dropped")]
     assert change.evidence["events"] == [{"event_id": dropped, "event_type": "graph_snapshot"}]
-    assert change.dedup_key.endswith(f":{MIRROR}:events_dropped:{dropped}")
+    assert change.dedup_key == f"rollback:{builder.pith_number}:{MIRROR}"
 
 
 def test_changed_content_under_same_id_is_rollback(
@@ -165,7 +165,7 @@ def test_changed_content_under_same_id_is_rollback(
     seal(after, signer)
     [change] = compare(before, after, mirror=MIRROR)
     assert causes([change]) == [("rollback", "critical", "event_content_changed")]
-    [item] = change.evidence["events"]
+    [item] = change.evidence["changed_events"]
     assert item["event_id"] == event["event_id"]
     assert item["content_sha256"] == {
         "before": before["events"][1]["content_sha256"],
@@ -181,12 +181,37 @@ def test_other_canonical_record_is_rollback(
     other = BundleBuilder(signer, record=dict(builder.record, schema_version="1.1"))
     after = trusted(other.build(built_at=LATER), test_trust)
     changes = compare(before, after, mirror=MIRROR)
-    [change] = [c for c in changes if c.evidence["cause"] == "canonical_record_changed"]
-    assert (change.kind, change.severity) == ("rollback", "critical")
+    [change] = [c for c in changes if c.kind == "rollback"]
+    assert "canonical_record_changed" in change.evidence["causes"]
+    assert change.severity == "critical"
     assert change.evidence["canonical_sha256"] == {
         "before": before["canonical_sha256"],
         "after": after["canonical_sha256"],
     }
+
+
+def test_a_replayed_older_bundle_is_one_rollback_with_every_cause(
+    builder: BundleBuilder, signer: TestSigner, test_trust: TrustSet
+):
+    """An older bundle served again moves built_at back and drops events: one incident,
+    so one `rollback` whose summary and evidence carry both causes (it was two alerts,
+    two pages), keyed by the record and the mirror alone."""
+    older = trusted(builder.build(), test_trust)
+    dropped = builder.add_event()
+    newer = trusted(builder.build(built_at=LATER), test_trust)
+    [change] = compare(newer, older, mirror=MIRROR)
+    assert (change.kind, change.severity) == ("rollback", "critical")
+    assert change.evidence["causes"] == ["built_at_went_back", "events_dropped"]
+    assert change.evidence["cause"] == "built_at_went_back+events_dropped"
+    assert change.evidence["built_at"] == {"before": LATER, "after": older["built_at"]}
+    assert change.evidence["events"] == [
+        {"event_id": dropped["event_id"], "event_type": "graph_snapshot"}
+    ]
+    assert change.summary == (
+        f"built_at went back from {LATER} to {older['built_at']}; 1 event(s) served before"
+        f" are missing: {dropped['event_id']}"
+    )
+    assert change.dedup_key == f"rollback:{builder.pith_number}:{MIRROR}"
 
 
 def test_state_json_differing_from_bundle(builder: BundleBuilder, test_trust: TrustSet):

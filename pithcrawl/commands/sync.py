@@ -100,9 +100,11 @@ def run_sync(args: argparse.Namespace) -> int:
 
 
 def exit_code(s: Summary) -> int:
-    """1 while a critical alert is open for what the pass checked, 3 while only
-    operational ones are (or fetches failed, or were put off because their mirror keeps
-    failing, or a manifest could not be read), whether raised now or by an earlier pass."""
+    """1 while a critical alert of what the pass checked is firing (its condition holds,
+    whether raised now or by an earlier pass), 3 while only operational ones are (or
+    fetches failed, or were put off because their mirror keeps failing, or a manifest
+    could not be read). An alert held open while its condition stays clear (the
+    hold-down, `alerts.resolve_after`) does not count: the pass found nothing wrong."""
     if s.alerts:
         return EXIT_SECURITY
     if s.errors or s.deferred or s.manifests_unread or s.warnings:
@@ -114,7 +116,8 @@ def summary_line(s: Summary) -> str:
     """The pass in one line, for people."""
     line = (
         f"{s.records} records × {s.mirrors} mirrors: {s.new_snapshots} new snapshots, "
-        f"{s.events} events, {s.alerts + s.warnings} open alerts, {s.errors} errors"
+        f"{s.events} events, {s.alerts_raised} alerts raised, {s.alerts_open} open, "
+        f"{s.errors} errors"
     )
     if s.deferred:
         line += f", {s.deferred} put off (their mirror keeps failing; retried later)"

@@ -126,6 +126,8 @@ class AlertsConfig:
     stale_after: timedelta = timedelta(days=2)
     unreachable_after: timedelta = timedelta(days=1)
     hook_timeout: timedelta = timedelta(seconds=30)
+    resolve_after: timedelta = timedelta(minutes=30)
+    """The hold-down: an alert closes once its condition has stayed clear this long."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,6 +329,7 @@ def _alerts(t: Table) -> AlertsConfig:
         stale_after=t.duration("stale_after", d.stale_after),
         unreachable_after=t.duration("unreachable_after", d.unreachable_after),
         hook_timeout=t.duration("hook_timeout", d.hook_timeout),
+        resolve_after=t.duration("resolve_after", d.resolve_after, allow_zero=True),
     )
     if alerts.webhook_secret_file is not None and alerts.webhook is None:
         raise ConfigError(f"{t.key('webhook_secret_file')}: set, but alerts.webhook is not")

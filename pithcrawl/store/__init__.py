@@ -22,7 +22,7 @@ It decides nothing about trust, changes or scheduling: those are stored as given
 
 from __future__ import annotations
 
-from pithcrawl.store.alerts import SINKS, Alert, AlertBook, Delivery
+from pithcrawl.store.alerts import SINKS, Alert, AlertBook, Delivery, Reconciled
 from pithcrawl.store.archive import Store
 from pithcrawl.store.rows import (
     KINDS,
@@ -50,6 +50,7 @@ __all__ = [
     "FetchState",
     "Mirror",
     "NewEvent",
+    "Reconciled",
     "Record",
     "Snapshot",
     "Store",

@@ -1,18 +1,23 @@
 """Alerts and their delivery: the lifecycle of a condition, kept in the archive.
 
 Owns the `alerts` and `deliveries` tables: at most one open alert per `dedup_key`,
-opened when a condition is first seen, closed when the code that watches its scope no
-longer reports it, and a delivery row per sink and phase (the alert, then its closing
-notice) that stays pending until the sink took it. Nothing here decides what a
-condition is (`crawl`, `divergence`) or talks to a sink (`alert`).
+opened when a condition is first seen, held open while it keeps coming back, and closed
+once the code that watches its scope has not reported it for the hold-down
+(`alerts.resolve_after`): a condition that clears and returns within it is the same
+alert (`recurrences` counts the returns), so a flapping mirror is one alert, not one per
+flip. Each sink has its own delivery rows, per phase (the alert, then its closing
+notice), pending until the sink took them: an alert still open when a sink is added is
+queued for it (`queue_open`), and a closing notice goes only to the sinks that were
+sent the alert. Nothing here decides what a condition is (`crawl`, `divergence`) or
+talks to a sink (`alert`).
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pithcrawl.store.connection import Database, Session
@@ -38,10 +43,19 @@ class Alert:
     evidence: dict[str, Any]
     opened_at: datetime
     closed_at: datetime | None
+    cleared_at: datetime | None = None
+    """Open, but its condition has not been reported since then (the hold-down)."""
+    recurrences: int = 0
+    """How many times the condition came back while the alert was being held open."""
 
     @property
     def open(self) -> bool:
         return self.closed_at is None
+
+    @property
+    def firing(self) -> bool:
+        """Open, and its condition reported the last time its scope was checked."""
+        return self.closed_at is None and self.cleared_at is None
 
     def to_json(self) -> dict[str, Any]:
         """The contract's alert object, with its status."""
@@ -57,6 +71,8 @@ class Alert:
             "dedup_key": self.dedup_key,
             "status": "open" if self.open else "closed",
             "closed_at": format_timestamp(self.closed_at) if self.closed_at else None,
+            "cleared_at": format_timestamp(self.cleared_at) if self.cleared_at else None,
+            "recurrences": self.recurrences,
         }
 
 
@@ -85,7 +101,21 @@ def _alert(row: sqlite3.Row) -> Alert:
         json_column(row, "evidence", dict, f"alert {row['id']}"),
         datetime.fromisoformat(row["opened_at"]),
         datetime.fromisoformat(row["closed_at"]) if row["closed_at"] else None,
+        datetime.fromisoformat(row["cleared_at"]) if row["cleared_at"] else None,
+        row["recurrences"],
     )
+
+
+@dataclass(slots=True)
+class Reconciled:
+    """What reconciling a scope did."""
+
+    opened: list[Alert] = field(default_factory=list)
+    closed: list[Alert] = field(default_factory=list)
+    recurred: list[Alert] = field(default_factory=list)
+    """Alerts held open whose condition came back (no new alert, no delivery)."""
+    still_open: bool = False
+    """The scope has open alerts left (firing, or held)."""
 
 
 def _delivery(row: sqlite3.Row) -> Delivery:
@@ -125,16 +155,20 @@ class AlertBook:
         *,
         now: datetime,
         sinks: Sequence[str] = (),
+        hold: timedelta = timedelta(0),
         log: bool = True,
-    ) -> tuple[list[Alert], list[Alert]]:
-        """Make the open alerts of `scope` exactly the conditions in `current`.
+    ) -> Reconciled:
+        """Make the open alerts of `scope` the conditions in `current`.
 
-        New conditions open an alert (and, with `log`, an event-log entry); open alerts
-        of the scope that are no longer reported close, with an `alert_closed` entry.
-        Each opening and closing is queued for every sink. One transaction.
+        New conditions open an alert (and, with `log`, an event-log entry), queued for
+        every sink in `sinks`. An open alert no longer reported is held open for `hold`
+        (`cleared_at` set), then closes with an `alert_closed` entry; reported again
+        meanwhile, it is the same alert (`recurrences` + 1). One transaction.
         """
         async with self._db.write("reconcile alerts") as s:
-            return await self.reconcile_in(s, scope, current, now=now, sinks=sinks, log=log)
+            return await self.reconcile_in(
+                s, scope, current, now=now, sinks=sinks, hold=hold, log=log
+            )
 
     async def reconcile_in(
         self,
@@ -144,24 +178,66 @@ class AlertBook:
         *,
         now: datetime,
         sinks: Sequence[str],
+        hold: timedelta,
         log: bool,
-    ) -> tuple[list[Alert], list[Alert]]:
+    ) -> Reconciled:
         """`reconcile`, inside a transaction the caller holds (see `Store.record_fetch`)."""
         keys = {c.dedup_key: c for c in current if c.dedup_key}
-        opened: list[Alert] = []
-        closed: list[Alert] = []
+        done = Reconciled()
         rows = await s.all("SELECT * FROM alerts WHERE scope = ? AND closed_at IS NULL", (scope,))
         already = {r["dedup_key"]: _alert(r) for r in rows}
         for key, alert in already.items():
-            if key not in keys:
-                closed.append(await self._close(s, alert, now, sinks))
+            if key in keys:
+                if alert.cleared_at is not None:  # back within the hold-down: the same one
+                    await s.run(
+                        "UPDATE alerts SET cleared_at = NULL, recurrences = recurrences + 1"
+                        " WHERE id = ?",
+                        (alert.id,),
+                    )
+                    done.recurred.append(replace(alert, recurrences=alert.recurrences + 1))
+                done.still_open = True
+                continue
+            cleared = alert.cleared_at or now
+            if now - cleared >= hold:
+                done.closed.append(await self._close(s, alert, now))
+                continue
+            if alert.cleared_at is None:
+                await s.run(
+                    "UPDATE alerts SET cleared_at = ? WHERE id = ?", (db_time(now), alert.id)
+                )
+            done.still_open = True
         for key, c in keys.items():
             if key in already:
                 continue
             new = await self._open(s, scope, c, now=now, sinks=sinks, log=log)
             if new is not None:
-                opened.append(new)
-        return opened, closed
+                done.opened.append(new)
+                done.still_open = True
+        return done
+
+    async def close_cleared(self, now: datetime, hold: timedelta) -> list[Alert]:
+        """Close every alert whose condition has stayed clear for `hold` (the hold-down
+        ends with time, not only when its scope is checked again); the alerts closed."""
+        async with self._db.write("close cleared alerts") as s:
+            rows = await s.all(
+                "SELECT * FROM alerts WHERE closed_at IS NULL AND cleared_at IS NOT NULL"
+                " AND cleared_at <= ? ORDER BY id",
+                (db_time(now - hold),),
+            )
+            return [await self._close(s, _alert(r), now) for r in rows]
+
+    async def queue_open(self, sinks: Sequence[str], now: datetime) -> int:
+        """Queue every open alert for each of `sinks` that has never had it (a sink
+        configured since it opened); how many deliveries were queued."""
+        if not sinks:
+            return 0
+        async with self._db.write("queue open alerts for new sinks") as s:
+            return await s.run_many(
+                "INSERT INTO deliveries (alert_id, sink, phase, next_attempt)"
+                " SELECT id, ?, 'open', ? FROM alerts WHERE closed_at IS NULL"
+                " ON CONFLICT DO NOTHING",
+                [(sink, db_time(now)) for sink in sinks],
+            )
 
     async def _open(
         self,
@@ -197,10 +273,15 @@ class AlertBook:
         assert row is not None
         return _alert(row)
 
-    async def _close(self, s: Session, alert: Alert, now: datetime, sinks: Sequence[str]) -> Alert:
+    async def _close(self, s: Session, alert: Alert, now: datetime) -> Alert:
         await s.run("UPDATE alerts SET closed_at = ? WHERE id = ?", (db_time(now), alert.id))
-        await s.run_many(
-            _INSERT_DELIVERY, [(alert.id, sink, "close", db_time(now)) for sink in sinks]
+        # Only to the sinks the alert was queued for: a sink never hears of the end of an
+        # alert it was never told of.
+        await s.run(
+            "INSERT INTO deliveries (alert_id, sink, phase, next_attempt)"
+            " SELECT alert_id, sink, 'close', ? FROM deliveries"
+            " WHERE alert_id = ? AND phase = 'open' ON CONFLICT DO NOTHING",
+            (db_time(now), alert.id),
         )
         notice = NewEvent(
             kind="alert_closed",
@@ -214,20 +295,7 @@ class AlertBook:
             suffix=alert.suffix,
         )
         await s.run(INSERT_EVENT, event_params(notice, alert.suffix, None))
-        return Alert(
-            alert.id,
-            alert.dedup_key,
-            alert.scope,
-            alert.kind,
-            alert.severity,
-            alert.pith_number,
-            alert.suffix,
-            alert.mirrors,
-            alert.summary,
-            alert.evidence,
-            alert.opened_at,
-            now,
-        )
+        return replace(alert, closed_at=now)
 
     async def failing(self, mirror: str, since: datetime) -> tuple[int, list[dict[str, Any]]]:
         """How many tracked records have failed from `mirror` since before `since`, with
@@ -313,24 +381,30 @@ class AlertBook:
         *,
         suffixes: Sequence[str] | None = None,
         tracked: bool = False,
+        firing: bool = False,
     ) -> dict[str, int]:
         """How many alerts are open, by `severity` or `kind`, of the alerts `open_alerts`
-        would list with the same arguments."""
+        would list with the same arguments; with `firing`, only those whose condition
+        holds (not those held open while it stays clear)."""
         if by not in ("severity", "kind"):
             raise ValueError(f"cannot count open alerts by {by!r}")
         names = None if suffixes is None else to_json_text(list(suffixes))
         # `by` is one of two column names (checked above), not a value to bind.
         query = (
             f"SELECT {by}, count(*) FROM alerts WHERE closed_at IS NULL"  # noqa: S608
+            " AND (NOT ?3 OR cleared_at IS NULL)"
             " AND (suffix IS NULL OR ((?1 IS NULL OR suffix IN (SELECT value FROM json_each(?1)))"
             " AND (NOT ?2 OR suffix IN (SELECT suffix FROM records)))) GROUP BY 1"
         )
         async with self._db.read("count open alerts") as s:
-            rows = await s.all(query, (names, tracked))
+            rows = await s.all(query, (names, tracked, firing))
         return {r[0]: r[1] for r in rows}
 
-    async def due_deliveries(self, now: datetime, limit: int = 100) -> list[tuple[Delivery, Alert]]:
-        """Deliveries not yet taken whose next attempt is due, oldest alert and phase first.
+    async def due_deliveries(
+        self, now: datetime, limit: int = 100, *, sinks: Sequence[str] = SINKS
+    ) -> list[tuple[Delivery, Alert]]:
+        """Deliveries to `sinks` not yet taken whose next attempt is due, oldest alert and
+        phase first.
 
         A closing notice waits for its sink to have taken the opening one: a sink must
         never hear last that a closed alert is open."""
@@ -338,11 +412,12 @@ class AlertBook:
             rows = await s.all(
                 "SELECT d.*, a.* FROM deliveries AS d JOIN alerts AS a ON a.id = d.alert_id"
                 " WHERE d.delivered_at IS NULL AND d.next_attempt <= ?"
+                " AND d.sink IN (SELECT value FROM json_each(?))"
                 " AND NOT (d.phase = 'close' AND EXISTS (SELECT 1 FROM deliveries AS o"
                 "  WHERE o.alert_id = d.alert_id AND o.sink = d.sink AND o.phase = 'open'"
                 "  AND o.delivered_at IS NULL))"
                 " ORDER BY d.alert_id, d.phase DESC, d.sink LIMIT ?",
-                (db_time(now), limit),
+                (db_time(now), to_json_text(list(sinks)), limit),
             )
         return [(_delivery(r), _alert(r)) for r in rows]
 
@@ -360,10 +435,14 @@ class AlertBook:
             )
         return [_delivery(r) for r in rows]
 
-    async def undelivered_count(self) -> int:
-        """Deliveries not yet taken by their sinks."""
+    async def undelivered_count(self, sinks: Sequence[str] = SINKS) -> int:
+        """Deliveries to `sinks` not yet taken."""
         async with self._db.read("count undelivered") as s:
-            row = await s.one("SELECT count(*) FROM deliveries WHERE delivered_at IS NULL")
+            row = await s.one(
+                "SELECT count(*) FROM deliveries WHERE delivered_at IS NULL"
+                " AND sink IN (SELECT value FROM json_each(?))",
+                (to_json_text(list(sinks)),),
+            )
         return 0 if row is None else int(row[0])
 
     async def delivered(self, d: Delivery, at: datetime) -> None:

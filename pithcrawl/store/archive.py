@@ -15,12 +15,12 @@ import json
 import sqlite3
 from collections.abc import Sequence
 from contextlib import suppress
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
 
-from pithcrawl.store.alerts import Alert, AlertBook
+from pithcrawl.store.alerts import AlertBook, Reconciled
 from pithcrawl.store.blobs import PackedBlob
 from pithcrawl.store.bodies import Bodies
 from pithcrawl.store.connection import Database
@@ -111,6 +111,25 @@ FROM fetch_state AS f WHERE f.suffix IN (SELECT value FROM json_each(?))
 """
 
 
+def _shift_schedule(conn: sqlite3.Connection, by: timedelta) -> int:
+    moved = 0
+    for table, column, key in (
+        ("fetch_state", "next_due", ("suffix", "mirror", "kind")),
+        ("deliveries", "next_attempt", ("alert_id", "sink", "phase")),
+    ):
+        where = " AND ".join(f"{k} = ?" for k in key)
+        # Table and column names come from the tuple above, never from data.
+        rows = conn.execute(
+            f"SELECT {column}, {', '.join(key)} FROM {table} WHERE {column} IS NOT NULL"  # noqa: S608
+        ).fetchall()
+        conn.executemany(
+            f"UPDATE {table} SET {column} = ? WHERE {where}",  # noqa: S608
+            [(db_time(datetime.fromisoformat(r[0]) + by), *r[1:]) for r in rows],
+        )
+        moved += len(rows)
+    return moved
+
+
 class Store:
     """The archive: one SQLite file, one connection, the single writer of its process."""
 
@@ -140,6 +159,10 @@ class Store:
     @property
     def path(self) -> Path:
         return self._db.path
+
+    def check_file(self) -> None:
+        """`StoreError` if the archive's file was deleted or replaced since it was opened."""
+        self._db.check_file()
 
     async def flush(self) -> None:
         """Write the fetch bookkeeping still deferred (every read does this first)."""
@@ -219,6 +242,13 @@ class Store:
             rows = await s.all(_FETCH_STATES_OF, (to_json_text(list(suffixes)),))
         return {(r["suffix"], r["mirror"], r["kind"]): fetch_state_from_row(r) for r in rows}
 
+    async def shift_schedule(self, by: timedelta) -> int:
+        """Move every pending time of the schedule (fetches due, deliveries to retry) by
+        `by`, in one transaction: after the wall clock stepped back, what was due in an
+        hour is due in an hour again. How many times were moved."""
+        async with self._db.write("move the schedule") as s:
+            return await s.call(_shift_schedule, by)
+
     async def due(
         self, now: datetime, limit: int | None = None, *, mirrors: Sequence[str] | None = None
     ) -> list[Due]:
@@ -264,19 +294,20 @@ class Store:
         current: Sequence[NewEvent],
         *,
         sinks: Sequence[str],
-    ) -> tuple[Snapshot | None, list[Alert], list[Alert]]:
-        """`record_fetch` and the alerts of `scope` reconciled with `current`, in one
-        transaction: a crash never leaves a body archived without the alert it raises.
-        Returns the new snapshot, and the alerts opened and closed."""
+        hold: timedelta = timedelta(0),
+    ) -> tuple[Snapshot | None, Reconciled]:
+        """`record_fetch` and the alerts of `scope` reconciled with `current` (see
+        `AlertBook.reconcile`), in one transaction: a crash never leaves a body archived
+        without the alert it raises. Returns the new snapshot, and what the alerts did."""
         check_outcome(fetch)
         prepared = await self.bodies.pack_large(fetch)
         async with self._db.write("record a fetch and its alerts") as s:
             snapshot, blob = await s.call(self._write_fetch, fetch, prepared)
-            opened, closed = await self.alerts.reconcile_in(
-                s, scope, current, now=fetch.fetched_at, sinks=sinks, log=False
+            done = await self.alerts.reconcile_in(
+                s, scope, current, now=fetch.fetched_at, sinks=sinks, hold=hold, log=False
             )
         self._stored(fetch, blob)
-        return snapshot, opened, closed
+        return snapshot, done
 
     def _write_fetch(
         self, conn: sqlite3.Connection, fetch: FetchOutcome, prepared: PackedBlob | None

@@ -8,6 +8,7 @@ errors are `sqlite`'s; the writers' lock is `lock`'s. It knows no table: queries
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -71,6 +72,7 @@ class Database:
     ) -> None:
         self._conn: aiosqlite.Connection | None = conn
         self.path = path
+        self._identity = _identity(path)
         self.readonly = readonly
         self._writer_lock = lock
         # fast_acquire: a free turn is taken without a trip through the event loop; every
@@ -121,6 +123,19 @@ class Database:
             if self._writer_lock is not None:
                 self._writer_lock.release()
                 self._writer_lock = None
+
+    def check_file(self) -> None:
+        """`StoreError` when the archive's file is gone or another file now has its name
+        (deleted, or moved aside by hand): what this connection writes from then on goes
+        into a file nobody can open again, lost when the process ends."""
+        now = _identity(self.path)
+        if now != self._identity:
+            what = "was deleted" if now is None else "was replaced by another file"
+            raise StoreError(
+                f"the archive {self.path} {what} while pithcrawl had it open; stopping"
+                " rather than writing into a file no one can open (start again to carry on"
+                " in the file now at that path)"
+            )
 
     def _live(self) -> aiosqlite.Connection:
         if self._conn is None:
@@ -269,6 +284,15 @@ class Database:
                 await rollback(conn)
                 raise
             self.commits += 1
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """The file at `path` as the kernel knows it (device, inode), or None if there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 class Session:

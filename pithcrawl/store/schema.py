@@ -191,7 +191,19 @@ CREATE TABLE settings (
 );
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7)
+# The hold-down of alerts: an open alert whose condition is no longer reported is not
+# closed at once but marked `cleared_at`, and closed once it has stayed clear for
+# `alerts.resolve_after`; a condition that comes back before then keeps its alert open
+# (`cleared_at` back to NULL) and counts one more `recurrences`: a flapping mirror is one
+# alert, not one per flip.
+_V8 = """
+ALTER TABLE alerts ADD COLUMN cleared_at TEXT;
+ALTER TABLE alerts ADD COLUMN recurrences INTEGER NOT NULL DEFAULT 0 CHECK (recurrences >= 0);
+CREATE INDEX alerts_clearing ON alerts (cleared_at) WHERE closed_at IS NULL
+    AND cleared_at IS NOT NULL;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8)
 """Migration scripts in order; the schema version is their count."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

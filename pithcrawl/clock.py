@@ -1,0 +1,100 @@
+"""The wall clock, watched: its steps noticed, and the schedule kept to elapsed time.
+
+The schedule (when each pair is next due, when a delivery is retried) is kept in the
+archive in wall-clock time, because it must outlive the process. A wall clock that steps
+back (an NTP correction, a virtual machine restored from a snapshot) would then leave
+every pair waiting until wall time caught up: crawling silently stopped for as long as
+the step. `Clock` measures the wall clock against the monotonic one; when they part by
+more than `STEP`, it logs `clock_stepped`, and when the wall clock went back it moves the
+archive's schedule back by as much, so what was due in an hour is due in an hour (the
+schedule runs on elapsed time). A step forward moves nothing: it is also what a machine
+waking from sleep looks like, and the pairs it makes due are due.
+
+Between two runs there is no monotonic clock to compare with: the archive keeps the last
+wall time a run saw (`SEEN_SETTING`), and a start earlier than that is a step back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import structlog
+
+from pithcrawl.store import Store
+from pithcrawl.timestamps import format_timestamp
+
+log = structlog.get_logger("pithcrawl.clock")
+
+#: How far the wall clock may move against the monotonic one between two looks before
+#: it counts as a step (NTP slews at most half a millisecond a second; it steps beyond
+#: 128 ms).
+STEP = timedelta(seconds=1)
+#: The last wall time a pass or the daemon saw (RFC 3339).
+SEEN_SETTING = "clock:seen"
+
+
+def _wall() -> datetime:
+    return datetime.now(UTC)
+
+
+class Clock:
+    """Wall time for timestamps and the schedule; steps of it noticed (`check`)."""
+
+    def __init__(
+        self,
+        wall: Callable[[], datetime] = _wall,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._wall = wall
+        self._monotonic = monotonic
+        self._offset = self._read()
+
+    def now(self) -> datetime:
+        return self._wall()
+
+    def _read(self) -> float:
+        """Wall time less monotonic time: constant while neither clock steps."""
+        return self._wall().timestamp() - self._monotonic()
+
+    async def check(self, store: Store) -> timedelta:
+        """Notice a step of the wall clock since the last look; the step (zero if none).
+        A step back moves the archive's schedule back by as much."""
+        offset = self._read()
+        step = timedelta(seconds=offset - self._offset)
+        self._offset = offset
+        if abs(step) <= STEP:
+            return timedelta(0)
+        await self._stepped(store, step, "while running")
+        return step
+
+    async def since_last_run(self, store: Store) -> timedelta:
+        """Notice a step back of the wall clock since the archive last saw it (by an
+        earlier run); the step (zero if none)."""
+        seen = await store.setting(SEEN_SETTING)
+        if seen is None:
+            return timedelta(0)
+        try:
+            last = datetime.fromisoformat(seen.replace("Z", "+00:00"))
+        except ValueError:
+            return timedelta(0)
+        step = self.now() - last
+        if step >= -STEP:
+            return timedelta(0)
+        await self._stepped(store, step, "since the archive was last written")
+        return step
+
+    async def seen(self, store: Store) -> None:
+        """Keep the wall time of now in the archive, for the next run to compare with."""
+        await store.set_setting(SEEN_SETTING, format_timestamp(self.now()))
+
+    async def _stepped(self, store: Store, step: timedelta, when: str) -> None:
+        moved = await store.shift_schedule(step) if step < timedelta(0) else 0
+        log.warning(
+            "clock_stepped",
+            by_seconds=round(step.total_seconds(), 3),
+            when=when,
+            now=format_timestamp(self.now()),
+            schedule_moved=moved,
+        )

@@ -1,0 +1,264 @@
+"""Flooding: one incident is one alert, delivered once, and no sink delays another.
+
+The hostile mirror flaps, replays, serves a new bad body every time, or a webhook never
+answers; each case next to a good mirror (`arena`) whose records are archived on every
+pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from itertools import count
+
+import anyio
+import pytest
+from arena import HOSTILE, Arena, arena
+from builder import BundleBuilder, TestSigner
+from hostile import Handler, respond
+from test_alerts import SECRET, calls, hook_script, receiver
+
+from pithcrawl.commands.sync import exit_code
+from pithcrawl.config import load_config
+from pithcrawl.daemon import Daemon
+from pithcrawl.sdnotify import Notifier
+from pithcrawl.store import NewEvent, Store
+
+pytestmark = pytest.mark.anyio
+
+
+def alternate(*bodies: bytes) -> Handler:
+    """Each request gets the next of `bodies`, round and round."""
+    turn = count()
+
+    async def handler(writer: asyncio.StreamWriter) -> None:
+        await respond(200, bodies[next(turn) % len(bodies)])(writer)
+
+    return handler
+
+
+def flap(a: Arena) -> BundleBuilder:
+    """The hostile mirror serves the record alternately with one more event and as
+    before (the good mirror, the newer); it has no state.json (which is optional)."""
+    (b,) = a.records
+    older = b.bytes()
+    b.add_event()
+    newer = b.bytes()
+    a.good.put(newer)
+    a.hostile.route(a.hostile.bundle_path(b.suffix), alternate(newer, older))
+    a.hostile.route(a.hostile.state_path(b.suffix), respond(404))
+    return b
+
+
+async def test_a_flapping_mirror_is_one_alert_under_run(tmp_path, signer):
+    """A mirror alternating between an older and a newer valid bundle, under `run` at a
+    one-second interval: one rollback alert, held open while it keeps coming back, run
+    through the hook once; no closes. (It was 40 opens, 38 closes and 66 hook runs in 40
+    seconds: every flip closed and reopened the same dedup key.)"""
+    async with arena(tmp_path, signer, records=1, extra='interval = "1s"') as a:
+        hook = hook_script(tmp_path)
+        a.extra += f'\n[alerts]\nhook = "{hook}"\n'
+        b = flap(a)
+        cfg = a.write_config()
+        daemon = Daemon(
+            lambda: load_config(cfg),
+            a.db,
+            lambda _: a.trust,
+            Notifier({}),
+            idle_poll=0.1,
+            deliver_every=0.1,
+            check_every=0.2,
+        )
+        with anyio.move_on_after(6):
+            await daemon.run()
+        fetched = a.hostile.hits[a.hostile.bundle_path(b.suffix)]
+        assert fetched >= 5  # the mirror was asked often enough to flip and flip back
+        async with await Store.open(a.db, readonly=True) as store:
+            alerts = await store.alerts.open_alerts()
+            log = await store.events()
+        (alert,) = alerts
+        assert (alert.kind, alert.mirrors) == ("rollback", (HOSTILE,))
+        assert alert.recurrences >= 1  # it cleared and came back, and is still the one alert
+        assert [e.kind for e in log if e.kind == "alert_closed"] == []
+        # Each time the older bundle was served is in the log (and in `history`), as
+        # what that snapshot showed; it is one alert, and the hook ran once.
+        assert {e.kind for e in log if e.severity == "critical"} == {"rollback"}
+        assert [c["env"]["EVENT"] for c in calls(tmp_path)] == ["rollback"]
+        await a.assert_good_archived()
+
+
+async def test_flapping_between_passes_keeps_one_alert_and_exits_by_what_each_pass_saw(
+    tmp_path, signer
+):
+    """The same flapping seen by `sync` passes: one rollback, held open (status shows it
+    open with its recurrences); each pass exits by what it saw: 1 while the older bundle
+    is served, 0 while the newer is (the condition is clear; the alert is held)."""
+    async with arena(tmp_path, signer, records=1) as a:
+        flap(a)
+        codes = [exit_code(await a.sync()) for _ in range(5)]
+        assert codes == [0, 1, 0, 1, 0]
+        async with await Store.open(a.db, readonly=True) as store:
+            (alert,) = await store.alerts.open_alerts()
+            log = await store.events()
+        assert (alert.kind, alert.recurrences) == ("rollback", 1)
+        assert alert.cleared_at is not None  # clear now, held for alerts.resolve_after
+        assert [e.kind for e in log if e.kind == "alert_closed"] == []
+        assert [e.kind for e in log if e.kind == "rollback"] == ["rollback", "rollback"]
+        assert a.summaries[-1].alerts_open == 1
+        assert [s.alerts_raised for s in a.summaries] == [0, 1, 0, 0, 0]
+
+
+async def test_a_new_bad_body_every_fetch_is_one_alert(tmp_path, signer):
+    """A mirror serving a different invalid body of one record on every pass: one
+    `untrusted_key` alert while it goes on (it was a new alert, and a page, per body),
+    with the first body as its evidence; every body is still archived."""
+    async with arena(tmp_path, signer) as a:
+        bad = a.records[0]
+        rogue = TestSigner("rogue-key")
+        bodies = []
+        for i in range(3):
+            forged = BundleBuilder(rogue, record=bad.record)
+            for _ in range(i + 1):
+                forged.add_event()
+            bodies.append(forged.bytes())
+        a.hostile.route(a.hostile.bundle_path(bad.suffix), alternate(*bodies))
+        for _ in range(3):
+            assert exit_code(await a.sync()) == 1
+        async with await Store.open(a.db, readonly=True) as store:
+            (alert,) = await store.alerts.open_alerts()
+            snaps = await store.snapshots(bad.suffix, mirror=HOSTILE)
+        assert alert.kind == "untrusted_key"
+        assert alert.dedup_key == f"untrusted_key:{bad.suffix}:{HOSTILE}"
+        assert len(snaps) == 3 and not any(s.trusted for s in snaps)
+        assert [s.alerts_raised for s in a.summaries] == [1, 0, 0]
+
+
+@asynccontextmanager
+async def dead_webhook() -> AsyncIterator[str]:
+    """An endpoint that accepts connections, reads the request and never answers."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def never(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        await reader.read(65536)
+        await asyncio.sleep(3600)
+
+    server = await asyncio.start_server(never, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/hook"
+    finally:
+        for w in held:
+            w.close()
+        server.close()
+
+
+async def test_a_webhook_that_never_answers_delays_no_other_sink(tmp_path, signer):
+    """30 alerts, a webhook that never answers (timeout 2 s) and a working hook: the hook
+    takes all 30 during the pass, and the pass lasts about one timeout, not 30 (it took
+    151 s, and the 30th hook delivery came 146 s late). The webhook's deliveries stay
+    queued for its retry, none lost."""
+    async with arena(tmp_path, signer, records=30, fetch_timeout="2s") as a, dead_webhook() as url:
+        rogue = TestSigner("rogue-key")
+        for b in a.records:
+            forged = BundleBuilder(rogue, record=b.record)
+            forged.add_event()
+            a.hostile.route(a.hostile.bundle_path(b.suffix), respond(200, forged.bytes()))
+        hook = hook_script(tmp_path)
+        a.extra += f'\n[alerts]\nhook = "{hook}"\nwebhook = "{url}"\n'
+        started = time.monotonic()
+        summary = await a.sync()
+        took = time.monotonic() - started
+        assert summary.alerts == 30
+        assert len(calls(tmp_path)) == 30
+        assert took < 12, f"the pass took {took:.1f}s"
+        assert summary.delivered == 30
+        assert summary.undelivered == 30  # the webhook's, each still queued
+        async with await Store.open(a.db, readonly=True) as store:
+            pending = [d for d in await store.alerts.deliveries() if d.delivered_at is None]
+        assert {d.sink for d in pending} == {"webhook"}
+        assert max(d.attempts for d in pending) <= 4  # tried a few at once, then put off
+        assert sum(d.attempts for d in pending) <= 4
+
+
+async def test_a_sink_added_later_hears_of_what_is_open_and_of_nothing_else(tmp_path, signer):
+    """Alerts raised before any hook was configured: once one is, it is sent every alert
+    still open, then the close of those; it never hears of an alert that closed before
+    it was added (it was sent only closing notices of alerts it was never told of, and
+    never the one still open)."""
+    async with arena(tmp_path, signer, records=2) as a, receiver() as r:
+        rogue = TestSigner("rogue-key")
+        first, second = a.records
+        for b in a.records:
+            forged = BundleBuilder(rogue, record=b.record)
+            forged.add_event()
+            a.hostile.route(a.hostile.bundle_path(b.suffix), respond(200, forged.bytes()))
+        a.extra += '\n[alerts]\nresolve_after = "0s"\n'
+        assert (await a.sync()).alerts == 2  # log only: no sink
+        a.hostile.put(second.bytes())  # the second one clears before any sink exists
+        assert (await a.sync()).alerts == 1
+        hook = hook_script(tmp_path)
+        (tmp_path / "secret").write_bytes(SECRET)
+        a.extra += f'hook = "{hook}"\nwebhook = "{r.url}"\nwebhook_secret_file = "secret"\n'
+        await a.sync()
+        a.hostile.put(first.bytes())  # now the first clears too
+        await a.sync()
+        async with await Store.open(a.db, readonly=True) as store:
+            alerts = {x.suffix: x for x in await store.alerts.open_alerts()}
+            assert alerts == {}
+            log = await store.events(kinds=["untrusted_key"])
+        first_alert = next(e for e in log if e.suffix == first.suffix)
+        seen = [(c["env"]["EVENT"], c["doc"]["pith_number"]) for c in calls(tmp_path)]
+        assert seen == [
+            ("untrusted_key", first_alert.pith_number),
+            ("alert_closed", first_alert.pith_number),
+        ]
+        assert [(x["event"], x["pith_number"]) for x in r.received] == seen
+
+
+async def test_hold_down_closes_only_after_the_condition_stayed_clear(tmp_path):
+    """The hold-down on the archive's clock: clear at t, back at t+5m (the same alert,
+    recurrences 1), clear again at t+10m, closed by the sweep only at t+40m (30 minutes
+    clear), with one closing notice queued for the sink that had the alert."""
+    t = datetime(2026, 11, 1, tzinfo=UTC)
+    hold = timedelta(minutes=30)
+
+    def down(at: datetime) -> NewEvent:
+        return NewEvent(
+            kind="mirror_unreachable",
+            severity="error",
+            at=at,
+            pith_number=None,
+            mirrors=("m",),
+            summary="m is down",
+            evidence={"mirror": "m"},
+            dedup_key="mirror_unreachable:m",
+        )
+
+    async with await Store.open(tmp_path / "a.db") as store:
+        book = store.alerts
+        minutes = [timedelta(minutes=n) for n in range(61)]
+
+        async def check(at: timedelta, reported: bool) -> object:
+            now = t + at
+            return await book.reconcile(
+                "reach:m", [down(now)] if reported else [], now=now, sinks=["hook"], hold=hold
+            )
+
+        (alert,) = (await check(minutes[0], True)).opened
+        held = await check(minutes[1], False)
+        assert (held.closed, held.still_open) == ([], True)
+        back = await check(minutes[5], True)
+        assert (back.opened, [x.recurrences for x in back.recurred]) == ([], [1])
+        await check(minutes[10], False)
+        assert await book.close_cleared(t + minutes[39], hold) == []
+        assert [x.id for x in await book.close_cleared(t + minutes[40], hold)] == [alert.id]
+        phases = [(d.sink, d.phase) for d in await book.deliveries(alert.id)]
+        assert phases == [("hook", "open"), ("hook", "close")]
+        stored = await book.get(alert.id)
+    assert stored is not None
+    assert (stored.recurrences, stored.closed_at) == (1, t + minutes[40])
+    assert json.loads(json.dumps(stored.to_json()))["recurrences"] == 1
