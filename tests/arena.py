@@ -100,7 +100,12 @@ class Arena:
 
 @asynccontextmanager
 async def arena(
-    tmp_path: Path, signer: TestSigner, *, records: int = 2, extra: str = "", fetch_timeout: str = "1s"
+    tmp_path: Path,
+    signer: TestSigner,
+    *,
+    records: int = 2,
+    extra: str = "",
+    fetch_timeout: str = "1s",
 ) -> AsyncIterator[Arena]:
     """Both mirrors up, serving `records` records (one event each), all tracked."""
     async with TestMirror() as good, HostileMirror() as hostile:

@@ -626,9 +626,7 @@ def test_events_name_the_alert_of_each_time_a_condition_came_back(tmp_path, caps
             hour = timedelta(hours=1)
             (closed,) = (await store.alerts.reconcile("reach:m", [], now=t0 + hour)).closed
             back = t0 + hour + gap
-            (second,) = (
-                await store.alerts.reconcile("reach:m", [down(back)], now=back)
-            ).opened
+            (second,) = (await store.alerts.reconcile("reach:m", [down(back)], now=back)).opened
         return first, closed, second
 
     first, closed, second = anyio.run(come_and_go)
