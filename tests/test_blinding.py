@@ -6,14 +6,30 @@ must still archive the good mirror's records as it serves them.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
+import time
 import zlib
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import anyio
 import pytest
-from arena import HOSTILE, arena
+import structlog
+from arena import HOSTILE, Arena, arena
+from builder import BundleBuilder
+from conftest import write_config
 from hostile import respond
 
+from pithcrawl.clock import Clock
 from pithcrawl.commands.sync import exit_code
+from pithcrawl.config import load_config
+from pithcrawl.daemon import Daemon
+from pithcrawl.errors import StoreError
+from pithcrawl.sdnotify import Notifier
 from pithcrawl.store import Store
 
 pytestmark = pytest.mark.anyio
@@ -96,3 +112,140 @@ async def test_a_gzip_stream_cut_short_is_an_operational_error(tmp_path, signer)
             assert await store.alerts.open_alerts() == []
         assert state is not None and state.last_error is not None
         assert state.last_error.endswith("the gzip stream was cut short")
+
+
+# -- the daemon: a clock that steps back, an archive deleted under it ---------------------
+
+
+def _daemon(a: Arena, **options: Any) -> Daemon:
+    cfg = a.write_config()
+    return Daemon(
+        lambda: load_config(cfg),
+        a.db,
+        lambda _: a.trust,
+        Notifier({}),
+        idle_poll=0.1,
+        deliver_every=0.1,
+        check_every=0.2,
+        **options,
+    )
+
+
+async def test_a_clock_stepped_back_under_run_does_not_stop_the_crawl(tmp_path, signer):
+    """The wall clock steps back a day under `run` (an NTP correction, a VM restored):
+    the step is logged and the schedule moves back with it, so the pairs come due as
+    before. (Every pair was due a day later by the new clock: crawling stopped, with
+    nothing logged and the lag metric at 0.)"""
+    async with arena(tmp_path, signer, extra='interval = "1s"') as a:
+        offset = [timedelta(0)]
+        clock = Clock(wall=lambda: datetime.now(UTC) + offset[0])
+        daemon = _daemon(a, clock=clock)
+        path = a.good.hits
+        bundle = f"/pith/{a.records[0].suffix}/bundle.json"
+        with structlog.testing.capture_logs() as logs:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(daemon.run)
+                await until(lambda: path[bundle] >= 2)
+                offset[0] = -timedelta(days=1)
+                before = path[bundle]
+                await anyio.sleep(3)
+                after = path[bundle]
+                tg.cancel_scope.cancel()
+        assert after >= before + 2, f"{before} then {after} fetches: the crawl stalled"
+        (step,) = [e for e in logs if e["event"] == "clock_stepped"]
+        assert step["by_seconds"] == pytest.approx(-86400, abs=5)
+        assert step["schedule_moved"] >= 4  # both records' bundle and state, both mirrors
+        assert step["log_level"] == "warning"
+        await a.assert_good_archived()
+
+
+async def test_a_clock_stepped_back_between_runs_moves_the_schedule(tmp_path, signer):
+    """The archive last saw the clock a day ahead of now (it stepped back while nothing
+    ran): the next pass logs the step and moves the schedule back, so a pair put off for
+    an hour by its mirror is asked again within that hour, not a day and an hour later."""
+    async with arena(tmp_path, signer) as a:
+        bad = a.records[0]
+        a.hostile.route(
+            a.hostile.bundle_path(bad.suffix), respond(503, headers={"Retry-After": "3600"})
+        )
+        await a.sync()
+        path = a.hostile.bundle_path(bad.suffix)
+        assert (await a.sync()).deferred == 1  # put off for the hour
+        ahead = datetime.now(UTC) + timedelta(days=1, minutes=59)
+        with sqlite3.connect(a.db) as conn:
+            conn.execute(
+                "UPDATE settings SET value = ? WHERE name = 'clock:seen'",
+                (ahead.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),),
+            )
+        hits = a.hostile.hits[path]
+        with structlog.testing.capture_logs() as logs:
+            summary = await a.sync()
+        assert summary.deferred == 0 and a.hostile.hits[path] == hits + 1
+        (step,) = [e for e in logs if e["event"] == "clock_stepped"]
+        assert step["by_seconds"] < -86400
+
+
+async def test_the_archive_deleted_under_run_stops_it_with_a_clear_error(tmp_path, signer):
+    """The archive's file is deleted while `run` has it open: the daemon stops with a
+    StoreError naming it within seconds, for systemd to restart it, instead of writing
+    into a file no one can open again (and losing everything at exit)."""
+    async with arena(tmp_path, signer, extra='interval = "1s"') as a:
+        daemon = _daemon(a)
+
+        async def delete_it() -> None:
+            await until(lambda: bool(a.good.hits))
+            for extra in ("", "-wal", "-shm"):
+                os.unlink(f"{a.db}{extra}")
+            await anyio.sleep(5)  # the daemon has stopped long before
+
+        async def run_it() -> None:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(daemon.run)
+                tg.start_soon(delete_it)
+
+        with pytest.raises(BaseExceptionGroup) as raised:
+            await run_it()
+        errors = _leaves(raised.value)
+        assert [type(e) for e in errors] == [StoreError], errors
+        assert f"the archive {a.db} was deleted" in str(errors[0])
+
+
+def test_run_stops_with_exit_3_when_its_archive_is_replaced(tmp_path, signer, mirror):
+    """`pithcrawl run` whose archive is moved aside and replaced by another file: exit 3
+    and one line saying so (what systemd's Restart=on-failure restarts), no traceback."""
+    b = BundleBuilder(signer)
+    b.add_event()
+    mirror.put(b.bytes())
+    cfg = write_config(tmp_path, signer, mirror.base_url)
+    cfg.write_text(cfg.read_text().replace("[crawl]\n", '[crawl]\ninterval = "1s"\n'))
+    base = [sys.executable, "-m", "pithcrawl", "--config", str(cfg), "--log-format", "json"]
+    subprocess.run([*base, "track", b.suffix], check=True)
+    proc = subprocess.Popen([*base, "run"], stderr=subprocess.PIPE, text=True)
+    try:
+        db = tmp_path / "archive.db"
+        deadline = time.monotonic() + 10
+        while not mirror.hits and time.monotonic() < deadline:
+            time.sleep(0.05)
+        db.rename(tmp_path / "moved-aside.db")
+        db.write_bytes(b"")
+        code = proc.wait(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = proc.stderr.read() if proc.stderr else ""
+    assert code == 3, err
+    assert "was replaced by another file" in err
+    assert "Traceback" not in err
+
+
+async def until(check: Callable[[], bool]) -> None:
+    """Wait until `check()` holds (the daemon's progress is seen from outside it)."""
+    with anyio.fail_after(10):
+        while not check():  # noqa: ASYNC110 - polling what another task changes
+            await anyio.sleep(0.05)
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
