@@ -29,12 +29,13 @@ from typing import IO
 import anyio
 import structlog
 
-from pithcrawl.config import AlertsConfig
+from pithcrawl.config import AlertsConfig, read_bounded
 from pithcrawl.errors import ConfigError, FetchError
 from pithcrawl.fetch.client import HttpFetcher
 from pithcrawl.metrics import Metrics
 from pithcrawl.schedule import retry_due
 from pithcrawl.store import Alert, Delivery, Reconciled, Store
+from pithcrawl.text import escaped
 from pithcrawl.timestamps import format_timestamp
 
 log = structlog.get_logger("pithcrawl.alert")
@@ -45,6 +46,8 @@ RETRY_CAP = 3600.0
 #: Variables of systemd's that a hook must not inherit (it is not the service).
 _PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")
 SIGNATURE_HEADER = "X-Pithcrawl-Signature-256"
+#: An HMAC secret is a few dozen bytes; a file past this is not one.
+SECRET_MAX = 64 * 1024
 
 
 class DeliveryFailed(Exception):
@@ -65,7 +68,9 @@ def read_secret(path: Path | None, env: Mapping[str, str]) -> bytes | None:
         candidates.append(Path(env["CREDENTIALS_DIRECTORY"]) / path.name)
     for candidate in candidates:
         try:
-            secret = candidate.read_bytes().rstrip(b"\r\n")
+            secret = read_bounded(candidate, "alerts.webhook_secret_file:", SECRET_MAX).rstrip(
+                b"\r\n"
+            )
         except OSError:
             continue
         if not secret:
@@ -110,22 +115,25 @@ def hook_environment(
 
     A closing notice has EVENT=alert_closed and the alert's kind in ALERT_KIND, so a
     script that knows only the kinds it handles never mistakes it for a new alert.
+
+    The alert's values are one line each, escaped (`text.escaped`): a script that
+    echoes `$SUMMARY` to a terminal or a mail never prints a control code or a forged
+    line. JSON_FILENAME holds the alert exactly.
     """
-    env = {k: v for k, v in base.items() if k not in _PRIVATE_ENV}
-    env.update(
-        EVENT=alert.kind if phase == "open" else "alert_closed",
-        ALERT_KIND=alert.kind,
-        ALERT_ID=str(alert.id),
-        ALERT_STATUS="open" if phase == "open" else "closed",
-        SEVERITY=alert.severity,
-        SUMMARY=alert.summary,
-        PITH_NUMBER=alert.pith_number or "",
-        MIRRORS=" ".join(alert.mirrors),
-        DEDUP_KEY=alert.dedup_key,
-        JSON_FILENAME=str(json_file),
-    )
-    # An environment value cannot hold a NUL; an alert's text comes partly from mirrors.
-    return {k: v.replace("\0", "") for k, v in env.items()}
+    env = {k: v for k, v in base.items() if k not in _PRIVATE_ENV and "\0" not in v}
+    alert_env = {
+        "EVENT": alert.kind if phase == "open" else "alert_closed",
+        "ALERT_KIND": alert.kind,
+        "ALERT_ID": str(alert.id),
+        "ALERT_STATUS": "open" if phase == "open" else "closed",
+        "SEVERITY": alert.severity,
+        "SUMMARY": alert.summary,
+        "PITH_NUMBER": alert.pith_number or "",
+        "MIRRORS": " ".join(alert.mirrors),
+        "DEDUP_KEY": alert.dedup_key,
+    }
+    env.update({k: escaped(v) for k, v in alert_env.items()}, JSON_FILENAME=str(json_file))
+    return env
 
 
 async def _run_hook(hook: Path, env: dict[str, str], err: IO[bytes], limit: float) -> int:

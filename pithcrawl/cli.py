@@ -17,8 +17,9 @@ from typing import Any, NoReturn, TextIO, cast
 
 from pithcrawl import __version__
 from pithcrawl.commands import COMMANDS
-from pithcrawl.errors import EXIT_OPERATIONAL, EXIT_USAGE, PithcrawlError
+from pithcrawl.errors import EXIT_OPERATIONAL, EXIT_USAGE, OperationalError, PithcrawlError
 from pithcrawl.log import configure
+from pithcrawl.text import json_escape
 
 
 class _Parser(argparse.ArgumentParser):
@@ -83,44 +84,55 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure(args.log_format, args.verbose - args.quiet)
     stdout = sys.stdout
-    sys.stdout = cast(TextIO, _ReaderMayLeave(stdout))
+    # Started with stdout closed (`>&-`): Python has none, and the output goes nowhere.
+    sys.stdout = cast(TextIO, _ReaderMayLeave(stdout or open(os.devnull, "w")))  # noqa: SIM115
     try:
         code: int = args.run(args)
+        # What is still buffered goes out (or into /dev/null) through the wrapper now: at
+        # exit, a flush into a closed pipe would end the process with 120 instead.
+        sys.stdout.flush()
     except KeyboardInterrupt:
         return 130
     except BaseException as e:
         return _failed(e)
     finally:
-        # What is still buffered goes out (or into /dev/null) through the wrapper now: at
-        # exit, a flush into a closed pipe would end the process with 120 instead.
-        sys.stdout.flush()
         sys.stdout = stdout
     return code
 
 
 class _ReaderMayLeave:
-    """stdout for a reader that may stop reading (`pithcrawl status | head -1`).
+    """stdout for a reader that may stop reading (`pithcrawl status | head -1`), or a
+    disk that fills up.
 
     Once the pipe is closed, output goes to /dev/null and the command runs on to its own
     exit code: `verify URL | head` under `set -o pipefail` must still say 1 for a bad
-    document, not fail with a traceback and 3.
+    document, not fail with a traceback and 3. Any other failure to write (a full disk)
+    is an `OperationalError` (exit 3, one line). And, last of all, no character that is
+    not printable reaches the terminal raw (the commands escape what they print; this
+    catches what one might miss): it is written as a `\\u` escape, valid in JSON too.
     """
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
 
     def write(self, text: str) -> int:
+        if not text.isprintable():
+            text = _unprintable_escaped(text)
         try:
             return self._stream.write(text)
         except BrokenPipeError:
             self._reader_gone()
             return len(text)
+        except OSError as e:
+            raise OperationalError(f"cannot write the output: {e.strerror or e}") from None
 
     def flush(self) -> None:
         try:
             self._stream.flush()
         except BrokenPipeError:
             self._reader_gone()
+        except OSError as e:
+            raise OperationalError(f"cannot write the output: {e.strerror or e}") from None
 
     def _reader_gone(self) -> None:
         # What is still buffered, and all that follows, then flushes into /dev/null,
@@ -135,6 +147,12 @@ class _ReaderMayLeave:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
+
+
+def _unprintable_escaped(text: str) -> str:
+    """Every character that is not printable, but the line break and tab of our own
+    output, as a `\\u` escape (lone surrogates, control codes, format marks)."""
+    return "".join(ch if ch.isprintable() or ch in "\n\t" else json_escape(ch) for ch in text)
 
 
 def _failed(error: BaseException) -> int:

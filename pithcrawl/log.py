@@ -2,15 +2,25 @@
 
 Owns the processors, the level from -v/-q, and the output stream (stderr: stdout is
 for results). Units of work bind `pith_number` and `mirror` with contextvars.
+
+Each line is one `write` to the file descriptor, so the lines of the worker processes
+sharing a pass's stderr never run into each other (a message and its newline were two
+writes). On a terminal, every value is shown escaped: a mirror's error text cannot move
+the cursor or forge a line (JSON escapes on its own). Under systemd (`JOURNAL_STREAM`
+names our stderr), each line starts with its syslog priority (`<3>` for an error), so
+`journalctl -p err` finds alerts.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
 import structlog
+
+from pithcrawl.text import escaped
 
 _settings: tuple[str, int] = ("json", 0)
 #: The handler through which the standard library's loggers (aiohttp's, asyncio's) write:
@@ -27,20 +37,26 @@ def configure(fmt: str | None = None, verbosity: int = 0, stream: TextIO | None 
     _settings = (fmt, verbosity)
     level = {-1: logging.WARNING, 0: logging.INFO}.get(max(-1, min(verbosity, 1)), logging.DEBUG)
     renderer: structlog.typing.Processor
+    shown: list[structlog.typing.Processor] = []
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer(sort_keys=True)
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+        shown = [_escape_values]
+    after = [_journal_priority] if _to_journal() else []
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.dict_tracebacks,
+            *shown,
             renderer,
+            *after,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        # WriteLogger: the line and its newline in one write (PrintLogger made two).
+        logger_factory=structlog.WriteLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
     # Libraries log through the standard library: the same lines, JSON off a TTY, with
@@ -56,7 +72,9 @@ def configure(fmt: str | None = None, verbosity: int = 0, stream: TextIO | None 
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 *([structlog.processors.dict_tracebacks] if fmt == "json" else []),
+                *shown,
                 renderer,
+                *after,
             ],
         )
     )
@@ -74,11 +92,49 @@ def settings() -> tuple[str, int]:
     return _settings
 
 
+def _escape_values(
+    logger: object, method: str, event: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """Every string value (and the event name) as `text.escaped` shows it."""
+    return {k: escaped(v) if isinstance(v, str) else v for k, v in event.items()}
+
+
+#: syslog priorities of the log levels (sd-daemon(3)'s `<N>` prefixes).
+_PRIORITY = {"critical": 2, "exception": 3, "error": 3, "warning": 4, "info": 6, "debug": 7}
+
+
+def _journal_priority(logger: object, method: str, rendered: Any) -> str:
+    level = "warning" if method == "warn" else method
+    return f"<{_PRIORITY.get(level, 6)}>{rendered}"
+
+
+def _to_journal() -> bool:
+    """Whether stderr is the journal's stream (`JOURNAL_STREAM` is its device:inode)."""
+    expected = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return bool(expected) and expected == f"{st.st_dev}:{st.st_ino}"
+
+
 class _Stderr:
-    """Whatever `sys.stderr` is at the moment of writing (tests swap it; so may embedders)."""
+    """Whatever `sys.stderr` is at the moment of writing (tests swap it; so may embedders).
+
+    A real file is written with one `os.write` per line: lines of several processes
+    sharing it stay whole (a pipe keeps writes of up to 4 KiB whole)."""
 
     def write(self, text: str) -> int:
-        return sys.stderr.write(text)
+        stream = sys.stderr
+        try:
+            fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            return stream.write(text)  # not a file (a test's capture)
+        stream.flush()  # what was written to it before goes first
+        data = text.encode("utf-8", "backslashreplace")
+        while data:
+            data = data[os.write(fd, data) :]
+        return len(text)
 
     def flush(self) -> None:
         sys.stderr.flush()

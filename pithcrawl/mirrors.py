@@ -1,9 +1,10 @@
 """The mirror set: configured mirrors, mirrors from manifests, mirrors discovered in bundles.
 
 Owns turning each source into `store.Mirror` rows (URL patterns with `{base_url}` and
-`{suffix}`), the registry manifest's shape, and the guard on discovered mirrors: https
-only, and a public address unless `crawl.allow_private_hosts`. Configured mirrors are
-always allowed: the operator chose them.
+`{suffix}`), the registry manifest's shape, the names a list may give (`text.mirror_name`),
+and the guard on the mirrors nobody configured (listed by a manifest, named by a
+bundle): https only, and a public address unless `crawl.allow_private_hosts`.
+Configured mirrors are always allowed: the operator chose them.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pithcrawl.config import Config
 from pithcrawl.errors import FetchError
 from pithcrawl.fetch import Fetcher
 from pithcrawl.store import Mirror, Store
+from pithcrawl.text import escaped, mirror_name
 from pithcrawl.timestamps import format_timestamp
 
 log = structlog.get_logger("pithcrawl.mirrors")
@@ -105,8 +107,10 @@ MANIFEST_MAX = 256
 
 
 def from_manifest(doc: Any, *, prefix: str = "") -> list[Site]:
-    """The mirrors a `pith_mirror_manifest` lists; entries without usable patterns are
-    skipped (a manifest is unsigned: it can add places to look, never trust)."""
+    """The mirrors a `pith_mirror_manifest` lists; entries without usable patterns, or
+    whose name or URLs are unfit to show (`text.mirror_name`: a name names the mirror in
+    every alert, hook and table), are skipped, each with a warning (a manifest is
+    unsigned: it can add places to look, never trust, and never text to print)."""
     if not isinstance(doc, dict) or doc.get("manifest_type") != "pith_mirror_manifest":
         raise ValueError("not a pith_mirror_manifest")
     entries = doc.get("mirrors") or []
@@ -126,8 +130,16 @@ def from_manifest(doc: Any, *, prefix: str = "") -> list[Site]:
         name, base, bundle, state = fields
         if SUFFIX not in bundle or SUFFIX not in state or not _http(base):
             continue
+        if mirror_name(name) is None or not all(map(_url_text, (base, bundle, state))):
+            log.warning(
+                "manifest_entry_refused",
+                name=escaped(name[:100]),
+                reason="a name of letters, digits and . _ - : @ + ( ) [ ] and spaces (up to 64)"
+                " and URLs of printable ASCII are expected",
+            )
+            continue
         well_known = entry.get("well_known_pattern")
-        if not (isinstance(well_known, str) and SUFFIX in well_known):
+        if not (isinstance(well_known, str) and SUFFIX in well_known and _url_text(well_known)):
             well_known = None
         sites.append(Site(prefix + name, base.rstrip("/"), bundle, state, well_known, "manifest"))
     return sites
@@ -153,12 +165,18 @@ def from_hints(bundle: Mapping[str, Any], suffix: str) -> list[Site]:
             if isinstance(well_known, str) and suffix in well_known
             else None
         )
+        if not all(map(_url_text, (base, bundle_url, state_url))):
+            continue
         host = urlsplit(base).hostname or base
-        label = hint.get("name")
-        name = label if isinstance(label, str) else host
+        label = mirror_name(hint.get("name")) or host
+        name = mirror_name(f"{label} ({host})") or mirror_name(host)
+        if name is None:  # a host no mirror name can hold: not a place to crawl
+            continue
+        if well_known_pattern is not None and not _url_text(well_known_pattern):
+            well_known_pattern = None
         sites.append(
             Site(
-                f"{name} ({host})",
+                name,
                 base.rstrip("/"),
                 bundle_url.replace(suffix, SUFFIX),
                 state_url.replace(suffix, SUFFIX),
@@ -167,6 +185,11 @@ def from_hints(bundle: Mapping[str, Any], suffix: str) -> list[Site]:
             )
         )
     return sites
+
+
+def _url_text(url: str) -> bool:
+    """A URL (or pattern) as a mirror list may give it: printable ASCII, bounded."""
+    return url.isascii() and url.isprintable() and len(url) <= 2048
 
 
 def _http(url: str) -> bool:
@@ -265,6 +288,7 @@ async def resolve(
             listed=len(listed),
         )
         await store.set_setting(MANIFEST_SETTING + m.name, json.dumps(read))
+        listed = await _allowed(listed, config)
         manifest_sites += listed  # exactly what it lists now: a mirror it dropped is gone
         for site in listed:
             await store.watchlist.upsert_mirror(site.row(now))
@@ -285,17 +309,26 @@ async def resolve(
     ]
     discovered = []
     if config.crawl.discover:
-        for site in (s for s in known if s.origin == "discovered"):
-            # Checked again each time: a name may now resolve elsewhere, and a mirror
-            # found while private hosts were allowed is dropped once they are not.
-            refused = await discoverable(site, allow_private=config.crawl.allow_private_hosts)
-            if refused is None:
-                discovered.append(site)
-            else:
-                log.info("mirror_skipped", mirror=site.name, reason=refused)
+        # Checked again each time: a name may now resolve elsewhere, and a mirror found
+        # while private hosts were allowed is dropped once they are not.
+        discovered = await _allowed([s for s in known if s.origin == "discovered"], config)
     resolved = unique([*sites, *manifest_sites, *discovered])
     await store.set_setting(CRAWLED_SETTING, json.dumps(sorted(s.name for s in resolved)))
     return resolved, unread
+
+
+async def _allowed(sites: list[Site], config: Config) -> list[Site]:
+    """The mirrors nobody configured (listed by a manifest, named by a bundle) that pass
+    the guard (`discoverable`): an unsigned list must not point pithcrawl at loopback, a
+    private network or a cloud's metadata address."""
+    allowed = []
+    for site in sites:
+        refused = await discoverable(site, allow_private=config.crawl.allow_private_hosts)
+        if refused is None:
+            allowed.append(site)
+        else:
+            log.info("mirror_skipped", mirror=site.name, origin=site.origin, reason=refused)
+    return allowed
 
 
 #: The names of the mirrors the last pass crawled (JSON list), for `status`.

@@ -100,7 +100,8 @@ class Poller:
             before = await self.store.fetch_state(suffix, site.name, kind)
         same_url = conditional and before is not None and before.url == url
         try:
-            guarded = site.origin == "discovered" and not self.config.crawl.allow_private_hosts
+            # Nobody configured it: the guard on its addresses holds for every connection.
+            guarded = site.origin != "config" and not self.config.crawl.allow_private_hosts
             result = await self.fetcher.get(
                 url,
                 allow_url=public_url if guarded else None,

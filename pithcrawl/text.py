@@ -59,10 +59,11 @@ def json_text(doc: Any, *, indent: int | None = None) -> str:
     text = json.dumps(doc, ensure_ascii=False, indent=indent)
     if text.isprintable():
         return text
-    return "".join(ch if ch.isprintable() or ch == "\n" else _json_escape(ch) for ch in text)
+    return "".join(ch if ch.isprintable() or ch == "\n" else json_escape(ch) for ch in text)
 
 
-def _json_escape(ch: str) -> str:
+def json_escape(ch: str) -> str:
+    """One character as JSON's `\\u` escape (a surrogate pair past U+FFFF)."""
     code = ord(ch)
     if code < 0x10000:
         return f"\\u{code:04x}"

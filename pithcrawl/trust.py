@@ -12,13 +12,15 @@ from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 
-from pithcrawl.config import Config
+from pithcrawl.config import Config, read_bounded
 from pithcrawl.errors import ConfigError, StoreError
 from pithcrawl.keys import InvalidKey, TrustedKey, TrustSet, load_key
 from pithcrawl.store import Store
 from pithcrawl.verify import verify_bundle
 
 REGISTRY_KEY_FILE = "pith-v1-2026-05.key.json"
+#: A key file holds one small JSON object (a few hundred bytes).
+KEY_FILE_MAX = 64 * 1024
 
 #: The setting naming the trust set the archive's verdicts were last reached under.
 TRUST_DIGEST = "trust_digest"
@@ -32,7 +34,7 @@ def registry_key() -> TrustedKey:
 
 def load_key_file(path: Path) -> TrustedKey:
     try:
-        doc = json.loads(path.read_bytes())
+        doc = json.loads(read_bounded(path, "key file", KEY_FILE_MAX))
     except OSError as e:
         raise ConfigError(f"key file {path}: cannot read it ({e.strerror})") from None
     except ValueError as e:

@@ -414,7 +414,8 @@ async def test_mirrors_listed_by_a_manifest_are_crawled(tmp_path, signer):
         }
         e.mirrors[0].extra["/pith-mirrors.json"] = json.dumps(manifest).encode()
         e.config = parse_config(
-            f'[crawl]\ndiscover = false\n[[mirrors]]\nname = "registry"\n'
+            f"[crawl]\ndiscover = false\nallow_private_hosts = true\n"
+            f'[[mirrors]]\nname = "registry"\n'
             f'manifest = "{e.mirrors[0].base_url}/pith-mirrors.json"\n',
             base_dir=tmp_path,
         )
@@ -472,7 +473,8 @@ def _use_manifest(e, tmp_path, entries) -> None:
     doc = {"manifest_type": "pith_mirror_manifest", "manifest_version": "1.0", "mirrors": entries}
     e.mirrors[0].extra["/pith-mirrors.json"] = json.dumps(doc).encode()
     e.config = parse_config(
-        f'[crawl]\ndiscover = false\ntimeout = "3s"\n[[mirrors]]\nname = "registry"\n'
+        f"[crawl]\ndiscover = false\nallow_private_hosts = true\n"
+        f'timeout = "3s"\n[[mirrors]]\nname = "registry"\n'
         f'manifest = "{e.mirrors[0].base_url}/pith-mirrors.json"\n',
         base_dir=tmp_path,
     )
@@ -556,7 +558,8 @@ async def test_status_says_crawled_only_of_mirrors_the_last_pass_crawled(tmp_pat
         }
         e.mirrors[0].extra["/pith-mirrors.json"] = json.dumps(doc).encode()
         e.config = parse_config(
-            f'[crawl]\ndiscover = false\n[[mirrors]]\nname = "direct"\nbase_url = "{base}"\n'
+            f"[crawl]\ndiscover = false\nallow_private_hosts = true\n"
+            f'[[mirrors]]\nname = "direct"\nbase_url = "{base}"\n'
             f'[[mirrors]]\nname = "registry"\n'
             f'manifest = "{e.mirrors[0].base_url}/pith-mirrors.json"\n',
             base_dir=tmp_path,

@@ -9,14 +9,13 @@ must tolerate new kinds, so asking for one is not an error.
 from __future__ import annotations
 
 import argparse
-import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from pithcrawl.commands.report import archive, when
+from pithcrawl.commands.report import archive, print_json, say, when
 from pithcrawl.errors import EXIT_OK, UsageError
 from pithcrawl.store import EventRow, Store
 from pithcrawl.timestamps import parse_duration, parse_timestamp
@@ -60,9 +59,9 @@ def run(args: argparse.Namespace) -> int:
     for event in events:
         alert = alerts.get(event.id)
         if args.json:
-            print(json.dumps(entry_json(event, alert), ensure_ascii=False))
+            print_json(entry_json(event, alert))
         else:
-            print(line(event) + (f"  [{_alert_text(alert)}]" if alert else ""))
+            say(line(event) + (f"  [{_alert_text(alert)}]" if alert else ""))
     return EXIT_OK
 
 

@@ -23,11 +23,13 @@ from typing import Any
 import anyio
 
 from pithcrawl import __version__
-from pithcrawl.commands.report import archive, row_id
+from pithcrawl.commands.outdir import OutDir
+from pithcrawl.commands.report import archive, row_id, say
 from pithcrawl.config import Config
 from pithcrawl.errors import EXIT_OK, OperationalError, StoreCorrupt, UsageError
 from pithcrawl.keys import TrustedKey
 from pithcrawl.store import KINDS, Alert, Snapshot, Store
+from pithcrawl.text import escaped, json_text
 from pithcrawl.timestamps import format_timestamp
 from pithcrawl.trust import load_trust, with_learned
 
@@ -159,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as e:
         raise OperationalError(f"--out {out}: cannot write ({e.strerror or e})") from None
     alert = package.alert
-    print(
+    say(
         f"wrote {len(package.documents)} document(s) and {len(package.keys)} key(s)"
         f" for alert {alert.id} ({alert.kind}) to {out}"
     )
@@ -241,29 +243,33 @@ def recheck(package: Package, config: Config) -> list[tuple[Document, str]]:
 
 
 def _write(out: Path, package: Package, config: Config, generated: datetime) -> None:
-    (out / "documents").mkdir(parents=True, exist_ok=True)
-    (out / "keys").mkdir(exist_ok=True)
-    for d in package.documents:
-        path = out / d.file
-        path.write_bytes(d.body)
-        written = hashlib.sha256(path.read_bytes()).hexdigest()
-        if written != d.ref.sha256:
-            raise OperationalError(f"{path}: wrote bytes with sha256 {written}, not {d.ref.sha256}")
-    for file, key, _ in package.keys:
-        (out / file).write_text(json.dumps(key.to_json(), indent=2) + "\n", encoding="utf-8")
-    commands = recheck(package, config)
-    summary = {
-        "alert": package.alert.to_json(),
-        "documents": [d.to_json() for d in package.documents],
-        "keys": [file for file, _, _ in package.keys],
-        "recheck": [c for _, c in commands],
-        "generated_at": format_timestamp(generated),
-        "pithcrawl_version": __version__,
-    }
-    (out / "summary.json").write_text(
-        json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-    )
-    (out / "README.txt").write_text(readme(package, commands, config), encoding="utf-8")
+    """Every file of the package, through `OutDir`: nothing is written through a link
+    someone planted in `out`."""
+    with OutDir.open(out) as root:
+        with root.subdir("documents") as documents:
+            for d in package.documents:
+                name = d.file.removeprefix("documents/")
+                documents.write(name, d.body)
+                written = hashlib.sha256(documents.read(name)).hexdigest()
+                if written != d.ref.sha256:
+                    raise OperationalError(
+                        f"{out / d.file}: wrote bytes with sha256 {written}, not {d.ref.sha256}"
+                    )
+        with root.subdir("keys") as keys:
+            for file, key, _ in package.keys:
+                text = json.dumps(key.to_json(), indent=2) + "\n"
+                keys.write(file.removeprefix("keys/"), text.encode())
+        commands = recheck(package, config)
+        summary = {
+            "alert": package.alert.to_json(),
+            "documents": [d.to_json() for d in package.documents],
+            "keys": [file for file, _, _ in package.keys],
+            "recheck": [c for _, c in commands],
+            "generated_at": format_timestamp(generated),
+            "pithcrawl_version": __version__,
+        }
+        root.write("summary.json", (json_text(summary, indent=2) + "\n").encode())
+        root.write("README.txt", readme(package, commands, config).encode())
 
 
 def readme(package: Package, commands: list[tuple[Document, str]], config: Config) -> str:
@@ -310,7 +316,8 @@ def readme(package: Package, commands: list[tuple[Document, str]], config: Confi
         expect = {True: "exit 0 (ok)", False: "exit 1 (FAIL)", None: "see the claim above"}
         lines += [f"  {command}", f"    expect: {expect[d.trusted]}"]
     lines += ["", "summary.json holds the alert object, every document and these commands."]
-    return "\n".join(lines) + "\n"
+    # A person reads this file: nothing a mirror sent may act on their terminal.
+    return "\n".join(escaped(line) for line in lines) + "\n"
 
 
 def claim(a: Alert, files: dict[str, str]) -> list[str]:

@@ -11,15 +11,13 @@ repairs nothing.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from pithcrawl.commands.report import archive
+from pithcrawl.commands.report import archive, print_json, say
 from pithcrawl.config import Config
 from pithcrawl.errors import EXIT_OK, EXIT_OPERATIONAL, EXIT_SECURITY, StoreError
 from pithcrawl.keys import TrustSet
@@ -59,21 +57,21 @@ def run(args: argparse.Namespace) -> int:
     config, db = archive(args)
     result = anyio.run(check, config, db, load_trust(config.trust.keys))
     if args.json:
-        json.dump(result.to_json(), sys.stdout, indent=2)
-        print()
+        print_json(result.to_json(), indent=2)
     else:
-        print(f"integrity: {', '.join(result.integrity)}")
-        print(f"trusted snapshots re-verified: {result.checked}")
-        print(f"untrusted snapshots (evidence) read back: {result.evidence_read}")
-        for p in result.problems:
-            print(
+        say(
+            f"integrity: {', '.join(result.integrity)}",
+            f"trusted snapshots re-verified: {result.checked}",
+            f"untrusted snapshots (evidence) read back: {result.evidence_read}",
+            *(
                 f"PROBLEM snapshot {p['snapshot_id']} ({p['suffix']}, {p['mirror']}): "
                 f"{p['problem']}"
-            )
-        for row in result.rows:
-            print(f"PROBLEM {row}")
+                for p in result.problems
+            ),
+            *(f"PROBLEM {row}" for row in result.rows),
+        )
         if not result.problems and not result.rows:
-            print("every trusted body still verifies; every body and row reads back")
+            say("every trusted body still verifies; every body and row reads back")
     if result.integrity != ["ok"]:
         return EXIT_OPERATIONAL
     return EXIT_SECURITY if result.problems or result.rows else EXIT_OK

@@ -19,7 +19,15 @@ import anyio
 import jsonpatch
 
 from pithcrawl.canon import MalformedJSON, parse
-from pithcrawl.commands.report import archive, print_json, row_id, suffix_of, table, when
+from pithcrawl.commands.report import (
+    archive,
+    print_json,
+    row_id,
+    say,
+    suffix_of,
+    table,
+    when,
+)
 from pithcrawl.errors import EXIT_OK, UsageError
 from pithcrawl.store import KINDS, Snapshot, Store
 from pithcrawl.timestamps import format_timestamp
@@ -89,9 +97,9 @@ def run(args: argparse.Namespace) -> int:
         )
         return EXIT_OK
     where = f" from {args.mirror}" if args.mirror else ""
-    print(f"{number or suffix}: {len(entries)} {args.kind} snapshot(s){where}")
+    say(f"{number or suffix}: {len(entries)} {args.kind} snapshot(s){where}")
     if entries:
-        print("\n".join(_render(entries)))
+        say(*_render(entries))
     return EXIT_OK
 
 

@@ -2,16 +2,16 @@
 read-only reports (`status`, `history`, `diff`, `events`, …) their plain text forms.
 
 Owns finding the archive without creating it (a missing file is a usage error that
-says to run `sync` first), reading the PITH argument, and the plain text forms of
-times, sizes and tables. It opens nothing for writing and holds no command's logic.
+says to run `sync` first), reading the PITH argument, the plain text forms of times,
+sizes and tables, and printing: every line and JSON document goes out through `say` or
+`print_json`, which escape what could act on a terminal. It opens nothing for writing
+and holds no command's logic.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 from collections.abc import Sequence
 from contextlib import suppress
 from datetime import datetime
@@ -21,6 +21,7 @@ from typing import Any
 from pithcrawl.config import Config, load_config
 from pithcrawl.errors import UsageError
 from pithcrawl.pith import parse_reference
+from pithcrawl.text import escaped, json_text
 from pithcrawl.timestamps import format_seconds
 
 
@@ -96,7 +97,9 @@ def size(n: int) -> str:
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    """Left-aligned columns two spaces apart; the last column is not padded."""
+    """Left-aligned columns two spaces apart; the last column is not padded. Every cell
+    is shown escaped (`text.escaped`): a cell may hold what a mirror sent."""
+    rows = [[escaped(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header) - 1)]
     return [
         "  ".join([*(c.ljust(w) for c, w in zip(r, widths, strict=False)), r[-1]]).rstrip()
@@ -105,5 +108,13 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 
 def print_json(doc: Any, *, indent: int | None = None) -> None:
-    json.dump(doc, sys.stdout, ensure_ascii=False, indent=indent)
-    print()
+    """One JSON document on stdout, every non-printable character in it escaped."""
+    print(json_text(doc, indent=indent))
+
+
+def say(*lines: str) -> None:
+    """Lines for people on stdout, each one line whatever its fields hold: a character
+    that is not printable (a line break, an escape code from a mirror) is shown escaped,
+    so no field can clear the screen or forge a line."""
+    for line in lines:
+        print(escaped(line))

@@ -17,7 +17,7 @@ from typing import Any
 
 import anyio
 
-from pithcrawl.commands.report import archive, file_bytes, print_json, size, table, when
+from pithcrawl.commands.report import archive, file_bytes, print_json, say, size, table, when
 from pithcrawl.config import Config
 from pithcrawl.errors import EXIT_OK
 from pithcrawl.mirrors import last_crawled, manifest_read
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(status.to_json())
     else:
-        print("\n".join(render(status)))
+        say(*render(status))
     return EXIT_OK
 
 

@@ -7,8 +7,6 @@ prints a summary and exits 1 on a critical finding, 3 on operational errors only
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -16,7 +14,7 @@ from typing import TYPE_CHECKING
 import anyio
 import structlog
 
-from pithcrawl.commands.report import load
+from pithcrawl.commands.report import load, print_json, say
 from pithcrawl.errors import EXIT_OK, EXIT_OPERATIONAL, EXIT_SECURITY, UsageError
 from pithcrawl.pith import parse_reference
 from pithcrawl.store import Store
@@ -91,10 +89,9 @@ def run_sync(args: argparse.Namespace) -> int:
     summary = anyio.run(sync_once, config, db, named, trust)
     summary.duration_s = time.monotonic() - started
     if args.json:
-        json.dump(summary.to_json(), sys.stdout)
-        print()
+        print_json(summary.to_json())
     else:
-        print(summary_line(summary))
+        say(summary_line(summary))
     log.info("sync_done", **summary.to_json())
     return exit_code(summary)
 

@@ -9,7 +9,6 @@ exits 0 (all ok), 1 (a critical finding; a document over `crawl.max_bytes` is
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any
 
 import anyio
 
+from pithcrawl.commands.report import print_json, say
 from pithcrawl.config import Config, load_config
 from pithcrawl.errors import (
     EXIT_OK,
@@ -30,7 +30,7 @@ from pithcrawl.errors import (
 )
 from pithcrawl.findings import finding
 from pithcrawl.pith import parse_reference
-from pithcrawl.timestamps import parse_duration, parse_timestamp
+from pithcrawl.timestamps import format_timestamp, parse_duration, parse_timestamp
 from pithcrawl.trust import load_trust
 from pithcrawl.verify import Report, verify
 
@@ -92,6 +92,13 @@ def run(args: argparse.Namespace) -> int:
             skew = parse_duration(args.clock_skew)
         except ValueError as e:
             raise UsageError(f"--clock-skew: {e}") from None
+    try:
+        now + skew  # the verifier adds them: the sum must be a time
+    except OverflowError:
+        raise UsageError(
+            f"--now {format_timestamp(now)} plus the clock skew ({skew}) is past the last"
+            " time there is (9999-12-31)"
+        ) from None
     expect = None
     if args.expect is not None:
         try:
@@ -117,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
             results.append({"source": read.source, "ok": False, "error": read.error})
             code = max(code, EXIT_OPERATIONAL) if code != EXIT_SECURITY else code
             if not args.json:
-                print(f"ERROR {read.source}: {read.error}")
+                say(f"ERROR {read.source}: {read.error}")
             continue
         report = verify(
             read.data,
@@ -132,8 +139,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             _print_report(read.source, report, args.verbose)
     if args.json:
-        json.dump({"results": results}, sys.stdout, indent=2, ensure_ascii=False)
-        print()
+        print_json({"results": results}, indent=2)
     return code
 
 
@@ -142,14 +148,14 @@ def _print_report(source: str, report: Report, verbose: int) -> None:
     codes = sorted({f.code for f in report.findings})
     if report.ok:
         tail = f" (warnings: {', '.join(codes)})" if codes else ""
-        print(f"ok    {number} {source}{tail}")
+        say(f"ok    {number} {source}{tail}")
     else:
-        print(f"FAIL  {number} {source}: {', '.join(codes)}")
+        say(f"FAIL  {number} {source}: {', '.join(codes)}")
     if verbose or not report.ok:
         for f in report.findings if verbose else report.findings[:5]:
-            print(f"      {f.severity} {f.code} {f.path or '/'}: {f.message}")
+            say(f"      {f.severity} {f.code} {f.path or '/'}: {f.message}")
         if not verbose and len(report.findings) > 5:
-            print(f"      … {len(report.findings) - 5} more (use -v)")
+            say(f"      … {len(report.findings) - 5} more (use -v)")
 
 
 def _is_url(source: str) -> bool:

@@ -196,10 +196,25 @@ def default_db_path(env: Mapping[str, str]) -> Path:
     return data / "pithcrawl" / DB_FILENAME
 
 
+#: The most bytes read from a file the operator names (the configuration, a key, the
+#: webhook secret): `/dev/zero`, or a stream that never ends, must not fill memory.
+FILE_MAX = 1 << 20
+
+
+def read_bounded(path: Path, what: str, limit: int = FILE_MAX) -> bytes:
+    """The bytes of `path`, at most `limit` of them (`ConfigError` naming `what` past
+    that); `OSError` if it cannot be read."""
+    with path.open("rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ConfigError(f"{what} {path}: larger than {limit} bytes (is it the right file?)")
+    return data
+
+
 def load_config(path: Path) -> Config:
     """Read and parse a config file; relative paths in it are relative to its directory."""
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = read_bounded(path, "config file").decode("utf-8")
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the config file: {e.strerror or e}") from e
     except UnicodeDecodeError as e:

@@ -46,7 +46,7 @@ from pithcrawl.errors import (
 )
 from pithcrawl.fetch import AllowUrl, FetchResult, parse_retry_after
 from pithcrawl.fetch.decode import Decoder
-from pithcrawl.text import header_token, storable
+from pithcrawl.text import escaped, header_token, storable
 
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # A peer that goes quiet this long while connecting or between two reads is gone, even
@@ -373,8 +373,8 @@ class HttpFetcher:
 
 def _one_line(text: str) -> str:
     """aiohttp's parser messages, fit for one log line: no caret diagrams, no 8 KiB
-    header, and no byte of the mirror's that SQLite or JSON would refuse."""
-    words = [word for word in storable(text).split() if word != "^"]
+    header, and nothing of the mirror's that is not printable (`text.escaped`)."""
+    words = [escaped(word) for word in text.split() if word != "^"]
     line = " ".join(words)
     return line if len(line) <= _DETAIL_MAX else line[: _DETAIL_MAX - 1] + "…"
 
