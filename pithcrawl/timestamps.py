@@ -84,13 +84,23 @@ def format_seconds(at: datetime) -> str:
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+_DURATION_PART = r"(\d+(?:\.\d+)?)\s*([smhd])"
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
 def parse_duration(text: str) -> timedelta:
-    """'30s', '5m', '6h', '2d' (or a bare number of seconds) as a timedelta."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
-    if m is None:
-        raise ValueError(f"{text!r} is not a duration like 30s, 5m, 6h or 2d")
-    number, unit = float(m.group(1)), m.group(2) or "s"
+    """'30s', '5m', '6h', '2d', compounds of them ('1h30m', '2d 12h'), or a bare number
+    of seconds, as a timedelta."""
+    bare = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*", text)
+    if bare is not None:
+        parts = [(bare.group(1), "s")]
+    elif re.fullmatch(rf"\s*(?:{_DURATION_PART}\s*)+", text):
+        parts = re.findall(_DURATION_PART, text)
+    else:
+        raise ValueError(f"{text!r} is not a duration like 30s, 5m, 6h, 2d or 1h30m")
     try:
-        return timedelta(seconds=number * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit])
+        return timedelta(
+            seconds=sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
+        )
     except OverflowError:
         raise ValueError(f"{text!r} is longer than a timedelta can hold") from None

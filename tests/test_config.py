@@ -171,16 +171,24 @@ def test_config_keys_are_dotted_paths() -> None:
         ("2d", timedelta(days=2)),
         ("90", timedelta(seconds=90)),
         ("1.5h", timedelta(minutes=90)),
+        ("1h30m", timedelta(minutes=90)),
+        ("2d 12h", timedelta(days=2, hours=12)),
+        ("1d2h3m4s", timedelta(days=1, hours=2, minutes=3, seconds=4)),
     ],
 )
 def test_durations(text: str, expected: timedelta) -> None:
-    """Durations take s, m, h and d (a bare number is seconds)."""
+    """Durations take s, m, h and d, and compounds of them as contract.md says (a bare
+    number is seconds)."""
     assert parse_config(f'[crawl]\ntimeout = "{text}"').crawl.timeout == expected
 
 
-def test_clock_skew_may_be_zero() -> None:
-    """A zero clock skew means exact clocks; it is the one duration that may be zero."""
+def test_clock_skew_and_the_hold_down_may_be_zero() -> None:
+    """A zero clock skew means exact clocks, a zero hold-down alerts that close as soon
+    as they clear; no other duration may be zero."""
     assert parse_config('[trust]\nclock_skew = "0s"').trust.clock_skew == timedelta(0)
+    assert parse_config('[alerts]\nresolve_after = "0s"').alerts.resolve_after == timedelta(0)
+    with pytest.raises(ConfigError, match="alerts.stale_after"):
+        parse_config('[alerts]\nstale_after = "0s"')
 
 
 BAD = [

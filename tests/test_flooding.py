@@ -22,6 +22,7 @@ from builder import BundleBuilder, TestSigner
 from hostile import Handler, respond
 from test_alerts import SECRET, calls, hook_script, receiver
 
+from pithcrawl.cli import main
 from pithcrawl.commands.sync import exit_code
 from pithcrawl.config import load_config
 from pithcrawl.daemon import Daemon
@@ -92,7 +93,7 @@ async def test_a_flapping_mirror_is_one_alert_under_run(tmp_path, signer):
 
 
 async def test_flapping_between_passes_keeps_one_alert_and_exits_by_what_each_pass_saw(
-    tmp_path, signer
+    tmp_path, signer, capsys
 ):
     """The same flapping seen by `sync` passes: one rollback, held open (status shows it
     open with its recurrences); each pass exits by what it saw: 1 while the older bundle
@@ -110,6 +111,11 @@ async def test_flapping_between_passes_keeps_one_alert_and_exits_by_what_each_pa
         assert [e.kind for e in log if e.kind == "rollback"] == ["rollback", "rollback"]
         assert a.summaries[-1].alerts_open == 1
         assert [s.alerts_raised for s in a.summaries] == [0, 1, 0, 0, 0]
+        cfg = str(a.write_config())
+        assert await anyio.to_thread.run_sync(main, ["--config", cfg, "status"]) == 0
+        out = capsys.readouterr().out
+        assert "open alerts: 1 (1 clear now, held open for alerts.resolve_after)" in out
+        assert "came back 1 time(s)" in out
 
 
 async def test_a_new_bad_body_every_fetch_is_one_alert(tmp_path, signer):

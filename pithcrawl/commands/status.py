@@ -217,13 +217,23 @@ def render(status: Status) -> list[str]:
         )
     else:
         lines.append("no mirrors configured or fetched yet")
-    lines += ["", f"open alerts: {len(status.open_alerts)}"]
+    held = sum(1 for a in status.open_alerts if not a.firing)
+    lines += [
+        "",
+        f"open alerts: {len(status.open_alerts)}"
+        + (f" ({held} clear now, held open for alerts.resolve_after)" if held else ""),
+    ]
     for a in status.open_alerts:
         sent = _delivery_text(status.deliveries.get(a.id, []))
+        state = []
+        if a.cleared_at is not None:
+            state.append(f"clear since {when(a.cleared_at)}")
+        if a.recurrences:
+            state.append(f"came back {a.recurrences} time(s)")
         lines.append(
             f"  #{a.id} {when(a.opened_at)}  {a.severity} {a.kind}"
             f"  {a.pith_number or a.suffix or '-'}  {','.join(a.mirrors) or '-'}"
-            f"  {a.summary}  [{sent}]"
+            f"  {a.summary}  [{sent}]" + (f"  ({'; '.join(state)})" if state else "")
         )
     return lines
 

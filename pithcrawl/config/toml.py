@@ -70,7 +70,7 @@ class Table:
         return default if value is None else value
 
     def duration(self, name: str, default: timedelta, *, allow_zero: bool = False) -> timedelta:
-        expected = "a duration like 30s, 5m, 6h or 2d"
+        expected = "a duration like 30s, 5m, 6h, 2d or 1h30m"
         text: str | None = self._get(name, str, expected)
         if text is None:
             return default
