@@ -99,8 +99,6 @@ def parse_duration(text: str) -> timedelta:
     else:
         raise ValueError(f"{text!r} is not a duration like 30s, 5m, 6h, 2d or 1h30m")
     try:
-        return timedelta(
-            seconds=sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
-        )
+        return timedelta(seconds=sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts))
     except OverflowError:
         raise ValueError(f"{text!r} is longer than a timedelta can hold") from None

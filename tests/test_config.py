@@ -187,7 +187,7 @@ def test_clock_skew_and_the_hold_down_may_be_zero() -> None:
     as they clear; no other duration may be zero."""
     assert parse_config('[trust]\nclock_skew = "0s"').trust.clock_skew == timedelta(0)
     assert parse_config('[alerts]\nresolve_after = "0s"').alerts.resolve_after == timedelta(0)
-    with pytest.raises(ConfigError, match="alerts.stale_after"):
+    with pytest.raises(ConfigError, match=r"alerts\.stale_after"):
         parse_config('[alerts]\nstale_after = "0s"')
 
 
