@@ -20,6 +20,7 @@ from typing import Any
 
 import anyio
 import pytest
+import structlog
 from aiohttp import web
 from builder import BundleBuilder, TestSigner
 from mirror import TestMirror
@@ -241,6 +242,34 @@ async def test_fork_is_a_divergence_delivered_once_to_hook_and_webhook(tmp_path,
             "m0": hashlib.sha256(a.bytes()).hexdigest(),
             "m1": hashlib.sha256(b.bytes()).hexdigest(),
         }
+
+
+async def test_log_lines_are_named_by_kind_at_the_level_of_their_severity(tmp_path, signer):
+    """A fork, a rogue bundle and a dead mirror in one pass: every event-log entry has a
+    log line of its kind at its severity's level (`mirror_divergence` had none), next to
+    an `alert_opened` at the same level; a failed fetch is a warning (it was info), and
+    nothing of an alert is below error (`document_invalid` was a warning beside its
+    `alert_opened` at error)."""
+    async with env(tmp_path, signer, n=3) as e:
+        a, b = fork(signer)
+        e.mirrors[0].put(a.bytes())
+        e.mirrors[1].put(b.bytes())
+        rogue = BundleBuilder(TestSigner("rogue-key"), record=a.record)
+        rogue.add_event()
+        e.mirrors[2].put(rogue.bytes())
+        await track(e, a)
+        e.configure()
+        with structlog.testing.capture_logs() as logs:
+            await e.sync()
+        e.mirrors[2].fail(a.suffix, 503)  # then failing: a failed fetch
+        with structlog.testing.capture_logs() as later:
+            await e.sync()
+    level = {(x["event"], x.get("kind")): x["log_level"] for x in logs}
+    assert level[("mirror_divergence", None)] == "critical"
+    assert level[("alert_opened", "mirror_divergence")] == "critical"
+    assert level[("untrusted_key", None)] == "critical"
+    assert level[("alert_opened", "untrusted_key")] == "critical"
+    assert {x["log_level"] for x in later if x["event"] == "fetch_failed"} == {"warning"}
 
 
 def test_events_show_each_alert_delivery_state(tmp_path, signer, capsys, mirror):
