@@ -18,13 +18,16 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from builder import BundleBuilder, TestSigner, canonical_record
 from hostile import HostileMirror
 from mirror import TestMirror
 
-from pithcrawl.config import Config, parse_config
+from pithcrawl.config import Config, load_config, parse_config
+from pithcrawl.daemon import Daemon
 from pithcrawl.keys import TrustSet, load_key
+from pithcrawl.sdnotify import Notifier
 from pithcrawl.store import Store
 from pithcrawl.sync import Summary, sync_once
 
@@ -70,6 +73,20 @@ class Arena:
         path = self.tmp / "pithcrawl.toml"
         path.write_text(self.config_text())
         return path
+
+    def daemon(self, **options: Any) -> Daemon:
+        """`pithcrawl run` in this process, on this configuration, with short periods."""
+        cfg = self.write_config()
+        return Daemon(
+            lambda: load_config(cfg),
+            self.db,
+            lambda _: self.trust,
+            Notifier({}),
+            idle_poll=0.1,
+            deliver_every=0.1,
+            check_every=0.2,
+            **options,
+        )
 
     def advance(self) -> None:
         """The good mirror serves each record with one more event."""

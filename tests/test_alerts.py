@@ -29,7 +29,7 @@ from pithcrawl.alert import Sinks, deliver_due, read_secret
 from pithcrawl.config import Config, parse_config
 from pithcrawl.fetch.client import HttpFetcher
 from pithcrawl.keys import TrustSet, load_key
-from pithcrawl.store import Store
+from pithcrawl.store import NewEvent, Store
 from pithcrawl.sync import Summary, sync_once
 
 pytestmark = pytest.mark.anyio
@@ -625,6 +625,20 @@ def test_a_hook_that_cannot_run_is_a_configuration_error_before_the_pass(
     assert not mirror.hits  # refused before the pass
 
 
+def down(at: datetime) -> NewEvent:
+    """Mirror m unreachable, as the reachability rule reports it at `at`."""
+    return NewEvent(
+        kind="mirror_unreachable",
+        severity="error",
+        at=at,
+        pith_number=None,
+        mirrors=("m",),
+        summary="m is down",
+        evidence={"mirror": "m"},
+        dedup_key="mirror_unreachable:m",
+    )
+
+
 @pytest.mark.parametrize("gap", [timedelta(hours=1), timedelta(0)])
 def test_events_name_the_alert_of_each_time_a_condition_came_back(tmp_path, capsys, gap):
     """A condition that clears and comes back is two alerts under one dedup_key: each
@@ -632,22 +646,10 @@ def test_events_name_the_alert_of_each_time_a_condition_came_back(tmp_path, caps
     the first entry's id exported the second alert), also when it comes back at the
     very moment it cleared."""
     from pithcrawl.cli import main
-    from pithcrawl.store import NewEvent, Store
+    from pithcrawl.store import Store
 
     db = tmp_path / "a.db"
     t0 = datetime(2026, 11, 1, tzinfo=UTC)
-
-    def down(at: datetime) -> NewEvent:
-        return NewEvent(
-            kind="mirror_unreachable",
-            severity="error",
-            at=at,
-            pith_number=None,
-            mirrors=("m",),
-            summary="m is down",
-            evidence={"mirror": "m"},
-            dedup_key="mirror_unreachable:m",
-        )
 
     async def come_and_go() -> tuple[Any, Any, Any]:
         async with await Store.open(db) as store:

@@ -14,22 +14,18 @@ import time
 import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import anyio
 import pytest
 import structlog
-from arena import HOSTILE, Arena, arena
+from arena import HOSTILE, arena
 from builder import BundleBuilder
 from conftest import write_config
 from hostile import respond
 
 from pithcrawl.clock import Clock
 from pithcrawl.commands.sync import exit_code
-from pithcrawl.config import load_config
-from pithcrawl.daemon import Daemon
 from pithcrawl.errors import StoreError
-from pithcrawl.sdnotify import Notifier
 from pithcrawl.store import Store
 
 pytestmark = pytest.mark.anyio
@@ -117,20 +113,6 @@ async def test_a_gzip_stream_cut_short_is_an_operational_error(tmp_path, signer)
 # -- the daemon: a clock that steps back, an archive deleted under it ---------------------
 
 
-def _daemon(a: Arena, **options: Any) -> Daemon:
-    cfg = a.write_config()
-    return Daemon(
-        lambda: load_config(cfg),
-        a.db,
-        lambda _: a.trust,
-        Notifier({}),
-        idle_poll=0.1,
-        deliver_every=0.1,
-        check_every=0.2,
-        **options,
-    )
-
-
 async def test_a_clock_stepped_back_under_run_does_not_stop_the_crawl(tmp_path, signer):
     """The wall clock steps back a day under `run` (an NTP correction, a VM restored):
     the step is logged and the schedule moves back with it, so the pairs come due as
@@ -139,7 +121,7 @@ async def test_a_clock_stepped_back_under_run_does_not_stop_the_crawl(tmp_path, 
     async with arena(tmp_path, signer, extra='interval = "1s"') as a:
         offset = [timedelta(0)]
         clock = Clock(wall=lambda: datetime.now(UTC) + offset[0])
-        daemon = _daemon(a, clock=clock)
+        daemon = a.daemon(clock=clock)
         path = a.good.hits
         bundle = f"/pith/{a.records[0].suffix}/bundle.json"
         with structlog.testing.capture_logs() as logs:
@@ -190,7 +172,7 @@ async def test_the_archive_deleted_under_run_stops_it_with_a_clear_error(tmp_pat
     StoreError naming it within seconds, for systemd to restart it, instead of writing
     into a file no one can open again (and losing everything at exit)."""
     async with arena(tmp_path, signer, extra='interval = "1s"') as a:
-        daemon = _daemon(a)
+        daemon = a.daemon()
 
         async def delete_it() -> None:
             await until(lambda: bool(a.good.hits))

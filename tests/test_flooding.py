@@ -20,14 +20,11 @@ import pytest
 from arena import HOSTILE, Arena, arena
 from builder import BundleBuilder, TestSigner
 from hostile import Handler, respond
-from test_alerts import SECRET, calls, hook_script, receiver
+from test_alerts import SECRET, calls, down, hook_script, receiver
 
 from pithcrawl.cli import main
 from pithcrawl.commands.sync import exit_code
-from pithcrawl.config import load_config
-from pithcrawl.daemon import Daemon
-from pithcrawl.sdnotify import Notifier
-from pithcrawl.store import NewEvent, Store
+from pithcrawl.store import Store
 
 pytestmark = pytest.mark.anyio
 
@@ -64,16 +61,7 @@ async def test_a_flapping_mirror_is_one_alert_under_run(tmp_path, signer):
         hook = hook_script(tmp_path)
         a.extra += f'\n[alerts]\nhook = "{hook}"\n'
         b = flap(a)
-        cfg = a.write_config()
-        daemon = Daemon(
-            lambda: load_config(cfg),
-            a.db,
-            lambda _: a.trust,
-            Notifier({}),
-            idle_poll=0.1,
-            deliver_every=0.1,
-            check_every=0.2,
-        )
+        daemon = a.daemon()
         with anyio.move_on_after(6):
             await daemon.run()
         fetched = a.hostile.hits[a.hostile.bundle_path(b.suffix)]
@@ -231,18 +219,6 @@ async def test_hold_down_closes_only_after_the_condition_stayed_clear(tmp_path):
     clear), with one closing notice queued for the sink that had the alert."""
     t = datetime(2026, 11, 1, tzinfo=UTC)
     hold = timedelta(minutes=30)
-
-    def down(at: datetime) -> NewEvent:
-        return NewEvent(
-            kind="mirror_unreachable",
-            severity="error",
-            at=at,
-            pith_number=None,
-            mirrors=("m",),
-            summary="m is down",
-            evidence={"mirror": "m"},
-            dedup_key="mirror_unreachable:m",
-        )
 
     async with await Store.open(tmp_path / "a.db") as store:
         book = store.alerts
