@@ -80,6 +80,7 @@ async def test_a_manifest_name_with_escape_codes_is_refused(tmp_path, signer, ca
         a.hostile.route(a.hostile.bundle_path(a.records[0].suffix), _body(forged.bytes()))
         with structlog.testing.capture_logs() as logs:
             summary = await sync_once(parse_config(text, base_dir=tmp_path), a.db, [], a.trust)
+            await a.assert_good_archived()
         assert summary.mirrors == 3  # good, hostile, registry/listed (not the forged one)
         (refused,) = [e for e in logs if e["event"] == "manifest_entry_refused"]
         assert "\x1b" not in refused["name"] and "\\x1b" in refused["name"]
@@ -290,6 +291,7 @@ async def test_a_manifest_may_not_point_at_private_addresses(tmp_path, signer):
         path = a.hostile.bundle_path(a.records[0].suffix)
         with structlog.testing.capture_logs() as logs:
             summary = await sync_once(parse_config(text, base_dir=tmp_path), a.db, [], a.trust)
+            await a.assert_good_archived()
         assert summary.mirrors == 2 and a.hostile.hits[path] == 1  # as "hostile" only
         (skipped,) = [e for e in logs if e["event"] == "mirror_skipped"]
         assert (skipped["mirror"], skipped["origin"]) == ("registry/inside", "manifest")
@@ -297,6 +299,7 @@ async def test_a_manifest_may_not_point_at_private_addresses(tmp_path, signer):
             "discover = false\n", "discover = false\nallow_private_hosts = true\n"
         )
         summary = await sync_once(parse_config(allowed, base_dir=tmp_path), a.db, [], a.trust)
+        await a.assert_good_archived()
         assert summary.mirrors == 3 and a.hostile.hits[path] == 3
         async with await Store.open(a.db, readonly=True) as store:
             assert await store.latest_snapshot(a.records[0].suffix, GOOD, "bundle") is not None
