@@ -669,3 +669,18 @@ def test_events_name_the_alert_of_each_time_a_condition_came_back(tmp_path, caps
         ("alert_closed", first.id, "closed"),
         ("mirror_unreachable", second.id, "open"),
     ]
+
+
+async def test_one_open_alert_per_dedup_key_whatever_the_scope(tmp_path):
+    """The archive itself holds the rule of one open alert per dedup_key (a unique index
+    on the open ones): a second scope reporting the same condition opens nothing, and
+    once the first closes, the condition may open again."""
+    t0 = datetime(2026, 11, 1, tzinfo=UTC)
+    async with await Store.open(tmp_path / "a.db") as store:
+        first = await store.alerts.reconcile("reach:m", [down(t0)], now=t0)
+        again = await store.alerts.reconcile("elsewhere", [down(t0)], now=t0)
+        assert (len(first.opened), again.opened) == (1, [])
+        assert len(await store.alerts.open_alerts()) == 1
+        await store.alerts.reconcile("reach:m", [], now=t0)
+        later = await store.alerts.reconcile("elsewhere", [down(t0)], now=t0)
+        assert len(later.opened) == 1 and later.opened[0].id != first.opened[0].id

@@ -96,3 +96,20 @@ def test_the_same_event_seen_twice_is_not_an_equivocation():
     a = seen("a", "rx", claims=[("prev_event", "r", "x")])
     b = seen("b", "rx", claims=[("prev_event", "r", "x")])
     assert kinds(h([a, b])) == []
+
+
+def test_a_fork_is_not_a_lag_whatever_the_lengths():
+    """b forked with fewer events than a: a divergence, never `mirror_stale` (lagging
+    means lacking events of a history that contains yours, not having fewer)."""
+    hist = h([seen("a", "rxy", T0), seen("b", "rz")])
+    assert kinds(hist, now=T0 + 3 * DAY) == ["mirror_divergence"]
+
+
+def test_a_lag_that_grows_is_the_same_stale_condition():
+    """The stale condition's key names the record and the mirror only: one more event
+    behind is the same alert, not a close, a reopen and a second page."""
+    one = conditions(h([seen("a", "rxy", T0), seen("b", "rx")]), T0 + 3 * DAY, 2 * DAY)
+    two = conditions(h([seen("a", "rxyz", T0), seen("b", "rx")]), T0 + 3 * DAY, 2 * DAY)
+    assert (
+        [c.dedup_key for c in one] == [c.dedup_key for c in two] == ["mirror_stale:pith:2026:X:b"]
+    )

@@ -93,20 +93,27 @@ async def test_two_mirrors_lagging_with_the_same_bytes_are_each_stale(tmp_path, 
 
 
 async def test_a_fork_is_told_against_each_mirror_of_the_other_side(tmp_path, signer):
+    """A fork, with the other side one event longer and past stale_after: a divergence
+    against each mirror of the other side, and nothing else (a fork is not a lag: the
+    shorter side is not stale)."""
     async with env(tmp_path, signer, n=3) as e:
         a, c = BundleBuilder(signer), BundleBuilder(signer)
         a.add_event(payload={"graph_snapshot": {"side": "a"}})
+        a.add_event(payload={"graph_snapshot": {"side": "a2"}})
         c.add_event(payload={"graph_snapshot": {"side": "c"}})
         e.mirrors[0].put(a.bytes())
         e.mirrors[1].put(a.bytes())
         e.mirrors[2].put(c.bytes())
         await track(e, a)
+        configure(e, {"m0", "m1", "m2"}, stale_after="1s", resolve_after="0s")
+        await e.sync()
+        await anyio.sleep(1.1)  # past stale_after: a lag would be stale now
         await e.sync()
         got = sorted((k, m) for k, m in await open_alerts(e))
-        assert ("mirror_divergence", ("m0", "m2")) in got and (
-            "mirror_divergence",
-            ("m1", "m2"),
-        ) in got
+        assert got == [
+            ("mirror_divergence", ("m0", "m2")),
+            ("mirror_divergence", ("m1", "m2")),
+        ]
 
 
 async def test_a_mirror_taken_out_of_the_configuration_is_never_stale(tmp_path, signer):
