@@ -152,7 +152,7 @@ async def plan(config: Config, store: Store, named: list[str]) -> tuple[list[Rec
 async def _pair(crawler: Crawler, job: _Job) -> PairResult:
     """One pair, unless the mirror asked us (or failed enough) to come back later."""
     state = job.bundle_state
-    now = datetime.now(UTC)
+    now = crawler.clock()
     if state is not None and state.failures and state.next_due and state.next_due > now:
         return PairResult(
             job.suffix, job.site.name, error=state.last_error or "failing", deferred=True

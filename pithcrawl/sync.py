@@ -77,7 +77,9 @@ class Summary(Tally):
         }
 
 
-async def sync_once(config: Config, db: Path, named: list[str], trust: TrustSet) -> Summary:
+async def sync_once(
+    config: Config, db: Path, named: list[str], trust: TrustSet, *, clock: Clock | None = None
+) -> Summary:
     """One pass over every tracked (or named) record and every mirror; then the
     divergence and reachability rules, then alert delivery.
 
@@ -91,7 +93,7 @@ async def sync_once(config: Config, db: Path, named: list[str], trust: TrustSet)
     secret = check_sinks(config.alerts, os.environ)  # before the pass, not after it
     summary = Summary()
     tallies: list[Tally] = []
-    clock = Clock()
+    clock = clock or Clock()
     async with await Store.open(db, exclusive=True) as store:
         await clock.since_last_run(store)
         now = clock.now()

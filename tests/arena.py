@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from builder import BundleBuilder, TestSigner, canonical_record
+from clocks import TestClock
 from hostile import HostileMirror
 from mirror import TestMirror
 
@@ -47,6 +48,8 @@ class Arena:
     timeout: str = "1s"
     passes: int = 0
     summaries: list[Summary] = field(default_factory=list)
+    clock: TestClock = field(default_factory=TestClock)
+    """The passes' wall clock (`clock.advance` stands for time passing)."""
 
     @property
     def db(self) -> Path:
@@ -96,7 +99,7 @@ class Arena:
 
     async def sync(self) -> Summary:
         """One pass; the good mirror's records must come out of it archived."""
-        summary = await sync_once(self.config(), self.db, [], self.trust)
+        summary = await sync_once(self.config(), self.db, [], self.trust, clock=self.clock.clock)
         self.passes += 1
         self.summaries.append(summary)
         await self.assert_good_archived()

@@ -3,11 +3,13 @@ script and a real webhook receiver (HMAC checked), retries that survive a restar
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
 import os
 import random
+import signal
 import stat
 import sys
 import time
@@ -23,6 +25,7 @@ import pytest
 import structlog
 from aiohttp import web
 from builder import BundleBuilder, TestSigner
+from clocks import TestClock
 from mirror import TestMirror
 
 from pithcrawl.alert import Sinks, deliver_due, read_secret
@@ -109,6 +112,8 @@ class Env:
     trust: TrustSet
     db: Path
     config: Config
+    clock: TestClock = field(default_factory=TestClock)
+    """The passes' wall clock: `clock.advance` stands for time passing."""
 
     def configure(self, **alerts: str) -> None:
         """The mirrors, and `[alerts]` as given; alerts close as soon as their condition
@@ -127,7 +132,7 @@ class Env:
         )
 
     async def sync(self) -> Summary:
-        return await sync_once(self.config, self.db, [], self.trust)
+        return await sync_once(self.config, self.db, [], self.trust, clock=self.clock.clock)
 
     @asynccontextmanager
     async def store(self) -> AsyncIterator[Store]:
@@ -185,10 +190,9 @@ async def test_lag_is_not_divergence_until_stale_after(tmp_path, signer):
         b.add_event()
         e.mirrors[0].put(b.bytes())
         await track(e, b)
-        e.configure(stale_after="1s")
         summary = await e.sync()
         assert (summary.alerts, summary.warnings) == (0, 0)
-        await anyio.sleep(1.1)
+        e.clock.advance(timedelta(days=2, seconds=1))  # past stale_after (two days)
         summary = await e.sync()
         assert (summary.alerts, summary.warnings) == (0, 1)
         async with e.store() as store:
@@ -417,14 +421,10 @@ async def test_transient_failure_is_quiet_persistent_one_is_mirror_unreachable(t
         assert (summary.alerts, summary.warnings, summary.errors) == (0, 0, 1)
         async with e.store() as store:
             assert await store.alerts.open_alerts() == []
-        e.configure(unreachable_after="1s")
-        await anyio.sleep(1.1)
-        async with await Store.open(e.db) as store:  # make the pair due again now
-            from pithcrawl.crawl import Crawler
-
-            async with HttpFetcher(user_agent="t") as f:
-                crawler = Crawler(e.config, store, f, e.trust, lambda: datetime.now(UTC))
-                await crawler.conditions.check_mirrors(["m0"])
+        e.clock.advance(timedelta(days=1, seconds=1))  # past unreachable_after
+        summary = await e.sync()
+        assert (summary.alerts, summary.warnings) == (0, 1)
+        async with e.store() as store:
             (alert,) = await store.alerts.open_alerts()
         assert alert.kind == "mirror_unreachable"
         assert alert.severity == "error"
@@ -519,11 +519,16 @@ def _an_alert() -> tuple[Any, Any]:
 async def test_a_hook_is_judged_by_its_exit_not_by_a_child_left_behind(tmp_path):
     """A hook that exits 0 leaving a background process (holding stderr) has delivered
     (it used to be a timeout, and the hook ran again)."""
-    hook = _sh(tmp_path, "sleep 30 &\nexit 0\n")
+    pid = tmp_path / "pid"
+    hook = _sh(tmp_path, f'sleep 30 &\necho $! > "{pid}"\nexit 0\n')
     config = parse_config(f'[alerts]\nhook = "{hook}"\nhook_timeout = "5s"\n', base_dir=tmp_path)
     started = time.monotonic()
-    await Sinks(config.alerts, None).send(*_an_alert())
-    assert time.monotonic() - started < 4
+    try:
+        await Sinks(config.alerts, None).send(*_an_alert())
+        assert time.monotonic() - started < 4
+    finally:  # the child the hook left behind does not outlive the test
+        with contextlib.suppress(ProcessLookupError, ValueError, FileNotFoundError):
+            os.kill(int(pid.read_text()), signal.SIGKILL)
 
 
 async def test_a_hook_that_times_out_is_killed_with_its_children(tmp_path):

@@ -18,17 +18,17 @@ import time
 import tracemalloc
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import anyio
 import pytest
 import structlog
 from builder import BundleBuilder, TestSigner, canonical_record
+from clocks import TestClock
 from hostile import (
     Handler,
     HostileMirror,
@@ -89,6 +89,7 @@ class Scene:
     config: Config
     peak: int | None = None
     """Heap growth (bytes) at its peak during the last measured pass."""
+    clock: TestClock = field(default_factory=TestClock)
 
     @property
     def db(self) -> Path:
@@ -113,7 +114,7 @@ class Scene:
     async def sync(self, *, measure: bool = False) -> Summary:
         """One pass; with `measure`, the heap's peak growth during it goes to `peak`."""
         if not measure:
-            return await sync_once(self.config, self.db, [], self.trust)
+            return await sync_once(self.config, self.db, [], self.trust, clock=self.clock.clock)
         # A pass of the good record alone into another archive first: what a process
         # allocates once (lazy imports, caches, the first schema) is not the body's doing.
         await sync_once(
@@ -125,7 +126,7 @@ class Scene:
         try:
             tracemalloc.reset_peak()
             before, _ = tracemalloc.get_traced_memory()
-            summary = await sync_once(self.config, self.db, [], self.trust)
+            summary = await sync_once(self.config, self.db, [], self.trust, clock=self.clock.clock)
             _, peak = tracemalloc.get_traced_memory()
         finally:
             if not tracing:
@@ -266,11 +267,11 @@ async def test_mirror_failure_is_an_operational_error(tmp_path, signer, case):
         s.serve_bad(failure.handler(s))
         s.mirror.route("/loop/a", redirect("/loop/b"))
         s.mirror.route("/loop/b", redirect(f"{s.mirror.base_url}/loop/a"))
-        started = datetime.now(UTC)
+        started = s.clock.at  # the pass's clock
         t0 = time.monotonic()
         summary = await s.sync(measure=failure.heap is not None)
         elapsed = time.monotonic() - t0
-        ended = datetime.now(UTC)
+        ended = s.clock.at
 
         assert (summary.errors, summary.alerts, summary.untrusted) == (1, 0, 0)
         assert summary.new_snapshots == 2  # the good record's bundle and state.json
@@ -315,7 +316,7 @@ async def test_storm_of_500s_backs_off_and_ends_as_mirror_unreachable(tmp_path, 
     per pass, never an alert of a security kind, and only once the failure outlasts
     `unreachable_after` one `mirror_unreachable` (severity error) for the mirror."""
     async with scene(tmp_path, signer) as s:
-        s.configure(alerts='unreachable_after = "1s"')
+        s.configure(alerts='unreachable_after = "1h"')
         for path in (
             s.mirror.bundle_path(s.bad.suffix),
             s.mirror.state_path(s.bad.suffix),
@@ -324,7 +325,7 @@ async def test_storm_of_500s_backs_off_and_ends_as_mirror_unreachable(tmp_path, 
             s.mirror.route(path, respond(500, b"<h1>500</h1>", content_type="text/html"))
         first = await s.sync()
         assert (first.errors, first.alerts, first.warnings) == (1, 0, 0)
-        await anyio.sleep(1.1)  # the failure must outlast unreachable_after
+        s.clock.advance(timedelta(hours=1, seconds=1))  # the failure outlasts unreachable_after
         passes = [await s.sync() for _ in range(3)]
         # Each pass either fetched and failed, or put the pair off (backoff): one each.
         assert all((p.errors + p.deferred, p.alerts) == (1, 0) for p in passes)

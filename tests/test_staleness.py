@@ -4,7 +4,8 @@ other (real loopback mirrors, a real archive, `sync_once`)."""
 
 from __future__ import annotations
 
-import anyio
+from datetime import timedelta
+
 import pytest
 from builder import BundleBuilder
 from test_alerts import SECRET, calls, env, hook_script, track
@@ -51,7 +52,7 @@ async def test_a_mirror_lagging_one_that_served_its_bytes_is_stale(tmp_path, sig
         b.add_event()
         e.mirrors[0].put(b.bytes())  # m0 moves on; m1 stays at B1
         await e.sync()
-        await anyio.sleep(1.2)
+        e.clock.advance(timedelta(seconds=2))  # past stale_after
         await e.sync()
         assert ("mirror_stale", ("m1",)) in await open_alerts(e)
 
@@ -68,7 +69,7 @@ async def test_a_mirror_lagging_another_is_stale(tmp_path, signer):
         b.add_event()
         e.mirrors[0].put(b.bytes())
         await e.sync()
-        await anyio.sleep(1.2)
+        e.clock.advance(timedelta(seconds=2))  # past stale_after
         await e.sync()
         assert ("mirror_stale", ("m1",)) in await open_alerts(e)
 
@@ -84,7 +85,7 @@ async def test_two_mirrors_lagging_with_the_same_bytes_are_each_stale(tmp_path, 
         await track(e, b)
         e.configure(stale_after="1s")
         await e.sync()
-        await anyio.sleep(1.2)
+        e.clock.advance(timedelta(seconds=2))  # past stale_after
         await e.sync()
         async with e.store() as store:
             alerts = await store.alerts.open_alerts()
@@ -107,7 +108,7 @@ async def test_a_fork_is_told_against_each_mirror_of_the_other_side(tmp_path, si
         await track(e, a)
         configure(e, {"m0", "m1", "m2"}, stale_after="1s", resolve_after="0s")
         await e.sync()
-        await anyio.sleep(1.1)  # past stale_after: a lag would be stale now
+        e.clock.advance(timedelta(seconds=2))  # past stale_after: a lag would be stale now
         await e.sync()
         got = sorted((k, m) for k, m in await open_alerts(e))
         assert got == [
@@ -131,7 +132,7 @@ async def test_a_mirror_taken_out_of_the_configuration_is_never_stale(tmp_path, 
         b.add_event()
         e.mirrors[0].put(b.bytes())
         await e.sync()
-        await anyio.sleep(1.2)
+        e.clock.advance(timedelta(seconds=2))  # past stale_after
         b.add_event()
         e.mirrors[0].put(b.bytes())
         await e.sync()
@@ -163,7 +164,7 @@ async def test_mirrors_serving_the_same_old_bytes_are_stale(tmp_path, signer):
         await e.sync()
         e.mirrors[1].put(b1)  # m1 replays the old bundle
         await e.sync()
-        await anyio.sleep(1.3)
+        e.clock.advance(timedelta(seconds=2))  # past stale_after
         await e.sync()
         got = await open_alerts(e)
         assert ("mirror_stale", ("m0",)) in got
