@@ -1,14 +1,14 @@
 """The daemon: the scheduled rounds of `pithcrawl run`.
 
-Owns which (record, mirror) pairs are crawled when, reloads, the watchdog, and the
-periodic checks and deliveries between fetches. One pass for `sync` is `sync`'s; each
-pair's work is `crawl.Crawler.sync_pair`.
+Owns which (record, mirror) pairs are crawled when, how long a round lasts (until a
+reload, an hour, or the end of a window of judging unchanged bodies again), the
+watchdog, and when the round's checks and deliveries run between fetches. What a round
+is (`round.Round`) is shared with `sync`; each pair's work is `crawl.Crawler.sync_pair`.
 """
 
 from __future__ import annotations
 
 import os
-import random
 import signal
 import time
 from collections.abc import Callable
@@ -19,24 +19,19 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 
-from pithcrawl.alert import Sinks, check_sinks, deliver_to, sink_names
+from pithcrawl.alert import check_sinks
 from pithcrawl.clock import Clock
 from pithcrawl.config import Config
 from pithcrawl.crawl import Crawler
 from pithcrawl.errors import PithcrawlError
-from pithcrawl.fetch.client import HttpFetcher
 from pithcrawl.keys import TrustSet
 from pithcrawl.metrics import Metrics, serve_metrics
-from pithcrawl.mirrors import Site, resolve
-from pithcrawl.pith import parse_reference
+from pithcrawl.mirrors import Site
+from pithcrawl.round import Round
 from pithcrawl.sdnotify import Notifier
-from pithcrawl.share import (
-    fetcher_for,
-)
 from pithcrawl.store import Alert, Store
 from pithcrawl.store.archive import Due
 from pithcrawl.sync import Summary
-from pithcrawl.trust import TRUST_DIGEST, with_learned
 
 log = structlog.get_logger("pithcrawl.daemon")
 
@@ -87,8 +82,6 @@ class Daemon:
         self.idle_poll = idle_poll
         self.deliver_every = deliver_every
         self.check_every = check_every
-        self.sites: dict[str, Site] = {}
-        self.sites_at = 0.0
         self.pinged_at = 0.0
         self.inflight: set[tuple[str, str]] = set()
         self.totals = Summary()
@@ -100,7 +93,8 @@ class Daemon:
         self.free: anyio.Semaphore
         """Workers not busy with a pair (the scheduler takes one before handing one out)."""
         self.round_scope: anyio.CancelScope | None = None
-        self.crawler: Crawler | None = None
+        self.reloaded = False
+        """A reload ended the last round: the next one tells systemd it is done."""
         self.judged_under: tuple[str, float] | None = None
         """The trust set unchanged bodies are being judged again under, and until when."""
         self.store: Store  # set by run(), which owns it
@@ -129,61 +123,64 @@ class Daemon:
                 # A reload ended the round: start again with the new configuration.
 
     async def _crawl(self) -> None:
+        """One round: from the configuration of now until a reload, an hour (the mirror
+        lists are read again) or the end of a re-judging window, whichever comes first."""
         config = self.config
-        if config.watch.pith:
-            await self.store.watchlist.track(
-                [parse_reference(p) for p in config.watch.pith], self.clock.now()
-            )
-        # A sink configured since an alert opened is told of it (this round starts at
-        # start and after each reload, when sinks can change).
-        await self.store.alerts.queue_open(sink_names(config.alerts), self.clock.now())
-        async with fetcher_for(config) as fetcher:
-            trust = await with_learned(self.trust, self.store, config)
-            crawler = Crawler(
-                config, self.store, fetcher, trust, self.clock.now, metrics=self.metrics
-            )
-            self.crawler = crawler
-            self.judged_under = None
-            if await self.store.setting(TRUST_DIGEST) != trust.digest:
+        async with Round.open(
+            config,
+            self.store,
+            self.trust,
+            self.clock,
+            secret=self.secret,
+            metrics=self.metrics,
+        ) as rnd:
+            ends = time.monotonic() + SITES_REFRESH
+            judging_until = None
+            if rnd.reverify:
                 # Unchanged bodies are judged again for one interval (every pair comes due
                 # in it), then the archive notes the keys its verdicts stand on.
-                crawler.reverify = True
-                until = time.monotonic() + 1.2 * config.crawl.interval.total_seconds()
-                self.judged_under = (trust.digest, until)
-            await self._refresh_sites(fetcher)
+                if self.judged_under is None or self.judged_under[0] != rnd.digest:
+                    window = 1.2 * config.crawl.interval.total_seconds()
+                    self.judged_under = (rnd.digest, time.monotonic() + window)
+                judging_until = self.judged_under[1]
+                ends = min(ends, judging_until)
+            self.metrics.retain_mirrors({s.name for s in rnd.sites})
             tracked = await self.store.watchlist.tracked_count()
-            self.notifier.ready(f"watching {tracked} records on {len(self.sites)} mirrors")
-            log.info("crawl_started", records=tracked, mirrors=len(self.sites))
+            status = f"watching {tracked} records on {len(rnd.sites)} mirrors"
+            if self.reloaded:  # the reload is done: systemd waits for this READY=1
+                self.notifier.ready(status)
+                self.reloaded = False
+            else:  # a new hour's round, or the end of a re-judging window: no news for it
+                self.notifier.status(status)
+            log.info("crawl_started", records=tracked, mirrors=len(rnd.sites))
             send, receive = anyio.create_memory_object_stream[tuple[str, Site]](0)
             self.free = anyio.Semaphore(config.crawl.concurrency)
             async with anyio.create_task_group() as tg:
-                sinks = Sinks(config.alerts, fetcher, self.secret)
-                tg.start_soon(self._housekeeping, crawler)
-                for sink in sinks.names:  # each its own task: a dead one delays no other
-                    tg.start_soon(self._deliveries, sinks, sink)
-                for _ in range(config.crawl.concurrency):
-                    tg.start_soon(self._worker, crawler, receive.clone())
-                receive.close()
-                async with send:
-                    await self._schedule(send, fetcher)
+                tg.start_soon(self._housekeeping, rnd)
+                for sink in rnd.sinks.names:  # each its own task: a dead one delays no other
+                    tg.start_soon(self._deliveries, rnd, sink)
+                async with anyio.create_task_group() as workers:
+                    for _ in range(config.crawl.concurrency):
+                        workers.start_soon(self._worker, rnd.crawler, receive.clone())
+                    receive.close()
+                    async with send:
+                        await self._schedule(send, rnd, ends)
+                # The round's pairs in flight are done: its checks and deliveries stop.
+                tg.cancel_scope.cancel()
+            if judging_until is not None and time.monotonic() >= judging_until:
+                await rnd.judged_all()
+                self.judged_under = None
 
-    async def _housekeeping(self, crawler: Crawler) -> None:
+    async def _housekeeping(self, rnd: Round) -> None:
         """Every few seconds, that the archive's file is still the one open; every minute,
         the rules that time alone can trigger (a lag turning stale, a mirror failing too
         long, an alert's hold-down ending)."""
         checked = 0.0
         while True:
             self.store.check_file()  # deleted or replaced: stop, rather than write into it
-            if self.judged_under is not None and time.monotonic() > self.judged_under[1]:
-                await self.store.set_setting(TRUST_DIGEST, self.judged_under[0])
-                crawler.reverify, self.judged_under = False, None
             if time.monotonic() - checked > self.check_every:
                 checked = time.monotonic()
-                names = list(self.sites)
-                opened = await crawler.conditions.recheck(None, names)
-                opened += await crawler.conditions.check_mirrors(names)
-                await crawler.conditions.close_cleared()
-                self._count_alerts(opened)
+                self._count_alerts(await rnd.check())
                 await self.clock.seen(self.store)
                 self.metrics.set_records(await self.store.watchlist.tracked_count())
                 counts = await self.store.alerts.open_counts("kind")
@@ -191,36 +188,34 @@ class Daemon:
                 self.alerts_open = sum(counts.values())
             await anyio.sleep(self.deliver_every)
 
-    async def _deliveries(self, sinks: Sinks, sink: str) -> None:
+    async def _deliveries(self, rnd: Round, sink: str) -> None:
         """Deliver `sink`'s due alerts every few seconds, on its own."""
-        rand = random.Random()  # noqa: S311 - jitter, not crypto
         while True:
-            await deliver_to(self.store, sinks, sink, self.clock.now(), rand, metrics=self.metrics)
+            await rnd.deliver(sink)
             await anyio.sleep(self.deliver_every)
 
-    async def _schedule(self, send: Any, fetcher: HttpFetcher) -> None:
+    async def _schedule(self, send: Any, rnd: Round, ends: float) -> None:
+        """Hand the due pairs of the round's mirrors to the workers, until `ends`
+        (monotonic time)."""
         config = self.config
+        sites = {s.name: s for s in rnd.sites}
         last_summary = time.monotonic()
-        while True:
+        while time.monotonic() < ends:
             self._ping()
             await self.clock.check(self.store)  # a step back moves the schedule with it
-            if time.monotonic() - self.sites_at > SITES_REFRESH:
-                await self._refresh_sites(fetcher)
             now = self.clock.now()
-            due = await self.store.due(
-                now, limit=config.crawl.concurrency * 4, mirrors=list(self.sites)
-            )
+            due = await self.store.due(now, limit=config.crawl.concurrency * 4, mirrors=list(sites))
             pairs = [d for d in due if (d.suffix, d.mirror) not in self.inflight]
             self._set_lag(pairs)
             for i, (suffix, name, _) in enumerate(pairs):
                 await self._free_worker(pairs[i:])
                 self.inflight.add((suffix, name))
-                await send.send((suffix, self.sites[name]))
+                await send.send((suffix, sites[name]))
             if time.monotonic() - last_summary > SUMMARY_EVERY:
                 last_summary = time.monotonic()
                 self._summary_line()
             if not pairs:
-                await self._idle()
+                await self._idle(list(sites), ends)
 
     async def _free_worker(self, waiting: list[Due]) -> None:
         """Wait until a worker is free. All may be busy for long (a mirror that never
@@ -243,10 +238,11 @@ class Daemon:
         lag = (self.clock.now() - oldest).total_seconds() if oldest is not None else 0.0
         self.metrics.set_lag(lag)
 
-    async def _idle(self) -> None:
-        """Sleep until the next pair is due (at most `idle_poll`), a fetch ends or a reload."""
-        wait = self.idle_poll
-        upcoming = await self.store.next_due(list(self.sites))
+    async def _idle(self, mirrors: list[str], ends: float) -> None:
+        """Sleep until the next pair is due (at most `idle_poll`, and not past the round's
+        end), a fetch ends or a reload."""
+        wait = min(self.idle_poll, max(0.0, ends - time.monotonic()))
+        upcoming = await self.store.next_due(mirrors)
         if upcoming is not None:
             ahead = (upcoming - self.clock.now()).total_seconds()
             if ahead > 0:  # (a pair already due is in flight: its worker will wake us)
@@ -274,18 +270,6 @@ class Daemon:
                 t.alerts_raised += result.alerts_raised
                 self._count_alerts(result.record_alerts)
                 t.errors += result.error is not None
-
-    async def _refresh_sites(self, fetcher: HttpFetcher) -> None:
-        now = self.clock.now()
-        sites, _ = await resolve(self.config, self.store, fetcher, now)  # unread: logged
-        for site in sites:
-            if site.origin == "config":
-                await self.store.watchlist.upsert_mirror(site.row(now))
-        self.sites = {s.name: s for s in sites}
-        if self.crawler is not None:
-            self.crawler.mirrors = list(self.sites)
-        self.metrics.retain_mirrors(self.sites)
-        self.sites_at = time.monotonic()
 
     def _count_alerts(self, opened: list[Alert]) -> None:
         """Alerts the record- and mirror-level rules opened: entries of the log, and
@@ -346,7 +330,7 @@ class Daemon:
         if config.db is not None and config.db != self.config.db:
             log.warning("reload_ignores_db", running=str(self.db), configured=str(config.db))
         self.config, self.trust, self.secret = config, trust, secret
-        self.sites_at = 0.0
+        self.reloaded = True
         log.info("config_reloaded")
         self.wake.set()
         if self.round_scope is not None:

@@ -1,8 +1,9 @@
 """systemd's notify protocol: READY, STATUS, WATCHDOG and STOPPING over $NOTIFY_SOCKET.
 
-A few datagrams on a Unix socket; outside systemd (no NOTIFY_SOCKET) every call does
-nothing. A failure to notify is logged by the caller's choice, never raised: the
-service must not die because its supervisor's socket hiccupped.
+A few datagrams on a Unix socket, sent without ever blocking; outside systemd (no
+NOTIFY_SOCKET) every call does nothing. A failure to notify is logged by the caller's
+choice, never raised: the service must not die, nor stop, because its supervisor's
+socket hiccupped.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ class Notifier:
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
                 s.connect(self.address)
-                s.sendall("\n".join(fields).encode())
+                # Never blocking: a supervisor whose queue is full (it is not reading)
+                # loses this one datagram; it must not freeze the daemon's event loop.
+                s.send("\n".join(fields).encode(), socket.MSG_DONTWAIT)
         except OSError:
             return False
         return True

@@ -1,41 +1,30 @@
 """One pass: what `pithcrawl sync` does, and what a pass found.
 
-Owns a pass over every tracked (or named) record and every mirror: sharing it with worker
-processes (`share`), then the rules that span records and mirrors, then alert delivery,
-and the pass's `Summary`. Each pair's work is `crawl.Crawler.sync_pair`; the daemon's
-scheduled rounds are `daemon`'s.
+Owns a pass over every tracked (or named) record and every mirror: one round
+(`round.Round`), its records shared with worker processes (`plan`, `worker`), then the
+rules that span records and mirrors and alert delivery, and the pass's `Summary`. Each
+pair's work is `crawl.Crawler.sync_pair`; the daemon's scheduled rounds are `daemon`'s.
 """
 
 from __future__ import annotations
 
 import os
-import random
-import sys
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 
-from pithcrawl.alert import Sinks, check_sinks, deliver_due, sink_names
+from pithcrawl.alert import check_sinks
 from pithcrawl.clock import Clock
 from pithcrawl.config import Config
-from pithcrawl.crawl import Crawler
 from pithcrawl.keys import TrustSet
 from pithcrawl.log import settings as log_settings
-from pithcrawl.mirrors import resolve
-from pithcrawl.pith import parse_reference
-from pithcrawl.share import (
-    ShareJob,
-    Tally,
-    crawl_share,
-    fetcher_for,
-    plan,
-    run_share_in_worker,
-    shared_limits,
-)
+from pithcrawl.plan import plan, shared_limits
+from pithcrawl.round import Round
+from pithcrawl.share import Steps, Tally, crawl_share
 from pithcrawl.store import Store
-from pithcrawl.trust import TRUST_DIGEST, with_learned
+from pithcrawl.worker import ShareJob, run_share_in_worker
 
 
 @dataclass(slots=True)
@@ -78,7 +67,13 @@ class Summary(Tally):
 
 
 async def sync_once(
-    config: Config, db: Path, named: list[str], trust: TrustSet, *, clock: Clock | None = None
+    config: Config,
+    db: Path,
+    named: list[str],
+    trust: TrustSet,
+    *,
+    clock: Clock | None = None,
+    progress: Callable[[int, int], Steps] | None = None,
 ) -> Summary:
     """One pass over every tracked (or named) record and every mirror; then the
     divergence and reachability rules, then alert delivery.
@@ -86,7 +81,8 @@ async def sync_once(
     A pass over many records is split across worker processes (`crawl.workers`), each
     crawling its share of the records with its share of the fetch limits and writing to
     the archive itself; this process keeps the writers' lock, crawls one share, and runs
-    the rules that span records and mirrors once all are done.
+    the rules that span records and mirrors once all are done. `progress(total,
+    weight)`: something told of each pair this process does.
     """
     db.parent.mkdir(parents=True, exist_ok=True)
     named = list(dict.fromkeys(named))  # a record named twice is crawled once
@@ -96,49 +92,31 @@ async def sync_once(
     clock = clock or Clock()
     async with await Store.open(db, exclusive=True) as store:
         await clock.since_last_run(store)
-        now = clock.now()
-        if config.watch.pith:
-            await store.watchlist.track([parse_reference(p) for p in config.watch.pith], now)
-        sinks = sink_names(config.alerts)
-        await store.alerts.queue_open(sinks, now)  # a sink added since they opened
         shares, count = await plan(config, store, named)
-        share = shared_limits(config, len(shares))
-        async with fetcher_for(share) as fetcher:
-            sites, unread = await resolve(config, store, fetcher, now)
-            summary.records, summary.mirrors = count, len(sites)
-            summary.manifests_unread = len(unread)
-            trust = await with_learned(trust, store, config)
-            # Verdicts reached under other keys are reached again for unchanged bodies.
-            reverify = await store.setting(TRUST_DIGEST) != trust.digest
-            crawler = Crawler(share, store, fetcher, trust, clock.now)
-            crawler.reverify = reverify
+        limits = shared_limits(config, len(shares))
+        async with Round.open(config, store, trust, clock, secret=secret, limits=limits) as rnd:
+            summary.records, summary.mirrors = count, len(rnd.sites)
+            summary.manifests_unread = len(rnd.unread)
+            sites = list(rnd.sites)
             async with anyio.create_task_group() as tg:
                 for others in shares[1:]:
                     job = ShareJob(
-                        share, db, others, sites, trust, log_settings(), os.getpid(), reverify
-                    )
+                        limits, db, others, sites, rnd.trust, log_settings(), os.getpid(),
+                        rnd.reverify,
+                    )  # fmt: skip
                     tg.start_soon(run_share_in_worker, job, tallies)
-                progress = Progress(count * len(sites), weight=len(shares))
-                tallies.append(await crawl_share(crawler, store, shares[0], sites, progress))
-            progress.done()
+                steps = progress(count * len(sites), len(shares)) if progress else None
+                tallies.append(await crawl_share(rnd.crawler, store, shares[0], sites, steps))
             if len(shares) > 1:
-                crawler.conditions.forget_open_scopes()  # workers opened and closed some
-            if reverify and not any(t.failed_share for t in tallies):
-                await store.set_setting(TRUST_DIGEST, trust.digest)  # every body judged
-            names = [s.name for s in sites]
+                rnd.others_wrote()
+            if rnd.reverify and not any(t.failed_share for t in tallies):
+                await rnd.judged_all()
             # Alerts these open are entries of the pass's log too.
-            opened = await crawler.conditions.recheck(named or None, names)
-            opened += await crawler.conditions.check_mirrors(names)
+            opened = await rnd.check(named)
             summary.events += len(opened)
             summary.alerts_raised += len(opened)
-            await crawler.conditions.close_cleared()
-            summary.delivered, _ = await deliver_due(
-                store,
-                Sinks(config.alerts, fetcher, secret),
-                clock.now(),
-                random.Random(),  # noqa: S311 - jitter, not crypto
-            )
-            summary.undelivered = await store.alerts.undelivered_count(sinks)
+            summary.delivered = await rnd.deliver()
+            summary.undelivered = await store.alerts.undelivered_count(rnd.sinks.names)
         these, tracked = named or None, not named
         firing = await store.alerts.open_counts(
             "severity", suffixes=these, tracked=tracked, firing=True
@@ -152,25 +130,3 @@ async def sync_once(
     summary.alerts = firing.pop("critical", 0)
     summary.warnings = sum(firing.values())
     return summary
-
-
-class Progress:
-    """records done/total and rate on a terminal; silent otherwise.
-
-    `weight`: pairs each step stands for (a pass shared by N processes counts this
-    one's share N times: an estimate of the whole, which ends at the total)."""
-
-    def __init__(self, total: int, weight: int = 1) -> None:
-        self.total, self.count, self.weight = total, 0, weight
-        self.started = time.monotonic()
-        self.tty = sys.stderr.isatty()
-
-    def step(self) -> None:
-        self.count = min(self.total, self.count + self.weight)
-        if self.tty and (self.count % 50 < self.weight or self.count == self.total):
-            rate = self.count / max(time.monotonic() - self.started, 1e-9)
-            print(f"\r{self.count}/{self.total} ({rate:.0f}/s)", end="", file=sys.stderr)
-
-    def done(self) -> None:
-        if self.tty and self.total:
-            print(file=sys.stderr)

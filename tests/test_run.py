@@ -41,9 +41,14 @@ def wait_for(check: Callable[[], bool], what: str, timeout: float = 15) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def messages(s: socket.socket, until: str) -> list[str]:
+def messages(s: socket.socket, until: str, timeout: float = 15) -> list[str]:
+    """The notify datagrams up to the first holding `until` (within `timeout` seconds:
+    watchdog pings keep coming, so a recv alone would never time out)."""
     seen: list[str] = []
+    deadline = time.monotonic() + timeout
     while not any(until in m for m in seen):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {until} within {timeout}s: {seen[-5:]}")
         seen.append(s.recv(4096).decode())
     return seen
 

@@ -22,6 +22,8 @@ from mirror import TestMirror
 from prometheus_client.parser import text_string_to_metric_families
 from test_run import free_port, messages, notify_socket, snapshots, wait_for, write_config
 
+from pithcrawl.sdnotify import Notifier
+
 __all__ = ["notify_socket"]  # a fixture, used by name
 
 
@@ -155,3 +157,17 @@ def test_the_lag_metric_tells_how_late_the_waiting_pairs_are(
     lag = families["pithcrawl_scheduler_lag_seconds"].samples[0].value
     # Due about 1 s after the sync; 5 s later most of the 20 still wait for 4 workers.
     assert lag > 2, f"the lag gauge reads {lag} s while pairs wait seconds past due"
+
+
+def test_a_supervisor_that_does_not_read_never_stops_the_daemon(tmp_path: Path):
+    """A notify socket nobody reads (its queue full after a few datagrams): every notify
+    returns at once, false when the datagram could not be queued (a blocking send froze
+    the daemon's event loop once the queue was full: no fetch, no ping, nothing)."""
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as deaf:
+        deaf.bind(str(path))
+        notifier = Notifier({"NOTIFY_SOCKET": str(path)})
+        started = time.monotonic()
+        sent = [notifier.ping() for _ in range(200)]
+        assert time.monotonic() - started < 2
+    assert sent[0] and not all(sent)

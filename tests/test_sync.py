@@ -14,7 +14,7 @@ from builder import BundleBuilder, TestSigner, canonical_record
 from conftest import write_config
 from mirror import TestMirror
 
-from pithcrawl import share
+from pithcrawl import plan
 from pithcrawl.cli import main
 from pithcrawl.config import parse_config
 
@@ -122,7 +122,7 @@ def test_a_pass_shared_by_a_worker_process_archives_what_one_process_would(
 ):
     """`crawl.workers = 2`: a worker process crawls every other record (verified, archived
     and alerted on like the rest), and the summary counts both shares."""
-    monkeypatch.setattr(share, "SHARE_MIN", 1)
+    monkeypatch.setattr(plan, "SHARE_MIN", 1)
     builders = {b.suffix: b for b in records(signer, 6)}
     # The shares are ranges of suffixes: 0, 1, 2 stay in this process, 3, 4, 5 go to the
     # worker. One bad bundle in each share.
@@ -155,11 +155,11 @@ def test_a_pass_shared_by_a_worker_process_archives_what_one_process_would(
 def test_workers_share_the_fetch_limits():
     """No more processes than records allow, nor than per_host or concurrency can share."""
     config = parse_config("[crawl]\nworkers = 4\nconcurrency = 32\nper_host = 2\n")
-    assert share.workers_for(config, 100_000) == 2  # per_host 2: one each
-    assert share.workers_for(config, share.SHARE_MIN * 2 - 1) == 1
-    shared = share.shared_limits(config, 2)
+    assert plan.workers_for(config, 100_000) == 2  # per_host 2: one each
+    assert plan.workers_for(config, plan.SHARE_MIN * 2 - 1) == 1
+    shared = plan.shared_limits(config, 2)
     assert (shared.crawl.concurrency, shared.crawl.per_host) == (16, 1)
-    assert share.split(list("abcde"), 2) == [["a", "c", "e"], ["b", "d"]]
+    assert plan.split(list("abcde"), 2) == [["a", "c", "e"], ["b", "d"]]
 
 
 def test_a_worker_dies_with_the_pass_that_started_it(tmp_path: Path):
@@ -167,7 +167,7 @@ def test_a_worker_dies_with_the_pass_that_started_it(tmp_path: Path):
     parent = (
         "import subprocess, sys, os, time\n"
         "child = subprocess.Popen([sys.executable, '-c',"
-        " 'import sys, time; from pithcrawl.share import _bound_to_parent;"
+        " 'import sys, time; from pithcrawl.worker import _bound_to_parent;"
         ' _bound_to_parent(int(sys.argv[1])); print("ready", flush=True); time.sleep(60)\','
         " str(os.getpid())], stdout=subprocess.PIPE, text=True)\n"
         "assert child.stdout.readline() == 'ready\\n'\n"

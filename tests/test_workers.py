@@ -1,6 +1,6 @@
 """A `sync` pass shared with worker processes: their logs, and a worker that fails.
 
-Real processes (`crawl.workers = 2`, with `share.SHARE_MIN` lowered so six records are
+Real processes (`crawl.workers = 2`, with `plan.SHARE_MIN` lowered so six records are
 enough to start one), a real loopback mirror and a real archive.
 """
 
@@ -28,11 +28,13 @@ from test_sync import records
 from pithcrawl.config import parse_config
 from pithcrawl.keys import TrustSet
 from pithcrawl.log import configure as configure_logging
-from pithcrawl.share import Records, ShareJob, Tally, _tally_of, run_share_in_worker
+from pithcrawl.plan import Records
+from pithcrawl.share import Tally
+from pithcrawl.worker import ShareJob, _tally_of, run_share_in_worker
 
 #: `pithcrawl` with shares of one record and up (a worker for six records).
 RUN = (
-    "import sys; from pithcrawl import share; share.SHARE_MIN = 1\n"
+    "import sys; from pithcrawl import plan; plan.SHARE_MIN = 1\n"
     "from pithcrawl.cli import main; raise SystemExit(main(sys.argv[1:]))\n"
 )
 

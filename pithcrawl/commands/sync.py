@@ -7,6 +7,8 @@ prints a summary and exits 1 on a critical finding, 3 on operational errors only
 from __future__ import annotations
 
 import argparse
+import functools
+import sys
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -86,7 +88,7 @@ def run_sync(args: argparse.Namespace) -> int:
     started = time.monotonic()
     from pithcrawl.sync import sync_once
 
-    summary = anyio.run(sync_once, config, db, named, trust)
+    summary = anyio.run(functools.partial(sync_once, config, db, named, trust, progress=Progress))
     summary.duration_s = time.monotonic() - started
     if args.json:
         print_json(summary.to_json())
@@ -121,3 +123,22 @@ def summary_line(s: Summary) -> str:
     if s.manifests_unread:
         line += f", {s.manifests_unread} manifest(s) unreadable (see status)"
     return f"{line} in {s.duration_s:.1f}s"
+
+
+class Progress:
+    """records done/total and rate on a terminal; silent otherwise.
+
+    `weight`: pairs each step stands for (a pass shared by N processes counts this
+    one's share N times: an estimate of the whole, which ends at the total)."""
+
+    def __init__(self, total: int, weight: int = 1) -> None:
+        self.total, self.count, self.weight = total, 0, weight
+        self.started = time.monotonic()
+        self.tty = sys.stderr.isatty()
+
+    def step(self) -> None:
+        self.count = min(self.total, self.count + self.weight)
+        if self.tty and (self.count % 50 < self.weight or self.count == self.total):
+            rate = self.count / max(time.monotonic() - self.started, 1e-9)
+            end = "\n" if self.count == self.total else ""
+            print(f"\r{self.count}/{self.total} ({rate:.0f}/s)", end=end, file=sys.stderr)

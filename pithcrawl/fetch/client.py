@@ -33,6 +33,7 @@ from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
 from yarl import URL
 
 from pithcrawl.addresses import PublicResolver, is_public_address, literal_address
+from pithcrawl.config import CrawlConfig
 from pithcrawl.errors import (
     BadResponse,
     ConnectionFailed,
@@ -44,7 +45,7 @@ from pithcrawl.errors import (
     TLSError,
     TooLarge,
 )
-from pithcrawl.fetch import AllowUrl, FetchResult, parse_retry_after
+from pithcrawl.fetch import AllowUrl, FetchResult, parse_retry_after, user_agent
 from pithcrawl.fetch.decode import Decoder
 from pithcrawl.text import escaped, header_token, storable
 
@@ -56,6 +57,17 @@ _ACCEPT_ENCODING = "gzip, deflate"
 _DETAIL_MAX = 200
 # Bytes taken from aiohttp's buffer per read of a body.
 _READ_CHUNK = 1 << 16
+
+
+def fetcher_for(crawl: CrawlConfig) -> HttpFetcher:
+    """The one HTTP client of a pass or a round, as `[crawl]` configures it."""
+    return HttpFetcher(
+        user_agent=user_agent(crawl.contact),
+        timeout=crawl.timeout.total_seconds(),
+        max_bytes=crawl.max_bytes,
+        concurrency=crawl.concurrency,
+        per_host=crawl.per_host,
+    )
 
 
 class HttpFetcher:
