@@ -11,6 +11,7 @@ record's mirrors and over time, kept as alerts, is `conditions`'s.
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from collections import OrderedDict
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+import anyio
 import structlog
 
 from pithcrawl import timeline
@@ -26,7 +28,7 @@ from pithcrawl.alert import log_alerts, log_entry, sink_names
 from pithcrawl.canon import parse
 from pithcrawl.conditions import Conditions, history_of
 from pithcrawl.config import Config
-from pithcrawl.errors import StoreCorrupt
+from pithcrawl.errors import OperationalError, StoreCorrupt
 from pithcrawl.fetch import Fetcher
 from pithcrawl.findings import Severity
 from pithcrawl.keys import InvalidKey, TrustedKey, TrustSet, key_problems, load_key
@@ -40,17 +42,13 @@ from pithcrawl.verify import Report, verify_bundle, verify_state
 log = structlog.get_logger("pithcrawl.crawl")
 
 
-def _nothing_before(got: Got) -> bool:
-    """No body was archived from this URL, so a 304 cannot mean "the one you have"."""
-    before = got.before
-    return before is None or before.body_sha256 is None or before.url != got.url
-
-
 #: A Pith Number's form (pith-format.md §2).
 _NUMBER = re.compile(r"pith:[0-9]{4}:[A-Z2-7]{26}")
 
 #: Verdicts on recent bundle bodies kept in memory (see `Crawler._verify`).
 VERDICTS_KEPT = 64
+#: Bodies larger than this are verified in a thread, off the event loop.
+VERIFY_IN_THREAD = 128 << 10
 
 
 @dataclass(slots=True)
@@ -84,6 +82,25 @@ class _Trusted:
     body_sha256: str
     bundle_sha256: str | None
     document: Any
+
+
+def _cut_short(got: Got, report: Report) -> Got | None:
+    """`got` as a failed fetch when its body is not whole JSON and nothing said where it
+    ends (no Content-Length, not chunked): a connection reset there ends the body as
+    quietly as a close, so it may be a transfer cut short, not the mirror's content. A
+    mirror gets no alert for it, only an error to retry; one that means to serve
+    garbage says so with a length."""
+    fetched = got.result
+    if fetched is None or fetched.framed or got.rejudged:
+        return None
+    if {f.code for f in report.findings} != {"malformed_json"}:
+        return None
+    return replace(
+        got,
+        result=None,
+        error=f"{got.url}: the body ended with its connection (no Content-Length) and is"
+        " not whole JSON: taken as cut short",
+    )
 
 
 def alert_kind(report: Report) -> str:
@@ -149,6 +166,13 @@ class Crawler:
                 # an error of the pass, and every other record is still watched.
                 log.error("archive_damaged", detail=str(e))
                 result.error = f"archive damaged: {e}"
+            except (OperationalError, anyio.get_cancelled_exc_class()):
+                raise  # the archive cannot be written, or the pass is stopping: for all
+            except Exception:
+                # A bug met on what one mirror sent: it costs this pair (an error of the
+                # pass, told with its traceback), never the pass or the other mirrors.
+                log.exception("pair_failed", detail="internal error (a bug: please report it)")
+                result.error = "internal error (a bug: see the pair_failed log line)"
         return result
 
     # -- the bundle ----------------------------------------------------------------------
@@ -157,16 +181,15 @@ class Crawler:
         self, suffix: str, site: Site, result: PairResult, state: FetchState | Unread | None
     ) -> _Trusted | None:
         got = await self.poller.fetch(suffix, site, "bundle", site.bundle_url(suffix), before=state)
-        if got.result is None or got.result.status not in (200, 304):
+        if got.result is not None and got.result.status == 404:
+            # Not at its address: it may be at the well-known one. (Not after a failure:
+            # a mirror that times out would then cost two timeouts a record.)
             fallback = site.well_known_url(suffix)
-            if fallback is not None and (got.result is None or got.result.status == 404):
+            if fallback is not None:
                 alt = await self.poller.fetch(suffix, site, "bundle", fallback, conditional=False)
                 if alt.result is not None and alt.result.status == 200:
                     got = alt
         now = self.clock()
-        if got.result is not None and got.result.status == 304 and _nothing_before(got):
-            # "Not modified" since nothing: no body archived from this URL to stand for.
-            got = replace(got, error=f"{got.url}: 304 Not Modified to a request for a body")
         if got.error is not None or got.result is None or got.result.status not in (200, 304):
             result.error = await self.poller.failed(suffix, site.name, got, now)
             return None
@@ -184,7 +207,9 @@ class Crawler:
                 again = await self._archived(got)
                 if again is not None:
                     assert again.result is not None and before is not None
-                    judged = self._verify(again.result.body, again.body_sha256 or "", suffix, now)
+                    judged = await self._verify(
+                        again.result.body, again.body_sha256 or "", suffix, now
+                    )
                     if judged.ok == bool(before.body_trusted):
                         again = None  # the same verdict: nothing new to say
             if again is None:
@@ -199,7 +224,11 @@ class Crawler:
         assert got.result is not None  # a 200 or a 304, checked above
         previous = await self.store.latest_snapshot(suffix, site.name, "bundle", trusted=True)
         body, body_sha = got.result.body, got.body_sha256 or body_sha256(got.result.body)
-        report = self._verify(body, body_sha, suffix, now)
+        report = await self._verify(body, body_sha, suffix, now)
+        cut = _cut_short(got, report)
+        if cut is not None:
+            result.error = await self.poller.failed(suffix, site.name, cut, now)
+            return None
         self.metrics.findings(f.code for f in report.findings)
         number = await self._number(suffix, report)
         evidence = {
@@ -269,13 +298,15 @@ class Crawler:
             await self._discover(report.document, suffix, now)
         return _Trusted(body_sha, report.bundle_sha256, report.document)
 
-    def _verify(self, body: bytes, body_sha: str, suffix: str, now: datetime) -> Report:
+    async def _verify(self, body: bytes, body_sha: str, suffix: str, now: datetime) -> Report:
         """Verify a bundle body, once per body while the trust set stays the same.
 
         Mirrors mostly serve the same bytes, and a pass visits one record's mirrors one
         after another, so a small cache spares re-verifying them. It is keyed by the
         trust set too, and held in memory only: a verdict never outlives the keys it
-        was reached with.
+        was reached with. A large body is verified off the event loop: seconds of work
+        on a hostile mirror's body must not stall the other mirrors' fetches until
+        their timeouts run out.
         """
         key = (body_sha, suffix)
         cached = self._verdicts.get(key)
@@ -285,13 +316,15 @@ class Crawler:
         if self._verdicts_trust is not self.trust:
             self._verdicts.clear()
             self._verdicts_trust = self.trust
-        report = verify_bundle(
+        judge = functools.partial(
+            verify_bundle,
             body,
             self.trust,
             now=now,
             clock_skew=self.config.trust.clock_skew,
             expected_suffix=suffix,
         )
+        report = await anyio.to_thread.run_sync(judge) if len(body) > VERIFY_IN_THREAD else judge()
         self._verdicts[key] = report
         if len(self._verdicts) > VERDICTS_KEPT:
             self._verdicts.popitem(last=False)
@@ -418,6 +451,10 @@ class Crawler:
         else:
             body, body_sha = got.result.body, got.body_sha256 or body_sha256(got.result.body)
         report = verify_state(body, expected_suffix=suffix)
+        cut = _cut_short(got, report)
+        if cut is not None:
+            result.error = await self.poller.failed(suffix, site.name, cut, now)
+            return
         bundle_doc = bundle.document
         if bundle_doc is None:
             bundle_doc = parse(await self.store.get_blob(bundle.body_sha256))

@@ -120,8 +120,13 @@ class Poller:
                     url=url,
                     detail="not fit to send back: fetched without it",
                 )
+        known = before if same_url else None
+        if result.status == 304 and (known is None or known.body_sha256 is None):
+            # "Not modified" since nothing: no body archived from this URL to stand for
+            # (whatever the mirror says, it is not news of its content).
+            return Got(kind, url, known, None, f"{url}: 304 Not Modified to a request for a body")
         sha = body_sha256(result.body) if result.status == 200 else None
-        return Got(kind, url, before if same_url else None, result, None, sha)
+        return Got(kind, url, known, result, None, sha)
 
     async def failed(self, suffix: str, mirror: str, got: Got, now: datetime) -> str:
         """Record a failed poll with its backoff; the error, as the pass reports it."""

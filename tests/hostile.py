@@ -234,3 +234,31 @@ class HostileMirror:
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
+
+
+def unframed_reset(body: bytes, sent: int) -> Handler:
+    """No Content-Length, no chunking (the body ends with the connection): the first
+    `sent` bytes, then a TCP reset, which ends such a body as quietly as a close."""
+
+    async def handler(writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n"
+        )
+        writer.write(body[:sent])
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    return handler
+
+
+def raw(response: bytes) -> Handler:
+    """Exactly these bytes as the whole answer (headers included), then a close."""
+
+    async def handler(writer: asyncio.StreamWriter) -> None:
+        writer.write(response)
+        await writer.drain()
+
+    return handler

@@ -6,6 +6,8 @@ must still archive the good mirror's records as it serves them.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import os
 import sqlite3
 import subprocess
@@ -21,7 +23,7 @@ import structlog
 from arena import HOSTILE, arena
 from builder import BundleBuilder
 from conftest import write_config
-from hostile import respond
+from hostile import Handler, raw, redirect, respond, unframed_reset
 
 from pithcrawl.clock import Clock
 from pithcrawl.commands.sync import exit_code
@@ -231,3 +233,102 @@ def _leaves(error: BaseException) -> list[BaseException]:
     if isinstance(error, BaseExceptionGroup):
         return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
     return [error]
+
+
+# -- more of what one mirror may send (an attack on loopback found each) -------------------
+
+
+async def test_a_retry_after_date_no_clock_can_hold_costs_its_pair_only(tmp_path, signer):
+    """`Retry-After` with a year of twenty digits: an unparseable header (it raised an
+    OverflowError through the pass: nothing archived, and `run` crashed on every
+    restart), so one error to retry, and the good mirror archived."""
+    async with arena(tmp_path, signer) as a:
+        bad = a.records[0]
+        date = "Mon, 01 Jan 99999999999999999999 00:00:00 GMT"
+        a.hostile.route(
+            a.hostile.bundle_path(bad.suffix), respond(503, headers={"Retry-After": date})
+        )
+        for _ in range(2):
+            summary = await a.sync()
+            assert summary.errors + summary.deferred == 1 and summary.alerts == 0
+            a.advance()
+
+
+async def test_a_304_to_a_request_for_a_body_is_a_failure_of_its_pair(tmp_path, signer):
+    """state.json answering 304 to a request without validators (nothing of it was
+    archived to stand for): an error for that pair (it failed an assertion and ended the
+    pass, and `run`, on every restart; after an earlier failure it was reported as damage
+    to the archive)."""
+    async with arena(tmp_path, signer) as a:
+        bad = a.records[0]
+        a.hostile.route(a.hostile.state_path(bad.suffix), respond(304))
+        for _ in range(3):
+            summary = await a.sync()
+            assert (summary.errors, summary.alerts) == (1, 0), summary
+            a.advance()
+            a.hostile.put(bad.bytes())  # the bundle changes; state.json still answers 304
+            a.hostile.route(a.hostile.state_path(bad.suffix), respond(304))
+        async with await Store.open(a.db, readonly=True) as store:
+            state = await store.fetch_state(bad.suffix, HOSTILE, "state")
+        assert state is not None and state.last_error is not None
+        assert state.last_error.endswith("304 Not Modified to a request for a body")
+
+
+async def test_a_reset_ending_a_body_without_a_length_is_no_finding(tmp_path, signer):
+    """A 200 without Content-Length whose connection is reset halfway: the body may be
+    cut short, nothing can tell, so it is an error to retry (exit 3), not a
+    `malformed_json` security alert (exit 1)."""
+    async with arena(tmp_path, signer) as a:
+        bad = a.records[0]
+        body = bad.bytes()
+        a.hostile.route(a.hostile.bundle_path(bad.suffix), unframed_reset(body, len(body) // 2))
+        summary = await a.sync()
+        assert (summary.alerts, summary.untrusted, summary.errors) == (0, 0, 1)
+        assert exit_code(summary) == 3
+
+
+async def test_two_content_encoding_headers_are_two_layers(tmp_path, signer):
+    """Two `Content-Encoding: gzip` headers over a body gzipped once: refused as an
+    encoding not asked for (exit 3), as one header listing both is; only the first was
+    read, and the half-decoded body became a security alert."""
+    async with arena(tmp_path, signer) as a:
+        bad = a.records[0]
+        once = _gzip(bad.bytes())
+        head = (
+            b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Encoding: gzip\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(once)
+        )
+        a.hostile.route(a.hostile.bundle_path(bad.suffix), raw(head + once))
+        summary = await a.sync()
+        assert (summary.alerts, summary.errors) == (0, 1)
+        async with await Store.open(a.db, readonly=True) as store:
+            state = await store.fetch_state(bad.suffix, HOSTILE, "bundle")
+        assert state is not None and "not asked for: 'gzip, gzip'" in (state.last_error or "")
+
+
+def slow_hop(location: str, delay: float) -> Handler:
+    """A redirect to `location`, sent just before `delay` seconds are up."""
+
+    async def handler(writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(delay)
+        await redirect(location)(writer)
+
+    return handler
+
+
+async def test_a_chain_of_slow_redirects_costs_one_timeout(tmp_path, signer):
+    """Each hop of five redirects answers just before the timeout: the whole fetch is
+    bounded by the timeout (each hop had its own, and the well-known fallback another
+    chain: 12 timeouts for one record)."""
+    async with arena(tmp_path, signer, fetch_timeout="1s") as a:
+        bad = a.records[0]
+        hops = [f"/hop/{i}" for i in range(6)]
+        a.hostile.route(a.hostile.bundle_path(bad.suffix), slow_hop(hops[0], 0.8))
+        for here, there in itertools.pairwise(hops):
+            a.hostile.route(here, slow_hop(there, 0.8))
+        started = time.monotonic()
+        summary = await a.sync()
+        took = time.monotonic() - started
+        assert summary.errors == 1
+        assert took < 3, f"the pass took {took:.1f}s"
+        assert a.hostile.hits[f"/.well-known/pith/{bad.suffix}/bundle.json"] == 0

@@ -292,6 +292,8 @@ async def test_503_retry_after_http_date() -> None:
         ("soon", None),
         ("", None),
         ("٣", None),  # a digit, but not an ASCII one
+        ("Mon, 01 Jan 99999999999999999999 00:00:00 GMT", None),  # OverflowError inside
+        ("Mon, 01 Jan 2024 00:00:00 +99999999999999999999", None),
         (None, None),
     ],
 )

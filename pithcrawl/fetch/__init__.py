@@ -43,6 +43,9 @@ class FetchResult:
     """When the final response's headers arrived (UTC)."""
     elapsed: float
     """Seconds on the network, summed over redirect hops (waits for a slot excluded)."""
+    framed: bool = True
+    """The body's end was announced (`Content-Length`, or chunked): a body that simply
+    ended with its connection may have been cut short, with nothing to tell."""
     refused: tuple[str, ...] = ()
     """Headers the mirror sent that were unfit to keep and left out (an `ETag` holding a
     control byte, say): their names, for the caller to log."""
@@ -91,7 +94,7 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
         return float(text)  # an absurd number of digits becomes inf, never an error
     try:
         when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):  # a year of 20 digits
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)  # RFC 850 and asctime forms are GMT by definition

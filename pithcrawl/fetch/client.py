@@ -73,8 +73,8 @@ def fetcher_for(crawl: CrawlConfig) -> HttpFetcher:
 class HttpFetcher:
     """The real `Fetcher`: aiohttp, one session, used as `async with HttpFetcher(...) as f`.
 
-    `timeout` bounds each hop (connect, headers and whole body); callers wanting a
-    deadline over a whole redirect chain wrap `get` in their own cancel scope.
+    `timeout` bounds a whole GET: every hop of its redirects, each one's connect,
+    headers and body (time spent waiting for a free slot excluded).
     `allow_url` sees every redirect target (not the URL asked for, which the caller
     chose); returning False refuses it with `RedirectRefused`.
     """
@@ -211,6 +211,14 @@ class HttpFetcher:
         chain = [str(current)]
         elapsed = 0.0
         while True:
+            # The timeout bounds the whole chain of redirects, not each hop: a mirror
+            # answering each hop just in time cannot hold a fetch for six timeouts.
+            budget = self._timeout - elapsed
+            if budget <= 0:
+                raise FetchTimeout(
+                    f"{url}: timed out following redirects (timeout {self._timeout:g}s"
+                    f" for the whole chain): {' → '.join(chain)}"
+                )
             literal = literal_address(current.host) if public_only else None
             if literal is not None and not is_public_address(literal):
                 # aiohttp connects to a literal without asking the resolver.
@@ -221,7 +229,7 @@ class HttpFetcher:
             async with self._slot(current):
                 started = time.monotonic()
                 try:
-                    outcome = await self._hop(session, url, current, headers)
+                    outcome = await self._hop(session, url, current, headers, budget)
                 finally:
                     elapsed += time.monotonic() - started
             if isinstance(outcome, FetchResult):
@@ -278,12 +286,22 @@ class HttpFetcher:
             yield
 
     async def _hop(
-        self, session: aiohttp.ClientSession, origin: str, url: URL, headers: dict[str, str]
+        self,
+        session: aiohttp.ClientSession,
+        origin: str,
+        url: URL,
+        headers: dict[str, str],
+        budget: float,
     ) -> FetchResult | URL:
-        """One request: its result (`elapsed` left to the caller), or a redirect's target."""
+        """One request, within `budget` seconds: its result (`elapsed` left to the
+        caller), or a redirect's target."""
         reading_body = False
+        sock = min(budget, _SOCK_TIMEOUT_MAX)
+        timeout = aiohttp.ClientTimeout(total=budget, sock_connect=sock, sock_read=sock)
         try:
-            async with session.get(url, headers=headers, allow_redirects=False) as resp:
+            async with session.get(
+                url, headers=headers, allow_redirects=False, timeout=timeout
+            ) as resp:
                 fetched_at = datetime.now(UTC)
                 location = resp.headers.get(hdrs.LOCATION)
                 if resp.status in _REDIRECT_STATUSES and location is not None:
@@ -303,6 +321,8 @@ class HttpFetcher:
                     if sent is not None and kept is None
                 )
                 content_type = h.get(hdrs.CONTENT_TYPE)
+                chunked = "chunked" in h.get(hdrs.TRANSFER_ENCODING, "").lower()
+                framed = resp.status == 304 or hdrs.CONTENT_LENGTH in h or chunked
                 return FetchResult(
                     url=origin,
                     final_url=str(url),
@@ -314,6 +334,7 @@ class HttpFetcher:
                     retry_after=parse_retry_after(h.get(hdrs.RETRY_AFTER), fetched_at),
                     fetched_at=fetched_at,
                     elapsed=0.0,
+                    framed=framed,
                     refused=refused,
                 )
         except FetchError:
@@ -330,7 +351,9 @@ class HttpFetcher:
                 f"{url}: Content-Length {declared} exceeds the {cap}-byte limit",
                 status=resp.status,
             )
-        decoder = Decoder(resp.headers.get(hdrs.CONTENT_ENCODING), str(url))
+        # Every Content-Encoding header (two of them are two layers, as a list in one is).
+        encodings = resp.headers.getall(hdrs.CONTENT_ENCODING, [])
+        decoder = Decoder(", ".join(encodings) if encodings else None, str(url))
         parts: list[bytes] = []
         size = 0
         # Read in pieces of a fixed size, decoded a piece at a time (aiohttp pauses the

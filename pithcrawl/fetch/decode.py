@@ -92,6 +92,18 @@ class Decoder:
             if piece:
                 yield piece
             data = inflate.unconsumed_tail or inflate.unused_data
+        # The input is used up, but the last piece may have stopped at the size of a
+        # piece with more output held inside (a run the last bytes expand to).
+        while not inflate.eof:
+            try:
+                piece = inflate.decompress(b"", PIECE)
+            except zlib.error as e:
+                raise BadResponse(
+                    f"{self._where}: the body could not be decoded ({self._encoding}: {e})"
+                ) from None
+            if not piece:
+                break
+            yield piece
 
     def _next_member(self, data: bytes) -> bytes:
         """After the end of a gzip member, only another member may follow (RFC 1952
