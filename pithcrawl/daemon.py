@@ -226,11 +226,13 @@ class Daemon:
         if self.notifier.watchdog is not None:
             step = min(step, self.notifier.watchdog.total_seconds() / 2)
         while True:
+            # Before every wait, not only after a long one: pairs taken one by one every
+            # half second never wait a whole step, and the lag would stand still.
+            self._set_lag(waiting)
             self._ping()
             with anyio.move_on_after(step):
                 await self.free.acquire()
                 return
-            self._set_lag(waiting)
 
     def _set_lag(self, waiting: list[Due]) -> None:
         """How late the oldest due pair no worker has taken yet is (0: none is waiting)."""
