@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import os
 import random
@@ -35,7 +34,7 @@ from pithcrawl.fetch.client import HttpFetcher
 from pithcrawl.metrics import Metrics
 from pithcrawl.schedule import retry_due
 from pithcrawl.store import Alert, Delivery, Reconciled, Store
-from pithcrawl.text import escaped
+from pithcrawl.text import escaped, json_text
 from pithcrawl.timestamps import format_timestamp
 
 log = structlog.get_logger("pithcrawl.alert")
@@ -96,11 +95,12 @@ def signature(secret: bytes, body: bytes) -> str:
 
 
 def payload(alert: Alert, phase: str) -> bytes:
-    """The alert object as a sink receives it: as it was opened, or as it was closed."""
+    """The alert object as a sink receives it: as it was opened, or as it was closed;
+    every non-printable character a `\\u` escape (the same JSON, safe to show)."""
     doc = alert.to_json()
     if phase == "open":
-        doc.update(status="open", closed_at=None)
-    return json.dumps(doc, sort_keys=True, ensure_ascii=False).encode()
+        doc.update(status="open", closed_at=None, cleared_at=None)
+    return json_text(doc, sort_keys=True).encode()
 
 
 def sink_names(config: AlertsConfig) -> list[str]:

@@ -219,7 +219,7 @@ class Conditions:
         """Close the alerts whose condition has stayed clear for `alerts.resolve_after`
         (time ends a hold-down, whether or not their scope is checked again)."""
         closed = await self.store.alerts.close_cleared(
-            self.clock(), self.config.alerts.resolve_after
+            self.clock(), self.config.alerts.resolve_after, sink_names(self.config.alerts)
         )
         if closed:
             self.forget_open_scopes()  # the scopes of those closed may have none left now

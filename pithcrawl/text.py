@@ -52,11 +52,11 @@ def storable(text: str) -> str:
     return _SURROGATE.sub(lambda m: _escape(m.group()), text)
 
 
-def json_text(doc: Any, *, indent: int | None = None) -> str:
+def json_text(doc: Any, *, indent: int | None = None, sort_keys: bool = False) -> str:
     """`doc` as JSON for a terminal or a pipe: readable (non-ASCII letters as they are),
     with every non-printable character a `\\u` escape, which JSON allows in any string
     (outside strings, JSON has only printable ASCII and the line breaks of `indent`)."""
-    text = json.dumps(doc, ensure_ascii=False, indent=indent)
+    text = json.dumps(doc, ensure_ascii=False, indent=indent, sort_keys=sort_keys)
     if text.isprintable():
         return text
     return "".join(ch if ch.isprintable() or ch == "\n" else json_escape(ch) for ch in text)

@@ -237,10 +237,84 @@ async def test_hold_down_closes_only_after_the_condition_stayed_clear(tmp_path):
         assert (back.opened, [x.recurrences for x in back.recurred]) == ([], [1])
         await check(minutes[10], False)
         assert await book.close_cleared(t + minutes[39], hold) == []
-        assert [x.id for x in await book.close_cleared(t + minutes[40], hold)] == [alert.id]
+        closed = await book.close_cleared(t + minutes[40], hold, ["hook"])
+        assert [x.id for x in closed] == [alert.id]
         phases = [(d.sink, d.phase) for d in await book.deliveries(alert.id)]
         assert phases == [("hook", "open"), ("hook", "close")]
         stored = await book.get(alert.id)
     assert stored is not None
     assert (stored.recurrences, stored.closed_at) == (1, t + minutes[40])
     assert json.loads(json.dumps(stored.to_json()))["recurrences"] == 1
+
+
+async def test_one_alert_a_sink_cannot_take_does_not_hold_up_the_others(tmp_path, signer):
+    """A hook that refuses one alert (it exits 1 for one record's) and takes the rest:
+    every other alert still reaches it, then and later, while the refused one waits for
+    its retries (it stood first in the queue, and the sink was put off each time it
+    failed: nothing after it was ever delivered)."""
+    async with arena(tmp_path, signer, records=4) as a:
+        rogue = TestSigner("rogue-key")
+        poison = a.records[0]
+        script = tmp_path / "hook"
+        log = tmp_path / "hook.log"
+        script.write_text(
+            "#!/bin/sh\n"
+            f'case "$PITH_NUMBER" in *{poison.suffix}*) exit 1;; esac\n'
+            f'echo "$EVENT $PITH_NUMBER" >> "{log}"\n'
+        )
+        script.chmod(0o755)
+        a.extra += f'\n[alerts]\nhook = "{script}"\n'
+        first = a.records[:2]
+        for b in first:
+            forged = BundleBuilder(rogue, record=b.record)
+            forged.add_event()
+            a.hostile.route(a.hostile.bundle_path(b.suffix), respond(200, forged.bytes()))
+        await a.sync()  # the poisoned alert was opened first
+        a.clock.advance(timedelta(hours=2))  # every retry is due again
+        for b in a.records[2:]:  # two more alerts, later
+            forged = BundleBuilder(rogue, record=b.record)
+            forged.add_event()
+            a.hostile.route(a.hostile.bundle_path(b.suffix), respond(200, forged.bytes()))
+        await a.sync()
+        delivered = log.read_text().splitlines()
+        assert sorted(line.split()[1][-26:] for line in delivered) == sorted(
+            b.suffix for b in a.records[1:]
+        )
+
+
+async def test_a_sink_taken_out_is_not_sent_the_end_of_what_it_never_had(tmp_path, signer):
+    """A webhook that never took an alert (it was down), then taken out of the
+    configuration: when the alert closes, no closing notice is queued for it and its
+    pending notice is dropped (they stayed pending for ever, and would all have been
+    sent, stale, had it come back)."""
+    async with arena(tmp_path, signer, records=1) as a, dead_webhook() as url:
+        (b,) = a.records
+        rogue = BundleBuilder(TestSigner("rogue-key"), record=b.record)
+        rogue.add_event()
+        a.hostile.route(a.hostile.bundle_path(b.suffix), respond(200, rogue.bytes()))
+        base = a.extra
+        a.extra = base + f'\n[alerts]\nresolve_after = "0s"\nwebhook = "{url}"\n'
+        await a.sync()
+        a.extra = base + '\n[alerts]\nresolve_after = "0s"\n'
+        a.hostile.put(b.bytes())
+        await a.sync()
+        async with await Store.open(a.db, readonly=True) as store:
+            assert await store.alerts.open_alerts() == []
+            assert await store.alerts.deliveries() == []
+
+
+async def test_a_webhook_body_shows_nothing_that_could_act_on_a_screen(tmp_path):
+    """The JSON a webhook receives escapes every non-printable character (a C1 control,
+    a bidi override, a line separator from a mirror's text went raw), and is still the
+    same alert once parsed."""
+    from pithcrawl.alert import payload
+    from pithcrawl.store import Alert
+
+    text = "x\x9b2J\u202eevil\u200b\u2028forged"
+    now = datetime.now(UTC)
+    alert = Alert(
+        1, "k", "s", "state_url_mismatch", "critical", None, None, ("m",), text, {}, now, None
+    )
+    body = payload(alert, "open")
+    assert body.isascii() or all(ch.isprintable() for ch in body.decode())
+    assert json.loads(body)["summary"] == text

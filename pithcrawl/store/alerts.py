@@ -199,7 +199,7 @@ class AlertBook:
                 continue
             cleared = alert.cleared_at or now
             if now - cleared >= hold:
-                done.closed.append(await self._close(s, alert, now))
+                done.closed.append(await self._close(s, alert, now, sinks))
                 continue
             if alert.cleared_at is None:
                 await s.run(
@@ -215,16 +215,19 @@ class AlertBook:
                 done.still_open = True
         return done
 
-    async def close_cleared(self, now: datetime, hold: timedelta) -> list[Alert]:
+    async def close_cleared(
+        self, now: datetime, hold: timedelta, sinks: Sequence[str] = ()
+    ) -> list[Alert]:
         """Close every alert whose condition has stayed clear for `hold` (the hold-down
-        ends with time, not only when its scope is checked again); the alerts closed."""
+        ends with time, not only when its scope is checked again), queuing the closing
+        notices for `sinks`; the alerts closed."""
         async with self._db.write("close cleared alerts") as s:
             rows = await s.all(
                 "SELECT * FROM alerts WHERE closed_at IS NULL AND cleared_at IS NOT NULL"
                 " AND cleared_at <= ? ORDER BY id",
                 (db_time(now - hold),),
             )
-            return [await self._close(s, _alert(r), now) for r in rows]
+            return [await self._close(s, _alert(r), now, sinks) for r in rows]
 
     async def queue_open(self, sinks: Sequence[str], now: datetime) -> int:
         """Queue every open alert for each of `sinks` that has never had it (a sink
@@ -273,15 +276,24 @@ class AlertBook:
         assert row is not None
         return _alert(row)
 
-    async def _close(self, s: Session, alert: Alert, now: datetime) -> Alert:
+    async def _close(self, s: Session, alert: Alert, now: datetime, sinks: Sequence[str]) -> Alert:
         await s.run("UPDATE alerts SET closed_at = ? WHERE id = ?", (db_time(now), alert.id))
-        # Only to the sinks the alert was queued for: a sink never hears of the end of an
-        # alert it was never told of.
+        configured = to_json_text(list(sinks))
+        # A sink taken out of the configuration that never took the alert is told of it
+        # neither now nor if it comes back: what it would hear is over.
+        await s.run(
+            "DELETE FROM deliveries WHERE alert_id = ? AND phase = 'open'"
+            " AND delivered_at IS NULL AND sink NOT IN (SELECT value FROM json_each(?))",
+            (alert.id, configured),
+        )
+        # The closing notice goes to the configured sinks the alert was queued for: a
+        # sink never hears of the end of an alert it was never told of.
         await s.run(
             "INSERT INTO deliveries (alert_id, sink, phase, next_attempt)"
             " SELECT alert_id, sink, 'close', ? FROM deliveries"
-            " WHERE alert_id = ? AND phase = 'open' ON CONFLICT DO NOTHING",
-            (db_time(now), alert.id),
+            " WHERE alert_id = ? AND phase = 'open'"
+            " AND sink IN (SELECT value FROM json_each(?)) ON CONFLICT DO NOTHING",
+            (db_time(now), alert.id, configured),
         )
         notice = NewEvent(
             kind="alert_closed",
@@ -403,8 +415,8 @@ class AlertBook:
     async def due_deliveries(
         self, now: datetime, limit: int = 100, *, sinks: Sequence[str] = SINKS
     ) -> list[tuple[Delivery, Alert]]:
-        """Deliveries to `sinks` not yet taken whose next attempt is due, oldest alert and
-        phase first.
+        """Deliveries to `sinks` not yet taken whose next attempt is due: the least tried
+        first, then the oldest alert and phase.
 
         A closing notice waits for its sink to have taken the opening one: a sink must
         never hear last that a closed alert is open."""
@@ -416,7 +428,9 @@ class AlertBook:
                 " AND NOT (d.phase = 'close' AND EXISTS (SELECT 1 FROM deliveries AS o"
                 "  WHERE o.alert_id = d.alert_id AND o.sink = d.sink AND o.phase = 'open'"
                 "  AND o.delivered_at IS NULL))"
-                " ORDER BY d.alert_id, d.phase DESC, d.sink LIMIT ?",
+                # Untried first: one delivery its sink keeps refusing (a hook that exits
+                # 1 on one alert, say) must not stand in front of every later one.
+                " ORDER BY d.attempts, d.alert_id, d.phase DESC, d.sink LIMIT ?",
                 (db_time(now), to_json_text(list(sinks)), limit),
             )
         return [(_delivery(r), _alert(r)) for r in rows]
