@@ -34,7 +34,7 @@ from pithcrawl.fetch.client import HttpFetcher
 from pithcrawl.metrics import Metrics
 from pithcrawl.schedule import retry_due
 from pithcrawl.store import Alert, Delivery, Reconciled, Store
-from pithcrawl.text import escaped, json_text
+from pithcrawl.text import bounded, escaped, json_text
 from pithcrawl.timestamps import format_timestamp
 
 log = structlog.get_logger("pithcrawl.alert")
@@ -45,6 +45,8 @@ RETRY_CAP = 3600.0
 #: Variables of systemd's that a hook must not inherit (it is not the service).
 _PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")
 SIGNATURE_HEADER = "X-Pithcrawl-Signature-256"
+#: The longest value of the alert's a hook's environment variable holds (escaped).
+ENV_VALUE_MAX = 4096
 #: An HMAC secret is a few dozen bytes; a file past this is not one.
 SECRET_MAX = 64 * 1024
 
@@ -132,7 +134,12 @@ def hook_environment(
         "MIRRORS": " ".join(alert.mirrors),
         "DEDUP_KEY": alert.dedup_key,
     }
-    env.update({k: escaped(v) for k, v in alert_env.items()}, JSON_FILENAME=str(json_file))
+    # Bounded too: one value past 128 KiB, or all of them past the system's limit, and
+    # the hook could not be run at all.
+    env.update(
+        {k: bounded(escaped(v), ENV_VALUE_MAX) for k, v in alert_env.items()},
+        JSON_FILENAME=str(json_file),
+    )
     return env
 
 

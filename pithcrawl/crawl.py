@@ -30,7 +30,7 @@ from pithcrawl.conditions import Conditions, history_of
 from pithcrawl.config import Config
 from pithcrawl.errors import OperationalError, StoreCorrupt
 from pithcrawl.fetch import Fetcher
-from pithcrawl.findings import Severity
+from pithcrawl.findings import Severity, kept
 from pithcrawl.keys import InvalidKey, TrustedKey, TrustSet, key_problems, load_key
 from pithcrawl.metrics import Metrics
 from pithcrawl.mirrors import Site, discoverable, from_hints
@@ -251,7 +251,7 @@ class Crawler:
                     mirrors=(site.name,),
                     summary=f"{site.name} served an untrusted bundle for {number}: "
                     + ", ".join(codes),
-                    evidence={**evidence, "findings": [f.to_json() for f in report.findings]},
+                    evidence={**evidence, **kept(report.findings)},
                     # One alert while the mirror serves untrusted bundles of this record,
                     # however many different ones: a body per fetch is not an alert each.
                     dedup_key=f"{kind}:{suffix}:{site.name}",
@@ -482,7 +482,7 @@ class Crawler:
                         "fetched_at": format_timestamp(now),
                         "state_body_sha256": body_sha,
                         "bundle_body_sha256": bundle.body_sha256,
-                        "findings": [f.to_json() for f in report.findings],
+                        **kept(report.findings),
                         **(mismatch.evidence if mismatch else {}),
                     },
                     dedup_key=f"state_url_mismatch:{suffix}:{site.name}",

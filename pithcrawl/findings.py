@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from pithcrawl.text import bounded
+
 
 class Severity(StrEnum):
     CRITICAL = "critical"
@@ -61,9 +63,17 @@ class Finding:
         return cls(obj["code"], Severity(obj["severity"]), obj["path"], obj["message"])
 
 
+#: How long a finding's path and message may be: they may quote a document (a key, a
+#: value), and a hostile one must not make an alert's text (a hook's environment, a
+#: log line, a table row) as long as itself.
+PATH_MAX = 300
+MESSAGE_MAX = 500
+
+
 def finding(code: str, path: str, message: str) -> Finding:
-    """A finding with the severity the contract gives its code."""
-    return Finding(code, CODES[code], path, message)
+    """A finding with the severity the contract gives its code, its path and message
+    bounded (`PATH_MAX`, `MESSAGE_MAX`)."""
+    return Finding(code, CODES[code], bounded(path, PATH_MAX), bounded(message, MESSAGE_MAX))
 
 
 def pointer(*parts: str | int) -> str:
@@ -73,3 +83,18 @@ def pointer(*parts: str | int) -> str:
 
 def is_critical(findings: list[Finding] | tuple[Finding, ...]) -> bool:
     return any(f.severity is Severity.CRITICAL for f in findings)
+
+
+#: How many findings of one document the archive keeps with its snapshot, its event and
+#: its alert: a hostile body can hold tens of thousands, each worth nothing more than
+#: the first (the archived body gives them all again: `pithcrawl verify`).
+FINDINGS_KEPT = 50
+
+
+def kept(findings: tuple[Finding, ...] | list[Finding]) -> dict[str, Any]:
+    """The evidence of a document's findings: the first `FINDINGS_KEPT`, and how many
+    there were in all when that is more."""
+    doc: dict[str, Any] = {"findings": [f.to_json() for f in findings[:FINDINGS_KEPT]]}
+    if len(findings) > FINDINGS_KEPT:
+        doc["findings_total"] = len(findings)
+    return doc

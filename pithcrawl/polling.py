@@ -18,6 +18,7 @@ import structlog
 from pithcrawl.config import Config
 from pithcrawl.errors import FetchError
 from pithcrawl.fetch import Fetcher, FetchResult
+from pithcrawl.findings import FINDINGS_KEPT
 from pithcrawl.metrics import Metrics
 from pithcrawl.mirrors import Site, public_url
 from pithcrawl.schedule import next_due, retry_due
@@ -201,7 +202,7 @@ class Poller:
             built_at=report.built_at if report else None,
             event_count=len(report.events) if report and report.kind == "bundle" else None,
             trusted=bool(report and report.ok),
-            findings=report.findings if report else (),
+            findings=report.findings[:FINDINGS_KEPT] if report else (),
             events=events or (),
             related_sha256=related_sha256,
         )

@@ -44,6 +44,11 @@ def escaped(text: str) -> str:
     return "".join(ch if ch.isprintable() else _escape(ch) for ch in text)
 
 
+def bounded(text: str, limit: int) -> str:
+    """`text`, cut to `limit` characters with a closing "…" when it is longer."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def storable(text: str) -> str:
     """`text` fit for UTF-8 (SQLite, JSON): lone surrogates become escapes; nothing else
     changes."""

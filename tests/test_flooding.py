@@ -318,3 +318,52 @@ async def test_a_webhook_body_shows_nothing_that_could_act_on_a_screen(tmp_path)
     body = payload(alert, "open")
     assert body.isascii() or all(ch.isprintable() for ch in body.decode())
     assert json.loads(body)["summary"] == text
+
+
+async def test_a_state_key_as_long_as_a_book_gives_an_alert_of_bounded_text(tmp_path, signer):
+    """An unsigned state.json with one top-level key of 140,000 characters (its
+    state_sha256 recomputed, as anyone can): a `state_url_mismatch` whose summary and
+    hook variables are bounded, and the hook runs (the summary held the key whole:
+    the hook could not be started, "Argument list too long", for that alert and, queued
+    behind it, every later one)."""
+    from builder import H
+
+    async with arena(tmp_path, signer, records=1) as a:
+        (b,) = a.records
+        state = json.loads(b.bytes())["state"]
+        state["K" * 140_000] = 1
+        state["state_sha256"] = H({k: v for k, v in state.items() if k != "state_sha256"})
+        a.hostile.route(a.hostile.state_path(b.suffix), respond(200, json.dumps(state).encode()))
+        hook = hook_script(tmp_path)
+        a.extra += f'\n[alerts]\nhook = "{hook}"\n'
+        summary = await a.sync()
+        assert summary.alerts == 1 and summary.delivered == 1
+        (call,) = calls(tmp_path)
+        assert call["env"]["EVENT"] == "state_url_mismatch"
+        assert len(call["env"]["SUMMARY"]) <= 4096
+        assert len(call["doc"]["summary"]) < 1000
+
+
+async def test_a_body_with_thousands_of_findings_keeps_a_bounded_few(tmp_path, signer):
+    """A bundle whose 300 events each break their hash: the snapshot, the event and the
+    alert keep the first 50 findings and the total (every finding was copied into each,
+    about 200 times the body's own size in the archive)."""
+    async with arena(tmp_path, signer, records=1) as a:
+        (b,) = a.records
+        for n in range(300):
+            b.add_event(created_at=f"2026-11-02T01:{n // 60:02d}:{n % 60:02d}Z")
+        doc = json.loads(b.bytes())
+        for event in doc["events"][1:]:
+            event["content_sha256"] = "0" * 64
+        a.hostile.route(a.hostile.bundle_path(b.suffix), respond(200, json.dumps(doc).encode()))
+        a.good.put(b.bytes())
+        summary = await a.sync()
+        assert summary.alerts == 1
+        async with await Store.open(a.db, readonly=True) as store:
+            (alert,) = await store.alerts.open_alerts()
+            (snap,) = await store.snapshots(b.suffix, mirror=HOSTILE)
+            (entry,) = [e for e in await store.events() if e.kind == alert.kind]
+        assert len(alert.evidence["findings"]) == 50
+        assert alert.evidence["findings_total"] > 300
+        assert len(snap.findings) == 50
+        assert entry.evidence["findings_total"] == alert.evidence["findings_total"]

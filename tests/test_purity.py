@@ -12,6 +12,8 @@ PURE = [
     "canon",
     "divergence",
     "fetch/__init__",
+    "fetch/decode",
+    "text",
     "findings",
     "keys",
     "merge",

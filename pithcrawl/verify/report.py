@@ -11,9 +11,10 @@ from datetime import timedelta
 from typing import Any, NamedTuple
 
 from pithcrawl.canon import Piece, canon
-from pithcrawl.findings import Finding, is_critical
+from pithcrawl.findings import PATH_MAX, Finding, is_critical, pointer
 from pithcrawl.keys import TrustSet
 from pithcrawl.merge import Equivocation, entry
+from pithcrawl.text import bounded
 from pithcrawl.timestamps import Timestamp
 
 DEFAULT_CLOCK_SKEW = timedelta(minutes=5)
@@ -147,25 +148,32 @@ def add_configured_rotations(rotates: dict[str, Timestamp], trust: TrustSet) -> 
 
 
 def first_difference(a: Any, b: Any, path: str, depth: int = 0) -> tuple[str, str]:
-    """The first place where two JSON values differ, as (pointer, description)."""
+    """The first place where two JSON values differ, as (pointer, description); the
+    pointer is cut to `findings.PATH_MAX` (a document's keys can be any length)."""
+    found, what = _first_difference(a, b, path, depth)
+    return bounded(found, PATH_MAX), what
+
+
+def _first_difference(a: Any, b: Any, path: str, depth: int) -> tuple[str, str]:
     if depth > 32 or type(a) is not type(b):
         return path, f"found {brief(a)}, expected {brief(b)}"
     if isinstance(a, dict):
         for key in sorted(set(a) | set(b)):
             if key == "state_sha256" and depth == 0:
                 continue
+            here = path + pointer(key)
             if key not in a:
-                return f"{path}/{key}", "missing"
+                return here, "missing"
             if key not in b:
-                return f"{path}/{key}", "not expected"
+                return here, "not expected"
             if canon(a[key]) != canon(b[key]):
-                return first_difference(a[key], b[key], f"{path}/{key}", depth + 1)
+                return _first_difference(a[key], b[key], here, depth + 1)
     elif isinstance(a, list):
         if len(a) != len(b):
             return path, f"{len(a)} items, expected {len(b)}"
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
             if canon(x) != canon(y):
-                return first_difference(x, y, f"{path}/{i}", depth + 1)
+                return _first_difference(x, y, f"{path}/{i}", depth + 1)
     return path, f"found {brief(a)}, expected {brief(b)}"
 
 
