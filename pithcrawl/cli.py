@@ -12,6 +12,7 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, NoReturn, TextIO, cast
 
@@ -19,7 +20,7 @@ from pithcrawl import __version__
 from pithcrawl.commands import COMMANDS
 from pithcrawl.errors import EXIT_OPERATIONAL, EXIT_USAGE, OperationalError, PithcrawlError
 from pithcrawl.log import configure
-from pithcrawl.text import json_escape
+from pithcrawl.text import escaped, json_escape
 
 
 class _Parser(argparse.ArgumentParser):
@@ -96,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BaseException as e:
         return _failed(e)
     finally:
+        with suppress(PithcrawlError):  # after a failure: its message is what counts
+            sys.stdout.flush()
         sys.stdout = stdout
     return code
 
@@ -167,7 +170,8 @@ def _failed(error: BaseException) -> int:
         raise error
     found = _first_ours(error)
     if found is not None:
-        print(f"pithcrawl: {found}", file=sys.stderr)
+        # A message may quote what an operator typed or a mirror sent: shown escaped.
+        print(f"pithcrawl: {escaped(str(found))}", file=sys.stderr)
         return found.exit_code
     traceback.print_exception(error, file=sys.stderr)
     print(

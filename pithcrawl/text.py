@@ -76,17 +76,18 @@ def json_escape(ch: str) -> str:
     return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
 
 
-#: An entity tag as RFC 9110 §8.8.3 writes it, visible ASCII only (obs-text, bytes past
-#: 0x7F, is refused: sent back, it would not be the same bytes).
-_ETAG = re.compile(r'(?:W/)?"[\x21\x23-\x7e]*"\Z')
+#: An entity tag: visible ASCII only (obs-text, bytes past 0x7F, is refused: sent back,
+#: it would not be the same bytes). RFC 9110 §8.8.3 quotes it; some servers do not, and
+#: what they sent is what they compare, so an unquoted one is sent back as it came.
+_ETAG = re.compile(r'(?:W/)?"[\x21\x23-\x7e]*"\Z|[\x21\x23-\x7e]+\Z')
 _MAX_HEADER = 256
 
 
 def header_token(value: str | None, *, etag: bool) -> str | None:
     """A validator (`ETag` or `Last-Modified`) a mirror sent, as it may be sent back in
     `If-None-Match` or `If-Modified-Since`; None when it is absent or not fit: a byte
-    that is not visible ASCII (a Latin-1 letter, a control code), an ETag that is not
-    quoted, or more than 256 characters."""
+    that is not visible ASCII (a Latin-1 letter, a control code), or more than 256
+    characters."""
     if value is None or len(value) > _MAX_HEADER:
         return None
     if etag:

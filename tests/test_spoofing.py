@@ -318,23 +318,33 @@ def test_verify_now_at_the_end_of_time_is_a_usage_error(capsys):
 
 
 @pytest.mark.parametrize("option", ["--config", "--key", "webhook_secret_file"])
-def test_a_file_without_end_is_not_read_without_bound(tmp_path, capsys, option):
-    """`--config`, `--key` or `alerts.webhook_secret_file` naming /dev/zero: exit 2 at
-    once, saying the file is too large (it was read until memory ran out)."""
+@pytest.mark.parametrize("kind", ["dev-zero", "fifo", "huge"])
+def test_a_file_without_end_is_not_read_without_bound(tmp_path, capsys, option, kind):
+    """`--config`, `--key` or `alerts.webhook_secret_file` naming /dev/zero, a FIFO or a
+    regular file of many megabytes: exit 2 at once, saying why (/dev/zero was read until
+    memory ran out; a FIFO held the command, or the daemon's reload, until written to)."""
+    if kind == "dev-zero":
+        path, why = Path("/dev/zero"), "not a regular file"
+    elif kind == "fifo":
+        path, why = tmp_path / "fifo", "not a regular file"
+        os.mkfifo(path)
+    else:
+        path, why = tmp_path / "huge", "larger than"
+        path.write_bytes(b"#" * (2 << 20))
     if option == "webhook_secret_file":
         cfg = tmp_path / "c.toml"
         cfg.write_text(
-            '[alerts]\nwebhook = "http://127.0.0.1:9/x"\nwebhook_secret_file = "/dev/zero"\n'
+            f'[alerts]\nwebhook = "http://127.0.0.1:9/x"\nwebhook_secret_file = "{path}"\n'
             '[[mirrors]]\nname = "m"\nbase_url = "http://127.0.0.1:9"\n'
         )
         argv = ["--config", str(cfg), "--db", str(tmp_path / "a.db"), "sync"]
     elif option == "--key":
-        argv = ["verify", "--key", "/dev/zero", "-"]
+        argv = ["verify", "--key", str(path), "-"]
     else:
-        argv = ["--config", "/dev/zero", "status"]
+        argv = ["--config", str(path), "status"]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "/dev/zero" in err and "larger than" in err and "Traceback" not in err
+    assert str(path) in err and why in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("command", [["status"], ["sync", "--json"]], ids=["status", "sync"])
@@ -375,3 +385,48 @@ def test_a_full_disk_under_stdout_is_one_line_and_exit_3(tmp_path, command):
     assert proc.stderr.strip().splitlines() == [
         "pithcrawl: cannot write the output: No space left on device"
     ]
+
+
+def test_an_error_quoting_what_was_typed_is_shown_escaped(tmp_path, capsys):
+    """A usage error naming an argument with escape codes (`history --mirror`, a --db
+    path) prints it escaped on stderr (it went raw: a forged line, a cleared screen)."""
+    db = tmp_path / "a.db"
+    assert main(["--db", str(db), "track", "A" * 26]) == 0
+    capsys.readouterr()
+    assert main(["--db", str(db), "history", "A" * 26, "--mirror", FORGED]) == 2
+    assert main(["--db", str(tmp_path / ("nothing" + FORGED)), "status"]) == 2
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\u202e" not in err
+    assert len(err.splitlines()) == 2 and err.count("\\x1b[2J") == 2
+
+
+def test_evidence_names_a_long_key_id_file_within_the_file_systems_limit(tmp_path, capsys):
+    """A learned key whose key_id is 300 characters long: its key file name is cut (with
+    a hash of the whole id), and `evidence` writes every file (it failed with "File name
+    too long", leaving half a package)."""
+    db = tmp_path / "a.db"
+    assert main(["--db", str(db), "track", "A" * 26]) == 0
+    long = TestSigner("k" * 300)
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "INSERT INTO alerts (dedup_key, scope, kind, severity, mirrors, summary, evidence,"
+            " opened_at) VALUES ('k', 'x', 'mirror_unreachable', 'error', '[\"m\"]', 's',"
+            " '{\"mirror\": \"m\"}', '2026-11-01T00:00:00.000000Z')"
+        )
+        conn.execute(
+            "INSERT INTO blobs (sha256, size, codec, data) VALUES (?, 0, 'zstd', x'')", ("b" * 64,)
+        )
+        conn.execute(
+            "INSERT INTO learned_keys (key_id, key_json, learned_at, mirror, body_sha256)"
+            " VALUES (?, ?, '2026-11-01T00:00:00.000000Z', 'm', ?)",
+            (long.key_id, json.dumps(long.public_key()), "b" * 64),
+        )
+    cfg = tmp_path / "c.toml"
+    key = tmp_path / "long.key.json"
+    key.write_text(json.dumps(long.public_key()))
+    cfg.write_text(f'db = "{db}"\n[trust]\nkeys = ["{key}"]\n')
+    out = tmp_path / "ev"
+    assert main(["--config", str(cfg), "evidence", "1", "--out", str(out)]) == 0
+    (written,) = (out / "keys").iterdir()
+    assert len(written.name) < 120 and written.name.endswith(".key.json")
+    assert json.loads(written.read_text())["key_id"] == long.key_id

@@ -38,6 +38,8 @@ EXAMPLE = "pithcrawl evidence 42 --out alert-42"
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+#: The longest key file name (before `.key.json`): file systems refuse past 255 bytes.
+_NAME_MAX = 100
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -194,6 +196,9 @@ async def _gather(config: Config, db: Path, alert_id: int) -> Package:
     names: set[str] = set()
     for key_id, key in sorted(trust.items(), key=lambda item: item[0]):
         name = _UNSAFE.sub("_", key_id).lstrip(".") or "key"
+        if len(name) > _NAME_MAX:  # a key id is signed text of any length; a file name is not
+            tail = hashlib.sha256(key_id.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+            name = f"{name[: _NAME_MAX - 13]}-{tail}"
         file, n = f"keys/{name}.key.json", 1
         while file in names:
             n += 1

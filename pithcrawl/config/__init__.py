@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -202,9 +203,16 @@ FILE_MAX = 1 << 20
 
 
 def read_bounded(path: Path, what: str, limit: int = FILE_MAX) -> bytes:
-    """The bytes of `path`, at most `limit` of them (`ConfigError` naming `what` past
-    that); `OSError` if it cannot be read."""
-    with path.open("rb") as f:
+    """The bytes of `path`, a regular file, at most `limit` of them (`ConfigError`
+    naming `what` for anything else); `OSError` if it cannot be read.
+
+    Opened without blocking and refused unless a regular file: a FIFO would have held
+    the command, or the daemon's reload (and with it every fetch, SIGTERM and the
+    watchdog) until someone wrote to it."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(f"{what} {path}: not a regular file")
         data = f.read(limit + 1)
     if len(data) > limit:
         raise ConfigError(f"{what} {path}: larger than {limit} bytes (is it the right file?)")
