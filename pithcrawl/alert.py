@@ -131,7 +131,9 @@ def hook_environment(
         "SEVERITY": alert.severity,
         "SUMMARY": alert.summary,
         "PITH_NUMBER": alert.pith_number or "",
-        "MIRRORS": " ".join(alert.mirrors),
+        # Space-separated: a space (or %) inside a name is percent-encoded, so a name
+        # such as "x m0" cannot make a script read a second, honest mirror into it.
+        "MIRRORS": " ".join(m.replace("%", "%25").replace(" ", "%20") for m in alert.mirrors),
         "DEDUP_KEY": alert.dedup_key,
     }
     # Bounded too: one value past 128 KiB, or all of them past the system's limit, and

@@ -118,7 +118,8 @@ def from_manifest(doc: Any, *, prefix: str = "") -> list[Site]:
         raise ValueError(f"its mirrors are a {type(entries).__name__}, not a list")
     if len(entries) > MANIFEST_MAX:
         raise ValueError(f"it lists {len(entries)} mirrors (at most {MANIFEST_MAX} are read)")
-    sites = []
+    sites: list[Site] = []
+    per_host: dict[str, int] = {}
     for entry in entries:
         fields = (
             _strings(entry, "name", "base_url", "bundle_pattern", "state_pattern")
@@ -127,22 +128,61 @@ def from_manifest(doc: Any, *, prefix: str = "") -> list[Site]:
         )
         if fields is None:
             continue
-        name, base, bundle, state = fields
+        listed, base, bundle, state = fields
         if SUFFIX not in bundle or SUFFIX not in state or not _http(base):
             continue
-        if mirror_name(name) is None or not all(map(_url_text, (base, bundle, state))):
+        refused = _refused(listed, (base, bundle, state), sites, per_host)
+        if refused is not None:
+            log.warning("manifest_entry_refused", name=escaped(listed[:100]), reason=refused)
+            continue
+        # A name unfit to show (a mirror's name is in every alert, hook and table) gives
+        # way to its host's.
+        name = mirror_name(listed) or mirror_name(urlsplit(base).hostname or "") or ""
+        if name and name != listed:
+            log.warning(
+                "manifest_entry_renamed",
+                name=escaped(listed[:100]),
+                to=name,
+                reason="a name of letters, digits, spaces and . _ - : @ + ( ) [ ], up to 64",
+            )
+        if not name or any(s.name == prefix + name for s in sites):
             log.warning(
                 "manifest_entry_refused",
-                name=escaped(name[:100]),
-                reason="a name of letters, digits and . _ - : @ + ( ) [ ] and spaces (up to 64)"
-                " and URLs of printable ASCII are expected",
+                name=escaped(listed[:100]),
+                reason="no name fit to show, nor a host name one (or it is taken)",
             )
             continue
+        host = _host_key(base)
+        per_host[host] = per_host.get(host, 0) + 1
         well_known = entry.get("well_known_pattern")
         if not (isinstance(well_known, str) and SUFFIX in well_known and _url_text(well_known)):
             well_known = None
         sites.append(Site(prefix + name, base.rstrip("/"), bundle, state, well_known, "manifest"))
     return sites
+
+
+#: The most entries of one manifest that may name one host: a mirror is a place; 256
+#: names for one server would make every alert about it 256 alerts.
+MANIFEST_PER_HOST = 2
+
+
+def _host_key(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{(parts.hostname or '').lower()}:{parts.port or ''}"
+
+
+def _refused(
+    name: str, urls: tuple[str, ...], taken: list[Site], per_host: dict[str, int]
+) -> str | None:
+    """Why a manifest entry (its name as listed, its base URL and patterns) is not read,
+    or None."""
+    if not all(map(_url_text, urls)):
+        return "URLs of printable ASCII are expected"
+    if any(s.name.rpartition("/")[2] == name for s in taken):
+        return "its name is listed already (the first entry of a name is read)"
+    if per_host.get(_host_key(urls[0]), 0) >= MANIFEST_PER_HOST:
+        return f"more than {MANIFEST_PER_HOST} entries name its host"
+    return None
 
 
 def from_hints(bundle: Mapping[str, Any], suffix: str) -> list[Site]:
@@ -204,7 +244,8 @@ async def public_url(url: str) -> bool:
 
 
 async def discoverable(site: Site, *, allow_private: bool) -> str | None:
-    """Why a discovered mirror may not be crawled, or None when it may."""
+    """Why a mirror nobody configured may not be crawled (not https, or a name that
+    resolves to an address that is not public), or None when it may."""
     urls = [site.base_url, site.bundle_url("A" * 26), site.state_url("A" * 26)]
     well_known = site.well_known_url("A" * 26)
     if well_known is not None:  # the fallback address is fetched too
@@ -218,8 +259,12 @@ async def discoverable(site: Site, *, allow_private: bool) -> str | None:
         host = parts.hostname or ""
         try:
             infos = await anyio.getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
-        except (OSError, UnicodeError) as e:
-            return f"{host} does not resolve ({e})"
+        except (OSError, UnicodeError):
+            # No answer is no verdict: the mirror stays, and fails when fetched (its every
+            # connection is made to public addresses only), as a mirror that is down.
+            # Dropping it would make a mirror that went dark at DNS vanish with its
+            # history instead of becoming `mirror_unreachable`.
+            continue
         addresses = {str(info[4][0]) for info in infos}
         private = sorted(a for a in addresses if not is_public_address(a))
         if private:
@@ -288,11 +333,12 @@ async def resolve(
             listed=len(listed),
         )
         await store.set_setting(MANIFEST_SETTING + m.name, json.dumps(read))
+        # A mirror it still lists keeps its history, even while the guard refuses it.
+        names = {site.name for site in listed}
         listed = await _allowed(listed, config)
         manifest_sites += listed  # exactly what it lists now: a mirror it dropped is gone
         for site in listed:
             await store.watchlist.upsert_mirror(site.row(now))
-        names = {site.name for site in listed}
         for row in await store.watchlist.mirrors():
             dropped = Site.from_row(row)
             if (

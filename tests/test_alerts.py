@@ -452,7 +452,8 @@ def test_hook_runs_without_a_shell_whatever_the_fields_hold(tmp_path, signer, ca
     )
     assert main(["--config", str(cfg), "sync", b.pith_number]) == 1
     assert not pwned.exists()
-    assert out.read_text().splitlines()[0] == evil
+    # MIRRORS is space-separated: a space inside a name is percent-encoded.
+    assert out.read_text().splitlines()[0] == evil.replace(" ", "%20")
 
 
 def test_the_webhook_secret_never_reaches_logs_events_or_status(tmp_path, signer, capsys, mirror):

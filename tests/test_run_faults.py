@@ -171,3 +171,28 @@ def test_a_supervisor_that_does_not_read_never_stops_the_daemon(tmp_path: Path):
         sent = [notifier.ping() for _ in range(200)]
         assert time.monotonic() - started < 2
     assert sent[0] and not all(sent)
+
+
+def test_a_ready_waits_a_little_for_room_where_a_ping_would_not(tmp_path: Path):
+    """The supervisor's queue is full of pings when a reload ends: READY=1 waits for
+    room (up to two seconds) rather than being dropped, which would leave systemd
+    waiting on a reload that is done."""
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as supervisor:
+        supervisor.bind(str(path))
+        notifier = Notifier({"NOTIFY_SOCKET": str(path)})
+        while notifier.ping():
+            pass  # the queue is full
+        got: list[bytes] = []
+
+        def drain() -> None:
+            time.sleep(0.3)
+            supervisor.settimeout(2)
+            while not any(b"READY=1" in m for m in got):
+                got.append(supervisor.recv(4096))
+
+        reader = threading.Thread(target=drain)
+        reader.start()
+        assert notifier.ready("done")
+        reader.join(5)
+    assert any(b"READY=1" in m for m in got)

@@ -14,6 +14,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from test_alerts import calls, hook_script
 from pithcrawl.cli import main
 from pithcrawl.config import parse_config
 from pithcrawl.log import configure
+from pithcrawl.mirrors import from_manifest
 from pithcrawl.store import Store
 from pithcrawl.sync import sync_once
 
@@ -51,15 +53,15 @@ def _entry(name: str, base: str) -> dict[str, Any]:
     }
 
 
-async def test_a_manifest_name_with_escape_codes_is_refused(tmp_path, signer, capsys):
+async def test_a_manifest_name_with_escape_codes_is_never_shown(tmp_path, signer, capsys):
     """A manifest lists a mirror under a name of escape codes and a forged line, next to
-    an honest entry: the hostile entry is refused with one warning (its name escaped),
-    the honest one is crawled, and nothing of the name reaches `status`, `events`, a
+    an honest entry: the hostile name is never used (the entry takes its host's name,
+    with one warning, the name escaped), and nothing of it reaches `status`, `events`, a
     hook's environment or the archive."""
     async with arena(tmp_path, signer, records=1) as a:
         a.good.extra["/pith-mirrors.json"] = _manifest(
             [
-                _entry(FORGED, a.hostile.base_url),
+                _entry(FORGED, a.hostile.base_url + "/elsewhere"),
                 # The hostile server again, by another name: a mirror of its own.
                 _entry("listed", a.hostile.base_url.replace("127.0.0.1", "localhost")),
             ]
@@ -81,9 +83,9 @@ async def test_a_manifest_name_with_escape_codes_is_refused(tmp_path, signer, ca
         with structlog.testing.capture_logs() as logs:
             summary = await sync_once(parse_config(text, base_dir=tmp_path), a.db, [], a.trust)
             await a.assert_good_archived()
-        assert summary.mirrors == 3  # good, hostile, registry/listed (not the forged one)
-        (refused,) = [e for e in logs if e["event"] == "manifest_entry_refused"]
-        assert "\x1b" not in refused["name"] and "\\x1b" in refused["name"]
+        assert summary.mirrors == 4  # good, hostile, registry/127.0.0.1, registry/listed
+        (renamed,) = [e for e in logs if e["event"] == "manifest_entry_renamed"]
+        assert "\x1b" not in renamed["name"] and "\\x1b" in renamed["name"]
         for command in ("status", "events"):  # the CLI runs its own event loop
             assert await anyio.to_thread.run_sync(main, ["--config", str(cfg), command]) == 0
         out = capsys.readouterr().out
@@ -94,7 +96,10 @@ async def test_a_manifest_name_with_escape_codes_is_refused(tmp_path, signer, ca
         assert {e["MIRRORS"] for e in envs} >= {"hostile", "registry/listed"}
         with sqlite3.connect(a.db) as conn:
             names = [r[0] for r in conn.execute("SELECT name FROM mirrors")]
-        assert all(n.isprintable() for n in names), names
+        assert sorted(n for n in names if n.startswith("registry/")) == [
+            "registry/127.0.0.1",
+            "registry/listed",
+        ]
 
 
 def _body(data: bytes) -> Any:
@@ -430,3 +435,85 @@ def test_evidence_names_a_long_key_id_file_within_the_file_systems_limit(tmp_pat
     (written,) = (out / "keys").iterdir()
     assert len(written.name) < 120 and written.name.endswith(".key.json")
     assert json.loads(written.read_text())["key_id"] == long.key_id
+
+
+def _manifest_doc(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"manifest_type": "pith_mirror_manifest", "manifest_version": "1.0", "mirrors": entries}
+
+
+def test_a_name_listed_twice_is_read_once_the_first_time():
+    """A manifest naming `x` twice, first at a hostile place then at an honest one: the
+    first is read, the second refused (every pass crawled the first while the archive
+    kept the second's URL, so `status` blamed the honest host for the hostile's bundles)."""
+    sites = from_manifest(
+        _manifest_doc([_entry("x", "https://evil.example/p"), _entry("x", "https://good.example")]),
+        prefix="reg/",
+    )
+    assert [(s.name, s.base_url) for s in sites] == [("reg/x", "https://evil.example/p")]
+
+
+def test_one_host_gets_two_entries_of_a_manifest_at_most():
+    """255 entries naming one host (each a mirror of its own, each alert about it 255
+    alerts): two are read; other hosts are not affected."""
+    entries = [_entry(f"m{i}", f"https://one.example/{i}") for i in range(255)]
+    sites = from_manifest(_manifest_doc([*entries, _entry("other", "https://two.example")]))
+    assert [s.name for s in sites] == ["m0", "m1", "other"]
+
+
+def test_a_name_unfit_to_show_gives_way_to_the_hosts():
+    """Names no table should print (a forged line, a right-to-left override) or no
+    ASCII can write: the entry is kept under its host's name, not dropped."""
+    sites = from_manifest(
+        _manifest_doc(
+            [_entry(FORGED, "https://a.example"), _entry("Université de Lyon", "https://b.example")]
+        )
+    )
+    assert [s.name for s in sites] == ["a.example", "b.example"]
+
+
+def test_a_mirror_name_with_a_space_cannot_name_another_in_the_hooks_list():
+    """A manifest mirror named `x m0` (m0 an honest mirror): the hook's MIRRORS holds it
+    as one word, `x%20m0`, not as `x` and `m0`."""
+    from pithcrawl.alert import hook_environment
+    from pithcrawl.store import Alert
+
+    now = datetime.now(UTC)
+    alert = Alert(
+        1,
+        "k",
+        "s",
+        "untrusted_key",
+        "critical",
+        None,
+        None,
+        ("reg/x m0", "b%c"),
+        "s",
+        {},
+        now,
+        None,
+    )
+    env = hook_environment(alert, "open", Path("/tmp/alert.json"), {})
+    assert env["MIRRORS"].split(" ") == ["reg/x%20m0", "b%25c"]
+
+
+async def test_a_manifest_mirror_that_no_name_server_knows_fails_and_stays(tmp_path, signer):
+    """A manifest's mirror whose host no longer resolves stays a mirror of the record
+    (failing, so in time `mirror_unreachable`), its history kept; it was refused by the
+    guard, deleted with its history, and its alert closed at once."""
+    async with arena(tmp_path, signer, records=1) as a:
+        a.good.extra["/pith-mirrors.json"] = _manifest([_entry("gone", "https://gone.invalid")])
+        text = a.config_text() + (
+            f'[[mirrors]]\nname = "registry"\nmanifest = "{a.good.base_url}/pith-mirrors.json"\n'
+            '[alerts]\nunreachable_after = "1h"\n'
+        )
+        config = parse_config(text, base_dir=tmp_path)
+        first = await sync_once(config, a.db, [], a.trust, clock=a.clock.clock)
+        assert (first.mirrors, first.errors) == (3, 1)
+        a.clock.advance(timedelta(hours=2))
+        later = await sync_once(config, a.db, [], a.trust, clock=a.clock.clock)
+        assert later.warnings == 1
+        async with await Store.open(a.db, readonly=True) as store:
+            (alert,) = await store.alerts.open_alerts()
+            state = await store.fetch_state(a.records[0].suffix, "registry/gone", "bundle")
+        assert (alert.kind, alert.mirrors) == ("mirror_unreachable", ("registry/gone",))
+        assert state is not None and state.failures >= 1
