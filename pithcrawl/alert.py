@@ -18,6 +18,7 @@ import random
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -193,8 +194,9 @@ class Sinks:
     fetcher: HttpFetcher | None
     secret: bytes | None = None
     env: Mapping[str, str] = field(default_factory=lambda: os.environ)
-    down_until: dict[str, datetime] = field(default_factory=dict)
-    """Sinks that failed, and until when they are not tried again."""
+    down_until: dict[str, float] = field(default_factory=dict)
+    """Sinks that failed, and until when (monotonic time: a step of the wall clock does
+    not stretch it) they are not tried again."""
 
     @property
     def names(self) -> list[str]:
@@ -291,8 +293,7 @@ async def deliver_to(
     the sink off until its retry time: the rest of its queue is left as it is, due, for
     then. So a dead sink costs one timeout per retry, not one per alert, and since each
     sink has its own queue and its own task, it holds up no other sink."""
-    down = sinks.down_until.get(sink)
-    if down is not None and down > now:
+    if sinks.down_until.get(sink, 0.0) > time.monotonic():
         return 0, 0
     queue = await store.alerts.due_deliveries(now, limit, sinks=[sink])
     counts = [0, 0]
@@ -314,7 +315,7 @@ async def deliver_to(
     async with anyio.create_task_group() as tg:
         for delivery, alert in queue:
             await slots.acquire()
-            if sink in sinks.down_until and sinks.down_until[sink] > now:
+            if sinks.down_until.get(sink, 0.0) > time.monotonic():
                 slots.release()
                 break  # failed meanwhile: what is left waits for the retry
             tg.start_soon(attempt, delivery, alert)
@@ -340,9 +341,8 @@ async def _attempt(
             now, delivery.attempts + 1, None, base=RETRY_BASE, cap=RETRY_CAP, rand=rand.random()
         )
         await store.alerts.failed(delivery, str(e), retry_at)
-        sinks.down_until[delivery.sink] = max(
-            retry_at, sinks.down_until.get(delivery.sink, retry_at)
-        )
+        until = time.monotonic() + (retry_at - now).total_seconds()
+        sinks.down_until[delivery.sink] = max(until, sinks.down_until.get(delivery.sink, until))
         if metrics is not None:
             metrics.delivery_failed(delivery.sink)
         log.warning(

@@ -6,9 +6,10 @@ back (an NTP correction, a virtual machine restored from a snapshot) would then 
 every pair waiting until wall time caught up: crawling silently stopped for as long as
 the step. `Clock` measures the wall clock against the monotonic one; when they part by
 more than `STEP`, it logs `clock_stepped`, and when the wall clock went back it moves the
-archive's schedule back by as much, so what was due in an hour is due in an hour (the
-schedule runs on elapsed time). A step forward moves nothing: it is also what a machine
-waking from sleep looks like, and the pairs it makes due are due.
+archive's running times with it: what was due in an hour is due in an hour, a failure
+that began a minute ago began a minute ago, an alert clear for ten minutes has been
+clear for ten minutes (the schedule, failure runs and hold-downs run on elapsed time).
+Elapsed time counts sleep (CLOCK_BOOTTIME): a machine waking up has stepped nothing.
 
 Between two runs there is no monotonic clock to compare with: the archive keeps the last
 wall time a run saw (`SEEN_SETTING`), and a start earlier than that is a step back.
@@ -39,13 +40,22 @@ def _wall() -> datetime:
     return datetime.now(UTC)
 
 
+def _elapsed() -> float:
+    """Seconds since boot, sleep included (CLOCK_BOOTTIME): a machine waking from sleep
+    has not stepped its clock. The plain monotonic clock where there is none."""
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    if boottime is None:
+        return time.monotonic()
+    return time.clock_gettime(boottime)
+
+
 class Clock:
     """Wall time for timestamps and the schedule; steps of it noticed (`check`)."""
 
     def __init__(
         self,
         wall: Callable[[], datetime] = _wall,
-        monotonic: Callable[[], float] = time.monotonic,
+        monotonic: Callable[[], float] = _elapsed,
     ) -> None:
         self._wall = wall
         self._monotonic = monotonic
@@ -60,7 +70,7 @@ class Clock:
 
     async def check(self, store: Store) -> timedelta:
         """Notice a step of the wall clock since the last look; the step (zero if none).
-        A step back moves the archive's schedule back by as much."""
+        The archive's running times move with it (`Store.shift_clock`)."""
         offset = self._read()
         step = timedelta(seconds=offset - self._offset)
         self._offset = offset
@@ -90,7 +100,7 @@ class Clock:
         await store.set_setting(SEEN_SETTING, format_timestamp(self.now()))
 
     async def _stepped(self, store: Store, step: timedelta, when: str) -> None:
-        moved = await store.shift_schedule(step) if step < timedelta(0) else 0
+        moved = await store.shift_clock(step, SEEN_SETTING, format_timestamp(self.now()))
         log.warning(
             "clock_stepped",
             by_seconds=round(step.total_seconds(), 3),

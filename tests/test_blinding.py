@@ -144,29 +144,67 @@ async def test_a_clock_stepped_back_under_run_does_not_stop_the_crawl(tmp_path, 
 
 
 async def test_a_clock_stepped_back_between_runs_moves_the_schedule(tmp_path, signer):
-    """The archive last saw the clock a day ahead of now (it stepped back while nothing
-    ran): the next pass logs the step and moves the schedule back, so a pair put off for
-    an hour by its mirror is asked again within that hour, not a day and an hour later."""
+    """The last pass ran with the clock a day ahead (every time it wrote is a day ahead),
+    then the clock was set right while nothing ran: the next pass logs the step and moves
+    the archive's times back, so a pair its mirror put off for an hour is asked again an
+    hour later, not a day and an hour later."""
     async with arena(tmp_path, signer) as a:
         bad = a.records[0]
-        a.hostile.route(
-            a.hostile.bundle_path(bad.suffix), respond(503, headers={"Retry-After": "3600"})
-        )
+        later = respond(503, headers={"Retry-After": "3600"})
+        a.hostile.route(a.hostile.bundle_path(bad.suffix), later)
         await a.sync()
-        path = a.hostile.bundle_path(bad.suffix)
-        assert (await a.sync()).deferred == 1  # put off for the hour
-        ahead = datetime.now(UTC) + timedelta(days=1, minutes=59)
-        with sqlite3.connect(a.db) as conn:
-            conn.execute(
-                "UPDATE settings SET value = ? WHERE name = 'clock:seen'",
-                (ahead.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),),
-            )
-        hits = a.hostile.hits[path]
+        day = timedelta(days=1)
+
+        def ahead(text: str) -> str:
+            at = datetime.fromisoformat(text.replace("Z", "+00:00")) + day
+            return at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+        with sqlite3.connect(a.db) as conn:  # as if written by a clock a day ahead
+            rows = conn.execute("SELECT suffix, mirror, kind, next_due FROM fetch_state")
+            for suffix, mirror, kind, due in rows.fetchall():
+                conn.execute(
+                    "UPDATE fetch_state SET next_due = ? WHERE suffix = ? AND mirror = ?"
+                    " AND kind = ?",
+                    (ahead(due), suffix, mirror, kind),
+                )
+            (seen,) = conn.execute(
+                "SELECT value FROM settings WHERE name = 'clock:seen'"
+            ).fetchone()
+            conn.execute("UPDATE settings SET value = ? WHERE name = 'clock:seen'", (ahead(seen),))
         with structlog.testing.capture_logs() as logs:
-            summary = await a.sync()
-        assert summary.deferred == 0 and a.hostile.hits[path] == hits + 1
+            assert (await a.sync()).deferred == 1  # still put off: for an hour
         (step,) = [e for e in logs if e["event"] == "clock_stepped"]
-        assert step["by_seconds"] < -86400
+        assert step["by_seconds"] == pytest.approx(-86400, abs=5)
+        path = a.hostile.bundle_path(bad.suffix)
+        hits = a.hostile.hits[path]
+        a.clock.advance(timedelta(minutes=61))
+        summary = await a.sync()
+        assert (summary.deferred, a.hostile.hits[path]) == (0, hits + 1)
+
+
+async def test_a_clock_stepped_forward_under_run_makes_no_failure_older(tmp_path, signer):
+    """A mirror failing for a few seconds when the wall clock jumps two days forward: no
+    `mirror_unreachable` (a failure of seconds looked two days old), and the schedule
+    keeps its spacing (the step is logged)."""
+    async with arena(
+        tmp_path, signer, extra='interval = "1s"\n[alerts]\nunreachable_after = "1d"'
+    ) as a:
+        bad = a.records[0]
+        a.hostile.route(a.hostile.bundle_path(bad.suffix), respond(500))
+        offset = [timedelta(0)]
+        clock = Clock(wall=lambda: datetime.now(UTC) + offset[0])
+        daemon = a.daemon(clock=clock)
+        path = a.hostile.bundle_path(bad.suffix)
+        with structlog.testing.capture_logs() as logs:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(daemon.run)
+                await until(lambda: a.hostile.hits[path] >= 1)
+                offset[0] = timedelta(days=2)
+                await anyio.sleep(1.5)  # the next minute's check comes at 0.2 s here
+                tg.cancel_scope.cancel()
+        assert [e for e in logs if e["event"] == "clock_stepped"]
+        async with await Store.open(a.db, readonly=True) as store:
+            assert [x.kind for x in await store.alerts.open_alerts()] == []
 
 
 async def test_the_archive_deleted_under_run_stops_it_with_a_clear_error(tmp_path, signer):

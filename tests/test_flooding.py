@@ -367,3 +367,20 @@ async def test_a_body_with_thousands_of_findings_keeps_a_bounded_few(tmp_path, s
         assert alert.evidence["findings_total"] > 300
         assert len(snap.findings) == 50
         assert entry.evidence["findings_total"] == alert.evidence["findings_total"]
+
+
+async def test_a_condition_back_after_the_hold_down_is_a_new_alert(tmp_path):
+    """Clear at t, back at t+6h (a pass a six hours, a hold-down of 30 minutes): the
+    first alert was over, this is a new one, a new page (it was folded into the old
+    alert as a recurrence: no alert, no page, `alerts_raised` 0)."""
+    t = datetime(2026, 11, 1, tzinfo=UTC)
+    hold = timedelta(minutes=30)
+    async with await Store.open(tmp_path / "a.db") as store:
+        book = store.alerts
+        (first,) = (await book.reconcile("reach:m", [down(t)], now=t, hold=hold)).opened
+        await book.reconcile("reach:m", [], now=t + timedelta(hours=1), hold=hold)
+        back = t + timedelta(hours=7)
+        done = await book.reconcile("reach:m", [down(back)], now=back, hold=hold)
+        assert [a.id for a in done.closed] == [first.id]
+        assert len(done.opened) == 1 and done.opened[0].id != first.id
+        assert done.recurred == []

@@ -186,7 +186,13 @@ class AlertBook:
         done = Reconciled()
         rows = await s.all("SELECT * FROM alerts WHERE scope = ? AND closed_at IS NULL", (scope,))
         already = {r["dedup_key"]: _alert(r) for r in rows}
-        for key, alert in already.items():
+        for key, alert in list(already.items()):
+            if key in keys and alert.cleared_at is not None and now - alert.cleared_at >= hold:
+                # Clear for the whole hold-down before it came back (a pass seeing it only
+                # now): that one is over, and this is a new incident.
+                done.closed.append(await self._close(s, alert, now, sinks))
+                del already[key]
+                continue
             if key in keys:
                 if alert.cleared_at is not None:  # back within the hold-down: the same one
                     await s.run(

@@ -111,22 +111,37 @@ FROM fetch_state AS f WHERE f.suffix IN (SELECT value FROM json_each(?))
 """
 
 
-def _shift_schedule(conn: sqlite3.Connection, by: timedelta) -> int:
+#: The times that run on elapsed time, by (table, column, key columns, which rows):
+#: when the wall clock steps, each moves with it.
+_RUNNING = (
+    ("fetch_state", "next_due", ("suffix", "mirror", "kind"), "next_due IS NOT NULL"),
+    ("fetch_state", "first_failure_at", ("suffix", "mirror", "kind"), "failures > 0"),
+    ("deliveries", "next_attempt", ("alert_id", "sink", "phase"), "delivered_at IS NULL"),
+    ("alerts", "cleared_at", ("id",), "closed_at IS NULL AND cleared_at IS NOT NULL"),
+)
+
+
+def _shift_clock(conn: sqlite3.Connection, by: timedelta, seen: tuple[str, str]) -> int:
     moved = 0
-    for table, column, key in (
-        ("fetch_state", "next_due", ("suffix", "mirror", "kind")),
-        ("deliveries", "next_attempt", ("alert_id", "sink", "phase")),
-    ):
+    for table, column, key, which in _RUNNING:
         where = " AND ".join(f"{k} = ?" for k in key)
-        # Table and column names come from the tuple above, never from data.
+        # Names come from the table above, never from data.
         rows = conn.execute(
-            f"SELECT {column}, {', '.join(key)} FROM {table} WHERE {column} IS NOT NULL"  # noqa: S608
+            f"SELECT {column}, {', '.join(key)} FROM {table}"  # noqa: S608
+            f" WHERE {which} AND {column} IS NOT NULL"
         ).fetchall()
         conn.executemany(
             f"UPDATE {table} SET {column} = ? WHERE {where}",  # noqa: S608
             [(db_time(datetime.fromisoformat(r[0]) + by), *r[1:]) for r in rows],
         )
         moved += len(rows)
+    # With the shift, in one transaction: a restart then compares with the wall time
+    # the shift was made at, and never shifts twice.
+    conn.execute(
+        "INSERT INTO settings (name, value) VALUES (?, ?)"
+        " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        seen,
+    )
     return moved
 
 
@@ -242,12 +257,13 @@ class Store:
             rows = await s.all(_FETCH_STATES_OF, (to_json_text(list(suffixes)),))
         return {(r["suffix"], r["mirror"], r["kind"]): fetch_state_from_row(r) for r in rows}
 
-    async def shift_schedule(self, by: timedelta) -> int:
-        """Move every pending time of the schedule (fetches due, deliveries to retry) by
-        `by`, in one transaction: after the wall clock stepped back, what was due in an
-        hour is due in an hour again. How many times were moved."""
-        async with self._db.write("move the schedule") as s:
-            return await s.call(_shift_schedule, by)
+    async def shift_clock(self, by: timedelta, seen_setting: str, seen: str) -> int:
+        """Move every time that runs on elapsed time (fetches due, failure runs,
+        deliveries to retry, hold-downs) by `by`, and set `seen_setting` to `seen`, in
+        one transaction: after the wall clock stepped, what was due in an hour is due
+        in an hour again. How many times were moved."""
+        async with self._db.write("move the clock's times") as s:
+            return await s.call(_shift_clock, by, (seen_setting, seen))
 
     async def due(
         self, now: datetime, limit: int | None = None, *, mirrors: Sequence[str] | None = None
