@@ -19,7 +19,7 @@ import anyio
 
 from pithcrawl.commands.report import archive, print_json, say
 from pithcrawl.config import Config
-from pithcrawl.errors import EXIT_OK, EXIT_OPERATIONAL, EXIT_SECURITY, StoreError
+from pithcrawl.errors import EXIT_OK, EXIT_OPERATIONAL, EXIT_SECURITY, StoreCorrupt, StoreError
 from pithcrawl.keys import TrustSet
 from pithcrawl.store import Snapshot, Store
 from pithcrawl.trust import load_trust, with_learned
@@ -84,22 +84,28 @@ async def check(config: Config, db: Path, trust: TrustSet) -> Result:
         trust = await with_learned(trust, store, config)
         after = 0
         while page := await store.trusted.snapshots(after_id=after):
-            for snap in page:
+            for _, snap in page:
+                if isinstance(snap, StoreCorrupt):
+                    result.rows.append(str(snap))
+                    continue
                 problem = await _recheck(store, snap, trust, config)
                 result.checked += 1
                 if problem is not None:
                     result.problems.append(_problem(snap, problem))
-            after = page[-1].id
+            after = page[-1][0]
         after = 0
         while page := await store.untrusted_snapshots(after_id=after):
-            for snap in page:
+            for _, snap in page:
+                if isinstance(snap, StoreCorrupt):
+                    result.rows.append(str(snap))
+                    continue
                 result.evidence_read += 1
                 try:
                     await store.get_blob(snap.body_sha256)
                 except StoreError as e:
                     result.problems.append(_problem(snap, f"evidence unreadable: {e}"))
-            after = page[-1].id
-        result.rows = await store.malformed_rows()
+            after = page[-1][0]
+        result.rows += await store.malformed_rows()
     return result
 
 

@@ -22,7 +22,14 @@ from typing import Any, Literal
 
 from pithcrawl.store.connection import Database, Session
 from pithcrawl.store.fetches import INSERT_EVENT, event_params
-from pithcrawl.store.rows import EventRow, NewEvent, db_time, json_column, to_json_text
+from pithcrawl.store.rows import (
+    EventRow,
+    NewEvent,
+    db_time,
+    decoder,
+    json_column,
+    to_json_text,
+)
 from pithcrawl.timestamps import format_timestamp
 
 SINKS = ("hook", "webhook")
@@ -87,6 +94,7 @@ class Delivery:
     last_error: str | None
 
 
+@decoder("alerts", "id")
 def _alert(row: sqlite3.Row) -> Alert:
     return Alert(
         row["id"],
@@ -118,6 +126,7 @@ class Reconciled:
     """The scope has open alerts left (firing, or held)."""
 
 
+@decoder("deliveries", "alert_id")
 def _delivery(row: sqlite3.Row) -> Delivery:
     return Delivery(
         row["alert_id"],

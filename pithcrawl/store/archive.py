@@ -20,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
 
+from pithcrawl.errors import StoreCorrupt
 from pithcrawl.store.alerts import AlertBook, Reconciled
 from pithcrawl.store.blobs import PackedBlob
 from pithcrawl.store.bodies import Bodies
@@ -38,10 +39,12 @@ from pithcrawl.store.rows import (
     NewEvent,
     Snapshot,
     db_time,
+    decoding,
     event_from_row,
     fetch_state_from_row,
     normalize_time,
     snapshot_from_row,
+    snapshot_or_damage,
     to_json_text,
 )
 from pithcrawl.store.trusted import Trusted
@@ -132,7 +135,7 @@ def _shift_clock(conn: sqlite3.Connection, by: timedelta, seen: tuple[str, str])
         ).fetchall()
         conn.executemany(
             f"UPDATE {table} SET {column} = ? WHERE {where}",  # noqa: S608
-            [(db_time(datetime.fromisoformat(r[0]) + by), *r[1:]) for r in rows],
+            [(db_time(at + by), *r[1:]) for r in rows if (at := _time_or_none(r[0]))],
         )
         moved += len(rows)
     # With the shift, in one transaction: a restart then compares with the wall time
@@ -235,18 +238,13 @@ class Store:
         one row a mirror however many records are tracked."""
         async with self._db.read("sum up fetch state") as s:
             rows = await s.all(_MIRROR_SUMMARIES)
-        return [
-            MirrorSummary(
-                r[0],
-                r[1],
-                _at(r[2]),
-                _at(r[3]),
-                r[4],
-                r[5],
-                _at(r[6]),
-            )
-            for r in rows
-        ]
+        summaries = []
+        for r in rows:
+            with decoding(f"the fetch_state rows of mirror {r[0]!r}"):
+                summaries.append(
+                    MirrorSummary(r[0], r[1], _at(r[2]), _at(r[3]), r[4], r[5], _at(r[6]))
+                )
+        return summaries
 
     async def fetch_states_of(
         self, suffixes: Sequence[str]
@@ -274,14 +272,16 @@ class Store:
         names = None if mirrors is None else to_json_text(list(mirrors))
         async with self._db.read("list due fetches") as s:
             rows = await s.all(_DUE, (db_time(now), names, names, -1 if limit is None else limit))
-        return [Due(r[0], r[1], datetime.fromisoformat(r[2])) for r in rows]
+        with decoding("a fetch_state row's next_due"):
+            return [Due(r[0], r[1], datetime.fromisoformat(r[2])) for r in rows]
 
     async def next_due(self, mirrors: Sequence[str]) -> datetime | None:
         """The earliest time a tracked record's bundle is due from one of `mirrors`."""
         async with self._db.read("find the next due fetch") as s:
             rows = await s.all(_NEXT_DUE, (to_json_text(list(mirrors)),))
         text = rows[0][0] if rows else None
-        return None if text is None else datetime.fromisoformat(text)
+        with decoding("a fetch_state row's next_due"):
+            return None if text is None else datetime.fromisoformat(text)
 
     async def record_fetch(self, fetch: FetchOutcome) -> Snapshot | None:
         """Store one fetch in one transaction (blob, snapshot if the body changed,
@@ -453,22 +453,46 @@ class Store:
         return [str(r[0]) for r in rows]
 
     async def malformed_rows(self) -> list[str]:
-        """Alerts and log entries whose JSON columns are not what pithcrawl writes (an
-        object of evidence, a list of mirrors): damage `fsck` reports."""
-        async with self._db.read("check JSON columns") as s:
-            rows = await s.all(_MALFORMED_ROWS)
-        return [f"{r[0]} {r[1]}: its {r[2]} is not a JSON {r[3]}" for r in rows]
+        """Rows whose JSON or time columns are not what pithcrawl writes (an object of
+        evidence, a list of mirror names, findings, RFC 3339 times): damage `fsck`
+        reports, row by row."""
+        async with self._db.read("check JSON and time columns") as s:
+            rows = await s.all(_MALFORMED_ROWS) + await s.all(_MALFORMED_TIMES)
+        return [
+            f"{r[0]} {r[1]}: its {r[2]} is not a {r[3]}"
+            if r[3] == "time"
+            else f"{r[0]} {r[1]}: its {r[2]} is not a JSON {r[3]}"
+            for r in rows
+        ]
 
-    async def untrusted_snapshots(self, *, after_id: int = 0, limit: int = 500) -> list[Snapshot]:
+    async def untrusted_snapshots(
+        self, *, after_id: int = 0, limit: int = 500
+    ) -> list[tuple[int, Snapshot | StoreCorrupt]]:
         """Snapshots of bodies that did not verify, in id order, a page at a time: the
-        evidence behind alerts, which `fsck` reads back."""
+        evidence behind alerts, which `fsck` reads back (a damaged row is its error, in
+        its place, for fsck to report and go on)."""
         async with self._db.read("list untrusted snapshots") as s:
             rows = await s.all(
                 "SELECT * FROM snapshots WHERE trusted = 0 AND id > ? ORDER BY id LIMIT ?",
                 (after_id, limit),
             )
-        return [snapshot_from_row(r) for r in rows]
+        return [snapshot_or_damage(r) for r in rows]
 
+
+#: The columns holding times, checked by `fsck`: (table, the row's name, column).
+_TIME_COLUMNS = (
+    ("snapshots", "id", "fetched_at"),
+    ("events", "id", "at"),
+    ("alerts", "id", "opened_at"),
+    ("alerts", "id", "closed_at"),
+    ("alerts", "id", "cleared_at"),
+    ("deliveries", "alert_id", "next_attempt"),
+    ("deliveries", "alert_id", "delivered_at"),
+    ("fetch_state", "suffix", "next_due"),
+    ("fetch_state", "suffix", "last_fetch_at"),
+    ("fetch_state", "suffix", "last_success_at"),
+    ("fetch_state", "suffix", "first_failure_at"),
+)
 
 _MALFORMED_ROWS = """
 SELECT 'alert', id, 'evidence', 'object' FROM alerts
@@ -479,7 +503,29 @@ UNION ALL SELECT 'event', id, 'evidence', 'object' FROM events
   WHERE (CASE WHEN json_valid(evidence) THEN json_type(evidence) END) IS NOT 'object'
 UNION ALL SELECT 'event', id, 'mirrors', 'list' FROM events
   WHERE (CASE WHEN json_valid(mirrors) THEN json_type(mirrors) END) IS NOT 'array'
+UNION ALL SELECT 'alert', id, 'mirrors', 'list of names' FROM alerts
+  WHERE json_valid(mirrors) AND json_type(mirrors) = 'array'
+  AND EXISTS (SELECT 1 FROM json_each(alerts.mirrors) WHERE type <> 'text')
+UNION ALL SELECT 'snapshot', id, 'findings', 'list of findings' FROM snapshots
+  WHERE NOT json_valid(findings) OR json_type(findings) <> 'array' OR EXISTS (
+    SELECT 1 FROM json_each(snapshots.findings) AS f WHERE f.type <> 'object'
+    OR json_type(f.value, '$.code') IS NOT 'text' OR json_type(f.value, '$.path') IS NOT 'text'
+    OR json_type(f.value, '$.message') IS NOT 'text'
+    OR json_extract(f.value, '$.severity') NOT IN ('critical', 'warning'))
 """
+
+
+def _damaged_times(table: str, key: str, column: str) -> str:
+    """The rows of `table` whose `column` is not a time as pithcrawl writes it."""
+    # Names from `_TIME_COLUMNS`, never from data.
+    return (
+        f"SELECT '{table}', {key}, '{column}', 'time' FROM {table}"  # noqa: S608
+        f" WHERE {column} IS NOT NULL AND (substr({column}, -1) <> 'Z'"
+        f" OR julianday(substr({column}, 1, length({column}) - 1)) IS NULL)"
+    )
+
+
+_MALFORMED_TIMES = " UNION ALL ".join(_damaged_times(*names) for names in _TIME_COLUMNS)
 
 
 class MirrorSummary(NamedTuple):
@@ -507,6 +553,14 @@ class Due(NamedTuple):
 
 def _at(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text)
+
+
+def _time_or_none(text: str) -> datetime | None:
+    """A stored time, or None when it is damaged (a shift leaves it for fsck)."""
+    try:
+        return datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        return None
 
 
 def _has_blob(conn: sqlite3.Connection, sha256: str) -> bool:

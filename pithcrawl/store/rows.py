@@ -7,17 +7,21 @@ from database rows, and the text form of times in the database. It runs no SQL.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
 from pithcrawl.errors import StoreCorrupt
 from pithcrawl.findings import Finding
 from pithcrawl.timestamps import format_timestamp, parse_timestamp
+
+T = TypeVar("T")
 
 KINDS = ("bundle", "state")
 """What a mirror serves per record: the signed bundle and the merged state."""
@@ -239,10 +243,45 @@ class FetchOutcome:
             raise ValueError("a fetched body needs its HTTP status")
 
 
+#: What decoding a damaged row raises (a time that does not parse, a JSON column of
+#: the wrong shape, a finding without its code).
+_DAMAGE = (ValueError, TypeError, KeyError, AttributeError, IndexError)
+
+
+@contextmanager
+def decoding(what: str) -> Iterator[None]:
+    """Decode a row: damage (the archive edited behind pithcrawl's back) is
+    `StoreCorrupt` naming the row, one line for the operator, never a traceback."""
+    try:
+        yield
+    except StoreCorrupt:
+        raise
+    except _DAMAGE as e:
+        raise StoreCorrupt(f"{what} is damaged ({type(e).__name__}: {e}): run fsck") from None
+
+
+def decoder(
+    table: str, key: str
+) -> Callable[[Callable[[sqlite3.Row], T]], Callable[[sqlite3.Row], T]]:
+    """`decoding` around a function that reads one row of `table`, named by `key`."""
+
+    def wrap(read: Callable[[sqlite3.Row], T]) -> Callable[[sqlite3.Row], T]:
+        @functools.wraps(read)
+        def decode(row: sqlite3.Row) -> T:
+            with decoding(f"{table} row {row[key]!r}"):
+                return read(row)
+
+        return decode
+
+    return wrap
+
+
+@decoder("records", "suffix")
 def record_from_row(row: sqlite3.Row) -> Record:
     return Record(row["suffix"], row["pith_number"], _time(row["added_at"]))
 
 
+@decoder("mirrors", "name")
 def mirror_from_row(row: sqlite3.Row) -> Mirror:
     return Mirror(
         name=row["name"],
@@ -255,6 +294,7 @@ def mirror_from_row(row: sqlite3.Row) -> Mirror:
     )
 
 
+@decoder("fetch_state", "suffix")
 def fetch_state_from_row(row: sqlite3.Row) -> FetchState:
     try:
         trusted = row["body_trusted"]  # only the queries that join the verdict have it
@@ -279,6 +319,7 @@ def fetch_state_from_row(row: sqlite3.Row) -> FetchState:
     )
 
 
+@decoder("snapshots", "id")
 def snapshot_from_row(row: sqlite3.Row) -> Snapshot:
     return Snapshot(
         id=row["id"],
@@ -321,6 +362,7 @@ def snapshot_of(
     )
 
 
+@decoder("events", "id")
 def event_from_row(row: sqlite3.Row) -> EventRow:
     return EventRow(
         id=row["id"],
@@ -348,5 +390,16 @@ def json_column(row: sqlite3.Row, column: str, shape: type, what: str) -> Any:
     if not isinstance(value, shape):
         raise StoreCorrupt(f"{what}: its {column} is not a JSON {shape.__name__}: run fsck")
     if isinstance(value, list):
+        if column == "mirrors" and not all(isinstance(m, str) for m in value):
+            raise StoreCorrupt(f"{what}: its mirrors are not all names: run fsck")
         return tuple(value)
     return value
+
+
+def snapshot_or_damage(row: sqlite3.Row) -> tuple[int, Snapshot | StoreCorrupt]:
+    """A snapshot's id, and the snapshot or the damage that keeps its row from reading
+    as one (for `fsck`, which reports it and goes on)."""
+    try:
+        return row["id"], snapshot_from_row(row)
+    except StoreCorrupt as e:
+        return row["id"], e

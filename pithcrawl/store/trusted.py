@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+from pithcrawl.errors import StoreCorrupt
 from pithcrawl.store.connection import Database
-from pithcrawl.store.rows import Snapshot, snapshot_from_row, to_json_text
+from pithcrawl.store.rows import Snapshot, snapshot_from_row, snapshot_or_damage, to_json_text
 
 # What `serve` hands out: the newest verified history. `built_at` is compared as a time
 # (julianday reads RFC 3339 with `Z` and any fraction; text order would misplace a
@@ -151,11 +152,14 @@ class Trusted:
             rows = await s.all(_TO_RECHECK, (tracked,))
         return [r[0] for r in rows]
 
-    async def snapshots(self, *, after_id: int = 0, limit: int = 500) -> list[Snapshot]:
-        """Trusted snapshots in id order, a page at a time (for `fsck`)."""
+    async def snapshots(
+        self, *, after_id: int = 0, limit: int = 500
+    ) -> list[tuple[int, Snapshot | StoreCorrupt]]:
+        """Trusted snapshots in id order, a page at a time, for `fsck` (a damaged row is
+        its error, in its place, for fsck to report and go on)."""
         async with self._db.read("list trusted snapshots") as s:
             rows = await s.all(
                 "SELECT * FROM snapshots WHERE trusted = 1 AND id > ? ORDER BY id LIMIT ?",
                 (after_id, limit),
             )
-        return [snapshot_from_row(r) for r in rows]
+        return [snapshot_or_damage(r) for r in rows]
