@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import jsonpatch
 
 from pithcrawl.canon import MalformedJSON, parse
+from pithcrawl.commands.patch import make_patch
 from pithcrawl.commands.report import (
     archive,
     print_json,
@@ -147,7 +147,7 @@ async def _changes(store: Store, s: Snapshot, by_id: dict[int, Snapshot]) -> int
         after = parse(await store.get_blob(s.body_sha256))
     except MalformedJSON:
         return None
-    return len(jsonpatch.make_patch(before, after).patch)
+    return len(make_patch(before, after))
 
 
 async def _pith_number(store: Store, suffix: str) -> str | None:
@@ -235,8 +235,7 @@ async def _diff(
                 )
         before = await _document(store, old)
         after = await _document(store, new)
-    patch: list[dict[str, Any]] = jsonpatch.make_patch(before, after).patch
-    return patch
+    return make_patch(before, after)
 
 
 async def _pick(
