@@ -17,7 +17,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
@@ -49,6 +49,10 @@ _NUMBER = re.compile(r"pith:[0-9]{4}:[A-Z2-7]{26}")
 VERDICTS_KEPT = 64
 #: Bodies larger than this are verified in a thread, off the event loop.
 VERIFY_IN_THREAD = 128 << 10
+#: The most bodies that failed verification archived per record, mirror and kind in a
+#: day (`EVIDENCE_WINDOW`): the evidence of an incident, not a copy of every junk body.
+EVIDENCE_PER_DAY = 4
+EVIDENCE_WINDOW = timedelta(days=1)
 
 
 @dataclass(slots=True)
@@ -378,6 +382,7 @@ class Crawler:
         """Archive a fetch, and reconcile the alerts of its scope in the same transaction
         (skipped when there is nothing to report and nothing open there); the alerts it
         opened are counted in `result`."""
+        outcome = await self._within_quota(outcome)
         if not current and not await self.conditions.is_open(scope):
             return await self.store.record_fetch(outcome)
         current = [e if e.suffix else replace(e, suffix=suffix) for e in current]
@@ -392,6 +397,25 @@ class Crawler:
         log_alerts(done)
         result.alerts_raised += len(done.opened)
         return snapshot
+
+    async def _within_quota(self, outcome: FetchOutcome) -> FetchOutcome:
+        """`outcome`, or its bookkeeping alone when it would archive one more body that
+        failed verification past `EVIDENCE_PER_DAY` of its (record, mirror, kind): a
+        mirror serving a new junk body on every fetch fills no disk (its alert, and the
+        first bodies as its evidence, are kept; the body is judged each time)."""
+        if outcome.body is None or outcome.trusted:
+            return outcome
+        since = outcome.fetched_at - EVIDENCE_WINDOW
+        kept = await self.store.untrusted_count(outcome.suffix, outcome.mirror, outcome.kind, since)
+        if kept < EVIDENCE_PER_DAY:
+            return outcome
+        log.info(
+            "evidence_not_kept",
+            kind=outcome.kind,
+            kept=kept,
+            detail=f"already {kept} bodies that failed verification in a day",
+        )
+        return replace(outcome, body=None, body_sha256=None, events=(), findings=())
 
     async def _archived(self, got: Got) -> Got | None:
         """`got` (unchanged) as a 200 of the archived body it stands for; None when that

@@ -953,3 +953,41 @@ async def test_leaving_on_a_cancellation_still_closes_both_sessions() -> None:
             await anyio.sleep(1)
     assert len(sessions) == 2
     assert all(s.closed for s in sessions)
+
+
+@pytest.mark.anyio
+async def test_hosts_nobody_is_fetching_from_are_forgotten() -> None:
+    """Each request redirected to a new host name: the per-host limits of hosts no
+    longer in use are dropped (one was kept per name until the fetcher closed: 8,000
+    redirects, 8,000 entries)."""
+
+    async def hop(request: web.Request) -> web.Response:
+        n = int(request.query.get("n", "0"))
+        if n < 30:
+            port = request.url.port
+            raise web.HTTPFound(f"http://h{n}.localhost:{port}/?n={n + 1}")
+        return web.Response(body=b"{}")
+
+    class Loopback(AbstractResolver):
+        async def resolve(self, host: str, port: int = 0, family: int = 0) -> list[ResolveResult]:
+            return [
+                {
+                    "hostname": host,
+                    "host": "127.0.0.1",
+                    "port": port,
+                    "family": socket.AF_INET,
+                    "proto": 0,
+                    "flags": 0,
+                }
+            ]
+
+        async def close(self) -> None:
+            pass
+
+    async with serve(web.get("/", hop)) as base, fetcher(max_redirects=40) as f:
+        assert f._session is not None
+        f._session._connector._resolver = Loopback()  # type: ignore[attr-defined]
+        for _ in range(5):
+            result = await f.get(base + "/")
+            assert result.status == 200
+        assert len(f._host_slots) == 0

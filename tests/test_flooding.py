@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -384,3 +385,34 @@ async def test_a_condition_back_after_the_hold_down_is_a_new_alert(tmp_path):
         assert [a.id for a in done.closed] == [first.id]
         assert len(done.opened) == 1 and done.opened[0].id != first.id
         assert done.recurred == []
+
+
+def fresh_junk(size: int) -> Handler:
+    """A new body of random bytes on every request (no JSON at all)."""
+
+    async def handler(writer: asyncio.StreamWriter) -> None:
+        await respond(200, os.urandom(size))(writer)
+
+    return handler
+
+
+async def test_junk_bodies_fill_no_disk(tmp_path, signer):
+    """A mirror serving a new 200 KB junk body on every fetch, pass after pass: one
+    alert, its first bodies archived as evidence (four a day), no more (every body was
+    archived: 140 MB in 20 seconds under `run`, then a full disk for everyone)."""
+    async with arena(tmp_path, signer, records=1) as a:
+        (b,) = a.records
+        a.hostile.route(a.hostile.bundle_path(b.suffix), fresh_junk(200_000))
+        for _ in range(8):
+            assert exit_code(await a.sync()) == 1
+        async with await Store.open(a.db, readonly=True) as store:
+            snaps = await store.snapshots(b.suffix, mirror=HOSTILE)
+            alerts = await store.alerts.open_alerts()
+            stats = await store.stats()
+        assert len(snaps) == 4
+        assert [x.kind for x in alerts] == ["document_invalid"]
+        assert stats["blob_bytes_stored"] < 5 * 200_000 + 100_000
+        a.clock.advance(timedelta(days=1, minutes=1))  # a new day, new evidence
+        await a.sync()
+        async with await Store.open(a.db, readonly=True) as store:
+            assert len(await store.snapshots(b.suffix, mirror=HOSTILE)) == 5

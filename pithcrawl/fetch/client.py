@@ -282,8 +282,15 @@ class HttpFetcher:
             host_slot = self._host_slots[host] = anyio.Semaphore(self._per_host, fast_acquire=True)
         # Host first: a request queued behind a busy host must not hold a global slot
         # that requests to idle hosts could use.
-        async with host_slot, self._slots:
-            yield
+        try:
+            async with host_slot, self._slots:
+                yield
+        finally:
+            # A host nobody is fetching from now is forgotten: a mirror redirecting to a
+            # new name each time must not grow this table for as long as a round lasts.
+            idle = host_slot.value == self._per_host
+            if idle and not host_slot.statistics().tasks_waiting:
+                self._host_slots.pop(host, None)
 
     async def _hop(
         self,

@@ -366,6 +366,17 @@ class Store:
             )
         return [snapshot_from_row(r) for r in rows]
 
+    async def untrusted_count(self, suffix: str, mirror: str, kind: str, since: datetime) -> int:
+        """How many bodies that failed verification were archived from `mirror` for this
+        record and kind since `since`."""
+        async with self._db.read("count untrusted snapshots") as s:
+            row = await s.one(
+                "SELECT count(*) FROM snapshots WHERE suffix = ? AND mirror = ? AND kind = ?"
+                " AND trusted = 0 AND fetched_at >= ?",
+                (suffix, mirror, kind, db_time(since)),
+            )
+        return 0 if row is None else int(row[0])
+
     async def snapshot(self, snapshot_id: int) -> Snapshot | None:
         async with self._db.read("read a snapshot") as s:
             row = await s.one("SELECT * FROM snapshots WHERE id = ?", (snapshot_id,))
