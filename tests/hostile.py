@@ -169,6 +169,8 @@ class HostileMirror:
     routes: dict[str, Handler] = field(default_factory=dict)
     hits: Counter[str] = field(default_factory=Counter)
     """Requests per path, every path (404s included)."""
+    requests: list[bytes] | None = None
+    """When a list: the head of every request received, appended as it comes."""
     base_url: str = ""
     _server: asyncio.Server | None = None
     _handlers: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -219,6 +221,8 @@ class HostileMirror:
         self._handlers.add(task)
         try:
             head = await reader.readuntil(b"\r\n\r\n")
+            if self.requests is not None:
+                self.requests.append(head)
             _method, path, _version = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
             self.hits[path] += 1
             handler = self.routes.get(path, respond(404, b"not here", content_type="text/plain"))

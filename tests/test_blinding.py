@@ -50,18 +50,24 @@ async def test_validators_with_odd_bytes_cost_nothing(tmp_path, signer, headers)
     archive the good mirror's records (the write they share crashed, pass after pass)."""
     async with arena(tmp_path, signer) as a:
         bad = a.records[0]
+        sent: list[bytes] = []
         a.hostile.route(a.hostile.bundle_path(bad.suffix), respond(200, bad.bytes(), headers))
-        for _ in range(3):
-            summary = await a.sync()
-            assert (summary.errors, summary.alerts) == (0, 0)
-            assert exit_code(summary) == 0
-            a.advance()
+        a.hostile.requests = sent  # every request's head, as received
+        with structlog.testing.capture_logs() as logs:
+            for _ in range(3):
+                summary = await a.sync()
+                assert (summary.errors, summary.alerts) == (0, 0)
+                assert exit_code(summary) == 0
+                a.advance()
         async with await Store.open(a.db, readonly=True) as store:
             state = await store.fetch_state(bad.suffix, HOSTILE, "bundle")
         assert state is not None
         assert (state.etag, state.last_modified, state.failures) == (None, None, 0)
-        # Fetched whole each time (nothing to be conditional on), never refused.
-        assert a.hostile.hits[a.hostile.bundle_path(bad.suffix)] == 3
+        # Fetched whole each time, nothing of the odd value sent back, one warning a pass.
+        heads = [h for h in sent if bad.suffix.encode() in h and b"bundle.json" in h]
+        assert len(heads) == 3
+        assert not any(b"If-None-Match" in h or b"If-Modified-Since" in h for h in heads)
+        assert len([e for e in logs if e["event"] == "header_refused"]) == 3
 
 
 async def test_a_validator_archived_with_a_control_byte_is_not_sent_back(tmp_path, signer):

@@ -304,3 +304,27 @@ def test_body_refs_finds_every_body_named_in_evidence():
     # A reference that is no sha256 is damage, not a document to leave out in silence.
     with pytest.raises(StoreCorrupt, match=r"nested\.body_sha256 'not a sha'"):
         body_refs({"nested": {"body_sha256": "not a sha"}})
+
+
+def test_a_rollback_claim_names_the_events_each_cause_concerns():
+    """A rollback that dropped one event and changed another's content: the evidence's
+    README names both, each for its cause (the changed ones were left out once the
+    causes became one alert)."""
+    from datetime import UTC, datetime
+
+    from pithcrawl.commands.evidence import claim
+    from pithcrawl.store import Alert
+
+    evidence = {
+        "mirror": "m",
+        "cause": "events_dropped+event_content_changed",
+        "causes": ["events_dropped", "event_content_changed"],
+        "built_at": {"before": "b", "after": "a"},
+        "events": [{"event_id": "sha256:dropped", "event_type": "graph_snapshot"}],
+        "changed_events": [{"event_id": "sha256:changed", "content_sha256": {}}],
+    }
+    now = datetime.now(UTC)
+    alert = Alert(1, "k", "s", "rollback", "critical", None, None, ("m",), "x", evidence, now, None)
+    text = "\n".join(claim(alert, {}))
+    assert "Events dropped: sha256:dropped." in text
+    assert "Events changed content: sha256:changed." in text

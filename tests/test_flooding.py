@@ -8,6 +8,7 @@ pass.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import time
@@ -128,6 +129,7 @@ async def test_a_new_bad_body_every_fetch_is_one_alert(tmp_path, signer):
             snaps = await store.snapshots(bad.suffix, mirror=HOSTILE)
         assert alert.kind == "untrusted_key"
         assert alert.dedup_key == f"untrusted_key:{bad.suffix}:{HOSTILE}"
+        assert alert.evidence["body_sha256"] == hashlib.sha256(bodies[0]).hexdigest()
         assert len(snaps) == 3 and not any(s.trusted for s in snaps)
         assert [s.alerts_raised for s in a.summaries] == [1, 0, 0]
 

@@ -517,3 +517,20 @@ async def test_a_manifest_mirror_that_no_name_server_knows_fails_and_stays(tmp_p
             state = await store.fetch_state(a.records[0].suffix, "registry/gone", "bundle")
         assert (alert.kind, alert.mirrors) == ("mirror_unreachable", ("registry/gone",))
         assert state is not None and state.failures >= 1
+
+
+def test_a_hints_name_unfit_to_show_gives_way_to_its_host():
+    """A bundle's mirror hint named with escape codes: the discovered mirror is named by
+    its host alone; a hint whose URLs are not printable ASCII is not a mirror."""
+    from pithcrawl.mirrors import from_hints
+
+    suffix = "A" * 26
+    hint = {
+        "name": FORGED,
+        "base_url": "https://m.example",
+        "bundle_url": f"https://m.example/pith/{suffix}/bundle.json",
+        "state_url": f"https://m.example/pith/{suffix}/state.json",
+    }
+    odd = {**hint, "base_url": "https://m.example/\x1b[2J"}
+    sites = from_hints({"mirror_hints": [hint, odd]}, suffix)
+    assert [s.name for s in sites] == ["m.example (m.example)"]

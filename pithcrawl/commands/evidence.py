@@ -374,9 +374,11 @@ def claim(a: Alert, files: dict[str, str]) -> list[str]:
             f"{doc(ev.get('body_sha256'))}. Both verify; the later one goes back",
             f"({ev.get('cause')}): built_at {built.get('before')} then {built.get('after')}.",
         ]
-        events = ev.get("events")
-        if isinstance(events, list) and events:
-            lines.append(f"Events concerned: {ids(e.get('event_id') for e in events)}.")
+        for key, what in (("events", "dropped"), ("changed_events", "changed content")):
+            events = ev.get(key)
+            if isinstance(events, list) and events:
+                concerned = ids(e.get("event_id") for e in events if isinstance(e, dict))
+                lines.append(f"Events {what}: {concerned}.")
         return lines
     critical = [
         f"  {f.get('code')} at {f.get('path') or '/'}: {f.get('message')}"
