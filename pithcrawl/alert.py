@@ -352,7 +352,10 @@ async def _attempt(
             retry_at=format_timestamp(retry_at),
         )
         return 1
-    await store.alerts.delivered(delivery, now)
+    # Shielded: the sink took it; a cancel now (a stop, the end of a round) must not
+    # leave it recorded as pending, to be delivered a second time.
+    with anyio.CancelScope(shield=True):
+        await store.alerts.delivered(delivery, now)
     if metrics is not None:
         metrics.delivered(delivery.sink)
     log.info("delivered", kind=alert.kind)

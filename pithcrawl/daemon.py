@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -155,28 +157,31 @@ class Daemon:
             log.info("crawl_started", records=tracked, mirrors=len(rnd.sites))
             send, receive = anyio.create_memory_object_stream[tuple[str, Site]](0)
             self.free = anyio.Semaphore(config.crawl.concurrency)
+            over = anyio.Event()
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._housekeeping, rnd)
+                tg.start_soon(self._housekeeping, rnd, over)
                 for sink in rnd.sinks.names:  # each its own task: a dead one delays no other
-                    tg.start_soon(self._deliveries, rnd, sink)
+                    tg.start_soon(self._deliveries, rnd, sink, over)
                 async with anyio.create_task_group() as workers:
                     for _ in range(config.crawl.concurrency):
                         workers.start_soon(self._worker, rnd.crawler, receive.clone())
                     receive.close()
                     async with send:
                         await self._schedule(send, rnd, ends)
-                # The round's pairs in flight are done: its checks and deliveries stop.
-                tg.cancel_scope.cancel()
+                # The round's pairs in flight are done: its checks and deliveries end
+                # once what they are doing is done (a delivery cut short would be sent
+                # again by the next round).
+                over.set()
             if judging_until is not None and time.monotonic() >= judging_until:
                 await rnd.judged_all()
                 self.judged_under = None
 
-    async def _housekeeping(self, rnd: Round) -> None:
+    async def _housekeeping(self, rnd: Round, over: anyio.Event) -> None:
         """Every few seconds, that the archive's file is still the one open; every minute,
         the rules that time alone can trigger (a lag turning stale, a mirror failing too
-        long, an alert's hold-down ending)."""
+        long, an alert's hold-down ending). Until the round is `over`."""
         checked = 0.0
-        while True:
+        while not over.is_set():
             self.store.check_file()  # deleted or replaced: stop, rather than write into it
             if time.monotonic() - checked > self.check_every:
                 checked = time.monotonic()
@@ -186,13 +191,16 @@ class Daemon:
                 counts = await self.store.alerts.open_counts("kind")
                 self.metrics.set_open_alerts(counts)
                 self.alerts_open = sum(counts.values())
-            await anyio.sleep(self.deliver_every)
+            with anyio.move_on_after(self.deliver_every):
+                await over.wait()
 
-    async def _deliveries(self, rnd: Round, sink: str) -> None:
-        """Deliver `sink`'s due alerts every few seconds, on its own."""
-        while True:
+    async def _deliveries(self, rnd: Round, sink: str, over: anyio.Event) -> None:
+        """Deliver `sink`'s due alerts every few seconds, on its own, until the round is
+        `over`."""
+        while not over.is_set():
             await rnd.deliver(sink)
-            await anyio.sleep(self.deliver_every)
+            with anyio.move_on_after(self.deliver_every):
+                await over.wait()
 
     async def _schedule(self, send: Any, rnd: Round, ends: float) -> None:
         """Hand the due pairs of the round's mirrors to the workers, until `ends`
@@ -200,15 +208,26 @@ class Daemon:
         config = self.config
         sites = {s.name: s for s in rnd.sites}
         last_summary = time.monotonic()
+        width = config.crawl.per_host
         while time.monotonic() < ends:
             self._ping()
             await self.clock.check(self.store)  # a step back moves the schedule with it
             now = self.clock.now()
-            due = await self.store.due(now, limit=config.crawl.concurrency * 4, mirrors=list(sites))
-            pairs = [d for d in due if (d.suffix, d.mirror) not in self.inflight]
-            self._set_lag(pairs)
+            # A mirror with `per_host` pairs in flight gets no more now: a slow mirror's
+            # pairs would take every worker, and the others' due pairs wait behind them.
+            busy = Counter(mirror for _, mirror in self.inflight)
+            open_now = [name for name in sites if busy[name] < width]
+            due = await self.store.due(now, limit=config.crawl.concurrency * 4, mirrors=open_now)
+            pairs = []
+            for d in due:
+                if (d.suffix, d.mirror) not in self.inflight and busy[d.mirror] < width:
+                    busy[d.mirror] += 1
+                    pairs.append(d)
+            # The lag counts the pairs held back with their mirror too: they are late.
+            waiting = pairs + await self._held_back(now, open_now, sites)
+            self._set_lag(waiting)
             for i, (suffix, name, _) in enumerate(pairs):
-                await self._free_worker(pairs[i:])
+                await self._free_worker(waiting[i:])
                 self.inflight.add((suffix, name))
                 await send.send((suffix, sites[name]))
             if time.monotonic() - last_summary > SUMMARY_EVERY:
@@ -216,6 +235,17 @@ class Daemon:
                 self._summary_line()
             if not pairs:
                 await self._idle(list(sites), ends)
+
+    async def _held_back(
+        self, now: datetime, open_now: list[str], sites: dict[str, Site]
+    ) -> list[Due]:
+        """The oldest due pair of the mirrors held back (each with `per_host` in flight),
+        for the lag: they wait as much as any."""
+        held = [name for name in sites if name not in open_now]
+        if not held:
+            return []
+        due = await self.store.due(now, limit=len(self.inflight) + 1, mirrors=held)
+        return [d for d in due if (d.suffix, d.mirror) not in self.inflight]
 
     async def _free_worker(self, waiting: list[Due]) -> None:
         """Wait until a worker is free. All may be busy for long (a mirror that never

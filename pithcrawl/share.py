@@ -1,22 +1,24 @@
 """A share of a pass: its (record, mirror) pairs crawled with bounded concurrency.
 
 Owns the loop over a share's pairs (`crawl_share`: records read a chunk at a time with
-their bookkeeping, `crawl.concurrency` pairs at once, a pair put off while its mirror
-asked us to come back later or keeps failing), and what a share found, in numbers
+their bookkeeping, a lane per mirror, a pair put off while its mirror asked us to come
+back later or keeps failing), and what a share found, in numbers
 (`Tally`, which a worker process sends back). Which records make a share is `plan`'s;
 the worker processes are `worker`'s.
 """
 
 from __future__ import annotations
 
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Protocol
 
 import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from pithcrawl.crawl import Crawler, PairResult
 from pithcrawl.mirrors import Site
-from pithcrawl.plan import Records
+from pithcrawl.plan import PASS_CHUNK, Records
 from pithcrawl.store import FetchState, Store
 
 
@@ -33,28 +35,39 @@ async def crawl_share(
     sites: list[Site],
     progress: Steps | None = None,
 ) -> Tally:
-    """Every (record, mirror) pair of `records` × `sites`, `crawl.concurrency` at a time;
-    what they found, counted as they end (memory stays flat however many there are)."""
-    tally = Tally()
-    concurrency = crawler.config.crawl.concurrency
-    send, receive = anyio.create_memory_object_stream[_Job](concurrency)
+    """Every (record, mirror) pair of `records` × `sites`; what they found, counted as
+    they end (memory stays flat however many there are).
 
-    async def worker() -> None:
-        async with receive.clone() as jobs:
+    Each mirror has a lane of its own, `crawl.per_host` of its pairs at a time (the
+    fetcher holds the whole to `crawl.concurrency`): a mirror that answers slowly, or
+    never, holds its own lane, not the workers of the others. The lanes are fed the same
+    records, a chunk at a time, so a fast mirror runs at most a chunk ahead of a slow one.
+    """
+    tally = Tally()
+    crawl = crawler.config.crawl
+    width = max(1, min(crawl.per_host, crawl.concurrency))
+    lanes = [anyio.create_memory_object_stream[_Job](PASS_CHUNK) for _ in sites]
+
+    async def worker(jobs: MemoryObjectReceiveStream[_Job]) -> None:
+        async with jobs:
             async for job in jobs:
                 tally.add(await _pair(crawler, job))
                 if progress is not None:
                     progress.step()
 
     async with anyio.create_task_group() as tg:
-        for _ in range(concurrency):
-            tg.start_soon(worker)
-        async with send:
+        for _, receive in lanes:
+            for _ in range(width):
+                tg.start_soon(worker, receive.clone())
+            receive.close()
+        async with AsyncExitStack() as senders:
+            for send, _ in lanes:
+                await senders.enter_async_context(send)
             # The bookkeeping of a chunk of records in one read, not one per fetch.
             async for chunk in records.chunks(store):
                 known = await store.fetch_states_of(chunk)
                 for suffix in chunk:
-                    for site in sites:
+                    for (send, _), site in zip(lanes, sites, strict=True):
                         await send.send(
                             _Job(
                                 suffix,
@@ -63,7 +76,6 @@ async def crawl_share(
                                 known.get((suffix, site.name, "state")),
                             )
                         )
-        receive.close()
     return tally
 
 

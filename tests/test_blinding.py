@@ -29,6 +29,7 @@ from pithcrawl.clock import Clock
 from pithcrawl.commands.sync import exit_code
 from pithcrawl.errors import StoreError
 from pithcrawl.store import Store
+from pithcrawl.sync import sync_once
 
 pytestmark = pytest.mark.anyio
 
@@ -376,3 +377,30 @@ async def test_a_chain_of_slow_redirects_costs_one_timeout(tmp_path, signer):
         assert summary.errors == 1
         assert took < 3, f"the pass took {took:.1f}s"
         assert a.hostile.hits[f"/.well-known/pith/{bad.suffix}/bundle.json"] == 0
+
+
+def silent() -> Handler:
+    """Takes the request and never answers (until the client gives up)."""
+
+    async def handler(writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(60)
+
+    return handler
+
+
+async def test_a_mirror_that_never_answers_holds_its_own_lane_only(tmp_path, signer):
+    """A hostile mirror that never answers any of 16 records (timeout 1 s, two at a time
+    per host): the good mirror's records are all archived at the start of the pass,
+    not at its end (each worker waited on the silent host's slots in turn, so the good
+    mirror's last record waited as long as the whole pass)."""
+    async with arena(tmp_path, signer, records=16, extra="concurrency = 4\nper_host = 2") as a:
+        for b in a.records:
+            a.hostile.route(a.hostile.bundle_path(b.suffix), silent())
+        started = datetime.now(UTC)
+        summary = await sync_once(a.config(), a.db, [], a.trust, clock=Clock())
+        took = (datetime.now(UTC) - started).total_seconds()
+        assert summary.errors == 16 and took > 6  # 16 timeouts, two at a time
+        async with await Store.open(a.db, readonly=True) as store:
+            good = [await store.fetch_state(b.suffix, "good", "bundle") for b in a.records]
+        done = max(s.last_success_at for s in good if s and s.last_success_at)
+        assert (done - started).total_seconds() < took / 3, (done - started, took)

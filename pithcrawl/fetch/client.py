@@ -276,7 +276,9 @@ class HttpFetcher:
     @asynccontextmanager
     async def _slot(self, url: URL) -> AsyncIterator[None]:
         assert self._slots is not None  # set with the session
-        host = (url.host or "").lower()
+        # By host and port, as aiohttp's connector counts them: two services on one
+        # machine are two mirrors.
+        host = f"{(url.host or '').lower()}:{url.port}"
         host_slot = self._host_slots.get(host)
         if host_slot is None:
             host_slot = self._host_slots[host] = anyio.Semaphore(self._per_host, fast_acquire=True)
