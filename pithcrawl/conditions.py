@@ -13,24 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
 
 from pithcrawl import divergence
 from pithcrawl.alert import log_alerts, log_entry, sink_names
 from pithcrawl.canon import parse
 from pithcrawl.config import Config
-from pithcrawl.store import Alert, NewEvent, Reconciled, Snapshot, Store
-
-#: What a trusted body says of the history: (pith_number, event ids, claimed places).
-History = tuple[str, tuple[str, ...], tuple[tuple[str, str, str], ...]]
-
-
-def history_of(bundle: dict[str, Any]) -> History:
-    return (
-        bundle["pith_number"],
-        tuple(e["event_id"] for e in bundle["events"]),
-        divergence.claims_of(bundle),
-    )
+from pithcrawl.divergence import History, history_of
+from pithcrawl.store import Alert, FetchOutcome, NewEvent, Reconciled, Snapshot, Store
 
 
 def _seen(snap: Snapshot, history: History) -> divergence.Seen:
@@ -77,6 +66,27 @@ class Conditions:
             self._open_scopes.add(scope)
         else:
             self._open_scopes.discard(scope)
+
+    async def record(
+        self, outcome: FetchOutcome, scope: str, current: list[NewEvent]
+    ) -> tuple[Snapshot | None, int]:
+        """Archive a fetch, and reconcile the alerts of its `scope` with the conditions
+        it shows (`current`) in the same transaction: a crash never leaves a body
+        archived without the alert it raises. The whole step is skipped, one plain write
+        left, when there is nothing to report and nothing open there. The new snapshot,
+        and how many alerts this opened."""
+        if not current and not await self.is_open(scope):
+            return await self.store.record_fetch(outcome), 0
+        snapshot, done = await self.store.record_fetch_and_alerts(
+            outcome,
+            scope,
+            current,
+            sinks=sink_names(self.config.alerts),
+            hold=self.config.alerts.resolve_after,
+        )
+        self.mark(scope, done.still_open)
+        log_alerts(done)
+        return snapshot, len(done.opened)
 
     async def check_record(
         self, suffix: str, *, mirrors: Sequence[str] | None = None

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import random
-import re
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -23,27 +22,30 @@ from typing import Any
 import anyio
 import structlog
 
-from pithcrawl import timeline
-from pithcrawl.alert import log_alerts, log_entry, sink_names
+from pithcrawl.alert import log_entry
 from pithcrawl.canon import parse
-from pithcrawl.conditions import Conditions, history_of
+from pithcrawl.conditions import Conditions
 from pithcrawl.config import Config
+from pithcrawl.divergence import history_of
 from pithcrawl.errors import OperationalError, StoreCorrupt
 from pithcrawl.fetch import Fetcher
-from pithcrawl.findings import Severity, kept
-from pithcrawl.keys import InvalidKey, TrustedKey, TrustSet, key_problems, load_key
+from pithcrawl.judge import (
+    Before,
+    Fetched,
+    Judgement,
+    judge_bundle,
+    judge_state,
+    record_number,
+)
+from pithcrawl.keys import TrustSet
 from pithcrawl.metrics import Metrics
 from pithcrawl.mirrors import Site, discoverable, from_hints
 from pithcrawl.polling import UNREAD, Got, Poller, Unread, body_sha256
-from pithcrawl.store import Alert, FetchOutcome, FetchState, NewEvent, Snapshot, Store
-from pithcrawl.timestamps import format_timestamp
+from pithcrawl.store import Alert, FetchOutcome, FetchState, NewEvent, Store
 from pithcrawl.verify import Report, verify_bundle, verify_state
 
 log = structlog.get_logger("pithcrawl.crawl")
 
-
-#: A Pith Number's form (pith-format.md §2).
-_NUMBER = re.compile(r"pith:[0-9]{4}:[A-Z2-7]{26}")
 
 #: Verdicts on recent bundle bodies kept in memory (see `Crawler._verify`).
 VERDICTS_KEPT = 64
@@ -105,16 +107,6 @@ def _cut_short(got: Got, report: Report) -> Got | None:
         error=f"{got.url}: the body ended with its connection (no Content-Length) and is"
         " not whole JSON: taken as cut short",
     )
-
-
-def alert_kind(report: Report) -> str:
-    """The contract's alert kind for a document with critical findings."""
-    codes = {f.code for f in report.findings if f.severity is Severity.CRITICAL}
-    if codes <= {"untrusted_key"}:
-        return "untrusted_key"
-    if codes <= {"equivocation"}:
-        return "equivocation"
-    return "document_invalid"
 
 
 @dataclass(slots=True)
@@ -211,10 +203,10 @@ class Crawler:
                 again = await self._archived(got)
                 if again is not None:
                     assert again.result is not None and before is not None
-                    judged = await self._verify(
+                    verdict = await self._verify(
                         again.result.body, again.body_sha256 or "", suffix, now
                     )
-                    if judged.ok == bool(before.body_trusted):
+                    if verdict.ok == bool(before.body_trusted):
                         again = None  # the same verdict: nothing new to say
             if again is None:
                 await self.store.record_fetch(self.poller.outcome(suffix, site.name, got, now))
@@ -226,7 +218,6 @@ class Crawler:
                 return _Trusted(before.body_sha256, None, None)
             got = again
         assert got.result is not None  # a 200 or a 304, checked above
-        previous = await self.store.latest_snapshot(suffix, site.name, "bundle", trusted=True)
         body, body_sha = got.result.body, got.body_sha256 or body_sha256(got.result.body)
         report = await self._verify(body, body_sha, suffix, now)
         cut = _cut_short(got, report)
@@ -235,63 +226,33 @@ class Crawler:
             return None
         self.metrics.findings(f.code for f in report.findings)
         number = await self._number(suffix, report)
-        evidence = {
-            "mirror": site.name,
-            "url": got.result.final_url,
-            "fetched_at": format_timestamp(now),
-            "body_sha256": body_sha,
-        }
-        events: list[NewEvent] = []
-        if not report.ok:
-            result.serves_untrusted = True
-            kind = alert_kind(report)
-            codes = sorted({f.code for f in report.findings if f.severity is Severity.CRITICAL})
-            events.append(
-                NewEvent(
-                    kind=kind,
-                    severity="critical",
-                    at=now,
-                    pith_number=number,
-                    mirrors=(site.name,),
-                    summary=f"{site.name} served an untrusted bundle for {number}: "
-                    + ", ".join(codes),
-                    evidence={**evidence, **kept(report.findings)},
-                    # One alert while the mirror serves untrusted bundles of this record,
-                    # however many different ones: a body per fetch is not an alert each.
-                    dedup_key=f"{kind}:{suffix}:{site.name}",
-                )
-            )
-        elif previous is not None:
-            events.extend(
-                await self._changes(suffix, site.name, previous, report, evidence=evidence, now=now)
-            )
-        outcome = self.poller.outcome(suffix, site.name, got, now, report=report, events=events)
-        learned: list[TrustedKey] = []
+        fetched = Fetched(suffix, site.name, got.result.final_url, now, body_sha)
+        judged = judge_bundle(
+            report,
+            fetched,
+            number=number,
+            before=await self._before(suffix, site.name) if report.ok else None,
+            trust=self.trust,
+            follow_rotations=self.config.trust.follow_rotations,
+        )
+        outcome = self.poller.outcome(
+            suffix, site.name, got, now, report=report, events=judged.events
+        )
         if report.ok:
-            history = history_of(report.document)
-            if self.config.trust.follow_rotations:
-                learned = self._announced_keys(report.document)
+            _, ids, claims = history_of(report.document)
             outcome = replace(
                 outcome,
                 pith_number=number,
-                history=(history[1], history[2]),
-                learned_keys=[k.to_json() for k in learned],
+                history=(ids, claims),
+                learned_keys=[k.to_json() for k in judged.learned],
             )
-        # The mirror's document conditions are what this body shows: an invalid body, or
-        # a history older than one it served before. Any other open one has cleared.
-        snapshot = await self._store(
-            outcome,
-            f"document:{suffix}:{site.name}",
-            [e for e in events if e.severity == "critical"],
-            suffix,
-            result,
-        )
-        self._report(result, snapshot is not None, events)
+        await self._store(outcome, judged, result)
         if not report.ok:
+            result.serves_untrusted = True
             return None
-        if learned:
-            self.trust = self.trust.with_keys(learned)
-            for key in learned:
+        if judged.learned:
+            self.trust = self.trust.with_keys(judged.learned)
+            for key in judged.learned:
                 log.warning(
                     "key_learned",
                     key_id=key.key_id,
@@ -334,69 +295,30 @@ class Crawler:
             self._verdicts.popitem(last=False)
         return report
 
-    async def _changes(
-        self,
-        suffix: str,
-        mirror: str,
-        previous: Snapshot,
-        report: Report,
-        *,
-        evidence: dict[str, Any],
-        now: datetime,
-    ) -> list[NewEvent]:
-        """What a new trusted bundle changes, judged against the newest history this mirror
-        ever served (not merely the last one: after a replay of an old bundle, the news
-        when the mirror recovers is only what is really new)."""
-        number = await self._number(suffix, report)
+    async def _before(self, suffix: str, mirror: str) -> Before | None:
+        """The newest history `mirror` ever served of the record (not merely the last:
+        after a replay of an old bundle, the news when it recovers is only what is
+        really new); None before its first trusted bundle, or when damage to the archive
+        lost it (fsck's news: the body is still judged, with no change told)."""
+        previous = await self.store.latest_snapshot(suffix, mirror, "bundle", trusted=True)
+        if previous is None:
+            return None
         base = await self.store.trusted.highest_bundle(suffix, mirror) or previous
         try:
-            before = parse(await self.store.get_blob(base.body_sha256))
+            return Before(base.body_sha256, parse(await self.store.get_blob(base.body_sha256)))
         except StoreCorrupt as e:
-            # Damage in the archive is fsck's news, and no reason to stop watching: this
-            # body is still judged and archived, with no change told against the lost one.
             log.error("archive_damaged", detail=str(e), snapshot_id=base.id)
-            return []
-        changes = [(base, c) for c in timeline.compare(before, report.document, mirror=mirror)]
-        return [
-            NewEvent(
-                kind=c.kind,
-                severity=c.severity,
-                at=now,
-                pith_number=number,
-                mirrors=(mirror,),
-                summary=c.summary,
-                evidence={**evidence, "previous_body_sha256": p.body_sha256, **c.evidence},
-                dedup_key=c.dedup_key,
-            )
-            for p, c in changes
-        ]
+            return None
 
-    async def _store(
-        self,
-        outcome: FetchOutcome,
-        scope: str,
-        current: list[NewEvent],
-        suffix: str,
-        result: PairResult,
-    ) -> Snapshot | None:
-        """Archive a fetch, and reconcile the alerts of its scope in the same transaction
-        (skipped when there is nothing to report and nothing open there); the alerts it
-        opened are counted in `result`."""
+    async def _store(self, outcome: FetchOutcome, judged: Judgement, result: PairResult) -> None:
+        """Archive a fetch (within the evidence quota) with what it means, and count it."""
         outcome = await self._within_quota(outcome)
-        if not current and not await self.conditions.is_open(scope):
-            return await self.store.record_fetch(outcome)
-        current = [e if e.suffix else replace(e, suffix=suffix) for e in current]
-        snapshot, done = await self.store.record_fetch_and_alerts(
-            outcome,
-            scope,
-            current,
-            sinks=sink_names(self.config.alerts),
-            hold=self.config.alerts.resolve_after,
-        )
-        self.conditions.mark(scope, done.still_open)
-        log_alerts(done)
-        result.alerts_raised += len(done.opened)
-        return snapshot
+        snapshot, raised = await self.conditions.record(outcome, judged.scope, judged.conditions)
+        result.alerts_raised += raised
+        result.new_snapshots += snapshot is not None
+        result.events.extend(judged.events)
+        for e in judged.events:
+            log_entry(e.kind, e.severity, e.summary, e.dedup_key)
 
     async def _within_quota(self, outcome: FetchOutcome) -> FetchOutcome:
         """`outcome`, or its bookkeeping alone when it would archive one more body that
@@ -435,17 +357,12 @@ class Crawler:
         )
 
     async def _number(self, suffix: str, report: Report) -> str:
-        """The tracked record's Pith Number (or its suffix, before one was verified).
-
-        Never the number a document claims for itself when that is another record: a
-        mirror serving record B at record A's address raises an alert about A.
-        """
-        claimed = report.pith_number
-        # The claim of a document that may not verify: only a number of the right form,
-        # for this record, ever names it (it reaches logs and hooks).
-        if claimed is not None and _NUMBER.fullmatch(claimed) and claimed[-26:] == suffix:
-            return claimed
-        return await self.store.watchlist.pith_number(suffix) or suffix
+        """The tracked record's Pith Number (`judge.record_number`), asking the archive
+        only when the document does not say it."""
+        number = record_number(report, suffix, None)
+        if number != suffix:
+            return number
+        return record_number(report, suffix, await self.store.watchlist.pith_number(suffix))
 
     # -- state.json ----------------------------------------------------------------------
 
@@ -482,36 +399,12 @@ class Crawler:
         bundle_doc = bundle.document
         if bundle_doc is None:
             bundle_doc = parse(await self.store.get_blob(bundle.body_sha256))
-        number = str(bundle_doc.get("pith_number", suffix))
-        mismatch = (
-            timeline.compare_state_url(bundle_doc, report.document, mirror=site.name)
-            if report.ok
-            else None
+        judged = judge_state(
+            report,
+            Fetched(suffix, site.name, got.url, now, body_sha),
+            bundle=bundle_doc,
+            bundle_body_sha256=bundle.body_sha256,
         )
-        events = []
-        if not report.ok or mismatch is not None:
-            events.append(
-                NewEvent(
-                    kind="state_url_mismatch",
-                    severity="critical",
-                    at=now,
-                    pith_number=number,
-                    mirrors=(site.name,),
-                    summary=mismatch.summary
-                    if mismatch
-                    else f"{site.name} served an invalid state.json for {number}",
-                    evidence={
-                        "mirror": site.name,
-                        "url": got.url,
-                        "fetched_at": format_timestamp(now),
-                        "state_body_sha256": body_sha,
-                        "bundle_body_sha256": bundle.body_sha256,
-                        **kept(report.findings),
-                        **(mismatch.evidence if mismatch else {}),
-                    },
-                    dedup_key=f"state_url_mismatch:{suffix}:{site.name}",
-                )
-            )
         # A state.json is a copy of its bundle's `state`: stored as a delta against it.
         outcome = self.poller.outcome(
             suffix,
@@ -519,38 +412,12 @@ class Crawler:
             got,
             now,
             report=report,
-            events=events,
+            events=judged.events,
             related_sha256=bundle.body_sha256,
         )
-        snapshot = await self._store(
-            outcome,
-            f"state:{suffix}:{site.name}",
-            events,
-            suffix,
-            result,
-        )
-        self._report(result, snapshot is not None, events)
+        await self._store(outcome, judged, result)
 
     # -- reporting and trust -----------------------------------------------------------------
-
-    def _report(self, result: PairResult, new_snapshot: bool, events: list[NewEvent]) -> None:
-        result.new_snapshots += new_snapshot
-        result.events.extend(events)
-        for e in events:
-            log_entry(e.kind, e.severity, e.summary, e.dedup_key)
-
-    def _announced_keys(self, bundle: dict[str, Any]) -> list[TrustedKey]:
-        """New, well-formed keys a verified bundle announces (`trust.follow_rotations`):
-        kept in the archive in the transaction of the snapshot that announced them."""
-        keys = []
-        for doc in bundle["public_keys"]:
-            if doc["key_id"] in self.trust or key_problems(doc):
-                continue
-            try:
-                keys.append(load_key(doc))
-            except InvalidKey:
-                continue
-        return keys
 
     async def _discover(self, bundle: dict[str, Any], suffix: str, now: datetime) -> None:
         """Add the mirrors a verified bundle names, if they may be crawled."""

@@ -58,6 +58,19 @@ def claims_of(bundle: dict[str, Any]) -> tuple[tuple[str, str, str], ...]:
     return tuple(out)
 
 
+#: What a trusted body says of the history: (pith_number, event ids, claimed places).
+History = tuple[str, tuple[str, ...], tuple[tuple[str, str, str], ...]]
+
+
+def history_of(bundle: dict[str, Any]) -> History:
+    """The history a verified bundle tells, as the rules compare it."""
+    return (
+        bundle["pith_number"],
+        tuple(e["event_id"] for e in bundle["events"]),
+        claims_of(bundle),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Condition:
     kind: str

@@ -11,6 +11,8 @@ PACKAGE = Path(__file__).parent.parent / "pithcrawl"
 PURE = [
     "canon",
     "divergence",
+    "entries",
+    "judge",
     "fetch/__init__",
     "fetch/decode",
     "text",

@@ -22,6 +22,7 @@ It decides nothing about trust, changes or scheduling: those are stored as given
 
 from __future__ import annotations
 
+from pithcrawl.entries import NewEvent
 from pithcrawl.store.alerts import SINKS, Alert, AlertBook, Delivery, Reconciled
 from pithcrawl.store.archive import Store
 from pithcrawl.store.rows import (
@@ -31,7 +32,6 @@ from pithcrawl.store.rows import (
     FetchOutcome,
     FetchState,
     Mirror,
-    NewEvent,
     Record,
     Snapshot,
 )

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from pithcrawl.entries import NewEvent
 from pithcrawl.store.connection import Database, Session
 from pithcrawl.store.fetches import INSERT_EVENT, event_params
 from pithcrawl.store.rows import (
     EventRow,
-    NewEvent,
     db_time,
     decoder,
     json_column,

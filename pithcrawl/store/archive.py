@@ -20,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
 
+from pithcrawl.entries import NewEvent
 from pithcrawl.errors import StoreCorrupt
 from pithcrawl.store.alerts import AlertBook, Reconciled
 from pithcrawl.store.blobs import PackedBlob
@@ -36,7 +37,6 @@ from pithcrawl.store.rows import (
     EventRow,
     FetchOutcome,
     FetchState,
-    NewEvent,
     Snapshot,
     db_time,
     decoding,

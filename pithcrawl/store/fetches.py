@@ -13,10 +13,10 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from pithcrawl.entries import NewEvent
 from pithcrawl.store.blobs import PackedBlob, sha256_hex
 from pithcrawl.store.rows import (
     FetchOutcome,
-    NewEvent,
     Snapshot,
     db_time,
     db_time_or_none,

@@ -11,12 +11,13 @@ import functools
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import orjson
 
+from pithcrawl.entries import NewEvent
 from pithcrawl.errors import StoreCorrupt
 from pithcrawl.findings import Finding
 from pithcrawl.timestamps import format_timestamp, parse_timestamp
@@ -146,22 +147,6 @@ class Snapshot:
     findings: tuple[Finding, ...]
     prev_id: int | None
     """The previous snapshot of the same (suffix, mirror, kind), whatever its trust."""
-
-
-@dataclass(frozen=True, slots=True)
-class NewEvent:
-    """An event-log row to insert (an alert, a correction, a key rotation, …)."""
-
-    kind: str
-    severity: str
-    at: datetime
-    pith_number: str | None
-    mirrors: tuple[str, ...]
-    summary: str
-    evidence: dict[str, Any] = field(default_factory=dict)
-    dedup_key: str | None = None
-    suffix: str | None = None
-    """Defaults to the outcome's suffix inside `record_fetch`."""
 
 
 @dataclass(frozen=True, slots=True)

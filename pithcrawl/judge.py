@@ -1,0 +1,204 @@
+"""What a fetched document means: the decisions of one (record, mirror) pair.
+
+Given the verifier's report on a body and what the archive knows (the newest history the
+mirror served before, the record's number, the trust set), say what happened: the
+event-log entries, the conditions of the document's alert scope (an untrusted body, a
+rollback, a state.json that is not its bundle's state), the keys a verified bundle
+announces, and the history the archive keeps with it.
+
+Pure: no await, no clock, no store, no log. `crawl` fetches, reads what a judgement
+needs, and stores what it says; `conditions` reconciles the alerts.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pithcrawl import timeline
+from pithcrawl.entries import NewEvent
+from pithcrawl.findings import Severity, kept
+from pithcrawl.keys import InvalidKey, TrustedKey, TrustSet, key_problems, load_key
+from pithcrawl.timestamps import format_timestamp
+from pithcrawl.verify import Report
+
+#: A Pith Number's form (pith-format.md §2).
+_NUMBER = re.compile(r"pith:[0-9]{4}:[A-Z2-7]{26}")
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """Where a body came from, as its evidence says."""
+
+    suffix: str
+    mirror: str
+    url: str
+    at: datetime
+    body_sha256: str
+
+    def evidence(self) -> dict[str, Any]:
+        return {
+            "mirror": self.mirror,
+            "url": self.url,
+            "fetched_at": format_timestamp(self.at),
+            "body_sha256": self.body_sha256,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Before:
+    """The newest history a mirror served of the record before (a trusted bundle)."""
+
+    body_sha256: str
+    document: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """What one document means."""
+
+    events: list[NewEvent] = field(default_factory=list)
+    """The event-log entries it makes (news and alerts alike)."""
+    scope: str = ""
+    """The alert scope its conditions belong to."""
+    conditions: list[NewEvent] = field(default_factory=list)
+    """The conditions of `scope` that hold now (those not listed have cleared)."""
+    learned: list[TrustedKey] = field(default_factory=list)
+    """New keys a verified bundle announces (with `trust.follow_rotations`)."""
+
+
+def alert_kind(report: Report) -> str:
+    """The contract's alert kind for a document with critical findings."""
+    codes = {f.code for f in report.findings if f.severity is Severity.CRITICAL}
+    if codes <= {"untrusted_key"}:
+        return "untrusted_key"
+    if codes <= {"equivocation"}:
+        return "equivocation"
+    return "document_invalid"
+
+
+def record_number(report: Report, suffix: str, known: str | None) -> str:
+    """The tracked record's Pith Number (`known`, or its suffix before one was verified).
+
+    Never the number a document claims for itself when that is another record: a mirror
+    serving record B at record A's address raises an alert about A. A claim, from a
+    document that may not verify, names the record only in the right form, for it (it
+    reaches logs and hooks)."""
+    claimed = report.pith_number
+    if claimed is not None and _NUMBER.fullmatch(claimed) and claimed[-26:] == suffix:
+        return claimed
+    return known or suffix
+
+
+def judge_bundle(
+    report: Report,
+    fetched: Fetched,
+    *,
+    number: str,
+    before: Before | None,
+    trust: TrustSet,
+    follow_rotations: bool,
+) -> Judgement:
+    """A bundle body's meaning: an untrusted one is one alert condition of its (record,
+    mirror); a trusted one brings the changes against the newest history the mirror
+    served `before` (a rollback is a condition; events, corrections and keys are news)."""
+    scope = f"document:{fetched.suffix}:{fetched.mirror}"
+    if not report.ok:
+        kind = alert_kind(report)
+        codes = sorted({f.code for f in report.findings if f.severity is Severity.CRITICAL})
+        untrusted = NewEvent(
+            kind=kind,
+            severity="critical",
+            at=fetched.at,
+            pith_number=number,
+            mirrors=(fetched.mirror,),
+            summary=f"{fetched.mirror} served an untrusted bundle for {number}: "
+            + ", ".join(codes),
+            evidence={**fetched.evidence(), **kept(report.findings)},
+            # One alert while the mirror serves untrusted bundles of this record, however
+            # many different ones: a body per fetch is not an alert each.
+            dedup_key=f"{kind}:{fetched.suffix}:{fetched.mirror}",
+            suffix=fetched.suffix,
+        )
+        return Judgement([untrusted], scope, [untrusted])
+    events = [] if before is None else _changes(report, fetched, number, before)
+    learned = announced_keys(report.document, trust) if follow_rotations else []
+    return Judgement(events, scope, [e for e in events if e.severity == "critical"], learned)
+
+
+def _changes(report: Report, fetched: Fetched, number: str, before: Before) -> list[NewEvent]:
+    """What a trusted bundle changes against the newest history the mirror ever served
+    (not merely the last one: after a replay of an old bundle, the news when the mirror
+    recovers is only what is really new)."""
+    evidence = {**fetched.evidence(), "previous_body_sha256": before.body_sha256}
+    return [
+        NewEvent(
+            kind=c.kind,
+            severity=c.severity,
+            at=fetched.at,
+            pith_number=number,
+            mirrors=(fetched.mirror,),
+            summary=c.summary,
+            evidence={**evidence, **c.evidence},
+            dedup_key=c.dedup_key,
+            suffix=fetched.suffix,
+        )
+        for c in timeline.compare(before.document, report.document, mirror=fetched.mirror)
+    ]
+
+
+def announced_keys(bundle: dict[str, Any], trust: TrustSet) -> list[TrustedKey]:
+    """New, well-formed keys a verified bundle announces (`trust.follow_rotations`)."""
+    keys = []
+    for doc in bundle["public_keys"]:
+        if doc["key_id"] in trust or key_problems(doc):
+            continue
+        try:
+            keys.append(load_key(doc))
+        except InvalidKey:
+            continue
+    return keys
+
+
+def judge_state(
+    report: Report,
+    fetched: Fetched,
+    *,
+    bundle: dict[str, Any],
+    bundle_body_sha256: str,
+) -> Judgement:
+    """A state.json's meaning beside the trusted bundle its mirror serves: a condition
+    when it does not verify, or is not that bundle's own `state`."""
+    scope = f"state:{fetched.suffix}:{fetched.mirror}"
+    mismatch = (
+        timeline.compare_state_url(bundle, report.document, mirror=fetched.mirror)
+        if report.ok
+        else None
+    )
+    if report.ok and mismatch is None:
+        return Judgement([], scope, [])
+    number = str(bundle.get("pith_number", fetched.suffix))
+    condition = NewEvent(
+        kind="state_url_mismatch",
+        severity="critical",
+        at=fetched.at,
+        pith_number=number,
+        mirrors=(fetched.mirror,),
+        summary=mismatch.summary
+        if mismatch
+        else f"{fetched.mirror} served an invalid state.json for {number}",
+        evidence={
+            "mirror": fetched.mirror,
+            "url": fetched.url,
+            "fetched_at": format_timestamp(fetched.at),
+            "state_body_sha256": fetched.body_sha256,
+            "bundle_body_sha256": bundle_body_sha256,
+            **kept(report.findings),
+            **(mismatch.evidence if mismatch else {}),
+        },
+        dedup_key=f"state_url_mismatch:{fetched.suffix}:{fetched.mirror}",
+        suffix=fetched.suffix,
+    )
+    return Judgement([condition], scope, [condition])
