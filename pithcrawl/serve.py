@@ -48,7 +48,7 @@ from pithcrawl.keys import TrustSet
 from pithcrawl.merge import MERGE_VERSION
 from pithcrawl.store import Snapshot, Store
 from pithcrawl.timestamps import format_seconds
-from pithcrawl.verify import DEFAULT_CLOCK_SKEW, verify_bundle
+from pithcrawl.verify import DEFAULT_CLOCK_SKEW, verify_archived
 
 log = structlog.get_logger("pithcrawl.serve")
 
@@ -233,7 +233,8 @@ class Catalog:
         )
 
     async def _verified_bundle(self, suffix: str) -> tuple[Snapshot, bytes] | None:
-        """The newest trusted bundle that verifies under `trust` now, and its bytes."""
+        """The newest trusted bundle that verifies under `trust` (as of its fetch: the
+        archive's one rule, `verify_archived`), and its bytes."""
         judged: set[str] = set()
         for snap in await self.store.trusted.newest_bundles(suffix, limit=_BUNDLE_CANDIDATES):
             if snap.body_sha256 in judged:
@@ -241,10 +242,11 @@ class Catalog:
             judged.add(snap.body_sha256)
             data = await self.store.get_blob(snap.body_sha256)
             judge = functools.partial(
-                verify_bundle,
+                verify_archived,
                 data,
+                "bundle",
                 self.trust,
-                now=datetime.now(UTC),
+                fetched_at=snap.fetched_at,
                 clock_skew=self.clock_skew,
                 expected_suffix=suffix,
             )

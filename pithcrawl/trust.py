@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 
@@ -16,7 +16,7 @@ from pithcrawl.config import Config, read_bounded
 from pithcrawl.errors import ConfigError, StoreError
 from pithcrawl.keys import InvalidKey, TrustedKey, TrustSet, load_key
 from pithcrawl.store import Store
-from pithcrawl.verify import verify_bundle
+from pithcrawl.verify import verify_archived
 
 REGISTRY_KEY_FILE = "pith-v1-2026-05.key.json"
 #: A key file holds one small JSON object (a few hundred bytes).
@@ -63,27 +63,30 @@ async def with_learned(trust: TrustSet, store: Store, config: Config) -> TrustSe
     """
     if not config.trust.follow_rotations:
         return trust
-    pending: list[tuple[TrustedKey, str]] = []
-    for doc, announced_in in await store.learned_keys_with_vouchers():
+    pending: list[tuple[TrustedKey, str, datetime]] = []
+    for doc, announced_in, learned_at in await store.learned_keys_with_vouchers():
         try:
             key = load_key(doc)
         except InvalidKey:
             continue
         if key.key_id not in trust:
-            pending.append((key, announced_in))
-    accepted, now = trust, datetime.now(UTC)
+            pending.append((key, announced_in, learned_at))
+    accepted = trust
     progress = True
     while pending and progress:  # a learned key may vouch for one learned after it
         progress = False
-        for key, announced_in in list(pending):
+        for item in list(pending):
+            key, announced_in, learned_at = item
             try:
                 body = await store.get_blob(announced_in)
             except StoreError:
-                pending.remove((key, announced_in))  # its evidence is gone: not trusted
+                pending.remove(item)  # its evidence is gone: not trusted
                 continue
-            report = verify_bundle(body, accepted, now=now, clock_skew=config.trust.clock_skew)
+            report = verify_archived(
+                body, "bundle", accepted, fetched_at=learned_at, clock_skew=config.trust.clock_skew
+            )
             if report.ok:
                 accepted = accepted.with_keys([key])
-                pending.remove((key, announced_in))
+                pending.remove(item)
                 progress = True
     return accepted

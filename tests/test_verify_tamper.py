@@ -494,3 +494,20 @@ def test_public_keys_of_another_type_is_a_schema_finding(
     doc["public_keys"] = value
     report = verify_bundle(serialize(doc), test_trust, now=NOW)
     assert [(f.code, f.path) for f in report.findings] == [("schema_invalid", "/public_keys")]
+
+
+def test_an_archived_body_is_judged_as_of_when_it_was_fetched(
+    builder: BundleBuilder, test_trust: TrustSet
+):
+    """`verify_archived`, the one rule for bodies read back (fsck, serve, learned keys):
+    a bundle built an hour after it was fetched was from the future then, and stays
+    untrusted however late it is read back; fetched after it was built, it verifies."""
+    from pithcrawl.verify import verify_archived
+
+    data = builder.bytes()
+    built = parse_timestamp(json.loads(data)["built_at"])
+    assert built is not None
+    early = built.at - timedelta(hours=1)
+    late = built.at + timedelta(hours=1)
+    assert "timestamp_future" in verify_archived(data, "bundle", test_trust, fetched_at=early).codes
+    assert verify_archived(data, "bundle", test_trust, fetched_at=late).ok

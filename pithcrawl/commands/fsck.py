@@ -23,7 +23,7 @@ from pithcrawl.errors import EXIT_OK, EXIT_OPERATIONAL, EXIT_SECURITY, StoreCorr
 from pithcrawl.keys import TrustSet
 from pithcrawl.store import Snapshot, Store
 from pithcrawl.trust import load_trust, with_learned
-from pithcrawl.verify import verify_bundle, verify_state
+from pithcrawl.verify import verify_archived
 
 HELP = "Check the database and re-verify every archived trusted body."
 EXAMPLE = "pithcrawl --config /etc/pithcrawl/pithcrawl.toml fsck"
@@ -125,16 +125,14 @@ async def _recheck(store: Store, snap: Snapshot, trust: TrustSet, config: Config
         body = await store.get_blob(snap.body_sha256)
     except StoreError as e:
         return str(e)
-    if snap.kind == "state":
-        report = verify_state(body, expected_suffix=snap.suffix)
-    else:
-        report = verify_bundle(
-            body,
-            trust,
-            now=snap.fetched_at,
-            clock_skew=config.trust.clock_skew,
-            expected_suffix=snap.suffix,
-        )
+    report = verify_archived(
+        body,
+        snap.kind,
+        trust,
+        fetched_at=snap.fetched_at,
+        clock_skew=config.trust.clock_skew,
+        expected_suffix=snap.suffix,
+    )
     if not report.ok:
         codes = sorted({f.code for f in report.findings if f.severity == "critical"})
         return "no longer verifies: " + ", ".join(codes)

@@ -207,14 +207,16 @@ class Store:
             rows = await s.all("SELECT key_json FROM learned_keys ORDER BY learned_at, key_id")
         return [json.loads(r[0]) for r in rows]
 
-    async def learned_keys_with_vouchers(self) -> list[tuple[dict[str, Any], str]]:
-        """Each learned key, with the sha256 of the bundle that announced it, in the order
-        they were learned."""
+    async def learned_keys_with_vouchers(self) -> list[tuple[dict[str, Any], str, datetime]]:
+        """Each learned key, with the sha256 of the bundle that announced it and when
+        that was fetched, in the order they were learned."""
         async with self._db.read("list learned keys") as s:
             rows = await s.all(
-                "SELECT key_json, body_sha256 FROM learned_keys ORDER BY learned_at, key_id"
+                "SELECT key_json, body_sha256, learned_at FROM learned_keys"
+                " ORDER BY learned_at, key_id"
             )
-        return [(json.loads(r[0]), str(r[1])) for r in rows]
+        with decoding("a learned_keys row"):
+            return [(json.loads(r[0]), str(r[1]), datetime.fromisoformat(r[2])) for r in rows]
 
     # -- fetch bookkeeping ----------------------------------------------------------------
 

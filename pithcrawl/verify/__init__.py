@@ -40,6 +40,7 @@ __all__ = [
     "clean_bundle_report",
     "first_difference",
     "verify",
+    "verify_archived",
     "verify_bundle",
     "verify_bundle_document",
     "verify_state",
@@ -64,6 +65,26 @@ def verify(
         return verify_state_document(doc, expected_suffix=expected_suffix)
     return verify_bundle(
         data, trust, now=now, clock_skew=clock_skew, expected_suffix=expected_suffix
+    )
+
+
+def verify_archived(
+    data: bytes,
+    kind: str,
+    trust: TrustSet,
+    *,
+    fetched_at: datetime,
+    clock_skew: timedelta = DEFAULT_CLOCK_SKEW,
+    expected_suffix: str | None = None,
+) -> Report:
+    """A body the archive kept, judged again: as of when it was fetched (a time in the
+    future then was as wrong then as it is now; a key's rotation is about when it
+    signed, not when it is read), under the keys of now. The one rule that `fsck`,
+    `serve` and the keys learned from rotations judge archived bodies by."""
+    if kind == "state":
+        return verify_state(data, expected_suffix=expected_suffix)
+    return verify_bundle(
+        data, trust, now=fetched_at, clock_skew=clock_skew, expected_suffix=expected_suffix
     )
 
 
