@@ -288,7 +288,7 @@ async def _track(db: Path, suffixes: list[str]) -> None:
 
 async def _stats(db: Path) -> dict[str, int]:
     async with await Store.open(db, readonly=True) as store:
-        return await store.stats()
+        return await store.maintenance.stats()
 
 
 def db_bytes(db: Path) -> int:
@@ -407,13 +407,13 @@ def print_table(r: dict[str, Any]) -> None:
         extra = (mirror_cpu, p.get("db_bytes_added", "-"))
         print("{:<12}{:>11}{:>9.2f}{:>8.2f}{:>8.1f}{:>14}{:>12}".format(*cols, *extra))
     print(f"\ncold sync / fetch-only, records/s: {r['cold_to_fetch_only']}")
-    print(f"unchanged: Store.stats() delta {r['unchanged']['stats_delta']}")
+    print(f"unchanged: store.maintenance.stats() delta {r['unchanged']['stats_delta']}")
     raw = b["raw_bundle_bytes_per_changed_record"]
     print(
         f"bumped: {b['changed_records']} records changed, {b['bytes_per_changed_record']} DB bytes"
     )
     print(f"  each = {b['ratio_to_raw_bundle']} x their new raw bundle ({raw} B)")
-    print(f"  Store.stats() delta {b['stats_delta']}")
+    print(f"  store.maintenance.stats() delta {b['stats_delta']}")
     for k, c in r["new_snapshot_checks"].items():
         if c["found"] != c["expected"]:
             print(f"UNEXPECTED {k}: {c['found']} new snapshots, expected {c['expected']}")

@@ -100,7 +100,9 @@ class Clock:
         await store.set_setting(SEEN_SETTING, format_timestamp(self.now()))
 
     async def _stepped(self, store: Store, step: timedelta, when: str) -> None:
-        moved = await store.shift_clock(step, SEEN_SETTING, format_timestamp(self.now()))
+        moved = await store.maintenance.shift_clock(
+            step, SEEN_SETTING, format_timestamp(self.now())
+        )
         log.warning(
             "clock_stepped",
             by_seconds=round(step.total_seconds(), 3),

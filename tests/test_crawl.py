@@ -97,7 +97,7 @@ async def test_first_sync_archives_every_record_from_every_mirror(tmp_path, sign
                     assert snap is not None
                     assert await store.get_blob(snap.body_sha256) == b.bytes()
                     assert snap.event_count == 2
-            stats = await store.stats()
+            stats = await store.maintenance.stats()
             assert stats["blobs"] == 6  # the same bytes from two mirrors are one blob
 
 
@@ -109,13 +109,13 @@ async def test_unchanged_resync_is_conditional_and_stores_no_body(tmp_path, sign
         await track(e, *builders)
         await e.sync()
         async with e.store() as store:
-            before = await store.stats()
+            before = await store.maintenance.stats()
         summary = await e.sync()
         assert summary.new_snapshots == 0
         assert summary.events == 0
         assert sum(sum(m.conditional_hits.values()) for m in e.mirrors) == 12
         async with e.store() as store:
-            after = await store.stats()
+            after = await store.maintenance.stats()
         assert after["snapshots"] == before["snapshots"]
         assert after["blob_bytes_stored"] == before["blob_bytes_stored"]
 

@@ -410,7 +410,7 @@ async def test_junk_bodies_fill_no_disk(tmp_path, signer):
         async with await Store.open(a.db, readonly=True) as store:
             snaps = await store.snapshots(b.suffix, mirror=HOSTILE)
             alerts = await store.alerts.open_alerts()
-            stats = await store.stats()
+            stats = await store.maintenance.stats()
         assert len(snaps) == 4
         assert [x.kind for x in alerts] == ["document_invalid"]
         assert stats["blob_bytes_stored"] < 5 * 200_000 + 100_000

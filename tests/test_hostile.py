@@ -295,7 +295,9 @@ async def test_mirror_failure_is_an_operational_error(tmp_path, signer, case):
                 assert state.next_due >= started + timedelta(seconds=failure.retry_after)
                 assert state.next_due <= ended + timedelta(seconds=max(failure.retry_after, 601))
             assert await store.snapshots(s.bad.suffix) == []
-            assert (await store.stats())["blobs"] == 2  # the good record's two bodies only
+            assert (await store.maintenance.stats())[
+                "blobs"
+            ] == 2  # the good record's two bodies only
             assert await store.alerts.open_alerts() == []
             assert [e for e in await store.events() if e.suffix == s.bad.suffix] == []
         assert s.mirror.hits[s.mirror.state_path(s.bad.suffix)] == 0

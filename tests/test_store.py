@@ -136,7 +136,7 @@ async def test_reopening_is_idempotent(tmp_path: Path) -> None:
         await s.watchlist.track([REAL_SUFFIX], NOW)
     async with await Store.open(db) as s:
         assert [r.suffix for r in await s.watchlist.tracked()] == [REAL_SUFFIX]
-        assert await s.integrity_check() == ["ok"]
+        assert await s.maintenance.integrity_check() == ["ok"]
     with raw(db) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
@@ -239,7 +239,7 @@ async def test_blob_is_stored_once_and_round_trips(store: Store, real_bundle_byt
     assert first is not None and second is not None
     assert first.body_sha256 == second.body_sha256
     assert await store.get_blob(first.body_sha256) == real_bundle_bytes
-    stats = await store.stats()
+    stats = await store.maintenance.stats()
     assert stats["blobs"] == 1 and stats["snapshots"] == 2
     assert stats["blob_bytes_raw"] == len(real_bundle_bytes) > 14_000
     assert stats["blob_bytes_stored"] < len(real_bundle_bytes) / 3
@@ -575,7 +575,7 @@ async def test_unchanged_body_adds_no_snapshot_or_blob(
     """The same body again updates the bookkeeping only."""
     assert await store.record_fetch(ok(real_bundle_bytes)) is not None
     assert await store.record_fetch(ok(real_bundle_bytes, at=60)) is None
-    stats = await store.stats()
+    stats = await store.maintenance.stats()
     assert (stats["blobs"], stats["snapshots"]) == (1, 1)
     state = await store.fetch_state(REAL_SUFFIX, "main", "bundle")
     assert state is not None
@@ -609,7 +609,7 @@ async def test_returning_to_an_old_body_is_a_new_snapshot(
     await store.record_fetch(ok(real_state_bytes, at=1))
     a2 = await store.record_fetch(ok(real_bundle_bytes, at=2))
     assert a1 is not None and a2 is not None and a2.body_sha256 == a1.body_sha256
-    stats = await store.stats()
+    stats = await store.maintenance.stats()
     assert (stats["blobs"], stats["snapshots"]) == (2, 3)
 
 
@@ -643,7 +643,7 @@ async def test_failures_count_up_and_keep_the_first_failure_time(
     assert state.next_due == NOW + timedelta(minutes=25)
     assert state.etag == '"0"' and snap is not None and state.body_sha256 == snap.body_sha256
     assert state.last_success_at == NOW
-    assert (await store.stats())["snapshots"] == 1
+    assert (await store.maintenance.stats())["snapshots"] == 1
 
     await store.record_fetch(ok(real_bundle_bytes, at=30))
     state = await store.fetch_state(REAL_SUFFIX, "main", "bundle")
@@ -662,14 +662,14 @@ async def test_first_fetch_may_fail(store: Store) -> None:
 async def test_record_fetch_is_all_or_nothing(store: Store, real_bundle_bytes: bytes) -> None:
     """A fetch whose last statement fails leaves no blob, snapshot or bookkeeping change."""
     first = await store.record_fetch(ok(real_bundle_bytes))
-    before_stats = await store.stats()
+    before_stats = await store.maintenance.stats()
     before_state = await store.fetch_state(REAL_SUFFIX, "main", "bundle")
     changed = real_bundle_bytes + b"\n"
     # The events are inserted last; a severity outside the CHECK fails the transaction there.
     doomed = ok(changed, at=60, events=[event(), event(severity="catastrophic")])
     with pytest.raises(StoreError, match="CHECK constraint failed"):
         await store.record_fetch(doomed)
-    assert await store.stats() == before_stats
+    assert await store.maintenance.stats() == before_stats
     assert await store.fetch_state(REAL_SUFFIX, "main", "bundle") == before_state
     assert await store.snapshots(REAL_SUFFIX) == [first]
     assert await store.events() == []
@@ -702,11 +702,11 @@ async def test_a_fetch_failing_late_in_its_write_leaves_nothing(
     bad = event(severity="dire")  # refused by the events table's CHECK, written last
     with pytest.raises(StoreError, match="CHECK constraint"):
         await store.record_fetch(ok(real_bundle_bytes, events=[bad]))
-    stats = await store.stats()
+    stats = await store.maintenance.stats()
     assert (stats["blobs"], stats["snapshots"], stats["events"]) == (0, 0, 0)
     assert await store.fetch_state(REAL_SUFFIX, "main", "bundle") is None
     assert await store.record_fetch(ok(real_bundle_bytes, events=[event()])) is not None
-    stats = await store.stats()
+    stats = await store.maintenance.stats()
     assert (stats["blobs"], stats["snapshots"], stats["events"]) == (1, 1, 1)
 
 
@@ -726,7 +726,7 @@ async def test_a_malformed_fetch_fails_alone(store: Store, real_bundle_bytes: by
         tg.start_soon(record, "good", ok(real_bundle_bytes, mirror="other"))
         tg.start_soon(record, "bad", ok(real_bundle_bytes + b" ", body_sha256="0" * 64))
     assert outcomes == {"good": "stored", "bad": "ValueError"}
-    assert (await store.stats())["snapshots"] == 1
+    assert (await store.maintenance.stats())["snapshots"] == 1
 
 
 async def test_records_to_recheck_include_untracked_ones_only_when_asked(
@@ -756,7 +756,7 @@ async def test_concurrent_tasks_share_one_store(store: Store, real_bundle_bytes:
     async with anyio.create_task_group() as tg:
         for i in range(20):
             tg.start_soon(one, i)
-    stats = await store.stats()
+    stats = await store.maintenance.stats()
     assert (stats["blobs"], stats["snapshots"], stats["events"]) == (20, 20, 20)
 
 
@@ -1112,7 +1112,7 @@ async def test_an_archive_of_every_older_schema_is_upgraded_and_works(
         await s.watchlist.upsert_mirror(mirror("main"))
         await s.record_fetch(ok(real_bundle_bytes))
         await s.flush()
-        assert await s.integrity_check() == ["ok"]
+        assert await s.maintenance.integrity_check() == ["ok"]
     with raw(db) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []

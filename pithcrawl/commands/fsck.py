@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
 async def check(config: Config, db: Path, trust: TrustSet) -> Result:
     result = Result()
     async with await Store.open(db, readonly=True) as store:
-        result.integrity = await store.integrity_check()
+        result.integrity = await store.maintenance.integrity_check()
         trust = await with_learned(trust, store, config)
         after = 0
         while page := await store.trusted.snapshots(after_id=after):
@@ -94,7 +94,7 @@ async def check(config: Config, db: Path, trust: TrustSet) -> Result:
                     result.problems.append(_problem(snap, problem))
             after = page[-1][0]
         after = 0
-        while page := await store.untrusted_snapshots(after_id=after):
+        while page := await store.maintenance.untrusted_snapshots(after_id=after):
             for _, snap in page:
                 if isinstance(snap, StoreCorrupt):
                     result.rows.append(str(snap))
@@ -105,7 +105,7 @@ async def check(config: Config, db: Path, trust: TrustSet) -> Result:
                 except StoreError as e:
                     result.problems.append(_problem(snap, f"evidence unreadable: {e}"))
             after = page[-1][0]
-        result.rows += await store.malformed_rows()
+        result.rows += await store.maintenance.malformed_rows()
     return result
 
 

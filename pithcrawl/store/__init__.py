@@ -15,7 +15,8 @@ The package is the only place that speaks SQL or sees a sqlite3 error (it raises
 - `rows`: the values going in and out;
 - `blobs`: the zstd codec (whole or delta frames) and the sha256 check of bodies;
 - `bodies`: the `blobs` table: choosing a delta's base, following bases on reads;
-- `alerts`: open and closed alerts, and their deliveries to each sink.
+- `alerts`: open and closed alerts, and their deliveries to each sink;
+- `maintenance`: integrity, damaged rows, counts, moving times when the clock steps.
 
 It decides nothing about trust, changes or scheduling: those are stored as given.
 """

@@ -14,14 +14,12 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Sequence
-from contextlib import suppress
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
 
 from pithcrawl.entries import NewEvent
-from pithcrawl.errors import StoreCorrupt
 from pithcrawl.store.alerts import AlertBook, Reconciled
 from pithcrawl.store.blobs import PackedBlob
 from pithcrawl.store.bodies import Bodies
@@ -33,6 +31,7 @@ from pithcrawl.store.fetches import (
     event_params,
     write_fetch,
 )
+from pithcrawl.store.maintenance import Maintenance
 from pithcrawl.store.rows import (
     EventRow,
     FetchOutcome,
@@ -44,7 +43,6 @@ from pithcrawl.store.rows import (
     fetch_state_from_row,
     normalize_time,
     snapshot_from_row,
-    snapshot_or_damage,
     to_json_text,
 )
 from pithcrawl.store.trusted import Trusted
@@ -82,16 +80,6 @@ SELECT f.mirror, count(DISTINCT f.suffix), max(f.last_success_at),
 FROM fetch_state AS f GROUP BY f.mirror ORDER BY f.mirror
 """
 
-_STATS = """
-SELECT (SELECT count(*) FROM blobs) AS blobs, (SELECT count(*) FROM records) AS records,
-       (SELECT count(*) FROM mirrors) AS mirrors,
-       (SELECT count(*) FROM fetch_state) AS fetch_state,
-       (SELECT count(*) FROM snapshots) AS snapshots, (SELECT count(*) FROM events) AS events,
-       (SELECT count(*) FROM learned_keys) AS learned_keys,
-       (SELECT coalesce(sum(size), 0) FROM blobs) AS blob_bytes_raw,
-       (SELECT coalesce(sum(length(data)), 0) FROM blobs) AS blob_bytes_stored
-"""
-
 # With the verdict on the body it last saw, so a 304 needs no second read.
 _FETCH_STATE = """
 SELECT f.*, (
@@ -114,40 +102,6 @@ FROM fetch_state AS f WHERE f.suffix IN (SELECT value FROM json_each(?))
 """
 
 
-#: The times that run on elapsed time, by (table, column, key columns, which rows):
-#: when the wall clock steps, each moves with it.
-_RUNNING = (
-    ("fetch_state", "next_due", ("suffix", "mirror", "kind"), "next_due IS NOT NULL"),
-    ("fetch_state", "first_failure_at", ("suffix", "mirror", "kind"), "failures > 0"),
-    ("deliveries", "next_attempt", ("alert_id", "sink", "phase"), "delivered_at IS NULL"),
-    ("alerts", "cleared_at", ("id",), "closed_at IS NULL AND cleared_at IS NOT NULL"),
-)
-
-
-def _shift_clock(conn: sqlite3.Connection, by: timedelta, seen: tuple[str, str]) -> int:
-    moved = 0
-    for table, column, key, which in _RUNNING:
-        where = " AND ".join(f"{k} = ?" for k in key)
-        # Names come from the table above, never from data.
-        rows = conn.execute(
-            f"SELECT {column}, {', '.join(key)} FROM {table}"  # noqa: S608
-            f" WHERE {which} AND {column} IS NOT NULL"
-        ).fetchall()
-        conn.executemany(
-            f"UPDATE {table} SET {column} = ? WHERE {where}",  # noqa: S608
-            [(db_time(at + by), *r[1:]) for r in rows if (at := _time_or_none(r[0]))],
-        )
-        moved += len(rows)
-    # With the shift, in one transaction: a restart then compares with the wall time
-    # the shift was made at, and never shifts twice.
-    conn.execute(
-        "INSERT INTO settings (name, value) VALUES (?, ?)"
-        " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-        seen,
-    )
-    return moved
-
-
 class Store:
     """The archive: one SQLite file, one connection, the single writer of its process."""
 
@@ -161,6 +115,8 @@ class Store:
         """What the trusted snapshots say: served bodies, histories (`store.trusted`)."""
         self.watchlist = Watchlist(db)
         """The tracked records and the mirrors they are polled from (`store.watchlist`)."""
+        self.maintenance = Maintenance(db)
+        """Integrity, damaged rows, counts, clock steps (`store.maintenance`)."""
 
     @classmethod
     async def open(
@@ -256,14 +212,6 @@ class Store:
         async with self._db.read("read fetch states") as s:
             rows = await s.all(_FETCH_STATES_OF, (to_json_text(list(suffixes)),))
         return {(r["suffix"], r["mirror"], r["kind"]): fetch_state_from_row(r) for r in rows}
-
-    async def shift_clock(self, by: timedelta, seen_setting: str, seen: str) -> int:
-        """Move every time that runs on elapsed time (fetches due, failure runs,
-        deliveries to retry, hold-downs) by `by`, and set `seen_setting` to `seen`, in
-        one transaction: after the wall clock stepped, what was due in an hour is due
-        in an hour again. How many times were moved."""
-        async with self._db.write("move the clock's times") as s:
-            return await s.call(_shift_clock, by, (seen_setting, seen))
 
     async def due(
         self, now: datetime, limit: int | None = None, *, mirrors: Sequence[str] | None = None
@@ -448,98 +396,6 @@ class Store:
             row = await s.one("SELECT max(id) FROM snapshots WHERE suffix = ?", (suffix,))
         return None if row is None or row[0] is None else int(row[0])
 
-    # -- maintenance ----------------------------------------------------------------------
-
-    async def stats(self) -> dict[str, int]:
-        """Rows per table, blob bytes (raw and stored) and the file size with WAL and shm."""
-        async with self._db.read("count rows") as s:
-            row = await s.one(_STATS)
-        assert row is not None
-        out = {k: int(row[k]) for k in row.keys()}  # noqa: SIM118 (sqlite3.Row is not a dict)
-        out["file_bytes"] = _file_bytes(self.path)
-        return out
-
-    async def integrity_check(self) -> list[str]:
-        """`PRAGMA integrity_check`'s lines: ["ok"] when the file is sound."""
-        async with self._db.read("check integrity") as s:
-            rows = await s.all("PRAGMA integrity_check")
-        return [str(r[0]) for r in rows]
-
-    async def malformed_rows(self) -> list[str]:
-        """Rows whose JSON or time columns are not what pithcrawl writes (an object of
-        evidence, a list of mirror names, findings, RFC 3339 times): damage `fsck`
-        reports, row by row."""
-        async with self._db.read("check JSON and time columns") as s:
-            rows = await s.all(_MALFORMED_ROWS) + await s.all(_MALFORMED_TIMES)
-        return [
-            f"{r[0]} {r[1]}: its {r[2]} is not a {r[3]}"
-            if r[3] == "time"
-            else f"{r[0]} {r[1]}: its {r[2]} is not a JSON {r[3]}"
-            for r in rows
-        ]
-
-    async def untrusted_snapshots(
-        self, *, after_id: int = 0, limit: int = 500
-    ) -> list[tuple[int, Snapshot | StoreCorrupt]]:
-        """Snapshots of bodies that did not verify, in id order, a page at a time: the
-        evidence behind alerts, which `fsck` reads back (a damaged row is its error, in
-        its place, for fsck to report and go on)."""
-        async with self._db.read("list untrusted snapshots") as s:
-            rows = await s.all(
-                "SELECT * FROM snapshots WHERE trusted = 0 AND id > ? ORDER BY id LIMIT ?",
-                (after_id, limit),
-            )
-        return [snapshot_or_damage(r) for r in rows]
-
-
-#: The columns holding times, checked by `fsck`: (table, the row's name, column).
-_TIME_COLUMNS = (
-    ("snapshots", "id", "fetched_at"),
-    ("events", "id", "at"),
-    ("alerts", "id", "opened_at"),
-    ("alerts", "id", "closed_at"),
-    ("alerts", "id", "cleared_at"),
-    ("deliveries", "alert_id", "next_attempt"),
-    ("deliveries", "alert_id", "delivered_at"),
-    ("fetch_state", "suffix", "next_due"),
-    ("fetch_state", "suffix", "last_fetch_at"),
-    ("fetch_state", "suffix", "last_success_at"),
-    ("fetch_state", "suffix", "first_failure_at"),
-)
-
-_MALFORMED_ROWS = """
-SELECT 'alert', id, 'evidence', 'object' FROM alerts
-  WHERE (CASE WHEN json_valid(evidence) THEN json_type(evidence) END) IS NOT 'object'
-UNION ALL SELECT 'alert', id, 'mirrors', 'list' FROM alerts
-  WHERE (CASE WHEN json_valid(mirrors) THEN json_type(mirrors) END) IS NOT 'array'
-UNION ALL SELECT 'event', id, 'evidence', 'object' FROM events
-  WHERE (CASE WHEN json_valid(evidence) THEN json_type(evidence) END) IS NOT 'object'
-UNION ALL SELECT 'event', id, 'mirrors', 'list' FROM events
-  WHERE (CASE WHEN json_valid(mirrors) THEN json_type(mirrors) END) IS NOT 'array'
-UNION ALL SELECT 'alert', id, 'mirrors', 'list of names' FROM alerts
-  WHERE json_valid(mirrors) AND json_type(mirrors) = 'array'
-  AND EXISTS (SELECT 1 FROM json_each(alerts.mirrors) WHERE type <> 'text')
-UNION ALL SELECT 'snapshot', id, 'findings', 'list of findings' FROM snapshots
-  WHERE NOT json_valid(findings) OR json_type(findings) <> 'array' OR EXISTS (
-    SELECT 1 FROM json_each(snapshots.findings) AS f WHERE f.type <> 'object'
-    OR json_type(f.value, '$.code') IS NOT 'text' OR json_type(f.value, '$.path') IS NOT 'text'
-    OR json_type(f.value, '$.message') IS NOT 'text'
-    OR json_extract(f.value, '$.severity') NOT IN ('critical', 'warning'))
-"""
-
-
-def _damaged_times(table: str, key: str, column: str) -> str:
-    """The rows of `table` whose `column` is not a time as pithcrawl writes it."""
-    # Names from `_TIME_COLUMNS`, never from data.
-    return (
-        f"SELECT '{table}', {key}, '{column}', 'time' FROM {table}"  # noqa: S608
-        f" WHERE {column} IS NOT NULL AND (substr({column}, -1) <> 'Z'"
-        f" OR julianday(substr({column}, 1, length({column}) - 1)) IS NULL)"
-    )
-
-
-_MALFORMED_TIMES = " UNION ALL ".join(_damaged_times(*names) for names in _TIME_COLUMNS)
-
 
 class MirrorSummary(NamedTuple):
     """One mirror's fetch bookkeeping, summed (`Store.mirror_summaries`)."""
@@ -568,22 +424,5 @@ def _at(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text)
 
 
-def _time_or_none(text: str) -> datetime | None:
-    """A stored time, or None when it is damaged (a shift leaves it for fsck)."""
-    try:
-        return datetime.fromisoformat(text)
-    except (TypeError, ValueError):
-        return None
-
-
 def _has_blob(conn: sqlite3.Connection, sha256: str) -> bool:
     return conn.execute("SELECT 1 FROM blobs WHERE sha256 = ?", (sha256,)).fetchone() is not None
-
-
-def _file_bytes(db: Path) -> int:
-    # A few stat calls: too quick to be worth a worker thread.
-    size = 0
-    for suffix in ("", "-wal", "-shm"):
-        with suppress(FileNotFoundError):
-            size += Path(f"{db}{suffix}").stat().st_size
-    return size
