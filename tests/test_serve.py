@@ -546,7 +546,7 @@ async def test_a_client_that_never_finishes_its_request_is_dropped(
 ):
     """A half-sent request holds a descriptor only for a while (aiohttp's default is an
     hour: enough silent clients locked everyone else out)."""
-    from pithcrawl import serve
+    from pithcrawl.serve import http as serve
 
     monkeypatch.setattr(serve, "IDLE_CLIENT_SECONDS", 0.5)
     async with site(tmp_path, signer, test_trust) as s:
