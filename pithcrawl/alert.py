@@ -295,7 +295,7 @@ async def deliver_to(
     sink has its own queue and its own task, it holds up no other sink."""
     if sinks.down_until.get(sink, 0.0) > time.monotonic():
         return 0, 0
-    queue = await store.alerts.due_deliveries(now, limit, sinks=[sink])
+    queue = await store.deliveries.due_deliveries(now, limit, sinks=[sink])
     counts = [0, 0]
     slots = anyio.Semaphore(SINK_CONCURRENCY[sink])
 
@@ -340,7 +340,7 @@ async def _attempt(
         retry_at = retry_due(
             now, delivery.attempts + 1, None, base=RETRY_BASE, cap=RETRY_CAP, rand=rand.random()
         )
-        await store.alerts.failed(delivery, str(e), retry_at)
+        await store.deliveries.failed(delivery, str(e), retry_at)
         until = time.monotonic() + (retry_at - now).total_seconds()
         sinks.down_until[delivery.sink] = max(until, sinks.down_until.get(delivery.sink, until))
         if metrics is not None:
@@ -355,7 +355,7 @@ async def _attempt(
     # Shielded: the sink took it; a cancel now (a stop, the end of a round) must not
     # leave it recorded as pending, to be delivered a second time.
     with anyio.CancelScope(shield=True):
-        await store.alerts.delivered(delivery, now)
+        await store.deliveries.delivered(delivery, now)
     if metrics is not None:
         metrics.delivered(delivery.sink)
     log.info("delivered", kind=alert.kind)

@@ -86,7 +86,7 @@ class Round:
             await store.watchlist.track([parse_reference(p) for p in config.watch.pith], now)
         # A sink configured since an alert opened is told of it (sinks change only here:
         # at the start of a pass, and of each round of the daemon).
-        await store.alerts.queue_open(sink_names(config.alerts), now)
+        await store.deliveries.queue_open(sink_names(config.alerts), now)
         own = limits or config
         async with fetcher_for(own.crawl) as fetcher:
             sites, unread = await resolve(config, store, fetcher, now)

@@ -116,7 +116,7 @@ async def sync_once(
             summary.events += len(opened)
             summary.alerts_raised += len(opened)
             summary.delivered = await rnd.deliver()
-            summary.undelivered = await store.alerts.undelivered_count(rnd.sinks.names)
+            summary.undelivered = await store.deliveries.undelivered_count(rnd.sinks.names)
         these, tracked = named or None, not named
         firing = await store.alerts.open_counts(
             "severity", suffixes=these, tracked=tracked, firing=True

@@ -343,7 +343,7 @@ async def test_failing_hook_is_retried_and_the_alert_survives_a_restart(tmp_path
         summary = await e.sync()
         assert (summary.alerts, summary.delivered, summary.undelivered) == (1, 0, 1)
         async with e.store() as store:
-            (d,) = await store.alerts.deliveries()
+            (d,) = await store.deliveries.rows()
         assert d.delivered_at is None
         assert d.attempts == 1
         assert "exited 1: not yet" in (d.last_error or "")
@@ -369,7 +369,7 @@ async def test_hanging_hook_times_out_and_is_retried(tmp_path, signer):
         assert time.monotonic() - started < 10
         assert summary.undelivered == 1
         async with e.store() as store:
-            (d,) = await store.alerts.deliveries()
+            (d,) = await store.deliveries.rows()
         assert "did not finish within 1s" in (d.last_error or "")
 
 

@@ -175,7 +175,7 @@ async def test_a_webhook_that_never_answers_delays_no_other_sink(tmp_path, signe
         assert summary.delivered == 30
         assert summary.undelivered == 30  # the webhook's, each still queued
         async with await Store.open(a.db, readonly=True) as store:
-            pending = [d for d in await store.alerts.deliveries() if d.delivered_at is None]
+            pending = [d for d in await store.deliveries.rows() if d.delivered_at is None]
         assert {d.sink for d in pending} == {"webhook"}
         assert max(d.attempts for d in pending) <= 4  # tried a few at once, then put off
         assert sum(d.attempts for d in pending) <= 4
@@ -242,7 +242,7 @@ async def test_hold_down_closes_only_after_the_condition_stayed_clear(tmp_path):
         assert await book.close_cleared(t + minutes[39], hold) == []
         closed = await book.close_cleared(t + minutes[40], hold, ["hook"])
         assert [x.id for x in closed] == [alert.id]
-        phases = [(d.sink, d.phase) for d in await book.deliveries(alert.id)]
+        phases = [(d.sink, d.phase) for d in await store.deliveries.rows(alert.id)]
         assert phases == [("hook", "open"), ("hook", "close")]
         stored = await book.get(alert.id)
     assert stored is not None
@@ -303,7 +303,7 @@ async def test_a_sink_taken_out_is_not_sent_the_end_of_what_it_never_had(tmp_pat
         await a.sync()
         async with await Store.open(a.db, readonly=True) as store:
             assert await store.alerts.open_alerts() == []
-            assert await store.alerts.deliveries() == []
+            assert await store.deliveries.rows() == []
 
 
 async def test_a_webhook_body_shows_nothing_that_could_act_on_a_screen(tmp_path):

@@ -142,7 +142,7 @@ async def test_a_mirror_taken_out_of_the_configuration_is_never_stale(tmp_path, 
         async with e.store() as store:
             opened = await store.events(kinds=["mirror_stale"])
             closed = await store.events(kinds=["alert_closed"])
-            deliveries = await store.alerts.deliveries()
+            deliveries = await store.deliveries.rows()
         assert opened == [] and closed == []
         assert calls(tmp_path) == [] and deliveries == []
 

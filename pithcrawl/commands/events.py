@@ -87,7 +87,7 @@ async def _events(
         alerts = await store.alerts.of_entries(events)
         ids = sorted({a.id for a in alerts.values()})
         deliveries: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
-        for d in await store.alerts.deliveries(alert_ids=ids) if ids else []:
+        for d in await store.deliveries.rows(alert_ids=ids) if ids else []:
             deliveries[d.alert_id].append(
                 {
                     "sink": d.sink,

@@ -123,9 +123,9 @@ async def gather(config: Config, db: Path) -> Status:
         known = await store.watchlist.mirrors()
         alerts = await store.alerts.open_alerts()
         deliveries: dict[int, list[Delivery]] = {}
-        for d in await store.alerts.deliveries(alert_ids=[a.id for a in alerts]):
+        for d in await store.deliveries.rows(alert_ids=[a.id for a in alerts]):
             deliveries.setdefault(d.alert_id, []).append(d)
-        undelivered = await store.alerts.undelivered_count()
+        undelivered = await store.deliveries.undelivered_count()
         reads = {m.name: await manifest_read(store, m.name) for m in config.mirrors if m.manifest}
         last = await last_crawled(store)
     mirrors: dict[str, MirrorStatus] = {}

@@ -15,7 +15,8 @@ The package is the only place that speaks SQL or sees a sqlite3 error (it raises
 - `rows`: the values going in and out;
 - `blobs`: the zstd codec (whole or delta frames) and the sha256 check of bodies;
 - `bodies`: the `blobs` table: choosing a delta's base, following bases on reads;
-- `alerts`: open and closed alerts, and their deliveries to each sink;
+- `alerts`: open and closed alerts, held open while they clear;
+- `deliveries`: what each sink has taken of them, and what is due;
 - `maintenance`: integrity, damaged rows, counts, moving times when the clock steps.
 
 It decides nothing about trust, changes or scheduling: those are stored as given.
@@ -24,8 +25,9 @@ It decides nothing about trust, changes or scheduling: those are stored as given
 from __future__ import annotations
 
 from pithcrawl.entries import NewEvent
-from pithcrawl.store.alerts import SINKS, Alert, AlertBook, Delivery, Reconciled
+from pithcrawl.store.alerts import SINKS, Alert, AlertBook, Reconciled
 from pithcrawl.store.archive import Store
+from pithcrawl.store.deliveries import Delivery, DeliveryBook
 from pithcrawl.store.rows import (
     KINDS,
     ORIGINS,
@@ -46,6 +48,7 @@ __all__ = [
     "Alert",
     "AlertBook",
     "Delivery",
+    "DeliveryBook",
     "EventRow",
     "FetchOutcome",
     "FetchState",

@@ -83,19 +83,8 @@ class Alert:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    alert_id: int
-    sink: str
-    phase: str
-    attempts: int
-    next_attempt: datetime
-    delivered_at: datetime | None
-    last_error: str | None
-
-
 @decoder("alerts", "id")
-def _alert(row: sqlite3.Row) -> Alert:
+def alert_from_row(row: sqlite3.Row) -> Alert:
     return Alert(
         row["id"],
         row["dedup_key"],
@@ -124,19 +113,6 @@ class Reconciled:
     """Alerts held open whose condition came back (no new alert, no delivery)."""
     still_open: bool = False
     """The scope has open alerts left (firing, or held)."""
-
-
-@decoder("deliveries", "alert_id")
-def _delivery(row: sqlite3.Row) -> Delivery:
-    return Delivery(
-        row["alert_id"],
-        row["sink"],
-        row["phase"],
-        row["attempts"],
-        datetime.fromisoformat(row["next_attempt"]),
-        datetime.fromisoformat(row["delivered_at"]) if row["delivered_at"] else None,
-        row["last_error"],
-    )
 
 
 _INSERT_ALERT = """
@@ -194,7 +170,7 @@ class AlertBook:
         keys = {c.dedup_key: c for c in current if c.dedup_key}
         done = Reconciled()
         rows = await s.all("SELECT * FROM alerts WHERE scope = ? AND closed_at IS NULL", (scope,))
-        already = {r["dedup_key"]: _alert(r) for r in rows}
+        already = {r["dedup_key"]: alert_from_row(r) for r in rows}
         for key, alert in list(already.items()):
             if key in keys and alert.cleared_at is not None and now - alert.cleared_at >= hold:
                 # Clear for the whole hold-down before it came back (a pass seeing it only
@@ -242,20 +218,7 @@ class AlertBook:
                 " AND cleared_at <= ? ORDER BY id",
                 (db_time(now - hold),),
             )
-            return [await self._close(s, _alert(r), now, sinks) for r in rows]
-
-    async def queue_open(self, sinks: Sequence[str], now: datetime) -> int:
-        """Queue every open alert for each of `sinks` that has never had it (a sink
-        configured since it opened); how many deliveries were queued."""
-        if not sinks:
-            return 0
-        async with self._db.write("queue open alerts for new sinks") as s:
-            return await s.run_many(
-                "INSERT INTO deliveries (alert_id, sink, phase, next_attempt)"
-                " SELECT id, ?, 'open', ? FROM alerts WHERE closed_at IS NULL"
-                " ON CONFLICT DO NOTHING",
-                [(sink, db_time(now)) for sink in sinks],
-            )
+            return [await self._close(s, alert_from_row(r), now, sinks) for r in rows]
 
     async def _open(
         self,
@@ -289,7 +252,7 @@ class AlertBook:
             await s.run(INSERT_EVENT, event_params(c, c.suffix, None))
         row = await s.one("SELECT * FROM alerts WHERE id = ?", (rowid,))
         assert row is not None
-        return _alert(row)
+        return alert_from_row(row)
 
     async def _close(self, s: Session, alert: Alert, now: datetime, sinks: Sequence[str]) -> Alert:
         await s.run("UPDATE alerts SET closed_at = ? WHERE id = ?", (db_time(now), alert.id))
@@ -357,7 +320,7 @@ class AlertBook:
                 " ORDER BY opened_at, id",
                 (to_json_text(keys),),
             )
-        by_id = {r["id"]: _alert(r) for r in rows}
+        by_id = {r["id"]: alert_from_row(r) for r in rows}
         by_key: dict[str, list[Alert]] = {}
         for a in by_id.values():
             by_key.setdefault(a.dedup_key, []).append(a)
@@ -377,7 +340,7 @@ class AlertBook:
     async def get(self, alert_id: int) -> Alert | None:
         async with self._db.read("read an alert") as s:
             row = await s.one("SELECT * FROM alerts WHERE id = ?", (alert_id,))
-        return None if row is None else _alert(row)
+        return None if row is None else alert_from_row(row)
 
     async def open_alerts(
         self, *, suffixes: Sequence[str] | None = None, tracked: bool = False
@@ -393,7 +356,7 @@ class AlertBook:
                 ")) ORDER BY opened_at DESC, id DESC",
                 (names, tracked),
             )
-        return [_alert(r) for r in rows]
+        return [alert_from_row(r) for r in rows]
 
     async def open_scopes(self) -> set[str]:
         """The scopes that have an open alert (their scopes only: however many are open,
@@ -426,66 +389,3 @@ class AlertBook:
         async with self._db.read("count open alerts") as s:
             rows = await s.all(query, (names, tracked, firing))
         return {r[0]: r[1] for r in rows}
-
-    async def due_deliveries(
-        self, now: datetime, limit: int = 100, *, sinks: Sequence[str] = SINKS
-    ) -> list[tuple[Delivery, Alert]]:
-        """Deliveries to `sinks` not yet taken whose next attempt is due: the least tried
-        first, then the oldest alert and phase.
-
-        A closing notice waits for its sink to have taken the opening one: a sink must
-        never hear last that a closed alert is open."""
-        async with self._db.read("list due deliveries") as s:
-            rows = await s.all(
-                "SELECT d.*, a.* FROM deliveries AS d JOIN alerts AS a ON a.id = d.alert_id"
-                " WHERE d.delivered_at IS NULL AND d.next_attempt <= ?"
-                " AND d.sink IN (SELECT value FROM json_each(?))"
-                " AND NOT (d.phase = 'close' AND EXISTS (SELECT 1 FROM deliveries AS o"
-                "  WHERE o.alert_id = d.alert_id AND o.sink = d.sink AND o.phase = 'open'"
-                "  AND o.delivered_at IS NULL))"
-                # Untried first: one delivery its sink keeps refusing (a hook that exits
-                # 1 on one alert, say) must not stand in front of every later one.
-                " ORDER BY d.attempts, d.alert_id, d.phase DESC, d.sink LIMIT ?",
-                (db_time(now), to_json_text(list(sinks)), limit),
-            )
-        return [(_delivery(r), _alert(r)) for r in rows]
-
-    async def deliveries(
-        self, alert_id: int | None = None, *, alert_ids: Sequence[int] | None = None
-    ) -> list[Delivery]:
-        """The deliveries of one alert, of some (`alert_ids`), or of all."""
-        ids = None if alert_ids is None else to_json_text(list(alert_ids))
-        async with self._db.read("list deliveries") as s:
-            rows = await s.all(
-                "SELECT * FROM deliveries WHERE (?1 IS NULL OR alert_id = ?1)"
-                " AND (?2 IS NULL OR alert_id IN (SELECT value FROM json_each(?2)))"
-                " ORDER BY alert_id, phase DESC, sink",
-                (alert_id, ids),
-            )
-        return [_delivery(r) for r in rows]
-
-    async def undelivered_count(self, sinks: Sequence[str] = SINKS) -> int:
-        """Deliveries to `sinks` not yet taken."""
-        async with self._db.read("count undelivered") as s:
-            row = await s.one(
-                "SELECT count(*) FROM deliveries WHERE delivered_at IS NULL"
-                " AND sink IN (SELECT value FROM json_each(?))",
-                (to_json_text(list(sinks)),),
-            )
-        return 0 if row is None else int(row[0])
-
-    async def delivered(self, d: Delivery, at: datetime) -> None:
-        async with self._db.write("record a delivery") as s:
-            await s.run(
-                "UPDATE deliveries SET delivered_at = ?, attempts = attempts + 1, last_error = NULL"
-                " WHERE alert_id = ? AND sink = ? AND phase = ?",
-                (db_time(at), d.alert_id, d.sink, d.phase),
-            )
-
-    async def failed(self, d: Delivery, error: str, retry_at: datetime) -> None:
-        async with self._db.write("record a failed delivery") as s:
-            await s.run(
-                "UPDATE deliveries SET attempts = attempts + 1, last_error = ?, next_attempt = ?"
-                " WHERE alert_id = ? AND sink = ? AND phase = ?",
-                (error[:1000], db_time(retry_at), d.alert_id, d.sink, d.phase),
-            )

@@ -24,6 +24,7 @@ from pithcrawl.store.alerts import AlertBook, Reconciled
 from pithcrawl.store.blobs import PackedBlob
 from pithcrawl.store.bodies import Bodies
 from pithcrawl.store.connection import Database
+from pithcrawl.store.deliveries import DeliveryBook
 from pithcrawl.store.fetches import (
     INSERT_EVENT,
     bookkeeping_only,
@@ -108,7 +109,9 @@ class Store:
     def __init__(self, db: Database) -> None:
         self._db = db
         self.alerts = AlertBook(db)
-        """Open and closed alerts and their deliveries (`store.alerts`)."""
+        """Open and closed alerts (`store.alerts`)."""
+        self.deliveries = DeliveryBook(db)
+        """What each sink has taken of them, and what is due (`store.deliveries`)."""
         self.bodies = Bodies(db)
         """The archived bodies (`blobs`), stored as deltas where that pays."""
         self.trusted = Trusted(db)
