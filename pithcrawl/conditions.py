@@ -19,7 +19,15 @@ from pithcrawl.alert import log_alerts, log_entry, sink_names
 from pithcrawl.canon import parse
 from pithcrawl.config import Config
 from pithcrawl.divergence import History, history_of
-from pithcrawl.store import Alert, FetchOutcome, NewEvent, Reconciled, Snapshot, Store
+from pithcrawl.store import (
+    Alert,
+    FetchOutcome,
+    NewEvent,
+    Reconciled,
+    Recorded,
+    Snapshot,
+    Store,
+)
 
 
 def _seen(snap: Snapshot, history: History) -> divergence.Seen:
@@ -68,25 +76,32 @@ class Conditions:
             self._open_scopes.discard(scope)
 
     async def record(
-        self, outcome: FetchOutcome, scope: str, current: list[NewEvent]
-    ) -> tuple[Snapshot | None, int]:
-        """Archive a fetch, and reconcile the alerts of its `scope` with the conditions
-        it shows (`current`) in the same transaction: a crash never leaves a body
-        archived without the alert it raises. The whole step is skipped, one plain write
-        left, when there is nothing to report and nothing open there. The new snapshot,
-        and how many alerts this opened."""
-        if not current and not await self.is_open(scope):
-            return await self.store.record_fetch(outcome), 0
-        snapshot, done = await self.store.record_fetch_and_alerts(
-            outcome,
-            scope,
-            current,
-            sinks=sink_names(self.config.alerts),
-            hold=self.config.alerts.resolve_after,
+        self, fetches: Sequence[tuple[FetchOutcome, str, list[NewEvent]]]
+    ) -> list[tuple[Snapshot | None, int]]:
+        """Archive a pair's fetches, each `(outcome, scope, current)`, reconciling the
+        alerts of its `scope` with the conditions it shows (`current`) in the same
+        transaction: a crash never leaves a body archived without the alert it raises.
+        A scope with nothing to report and nothing open is not touched. For each fetch:
+        its new snapshot, and how many alerts it opened."""
+        items = [
+            Recorded(outcome, scope, current)
+            if current or await self.is_open(scope)
+            else Recorded(outcome)
+            for outcome, scope, current in fetches
+        ]
+        written = await self.store.record_fetches(
+            items, sinks=sink_names(self.config.alerts), hold=self.config.alerts.resolve_after
         )
-        self.mark(scope, done.still_open)
-        log_alerts(done)
-        return snapshot, len(done.opened)
+        results = []
+        for item, (snapshot, done) in zip(items, written, strict=True):
+            opened = 0
+            if done is not None:
+                assert item.scope is not None  # reconciled only where there is a scope
+                self.mark(item.scope, done.still_open)
+                log_alerts(done)
+                opened = len(done.opened)
+            results.append((snapshot, opened))
+        return results
 
     async def check_record(
         self, suffix: str, *, mirrors: Sequence[str] | None = None

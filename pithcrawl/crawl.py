@@ -75,6 +75,9 @@ class PairResult:
     alerts_raised: int = 0
     """Alerts this pair's fetches opened (an invalid document, a rollback, …), not
     counting `record_alerts`."""
+    writes: list[tuple[FetchOutcome, Judgement, str]] = field(default_factory=list, repr=False)
+    """The pair's fetches judged and not yet stored: they are stored together, in one
+    transaction, when the pair ends (`Crawler._flush`); each with its body's sha256."""
 
     @property
     def critical(self) -> bool:
@@ -153,6 +156,7 @@ class Crawler:
                 trusted = await self._bundle(suffix, site, result, bundle_state)
                 if trusted is not None and result.error is None:
                     await self._state(suffix, site, trusted, result, state_state)
+                await self._flush(result)
                 if result.new_snapshots:
                     result.record_alerts = await self.conditions.check_record(
                         suffix, mirrors=self.mirrors
@@ -162,6 +166,7 @@ class Crawler:
                 # an error of the pass, and every other record is still watched.
                 log.error("archive_damaged", detail=str(e))
                 result.error = f"archive damaged: {e}"
+                await self._flush_after_error(result)
             except (OperationalError, anyio.get_cancelled_exc_class()):
                 raise  # the archive cannot be written, or the pass is stopping: for all
             except Exception:
@@ -169,7 +174,45 @@ class Crawler:
                 # pass, told with its traceback), never the pass or the other mirrors.
                 log.exception("pair_failed", detail="internal error (a bug: please report it)")
                 result.error = "internal error (a bug: see the pair_failed log line)"
+                await self._flush_after_error(result)
         return result
+
+    async def _flush(self, result: PairResult) -> None:
+        """Store the pair's judged fetches (`PairResult.writes`) in one transaction, with
+        the alerts they raise or clear; then count them, tell their news and take the
+        keys they taught."""
+        writes, result.writes = result.writes, []
+        if not writes:
+            return
+        kept = [(await self._within_quota(outcome), judged, sha) for outcome, judged, sha in writes]
+        stored = await self.conditions.record(
+            [(outcome, judged.scope, judged.conditions) for outcome, judged, _ in kept]
+        )
+        for (_, judged, sha), (snapshot, raised) in zip(kept, stored, strict=True):
+            result.alerts_raised += raised
+            result.new_snapshots += snapshot is not None
+            result.events.extend(judged.events)
+            for e in judged.events:
+                log_entry(e.kind, e.severity, e.summary, e.dedup_key)
+            if judged.learned:
+                self.trust = self.trust.with_keys(judged.learned)
+                for key in judged.learned:
+                    log.warning(
+                        "key_learned",
+                        key_id=key.key_id,
+                        fingerprint=key.fingerprint_hex,
+                        body_sha256=sha,
+                    )
+
+    async def _flush_after_error(self, result: PairResult) -> None:
+        """What the pair judged before it failed is still stored (the bundle when its
+        state.json step failed); a second failure here is only logged."""
+        try:
+            await self._flush(result)
+        except (OperationalError, anyio.get_cancelled_exc_class()):
+            raise
+        except Exception:
+            log.exception("pair_failed", detail="internal error (a bug: please report it)")
 
     # -- the bundle ----------------------------------------------------------------------
 
@@ -246,19 +289,10 @@ class Crawler:
                 history=(ids, claims),
                 learned_keys=[k.to_json() for k in judged.learned],
             )
-        await self._store(outcome, judged, result)
+        result.writes.append((outcome, judged, body_sha))
         if not report.ok:
             result.serves_untrusted = True
             return None
-        if judged.learned:
-            self.trust = self.trust.with_keys(judged.learned)
-            for key in judged.learned:
-                log.warning(
-                    "key_learned",
-                    key_id=key.key_id,
-                    fingerprint=key.fingerprint_hex,
-                    body_sha256=body_sha,
-                )
         if self.config.crawl.discover:
             await self._discover(report.document, suffix, now)
         return _Trusted(body_sha, report.bundle_sha256, report.document)
@@ -309,16 +343,6 @@ class Crawler:
         except StoreCorrupt as e:
             log.error("archive_damaged", detail=str(e), snapshot_id=base.id)
             return None
-
-    async def _store(self, outcome: FetchOutcome, judged: Judgement, result: PairResult) -> None:
-        """Archive a fetch (within the evidence quota) with what it means, and count it."""
-        outcome = await self._within_quota(outcome)
-        snapshot, raised = await self.conditions.record(outcome, judged.scope, judged.conditions)
-        result.alerts_raised += raised
-        result.new_snapshots += snapshot is not None
-        result.events.extend(judged.events)
-        for e in judged.events:
-            log_entry(e.kind, e.severity, e.summary, e.dedup_key)
 
     async def _within_quota(self, outcome: FetchOutcome) -> FetchOutcome:
         """`outcome`, or its bookkeeping alone when it would archive one more body that
@@ -415,7 +439,7 @@ class Crawler:
             events=judged.events,
             related_sha256=bundle.body_sha256,
         )
-        await self._store(outcome, judged, result)
+        result.writes.append((outcome, judged, body_sha))
 
     # -- reporting and trust -----------------------------------------------------------------
 

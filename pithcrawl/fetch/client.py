@@ -20,9 +20,6 @@ from __future__ import annotations
 import inspect
 import ssl
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import replace
 from datetime import UTC, datetime
 from types import TracebackType
 
@@ -144,16 +141,18 @@ class HttpFetcher:
         )
         return self
 
+    @staticmethod
+    def _hop_timeout(budget: float) -> aiohttp.ClientTimeout:
+        sock = min(budget, _SOCK_TIMEOUT_MAX)
+        return aiohttp.ClientTimeout(total=budget, sock_connect=sock, sock_read=sock)
+
     def _new_session(self, connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
-        sock_timeout = min(self._timeout, _SOCK_TIMEOUT_MAX)
         return aiohttp.ClientSession(
             # Our semaphores queue requests before the timeout starts; the connector's
             # limits only back them up, so a request never times out waiting for a
             # pooled connection.
             connector=connector,
-            timeout=aiohttp.ClientTimeout(
-                total=self._timeout, sock_connect=sock_timeout, sock_read=sock_timeout
-            ),
+            timeout=self._hop_timeout(self._timeout),
             headers={hdrs.USER_AGENT: self._user_agent, hdrs.ACCEPT_ENCODING: _ACCEPT_ENCODING},
             cookie_jar=aiohttp.DummyCookieJar(),  # mirrors are static: no state between GETs
             raise_for_status=False,
@@ -226,14 +225,15 @@ class HttpFetcher:
                     f"{url}: {literal} is not a public address (refused for a mirror"
                     " nobody configured)"
                 )
-            async with self._slot(current):
-                started = time.monotonic()
-                try:
-                    outcome = await self._hop(session, url, current, headers, budget)
-                finally:
-                    elapsed += time.monotonic() - started
+            slots = await self._take_slots(current)
+            started = time.monotonic()
+            try:
+                outcome = await self._hop(session, url, current, headers, budget, elapsed=elapsed)
+            finally:
+                elapsed += time.monotonic() - started
+                self._give_back(slots)
             if isinstance(outcome, FetchResult):
-                return replace(outcome, elapsed=elapsed)
+                return outcome
             current = await self._follow(url, chain, outcome, allow)
 
     async def post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
@@ -242,20 +242,20 @@ class HttpFetcher:
         if self._session is None:
             raise RuntimeError("HttpFetcher.post() outside `async with`")
         target = URL(url)
+        slots = await self._take_slots(target)
         try:
-            async with (
-                self._slot(target),
-                self._session.post(
-                    target,
-                    data=body,
-                    headers={**headers, hdrs.USER_AGENT: self._user_agent},
-                    allow_redirects=False,
-                ) as resp,
-            ):
+            async with self._session.post(
+                target,
+                data=body,
+                headers={**headers, hdrs.USER_AGENT: self._user_agent},
+                allow_redirects=False,
+            ) as resp:
                 await resp.content.read(65536)  # a reply body is not used; bound it anyway
                 return resp.status
         except (aiohttp.ClientError, OSError, TimeoutError, UnicodeError) as exc:
             raise self._translate(exc, target, reading_body=False) from exc
+        finally:
+            self._give_back(slots)
 
     async def _follow(self, url: str, chain: list[str], target: URL, allow: AllowUrl | None) -> URL:
         """Vet one redirect target against the loop, the count and the caller's hook."""
@@ -273,8 +273,10 @@ class HttpFetcher:
         chain.append(text)
         return target
 
-    @asynccontextmanager
-    async def _slot(self, url: URL) -> AsyncIterator[None]:
+    async def _take_slots(self, url: URL) -> tuple[str, anyio.Semaphore]:
+        """A slot of `url`'s host, then one of the whole (give them back with
+        `_give_back`). Plain calls, not a context manager: a pass of 100,000 records
+        takes them 200,000 times."""
         assert self._slots is not None  # set with the session
         # By host and port, as aiohttp's connector counts them: two services on one
         # machine are two mirrors.
@@ -284,15 +286,24 @@ class HttpFetcher:
             host_slot = self._host_slots[host] = anyio.Semaphore(self._per_host, fast_acquire=True)
         # Host first: a request queued behind a busy host must not hold a global slot
         # that requests to idle hosts could use.
+        await host_slot.acquire()
         try:
-            async with host_slot, self._slots:
-                yield
-        finally:
-            # A host nobody is fetching from now is forgotten: a mirror redirecting to a
-            # new name each time must not grow this table for as long as a round lasts.
-            idle = host_slot.value == self._per_host
-            if idle and not host_slot.statistics().tasks_waiting:
-                self._host_slots.pop(host, None)
+            await self._slots.acquire()
+        except BaseException:
+            self._give_back((host, host_slot), whole=False)
+            raise
+        return host, host_slot
+
+    def _give_back(self, slots: tuple[str, anyio.Semaphore], *, whole: bool = True) -> None:
+        host, host_slot = slots
+        if whole:
+            assert self._slots is not None
+            self._slots.release()
+        host_slot.release()
+        # A host nobody is fetching from now is forgotten: a mirror redirecting to a new
+        # name each time must not grow this table for as long as a round lasts.
+        if host_slot.value == self._per_host and not host_slot.statistics().tasks_waiting:
+            self._host_slots.pop(host, None)
 
     async def _hop(
         self,
@@ -301,12 +312,15 @@ class HttpFetcher:
         url: URL,
         headers: dict[str, str],
         budget: float,
+        *,
+        elapsed: float,
     ) -> FetchResult | URL:
-        """One request, within `budget` seconds: its result (`elapsed` left to the
-        caller), or a redirect's target."""
+        """One request, within `budget` seconds: its result (`elapsed` the seconds of
+        the hops before it), or a redirect's target."""
         reading_body = False
-        sock = min(budget, _SOCK_TIMEOUT_MAX)
-        timeout = aiohttp.ClientTimeout(total=budget, sock_connect=sock, sock_read=sock)
+        started = time.monotonic()
+        # The session's own timeout, unless hops before this one used part of it.
+        timeout = self._hop_timeout(budget) if budget < self._timeout else aiohttp.helpers.sentinel
         try:
             async with session.get(
                 url, headers=headers, allow_redirects=False, timeout=timeout
@@ -342,7 +356,7 @@ class HttpFetcher:
                     content_type=None if content_type is None else storable(content_type),
                     retry_after=parse_retry_after(h.get(hdrs.RETRY_AFTER), fetched_at),
                     fetched_at=fetched_at,
-                    elapsed=0.0,
+                    elapsed=elapsed + time.monotonic() - started,
                     framed=framed,
                     refused=refused,
                 )
@@ -369,7 +383,8 @@ class HttpFetcher:
         # socket while we hold unread data): memory stays bounded, and the count below is
         # of decoded bytes, so a bomb stops here at the cap. Not `iter_any()`: that joins
         # everything aiohttp has buffered into one more copy.
-        async for chunk in resp.content.iter_chunked(_READ_CHUNK):
+        content = resp.content
+        while chunk := await content.read(_READ_CHUNK):
             for piece in decoder.feed(chunk):
                 size += len(piece)
                 if size > cap:

@@ -36,6 +36,7 @@ from pithcrawl.store.rows import (
     FetchState,
     Mirror,
     Record,
+    Recorded,
     Snapshot,
 )
 from pithcrawl.store.schema import SCHEMA_VERSION
@@ -56,6 +57,7 @@ __all__ = [
     "NewEvent",
     "Reconciled",
     "Record",
+    "Recorded",
     "Snapshot",
     "Store",
 ]

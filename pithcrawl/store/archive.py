@@ -37,6 +37,7 @@ from pithcrawl.store.rows import (
     EventRow,
     FetchOutcome,
     FetchState,
+    Recorded,
     Snapshot,
     db_time,
     decoding,
@@ -243,40 +244,61 @@ class Store:
         Returns the new snapshot, or None when the body is unchanged, not modified (304)
         or the fetch failed.
         """
-        check_outcome(fetch)
-        single = bookkeeping_only(fetch)
-        if single is not None:
-            # Bookkeeping only (a 304, an unchanged body, a failure): written with others.
-            if self._db.defer(*single):
-                await self._db.flush()
-            return None
-        prepared = await self.bodies.pack_large(fetch)
-        async with self._db.write("record a fetch") as s:
-            snapshot, blob = await s.call(self._write_fetch, fetch, prepared)
-        self._stored(fetch, blob)
+        [(snapshot, _)] = await self.record_fetches([Recorded(fetch)])
         return snapshot
 
-    async def record_fetch_and_alerts(
+    async def record_fetches(
         self,
-        fetch: FetchOutcome,
-        scope: str,
-        current: Sequence[NewEvent],
+        fetches: Sequence[Recorded],
         *,
-        sinks: Sequence[str],
+        sinks: Sequence[str] = (),
         hold: timedelta = timedelta(0),
-    ) -> tuple[Snapshot | None, Reconciled]:
-        """`record_fetch` and the alerts of `scope` reconciled with `current` (see
-        `AlertBook.reconcile`), in one transaction: a crash never leaves a body archived
-        without the alert it raises. Returns the new snapshot, and what the alerts did."""
-        check_outcome(fetch)
-        prepared = await self.bodies.pack_large(fetch)
-        async with self._db.write("record a fetch and its alerts") as s:
-            snapshot, blob = await s.call(self._write_fetch, fetch, prepared)
-            done = await self.alerts.reconcile_in(
-                s, scope, current, now=fetch.fetched_at, sinks=sinks, hold=hold, log=False
-            )
-        self._stored(fetch, blob)
-        return snapshot, done
+    ) -> list[tuple[Snapshot | None, Reconciled | None]]:
+        """`record_fetch` for several fetches (a pair's bundle and state.json), each with
+        the alerts of its `scope` reconciled with its conditions (see
+        `AlertBook.reconcile`) when it has one: all in one transaction, its fetches
+        written in one hand-off to the database thread. A crash never leaves a body
+        archived without the alert it raises. For each fetch: its new snapshot, and what
+        its alerts did (None without a scope)."""
+        for item in fetches:
+            check_outcome(item.outcome)
+        if all(item.scope is None for item in fetches):
+            singles = [bookkeeping_only(item.outcome) for item in fetches]
+            if all(single is not None for single in singles):
+                # Bookkeeping only (304s, unchanged bodies, failures): written with others.
+                full = [self._db.defer(*single) for single in singles if single is not None]
+                if any(full):
+                    await self._db.flush()
+                return [(None, None)] * len(fetches)
+        prepared = [await self.bodies.pack_large(item.outcome) for item in fetches]
+        results: list[tuple[Snapshot | None, Reconciled | None]] = []
+        async with self._db.write("record fetches") as s:
+            written = await s.call(self._write_fetches, [i.outcome for i in fetches], prepared)
+            for item, (snapshot, _) in zip(fetches, written, strict=True):
+                done = None
+                if item.scope is not None:
+                    done = await self.alerts.reconcile_in(
+                        s,
+                        item.scope,
+                        item.current,
+                        now=item.outcome.fetched_at,
+                        sinks=sinks,
+                        hold=hold,
+                        log=False,
+                    )
+                results.append((snapshot, done))
+        for item, (_, blob) in zip(fetches, written, strict=True):
+            self._stored(item.outcome, blob)
+        return results
+
+    def _write_fetches(
+        self,
+        conn: sqlite3.Connection,
+        fetches: Sequence[FetchOutcome],
+        prepared: Sequence[PackedBlob | None],
+    ) -> list[tuple[Snapshot | None, PackedBlob | None]]:
+        """`_write_fetch` of each, in order: one call in the database thread."""
+        return [self._write_fetch(conn, f, p) for f, p in zip(fetches, prepared, strict=True)]
 
     def _write_fetch(
         self, conn: sqlite3.Connection, fetch: FetchOutcome, prepared: PackedBlob | None

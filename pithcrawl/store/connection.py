@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Callable, Sequence
+from contextlib import suppress
 from pathlib import Path
+from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import aiosqlite
@@ -21,7 +22,7 @@ import anyio
 
 from pithcrawl.errors import StoreError
 from pithcrawl.store.lock import WriterLock
-from pithcrawl.store.sqlite import connect, in_thread, rollback, translated
+from pithcrawl.store.sqlite import connect, describe, in_thread, rollback, translated
 
 #: Deferred statements (`Database.defer`) written together at the latest.
 DEFER_MAX = 512
@@ -142,16 +143,10 @@ class Database:
             raise StoreError(f"the store {self.path} is closed")
         return self._conn
 
-    @asynccontextmanager
-    async def read(self, doing: str) -> AsyncIterator[Session]:
-        """Statements that see everything written so far (including an open group)."""
-        async with self._turn:
-            try:
-                await self._write_deferred()
-                with translated(self.path, doing):
-                    yield Session(self._live())
-            finally:
-                await self._end_group_if_idle()
+    def read(self, doing: str) -> _Read:
+        """Statements that see everything written so far (including an open group):
+        `async with db.read("what it does") as s`."""
+        return _Read(self, doing)
 
     def defer(self, sql: str, params: Sequence[Any]) -> bool:
         """Queue one bookkeeping statement (see the class); True when the queue is full
@@ -168,44 +163,11 @@ class Database:
             finally:
                 await self._end_group_if_idle()
 
-    @asynccontextmanager
-    async def write(self, doing: str) -> AsyncIterator[Session]:
+    def write(self, doing: str) -> _Write:
         """A transaction (shared with the blocks queued behind it, see the class): it is
-        committed when the block returns; if the block raises, it is rolled back."""
-        self._writers_waiting += 1
-        try:
-            await self._turn.acquire()
-        except BaseException:
-            self._writers_waiting -= 1
-            if not self._writers_waiting and self._group is not None:
-                # The group was left open for this block, which is not coming: end it.
-                with anyio.CancelScope(shield=True):
-                    async with self._turn:
-                        await self._end_group_if_idle()
-            raise
-        self._writers_waiting -= 1
-        try:
-            with translated(self.path, doing):
-                await self._write_deferred()
-                group = await self._join_group()
-                try:
-                    yield Session(self._live())
-                except BaseException as e:
-                    await self._fail_group(e)
-                    raise
-                if group.full:
-                    await self._end_group()
-                else:
-                    await self._end_group_if_idle()
-        finally:
-            self._turn.release()
-        if not group.ended.is_set():
-            await group.ended.wait()  # committed by the last block of the group
-        if group.error is not None:
-            raise StoreError(
-                f"database {self.path}: cannot {doing}: another write of the same"
-                f" transaction failed ({group.error})"
-            ) from group.error
+        committed when the block returns; if the block raises, it is rolled back.
+        `async with db.write("what it does") as s`."""
+        return _Write(self, doing)
 
     # -- the transaction of a group (the caller holds the turn) -------------------------
 
@@ -284,6 +246,108 @@ class Database:
                 await rollback(conn)
                 raise
             self.commits += 1
+
+
+class _Read:
+    """`Database.read`'s block: a class, not a generator (a pass enters hundreds of
+    thousands of them)."""
+
+    __slots__ = ("_db", "_doing", "_translated")
+
+    def __init__(self, db: Database, doing: str) -> None:
+        self._db = db
+        self._doing = doing
+
+    async def __aenter__(self) -> Session:
+        db = self._db
+        await db._turn.acquire()
+        try:
+            await db._write_deferred()
+            session = Session(db._live())
+        except BaseException:
+            try:
+                await db._end_group_if_idle()
+            finally:
+                db._turn.release()
+            raise
+        return session
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        db = self._db
+        try:
+            await db._end_group_if_idle()
+        finally:
+            db._turn.release()
+        if isinstance(exc, sqlite3.Error):
+            raise StoreError(describe(db.path, self._doing, exc)) from exc
+
+
+class _Write:
+    """`Database.write`'s block (see `Database`: group commit)."""
+
+    __slots__ = ("_db", "_doing", "_group")
+
+    def __init__(self, db: Database, doing: str) -> None:
+        self._db = db
+        self._doing = doing
+        self._group: _Group | None = None
+
+    async def __aenter__(self) -> Session:
+        db = self._db
+        db._writers_waiting += 1
+        try:
+            await db._turn.acquire()
+        except BaseException:
+            db._writers_waiting -= 1
+            if not db._writers_waiting and db._group is not None:
+                # The group was left open for this block, which is not coming: end it.
+                with anyio.CancelScope(shield=True):
+                    async with db._turn:
+                        await db._end_group_if_idle()
+            raise
+        db._writers_waiting -= 1
+        try:
+            with translated(db.path, self._doing):
+                await db._write_deferred()
+                self._group = await db._join_group()
+        except BaseException:
+            db._turn.release()
+            raise
+        return Session(db._live())
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        db, group = self._db, self._group
+        assert group is not None  # entered
+        try:
+            with translated(db.path, self._doing):
+                if exc is not None:
+                    await db._fail_group(exc)
+                    if isinstance(exc, sqlite3.Error):
+                        raise StoreError(describe(db.path, self._doing, exc)) from exc
+                    return  # the block's own exception goes on
+                if group.full:
+                    await db._end_group()
+                else:
+                    await db._end_group_if_idle()
+        finally:
+            db._turn.release()
+        if not group.ended.is_set():
+            await group.ended.wait()  # committed by the last block of the group
+        if group.error is not None:
+            raise StoreError(
+                f"database {db.path}: cannot {self._doing}: another write of the same"
+                f" transaction failed ({group.error})"
+            ) from group.error
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

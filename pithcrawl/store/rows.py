@@ -228,6 +228,16 @@ class FetchOutcome:
             raise ValueError("a fetched body needs its HTTP status")
 
 
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """One fetch for `Store.record_fetches`, and the alert scope whose open alerts it
+    makes `current` in the same transaction (None: no alerts to reconcile)."""
+
+    outcome: FetchOutcome
+    scope: str | None = None
+    current: Sequence[NewEvent] = ()
+
+
 #: What decoding a damaged row raises (a time that does not parse, a JSON column of
 #: the wrong shape, a finding without its code).
 _DAMAGE = (ValueError, TypeError, KeyError, AttributeError, IndexError)
