@@ -28,6 +28,7 @@ from pithcrawl.store import (
     Snapshot,
     Store,
 )
+from pithcrawl.store.trusted import BundleView
 
 
 def _seen(snap: Snapshot, history: History) -> divergence.Seen:
@@ -76,13 +77,14 @@ class Conditions:
             self._open_scopes.discard(scope)
 
     async def record(
-        self, fetches: Sequence[tuple[FetchOutcome, str, list[NewEvent]]]
-    ) -> list[tuple[Snapshot | None, int]]:
-        """Archive a pair's fetches, each `(outcome, scope, current)`, reconciling the
-        alerts of its `scope` with the conditions it shows (`current`) in the same
-        transaction: a crash never leaves a body archived without the alert it raises.
-        A scope with nothing to report and nothing open is not touched. For each fetch:
-        its new snapshot, and how many alerts it opened."""
+        self, suffix: str, fetches: Sequence[tuple[FetchOutcome, str, list[NewEvent]]]
+    ) -> tuple[list[tuple[Snapshot | None, int]], BundleView | None]:
+        """Archive a pair's fetches of record `suffix`, each `(outcome, scope, current)`,
+        reconciling the alerts of its `scope` with the conditions it shows (`current`)
+        in the same transaction: a crash never leaves a body archived without the alert
+        it raises. A scope with nothing to report and nothing open is not touched. For
+        each fetch: its new snapshot, and how many alerts it opened; and the record's
+        bundles as the write left them, when it archived a new one (`check_record`'s)."""
         items = [
             Recorded(outcome, scope, current)
             if current or await self.is_open(scope)
@@ -90,10 +92,13 @@ class Conditions:
             for outcome, scope, current in fetches
         ]
         written = await self.store.record_fetches(
-            items, sinks=sink_names(self.config.alerts), hold=self.config.alerts.resolve_after
+            items,
+            sinks=sink_names(self.config.alerts),
+            hold=self.config.alerts.resolve_after,
+            view=suffix,
         )
         results = []
-        for item, (snapshot, done) in zip(items, written, strict=True):
+        for item, (snapshot, done) in zip(items, written.fetches, strict=True):
             opened = 0
             if done is not None:
                 assert item.scope is not None  # reconciled only where there is a scope
@@ -101,24 +106,30 @@ class Conditions:
                 log_alerts(done)
                 opened = len(done.opened)
             results.append((snapshot, opened))
-        return results
+        return results, written.view
 
     async def check_record(
-        self, suffix: str, *, mirrors: Sequence[str] | None = None
+        self,
+        suffix: str,
+        *,
+        mirrors: Sequence[str] | None = None,
+        view: BundleView | None = None,
     ) -> list[Alert]:
         """The divergence rules over everything archived of one record, across mirrors;
         the alerts this opened.
 
         `mirrors`: the mirrors crawled now (default: every mirror that served it); only
         their latest bundles count as "served now", but every archived one is history.
+        `view`: the record's bundles as just read (by the write that archived the last
+        of them), or None to read them now.
         """
-        snapshots = await self.store.snapshots(suffix)
+        if view is None:
+            view = await self.store.trusted.bundle_view(suffix)
         latest: dict[str, Snapshot] = {}
-        for snap in snapshots:
+        for snap in view.snapshots:
             latest[snap.mirror] = snap
-        trusted = [s for s in snapshots if s.trusted]
-        known = await self.store.trusted.histories(sorted({s.body_sha256 for s in trusted}))
-        histories = [await self._history(s, known) for s in trusted]
+        trusted = [s for s in view.snapshots if s.trusted]
+        histories = [await self._history(s, view.histories) for s in trusted]
         archived = [_seen(s, h) for s, h in zip(trusted, histories, strict=True)]
         # By snapshot, not by body: mirrors serving the same bytes are each themselves.
         by_snapshot = {s.id: seen for s, seen in zip(trusted, archived, strict=True)}

@@ -42,6 +42,7 @@ from pithcrawl.metrics import Metrics
 from pithcrawl.mirrors import Site, discoverable, from_hints
 from pithcrawl.polling import UNREAD, Got, Poller, Unread, body_sha256
 from pithcrawl.store import Alert, FetchOutcome, FetchState, NewEvent, Store
+from pithcrawl.store.trusted import BundleView
 from pithcrawl.verify import Report, verify_bundle, verify_state
 
 log = structlog.get_logger("pithcrawl.crawl")
@@ -144,22 +145,25 @@ class Crawler:
         *,
         bundle_state: FetchState | Unread | None = UNREAD,
         state_state: FetchState | Unread | None = UNREAD,
+        served_trusted: bool | None = None,
     ) -> PairResult:
         """Fetch, verify and archive one record's bundle and state.json from one mirror.
 
         `bundle_state`, `state_state`: the fetch bookkeeping of each, when the caller has
-        read it already (None: there is none).
+        read it already (None: there is none). `served_trusted`: whether the mirror ever
+        served a trusted bundle of the record, when the caller has read it (None: read
+        it when needed).
         """
         result = PairResult(suffix, site.name)
         with structlog.contextvars.bound_contextvars(suffix=suffix, mirror=site.name):
             try:
-                trusted = await self._bundle(suffix, site, result, bundle_state)
+                trusted = await self._bundle(suffix, site, result, bundle_state, served_trusted)
                 if trusted is not None and result.error is None:
                     await self._state(suffix, site, trusted, result, state_state)
-                await self._flush(result)
+                view = await self._flush(result)
                 if result.new_snapshots:
                     result.record_alerts = await self.conditions.check_record(
-                        suffix, mirrors=self.mirrors
+                        suffix, mirrors=self.mirrors, view=view
                     )
             except StoreCorrupt as e:
                 # Damage in the archive (fsck's to report) costs this pair, not the pass:
@@ -177,16 +181,18 @@ class Crawler:
                 await self._flush_after_error(result)
         return result
 
-    async def _flush(self, result: PairResult) -> None:
+    async def _flush(self, result: PairResult) -> BundleView | None:
         """Store the pair's judged fetches (`PairResult.writes`) in one transaction, with
         the alerts they raise or clear; then count them, tell their news and take the
-        keys they taught."""
+        keys they taught. The record's bundles as the write left them, when it archived
+        a new one."""
         writes, result.writes = result.writes, []
         if not writes:
-            return
+            return None
         kept = [(await self._within_quota(outcome), judged, sha) for outcome, judged, sha in writes]
-        stored = await self.conditions.record(
-            [(outcome, judged.scope, judged.conditions) for outcome, judged, _ in kept]
+        stored, view = await self.conditions.record(
+            result.suffix,
+            [(outcome, judged.scope, judged.conditions) for outcome, judged, _ in kept],
         )
         for (_, judged, sha), (snapshot, raised) in zip(kept, stored, strict=True):
             result.alerts_raised += raised
@@ -203,6 +209,7 @@ class Crawler:
                         fingerprint=key.fingerprint_hex,
                         body_sha256=sha,
                     )
+        return view
 
     async def _flush_after_error(self, result: PairResult) -> None:
         """What the pair judged before it failed is still stored (the bundle when its
@@ -217,7 +224,12 @@ class Crawler:
     # -- the bundle ----------------------------------------------------------------------
 
     async def _bundle(
-        self, suffix: str, site: Site, result: PairResult, state: FetchState | Unread | None
+        self,
+        suffix: str,
+        site: Site,
+        result: PairResult,
+        state: FetchState | Unread | None,
+        served_trusted: bool | None,
     ) -> _Trusted | None:
         got = await self.poller.fetch(suffix, site, "bundle", site.bundle_url(suffix), before=state)
         if got.result is not None and got.result.status == 404:
@@ -274,7 +286,9 @@ class Crawler:
             report,
             fetched,
             number=number,
-            before=await self._before(suffix, site.name) if report.ok else None,
+            before=await self._before(suffix, site.name)
+            if report.ok and served_trusted is not False
+            else None,
             trust=self.trust,
             follow_rotations=self.config.trust.follow_rotations,
         )

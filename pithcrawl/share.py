@@ -63,9 +63,11 @@ async def crawl_share(
         async with AsyncExitStack() as senders:
             for send, _ in lanes:
                 await senders.enter_async_context(send)
-            # The bookkeeping of a chunk of records in one read, not one per fetch.
+            # The bookkeeping of a chunk of records in one read, not one per fetch, and
+            # which pairs have a history to compare with.
             async for chunk in records.chunks(store):
                 known = await store.fetch_states_of(chunk)
+                served = await store.served_trusted(chunk)
                 for suffix in chunk:
                     for (send, _), site in zip(lanes, sites, strict=True):
                         await send.send(
@@ -74,6 +76,7 @@ async def crawl_share(
                                 site,
                                 known.get((suffix, site.name, "bundle")),
                                 known.get((suffix, site.name, "state")),
+                                (suffix, site.name) in served,
                             )
                         )
     return tally
@@ -85,6 +88,7 @@ class _Job:
     site: Site
     bundle_state: FetchState | None
     state_state: FetchState | None
+    served_trusted: bool
 
 
 async def _pair(crawler: Crawler, job: _Job) -> PairResult:
@@ -96,7 +100,11 @@ async def _pair(crawler: Crawler, job: _Job) -> PairResult:
             job.suffix, job.site.name, error=state.last_error or "failing", deferred=True
         )
     return await crawler.sync_pair(
-        job.suffix, job.site, bundle_state=state, state_state=job.state_state
+        job.suffix,
+        job.site,
+        bundle_state=state,
+        state_state=job.state_state,
+        served_trusted=job.served_trusted,
     )
 
 

@@ -47,7 +47,7 @@ from pithcrawl.store.rows import (
     snapshot_from_row,
     to_json_text,
 )
-from pithcrawl.store.trusted import Trusted
+from pithcrawl.store.trusted import BundleView, Trusted, bundle_view
 from pithcrawl.store.watchlist import Watchlist
 
 _LATEST = """
@@ -102,6 +102,21 @@ SELECT f.*, (
 ) AS body_trusted
 FROM fetch_state AS f WHERE f.suffix IN (SELECT value FROM json_each(?))
 """
+
+
+_SERVED_TRUSTED = """
+SELECT DISTINCT suffix, mirror FROM snapshots
+WHERE suffix IN (SELECT value FROM json_each(?)) AND kind = 'bundle' AND trusted = 1
+"""
+
+
+class Written(NamedTuple):
+    """What `Store.record_fetches` did."""
+
+    fetches: list[tuple[Snapshot | None, Reconciled | None]]
+    """For each fetch: its new snapshot, and what its alerts did (None: no scope)."""
+    view: BundleView | None
+    """The record's bundles after the writes, when asked for and a bundle was new."""
 
 
 class Store:
@@ -217,6 +232,13 @@ class Store:
             rows = await s.all(_FETCH_STATES_OF, (to_json_text(list(suffixes)),))
         return {(r["suffix"], r["mirror"], r["kind"]): fetch_state_from_row(r) for r in rows}
 
+    async def served_trusted(self, suffixes: Sequence[str]) -> set[tuple[str, str]]:
+        """The (suffix, mirror) pairs of these records that ever served a trusted
+        bundle, in one read: the others have no history to compare a new bundle with."""
+        async with self._db.read("find the mirrors that served trusted bundles") as s:
+            rows = await s.all(_SERVED_TRUSTED, (to_json_text(list(suffixes)),))
+        return {(r[0], r[1]) for r in rows}
+
     async def due(
         self, now: datetime, limit: int | None = None, *, mirrors: Sequence[str] | None = None
     ) -> list[Due]:
@@ -244,7 +266,7 @@ class Store:
         Returns the new snapshot, or None when the body is unchanged, not modified (304)
         or the fetch failed.
         """
-        [(snapshot, _)] = await self.record_fetches([Recorded(fetch)])
+        [(snapshot, _)] = (await self.record_fetches([Recorded(fetch)])).fetches
         return snapshot
 
     async def record_fetches(
@@ -253,13 +275,17 @@ class Store:
         *,
         sinks: Sequence[str] = (),
         hold: timedelta = timedelta(0),
-    ) -> list[tuple[Snapshot | None, Reconciled | None]]:
+        view: str | None = None,
+    ) -> Written:
         """`record_fetch` for several fetches (a pair's bundle and state.json), each with
         the alerts of its `scope` reconciled with its conditions (see
         `AlertBook.reconcile`) when it has one: all in one transaction, its fetches
         written in one hand-off to the database thread. A crash never leaves a body
-        archived without the alert it raises. For each fetch: its new snapshot, and what
-        its alerts did (None without a scope)."""
+        archived without the alert it raises.
+
+        `view`: a record whose `BundleView` to read in the same hand-off, after the
+        writes, when they archived a new bundle snapshot (what the divergence rules
+        read next)."""
         for item in fetches:
             check_outcome(item.outcome)
         if all(item.scope is None for item in fetches):
@@ -269,12 +295,14 @@ class Store:
                 full = [self._db.defer(*single) for single in singles if single is not None]
                 if any(full):
                     await self._db.flush()
-                return [(None, None)] * len(fetches)
+                return Written([(None, None)] * len(fetches), None)
         prepared = [await self.bodies.pack_large(item.outcome) for item in fetches]
         results: list[tuple[Snapshot | None, Reconciled | None]] = []
         async with self._db.write("record fetches") as s:
-            written = await s.call(self._write_fetches, [i.outcome for i in fetches], prepared)
-            for item, (snapshot, _) in zip(fetches, written, strict=True):
+            done_all, bundles = await s.call(
+                self._write_fetches, [i.outcome for i in fetches], prepared, view
+            )
+            for item, (snapshot, _) in zip(fetches, done_all, strict=True):
                 done = None
                 if item.scope is not None:
                     done = await self.alerts.reconcile_in(
@@ -287,24 +315,42 @@ class Store:
                         log=False,
                     )
                 results.append((snapshot, done))
-        for item, (_, blob) in zip(fetches, written, strict=True):
-            self._stored(item.outcome, blob)
-        return results
+        for item, (_, blob) in zip(fetches, done_all, strict=True):
+            # A body that failed verification is evidence, not a likely base: a hostile
+            # mirror's junk takes no room at hand.
+            if blob is not None and item.outcome.body is not None and item.outcome.trusted:
+                self.bodies.remember(blob, item.outcome.body)
+        return Written(results, bundles)
 
     def _write_fetches(
         self,
         conn: sqlite3.Connection,
         fetches: Sequence[FetchOutcome],
         prepared: Sequence[PackedBlob | None],
-    ) -> list[tuple[Snapshot | None, PackedBlob | None]]:
-        """`_write_fetch` of each, in order: one call in the database thread."""
-        return [self._write_fetch(conn, f, p) for f, p in zip(fetches, prepared, strict=True)]
+        view: str | None,
+    ) -> tuple[list[tuple[Snapshot | None, PackedBlob | None]], BundleView | None]:
+        """`_write_fetch` of each, in order, and then `view`'s bundles if one of them
+        is a new bundle snapshot: one call in the database thread. Each body stored is
+        at hand as a base for the next (a state.json is stored against its bundle),
+        without reading it back."""
+        done: list[tuple[Snapshot | None, PackedBlob | None]] = []
+        written: list[tuple[PackedBlob | None, bytes | None]] = []
+        for fetch, ready in zip(fetches, prepared, strict=True):
+            snapshot, blob = self._write_fetch(conn, fetch, ready, written)
+            written.append((blob, fetch.body))
+            done.append((snapshot, blob))
+        new_bundle = any(s is not None and s.kind == "bundle" for s, _ in done)
+        return done, bundle_view(conn, view) if view is not None and new_bundle else None
 
     def _write_fetch(
-        self, conn: sqlite3.Connection, fetch: FetchOutcome, prepared: PackedBlob | None
+        self,
+        conn: sqlite3.Connection,
+        fetch: FetchOutcome,
+        prepared: PackedBlob | None,
+        written: Sequence[tuple[PackedBlob | None, bytes | None]] = (),
     ) -> tuple[Snapshot | None, PackedBlob | None]:
-        """Pack the body (unless `prepared` already is) and write the fetch: one call in
-        the database thread."""
+        """Pack the body (unless `prepared` already is; with the bodies just `written`
+        at hand as bases) and write the fetch, in the database thread."""
         if (
             prepared is not None
             and prepared.base is not None
@@ -312,12 +358,10 @@ class Store:
         ):
             # Its base was chosen in a read turn that saw a group since rolled back.
             prepared = None
-        blob = prepared if prepared is not None else self.bodies.pack_in(conn, fetch)
-        return write_fetch(conn, fetch, blob), blob
-
-    def _stored(self, fetch: FetchOutcome, blob: PackedBlob | None) -> None:
-        if blob is not None and fetch.body is not None:
-            self.bodies.remember(blob, fetch.body)
+        if prepared is None:
+            at_hand = {b.sha256: body for b, body in written if b is not None and body is not None}
+            prepared = self.bodies.pack_in(conn, fetch, at_hand)
+        return write_fetch(conn, fetch, prepared), prepared
 
     # -- snapshots and blobs ----------------------------------------------------------------
 

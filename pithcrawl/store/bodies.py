@@ -70,12 +70,15 @@ class Bodies:
         self._cached_bytes = 0
         self._lock = threading.Lock()
 
-    def pack_in(self, conn: sqlite3.Connection, fetch: FetchOutcome) -> PackedBlob | None:
+    def pack_in(
+        self, conn: sqlite3.Connection, fetch: FetchOutcome, at_hand: dict[str, bytes] | None = None
+    ) -> PackedBlob | None:
         """`fetch`'s body as it will be stored (None if it has none), a delta if that
-        pays. Runs in the database thread (`Session.call`)."""
+        pays. Runs in the database thread (`Session.call`). `at_hand`: bodies just
+        written in the same call, by sha256 (not read back to serve as a base)."""
         if fetch.body is None:
             return None
-        return packed(fetch.body, self._base(conn, fetch))
+        return packed(fetch.body, self._base(conn, fetch, at_hand or {}))
 
     async def pack_large(self, fetch: FetchOutcome) -> PackedBlob | None:
         """`pack_in` for a body over `LARGE_BODY`, before its write: the base is chosen
@@ -86,7 +89,7 @@ class Bodies:
         if fetch.body is None or len(fetch.body) <= LARGE_BODY:
             return None
         async with self._db.read("choose a delta base") as s:
-            base = await s.call(self._base, fetch)
+            base = await s.call(self._base, fetch, {})
         return await anyio.to_thread.run_sync(packed, fetch.body, base)
 
     def remember(self, blob: PackedBlob, body: bytes) -> None:
@@ -124,7 +127,9 @@ class Bodies:
         self._keep(sha256, body)
         return body
 
-    def _base(self, conn: sqlite3.Connection, fetch: FetchOutcome) -> Base | None:
+    def _base(
+        self, conn: sqlite3.Connection, fetch: FetchOutcome, at_hand: dict[str, bytes]
+    ) -> Base | None:
         """The best archived body to store `fetch`'s body against, if any."""
         key = (fetch.related_sha256, fetch.suffix, fetch.mirror, fetch.kind)
         row = conn.execute(_CANDIDATES, key).fetchone()
@@ -133,10 +138,12 @@ class Bodies:
         sha256, depth = row["sha256"], int(row["depth"])
         if depth >= MAX_DEPTH:  # too deep to stand on: its base is one level shallower
             sha256, depth = row["base"], depth - 1
-        with self._lock:
-            body = self._cache.get(sha256)
-            if body is not None:
-                self._cache.move_to_end(sha256)
+        body = at_hand.get(sha256)
+        if body is None:
+            with self._lock:
+                body = self._cache.get(sha256)
+                if body is not None:
+                    self._cache.move_to_end(sha256)
         if body is not None:
             return Base(sha256, depth, body)
         try:

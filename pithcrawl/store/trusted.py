@@ -9,7 +9,9 @@ trusted: a snapshot is trusted only by the transaction that archived it (`fetche
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from pithcrawl.errors import StoreCorrupt
 from pithcrawl.store.connection import Database
@@ -61,6 +63,41 @@ _TRUSTED_STATES = """
 SELECT * FROM snapshots WHERE suffix = ? AND kind = 'state' AND trusted = 1
 ORDER BY fetched_at DESC, id DESC LIMIT ?
 """
+
+
+#: What a trusted bundle says of its record: (Pith Number, event ids, claimed places).
+History = tuple[str, tuple[str, ...], tuple[tuple[str, str, str], ...]]
+
+_BUNDLES_OF = "SELECT * FROM snapshots WHERE suffix = ? AND kind = 'bundle' ORDER BY id"
+_HISTORIES = "SELECT * FROM histories WHERE body_sha256 IN (SELECT value FROM json_each(?))"
+
+
+@dataclass(frozen=True, slots=True)
+class BundleView:
+    """What the divergence rules read of one record: its bundle snapshots from every
+    mirror, oldest first, and the histories known of its trusted bodies."""
+
+    snapshots: list[Snapshot]
+    histories: dict[str, History]
+
+
+def bundle_view(conn: sqlite3.Connection, suffix: str) -> BundleView:
+    """`suffix`'s `BundleView`, in the database thread (`Session.call`): one hand-off."""
+    snapshots = [snapshot_from_row(r) for r in conn.execute(_BUNDLES_OF, (suffix,))]
+    bodies = sorted({snap.body_sha256 for snap in snapshots if snap.trusted})
+    return BundleView(snapshots, _histories_in(conn, bodies))
+
+
+def _histories_in(conn: sqlite3.Connection, bodies: Sequence[str]) -> dict[str, History]:
+    rows = conn.execute(_HISTORIES, (to_json_text(list(bodies)),)).fetchall() if bodies else []
+    return {
+        r["body_sha256"]: (
+            r["pith_number"],
+            tuple(json.loads(r["events"])),
+            tuple((c[0], c[1], c[2]) for c in json.loads(r["claims"])),
+        )
+        for r in rows
+    }
 
 
 class Trusted:
@@ -126,23 +163,15 @@ class Trusted:
                 ),
             )
 
-    async def histories(
-        self, bodies: Sequence[str]
-    ) -> dict[str, tuple[str, tuple[str, ...], tuple[tuple[str, str, str], ...]]]:
+    async def histories(self, bodies: Sequence[str]) -> dict[str, History]:
         """(pith_number, event ids, claims) of the given trusted bodies that are known."""
         async with self._db.read("read histories") as s:
-            rows = await s.all(
-                "SELECT * FROM histories WHERE body_sha256 IN (SELECT value FROM json_each(?))",
-                (to_json_text(list(bodies)),),
-            )
-        return {
-            r["body_sha256"]: (
-                r["pith_number"],
-                tuple(json.loads(r["events"])),
-                tuple((c[0], c[1], c[2]) for c in json.loads(r["claims"])),
-            )
-            for r in rows
-        }
+            return await s.call(_histories_in, bodies)
+
+    async def bundle_view(self, suffix: str) -> BundleView:
+        """What the divergence rules read of a record (`BundleView`), in one read."""
+        async with self._db.read("read a record's bundles") as s:
+            return await s.call(bundle_view, suffix)
 
     async def records_to_recheck(self, *, tracked: bool = False) -> list[str]:
         """Records whose mirrors now serve different trusted bodies, or that have open
