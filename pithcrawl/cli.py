@@ -20,6 +20,7 @@ from pithcrawl import __version__
 from pithcrawl.commands import COMMANDS
 from pithcrawl.errors import EXIT_OPERATIONAL, EXIT_USAGE, OperationalError, PithcrawlError
 from pithcrawl.log import configure
+from pithcrawl.runtime import tune_gc
 from pithcrawl.text import escaped, json_escape
 
 
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    tune_gc()
     configure(args.log_format, args.verbose - args.quiet)
     stdout = sys.stdout
     # Started with stdout closed (`>&-`): Python has none, and the output goes nowhere.

@@ -38,6 +38,7 @@ from pithcrawl.judge import (
     record_number,
 )
 from pithcrawl.keys import TrustSet
+from pithcrawl.log import pair
 from pithcrawl.metrics import Metrics
 from pithcrawl.mirrors import Site, discoverable, from_hints
 from pithcrawl.polling import UNREAD, Got, Poller, Unread, body_sha256
@@ -155,7 +156,7 @@ class Crawler:
         it when needed).
         """
         result = PairResult(suffix, site.name)
-        with structlog.contextvars.bound_contextvars(suffix=suffix, mirror=site.name):
+        with pair(suffix, site.name):
             try:
                 trusted = await self._bundle(suffix, site, result, bundle_state, served_trusted)
                 if trusted is not None and result.error is None:

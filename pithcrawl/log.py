@@ -1,7 +1,9 @@
 """structlog, configured in one place: JSON lines off a TTY, readable on one.
 
 Owns the processors, the level from -v/-q, and the output stream (stderr: stdout is
-for results). Units of work bind `pith_number` and `mirror` with contextvars.
+for results). Units of work bind what they are about with contextvars; the (record,
+mirror) pair a task is crawling has a variable of its own (`pair`), set and reset once
+per pair, which a pass of 100,000 pairs pays for cheaply.
 
 Each line is one `write` to the file descriptor, so the lines of the worker processes
 sharing a pass's stderr never run into each other (a message and its newline were two
@@ -16,6 +18,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, TextIO
 
 import structlog
@@ -23,6 +28,30 @@ import structlog
 from pithcrawl.text import escaped
 
 _settings: tuple[str, int] = ("json", 0)
+#: The (suffix, mirror) a task is crawling: `suffix` and `mirror` in each of its lines.
+_PAIR: ContextVar[tuple[str, str] | None] = ContextVar("pithcrawl_pair", default=None)
+
+
+@contextmanager
+def pair(suffix: str, mirror: str) -> Iterator[None]:
+    """Log lines within name this record and mirror (unless they name their own)."""
+    token = _PAIR.set((suffix, mirror))
+    try:
+        yield
+    finally:
+        _PAIR.reset(token)
+
+
+def _add_pair(
+    logger: object, method: str, event: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    bound = _PAIR.get()
+    if bound is not None:
+        event.setdefault("suffix", bound[0])
+        event.setdefault("mirror", bound[1])
+    return event
+
+
 #: The handler through which the standard library's loggers (aiohttp's, asyncio's) write:
 #: replaced, not added to, when `configure` runs again.
 _stdlib_handler: logging.Handler | None = None
@@ -47,6 +76,7 @@ def configure(fmt: str | None = None, verbosity: int = 0, stream: TextIO | None 
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            _add_pair,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.dict_tracebacks,

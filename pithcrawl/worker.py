@@ -30,6 +30,7 @@ from pithcrawl.keys import TrustSet
 from pithcrawl.log import configure as configure_logging
 from pithcrawl.mirrors import Site
 from pithcrawl.plan import Records
+from pithcrawl.runtime import tune_gc
 from pithcrawl.share import Tally, crawl_share
 from pithcrawl.store import Store
 
@@ -127,6 +128,7 @@ def run_share(job: ShareJob) -> Tally:
     """A worker process's share of a pass (runs in the worker)."""
     _bound_to_parent(job.parent)
     configure_logging(*job.log)
+    tune_gc()
     return anyio.run(_share, job)
 
 

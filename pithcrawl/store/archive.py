@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -30,6 +30,7 @@ from pithcrawl.store.fetches import (
     bookkeeping_only,
     check_outcome,
     event_params,
+    newest_of_series,
     write_fetch,
 )
 from pithcrawl.store.maintenance import Maintenance
@@ -47,7 +48,7 @@ from pithcrawl.store.rows import (
     snapshot_from_row,
     to_json_text,
 )
-from pithcrawl.store.trusted import BundleView, Trusted, bundle_view
+from pithcrawl.store.trusted import BundleView, History, Trusted, bundle_view
 from pithcrawl.store.watchlist import Watchlist
 
 _LATEST = """
@@ -117,6 +118,23 @@ class Written(NamedTuple):
     """For each fetch: its new snapshot, and what its alerts did (None: no scope)."""
     view: BundleView | None
     """The record's bundles after the writes, when asked for and a bundle was new."""
+
+
+def _histories_written(
+    fetches: Sequence[FetchOutcome], done: Sequence[tuple[Snapshot | None, PackedBlob | None]]
+) -> dict[str, History]:
+    """The histories of the trusted bundles just written, by body (as `histories` keeps
+    them)."""
+    out: dict[str, History] = {}
+    for fetch, (_, blob) in zip(fetches, done, strict=True):
+        if fetch.trusted and blob is not None and fetch.history and fetch.pith_number:
+            events, claims = fetch.history
+            out[blob.sha256] = (
+                fetch.pith_number,
+                tuple(events),
+                tuple((c[0], c[1], c[2]) for c in claims),
+            )
+    return out
 
 
 class Store:
@@ -334,23 +352,26 @@ class Store:
         at hand as a base for the next (a state.json is stored against its bundle),
         without reading it back."""
         done: list[tuple[Snapshot | None, PackedBlob | None]] = []
-        written: list[tuple[PackedBlob | None, bytes | None]] = []
+        at_hand: dict[str, tuple[PackedBlob, bytes]] = {}
         for fetch, ready in zip(fetches, prepared, strict=True):
-            snapshot, blob = self._write_fetch(conn, fetch, ready, written)
-            written.append((blob, fetch.body))
+            snapshot, blob = self._write_fetch(conn, fetch, ready, at_hand)
+            if blob is not None and fetch.body is not None:
+                at_hand[blob.sha256] = (blob, fetch.body)
             done.append((snapshot, blob))
         new_bundle = any(s is not None and s.kind == "bundle" for s, _ in done)
-        return done, bundle_view(conn, view) if view is not None and new_bundle else None
+        if view is None or not new_bundle:
+            return done, None
+        return done, bundle_view(conn, view, _histories_written(fetches, done))
 
     def _write_fetch(
         self,
         conn: sqlite3.Connection,
         fetch: FetchOutcome,
         prepared: PackedBlob | None,
-        written: Sequence[tuple[PackedBlob | None, bytes | None]] = (),
+        at_hand: Mapping[str, tuple[PackedBlob, bytes]] | None = None,
     ) -> tuple[Snapshot | None, PackedBlob | None]:
-        """Pack the body (unless `prepared` already is; with the bodies just `written`
-        at hand as bases) and write the fetch, in the database thread."""
+        """Pack the body (unless `prepared` already is; the blobs just written `at_hand`
+        as bases, not read back) and write the fetch, in the database thread."""
         if (
             prepared is not None
             and prepared.base is not None
@@ -358,10 +379,11 @@ class Store:
         ):
             # Its base was chosen in a read turn that saw a group since rolled back.
             prepared = None
-        if prepared is None:
-            at_hand = {b.sha256: body for b, body in written if b is not None and body is not None}
-            prepared = self.bodies.pack_in(conn, fetch, at_hand)
-        return write_fetch(conn, fetch, prepared), prepared
+        latest = None if fetch.error is not None else newest_of_series(conn, fetch)
+        if prepared is None and fetch.body is not None:
+            newest = None if latest is None else latest["body_sha256"]
+            prepared = self.bodies.pack_in(conn, fetch, at_hand, newest)
+        return write_fetch(conn, fetch, prepared, latest), prepared
 
     # -- snapshots and blobs ----------------------------------------------------------------
 

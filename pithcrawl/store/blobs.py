@@ -16,6 +16,7 @@ decompresses a bounded number of frames.
 from __future__ import annotations
 
 import hashlib
+import threading
 from dataclasses import dataclass
 
 import zstandard
@@ -60,14 +61,32 @@ def packed(body: bytes, base: Base | None = None) -> PackedBlob:
     """A body as stored: a delta against `base` when that is small enough, else alone."""
     sha = sha256_hex(body)
     if base is not None and base.depth < MAX_DEPTH and base.sha256 != sha:
-        # A compressor per call: zstandard's objects are not safe to share across threads.
+        # A compressor per base (its dictionary is the base's bytes).
         data = zstandard.ZstdCompressor(level=_LEVEL, dict_data=_dictionary(base.body)).compress(
             body
         )
         if len(data) <= DELTA_MAX_RATIO * len(body):
             return PackedBlob(sha, len(body), CODEC, data, base.sha256, base.depth + 1)
-    data = zstandard.ZstdCompressor(level=_LEVEL).compress(body)
-    return PackedBlob(sha, len(body), CODEC, data)
+    compressor = (
+        _compressor() if len(body) <= _REUSED_UP_TO else zstandard.ZstdCompressor(level=_LEVEL)
+    )
+    return PackedBlob(sha, len(body), CODEC, compressor.compress(body))
+
+
+_local = threading.local()
+
+#: Bodies up to this size share their thread's compressor; a larger one gets its own, so
+#: the shared one never grows its working memory to a hostile body's size and keeps it.
+_REUSED_UP_TO = 256 * 1024
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    """This thread's compressor for whole frames: making one costs more than compressing
+    a bundle with it, and zstandard's objects are not safe to share across threads."""
+    compressor: zstandard.ZstdCompressor | None = getattr(_local, "compressor", None)
+    if compressor is None:
+        compressor = _local.compressor = zstandard.ZstdCompressor(level=_LEVEL)
+    return compressor
 
 
 def _dictionary(base: bytes) -> zstandard.ZstdCompressionDict:

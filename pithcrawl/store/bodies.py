@@ -13,6 +13,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 
 import anyio
 
@@ -39,20 +40,15 @@ WITH RECURSIVE chain (sha256, size, codec, base, depth, data, n) AS (
 SELECT sha256, size, codec, base, depth, data FROM chain ORDER BY n DESC
 """
 
-# The blobs a new body of a series may be stored against, best first: the related body
-# named by the caller, then the newest body of the series.
-_CANDIDATES = """
-WITH candidate (sha256, rank) AS (
-    VALUES (?1, 0)
-    UNION ALL
-    SELECT * FROM (
-        SELECT body_sha256, 1 FROM snapshots WHERE suffix = ?2 AND mirror = ?3 AND kind = ?4
-        ORDER BY id DESC LIMIT 1
-    )
-)
-SELECT b.sha256, b.base, b.depth FROM candidate AS c JOIN blobs AS b ON b.sha256 = c.sha256
-ORDER BY c.rank LIMIT 1
+_NEWEST_OF_SERIES = """
+SELECT body_sha256 FROM snapshots WHERE suffix = ? AND mirror = ? AND kind = ?
+ORDER BY id DESC LIMIT 1
 """
+
+_BLOB_PLACE = "SELECT sha256, base, depth FROM blobs WHERE sha256 = ?"
+
+#: The series' newest body was not read by the caller (`Bodies.pack_in`).
+UNREAD = object()
 
 
 class Bodies:
@@ -71,14 +67,20 @@ class Bodies:
         self._lock = threading.Lock()
 
     def pack_in(
-        self, conn: sqlite3.Connection, fetch: FetchOutcome, at_hand: dict[str, bytes] | None = None
+        self,
+        conn: sqlite3.Connection,
+        fetch: FetchOutcome,
+        at_hand: Mapping[str, tuple[PackedBlob, bytes]] | None = None,
+        newest: str | object | None = UNREAD,
     ) -> PackedBlob | None:
         """`fetch`'s body as it will be stored (None if it has none), a delta if that
-        pays. Runs in the database thread (`Session.call`). `at_hand`: bodies just
-        written in the same call, by sha256 (not read back to serve as a base)."""
+        pays. Runs in the database thread (`Session.call`). `at_hand`: the blobs just
+        written in the same call and their bodies, by sha256 (not read back to serve as
+        a base); `newest`: the sha256 of the newest body of `fetch`'s series (None: it
+        has none), when the caller has read it."""
         if fetch.body is None:
             return None
-        return packed(fetch.body, self._base(conn, fetch, at_hand or {}))
+        return packed(fetch.body, self._base(conn, fetch, at_hand or {}, newest))
 
     async def pack_large(self, fetch: FetchOutcome) -> PackedBlob | None:
         """`pack_in` for a body over `LARGE_BODY`, before its write: the base is chosen
@@ -89,7 +91,7 @@ class Bodies:
         if fetch.body is None or len(fetch.body) <= LARGE_BODY:
             return None
         async with self._db.read("choose a delta base") as s:
-            base = await s.call(self._base, fetch, {})
+            base = await s.call(self._base, fetch, {}, UNREAD)
         return await anyio.to_thread.run_sync(packed, fetch.body, base)
 
     def remember(self, blob: PackedBlob, body: bytes) -> None:
@@ -128,17 +130,43 @@ class Bodies:
         return body
 
     def _base(
-        self, conn: sqlite3.Connection, fetch: FetchOutcome, at_hand: dict[str, bytes]
+        self,
+        conn: sqlite3.Connection,
+        fetch: FetchOutcome,
+        at_hand: Mapping[str, tuple[PackedBlob, bytes]],
+        newest: str | object | None,
     ) -> Base | None:
-        """The best archived body to store `fetch`'s body against, if any."""
-        key = (fetch.related_sha256, fetch.suffix, fetch.mirror, fetch.kind)
-        row = conn.execute(_CANDIDATES, key).fetchone()
-        if row is None:
-            return None
-        sha256, depth = row["sha256"], int(row["depth"])
+        """The best archived body to store `fetch`'s body against, if any: the related
+        body the caller names, else the newest body of its series."""
+        if newest is UNREAD:
+            row = conn.execute(_NEWEST_OF_SERIES, (fetch.suffix, fetch.mirror, fetch.kind))
+            found = row.fetchone()
+            newest = None if found is None else found[0]
+        for candidate in (fetch.related_sha256, newest):
+            if not isinstance(candidate, str):
+                continue
+            held = at_hand.get(candidate)
+            if held is not None:
+                blob, body = held
+                place: tuple[str, str | None, int] = (blob.sha256, blob.base, blob.depth)
+            else:
+                row = conn.execute(_BLOB_PLACE, (candidate,)).fetchone()
+                if row is None:
+                    continue
+                place, body = (row["sha256"], row["base"], int(row["depth"])), None
+            return self._stand_on(conn, place, body)
+        return None
+
+    def _stand_on(
+        self, conn: sqlite3.Connection, place: tuple[str, str | None, int], body: bytes | None
+    ) -> Base | None:
+        """The blob at `place` (sha256, base, depth) as a base, or its own base when it
+        is too deep to stand on; its bytes from `body`, the cache or the archive."""
+        sha256, below, depth = place
         if depth >= MAX_DEPTH:  # too deep to stand on: its base is one level shallower
-            sha256, depth = row["base"], depth - 1
-        body = at_hand.get(sha256)
+            if below is None:
+                return None
+            sha256, depth, body = below, depth - 1, None
         if body is None:
             with self._lock:
                 body = self._cache.get(sha256)

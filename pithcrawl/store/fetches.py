@@ -64,6 +64,8 @@ INSERT INTO events (at, kind, severity, pith_number, suffix, mirrors, summary, e
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
+_UNREAD = object()
+
 _LATEST_BODY = """
 SELECT id, body_sha256, trusted FROM snapshots WHERE suffix = ? AND mirror = ? AND kind = ?
 ORDER BY id DESC LIMIT 1
@@ -73,10 +75,9 @@ ORDER BY id DESC LIMIT 1
 def check_outcome(fetch: FetchOutcome) -> None:
     """Refuse a malformed outcome before any transaction starts (a bug in the caller):
     inside one, it would fail the other writes grouped with it."""
-    db_time(fetch.fetched_at)
-    db_time_or_none(fetch.next_due)
-    for event in fetch.events:
-        db_time(event.at)
+    for at in (fetch.fetched_at, fetch.next_due, *(event.at for event in fetch.events)):
+        if at is not None and at.tzinfo is None:
+            raise ValueError(f"naive datetime {at!r}: the store needs an aware (UTC) time")
     if fetch.body is not None and fetch.body_sha256 is not None:
         actual = sha256_hex(fetch.body)
         if actual != fetch.body_sha256:
@@ -114,13 +115,25 @@ def bookkeeping_only(fetch: FetchOutcome) -> tuple[str, tuple[Any, ...]] | None:
     )
 
 
+def newest_of_series(conn: sqlite3.Connection, fetch: FetchOutcome) -> sqlite3.Row | None:
+    """The newest snapshot of `fetch`'s (suffix, mirror, kind): id, body_sha256, trusted."""
+    row: sqlite3.Row | None = conn.execute(
+        _LATEST_BODY, (fetch.suffix, fetch.mirror, fetch.kind)
+    ).fetchone()
+    return row
+
+
 def write_fetch(
-    conn: sqlite3.Connection, fetch: FetchOutcome, blob: PackedBlob | None
+    conn: sqlite3.Connection,
+    fetch: FetchOutcome,
+    blob: PackedBlob | None,
+    latest: sqlite3.Row | object | None = _UNREAD,
 ) -> Snapshot | None:
     """Record `fetch` (whose body, if any, is `blob`) inside the caller's transaction.
 
     A plain function on the raw connection, run in the database thread as one call
     (`Session.call`): its half a dozen statements cost one thread hand-off, not one each.
+    `latest`: `newest_of_series`, when the caller has read it.
     """
     key = (fetch.suffix, fetch.mirror, fetch.kind)
     fetched_at, next_due = db_time(fetch.fetched_at), db_time_or_none(fetch.next_due)
@@ -133,7 +146,9 @@ def write_fetch(
             (*key, fetch.url, fetch.status, fetched_at, fetched_at, next_due, error),
         )
     else:
-        latest = conn.execute(_LATEST_BODY, key).fetchone()
+        if latest is _UNREAD:
+            latest = newest_of_series(conn, fetch)
+        assert latest is None or isinstance(latest, sqlite3.Row)
         # Events of an unchanged (or 304) fetch concern the body already archived.
         link = None if latest is None else latest["id"]
         if blob is not None:

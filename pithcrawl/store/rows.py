@@ -38,9 +38,11 @@ def db_time(at: datetime) -> str:
 
     The text of `format_timestamp`, built by isoformat (a tenth of strftime's cost; a
     few are written per fetch)."""
-    if at.tzinfo is None:
-        raise ValueError(f"naive datetime {at!r}: the store needs an aware (UTC) time")
-    return at.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
+    if at.tzinfo is not UTC:
+        if at.tzinfo is None:
+            raise ValueError(f"naive datetime {at!r}: the store needs an aware (UTC) time")
+        at = at.astimezone(UTC)
+    return at.isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def db_time_or_none(at: datetime | None) -> str | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from pithcrawl.errors import StoreCorrupt
@@ -81,11 +81,17 @@ class BundleView:
     histories: dict[str, History]
 
 
-def bundle_view(conn: sqlite3.Connection, suffix: str) -> BundleView:
-    """`suffix`'s `BundleView`, in the database thread (`Session.call`): one hand-off."""
+def bundle_view(
+    conn: sqlite3.Connection, suffix: str, known: Mapping[str, History] | None = None
+) -> BundleView:
+    """`suffix`'s `BundleView`, in the database thread (`Session.call`): one hand-off.
+    `known`: histories the caller holds already (those it just wrote), not read again."""
     snapshots = [snapshot_from_row(r) for r in conn.execute(_BUNDLES_OF, (suffix,))]
-    bodies = sorted({snap.body_sha256 for snap in snapshots if snap.trusted})
-    return BundleView(snapshots, _histories_in(conn, bodies))
+    known = known or {}
+    bodies = sorted({snap.body_sha256 for snap in snapshots if snap.trusted} - known.keys())
+    histories = _histories_in(conn, bodies)
+    histories.update((sha, h) for sha, h in known.items() if sha not in histories)
+    return BundleView(snapshots, histories)
 
 
 def _histories_in(conn: sqlite3.Connection, bodies: Sequence[str]) -> dict[str, History]:
