@@ -28,10 +28,9 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 import anyio
-from aiohttp import web
 from anyio.abc import TaskStatus
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -44,6 +43,9 @@ from prometheus_client import (
 from pithcrawl import __version__
 from pithcrawl.errors import ConfigError, OperationalError
 from pithcrawl.findings import CODES
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 Outcome = Literal["changed", "unchanged", "not_modified", "failed", "deferred"]
 """What one fetch of one document came to: a new body, the same body again, a 304, an
@@ -227,6 +229,8 @@ async def serve_metrics(
 
     `OperationalError` naming the address when it cannot be bound (in use, not local).
     """
+    from aiohttp import web  # noqa: PLC0415 - only `run` serves; a `sync` never pays for it
+
     host, port = parse_bind(bind)
 
     async def scrape(request: web.Request) -> web.Response:
