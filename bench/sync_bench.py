@@ -1,24 +1,31 @@
-"""End-to-end `pithcrawl sync` against a fast local mirror, each pass in a fresh process.
+"""End-to-end `pithcrawl sync` behind nginx, each pass in a fresh process, beside bare baselines.
 
     python bench/sync_bench.py [--records 5000,50000] [--events 2-6] [--json out.json]
 
-Every figure the README's Performance section gives, in one run: for each corpus size N, the four
-phases below; then verification alone against its Ed25519 floor (bench/verify_bench.py
-in a child process); then peak RSS side by side across the sizes. A table on stdout,
-the same figures as JSON in bench/out/sync_bench.json.
+Every figure the README's Performance table and docs/performance.md give, in one run: for
+each corpus size N, the phases below; then verification alone against its Ed25519 floor
+(bench/verify_bench.py in a child process); then peak RSS side by side across the sizes.
+A table on stdout, the same figures as JSON in bench/out/sync_bench.json.
 
 Builds N records with 2–6 events each (seeded), signed with a key made here, cached
-under bench/out/ (or $BENCH_OUT) keyed by (N, seed, events). bench/mirror_server.py serves them from
-its own process; or `--mirror-url` names another mirror serving the same files, and
-`--mirror-reload CMD` makes it serve the bumped files in $BENCH_BUMPED_DIR too. Then,
-each in a child process, with its wall time, CPU (user+sys), peak RSS and the
-mirror's CPU over the same span:
+under bench/out/ (or $BENCH_OUT) keyed by (N, seed, events). nginx serves them: the
+benchmark starts its own on a free loopback port with a config it generates, and says
+so. Without nginx it falls back to bench/mirror_server.py (and warns that the figures are
+then not comparable); `--python-mirror` asks for that one, `--mirror-url` names another
+mirror serving the same files (`--mirror-reload CMD` makes it serve the bumped files in
+$BENCH_BUMPED_DIR too). Then, each in a child process, with its wall time, CPU
+(user+sys, its workers included), peak RSS and the mirror's CPU over the same span:
 
+    bare_get    bench/bare_baseline.py: plain aiohttp, no pithcrawl code, GETs every
+                bundle and state.json and keeps their ETags
+    bare_304    the same with If-None-Match: every answer a 304
     fetch-only  HttpFetcher GETs every bundle and state.json: no verification, no storage
     cold        `pithcrawl sync` of all N into an empty archive
     unchanged   the same again: conditional GETs, nothing new to store
     bumped      after 10% of the records gained one event: DB growth per changed record
 
+Each pithcrawl figure is printed as CPU per record and as a ratio to its bare baseline
+(this machine's absolute speed drifts; the ratios much less), against the targets.
 The archive lives in a temp directory (honours TMPDIR). `--profile` runs the cold sync
 under cProfile (main thread only; its figures then carry the overhead).
 """
