@@ -95,7 +95,10 @@ class Conditions:
             items,
             sinks=sink_names(self.config.alerts),
             hold=self.config.alerts.resolve_after,
-            view=suffix,
+            # No view read inside the write: its group may still wait for later blocks
+            # that write newer snapshots of this record (from other mirrors), and the
+            # rules must see them; `check_record` reads the record once it committed.
+            view=None,
         )
         results = []
         for item, (snapshot, done) in zip(items, written.fetches, strict=True):

@@ -9,11 +9,12 @@ the worker processes are `worker`'s.
 
 from __future__ import annotations
 
-from collections import deque
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Protocol
 
 import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from pithcrawl.crawl import Crawler, PairResult
 from pithcrawl.mirrors import Site
@@ -45,27 +46,31 @@ async def crawl_share(
     tally = Tally()
     crawl = crawler.config.crawl
     width = max(1, min(crawl.per_host, crawl.concurrency))
-    lanes = [_Lane(PASS_CHUNK) for _ in sites]
+    lanes = [anyio.create_memory_object_stream[_Job](PASS_CHUNK) for _ in sites]
 
-    async def worker(lane: _Lane) -> None:
-        while (job := await lane.get()) is not None:
-            tally.add(await _pair(crawler, job))
-            if progress is not None:
-                progress.step()
+    async def worker(jobs: MemoryObjectReceiveStream[_Job]) -> None:
+        async with jobs:
+            async for job in jobs:
+                tally.add(await _pair(crawler, job))
+                if progress is not None:
+                    progress.step()
 
     async with anyio.create_task_group() as tg:
-        for lane in lanes:
+        for _, receive in lanes:
             for _ in range(width):
-                tg.start_soon(worker, lane)
-        try:
+                tg.start_soon(worker, receive.clone())
+            receive.close()
+        async with AsyncExitStack() as senders:
+            for send, _ in lanes:
+                await senders.enter_async_context(send)
             # The bookkeeping of a chunk of records in one read, not one per fetch, and
             # which pairs have a history to compare with.
             async for chunk in records.chunks(store):
                 known = await store.fetch_states_of(chunk)
                 served = await store.served_trusted(chunk)
                 for suffix in chunk:
-                    for lane, site in zip(lanes, sites, strict=True):
-                        await lane.put(
+                    for (send, _), site in zip(lanes, sites, strict=True):
+                        await send.send(
                             _Job(
                                 suffix,
                                 site,
@@ -74,54 +79,7 @@ async def crawl_share(
                                 (suffix, site.name) in served,
                             )
                         )
-        finally:
-            for lane in lanes:
-                lane.close()
     return tally
-
-
-class _Lane:
-    """The jobs of one mirror's workers, at most `limit` queued: a job is taken without
-    a trip through the event loop while any are queued (a memory stream's checkpoints,
-    two per job, cost a pass of 100,000 pairs more than its queueing)."""
-
-    __slots__ = ("_closed", "_jobs", "_limit", "_readable", "_writable")
-
-    def __init__(self, limit: int) -> None:
-        self._jobs: deque[_Job] = deque()
-        self._limit = limit
-        self._closed = False
-        self._readable = anyio.Event()
-        self._writable = anyio.Event()
-
-    async def put(self, job: _Job) -> None:
-        """Queue `job`, once fewer than `limit` are queued."""
-        while len(self._jobs) >= self._limit:
-            event = self._writable
-            if event.is_set():  # set for a room since taken
-                event = self._writable = anyio.Event()
-            await event.wait()
-        self._jobs.append(job)
-        self._readable.set()
-
-    def close(self) -> None:
-        """No more jobs: the workers end once the queued ones are taken."""
-        self._closed = True
-        self._readable.set()
-
-    async def get(self) -> _Job | None:
-        """The next job; None once the lane is closed and empty."""
-        while True:
-            if self._jobs:
-                job = self._jobs.popleft()
-                self._writable.set()
-                return job
-            if self._closed:
-                return None
-            event = self._readable
-            if event.is_set():  # set for a job since taken
-                event = self._readable = anyio.Event()
-            await event.wait()
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ say, in `trusted`; the tracked records and the mirrors, in `watchlist`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from collections.abc import Mapping, Sequence
@@ -135,6 +136,17 @@ def _histories_written(
                 tuple((c[0], c[1], c[2]) for c in claims),
             )
     return out
+
+
+def _as_stored(conn: sqlite3.Connection, blob: PackedBlob) -> PackedBlob:
+    """`blob` with the base and depth of its row as stored: when the body was archived
+    already (another mirror, another process), the row kept is the first one, whose
+    chain may be deeper than the one just packed; a delta stood on the packed one would
+    be deeper than `MAX_DEPTH` allows."""
+    row = conn.execute("SELECT base, depth FROM blobs WHERE sha256 = ?", (blob.sha256,)).fetchone()
+    if row is None or (row[0], int(row[1])) == (blob.base, blob.depth):
+        return blob
+    return dataclasses.replace(blob, base=row[0], depth=int(row[1]))
 
 
 class Store:
@@ -356,7 +368,7 @@ class Store:
         for fetch, ready in zip(fetches, prepared, strict=True):
             snapshot, blob = self._write_fetch(conn, fetch, ready, at_hand)
             if blob is not None and fetch.body is not None:
-                at_hand[blob.sha256] = (blob, fetch.body)
+                at_hand[blob.sha256] = (_as_stored(conn, blob), fetch.body)
             done.append((snapshot, blob))
         new_bundle = any(s is not None and s.kind == "bundle" for s, _ in done)
         if view is None or not new_bundle:
@@ -396,14 +408,20 @@ class Store:
         return None if row is None else snapshot_from_row(row)
 
     async def snapshots(
-        self, suffix: str, *, mirror: str | None = None, kind: str = "bundle"
+        self,
+        suffix: str,
+        *,
+        mirror: str | None = None,
+        kind: str = "bundle",
+        vantage: str | None = None,
     ) -> list[Snapshot]:
-        """A record's snapshots of one kind (from one mirror or all), oldest first."""
+        """A record's snapshots of one kind (from one mirror or all, fetched from one
+        vantage or any), oldest first."""
         async with self._db.read("list snapshots") as s:
             rows = await s.all(
                 "SELECT * FROM snapshots WHERE suffix = ?1 AND kind = ?2"
-                " AND (?3 IS NULL OR mirror = ?3) ORDER BY id",
-                (suffix, kind, mirror),
+                " AND (?3 IS NULL OR mirror = ?3) AND (?4 IS NULL OR vantage = ?4) ORDER BY id",
+                (suffix, kind, mirror, vantage),
             )
         return [snapshot_from_row(r) for r in rows]
 

@@ -16,7 +16,7 @@ decompresses a bounded number of frames.
 from __future__ import annotations
 
 import hashlib
-import threading
+import queue
 from dataclasses import dataclass
 
 import zstandard
@@ -67,26 +67,31 @@ def packed(body: bytes, base: Base | None = None) -> PackedBlob:
         )
         if len(data) <= DELTA_MAX_RATIO * len(body):
             return PackedBlob(sha, len(body), CODEC, data, base.sha256, base.depth + 1)
-    compressor = (
-        _compressor() if len(body) <= _REUSED_UP_TO else zstandard.ZstdCompressor(level=_LEVEL)
-    )
-    return PackedBlob(sha, len(body), CODEC, compressor.compress(body))
+    return PackedBlob(sha, len(body), CODEC, _compressed(body))
 
 
-_local = threading.local()
-
-#: Bodies up to this size share their thread's compressor; a larger one gets its own, so
-#: the shared one never grows its working memory to a hostile body's size and keeps it.
+#: Bodies up to this size are compressed by a pooled compressor; a larger one gets its
+#: own, so a pooled one never grows its working memory to a hostile body's size and keeps it.
 _REUSED_UP_TO = 256 * 1024
 
+#: Idle compressors for whole frames, shared by the process's threads: making one costs
+#: more than compressing a bundle with it, and zstandard's objects are not safe to use
+#: from two threads at once, so each is taken out while in use (the pool grows to the
+#: most compressions ever at once: the database thread and a few packing large bodies).
+_idle: queue.SimpleQueue[zstandard.ZstdCompressor] = queue.SimpleQueue()
 
-def _compressor() -> zstandard.ZstdCompressor:
-    """This thread's compressor for whole frames: making one costs more than compressing
-    a bundle with it, and zstandard's objects are not safe to share across threads."""
-    compressor: zstandard.ZstdCompressor | None = getattr(_local, "compressor", None)
-    if compressor is None:
-        compressor = _local.compressor = zstandard.ZstdCompressor(level=_LEVEL)
-    return compressor
+
+def _compressed(body: bytes) -> bytes:
+    if len(body) > _REUSED_UP_TO:
+        return zstandard.ZstdCompressor(level=_LEVEL).compress(body)
+    try:
+        compressor = _idle.get_nowait()
+    except queue.Empty:
+        compressor = zstandard.ZstdCompressor(level=_LEVEL)
+    try:
+        return compressor.compress(body)
+    finally:
+        _idle.put(compressor)
 
 
 def _dictionary(base: bytes) -> zstandard.ZstdCompressionDict:
