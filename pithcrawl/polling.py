@@ -205,6 +205,8 @@ class Poller:
             findings=report.findings[:FINDINGS_KEPT] if report else (),
             events=events or (),
             related_sha256=related_sha256,
+            node=self.config.node.node_name,
+            vantage=self.config.node.vantage_name,
         )
 
 

@@ -37,6 +37,8 @@ class TestMirror:
     """Suffixes served only at the .well-known address."""
     hits: Counter[str] = field(default_factory=Counter)
     conditional_hits: Counter[str] = field(default_factory=Counter)
+    peers: Counter[str] = field(default_factory=Counter)
+    """The addresses the documents were asked for from, and how often."""
     base_url: str = ""
     _runner: web.AppRunner | None = None
 
@@ -95,6 +97,7 @@ class TestMirror:
     def _serve(self, request: web.Request, table: dict[str, bytes]) -> web.StreamResponse:
         suffix = request.match_info["suffix"]
         self.hits[request.path] += 1
+        self.peers[request.remote or ""] += 1
         fault = self.faults.get(suffix)
         if fault is not None:
             headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}

@@ -42,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pith", metavar="PITH", help="full number, suffix or bundle URL")
     p.add_argument("--mirror", metavar="NAME", help="only this mirror's snapshots")
     p.add_argument("--kind", choices=KINDS, default="bundle", help="document kind (bundle)")
+    p.add_argument("--vantage", metavar="NAME", help="only the snapshots fetched from this vantage")
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
 
 
@@ -78,6 +79,8 @@ class Entry:
             "trusted": s.trusted,
             "findings": _codes(s),
             "prev_id": s.prev_id,
+            "node": s.node,
+            "vantage": s.vantage,
             "changes": self.changes,
             "events": list(self.events),
         }
@@ -86,7 +89,7 @@ class Entry:
 def run(args: argparse.Namespace) -> int:
     _, db = archive(args)
     suffix = suffix_of(args.pith)
-    number, entries = anyio.run(_history, db, suffix, args.mirror, args.kind)
+    number, entries = anyio.run(_history, db, suffix, args.mirror, args.kind, args.vantage)
     if args.json:
         print_json(
             {
@@ -97,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         )
         return EXIT_OK
     where = f" from {args.mirror}" if args.mirror else ""
+    where += f" seen from vantage {args.vantage}" if args.vantage else ""
     say(f"{number or suffix}: {len(entries)} {args.kind} snapshot(s){where}")
     if entries:
         say(*_render(entries))
@@ -104,10 +108,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _history(
-    db: Path, suffix: str, mirror: str | None, kind: str
+    db: Path, suffix: str, mirror: str | None, kind: str, vantage: str | None = None
 ) -> tuple[str | None, list[Entry]]:
     async with await Store.open(db, readonly=True) as store:
-        snaps = await store.snapshots(suffix, mirror=mirror, kind=kind)
+        snaps = await store.snapshots(suffix, mirror=mirror, kind=kind, vantage=vantage)
         record = await store.watchlist.record(suffix)
         if record is None and not snaps and not await _archived(store, suffix):
             raise UsageError(f"PITH {suffix}: no such record in the archive {db}")

@@ -15,8 +15,11 @@ fetch a manifest or read the environment:
 from __future__ import annotations
 
 import dataclasses
+import functools
+import ipaddress
 import os
 import re
+import socket
 import stat
 import tomllib
 from collections.abc import Mapping
@@ -69,6 +72,42 @@ class CrawlConfig:
     allow_private_hosts: bool = False
     workers: int = 0
     """Processes a large `sync` pass is split across (0: one per CPU it may use)."""
+    source_address: str | None = None
+    """The local address every outgoing connection is bound to (None: the system's
+    choice): a node with several networks fetches from the one its vantage names."""
+
+
+#: What a node or vantage may be called: it is printed, logged and put in hooks'
+#: environments, so a short, plain name.
+NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
+
+
+@functools.cache
+def host_name() -> str:
+    """This machine's host name as a node name: its first label, anything outside
+    `NODE_NAME`'s characters replaced by `-` (\"node\" when nothing is left)."""
+    label = socket.gethostname().split(".")[0]
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", label).strip("-._")[:63]
+    return name or "node"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """`[node]`: this crawler, among the nodes that may share one archive."""
+
+    name: str = ""
+    """Recorded with every snapshot this node fetches ("": the host name)."""
+    vantage: str = ""
+    """Where on the network it fetches from ("": the node's name): nodes of one vantage
+    share the work, each vantage sees every mirror."""
+
+    @property
+    def node_name(self) -> str:
+        return self.name or host_name()
+
+    @property
+    def vantage_name(self) -> str:
+        return self.vantage or self.node_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +188,7 @@ class Config:
     watch: WatchConfig = field(default_factory=WatchConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    node: NodeConfig = field(default_factory=NodeConfig)
 
     @property
     def key_files(self) -> tuple[Path, ...]:
@@ -168,6 +208,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "watch": WatchConfig,
     "alerts": AlertsConfig,
     "metrics": MetricsConfig,
+    "node": NodeConfig,
 }
 
 
@@ -249,6 +290,7 @@ def parse_config(text: str, *, base_dir: Path | None = None) -> Config:
         watch=_watch(top.section("watch", WatchConfig)),
         alerts=_alerts(top.section("alerts", AlertsConfig)),
         metrics=_metrics(top.section("metrics", MetricsConfig)),
+        node=_node(top.section("node", NodeConfig)),
     )
 
 
@@ -276,7 +318,28 @@ def _crawl(t: Table) -> CrawlConfig:
         discover=t.boolean("discover", d.discover),
         allow_private_hosts=t.boolean("allow_private_hosts", d.allow_private_hosts),
         workers=t.integer("workers", d.workers, minimum=0, maximum=CONCURRENCY_MAX),
+        source_address=_address(t),
     )
+
+
+def _address(t: Table) -> str | None:
+    if "source_address" not in t.raw:
+        return None
+    text = t.string("source_address", "")
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise bad(t.key("source_address"), "expected an IP address of this machine", text) from None
+
+
+def _node(t: Table) -> NodeConfig:
+    names = {}
+    for key in ("name", "vantage"):
+        value = t.string(key, "")
+        if key in t.raw and not NODE_NAME.match(value):
+            raise bad(t.key(key), "expected 1-63 of A-Z a-z 0-9 . _ - (not first)", value)
+        names[key] = value
+    return NodeConfig(**names)
 
 
 def _mirrors(raw: object, root: Path) -> tuple[MirrorConfig, ...]:

@@ -64,6 +64,7 @@ def fetcher_for(crawl: CrawlConfig) -> HttpFetcher:
         max_bytes=crawl.max_bytes,
         concurrency=crawl.concurrency,
         per_host=crawl.per_host,
+        source_address=crawl.source_address,
     )
 
 
@@ -86,6 +87,7 @@ class HttpFetcher:
         "_public_session",
         "_session",
         "_slots",
+        "_source_address",
         "_timeout",
         "_user_agent",
     )
@@ -100,6 +102,7 @@ class HttpFetcher:
         per_host: int = 4,
         max_redirects: int = 5,
         allow_url: AllowUrl | None = None,
+        source_address: str | None = None,
     ) -> None:
         if not timeout > 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
@@ -118,6 +121,7 @@ class HttpFetcher:
         self._per_host = per_host
         self._max_redirects = max_redirects
         self._allow_url = allow_url
+        self._source_address = source_address
         self._session: aiohttp.ClientSession | None = None
         self._public_session: aiohttp.ClientSession | None = None
         self._slots: anyio.Semaphore | None = None
@@ -129,14 +133,21 @@ class HttpFetcher:
         # fast_acquire: a free slot is taken without a trip through the event loop (the
         # request that follows yields anyway).
         self._slots = anyio.Semaphore(self._concurrency, fast_acquire=True)
+        # Every connection from `source_address` (a vantage's own network), when set.
+        local = None if self._source_address is None else (self._source_address, 0)
         self._session = self._new_session(
-            aiohttp.TCPConnector(limit=self._concurrency, limit_per_host=self._per_host)
+            aiohttp.TCPConnector(
+                limit=self._concurrency, limit_per_host=self._per_host, local_addr=local
+            )
         )
         # For public_only GETs: names are resolved at connect time to public addresses
         # only, so a name checked as public cannot be pointed elsewhere in between.
         self._public_session = self._new_session(
             aiohttp.TCPConnector(
-                limit=self._concurrency, limit_per_host=self._per_host, resolver=PublicResolver()
+                limit=self._concurrency,
+                limit_per_host=self._per_host,
+                resolver=PublicResolver(),
+                local_addr=local,
             )
         )
         return self

@@ -54,8 +54,9 @@ ON CONFLICT (suffix, mirror, kind) DO UPDATE SET
 
 _INSERT_SNAPSHOT = """
 INSERT INTO snapshots (suffix, mirror, kind, fetched_at, url, status, body_sha256,
-                       bundle_sha256, built_at, event_count, trusted, findings, prev_id)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                       bundle_sha256, built_at, event_count, trusted, findings, prev_id,
+                       node, vantage)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 INSERT_EVENT = """
@@ -247,6 +248,8 @@ def _insert_snapshot(
             int(fetch.trusted),
             to_json_text([f.to_json() for f in fetch.findings]),
             prev_id,
+            fetch.node,
+            fetch.vantage,
         ),
     ).lastrowid
     assert rowid is not None

@@ -149,6 +149,10 @@ class Snapshot:
     findings: tuple[Finding, ...]
     prev_id: int | None
     """The previous snapshot of the same (suffix, mirror, kind), whatever its trust."""
+    node: str | None = None
+    """The node that fetched it (`[node] name`); None in archives older than nodes."""
+    vantage: str | None = None
+    """The vantage it was fetched from (`[node] vantage`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +224,9 @@ class FetchOutcome:
     related_sha256: str | None = None
     """An archived body this one likely shares most of its bytes with, besides the last
     one of its series (a state.json's bundle): a hint for storing it as a delta."""
+    node: str | None = None
+    """The node that fetched it, and its vantage (`[node]`), stored with its snapshot."""
+    vantage: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -333,6 +340,8 @@ def snapshot_from_row(row: sqlite3.Row) -> Snapshot:
         trusted=bool(row["trusted"]),
         findings=tuple(Finding.from_json(f) for f in orjson.loads(row["findings"])),
         prev_id=row["prev_id"],
+        node=row["node"],
+        vantage=row["vantage"],
     )
 
 
@@ -356,6 +365,8 @@ def snapshot_of(
         trusted=fetch.trusted,
         findings=tuple(fetch.findings),
         prev_id=prev_id,
+        node=fetch.node,
+        vantage=fetch.vantage,
     )
 
 

@@ -203,7 +203,14 @@ CREATE INDEX alerts_clearing ON alerts (cleared_at) WHERE closed_at IS NULL
     AND cleared_at IS NOT NULL;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8)
+# Which node fetched a snapshot, and from which vantage (docs/scale-out.md): NULL for the
+# snapshots archived before nodes were recorded.
+_V9 = """
+ALTER TABLE snapshots ADD COLUMN node TEXT;
+ALTER TABLE snapshots ADD COLUMN vantage TEXT;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9)
 """Migration scripts in order; the schema version is their count."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

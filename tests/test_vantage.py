@@ -1,0 +1,126 @@
+"""Which node fetched a snapshot, and from which vantage: configured in `[node]`, bound
+to `crawl.source_address`, recorded with every snapshot, shown and filtered by `history`.
+
+A real loopback mirror that notes the address each request came from, a real archive,
+bundles signed by the tests' key.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from builder import BundleBuilder, TestSigner, canonical_record
+from conftest import write_config
+from mirror import TestMirror
+
+from pithcrawl.cli import main
+from pithcrawl.config import host_name, parse_config
+from pithcrawl.errors import ConfigError
+
+
+def _config(tmp_path: Path, signer: TestSigner, base: str, crawl: str = "", node: str = "") -> Path:
+    cfg = write_config(tmp_path, signer, base)
+    text = cfg.read_text().replace('timeout = "5s"\n', f'timeout = "5s"\n{crawl}', 1)
+    cfg.write_text(text + (f"[node]\n{node}" if node else ""))
+    return cfg
+
+
+def _serve(mirror: TestMirror, signer: TestSigner, n: int) -> list[str]:
+    suffixes = []
+    for i in range(n):
+        b = BundleBuilder(signer, record=canonical_record(f"2611.{i:05d}", title=f"P{i}"))
+        b.add_event()
+        suffixes.append(mirror.put(b.bytes()))
+    return suffixes
+
+
+def _history(capsys: pytest.CaptureFixture[str], cfg: Path, suffix: str, *extra: str) -> dict:
+    code = main(["--config", str(cfg), "-q", "history", suffix, "--json", *extra])
+    assert code == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_every_snapshot_records_its_node_and_vantage_and_connections_leave_from_the_source(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+) -> None:
+    suffixes = _serve(mirror, signer, 3)
+    cfg = _config(
+        tmp_path,
+        signer,
+        mirror.base_url,
+        crawl='source_address = "127.0.0.2"\n',
+        node='name = "crawler-1"\nvantage = "eu-west"\n',
+    )
+    code = main(["--config", str(cfg), "-q", "sync", *suffixes])
+    capsys.readouterr()
+    assert code == 0
+    # Every request left from the configured address, none from the default one.
+    assert set(mirror.peers) == {"127.0.0.2"}
+    assert sum(mirror.peers.values()) == 2 * len(suffixes)
+    with sqlite3.connect(tmp_path / "archive.db") as db:
+        rows = db.execute("SELECT kind, node, vantage FROM snapshots").fetchall()
+    assert len(rows) == 2 * len(suffixes)
+    assert {(node, vantage) for _, node, vantage in rows} == {("crawler-1", "eu-west")}
+
+    shown = _history(capsys, cfg, suffixes[0])["snapshots"]
+    assert [(s["node"], s["vantage"]) for s in shown] == [("crawler-1", "eu-west")]
+    assert _history(capsys, cfg, suffixes[0], "--vantage", "eu-west")["snapshots"] == shown
+    assert _history(capsys, cfg, suffixes[0], "--vantage", "us-east")["snapshots"] == []
+
+
+def test_a_node_is_named_after_its_host_by_default_and_its_vantage_after_itself(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+) -> None:
+    suffixes = _serve(mirror, signer, 1)
+    cfg = _config(tmp_path, signer, mirror.base_url)
+    assert main(["--config", str(cfg), "-q", "sync", *suffixes]) == 0
+    capsys.readouterr()
+    assert set(mirror.peers) == {"127.0.0.1"}
+    shown = _history(capsys, cfg, suffixes[0])["snapshots"]
+    assert [(s["node"], s["vantage"]) for s in shown] == [(host_name(), host_name())]
+    named = parse_config('[node]\nname = "n2"\n').node
+    assert (named.node_name, named.vantage_name) == ("n2", "n2")
+
+
+def test_snapshots_archived_before_nodes_were_recorded_show_none(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+) -> None:
+    suffixes = _serve(mirror, signer, 1)
+    cfg = _config(tmp_path, signer, mirror.base_url)
+    assert main(["--config", str(cfg), "-q", "sync", *suffixes]) == 0
+    with sqlite3.connect(tmp_path / "archive.db") as db:
+        db.execute("UPDATE snapshots SET node = NULL, vantage = NULL")
+    capsys.readouterr()
+    shown = _history(capsys, cfg, suffixes[0])["snapshots"]
+    assert [(s["node"], s["vantage"]) for s in shown] == [(None, None)]
+    assert _history(capsys, cfg, suffixes[0], "--vantage", host_name())["snapshots"] == []
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ('[node]\nname = ""\n', "node.name"),
+        ('[node]\nname = "two words"\n', "node.name"),
+        ('[node]\nvantage = "-dash-first"\n', "node.vantage"),
+        ('[node]\nvantage = "\\u001b[2Jforged"\n', "node.vantage"),
+        ('[node]\nname = "' + "x" * 64 + '"\n', "node.name"),
+        ('[node]\nzone = "a"\n', "node.zone"),
+        ('[crawl]\nsource_address = "eth0"\n', "crawl.source_address"),
+        ('[crawl]\nsource_address = "127.0.0.1:80"\n', "crawl.source_address"),
+        ("[crawl]\nsource_address = 3\n", "crawl.source_address"),
+    ],
+)
+def test_bad_node_settings_are_refused_naming_the_key(toml: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^{key}\b"):
+        parse_config(toml)
+
+
+def test_source_addresses_of_both_families_are_kept_in_their_canonical_form() -> None:
+    assert (
+        parse_config('[crawl]\nsource_address = "127.0.0.2"\n').crawl.source_address == "127.0.0.2"
+    )
+    assert parse_config('[crawl]\nsource_address = "0:0::1"\n').crawl.source_address == "::1"
+    assert parse_config("").crawl.source_address is None
