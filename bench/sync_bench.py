@@ -579,6 +579,8 @@ def print_table(r: dict[str, Any]) -> None:
         f" Inside their loops the bare baselines spent {r['bare_get']['loop_cpu_ms_per_record']}"
         f" and {r['bare_304']['loop_cpu_ms_per_record']} ms a record.)"
     )
+    if not r["mirror"].startswith("nginx"):
+        print(f"(the mirror was {r['mirror']}: these figures are NOT comparable with the targets)")
     for phase, t in TARGETS.items():
         p, against = r[phase], r["bare_get" if phase == "cold" else "bare_304"]
         ok = (
