@@ -79,7 +79,8 @@ def configure(fmt: str | None = None, verbosity: int = 0, stream: TextIO | None 
             _add_pair,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.dict_tracebacks,
+            # Tracebacks as data in JSON; the console renderer writes its own.
+            *([structlog.processors.dict_tracebacks] if fmt == "json" else []),
             *shown,
             renderer,
             *after,

@@ -251,6 +251,25 @@ def test_the_console_log_shows_untrusted_text_escaped():
     assert text.count("\\x1b[2J") == 2
 
 
+def test_the_console_log_shows_a_traceback_as_text():
+    """`log.exception` on a terminal: the traceback as lines of text after the event
+    (tracebacks as data are for JSON; before, the console renderer choked on them and
+    the log call itself raised)."""
+    out = StringIO()
+    configure("console", stream=out)
+    try:
+        try:
+            raise ZeroDivisionError("boom")
+        except ZeroDivisionError:
+            structlog.get_logger("t").exception("pair_failed", detail="internal error")
+    finally:
+        configure("json")
+    text = out.getvalue()
+    assert "pair_failed" in text
+    assert "Traceback (most recent call last)" in text
+    assert "ZeroDivisionError: boom" in text
+
+
 _JOURNAL = """
 from pithcrawl.log import configure, get_logger
 configure("json")

@@ -111,6 +111,12 @@ def test_snapshots_archived_before_nodes_were_recorded_show_none(
         ('[crawl]\nsource_address = "eth0"\n', "crawl.source_address"),
         ('[crawl]\nsource_address = "127.0.0.1:80"\n', "crawl.source_address"),
         ("[crawl]\nsource_address = 3\n", "crawl.source_address"),
+        ('[crawl]\nsource_address = "fe80::1%eth0"\n', "crawl.source_address"),
+        ('[crawl]\nsource_address = "::1%\\u0000"\n', "crawl.source_address"),
+        ('[crawl]\nsource_address = "224.0.0.1"\n', "crawl.source_address"),
+        ('[crawl]\nsource_address = "255.255.255.255"\n', "crawl.source_address"),
+        ('[crawl]\nsource_address = "0.0.0.0"\n', "crawl.source_address"),
+        ('[crawl]\nsource_address = "::"\n', "crawl.source_address"),
     ],
 )
 def test_bad_node_settings_are_refused_naming_the_key(toml: str, key: str) -> None:
@@ -124,3 +130,40 @@ def test_source_addresses_of_both_families_are_kept_in_their_canonical_form() ->
     )
     assert parse_config('[crawl]\nsource_address = "0:0::1"\n').crawl.source_address == "::1"
     assert parse_config("").crawl.source_address is None
+
+
+def test_a_source_address_not_of_this_machine_stops_the_pass_before_any_fetch(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+) -> None:
+    suffixes = _serve(mirror, signer, 2)
+    cfg = _config(tmp_path, signer, mirror.base_url, crawl='source_address = "192.0.2.1"\n')
+    assert main(["--config", str(cfg), "-q", "sync", *suffixes]) == 2
+    err = capsys.readouterr().err
+    assert "crawl.source_address: cannot send from 192.0.2.1" in err
+    assert "Traceback" not in err
+    assert not mirror.peers  # nothing was fetched
+
+
+def test_verify_fetches_from_the_source_address_too(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+) -> None:
+    [suffix] = _serve(mirror, signer, 1)
+    cfg = _config(tmp_path, signer, mirror.base_url, crawl='source_address = "127.0.0.3"\n')
+    url = f"{mirror.base_url}/pith/{suffix}/bundle.json"
+    assert (
+        main(["--config", str(cfg), "verify", url, "--key", str(tmp_path / "test.key.json")]) == 0
+    )
+    assert set(mirror.peers) == {"127.0.0.3"}
+
+
+def test_a_mirror_of_the_other_family_fails_saying_why(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+) -> None:
+    """An IPv4 mirror, sent to from an IPv6 address: an error that names the cause and
+    the setting, not aiohttp's "[None]"."""
+    suffixes = _serve(mirror, signer, 1)
+    cfg = _config(tmp_path, signer, mirror.base_url, crawl='source_address = "::1"\n')
+    assert main(["--config", str(cfg), "--log-format", "json", "-q", "sync", *suffixes]) == 3
+    err = capsys.readouterr().err
+    assert "[None]" not in err
+    assert "sending from crawl.source_address ::1" in err

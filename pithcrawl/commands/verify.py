@@ -173,12 +173,16 @@ def _read_all(sources: list[str], config: Config) -> list[_Read]:
 async def _fetch_all(urls: list[str], config: Config) -> dict[str, _Read]:
     out: dict[str, _Read] = {}
     from pithcrawl.fetch import user_agent
-    from pithcrawl.fetch.client import HttpFetcher
+    from pithcrawl.fetch.client import HttpFetcher, check_bindable
+
+    if config.crawl.source_address is not None:
+        check_bindable(config.crawl.source_address)
 
     async with HttpFetcher(
         user_agent=user_agent(config.crawl.contact),
         timeout=config.crawl.timeout.total_seconds(),
         max_bytes=config.crawl.max_bytes,
+        source_address=config.crawl.source_address,
     ) as fetcher:
         for url in urls:
             try:

@@ -327,9 +327,15 @@ def _address(t: Table) -> str | None:
         return None
     text = t.string("source_address", "")
     try:
-        return str(ipaddress.ip_address(text))
+        if "%" in text:  # a zone id ("fe80::1%eth0"): the connection could not keep it
+            raise ValueError(text)
+        address = ipaddress.ip_address(text)
     except ValueError:
         raise bad(t.key("source_address"), "expected an IP address of this machine", text) from None
+    # The kernel picks the source itself for these: the vantage would be a fiction.
+    if address.is_multicast or address.is_unspecified or text == "255.255.255.255":
+        raise bad(t.key("source_address"), "expected a unicast address of this machine", text)
+    return str(address)
 
 
 def _node(t: Table) -> NodeConfig:

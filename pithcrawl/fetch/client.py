@@ -18,6 +18,7 @@ not retry, parse or verify bodies, or schedule.
 from __future__ import annotations
 
 import inspect
+import socket
 import ssl
 import time
 from datetime import UTC, datetime
@@ -33,6 +34,7 @@ from pithcrawl.addresses import PublicResolver, is_public_address, literal_addre
 from pithcrawl.config import CrawlConfig
 from pithcrawl.errors import (
     BadResponse,
+    ConfigError,
     ConnectionFailed,
     FetchError,
     FetchTimeout,
@@ -57,7 +59,12 @@ _READ_CHUNK = 1 << 16
 
 
 def fetcher_for(crawl: CrawlConfig) -> HttpFetcher:
-    """The one HTTP client of a pass or a round, as `[crawl]` configures it."""
+    """The one HTTP client of a pass or a round, as `[crawl]` configures it.
+
+    `ConfigError` when `crawl.source_address` cannot be bound here (not an address of
+    this machine): better said once, at the start, than as every fetch's error."""
+    if crawl.source_address is not None:
+        check_bindable(crawl.source_address)
     return HttpFetcher(
         user_agent=user_agent(crawl.contact),
         timeout=crawl.timeout.total_seconds(),
@@ -66,6 +73,19 @@ def fetcher_for(crawl: CrawlConfig) -> HttpFetcher:
         per_host=crawl.per_host,
         source_address=crawl.source_address,
     )
+
+
+def check_bindable(address: str) -> None:
+    """`ConfigError` unless a socket can be bound to `address` (any free port)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((address, 0))
+    except OSError as e:
+        raise ConfigError(
+            f"crawl.source_address: cannot send from {address}: {e.strerror or e}"
+            " (is it an address of this machine?)"
+        ) from None
 
 
 class HttpFetcher:
@@ -432,6 +452,12 @@ class HttpFetcher:
             detail = "the server closed the connection"
         if isinstance(exc, aiohttp.ClientConnectorDNSError):
             return ConnectionFailed(f"{url}: could not resolve the host: {detail}")
+        if isinstance(exc, aiohttp.ClientConnectorError) and exc.os_error.strerror is None:
+            # aiohttp's text then ends in "[None]": the cause is in the error's own words
+            # (no local address of the mirror's family to send from, say).
+            detail = _one_line(f"cannot connect to {exc.host}:{exc.port}: {exc.os_error}")
+        if self._source_address is not None:
+            detail += f" (sending from crawl.source_address {self._source_address})"
         if isinstance(exc, aiohttp.ClientConnectionError | OSError):
             if reading_body:
                 return IncompleteBody(f"{url}: the connection failed {where}: {detail}")
