@@ -82,6 +82,8 @@ class Round:
         unchanged bodies again, or not (None: when the trust set is not the one the
         archive's verdicts were reached under)."""
         now = clock.now()
+        node = config.node
+        await store.nodes.seen(node.node_name, node.vantage_name, now)
         if config.watch.pith:
             await store.watchlist.track([parse_reference(p) for p in config.watch.pith], now)
         # A sink configured since an alert opened is told of it (sinks change only here:
@@ -117,6 +119,7 @@ class Round:
                 metrics,
                 learned.digest,
             )
+        await store.nodes.seen(node.node_name, node.vantage_name, clock.now())
 
     async def check(self, named: Sequence[str] | None = None) -> list[Alert]:
         """The rules time alone can trigger, over `named` records (None: every tracked

@@ -167,3 +167,45 @@ def test_a_mirror_of_the_other_family_fails_saying_why(
     err = capsys.readouterr().err
     assert "[None]" not in err
     assert "sending from crawl.source_address ::1" in err
+
+
+def test_status_lists_the_nodes_that_crawled_the_archive(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+) -> None:
+    """Two nodes take turns on one archive (on SQLite one at a time): `status` lists
+    both, the one seen last first, each with the vantage it crawled from last."""
+    suffixes = _serve(mirror, signer, 1)
+    first = _config(tmp_path, signer, mirror.base_url, node='name = "n1"\nvantage = "eu"\n')
+    assert main(["--config", str(first), "-q", "sync", *suffixes]) == 0
+    second = tmp_path / "second.toml"
+    second.write_text(first.read_text().replace('name = "n1"', 'name = "n2"'))
+    assert main(["--config", str(second), "-q", "sync", *suffixes]) == 0
+    third = tmp_path / "third.toml"
+    third.write_text(first.read_text().replace('vantage = "eu"', 'vantage = "us"'))
+    assert main(["--config", str(third), "-q", "sync", *suffixes]) == 0
+    capsys.readouterr()
+
+    assert main(["--config", str(first), "status", "--json"]) == 0
+    nodes = json.loads(capsys.readouterr().out)["nodes"]
+    assert [(n["name"], n["vantage"]) for n in nodes] == [("n1", "us"), ("n2", "eu")]
+    assert all(n["first_seen"] <= n["last_seen"] for n in nodes)
+    assert nodes[0]["last_seen"] >= nodes[1]["last_seen"]
+
+    assert main(["--config", str(first), "status"]) == 0
+    text = capsys.readouterr().out
+    assert "node" in text and "vantage" in text
+    assert "n1" in text and "n2" in text and "us" in text
+
+
+def test_status_shows_a_lone_node_in_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+) -> None:
+    suffixes = _serve(mirror, signer, 1)
+    cfg = _config(tmp_path, signer, mirror.base_url)
+    assert main(["--config", str(cfg), "-q", "sync", *suffixes]) == 0
+    capsys.readouterr()
+    assert main(["--config", str(cfg), "status"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line for line in lines if line.startswith("node ")] == [
+        next(line for line in lines if line.startswith(f"node      {host_name()}, last seen "))
+    ]

@@ -23,6 +23,7 @@ from pithcrawl.errors import EXIT_OK
 from pithcrawl.mirrors import last_crawled, manifest_read
 from pithcrawl.store import Alert, Delivery, Mirror, Store
 from pithcrawl.store.archive import MirrorSummary
+from pithcrawl.store.nodes import Node
 from pithcrawl.timestamps import format_timestamp, parse_timestamp
 
 HELP = "Tracked records, mirrors (last success and failure), open alerts, the archive."
@@ -91,11 +92,22 @@ class Status:
     """The deliveries of the open alerts."""
     undelivered: int
     """Deliveries not yet taken, of any alert (a closing notice of a closed one too)."""
+    nodes: list[Node]
+    """The nodes that crawled the archive, the one seen last first."""
 
     def to_json(self) -> dict[str, Any]:
         return {
             "db": {"path": str(self.db), "bytes": self.db_bytes},
             "records": self.records,
+            "nodes": [
+                {
+                    "name": n.name,
+                    "vantage": n.vantage,
+                    "first_seen": _text(n.first_seen),
+                    "last_seen": _text(n.last_seen),
+                }
+                for n in self.nodes
+            ],
             "mirrors": [m.to_json() for m in self.mirrors],
             "open_alerts": [
                 {**a.to_json(), "deliveries": [_delivery(d) for d in self.deliveries.get(a.id, [])]}
@@ -128,6 +140,7 @@ async def gather(config: Config, db: Path) -> Status:
         undelivered = await store.deliveries.undelivered_count()
         reads = {m.name: await manifest_read(store, m.name) for m in config.mirrors if m.manifest}
         last = await last_crawled(store)
+        nodes = await store.nodes.all()
     mirrors: dict[str, MirrorStatus] = {}
     for m in config.mirrors:
         mirrors[m.name] = MirrorStatus(m.name, m.base_url)
@@ -156,6 +169,7 @@ async def gather(config: Config, db: Path) -> Status:
         open_alerts=alerts,
         deliveries=deliveries,
         undelivered=undelivered,
+        nodes=nodes,
     )
 
 
@@ -199,6 +213,16 @@ def render(status: Status) -> list[str]:
         f"records   {status.records} tracked",
         "",
     ]
+    if len(status.nodes) > 1 or any(n.vantage != n.name for n in status.nodes):
+        # One node named after its host is every archive's case: only more is news.
+        lines += table(
+            ("node", "vantage", "first seen", "last seen"),
+            [(n.name, n.vantage, when(n.first_seen), when(n.last_seen)) for n in status.nodes],
+        )
+        lines.append("")
+    elif status.nodes:
+        n = status.nodes[0]
+        lines[-1:] = [f"node      {n.name}, last seen {when(n.last_seen)}", ""]
     if status.mirrors:
         lines += table(
             ("mirror", "records", "last success", "last failure", "failures", "next due", "error"),

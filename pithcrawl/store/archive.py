@@ -35,6 +35,7 @@ from pithcrawl.store.fetches import (
     write_fetch,
 )
 from pithcrawl.store.maintenance import Maintenance
+from pithcrawl.store.nodes import Nodes
 from pithcrawl.store.rows import (
     EventRow,
     FetchOutcome,
@@ -166,6 +167,8 @@ class Store:
         """The tracked records and the mirrors they are polled from (`store.watchlist`)."""
         self.maintenance = Maintenance(db)
         """Integrity, damaged rows, counts, clock steps (`store.maintenance`)."""
+        self.nodes = Nodes(db)
+        """The nodes crawling the archive, and when each was seen (`store.nodes`)."""
 
     @classmethod
     async def open(

@@ -204,10 +204,17 @@ CREATE INDEX alerts_clearing ON alerts (cleared_at) WHERE closed_at IS NULL
 """
 
 # Which node fetched a snapshot, and from which vantage (docs/scale-out.md): NULL for the
-# snapshots archived before nodes were recorded.
+# snapshots archived before nodes were recorded. And the nodes that crawl the archive:
+# when each started a pass or round first and last (`status` lists them).
 _V9 = """
 ALTER TABLE snapshots ADD COLUMN node TEXT;
 ALTER TABLE snapshots ADD COLUMN vantage TEXT;
+CREATE TABLE nodes (
+    name        TEXT PRIMARY KEY,
+    vantage     TEXT NOT NULL,
+    first_seen  TEXT NOT NULL,
+    last_seen   TEXT NOT NULL
+) WITHOUT ROWID;
 """
 
 MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9)
@@ -227,6 +234,7 @@ TABLES = (
     "deliveries",
     "histories",
     "settings",
+    "nodes",
 )
 """Every table, for `Store.stats`."""
 

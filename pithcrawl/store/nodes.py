@@ -1,0 +1,60 @@
+"""The nodes that crawl one archive: each `[node]`'s name, its vantage, and when it was
+first and last seen (a `sync` pass or a round of `run` starting, and ending).
+
+Owns the `nodes` table. It does not say which node fetched a snapshot (the snapshot does:
+`fetches`) nor share work between nodes (leases are not part of it).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime
+
+from pithcrawl.store.connection import Database
+from pithcrawl.store.rows import db_time, decoder
+
+_SEEN = """
+INSERT INTO nodes (name, vantage, first_seen, last_seen) VALUES (?1, ?2, ?3, ?3)
+ON CONFLICT (name) DO UPDATE SET vantage = excluded.vantage,
+    last_seen = max(nodes.last_seen, excluded.last_seen)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """A node as the archive knows it."""
+
+    name: str
+    vantage: str
+    first_seen: datetime
+    last_seen: datetime
+
+
+class Nodes:
+    """The `nodes` table of one archive (`Store.nodes`)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def seen(self, name: str, vantage: str, at: datetime) -> None:
+        """`name` (of `vantage`) is crawling at `at`: its vantage is the latest one given;
+        its last sighting never goes back (a clock stepped back does not rewind it)."""
+        async with self._db.write("record this node") as s:
+            await s.run(_SEEN, (name, vantage, db_time(at)))
+
+    async def all(self) -> list[Node]:
+        """Every node, the one seen last first."""
+        async with self._db.read("list nodes") as s:
+            rows = await s.all("SELECT * FROM nodes ORDER BY last_seen DESC, name")
+        return [node_from_row(r) for r in rows]
+
+
+@decoder("nodes", "name")
+def node_from_row(row: sqlite3.Row) -> Node:
+    return Node(
+        name=row["name"],
+        vantage=row["vantage"],
+        first_seen=datetime.fromisoformat(row["first_seen"]),
+        last_seen=datetime.fromisoformat(row["last_seen"]),
+    )
