@@ -187,6 +187,7 @@ class Daemon:
                 checked = time.monotonic()
                 self._count_alerts(await rnd.check())
                 await self.clock.seen(self.store)
+                await rnd.seen()
                 self.metrics.set_records(await self.store.watchlist.tracked_count())
                 counts = await self.store.alerts.open_counts("kind")
                 self.metrics.set_open_alerts(counts)

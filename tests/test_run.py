@@ -21,6 +21,8 @@ from builder import BundleBuilder, TestSigner, canonical_record
 from mirror import TestMirror
 from prometheus_client.parser import text_string_to_metric_families
 
+from pithcrawl.config import host_name
+
 
 @pytest.fixture
 def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
@@ -141,7 +143,10 @@ def test_run_crawls_in_rounds_reloads_and_stops_on_sigterm(
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         rows = conn.execute("SELECT count(*) FROM snapshots WHERE trusted = 1").fetchone()[0]
+        nodes = conn.execute("SELECT name, vantage, first_seen < last_seen FROM nodes").fetchall()
     assert rows == 2
+    # The daemon is a node of the archive, seen again as its rounds started and ended.
+    assert nodes == [(host_name(), host_name(), 1)]
 
 
 def test_second_writer_is_refused_while_run_holds_the_archive(
