@@ -168,6 +168,17 @@ def fork(signer: TestSigner) -> tuple[BundleBuilder, BundleBuilder]:
     return a, b
 
 
+async def lagging(e: Any, signer: TestSigner) -> BundleBuilder:
+    """A tracked record whose second mirror serves it one event behind the first."""
+    b = BundleBuilder(signer)
+    b.add_event()
+    e.mirrors[1].put(b.bytes())
+    b.add_event()
+    e.mirrors[0].put(b.bytes())
+    await track(e, b)
+    return b
+
+
 async def test_consistent_mirrors_raise_no_alert(tmp_path, signer):
     async with env(tmp_path, signer) as e:
         b = BundleBuilder(signer)
@@ -184,12 +195,7 @@ async def test_consistent_mirrors_raise_no_alert(tmp_path, signer):
 async def test_lag_is_not_divergence_until_stale_after(tmp_path, signer):
     """A mirror behind the newest history: quiet, then mirror_stale, then cleared."""
     async with env(tmp_path, signer) as e:
-        b = BundleBuilder(signer)
-        b.add_event()
-        e.mirrors[1].put(b.bytes())
-        b.add_event()
-        e.mirrors[0].put(b.bytes())
-        await track(e, b)
+        b = await lagging(e, signer)
         summary = await e.sync()
         assert (summary.alerts, summary.warnings) == (0, 0)
         e.clock.advance(timedelta(days=2, seconds=1))  # past stale_after (two days)

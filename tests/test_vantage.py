@@ -37,6 +37,14 @@ def _serve(mirror: TestMirror, signer: TestSigner, n: int) -> list[str]:
     return suffixes
 
 
+def _synced(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+) -> tuple[Path, list[str]]:
+    """One record served and synced with the default `[node]`: its config and suffixes."""
+    cfg, suffixes = _synced(capsys, tmp_path, signer, mirror)
+    return cfg, suffixes
+
+
 def _history(capsys: pytest.CaptureFixture[str], cfg: Path, suffix: str, *extra: str) -> dict:
     code = main(["--config", str(cfg), "-q", "history", suffix, "--json", *extra])
     assert code == 0
@@ -74,10 +82,7 @@ def test_every_snapshot_records_its_node_and_vantage_and_connections_leave_from_
 def test_a_node_is_named_after_its_host_by_default_and_its_vantage_after_itself(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
 ) -> None:
-    suffixes = _serve(mirror, signer, 1)
-    cfg = _config(tmp_path, signer, mirror.base_url)
-    assert main(["--config", str(cfg), "-q", "sync", *suffixes]) == 0
-    capsys.readouterr()
+    cfg, suffixes = _synced(capsys, tmp_path, signer, mirror)
     assert set(mirror.peers) == {"127.0.0.1"}
     shown = _history(capsys, cfg, suffixes[0])["snapshots"]
     assert [(s["node"], s["vantage"]) for s in shown] == [(host_name(), host_name())]
@@ -88,9 +93,7 @@ def test_a_node_is_named_after_its_host_by_default_and_its_vantage_after_itself(
 def test_snapshots_archived_before_nodes_were_recorded_show_none(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
 ) -> None:
-    suffixes = _serve(mirror, signer, 1)
-    cfg = _config(tmp_path, signer, mirror.base_url)
-    assert main(["--config", str(cfg), "-q", "sync", *suffixes]) == 0
+    cfg, suffixes = _synced(capsys, tmp_path, signer, mirror)
     with sqlite3.connect(tmp_path / "archive.db") as db:
         db.execute("UPDATE snapshots SET node = NULL, vantage = NULL")
     capsys.readouterr()
@@ -200,10 +203,7 @@ def test_status_lists_the_nodes_that_crawled_the_archive(
 def test_status_shows_a_lone_node_in_one_line(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
 ) -> None:
-    suffixes = _serve(mirror, signer, 1)
-    cfg = _config(tmp_path, signer, mirror.base_url)
-    assert main(["--config", str(cfg), "-q", "sync", *suffixes]) == 0
-    capsys.readouterr()
+    cfg, _ = _synced(capsys, tmp_path, signer, mirror)
     assert main(["--config", str(cfg), "status"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line for line in lines if line.startswith("node ")] == [

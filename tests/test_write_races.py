@@ -14,7 +14,7 @@ import pytest
 from builder import BundleBuilder, TestSigner, canonical_record
 from conftest import in_thread, write_config
 from mirror import TestMirror
-from test_alerts import env, track
+from test_alerts import env, lagging
 
 from pithcrawl.cli import main
 from pithcrawl.conditions import Conditions
@@ -75,12 +75,7 @@ async def test_a_mirror_that_caught_up_in_the_same_group_commit_is_not_called_st
     monkeypatch.setattr(Store, "_write_fetches", slowed)
     monkeypatch.setattr(Conditions, "record", later)
     async with env(tmp_path, signer) as e:
-        b = BundleBuilder(signer)
-        b.add_event()
-        e.mirrors[1].put(b.bytes())
-        b.add_event()
-        e.mirrors[0].put(b.bytes())
-        await track(e, b)
+        b = await lagging(e, signer)
         e.configure()
         assert (await e.sync()).alerts == 0  # m1 lags, not yet for stale_after
         e.clock.advance(timedelta(days=2, seconds=1))
