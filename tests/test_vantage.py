@@ -41,7 +41,10 @@ def _synced(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
 ) -> tuple[Path, list[str]]:
     """One record served and synced with the default `[node]`: its config and suffixes."""
-    cfg, suffixes = _synced(capsys, tmp_path, signer, mirror)
+    suffixes = _serve(mirror, signer, 1)
+    cfg = _config(tmp_path, signer, mirror.base_url)
+    assert main(["--config", str(cfg), "-q", "sync", *suffixes]) == 0
+    capsys.readouterr()
     return cfg, suffixes
 
 
