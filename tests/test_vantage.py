@@ -212,3 +212,34 @@ def test_status_shows_a_lone_node_in_one_line(
     assert [line for line in lines if line.startswith("node ")] == [
         next(line for line in lines if line.startswith(f"node      {host_name()}, last seen "))
     ]
+
+
+def test_history_shows_the_vantage_column_once_there_are_two(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+) -> None:
+    """Two vantages take turns on one archive (two `sync`s from two addresses); the
+    mirror changes in between, so each vantage archives a snapshot of its own."""
+    b = BundleBuilder(signer, record=canonical_record("2611.00001", title="P"))
+    b.add_event()
+    suffix = mirror.put(b.bytes())
+    eu = _config(
+        tmp_path, signer, mirror.base_url, 'source_address = "127.0.0.2"\n', 'vantage = "eu"\n'
+    )
+    assert main(["--config", str(eu), "-q", "sync", suffix]) == 0
+    capsys.readouterr()
+    assert main(["--config", str(eu), "history", suffix]) == 0
+    assert " vantage " not in capsys.readouterr().out  # one vantage: nothing to tell apart
+
+    b.add_event()
+    mirror.put(b.bytes())
+    us = tmp_path / "us.toml"
+    us.write_text(eu.read_text().replace("127.0.0.2", "127.0.0.3").replace('"eu"', '"us"'))
+    assert main(["--config", str(us), "-q", "sync", suffix]) == 0
+    assert mirror.peers.keys() == {"127.0.0.2", "127.0.0.3"}
+    capsys.readouterr()
+    assert main(["--config", str(eu), "history", suffix]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.startswith("id "))
+    assert header.split()[:4] == ["id", "fetched", "mirror", "vantage"]
+    rows = [line.split() for line in lines if line[:1].isdigit()]
+    assert [row[3] for row in rows] == ["eu", "us"]

@@ -168,9 +168,11 @@ async def _pith_number(store: Store, suffix: str) -> str | None:
 
 
 def _render(entries: list[Entry]) -> list[str]:
+    # Which vantage fetched each snapshot, once there is more than one to tell apart.
+    vantages = len({e.snapshot.vantage for e in entries}) > 1
     header = (
-        "id", "fetched", "mirror", "status", "built_at", "events", "bundle_sha256",
-        "trust", "changes", "log", "url",
+        "id", "fetched", "mirror", *(("vantage",) if vantages else ()), "status", "built_at",
+        "events", "bundle_sha256", "trust", "changes", "log", "url",
     )  # fmt: skip
     rows = []
     for e in entries:
@@ -181,6 +183,7 @@ def _render(entries: list[Entry]) -> list[str]:
                 str(s.id),
                 when(s.fetched_at),
                 s.mirror,
+                *((s.vantage or "-",) if vantages else ()),
                 str(s.status),
                 s.built_at or "-",
                 "-" if s.event_count is None else str(s.event_count),
