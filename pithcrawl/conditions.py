@@ -28,6 +28,7 @@ from pithcrawl.store import (
     Snapshot,
     Store,
 )
+from pithcrawl.store.connection import Later
 from pithcrawl.store.trusted import BundleView
 
 
@@ -77,14 +78,20 @@ class Conditions:
             self._open_scopes.discard(scope)
 
     async def record(
-        self, suffix: str, fetches: Sequence[tuple[FetchOutcome, str, list[NewEvent]]]
-    ) -> tuple[list[tuple[Snapshot | None, int]], BundleView | None]:
+        self,
+        suffix: str,
+        fetches: Sequence[tuple[FetchOutcome, str, list[NewEvent]]],
+        *,
+        read_view: bool = True,
+    ) -> tuple[list[tuple[Snapshot | None, int]], Later[BundleView] | None]:
         """Archive a pair's fetches of record `suffix`, each `(outcome, scope, current)`,
         reconciling the alerts of its `scope` with the conditions it shows (`current`)
         in the same transaction: a crash never leaves a body archived without the alert
         it raises. A scope with nothing to report and nothing open is not touched. For
         each fetch: its new snapshot, and how many alerts it opened; and the record's
-        bundles as the write left them, when it archived a new one (`check_record`'s)."""
+        bundles as the write's group committed them, when it archived a new one and
+        `read_view` (`check_record`'s: read with the write, after every block of its
+        group, so it sees a newer snapshot of the record that a later block archived)."""
         items = [
             Recorded(outcome, scope, current)
             if current or await self.is_open(scope)
@@ -95,10 +102,7 @@ class Conditions:
             items,
             sinks=sink_names(self.config.alerts),
             hold=self.config.alerts.resolve_after,
-            # No view read inside the write: its group may still wait for later blocks
-            # that write newer snapshots of this record (from other mirrors), and the
-            # rules must see them; `check_record` reads the record once it committed.
-            view=None,
+            view=suffix if read_view else None,
         )
         results = []
         for item, (snapshot, done) in zip(items, written.fetches, strict=True):

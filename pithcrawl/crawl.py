@@ -43,6 +43,7 @@ from pithcrawl.metrics import Metrics
 from pithcrawl.mirrors import Site, discoverable, from_hints
 from pithcrawl.polling import UNREAD, Got, Poller, Unread, body_sha256
 from pithcrawl.store import Alert, FetchOutcome, FetchState, NewEvent, Store
+from pithcrawl.store.connection import Later
 from pithcrawl.store.trusted import BundleView
 from pithcrawl.verify import Report, verify_bundle, verify_state
 
@@ -57,6 +58,8 @@ VERIFY_IN_THREAD = 128 << 10
 #: day (`EVIDENCE_WINDOW`): the evidence of an incident, not a copy of every junk body.
 EVIDENCE_PER_DAY = 4
 EVIDENCE_WINDOW = timedelta(days=1)
+
+_BUG = "internal error (a bug: please report it)"
 
 
 @dataclass(slots=True)
@@ -84,6 +87,27 @@ class PairResult:
     @property
     def critical(self) -> bool:
         return self.serves_untrusted or any(e.severity == "critical" for e in self.events)
+
+
+@dataclass(slots=True)
+class RecordTurn:
+    """One record's pairs in a pass, one per mirror crawled at once: the record-level
+    rules (`Conditions.check_record`) run once, when the last of them ends, over what
+    all of them archived. Run after each pair instead, they would judge the mirrors not
+    stored yet by what they served before this pass (a mirror that caught up in this
+    very pass, fetched a moment later, called stale and cleared again)."""
+
+    left: int
+    """Pairs of the record not ended yet."""
+    changed: bool = False
+    """Whether one of the ended pairs archived a new snapshot."""
+
+    def end(self, changed: bool) -> bool:
+        """One pair ended (`changed`: it archived something new); whether the rules are
+        due now (it was the last, and something of the record changed)."""
+        self.left -= 1
+        self.changed |= changed
+        return self.left == 0 and self.changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,8 +171,11 @@ class Crawler:
         bundle_state: FetchState | Unread | None = UNREAD,
         state_state: FetchState | Unread | None = UNREAD,
         served_trusted: bool | None = None,
+        turn: RecordTurn | None = None,
     ) -> PairResult:
-        """Fetch, verify and archive one record's bundle and state.json from one mirror.
+        """Fetch, verify and archive one record's bundle and state.json from one mirror;
+        then the record-level rules, if it archived something new (or, with `turn`, once
+        the last of the record's pairs in the pass ended and one of them did).
 
         `bundle_state`, `state_state`: the fetch bookkeeping of each, when the caller has
         read it already (None: there is none). `served_trusted`: whether the mirror ever
@@ -157,36 +184,85 @@ class Crawler:
         """
         result = PairResult(suffix, site.name)
         with pair(suffix, site.name):
-            try:
-                trusted = await self._bundle(suffix, site, result, bundle_state, served_trusted)
-                if trusted is not None and result.error is None:
-                    await self._state(suffix, site, trusted, result, state_state)
-                view = await self._flush(result)
-                if result.new_snapshots:
-                    result.record_alerts = await self.conditions.check_record(
-                        suffix, mirrors=self.mirrors, view=view
-                    )
-            except StoreCorrupt as e:
-                # Damage in the archive (fsck's to report) costs this pair, not the pass:
-                # an error of the pass, and every other record is still watched.
-                log.error("archive_damaged", detail=str(e))
-                result.error = f"archive damaged: {e}"
-                await self._flush_after_error(result)
-            except (OperationalError, anyio.get_cancelled_exc_class()):
-                raise  # the archive cannot be written, or the pass is stopping: for all
-            except Exception:
-                # A bug met on what one mirror sent: it costs this pair (an error of the
-                # pass, told with its traceback), never the pass or the other mirrors.
-                log.exception("pair_failed", detail="internal error (a bug: please report it)")
-                result.error = "internal error (a bug: see the pair_failed log line)"
-                await self._flush_after_error(result)
+            # The record's bundles are read with this pair's write only if the rules will
+            # run after it (without a turn, or when it is the record's last pair).
+            last = turn is None or turn.left == 1
+            view = await self._fetch_and_store(
+                site,
+                result,
+                bundle_state=bundle_state,
+                state_state=state_state,
+                served_trusted=served_trusted,
+                read_view=last,
+            )
+            await self.end_turn(result, turn, view)
         return result
 
-    async def _flush(self, result: PairResult) -> BundleView | None:
+    async def end_turn(
+        self,
+        result: PairResult,
+        turn: RecordTurn | None,
+        view: Later[BundleView] | None = None,
+    ) -> None:
+        """The pair of `result` ended (or was put off): the record-level rules, when due
+        (see `RecordTurn`; without one, when this pair archived something new), their
+        alerts in `result`. `view`: the record's bundles as this pair's write committed
+        them, if it read them."""
+        changed = result.new_snapshots > 0
+        if not (changed if turn is None else turn.end(changed)):
+            return
+        try:
+            result.record_alerts = await self.conditions.check_record(
+                result.suffix, mirrors=self.mirrors, view=None if view is None else view.value
+            )
+        except StoreCorrupt as e:
+            log.error("archive_damaged", detail=str(e))
+            result.error = result.error or f"archive damaged: {e}"
+        except (OperationalError, anyio.get_cancelled_exc_class()):
+            raise
+        except Exception:
+            log.exception("pair_failed", detail=_BUG)
+            result.error = result.error or "internal error (a bug: see the pair_failed log line)"
+
+    async def _fetch_and_store(
+        self,
+        site: Site,
+        result: PairResult,
+        *,
+        bundle_state: FetchState | Unread | None,
+        state_state: FetchState | Unread | None,
+        served_trusted: bool | None,
+        read_view: bool,
+    ) -> Later[BundleView] | None:
+        """The pair's fetches, judged and stored; the record's bundles as its write
+        committed them, when it archived a new bundle and `read_view`."""
+        suffix = result.suffix
+        try:
+            trusted = await self._bundle(suffix, site, result, bundle_state, served_trusted)
+            if trusted is not None and result.error is None:
+                await self._state(suffix, site, trusted, result, state_state)
+            return await self._flush(result, read_view)
+        except StoreCorrupt as e:
+            # Damage in the archive (fsck's to report) costs this pair, not the pass: an
+            # error of the pass, and every other record is still watched.
+            log.error("archive_damaged", detail=str(e))
+            result.error = f"archive damaged: {e}"
+            await self._flush_after_error(result)
+        except (OperationalError, anyio.get_cancelled_exc_class()):
+            raise  # the archive cannot be written, or the pass is stopping: for all
+        except Exception:
+            # A bug met on what one mirror sent: it costs this pair (an error of the pass,
+            # told with its traceback), never the pass or the other mirrors.
+            log.exception("pair_failed", detail=_BUG)
+            result.error = "internal error (a bug: see the pair_failed log line)"
+            await self._flush_after_error(result)
+        return None
+
+    async def _flush(self, result: PairResult, read_view: bool = False) -> Later[BundleView] | None:
         """Store the pair's judged fetches (`PairResult.writes`) in one transaction, with
         the alerts they raise or clear; then count them, tell their news and take the
-        keys they taught. The record's bundles as the write left them, when it archived
-        a new one."""
+        keys they taught. The record's bundles as the write committed them, when it
+        archived a new one and `read_view`."""
         writes, result.writes = result.writes, []
         if not writes:
             return None
@@ -194,6 +270,7 @@ class Crawler:
         stored, view = await self.conditions.record(
             result.suffix,
             [(outcome, judged.scope, judged.conditions) for outcome, judged, _ in kept],
+            read_view=read_view,
         )
         for (_, judged, sha), (snapshot, raised) in zip(kept, stored, strict=True):
             result.alerts_raised += raised
@@ -220,7 +297,7 @@ class Crawler:
         except (OperationalError, anyio.get_cancelled_exc_class()):
             raise
         except Exception:
-            log.exception("pair_failed", detail="internal error (a bug: please report it)")
+            log.exception("pair_failed", detail=_BUG)
 
     # -- the bundle ----------------------------------------------------------------------
 

@@ -16,7 +16,8 @@ from typing import Protocol
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from pithcrawl.crawl import Crawler, PairResult
+from pithcrawl.crawl import Crawler, PairResult, RecordTurn
+from pithcrawl.log import pair
 from pithcrawl.mirrors import Site
 from pithcrawl.plan import PASS_CHUNK, Records
 from pithcrawl.store import FetchState, Store
@@ -69,6 +70,8 @@ async def crawl_share(
                 known = await store.fetch_states_of(chunk)
                 served = await store.served_trusted(chunk)
                 for suffix in chunk:
+                    # The record-level rules run once its last pair ends (`RecordTurn`).
+                    turn = RecordTurn(len(sites))
                     for (send, _), site in zip(lanes, sites, strict=True):
                         await send.send(
                             _Job(
@@ -77,6 +80,7 @@ async def crawl_share(
                                 known.get((suffix, site.name, "bundle")),
                                 known.get((suffix, site.name, "state")),
                                 (suffix, site.name) in served,
+                                turn,
                             )
                         )
     return tally
@@ -89,6 +93,7 @@ class _Job:
     bundle_state: FetchState | None
     state_state: FetchState | None
     served_trusted: bool
+    turn: RecordTurn
 
 
 async def _pair(crawler: Crawler, job: _Job) -> PairResult:
@@ -96,15 +101,19 @@ async def _pair(crawler: Crawler, job: _Job) -> PairResult:
     state = job.bundle_state
     now = crawler.clock()
     if state is not None and state.failures and state.next_due and state.next_due > now:
-        return PairResult(
+        result = PairResult(
             job.suffix, job.site.name, error=state.last_error or "failing", deferred=True
         )
+        with pair(job.suffix, job.site.name):
+            await crawler.end_turn(result, job.turn)  # the record's other pairs may be done
+        return result
     return await crawler.sync_pair(
         job.suffix,
         job.site,
         bundle_state=state,
         state_state=job.state_state,
         served_trusted=job.served_trusted,
+        turn=job.turn,
     )
 
 

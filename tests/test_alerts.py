@@ -30,8 +30,10 @@ from mirror import TestMirror
 
 from pithcrawl.alert import Sinks, deliver_due, read_secret
 from pithcrawl.config import Config, parse_config
+from pithcrawl.crawl import Crawler, PairResult, RecordTurn
 from pithcrawl.fetch.client import HttpFetcher
 from pithcrawl.keys import TrustSet, load_key
+from pithcrawl.mirrors import Site
 from pithcrawl.store import NewEvent, Store
 from pithcrawl.sync import Summary, sync_once
 
@@ -252,6 +254,48 @@ async def test_fork_is_a_divergence_delivered_once_to_hook_and_webhook(tmp_path,
             "m0": hashlib.sha256(a.bytes()).hexdigest(),
             "m1": hashlib.sha256(b.bytes()).hexdigest(),
         }
+
+
+def _site(name: str, mirror: TestMirror) -> Site:
+    return Site(
+        name,
+        mirror.base_url,
+        "{base_url}/pith/{suffix}/bundle.json",
+        "{base_url}/pith/{suffix}/state.json",
+        None,
+        "config",
+    )
+
+
+async def test_a_records_rules_wait_for_its_last_pair_of_the_pass_even_one_put_off(
+    tmp_path, signer
+):
+    """In a pass, a record's rules run once its last pair ends: not while another
+    mirror's pair of it is still to come (that mirror would be judged by what it served
+    before), and also when that last pair is one put off (its mirror in backoff)."""
+    async with env(tmp_path, signer) as e:
+        a, b = fork(signer)
+        e.mirrors[0].put(a.bytes())
+        e.mirrors[1].put(b.bytes())
+        await track(e, a)
+        m0, m1 = _site("m0", e.mirrors[0]), _site("m1", e.mirrors[1])
+        async with (
+            await Store.open(e.db, exclusive=True) as store,
+            HttpFetcher(user_agent="test", timeout=5.0) as fetcher,
+        ):
+            crawler = Crawler(e.config, store, fetcher, e.trust, e.clock.now)
+            alone = await crawler.sync_pair(a.suffix, m1)  # no turn: its rules at once
+            assert (alone.new_snapshots, alone.record_alerts) == (2, [])
+            turn = RecordTurn(2)
+            first = await crawler.sync_pair(a.suffix, m0, turn=turn)
+            assert first.new_snapshots == 2
+            assert first.record_alerts == []  # m1's pair of the record is to come
+            assert await store.alerts.open_alerts() == []
+            put_off = PairResult(a.suffix, "m1", error="failing", deferred=True)
+            await crawler.end_turn(put_off, turn)
+        assert [x.kind for x in put_off.record_alerts] == ["mirror_divergence"]
+        async with e.store() as store:
+            assert [x.kind for x in await store.alerts.open_alerts()] == ["mirror_divergence"]
 
 
 async def test_log_lines_are_named_by_kind_at_the_level_of_their_severity(tmp_path, signer):

@@ -932,6 +932,56 @@ async def test_write_blocks_queued_together_share_one_commit(db: Database) -> No
     assert _suffix(99) in _records_on_disk(db.path)
 
 
+def _count_records(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT count(*) FROM records").fetchone()[0])
+
+
+async def test_a_read_at_commit_sees_the_blocks_that_joined_its_group_after_it(
+    db: Database,
+) -> None:
+    """The first block queues a read for the end of its group; blocks queued behind it
+    join the group and write after it: the read sees all of them, as a read right after
+    the commit would, and its value is there once the first block returned."""
+    inside, may_end = anyio.Event(), anyio.Event()
+    reads = []
+
+    async def first() -> None:
+        async with db.write("first") as s:
+            await s.run("INSERT INTO records (suffix, added_at) VALUES (?, ?)", (_suffix(0), "t"))
+            reads.append(s.at_commit(_count_records))
+            inside.set()
+            await may_end.wait()  # the others queue up behind it meanwhile
+        assert reads[0].value == 6  # returned: its group committed, the read ran
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(first)
+        await inside.wait()
+        for i in range(1, 6):
+            tg.start_soon(_add_record, db, i)
+        await anyio.wait_all_tasks_blocked()
+        may_end.set()
+    assert db.commits == 1
+    assert _records_on_disk(db.path) == {_suffix(i) for i in range(6)}
+
+
+async def test_a_read_at_commit_that_fails_fails_its_reader_not_the_group(db: Database) -> None:
+    def broken(conn: sqlite3.Connection) -> int:
+        conn.execute("SELECT * FROM no_such_table")
+        return 0
+
+    async with db.write("add a record") as s:
+        await s.run("INSERT INTO records (suffix, added_at) VALUES (?, ?)", (_suffix(1), "t"))
+        read = s.at_commit(broken)
+        with pytest.raises(StoreError, match="before it ran"):
+            read.value  # noqa: B018 # not run before the group ends
+    assert _records_on_disk(db.path) == {_suffix(1)}
+    with pytest.raises(sqlite3.OperationalError, match="no_such_table"):
+        read.value  # noqa: B018
+    async with db.read("count") as r:
+        with pytest.raises(TypeError, match="write blocks"):
+            r.at_commit(_count_records)
+
+
 async def test_a_failing_block_rolls_back_its_group_and_nothing_is_half_written(
     db: Database,
 ) -> None:

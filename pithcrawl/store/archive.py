@@ -24,7 +24,7 @@ from pithcrawl.entries import NewEvent
 from pithcrawl.store.alerts import AlertBook, Reconciled
 from pithcrawl.store.blobs import PackedBlob
 from pithcrawl.store.bodies import Bodies
-from pithcrawl.store.connection import Database
+from pithcrawl.store.connection import Database, Later
 from pithcrawl.store.deliveries import DeliveryBook
 from pithcrawl.store.fetches import (
     INSERT_EVENT,
@@ -118,8 +118,9 @@ class Written(NamedTuple):
 
     fetches: list[tuple[Snapshot | None, Reconciled | None]]
     """For each fetch: its new snapshot, and what its alerts did (None: no scope)."""
-    view: BundleView | None
-    """The record's bundles after the writes, when asked for and a bundle was new."""
+    view: Later[BundleView] | None
+    """The record's bundles as the write's group committed them, when asked for and a
+    bundle was new (its `value` raises `StoreCorrupt` if the read met damage)."""
 
 
 def _histories_written(
@@ -316,9 +317,10 @@ class Store:
         written in one hand-off to the database thread. A crash never leaves a body
         archived without the alert it raises.
 
-        `view`: a record whose `BundleView` to read in the same hand-off, after the
-        writes, when they archived a new bundle snapshot (what the divergence rules
-        read next)."""
+        `view`: a record whose `BundleView` to read when the writes archived a new bundle
+        snapshot (what the divergence rules read next): as the write's group commits it,
+        after every block of the group (see `Database`: a later block may archive a newer
+        snapshot of the same record from another mirror), with no hand-off of its own."""
         for item in fetches:
             check_outcome(item.outcome)
         if all(item.scope is None for item in fetches):
@@ -332,9 +334,11 @@ class Store:
         prepared = [await self.bodies.pack_large(item.outcome) for item in fetches]
         results: list[tuple[Snapshot | None, Reconciled | None]] = []
         async with self._db.write("record fetches") as s:
-            done_all, bundles = await s.call(
-                self._write_fetches, [i.outcome for i in fetches], prepared, view
-            )
+            outcomes = [i.outcome for i in fetches]
+            done_all = await s.call(self._write_fetches, outcomes, prepared)
+            bundles = None
+            if view is not None and any(s and s.kind == "bundle" for s, _ in done_all):
+                bundles = s.at_commit(bundle_view, view, _histories_written(outcomes, done_all))
             for item, (snapshot, _) in zip(fetches, done_all, strict=True):
                 done = None
                 if item.scope is not None:
@@ -360,12 +364,10 @@ class Store:
         conn: sqlite3.Connection,
         fetches: Sequence[FetchOutcome],
         prepared: Sequence[PackedBlob | None],
-        view: str | None,
-    ) -> tuple[list[tuple[Snapshot | None, PackedBlob | None]], BundleView | None]:
-        """`_write_fetch` of each, in order, and then `view`'s bundles if one of them
-        is a new bundle snapshot: one call in the database thread. Each body stored is
-        at hand as a base for the next (a state.json is stored against its bundle),
-        without reading it back."""
+    ) -> list[tuple[Snapshot | None, PackedBlob | None]]:
+        """`_write_fetch` of each, in order: one call in the database thread. Each body
+        stored is at hand as a base for the next (a state.json is stored against its
+        bundle), without reading it back."""
         done: list[tuple[Snapshot | None, PackedBlob | None]] = []
         at_hand: dict[str, tuple[PackedBlob, bytes]] = {}
         for fetch, ready in zip(fetches, prepared, strict=True):
@@ -373,10 +375,7 @@ class Store:
             if blob is not None and fetch.body is not None:
                 at_hand[blob.sha256] = (_as_stored(conn, blob), fetch.body)
             done.append((snapshot, blob))
-        new_bundle = any(s is not None and s.kind == "bundle" for s, _ in done)
-        if view is None or not new_bundle:
-            return done, None
-        return done, bundle_view(conn, view, _histories_written(fetches, done))
+        return done
 
     def _write_fetch(
         self,

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 
 import aiosqlite
 import anyio
@@ -35,6 +35,41 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
+class Later(Generic[T]):
+    """What a read queued for the end of a write group (`Session.at_commit`) found: its
+    `value` once the group committed (or the exception the read raised, raised again)."""
+
+    __slots__ = ("_done", "_error", "_fn", "_value")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], T]) -> None:
+        self._fn: Callable[[sqlite3.Connection], T] | None = fn
+        self._done = False
+        self._value: T | None = None
+        self._error: Exception | None = None
+
+    def _run(self, conn: sqlite3.Connection) -> None:
+        fn, self._fn = self._fn, None
+        assert fn is not None  # run once
+        try:
+            self._value = fn(conn)
+        except Exception as e:  # the reader's to see, not the group's to fail on
+            self._error = e
+        self._done = True
+
+    @property
+    def value(self) -> T:
+        if self._error is not None:
+            raise self._error
+        if not self._done:
+            raise StoreError("a read at the end of a write was asked for before it ran")
+        return self._value  # type: ignore[return-value] # set by _run when done
+
+
+def _run_reads(conn: sqlite3.Connection, reads: Sequence[Later[Any]]) -> None:
+    for read in reads:
+        read._run(conn)
+
+
 class _Group:
     """One open transaction shared by the `write` blocks that queued up for it."""
 
@@ -43,6 +78,8 @@ class _Group:
         self.started = time.monotonic()
         self.ended = anyio.Event()
         self.error: BaseException | None = None
+        self.reads: list[Later[Any]] = []
+        """Reads to run after the group's last block, before it commits."""
 
     @property
     def full(self) -> bool:
@@ -61,6 +98,11 @@ class Database:
     block (what other processes writing the same archive wait for) and commits once.
     The price: a block that fails rolls back its whole group, and the other blocks of
     the group raise `StoreError` too. Nothing is ever half-written.
+
+    A block may queue a read for the end of its group (`Session.at_commit`): it runs
+    after the group's last block, just before the commit, so it sees what the group
+    commits, as a read right after the commit would, without a hand-off of its own (the
+    reads of a group run together in one).
 
     Statements that only keep bookkeeping may be deferred (`defer`): they are written
     together, in a few `executemany` calls, before any other use of the connection (so
@@ -195,6 +237,8 @@ class Database:
         with anyio.CancelScope(shield=True):
             try:
                 with translated(self.path, "commit"):
+                    if group.reads:
+                        await in_thread(self._live(), _run_reads, group.reads)
                     await self._live().execute("COMMIT")
                 self.commits += 1
             except BaseException as e:
@@ -318,7 +362,7 @@ class _Write:
         except BaseException:
             db._turn.release()
             raise
-        return Session(db._live())
+        return Session(db._live(), self._group)
 
     async def __aexit__(
         self,
@@ -362,8 +406,22 @@ def _identity(path: Path) -> tuple[int, int] | None:
 class Session:
     """The statements a `read` or `write` block runs, typed for the archive's queries."""
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    def __init__(self, conn: aiosqlite.Connection, group: _Group | None = None) -> None:
         self._conn = conn
+        self._group = group
+
+    def at_commit(
+        self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> Later[T]:
+        """`fn(connection, *args)` in the database thread once every block of this write's
+        group has run, just before it commits (see `Database`); its result is the
+        returned `Later`'s `value` once the write block has returned. An exception `fn`
+        raises fails no write: it is raised by `value`. Only in a `write` block."""
+        if self._group is None:
+            raise TypeError("at_commit is for write blocks")
+        read: Later[T] = Later(lambda conn: fn(conn, *args, **kwargs))
+        self._group.reads.append(read)
+        return read
 
     async def all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         return list(await self._conn.execute_fetchall(sql, params))
