@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import anyio
+import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from pithcrawl.crawl import Crawler, PairResult, RecordTurn
@@ -51,7 +52,18 @@ async def crawl_share(
 
     async def worker(jobs: MemoryObjectReceiveStream[_Job]) -> None:
         async with jobs:
-            async for job in jobs:
+            while True:
+                # A job already queued is taken without a trip through the event loop
+                # (the pair awaits its fetches soon enough); only an empty lane waits.
+                try:
+                    job = jobs.receive_nowait()
+                except anyio.WouldBlock:
+                    try:
+                        job = await jobs.receive()
+                    except anyio.EndOfStream:
+                        return
+                except anyio.EndOfStream:
+                    return
                 tally.add(await _pair(crawler, job))
                 if progress is not None:
                     progress.step()
@@ -73,16 +85,18 @@ async def crawl_share(
                     # The record-level rules run once its last pair ends (`RecordTurn`).
                     turn = RecordTurn(len(sites))
                     for (send, _), site in zip(lanes, sites, strict=True):
-                        await send.send(
-                            _Job(
-                                suffix,
-                                site,
-                                known.get((suffix, site.name, "bundle")),
-                                known.get((suffix, site.name, "state")),
-                                (suffix, site.name) in served,
-                                turn,
-                            )
+                        job = _Job(
+                            suffix,
+                            site,
+                            known.get((suffix, site.name, "bundle")),
+                            known.get((suffix, site.name, "state")),
+                            (suffix, site.name) in served,
+                            turn,
                         )
+                        try:
+                            send.send_nowait(job)  # room in the lane: no trip through the loop
+                        except anyio.WouldBlock:
+                            await send.send(job)
     return tally
 
 
@@ -106,6 +120,8 @@ async def _pair(crawler: Crawler, job: _Job) -> PairResult:
         )
         with pair(job.suffix, job.site.name):
             await crawler.end_turn(result, job.turn)  # the record's other pairs may be done
+        # A lane of put-off pairs awaits nothing else: let the others run, and a cancel in.
+        await anyio.lowlevel.checkpoint()
         return result
     return await crawler.sync_pair(
         job.suffix,

@@ -316,10 +316,17 @@ class HttpFetcher:
         if host_slot is None:
             host_slot = self._host_slots[host] = anyio.Semaphore(self._per_host, fast_acquire=True)
         # Host first: a request queued behind a busy host must not hold a global slot
-        # that requests to idle hosts could use.
-        await host_slot.acquire()
+        # that requests to idle hosts could use. A free slot is taken without awaiting
+        # (no trip through the event loop: the request after it awaits soon enough).
         try:
-            await self._slots.acquire()
+            host_slot.acquire_nowait()
+        except anyio.WouldBlock:
+            await host_slot.acquire()
+        try:
+            try:
+                self._slots.acquire_nowait()
+            except anyio.WouldBlock:
+                await self._slots.acquire()
         except BaseException:
             self._give_back((host, host_slot), whole=False)
             raise
