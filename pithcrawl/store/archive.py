@@ -370,10 +370,10 @@ class Store:
         bundle), without reading it back."""
         done: list[tuple[Snapshot | None, PackedBlob | None]] = []
         at_hand: dict[str, tuple[PackedBlob, bytes]] = {}
-        for fetch, ready in zip(fetches, prepared, strict=True):
+        for i, (fetch, ready) in enumerate(zip(fetches, prepared, strict=True)):
             snapshot, blob = self._write_fetch(conn, fetch, ready, at_hand)
-            if blob is not None and fetch.body is not None:
-                at_hand[blob.sha256] = (_as_stored(conn, blob), fetch.body)
+            if blob is not None and fetch.body is not None and i < len(fetches) - 1:
+                at_hand[blob.sha256] = (_as_stored(conn, blob), fetch.body)  # for the next
             done.append((snapshot, blob))
         return done
 
