@@ -83,6 +83,7 @@ class Conditions:
         fetches: Sequence[tuple[FetchOutcome, str, list[NewEvent]]],
         *,
         read_view: bool = True,
+        due: bool = False,
     ) -> tuple[list[tuple[Snapshot | None, int]], Later[BundleView] | None]:
         """Archive a pair's fetches of record `suffix`, each `(outcome, scope, current)`,
         reconciling the alerts of its `scope` with the conditions it shows (`current`)
@@ -91,7 +92,9 @@ class Conditions:
         each fetch: its new snapshot, and how many alerts it opened; and the record's
         bundles as the write's group committed them, when it archived a new one and
         `read_view` (`check_record`'s: read with the write, after every block of its
-        group, so it sees a newer snapshot of the record that a later block archived)."""
+        group, so it sees a newer snapshot of the record that a later block archived).
+        `due`: the record's rules run later, not right after this write (see
+        `Store.record_fetches`)."""
         items = [
             Recorded(outcome, scope, current)
             if current or await self.is_open(scope)
@@ -103,6 +106,7 @@ class Conditions:
             sinks=sink_names(self.config.alerts),
             hold=self.config.alerts.resolve_after,
             view=suffix if read_view else None,
+            due=due,
         )
         results = []
         for item, (snapshot, done) in zip(items, written.fetches, strict=True):
@@ -121,6 +125,7 @@ class Conditions:
         *,
         mirrors: Sequence[str] | None = None,
         view: BundleView | None = None,
+        due: bool = False,
     ) -> list[Alert]:
         """The divergence rules over everything archived of one record, across mirrors;
         the alerts this opened.
@@ -128,8 +133,17 @@ class Conditions:
         `mirrors`: the mirrors crawled now (default: every mirror that served it); only
         their latest bundles count as "served now", but every archived one is history.
         `view`: the record's bundles as just read (by the write that archived the last
-        of them), or None to read them now.
+        of them), or None to read them now. `due`: the record may be marked as having its
+        rules due (`Store.record_fetches`): once they ran, it is not any more.
         """
+        opened = await self._record_rules(suffix, mirrors, view)
+        if due:
+            await self.store.rules_ran(suffix)
+        return opened
+
+    async def _record_rules(
+        self, suffix: str, mirrors: Sequence[str] | None, view: BundleView | None
+    ) -> list[Alert]:
         if view is None:
             view = await self.store.trusted.bundle_view(suffix)
         latest: dict[str, Snapshot] = {}
@@ -215,7 +229,15 @@ class Conditions:
             todo = [s for s in todo if s in wanted]
         opened: list[Alert] = []
         for suffix in todo:
-            opened += await self.check_record(suffix, mirrors=mirrors)
+            opened += await self.check_record(suffix, mirrors=mirrors, due=True)
+        return opened
+
+    async def run_due(self, mirrors: Sequence[str] | None) -> list[Alert]:
+        """The rules of the records an earlier pass left due (`Store.record_fetches`'
+        `due`); the alerts this opened."""
+        opened: list[Alert] = []
+        for suffix in await self.store.rules_due():
+            opened += await self.check_record(suffix, mirrors=mirrors, due=True)
         return opened
 
     async def _history(self, snap: Snapshot, known: dict[str, History]) -> History:

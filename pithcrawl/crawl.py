@@ -80,6 +80,9 @@ class PairResult:
     alerts_raised: int = 0
     """Alerts this pair's fetches opened (an invalid document, a rollback, …), not
     counting `record_alerts`."""
+    rules_failed: bool = False
+    """The record-level rules, run when this pair ended, failed (an error of the pass
+    even when the pair itself was put off)."""
     writes: list[tuple[FetchOutcome, Judgement, str]] = field(default_factory=list, repr=False)
     """The pair's fetches judged and not yet stored: they are stored together, in one
     transaction, when the pair ends (`Crawler._flush`); each with its body's sha256."""
@@ -101,6 +104,10 @@ class RecordTurn:
     """Pairs of the record not ended yet."""
     changed: bool = False
     """Whether one of the ended pairs archived a new snapshot."""
+    marked: bool = False
+    """Whether a pair that was not the last marked the record's rules due in the archive
+    (`Store.record_fetches`' `due`: a pass stopped before the last pair ends leaves
+    them to the next check across records)."""
 
     def end(self, changed: bool) -> bool:
         """One pair ended (`changed`: it archived something new); whether the rules are
@@ -194,6 +201,7 @@ class Crawler:
                 state_state=state_state,
                 served_trusted=served_trusted,
                 read_view=last,
+                turn=None if last else turn,
             )
             await self.end_turn(result, turn, view)
         return result
@@ -213,16 +221,21 @@ class Crawler:
             return
         try:
             result.record_alerts = await self.conditions.check_record(
-                result.suffix, mirrors=self.mirrors, view=None if view is None else view.value
+                result.suffix,
+                mirrors=self.mirrors,
+                view=None if view is None else view.value,
+                due=turn is not None and turn.marked,
             )
         except StoreCorrupt as e:
             log.error("archive_damaged", detail=str(e))
             result.error = result.error or f"archive damaged: {e}"
+            result.rules_failed = True
         except (OperationalError, anyio.get_cancelled_exc_class()):
             raise
         except Exception:
             log.exception("pair_failed", detail=_BUG)
             result.error = result.error or "internal error (a bug: see the pair_failed log line)"
+            result.rules_failed = True
 
     async def _fetch_and_store(
         self,
@@ -233,15 +246,17 @@ class Crawler:
         state_state: FetchState | Unread | None,
         served_trusted: bool | None,
         read_view: bool,
+        turn: RecordTurn | None,
     ) -> Later[BundleView] | None:
         """The pair's fetches, judged and stored; the record's bundles as its write
-        committed them, when it archived a new bundle and `read_view`."""
+        committed them, when it archived a new bundle and `read_view`. `turn`: the
+        record's, when this pair is not its last (a new snapshot marks its rules due)."""
         suffix = result.suffix
         try:
             trusted = await self._bundle(suffix, site, result, bundle_state, served_trusted)
             if trusted is not None and result.error is None:
                 await self._state(suffix, site, trusted, result, state_state)
-            return await self._flush(result, read_view)
+            return await self._flush(result, read_view, turn)
         except StoreCorrupt as e:
             # Damage in the archive (fsck's to report) costs this pair, not the pass: an
             # error of the pass, and every other record is still watched.
@@ -258,7 +273,9 @@ class Crawler:
             await self._flush_after_error(result)
         return None
 
-    async def _flush(self, result: PairResult, read_view: bool = False) -> Later[BundleView] | None:
+    async def _flush(
+        self, result: PairResult, read_view: bool = False, turn: RecordTurn | None = None
+    ) -> Later[BundleView] | None:
         """Store the pair's judged fetches (`PairResult.writes`) in one transaction, with
         the alerts they raise or clear; then count them, tell their news and take the
         keys they taught. The record's bundles as the write committed them, when it
@@ -271,7 +288,10 @@ class Crawler:
             result.suffix,
             [(outcome, judged.scope, judged.conditions) for outcome, judged, _ in kept],
             read_view=read_view,
+            due=turn is not None,
         )
+        if turn is not None and any(snapshot is not None for snapshot, _ in stored):
+            turn.marked = True
         for (_, judged, sha), (snapshot, raised) in zip(kept, stored, strict=True):
             result.alerts_raised += raised
             result.new_snapshots += snapshot is not None

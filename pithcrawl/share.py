@@ -153,7 +153,7 @@ class Tally:
         self.events += len(r.events) + len(r.record_alerts)
         # A deferred pair (its mirror failing, in backoff) was not fetched: not an error
         # of this pass, though the pass still ends in 3 for it.
-        self.errors += r.error is not None and not r.deferred
+        self.errors += (r.error is not None and not r.deferred) or r.rules_failed
         self.deferred += r.deferred
         self.untrusted += r.serves_untrusted
         self.alerts_raised += r.alerts_raised + len(r.record_alerts)

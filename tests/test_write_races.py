@@ -61,8 +61,8 @@ async def test_a_mirror_that_caught_up_in_the_same_group_commit_is_not_called_st
     it was inside m0's write (which still showed m1 lagging past `stale_after`)."""
     real_write, real_record = Store._write_fetches, Conditions.record
 
-    def slowed(self, conn, fetches, prepared):  # type: ignore[no-untyped-def]
-        out = real_write(self, conn, fetches, prepared)
+    def slowed(self, conn, fetches, prepared, **kw):  # type: ignore[no-untyped-def]
+        out = real_write(self, conn, fetches, prepared, **kw)
         if fetches[0].mirror == "m0" and fetches[0].kind == "bundle":
             time.sleep(0.3)  # m0's write holds the database thread a while
         return out

@@ -192,6 +192,18 @@ class Store:
         """`StoreError` if the archive's file was deleted or replaced since it was opened."""
         self._db.check_file()
 
+    async def rules_due(self) -> list[str]:
+        """The records whose rules a pass left due (see `record_fetches`' `due`)."""
+        async with self._db.read("list the records whose rules are due") as s:
+            rows = await s.all("SELECT suffix FROM rules_due ORDER BY since, suffix")
+        return [r[0] for r in rows]
+
+    async def rules_ran(self, suffix: str) -> None:
+        """The rules across `suffix`'s mirrors ran: they are not due any more (written with
+        the pass's other bookkeeping; lost in a crash, they only run once more)."""
+        if self._db.defer("DELETE FROM rules_due WHERE suffix = ?", (suffix,)):
+            await self._db.flush()
+
     async def flush(self) -> None:
         """Write the fetch bookkeeping still deferred (every read does this first)."""
         await self._db.flush()
@@ -311,6 +323,7 @@ class Store:
         sinks: Sequence[str] = (),
         hold: timedelta = timedelta(0),
         view: str | None = None,
+        due: bool = False,
     ) -> Written:
         """`record_fetch` for several fetches (a pair's bundle and state.json), each with
         the alerts of its `scope` reconciled with its conditions (see
@@ -321,7 +334,11 @@ class Store:
         `view`: a record whose `BundleView` to read when the writes archived a new bundle
         snapshot (what the divergence rules read next): as the write's group commits it,
         after every block of the group (see `Database`: a later block may archive a newer
-        snapshot of the same record from another mirror), with no hand-off of its own."""
+        snapshot of the same record from another mirror), with no hand-off of its own.
+        `due`: the record's rules are not run right after this write (its other mirrors'
+        pairs are still to end): a new snapshot marks them due in the same transaction
+        (`rules_ran` clears it), so a pass stopped before they run leaves them for the
+        next check across records, not undone."""
         for item in fetches:
             check_outcome(item.outcome)
         if all(item.scope is None for item in fetches):
@@ -336,7 +353,8 @@ class Store:
         results: list[tuple[Snapshot | None, Reconciled | None]] = []
         async with self._db.write("record fetches") as s:
             outcomes = [i.outcome for i in fetches]
-            done_all = await s.call(self._write_fetches, outcomes, prepared)
+            marks = fetches[0].outcome.suffix if due else None
+            done_all = await s.call(self._write_fetches, outcomes, prepared, due=marks)
             bundles = None
             if view is not None and any(s and s.kind == "bundle" for s, _ in done_all):
                 bundles = s.at_commit(bundle_view, view, _histories_written(outcomes, done_all))
@@ -365,10 +383,13 @@ class Store:
         conn: sqlite3.Connection,
         fetches: Sequence[FetchOutcome],
         prepared: Sequence[PackedBlob | None],
+        *,
+        due: str | None = None,
     ) -> list[tuple[Snapshot | None, PackedBlob | None]]:
         """`_write_fetch` of each, in order: one call in the database thread. Each body
         stored is at hand as a base for the next (a state.json is stored against its
-        bundle), without reading it back."""
+        bundle), without reading it back. `due`: a record whose rules a new snapshot
+        marks due (`record_fetches`)."""
         done: list[tuple[Snapshot | None, PackedBlob | None]] = []
         at_hand: dict[str, tuple[PackedBlob, bytes]] = {}
         for i, (fetch, ready) in enumerate(zip(fetches, prepared, strict=True)):
@@ -376,6 +397,11 @@ class Store:
             if blob is not None and fetch.body is not None and i < len(fetches) - 1:
                 at_hand[blob.sha256] = (_as_stored(conn, blob), fetch.body)  # for the next
             done.append((snapshot, blob))
+        if due is not None and any(snapshot is not None for snapshot, _ in done):
+            conn.execute(
+                "INSERT INTO rules_due (suffix, since) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                (due, db_time(fetches[0].fetched_at)),
+            )
         return done
 
     def _write_fetch(

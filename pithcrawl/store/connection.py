@@ -47,11 +47,14 @@ class Later(Generic[T]):
         self._value: T | None = None
         self._error: Exception | None = None
 
-    def _run(self, conn: sqlite3.Connection) -> None:
+    def _run(self, conn: sqlite3.Connection, path: Path) -> None:
         fn, self._fn = self._fn, None
         assert fn is not None  # run once
         try:
             self._value = fn(conn)
+        except sqlite3.Error as e:  # as every other statement's: a `StoreError`
+            self._error = StoreError(describe(path, "read what a write left", e))
+            self._error.__cause__ = e
         except Exception as e:  # the reader's to see, not the group's to fail on
             self._error = e
         self._done = True
@@ -65,9 +68,9 @@ class Later(Generic[T]):
         return self._value  # type: ignore[return-value] # set by _run when done
 
 
-def _run_reads(conn: sqlite3.Connection, reads: Sequence[Later[Any]]) -> None:
+def _run_reads(conn: sqlite3.Connection, reads: Sequence[Later[Any]], path: Path) -> None:
     for read in reads:
-        read._run(conn)
+        read._run(conn, path)
 
 
 class _Group:
@@ -238,7 +241,7 @@ class Database:
             try:
                 with translated(self.path, "commit"):
                     if group.reads:
-                        await in_thread(self._live(), _run_reads, group.reads)
+                        await in_thread(self._live(), _run_reads, group.reads, self.path)
                     await self._live().execute("COMMIT")
                 self.commits += 1
             except BaseException as e:

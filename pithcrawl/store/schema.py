@@ -217,7 +217,18 @@ CREATE TABLE nodes (
 ) WITHOUT ROWID;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9)
+# Records a pair archived something new of while the rules across the record's mirrors
+# were still to run (they run once its last pair of the pass ends): written with the
+# pair's snapshot, cleared once the rules ran. A pass stopped, or a worker killed, before
+# they ran leaves the record here, and the next check across records runs them.
+_V10 = """
+CREATE TABLE rules_due (
+    suffix  TEXT PRIMARY KEY,
+    since   TEXT NOT NULL
+) WITHOUT ROWID;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9, _V10)
 """Migration scripts in order; the schema version is their count."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -235,6 +246,7 @@ TABLES = (
     "histories",
     "settings",
     "nodes",
+    "rules_due",
 )
 """Every table, for `Store.stats`."""
 

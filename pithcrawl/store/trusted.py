@@ -56,6 +56,9 @@ candidates (suffix) AS (
     )
     UNION
     SELECT suffix FROM alerts WHERE closed_at IS NULL AND scope LIKE 'record:%'
+    UNION
+    -- A pass stopped (or a worker killed) before the rules ran after its new snapshots.
+    SELECT suffix FROM rules_due
 )
 SELECT suffix FROM candidates WHERE NOT ?1 OR suffix IN (SELECT suffix FROM records)
 """
@@ -183,8 +186,9 @@ class Trusted:
             return await s.call(bundle_view, suffix)
 
     async def records_to_recheck(self, *, tracked: bool = False) -> list[str]:
-        """Records whose mirrors now serve different trusted bodies, or that have open
-        record alerts: where the time-dependent divergence rules may change their mind.
+        """Records whose mirrors now serve different trusted bodies, that have open record
+        alerts, or whose rules are still due after new snapshots (`Store.record_fetches`'s
+        `due`): where the divergence rules may change their mind.
         Only tracked ones when `tracked` (a record named to `sync` need not be)."""
         async with self._db.read("list records to recheck") as s:
             rows = await s.all(_TO_RECHECK, (tracked,))
