@@ -446,15 +446,10 @@ class Crawler:
         after a replay of an old bundle, the news when it recovers is only what is
         really new); None before its first trusted bundle, or when damage to the archive
         lost it (fsck's news: the body is still judged, with no change told)."""
-        # What this vantage was served: another's may be told something else (a lie to
-        # one vantage is not a mirror going back and forth).
-        vantage = self.config.node.vantage_name
-        previous = await self.store.latest_snapshot(
-            suffix, mirror, "bundle", trusted=True, vantage=vantage
-        )
+        previous = await self.store.latest_snapshot(suffix, mirror, "bundle", trusted=True)
         if previous is None:
             return None
-        base = await self.store.trusted.highest_bundle(suffix, mirror, vantage) or previous
+        base = await self.store.trusted.highest_bundle(suffix, mirror) or previous
         try:
             return Before(base.body_sha256, parse(await self.store.get_blob(base.body_sha256)))
         except StoreCorrupt as e:

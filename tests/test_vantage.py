@@ -243,34 +243,3 @@ def test_history_shows_the_vantage_column_once_there_are_two(
     assert header.split()[:4] == ["id", "fetched", "mirror", "vantage"]
     rows = [line.split() for line in lines if line[:1].isdigit()]
     assert [row[3] for row in rows] == ["eu", "us"]
-
-
-def test_a_mirror_telling_two_vantages_two_versions_is_no_rollback_of_either(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
-) -> None:
-    """Each vantage's snapshots are a series of their own: two vantages taking turns on
-    one archive, one served the newer bundle and the other the older one each time, see
-    no mirror going back and forth (no `rollback`, no new snapshot on every turn)."""
-    b = BundleBuilder(signer, record=canonical_record("2611.00001", title="P"))
-    b.add_event()
-    older = TestMirror()
-    suffix = older.put(b.bytes())
-    b.add_event()
-    mirror.put(b.bytes())
-    mirror.to_peer["127.0.0.3"] = older
-    eu = _config(
-        tmp_path, signer, mirror.base_url, 'source_address = "127.0.0.2"\n', 'vantage = "eu"\n'
-    )
-    us = tmp_path / "us.toml"
-    us.write_text(eu.read_text().replace("127.0.0.2", "127.0.0.3").replace('"eu"', '"us"'))
-    for _ in range(2):
-        for cfg in (eu, us):
-            assert main(["--config", str(cfg), "-q", "sync", suffix]) == 0
-    assert mirror.peers.keys() == {"127.0.0.2", "127.0.0.3"}
-    with sqlite3.connect(tmp_path / "archive.db") as db:
-        series = db.execute(
-            "SELECT vantage, count(*) FROM snapshots WHERE kind = 'bundle' GROUP BY vantage"
-        ).fetchall()
-        kinds = {r[0] for r in db.execute("SELECT kind FROM events")}
-    assert sorted(series) == [("eu", 1), ("us", 1)]
-    assert "rollback" not in kinds

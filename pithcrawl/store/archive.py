@@ -55,8 +55,7 @@ from pithcrawl.store.watchlist import Watchlist
 
 _LATEST = """
 SELECT * FROM snapshots
-WHERE suffix = ?1 AND mirror = ?2 AND kind = ?3 AND (?4 IS NULL OR trusted = ?4)
-  AND (vantage IS NULL OR ?5 IS NULL OR vantage = ?5)
+WHERE suffix = ? AND mirror = ? AND kind = ? AND (?4 IS NULL OR trusted = ?4)
 ORDER BY id DESC LIMIT 1
 """
 
@@ -429,18 +428,11 @@ class Store:
     # -- snapshots and blobs ----------------------------------------------------------------
 
     async def latest_snapshot(
-        self,
-        suffix: str,
-        mirror: str,
-        kind: str,
-        *,
-        trusted: bool | None = None,
-        vantage: str | None = None,
+        self, suffix: str, mirror: str, kind: str, *, trusted: bool | None = None
     ) -> Snapshot | None:
-        """The newest snapshot of a (record, mirror, kind), optionally of one trust, and
-        of one vantage's series (those from before vantages were recorded included)."""
+        """The newest snapshot of a (record, mirror, kind), optionally of one trust."""
         async with self._db.read("read a snapshot") as s:
-            row = await s.one(_LATEST, (suffix, mirror, kind, trusted, vantage))
+            row = await s.one(_LATEST, (suffix, mirror, kind, trusted))
         return None if row is None else snapshot_from_row(row)
 
     async def snapshots(

@@ -67,12 +67,8 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 
 _UNREAD = object()
 
-# A series is a (record, mirror, kind) as one vantage sees it: a mirror that tells two
-# vantages two versions is not going back and forth. Snapshots from before vantages were
-# recorded (NULL) belong to every vantage's series.
 _LATEST_BODY = """
-SELECT id, body_sha256, trusted FROM snapshots WHERE suffix = ?1 AND mirror = ?2 AND kind = ?3
-  AND (vantage IS NULL OR ?4 IS NULL OR vantage = ?4)
+SELECT id, body_sha256, trusted FROM snapshots WHERE suffix = ? AND mirror = ? AND kind = ?
 ORDER BY id DESC LIMIT 1
 """
 
@@ -121,10 +117,9 @@ def bookkeeping_only(fetch: FetchOutcome) -> tuple[str, tuple[Any, ...]] | None:
 
 
 def newest_of_series(conn: sqlite3.Connection, fetch: FetchOutcome) -> sqlite3.Row | None:
-    """The newest snapshot of `fetch`'s series (suffix, mirror, kind, as its vantage saw
-    it): id, body_sha256, trusted."""
+    """The newest snapshot of `fetch`'s (suffix, mirror, kind): id, body_sha256, trusted."""
     row: sqlite3.Row | None = conn.execute(
-        _LATEST_BODY, (fetch.suffix, fetch.mirror, fetch.kind, fetch.vantage)
+        _LATEST_BODY, (fetch.suffix, fetch.mirror, fetch.kind)
     ).fetchone()
     return row
 

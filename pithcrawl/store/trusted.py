@@ -32,8 +32,7 @@ ORDER BY julianday(s.built_at) DESC, s.fetched_at DESC, s.id DESC LIMIT ?2
 """
 
 _HIGHEST_TRUSTED_BUNDLE = """
-SELECT * FROM snapshots WHERE suffix = ?1 AND mirror = ?2 AND kind = 'bundle' AND trusted = 1
-  AND (vantage IS NULL OR ?3 IS NULL OR vantage = ?3)
+SELECT * FROM snapshots WHERE suffix = ? AND mirror = ? AND kind = 'bundle' AND trusted = 1
 ORDER BY julianday(built_at) DESC, id DESC LIMIT 1
 """
 
@@ -130,13 +129,11 @@ class Trusted:
             rows = await s.all(_NEWEST_TRUSTED_BUNDLE, (suffix, limit))
         return [snapshot_from_row(r) for r in rows]
 
-    async def highest_bundle(
-        self, suffix: str, mirror: str, vantage: str | None = None
-    ) -> Snapshot | None:
-        """The trusted bundle with the newest `built_at` a mirror ever served for a record
-        (to `vantage`, if given): what it must not go back from."""
+    async def highest_bundle(self, suffix: str, mirror: str) -> Snapshot | None:
+        """The trusted bundle with the newest `built_at` a mirror ever served for a record:
+        what it must not go back from."""
         async with self._db.read("find the highest trusted bundle") as s:
-            row = await s.one(_HIGHEST_TRUSTED_BUNDLE, (suffix, mirror, vantage))
+            row = await s.one(_HIGHEST_TRUSTED_BUNDLE, (suffix, mirror))
         return None if row is None else snapshot_from_row(row)
 
     async def states(self, suffix: str, *, limit: int = 32) -> list[Snapshot]:
