@@ -39,6 +39,9 @@ class TestMirror:
     conditional_hits: Counter[str] = field(default_factory=Counter)
     peers: Counter[str] = field(default_factory=Counter)
     """The addresses the documents were asked for from, and how often."""
+    to_peer: dict[str, TestMirror] = field(default_factory=dict)
+    """What a client address is served instead (its own bundles and states): a mirror
+    that tells one vantage something else."""
     base_url: str = ""
     _runner: web.AppRunner | None = None
 
@@ -80,7 +83,7 @@ class TestMirror:
         if request.match_info["suffix"] in self.hidden:
             self.hits[request.path] += 1
             return web.Response(status=404)
-        return self._serve(request, self.bundles)
+        return self._serve(request, self._seen_by(request).bundles)
 
     async def _extra(self, request: web.Request) -> web.StreamResponse:
         body = self.extra.get(request.path)
@@ -92,7 +95,10 @@ class TestMirror:
         return self._serve(request, self.bundles)
 
     async def _state(self, request: web.Request) -> web.StreamResponse:
-        return self._serve(request, self.states)
+        return self._serve(request, self._seen_by(request).states)
+
+    def _seen_by(self, request: web.Request) -> TestMirror:
+        return self.to_peer.get(request.remote or "", self)
 
     def _serve(self, request: web.Request, table: dict[str, bytes]) -> web.StreamResponse:
         suffix = request.match_info["suffix"]

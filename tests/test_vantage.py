@@ -243,3 +243,31 @@ def test_history_shows_the_vantage_column_once_there_are_two(
     assert header.split()[:4] == ["id", "fetched", "mirror", "vantage"]
     rows = [line.split() for line in lines if line[:1].isdigit()]
     assert [row[3] for row in rows] == ["eu", "us"]
+
+
+def test_a_mirror_telling_one_vantage_an_older_bundle_is_alerted(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+) -> None:
+    """Two vantages take turns on one archive; the mirror tells 127.0.0.3 an older
+    bundle than it tells 127.0.0.2. That vantage's pass fails with the lie as a
+    `rollback` (the mirror went back from what the archive holds of it), until a
+    `vantage_split` names it better: series of their own per vantage, without that
+    alert, would let the lie pass unalerted."""
+    b = BundleBuilder(signer, record=canonical_record("2611.00001", title="P"))
+    b.add_event()
+    older = TestMirror()
+    suffix = older.put(b.bytes())
+    b.add_event()
+    mirror.put(b.bytes())
+    mirror.to_peer["127.0.0.3"] = older
+    eu = _config(
+        tmp_path, signer, mirror.base_url, 'source_address = "127.0.0.2"\n', 'vantage = "eu"\n'
+    )
+    us = tmp_path / "us.toml"
+    us.write_text(eu.read_text().replace("127.0.0.2", "127.0.0.3").replace('"eu"', '"us"'))
+    assert main(["--config", str(eu), "-q", "sync", suffix]) == 0
+    assert main(["--config", str(us), "-q", "sync", suffix]) == 1
+    assert mirror.peers.keys() == {"127.0.0.2", "127.0.0.3"}
+    with sqlite3.connect(tmp_path / "archive.db") as db:
+        kinds = {r[0] for r in db.execute("SELECT kind FROM events")}
+    assert "rollback" in kinds
