@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,30 +96,47 @@ def test_history_of_state_kind(capsys, archive: Archive):
 
 
 def test_diff_of_last_two_turns_the_first_document_into_the_second(capsys, archive: Archive):
-    """diff (default: the last two) is a JSON Patch from the older bundle to the newer."""
-    code, out, _ = cli(capsys, archive.cfg, "diff", archive.builder.pith_number)
+    """diff (default: the last two) is a JSON Patch from the older bundle to the newer;
+    for people, under a line naming the two snapshots compared; with --json, one
+    document naming them beside the patch."""
+    code, out, _ = cli(capsys, archive.cfg, "diff", archive.builder.pith_number, "--json")
     assert code == 0
-    patch = json.loads(out)
+    doc = json.loads(out)
+    patch = doc["patch"]
     assert isinstance(patch, list) and patch
-    assert out.startswith("[\n  {")  # indented for people
     before, after = json.loads(archive.first), json.loads(archive.second)
     assert jsonpatch.apply_patch(before, patch) == after
+    old, new = doc["from"], doc["to"]
+    assert old["id"] < new["id"] and old["mirror"] == new["mirror"] == "m0"
+    assert old["body_sha256"] == hashlib.sha256(archive.first).hexdigest()
+    assert new["body_sha256"] == hashlib.sha256(archive.second).hexdigest()
+    code, out, _ = cli(capsys, archive.cfg, "diff", archive.builder.pith_number)
+    assert code == 0
+    head, _, rest = out.partition("\n")
+    assert head.startswith(f"snapshot {old['id']} (m0, {old['fetched_at']}) -> ")
+    assert head.endswith(f"snapshot {new['id']} (m0, {new['fetched_at']}): {len(patch)} changes")
+    assert rest.startswith("[\n  {") and json.loads(rest) == patch  # indented for people
 
 
 def test_diff_with_explicit_ids(capsys, archive: Archive):
     """--from/--to pick the snapshots; diffing one with itself is the empty patch."""
     _, out, _ = cli(capsys, archive.cfg, "history", archive.builder.suffix, "--json")
-    first, second = (str(s["id"]) for s in json.loads(out)["snapshots"])
+    snaps = json.loads(out)["snapshots"]
+    (first, second), at = (str(s["id"]) for s in snaps), snaps[1]["fetched_at"]
     suffix = archive.builder.suffix
-    code, out, _ = cli(capsys, archive.cfg, "diff", suffix, "--from", first, "--to", second)
-    assert code == 0
-    assert jsonpatch.apply_patch(json.loads(archive.first), json.loads(out)) == json.loads(
-        archive.second
+    code, out, _ = cli(
+        capsys, archive.cfg, "diff", suffix, "--from", first, "--to", second, "--json"
     )
+    assert code == 0
+    patch = json.loads(out)["patch"]
+    assert jsonpatch.apply_patch(json.loads(archive.first), patch) == json.loads(archive.second)
     code, out, _ = cli(capsys, archive.cfg, "diff", suffix, "--to", first)
     assert code == 2  # nothing before the first snapshot
     code, out, _ = cli(capsys, archive.cfg, "diff", suffix, "--from", second, "--to", second)
-    assert code == 0 and json.loads(out) == []
+    assert (
+        code == 0
+        and out == f"snapshot {second} (m0, {at}) -> snapshot {second} (m0, {at}): no change\n"
+    )
 
 
 def test_diff_unknown_id_or_other_record_exits_2(capsys, archive: Archive):

@@ -51,6 +51,7 @@ def add_diff_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mirror", metavar="NAME", help="the last two snapshots of this mirror")
     p.add_argument("--from", dest="from_id", type=row_id, metavar="ID", help="older snapshot id")
     p.add_argument("--to", dest="to_id", type=row_id, metavar="ID", help="newer snapshot id")
+    p.add_argument("--json", action="store_true", help="one JSON document on stdout")
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,14 +208,36 @@ def _codes(s: Snapshot) -> list[str]:
 def run_diff(args: argparse.Namespace) -> int:
     _, db = archive(args)
     suffix = suffix_of(args.pith)
-    patch = anyio.run(_diff, db, suffix, args.mirror, args.from_id, args.to_id)
-    print_json(patch, indent=2)
+    old, new, patch = anyio.run(_diff, db, suffix, args.mirror, args.from_id, args.to_id)
+    if args.json:
+        print_json({"from": _side(old), "to": _side(new), "patch": patch})
+        return EXIT_OK
+    changes = f"{len(patch)} change{'' if len(patch) == 1 else 's'}" if patch else "no change"
+    say(
+        f"snapshot {old.id} ({old.mirror}, {format_timestamp(old.fetched_at)})"
+        f" -> snapshot {new.id} ({new.mirror}, {format_timestamp(new.fetched_at)}): {changes}"
+    )
+    if patch:
+        print_json(patch, indent=2)
     return EXIT_OK
+
+
+def _side(s: Snapshot) -> dict[str, Any]:
+    """A compared snapshot, as `diff --json` names it."""
+    return {
+        "id": s.id,
+        "mirror": s.mirror,
+        "vantage": s.vantage,
+        "fetched_at": format_timestamp(s.fetched_at),
+        "body_sha256": s.body_sha256,
+        "trusted": s.trusted,
+    }
 
 
 async def _diff(
     db: Path, suffix: str, mirror: str | None, from_id: int | None, to_id: int | None
-) -> list[dict[str, Any]]:
+) -> tuple[Snapshot, Snapshot, list[dict[str, Any]]]:
+    """The two bundle snapshots compared (older, newer) and the patch between them."""
     async with await Store.open(db, readonly=True) as store:
         series = await store.snapshots(suffix, mirror=mirror)
         if not series and from_id is None and to_id is None:
@@ -242,7 +265,7 @@ async def _diff(
                 )
         before = await _document(store, old)
         after = await _document(store, new)
-    return make_patch(before, after)
+    return old, new, make_patch(before, after)
 
 
 async def _pick(
