@@ -14,11 +14,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
+import structlog
+
 from pithcrawl import divergence
 from pithcrawl.alert import log_alerts, log_entry, sink_names
 from pithcrawl.canon import parse
 from pithcrawl.config import Config
 from pithcrawl.divergence import History, history_of
+from pithcrawl.errors import StoreCorrupt
 from pithcrawl.store import (
     Alert,
     FetchOutcome,
@@ -30,6 +33,8 @@ from pithcrawl.store import (
 )
 from pithcrawl.store.connection import Later
 from pithcrawl.store.trusted import BundleView
+
+log = structlog.get_logger("pithcrawl.conditions")
 
 
 def _seen(snap: Snapshot, history: History) -> divergence.Seen:
@@ -229,15 +234,12 @@ class Conditions:
             todo = [s for s in todo if s in wanted]
         opened: list[Alert] = []
         for suffix in todo:
-            opened += await self.check_record(suffix, mirrors=mirrors, due=True)
-        return opened
-
-    async def run_due(self, mirrors: Sequence[str] | None) -> list[Alert]:
-        """The rules of the records an earlier pass left due (`Store.record_fetches`'
-        `due`); the alerts this opened."""
-        opened: list[Alert] = []
-        for suffix in await self.store.rules_due():
-            opened += await self.check_record(suffix, mirrors=mirrors, due=True)
+            try:
+                opened += await self.check_record(suffix, mirrors=mirrors, due=True)
+            except StoreCorrupt as e:
+                # Damage (fsck's to report) costs this record's rules, not the others':
+                # it stays due, and is judged again by the next pass.
+                log.error("archive_damaged", suffix=suffix, detail=str(e))
         return opened
 
     async def _history(self, snap: Snapshot, known: dict[str, History]) -> History:

@@ -48,9 +48,6 @@ class Round:
     metrics: Metrics | None
     digest: str
     """The trust set the round opened with (keys it learns later are not in it)."""
-    leftover: list[Alert]
-    """Alerts opened as the round opened, by the rules an earlier pass left due (it was
-    stopped, or a worker killed, before they ran); `check` counts them."""
 
     @property
     def trust(self) -> TrustSet:
@@ -110,9 +107,6 @@ class Round:
                 reverify=reverify,
                 mirrors=[s.name for s in sites],
             )
-            # The rules a stopped pass left due run first: a mirror that holds every pass
-            # until it is stopped must not keep a record's alerts from ever being decided.
-            leftover = await crawler.conditions.run_due(crawler.mirrors)
             yield cls(
                 config,
                 store,
@@ -123,7 +117,6 @@ class Round:
                 Sinks(config.alerts, fetcher, secret),
                 metrics,
                 learned.digest,
-                leftover,
             )
         await store.nodes.seen(config.node.node_name, config.node.vantage_name, clock.now())
 
@@ -137,8 +130,7 @@ class Round:
         one): a lag turning stale, a mirror failing too long; then the hold-downs that
         ended. The alerts this opened (each an entry of the event log)."""
         conditions = self.crawler.conditions
-        opened, self.leftover[:] = list(self.leftover), []
-        opened += await conditions.recheck(named or None, self.mirror_names)
+        opened = await conditions.recheck(named or None, self.mirror_names)
         opened += await conditions.check_mirrors(self.mirror_names)
         await conditions.close_cleared()
         return opened

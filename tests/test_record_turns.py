@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import sqlite3
 from contextlib import AsyncExitStack
+from datetime import timedelta
 
 import anyio
 import pytest
 from aiohttp import web
+from builder import BundleBuilder
 from mirror import TestMirror
 from test_alerts import Env, env, fork, track
+from test_sync import records
 
 from pithcrawl.conditions import Conditions
 from pithcrawl.config import Config
@@ -31,20 +34,50 @@ def _site(name, m):  # type: ignore[no-untyped-def]
 
 
 class HangingMirror(TestMirror):
-    """Holds every bundle request open (hostile, or overloaded) until torn down."""
+    """Holds its bundle requests open while `hang` (hostile, or overloaded): a pass then
+    ends only when it is stopped."""
 
     __test__ = False
+    hang: bool = True
     released: anyio.Event | None = None
 
     async def _bundle(self, request: web.Request) -> web.StreamResponse:
+        if not self.hang:
+            return await super()._bundle(request)
         self.released = self.released or anyio.Event()
         await self.released.wait()
         return web.Response(status=503)
 
-    async def __aexit__(self, *exc: object) -> None:
+    def let_go(self) -> None:
+        """Answer again (those held, a 503)."""
+        self.hang = False
         if self.released is not None:
             self.released.set()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.let_go()
         await super().__aexit__(*exc)
+
+
+async def _three(stack: AsyncExitStack, tmp_path, signer) -> Env:  # type: ignore[no-untyped-def]
+    """Two mirrors that answer, and a third that holds every request (m2)."""
+    mirrors = [await stack.enter_async_context(TestMirror()) for _ in range(2)]
+    mirrors.append(await stack.enter_async_context(HangingMirror()))
+    e = Env(
+        tmp_path, mirrors, TrustSet([load_key(signer.public_key())]), tmp_path / "a.db", Config()
+    )
+    e.configure()
+    return e
+
+
+def _alert_kinds(db) -> list[str]:  # type: ignore[no-untyped-def]
+    with sqlite3.connect(db) as c:
+        return [r[0] for r in c.execute("SELECT kind FROM alerts ORDER BY id")]
+
+
+def _due(db) -> set[str]:  # type: ignore[no-untyped-def]
+    with sqlite3.connect(db) as c:
+        return {r[0] for r in c.execute("SELECT suffix FROM rules_due")}
 
 
 async def _stopped_pass(e: Env, monkeypatch: pytest.MonkeyPatch, *done: str) -> None:
@@ -73,30 +106,117 @@ async def _stopped_pass(e: Env, monkeypatch: pytest.MonkeyPatch, *done: str) -> 
         raise AssertionError("the pass ended before it was stopped")
 
 
-async def test_a_fork_seen_in_passes_that_are_stopped_is_still_alerted(
+async def test_a_fork_seen_in_a_pass_that_is_stopped_is_alerted_by_the_next_one(
     tmp_path, signer, monkeypatch
 ):
-    """Two mirrors serve two forks; a third holds every pass until it is stopped, before
-    the record's last pair ends: the new snapshots left the rules due, and the next pass
-    runs them as it opens (they ran after each pair before turns; turns must not let a
-    mirror that stalls every pass keep a divergence from ever being alerted)."""
+    """Two mirrors serve two forks; a third holds the pass until it is stopped, before the
+    record's last pair ends: the rules did not run, but the new snapshots left them due
+    (they ran after each pair before turns), and the next pass runs them."""
     async with AsyncExitStack() as stack:
-        mirrors = [await stack.enter_async_context(TestMirror()) for _ in range(2)]
-        mirrors.append(await stack.enter_async_context(HangingMirror()))
-        trust = TrustSet([load_key(signer.public_key())])
-        e = Env(tmp_path, mirrors, trust, tmp_path / "archive.db", Config())
-        e.configure()
+        e = await _three(stack, tmp_path, signer)
         a, b = fork(signer)
-        mirrors[0].put(a.bytes())
-        mirrors[1].put(b.bytes())
+        e.mirrors[0].put(a.bytes())
+        e.mirrors[1].put(b.bytes())
         await track(e, a)
-        for _ in range(2):  # the hostile mirror stops every pass
-            await _stopped_pass(e, monkeypatch, "m0", "m1")
-        async with e.store() as store:
-            kinds = [x.kind for x in await store.alerts.open_alerts()]
-            due = await store.rules_due()
-        assert kinds == ["mirror_divergence"]  # 4c21148: opened in the first pass
-        assert due == []  # they ran: not due any more
+        await _stopped_pass(e, monkeypatch, "m0", "m1")
+        monkeypatch.undo()
+        assert _alert_kinds(e.db) == []
+        assert _due(e.db) == {a.suffix}
+        e.mirrors[2].let_go()  # type: ignore[attr-defined]
+        await e.sync()  # m0 and m1 unchanged (304s): only the marks say the rules are due
+        assert _alert_kinds(e.db) == ["mirror_divergence"]
+        assert _due(e.db) == set()  # they ran: not due any more
+
+
+async def test_rules_left_due_are_judged_after_the_next_pass_not_before_it(
+    tmp_path, signer, monkeypatch
+):
+    """A pass stopped after m0 archived v2, before m1's pair ended. Three days later m1
+    has caught up: the rules left due see this pass's fetch of m1, so no `mirror_stale`
+    (judged as the pass opened, on the stopped pass's picture, they called it stale)."""
+    async with AsyncExitStack() as stack:
+        e = await _three(stack, tmp_path, signer)
+        e.mirrors[2].let_go()  # type: ignore[attr-defined]
+        b = BundleBuilder(signer)
+        b.add_event()
+        for m in e.mirrors:
+            m.put(b.bytes())
+        await track(e, b)
+        await e.sync()  # all serve v1
+        b.add_event()
+        e.mirrors[0].put(b.bytes())  # m0 has v2
+        e.mirrors[2].hang = True  # type: ignore[attr-defined]
+        e.mirrors[2].released = None  # type: ignore[attr-defined]
+        await _stopped_pass(e, monkeypatch, "m0", "m1")
+        monkeypatch.undo()
+        assert _due(e.db) == {b.suffix}
+        e.clock.advance(timedelta(days=3))
+        e.mirrors[2].let_go()  # type: ignore[attr-defined]
+        for m in e.mirrors[1:]:
+            m.put(b.bytes())  # caught up, long before this pass
+        await e.sync()
+        assert "mirror_stale" not in _alert_kinds(e.db)
+        assert _due(e.db) == set()
+
+
+async def test_damage_in_a_record_left_due_costs_its_rules_not_the_pass(
+    tmp_path, signer, monkeypatch
+):
+    """A stopped pass left x and y due; one of x's rows is then damaged (fsck's to
+    report). The next pass crawls everything (y's new version archived) and stays due
+    for x only, which the pass after judges again."""
+    async with AsyncExitStack() as stack:
+        e = await _three(stack, tmp_path, signer)
+        x, y = records(signer, 2)
+        for r in (x, y):
+            r.add_event()
+            e.mirrors[0].put(r.bytes())
+            e.mirrors[1].put(r.bytes())
+        await track(e, x, y)
+        await _stopped_pass(e, monkeypatch, "m0", "m1")
+        monkeypatch.undo()
+        assert _due(e.db) == {x.suffix, y.suffix}
+        with sqlite3.connect(e.db) as c:
+            c.execute(
+                "UPDATE snapshots SET fetched_at = 'garbage' WHERE id ="
+                " (SELECT min(id) FROM snapshots WHERE suffix = ? AND mirror = 'm1')",
+                (x.suffix,),
+            )
+        e.mirrors[2].let_go()  # type: ignore[attr-defined]
+        y.add_event()
+        for m in e.mirrors:
+            m.put(y.bytes())
+        await e.sync()
+        with sqlite3.connect(e.db) as c:
+            (events,) = c.execute(
+                "SELECT max(event_count) FROM snapshots WHERE suffix = ? AND kind = 'bundle'",
+                (y.suffix,),
+            ).fetchone()
+        assert events == len(y.events)  # y's newest version archived despite x's damage
+        assert _due(e.db) == {x.suffix}
+
+
+async def test_a_record_untracked_while_its_rules_are_due_gets_no_alert(
+    tmp_path, signer, monkeypatch
+):
+    """Untracking a record drops its marks with its bookkeeping: no alert is opened later
+    for a record nobody watches (one nothing would ever close)."""
+    async with AsyncExitStack() as stack:
+        e = await _three(stack, tmp_path, signer)
+        (x,) = records(signer, 1)
+        x.add_event()
+        e.mirrors[0].put(x.bytes())
+        await track(e, x)
+        await _stopped_pass(e, monkeypatch, "m0")
+        monkeypatch.undo()
+        assert _due(e.db) == {x.suffix}
+        async with await Store.open(e.db) as store:
+            await store.watchlist.untrack([x.suffix])
+        assert _due(e.db) == set()
+        e.mirrors[2].let_go()  # type: ignore[attr-defined]
+        e.clock.advance(timedelta(days=3))
+        await e.sync()
+        assert _alert_kinds(e.db) == []
 
 
 async def test_a_database_error_in_the_read_at_commit_is_a_store_error_not_a_bug(

@@ -252,3 +252,26 @@ def test_a_damaged_archived_bundle_does_not_stop_the_watch(
     assert code == 0, err
     assert json.loads(out)["new_snapshots"] == 2
     assert '"archive_damaged"' in err and "Traceback" not in err
+
+
+def test_sync_with_nothing_tracked_says_how_to_track_one_and_asks_no_mirror(
+    capsys, tmp_path: Path, signer: TestSigner, mirror: TestMirror
+):
+    """No `[watch]`, no tracked record, none named: not a pass over 0 records (which
+    read the manifests and said "0 records"), but how to track one; exit 0. Once one
+    is tracked, the pass runs."""
+    cfg = write_config(tmp_path, signer, mirror.base_url)
+    b = BundleBuilder(signer, record=canonical_record("2611.00001", title="P"))
+    suffix = mirror.put(b.bytes())
+    capsys.readouterr()
+    assert main(["--config", str(cfg), "sync"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("nothing to sync: no record is tracked in ")
+    assert "pithcrawl track pith:2026:" in out and "[watch]" in out
+    assert main(["--config", str(cfg), "-q", "sync", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["records"] == 0
+    assert sum(mirror.hits.values()) == 0
+    assert main(["--config", str(cfg), "-q", "track", suffix]) == 0
+    capsys.readouterr()
+    assert main(["--config", str(cfg), "-q", "sync", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["new_snapshots"] == 2

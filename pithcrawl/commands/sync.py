@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
@@ -81,10 +83,34 @@ def run_untrack(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+#: What `sync` says when there is nothing to crawl, instead of a pass over 0 records.
+NOTHING_TRACKED = (
+    "nothing to sync: no record is tracked in {db}. Track one, then sync again:\n"
+    "  pithcrawl track pith:2026:2SZ3GMWFCMMCUPZJQTONOWSJZ2   (a Pith Number, suffix or"
+    " bundle URL)\n"
+    "or list them under [watch] pith = [...] in the configuration, or name them:"
+    " pithcrawl sync PITH..."
+)
+
+
 def run_sync(args: argparse.Namespace) -> int:
     config, db = load(args)
     named = _suffixes(args.pith)
     trust = load_trust(config.trust.keys)
+    if not named and not config.watch.pith and not (db.exists() and anyio.run(_tracks_any, db)):
+        # Not a pass over nothing (which would still read the manifests): what to do.
+        # A sink that cannot work is still an error, with or without records.
+        from pithcrawl.alert import check_sinks
+
+        check_sinks(config.alerts, os.environ)
+        if args.json:
+            from pithcrawl.sync import Summary
+
+            log.warning("nothing_tracked", db=str(db))
+            print_json(Summary().to_json())
+        else:
+            say(*NOTHING_TRACKED.format(db=db).splitlines())
+        return EXIT_OK
     started = time.monotonic()
     from pithcrawl.sync import sync_once
 
@@ -96,6 +122,12 @@ def run_sync(args: argparse.Namespace) -> int:
         say(summary_line(summary))
     log.info("sync_done", **summary.to_json())
     return exit_code(summary)
+
+
+async def _tracks_any(db: Path) -> bool:
+    """Whether the archive at `db` tracks a record."""
+    async with await Store.open(db) as store:
+        return await store.watchlist.tracked_count() > 0
 
 
 def exit_code(s: Summary) -> int:

@@ -59,6 +59,7 @@ class Watchlist:
         rows = [(s,) for s in dict.fromkeys(suffixes)]
         async with self._db.write("untrack records") as s:
             await s.run_many("DELETE FROM fetch_state WHERE suffix = ?", rows)
+            await s.run_many("DELETE FROM rules_due WHERE suffix = ?", rows)
             return await s.run_many("DELETE FROM records WHERE suffix = ?", rows)
 
     async def tracked(self) -> list[Record]:
