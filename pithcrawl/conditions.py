@@ -37,6 +37,17 @@ from pithcrawl.store.trusted import BundleView
 log = structlog.get_logger("pithcrawl.conditions")
 
 
+def _mirror_of(scope: str) -> str | None:
+    """The mirror an alert scope is about alone (`reach:M`, `document:S:M`, `state:S:M`);
+    None for the scopes of a record across mirrors."""
+    kind, _, rest = scope.partition(":")
+    if kind == "reach":
+        return rest
+    if kind in ("document", "state"):
+        return rest.partition(":")[2]
+    return None
+
+
 def _seen(snap: Snapshot, history: History) -> divergence.Seen:
     return divergence.Seen(
         snap.mirror,
@@ -217,10 +228,12 @@ class Conditions:
                 )
             opened += await self.reconcile(f"reach:{name}", current, now, log=True)
         # A mirror no longer in the set (taken out of the configuration) is asked for
-        # nothing any more, so it is not unreachable either: its alert closes.
-        asked = {f"reach:{name}" for name in names}
-        for scope in sorted(s for s in await self._open() if s.startswith("reach:")):
-            if scope not in asked:  # no hold-down: nobody watches it any more
+        # nothing any more: it is not unreachable, and what it served is judged no more,
+        # so its alerts close (an invalid document of a mirror nobody crawls would hold
+        # every later pass at exit 1, with nothing left to clear it).
+        crawled = set(names)
+        for scope in sorted(await self._open()):
+            if _mirror_of(scope) not in (None, *crawled):  # no hold-down: nobody watches
                 await self.reconcile(scope, [], now, log=True, hold=timedelta(0))
         return opened
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from builder import BundleBuilder, TestSigner, canonical_record
-from conftest import write_config
+from conftest import in_thread, write_config
 from mirror import TestMirror
 
 from pithcrawl import plan
@@ -231,6 +231,30 @@ def test_a_mirror_taken_out_of_the_configuration_closes_its_alert(
     with sqlite3.connect(tmp_path / "archive.db") as c:
         rows = c.execute("SELECT scope, closed_at IS NOT NULL FROM alerts").fetchall()
     assert rows == [("reach:m1", 1)]
+
+
+def test_an_invalid_document_of_a_mirror_taken_out_closes_its_alert(
+    capsys, tmp_path: Path, signer: TestSigner, mirror: TestMirror
+):
+    """m1 serves a tampered bundle (a critical alert, exit 1); taken out of the
+    configuration, it is judged no more: its alert closes and stops holding every later
+    pass at exit 1 (found by a newcomer: there was nothing left to clear it)."""
+    b = records(signer, 1)[0]
+    mirror.put(b.bytes())
+    doc = b.build()
+    doc["bundle_signature"]["bundle_sha256"] = "0" * 64
+    with in_thread(TestMirror()) as bad:
+        bad.put(json.dumps(doc).encode())
+        cfg = write_config(tmp_path, signer, mirror.base_url, bad.base_url)
+        assert main(["--config", str(cfg), "-q", "track", b.suffix]) == 0
+        code, summary = sync(capsys, cfg)
+        assert (code, summary["alerts"]) == (1, 1)
+    cfg = write_config(tmp_path, signer, mirror.base_url)  # m1 taken out
+    code, summary = sync(capsys, cfg)
+    assert (code, summary["alerts"], summary["alerts_open"]) == (0, 0, 0), summary
+    with sqlite3.connect(tmp_path / "archive.db") as c:
+        rows = c.execute("SELECT scope, closed_at IS NOT NULL FROM alerts").fetchall()
+    assert rows == [(f"document:{b.suffix}:m1", 1)]
 
 
 def test_a_damaged_archived_bundle_does_not_stop_the_watch(
