@@ -149,6 +149,10 @@ def test_diff_unknown_id_or_other_record_exits_2(capsys, archive: Archive):
     assert "--to 1" in err and OTHER_SUFFIX in err and len(err.strip().splitlines()) == 1
     code, out, err = cli(capsys, archive.cfg, "diff", OTHER_SUFFIX)
     assert code == 2 and OTHER_SUFFIX in err and len(err.strip().splitlines()) == 1
+    assert "no such record" in err
+    assert cli(capsys, archive.cfg, "track", OTHER_SUFFIX)[0] == 0  # tracked, not synced
+    code, out, err = cli(capsys, archive.cfg, "diff", OTHER_SUFFIX)
+    assert code == 2 and "nothing of it is archived yet; run `pithcrawl sync` first" in err
 
 
 def test_diff_refuses_what_is_not_two_bundles_in_order(capsys, archive: Archive):

@@ -245,6 +245,11 @@ async def _diff(
                 raise UsageError(
                     f"PITH {suffix}: no bundle snapshots{_from(mirror)}; diff needs two"
                 )
+            if await store.watchlist.record(suffix) is not None:
+                raise UsageError(
+                    f"PITH {suffix}: tracked, but nothing of it is archived yet; run"
+                    " `pithcrawl sync` first"
+                )
             raise UsageError(f"PITH {suffix}: no such record in the archive {db}")
         new = await _pick(store, "--to", to_id, suffix, mirror) if to_id is not None else None
         old = await _pick(store, "--from", from_id, suffix, mirror) if from_id is not None else None
