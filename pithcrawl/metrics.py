@@ -37,12 +37,17 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    disable_created_metrics,
     generate_latest,
 )
 
 from pithcrawl import __version__
 from pithcrawl.errors import ConfigError, OperationalError
 from pithcrawl.findings import CODES
+
+# No `*_created` series beside each counter: a timestamp per label set that doubles the
+# exposition and that no alerting rule uses (Prometheus' own rate() needs none).
+disable_created_metrics()  # type: ignore[no-untyped-call] # untyped in the library
 
 if TYPE_CHECKING:
     from aiohttp import web

@@ -226,3 +226,18 @@ def test_parse_bind(bind, expected):
 def test_a_bad_bind_is_a_config_error_naming_the_key(bind):
     with pytest.raises(ConfigError, match=r"metrics\.bind"):
         parse_bind(bind)
+
+
+@pytest.mark.anyio
+async def test_no_created_series_are_exposed():
+    """Counters come without their `*_created` timestamps (noise no rule reads)."""
+    metrics = Metrics()
+    metrics.fetch("m0", "bundle", "changed")
+    async with (
+        served(metrics) as url,
+        aiohttp.ClientSession() as session,
+        session.get(f"{url}/metrics") as resp,
+    ):
+        text = await resp.text()
+    assert "pithcrawl_fetches_total{" in text
+    assert "_created" not in text

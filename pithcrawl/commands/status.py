@@ -27,7 +27,7 @@ from pithcrawl.store.nodes import Node
 from pithcrawl.timestamps import format_timestamp, parse_timestamp
 
 HELP = "Tracked records, mirrors (last success and failure), open alerts, the archive."
-EXAMPLE = "pithcrawl --config /etc/pithcrawl.toml status --json"
+EXAMPLE = "pithcrawl --config /etc/pithcrawl/pithcrawl.toml status --json"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

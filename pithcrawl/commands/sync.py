@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from pithcrawl.sync import Summary
 
 SYNC_HELP = "One pass: every tracked record from every mirror, verified and archived."
-SYNC_EXAMPLE = "pithcrawl --config /etc/pithcrawl.toml sync --json"
+SYNC_EXAMPLE = "pithcrawl --config /etc/pithcrawl/pithcrawl.toml sync --json"
 TRACK_HELP = "Add records to watch (full number, 26-char suffix, or bundle URL)."
 TRACK_EXAMPLE = "pithcrawl track pith:2026:2SZ3GMWFCMMCUPZJQTONOWSJZ2"
 UNTRACK_HELP = "Stop watching records (their archive is kept)."
