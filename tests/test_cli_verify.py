@@ -274,3 +274,29 @@ def test_an_error_page_over_max_bytes_is_an_http_error_not_a_finding(capsys, tmp
     )
     assert code == 3
     assert out.startswith("ERROR") and "HTTP 503" in out
+
+
+def test_the_lines_say_what_a_document_is_and_which_number_it_claims(capsys, tmp_path):
+    """A tampered bundle's FAIL line names the number it claims (what a reader looks up)
+    and the one its record hashes to; a key file or a manifest is no Pith document, said
+    in those words; a state.json's ok says what was checked of an unsigned document."""
+    doc = json.loads((REAL / f"{REAL_SUFFIX}.bundle.json").read_bytes())
+    doc["canonical_record"]["metadata"]["title_canon_sha256"] = "0" * 64
+    tampered = tmp_path / "tampered.json"
+    tampered.write_text(json.dumps(doc))
+    sources = [
+        str(tampered),
+        str(REAL / "pith-v1-2026-05.key.json"),
+        str(REAL / "pith-mirrors.json"),
+        str(REAL / f"{REAL_SUFFIX}.state.json"),
+    ]
+    code, out, _ = run(capsys, "verify", *sources, "--now", NOW)
+    assert code == 1
+    lines = [line for line in out.splitlines() if not line.startswith(" ")]
+    claimed, key, manifest, state = lines
+    assert claimed.startswith(f"FAIL  pith:2026:{REAL_SUFFIX} (its record hashes to pith:2026:")
+    assert "pith_number_mismatch" in claimed
+    assert key.endswith("not a Pith bundle or state (a key file: give it to --key FILE)")
+    assert manifest.endswith("not a Pith bundle or state (a mirror manifest)")
+    assert state.startswith(f"ok    pith:2026:{REAL_SUFFIX} ")
+    assert state.endswith("(a state.json: shape and state_sha256 checked; states are unsigned)")

@@ -146,16 +146,38 @@ def run(args: argparse.Namespace) -> int:
 def _print_report(source: str, report: Report, verbose: int) -> None:
     number = report.pith_number or "-"
     codes = sorted({f.code for f in report.findings})
+    doc = report.document if isinstance(report.document, dict) else None
     if report.ok:
         tail = f" (warnings: {', '.join(codes)})" if codes else ""
+        if report.kind == "state":
+            # A state is not signed: what was checked is its shape, hash and record.
+            tail += " (a state.json: shape and state_sha256 checked; states are unsigned)"
         say(f"ok    {number} {source}{tail}")
+    elif doc is not None and "bundle_type" not in doc and "state_type" not in doc:
+        say(f"FAIL  - {source}: not a Pith bundle or state{_what_else(doc)}")
+        if not verbose:
+            return
     else:
+        # The number the document claims to be, as a reader would look it up; the one its
+        # record hashes to, when that differs (a tampered record).
+        claimed = doc.get("pith_number") if doc is not None else None
+        if isinstance(claimed, str) and claimed != number:
+            number = f"{claimed} (its record hashes to {number})"
         say(f"FAIL  {number} {source}: {', '.join(codes)}")
     if verbose or not report.ok:
         for f in report.findings if verbose else report.findings[:5]:
             say(f"      {f.severity} {f.code} {f.path or '/'}: {f.message}")
         if not verbose and len(report.findings) > 5:
             say(f"      … {len(report.findings) - 5} more (use -v)")
+
+
+def _what_else(doc: dict[str, Any]) -> str:
+    """What a JSON object that is no Pith document looks like, if pithcrawl knows it."""
+    if "key_id" in doc and ("public_key_b64" in doc or "public_key_hex" in doc):
+        return " (a key file: give it to --key FILE)"
+    if "mirrors" in doc:
+        return " (a mirror manifest)"
+    return " (neither bundle_type nor state_type; -v lists what a bundle lacks)"
 
 
 def _is_url(source: str) -> bool:
