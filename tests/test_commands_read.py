@@ -191,10 +191,17 @@ def test_events_filters_by_kind_and_since(capsys, archive: Archive):
     code, out, _ = cli(capsys, archive.cfg, "events", "--kind", "event_added")
     assert code == 0
     lines = out.splitlines()
-    assert lines and all(" event_added " in line for line in lines)
-    assert archive.builder.pith_number in lines[0] and " m0 " in lines[0]
-    assert cli(capsys, archive.cfg, "events", "--kind", "brand_new_kind")[:2] == (0, "")
-    assert cli(capsys, archive.cfg, "events", "--since", "2999-01-01T00:00:00Z")[:2] == (0, "")
+    assert lines[0].split() == ["at", "severity", "kind", "record", "mirrors", "summary"]
+    assert lines[1:] and all(" event_added " in line for line in lines[1:])
+    assert archive.builder.pith_number in lines[1] and " m0 " in lines[1]
+    # Aligned: each column starts where the header's does.
+    column = lines[0].index("kind")
+    assert all(line[column:].startswith("event_added ") for line in lines[1:])
+    code, out, _ = cli(capsys, archive.cfg, "events", "--kind", "brand_new_kind")
+    assert (code, out.split(" in ")[0]) == (0, "no events of kind brand_new_kind")
+    code, out, _ = cli(capsys, archive.cfg, "events", "--since", "2999-01-01T00:00:00Z")
+    assert code == 0 and out.startswith("no events since 2999-01-01")
+    assert cli(capsys, archive.cfg, "events", "--kind", "brand_new_kind", "--json")[:2] == (0, "")
     code, out, _ = cli(capsys, archive.cfg, "events", "--since", "1h", "--kind", "event_added")
     assert code == 0 and out.splitlines() == lines
 

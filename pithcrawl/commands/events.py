@@ -15,7 +15,7 @@ from typing import Any
 
 import anyio
 
-from pithcrawl.commands.report import archive, print_json, say, when
+from pithcrawl.commands.report import archive, print_json, say, table, when
 from pithcrawl.errors import EXIT_OK, UsageError
 from pithcrawl.store import EventRow, Store
 from pithcrawl.timestamps import parse_duration, parse_timestamp
@@ -56,12 +56,17 @@ def run(args: argparse.Namespace) -> int:
     _, db = archive(args)
     start = None if args.since is None else since(args.since, datetime.now(UTC))
     events, alerts = anyio.run(_events, db, start, tuple(args.kind))
-    for event in events:
-        alert = alerts.get(event.id)
-        if args.json:
-            print_json(entry_json(event, alert))
-        else:
-            say(line(event) + (f"  [{_alert_text(alert)}]" if alert else ""))
+    if args.json:  # JSON lines: none for no events
+        for event in events:
+            print_json(entry_json(event, alerts.get(event.id)))
+        return EXIT_OK
+    if not events:
+        kinds = f" of kind {', '.join(args.kind)}" if args.kind else ""
+        after = "" if start is None else f" since {when(start)}"
+        say(f"no events{kinds}{after} in {db}")
+        return EXIT_OK
+    header = ("at", "severity", "kind", "record", "mirrors", "summary")
+    say(*table(header, [_cells(e, alerts.get(e.id)) for e in events]))
     return EXIT_OK
 
 
@@ -116,15 +121,9 @@ def _alert_text(alert: dict[str, Any]) -> str:
     return f"alert #{alert['id']} {alert['status']}" + (f": {sent}" if sent else "")
 
 
-def line(e: EventRow) -> str:
-    """One event for people: time, severity, kind, record, mirrors, summary."""
-    return "  ".join(
-        (
-            when(e.at),
-            e.severity.ljust(8),
-            e.kind,
-            e.pith_number or e.suffix or "-",
-            ",".join(e.mirrors) or "-",
-            e.summary,
-        )
-    )
+def _cells(e: EventRow, alert: dict[str, Any] | None) -> list[str]:
+    """One event for people: time, severity, kind, record, mirrors, summary (and the
+    alert behind it, with its deliveries)."""
+    summary = e.summary + (f"  [{_alert_text(alert)}]" if alert else "")
+    mirrors = ",".join(e.mirrors) or "-"
+    return [when(e.at), e.severity, e.kind, e.pith_number or e.suffix or "-", mirrors, summary]
