@@ -299,3 +299,23 @@ def test_sync_with_nothing_tracked_says_how_to_track_one_and_asks_no_mirror(
     capsys.readouterr()
     assert main(["--config", str(cfg), "-q", "sync", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["new_snapshots"] == 2
+
+
+def test_a_pass_with_no_terminal_logs_its_progress(
+    capsys, tmp_path: Path, signer: TestSigner, mirror: TestMirror, monkeypatch
+):
+    """Under systemd or cron (stderr no terminal) a pass logs `sync_progress` lines as it
+    goes (every 15 s; here at every pair), not nothing until its end."""
+    from pithcrawl.commands.sync import Progress
+
+    monkeypatch.setattr(Progress, "EVERY", 0.0)
+    cfg = write_config(tmp_path, signer, mirror.base_url)
+    recs = records(signer, 3)
+    for b in recs:
+        mirror.put(b.bytes())
+    assert main(["--config", str(cfg), "-q", "track", *(b.suffix for b in recs)]) == 0
+    assert main(["--config", str(cfg), "--log-format", "json", "sync"]) == 0
+    err = capsys.readouterr().err
+    lines = [json.loads(x) for x in err.splitlines() if '"sync_progress"' in x]
+    assert [(x["pairs_done"], x["pairs"]) for x in lines] == [(1, 3), (2, 3)]
+    assert all(x["per_s"] > 0 and x["eta_s"] is not None for x in lines)

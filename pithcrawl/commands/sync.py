@@ -158,19 +158,37 @@ def summary_line(s: Summary) -> str:
 
 
 class Progress:
-    """records done/total and rate on a terminal; silent otherwise.
+    """Pairs done/total and rate: redrawn on a terminal; with no terminal (systemd, cron),
+    a `sync_progress` log line every `EVERY` seconds, so a long pass is not silent until
+    it ends.
 
     `weight`: pairs each step stands for (a pass shared by N processes counts this
     one's share N times: an estimate of the whole, which ends at the total)."""
 
+    EVERY = 15.0
+    """Seconds between two log lines when there is no terminal."""
+
     def __init__(self, total: int, weight: int = 1) -> None:
         self.total, self.count, self.weight = total, 0, weight
-        self.started = time.monotonic()
+        self.started = self.logged = time.monotonic()
         self.tty = sys.stderr.isatty()
 
     def step(self) -> None:
         self.count = min(self.total, self.count + self.weight)
-        if self.tty and (self.count % 50 < self.weight or self.count == self.total):
-            rate = self.count / max(time.monotonic() - self.started, 1e-9)
-            end = "\n" if self.count == self.total else ""
-            print(f"\r{self.count}/{self.total} ({rate:.0f}/s)", end=end, file=sys.stderr)
+        if self.tty:
+            if self.count % 50 < self.weight or self.count == self.total:
+                rate = self.count / max(time.monotonic() - self.started, 1e-9)
+                end = "\n" if self.count == self.total else ""
+                print(f"\r{self.count}/{self.total} ({rate:.0f}/s)", end=end, file=sys.stderr)
+            return
+        now = time.monotonic()
+        if now - self.logged >= self.EVERY and self.count < self.total:
+            self.logged = now
+            rate = self.count / max(now - self.started, 1e-9)
+            log.info(
+                "sync_progress",
+                pairs_done=self.count,
+                pairs=self.total,
+                per_s=round(rate, 1),
+                eta_s=round((self.total - self.count) / rate) if rate else None,
+            )
