@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -333,3 +334,22 @@ def test_verbose_is_pithcrawls_detail_not_its_libraries(capsys, archive: Archive
     capsys.readouterr()
     assert main(["--config", str(archive.cfg), "--log-format", "json", "-v", "status"]) == 0
     assert "aiosqlite" not in capsys.readouterr().err
+
+
+def test_history_marks_a_damaged_body_and_shows_every_other_row(capsys, archive: Archive):
+    """One archived body damaged on disk: `history` still lists every snapshot, marks the
+    one it cannot read back (and says to run fsck), and exits 0; it used to exit 3."""
+    suffix = archive.builder.suffix
+    _, out, _ = cli(capsys, archive.cfg, "history", suffix, "--json")
+    first, second = json.loads(out)["snapshots"]
+    with sqlite3.connect(archive.db) as c:
+        c.execute("UPDATE blobs SET data = x'00' WHERE sha256 = ?", (second["body_sha256"],))
+    code, out, _ = cli(capsys, archive.cfg, "history", suffix)
+    assert code == 0
+    rows = {line.split()[0]: line for line in out.splitlines() if line.split()[0].isdigit()}
+    assert set(rows) == {str(first["id"]), str(second["id"])}
+    assert "DAMAGED" in rows[str(second["id"])] and "DAMAGED" not in rows[str(first["id"])]
+    assert f"  {second['id']}: DAMAGED " in out and "pithcrawl fsck" in out
+    code, out, _ = cli(capsys, archive.cfg, "history", suffix, "--json")
+    damaged = {s["id"]: s["damaged"] for s in json.loads(out)["snapshots"]}
+    assert damaged[first["id"]] is None and damaged[second["id"]]

@@ -319,3 +319,23 @@ def test_a_pass_with_no_terminal_logs_its_progress(
     lines = [json.loads(x) for x in err.splitlines() if '"sync_progress"' in x]
     assert [(x["pairs_done"], x["pairs"]) for x in lines] == [(1, 3), (2, 3)]
     assert all(x["per_s"] > 0 and x["eta_s"] is not None for x in lines)
+
+
+def test_history_counts_an_invalid_snapshots_findings_and_lists_them_with_v(
+    capsys, tmp_path: Path, signer: TestSigner, mirror: TestMirror
+):
+    """An invalid snapshot's row says how many findings it has (it used to list every code
+    in the row, some 250 columns wide); -v lists them under the table."""
+    b = records(signer, 1)[0]
+    doc = b.build()
+    doc["bundle_signature"]["bundle_sha256"] = "0" * 64
+    mirror.put(json.dumps(doc).encode())
+    cfg = write_config(tmp_path, signer, mirror.base_url)
+    assert sync(capsys, cfg, b.pith_number)[0] == 1
+    assert main(["--config", str(cfg), "history", b.suffix]) == 0
+    out = capsys.readouterr().out
+    (row,) = [line for line in out.splitlines() if line.split()[0].isdigit()]
+    assert "INVALID (1 finding: -v)" in row and "bundle_hash_mismatch" not in out
+    assert main(["--config", str(cfg), "history", b.suffix, "-v"]) == 0
+    out = capsys.readouterr().out
+    assert f"  {row.split()[0]}: bundle_hash_mismatch" in out

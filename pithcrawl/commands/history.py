@@ -28,7 +28,7 @@ from pithcrawl.commands.report import (
     table,
     when,
 )
-from pithcrawl.errors import EXIT_OK, UsageError
+from pithcrawl.errors import EXIT_OK, StoreCorrupt, UsageError
 from pithcrawl.store import KINDS, Snapshot, Store
 from pithcrawl.timestamps import format_timestamp
 
@@ -61,8 +61,11 @@ class Entry:
     snapshot: Snapshot
     changes: int | None
     """JSON Patch operations since the previous snapshot (`prev_id`); None for the first
-    or when either document is not JSON."""
+    or when either document is not JSON (or is damaged)."""
     events: tuple[str, ...]
+    damaged: str | None = None
+    """What is wrong with its archived body or its predecessor's, if the archive is
+    damaged there (`fsck` tells more): the row is shown, marked, with the others."""
 
     def to_json(self) -> dict[str, Any]:
         s = self.snapshot
@@ -84,6 +87,7 @@ class Entry:
             "vantage": s.vantage,
             "changes": self.changes,
             "events": list(self.events),
+            "damaged": self.damaged,
         }
 
 
@@ -105,6 +109,12 @@ def run(args: argparse.Namespace) -> int:
     say(f"{number or suffix}: {len(entries)} {args.kind} snapshot(s){where}")
     if entries:
         say(*_render(entries))
+    for e in entries:
+        codes = _codes(e.snapshot)
+        if args.verbose and codes:
+            say(f"  {e.snapshot.id}: {', '.join(codes)}")
+        if e.damaged:
+            say(f"  {e.snapshot.id}: DAMAGED {e.damaged} (run `pithcrawl fsck`)")
     return EXIT_OK
 
 
@@ -120,9 +130,10 @@ async def _history(
             raise UsageError(f"--mirror {mirror}: no such mirror in the archive (see `status`)")
         linked = await store.event_kinds([s.id for s in snaps])
         by_id = {s.id: s for s in snaps}
-        entries = [
-            Entry(s, await _changes(store, s, by_id), tuple(linked.get(s.id, ()))) for s in snaps
-        ]
+        entries = []
+        for s in snaps:
+            changes, damaged = await _changes(store, s, by_id)
+            entries.append(Entry(s, changes, tuple(linked.get(s.id, ())), damaged))
         number = record.pith_number if record is not None else None
         if number is None:
             number = await _pith_number(store, suffix)
@@ -141,18 +152,25 @@ async def _archived(store: Store, suffix: str) -> bool:
     return any([await store.snapshots(suffix, kind=k) for k in KINDS])
 
 
-async def _changes(store: Store, s: Snapshot, by_id: dict[int, Snapshot]) -> int | None:
-    if s.prev_id is None:
-        return None
-    prev = by_id.get(s.prev_id) or await store.snapshot(s.prev_id)
-    if prev is None:
-        return None
+async def _changes(
+    store: Store, s: Snapshot, by_id: dict[int, Snapshot]
+) -> tuple[int | None, str | None]:
+    """JSON Patch operations since `s`'s previous snapshot (None when there is none or
+    either is not JSON), and what is damaged if either body cannot be read back."""
     try:
+        await store.get_blob(s.body_sha256)  # its own body, whatever came before it
+        if s.prev_id is None:
+            return None, None
+        prev = by_id.get(s.prev_id) or await store.snapshot(s.prev_id)
+        if prev is None:
+            return None, None
         before = parse(await store.get_blob(prev.body_sha256))
         after = parse(await store.get_blob(s.body_sha256))
     except MalformedJSON:
-        return None
-    return len(make_patch(before, after))
+        return None, None
+    except StoreCorrupt as e:
+        return None, str(e)
+    return len(make_patch(before, after)), None
 
 
 async def _pith_number(store: Store, suffix: str) -> str | None:
@@ -162,7 +180,7 @@ async def _pith_number(store: Store, suffix: str) -> str | None:
         return None
     try:
         doc = parse(await store.get_blob(trusted[-1].body_sha256))
-    except MalformedJSON:
+    except (MalformedJSON, StoreCorrupt):
         return None
     number = doc.get("pith_number") if isinstance(doc, dict) else None
     return number if isinstance(number, str) else None
@@ -189,13 +207,17 @@ def _render(entries: list[Entry]) -> list[str]:
                 s.built_at or "-",
                 "-" if s.event_count is None else str(s.event_count),
                 (s.bundle_sha256 or "-")[:16],
-                "trusted" if s.trusted else "INVALID " + ",".join(codes),
-                "-" if e.changes is None else f"{e.changes} ops",
+                "trusted" if s.trusted else f"INVALID ({_count(len(codes), 'finding')}: -v)",
+                "DAMAGED" if e.damaged else "-" if e.changes is None else f"{e.changes} ops",
                 ",".join(e.events) or "-",
                 s.url,
             )
         )
     return table(header, rows)
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
 
 
 def _codes(s: Snapshot) -> list[str]:
