@@ -264,6 +264,8 @@ def test_status_lists_a_failing_mirror_and_a_critical_alert(
     [alert] = status["open_alerts"]
     assert alert["kind"] == "document_invalid" and alert["severity"] == "critical"
     assert alert["status"] == "open" and alert["deliveries"] == []  # no sink configured
+    code, out, _ = cli(capsys, cfg, "status")
+    assert "[logged only: no alerts.hook or alerts.webhook to deliver to]" in out
     assert status["undelivered"] == 0
     [m0] = status["mirrors"]
     assert m0["failures"] == 1 and "503" in m0["last_error"]

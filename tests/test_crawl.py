@@ -544,7 +544,7 @@ async def test_a_manifest_that_cannot_be_read_is_told_by_sync_and_status(tmp_pat
 async def test_status_says_crawled_only_of_mirrors_the_last_pass_crawled(tmp_path, signer):
     """A manifest listing a mirror also configured by hand: the pass crawls it once, under
     the configured name, and `status` must not call the manifest's duplicate crawled."""
-    from pithcrawl.commands.status import gather
+    from pithcrawl.commands.status import gather, render
 
     async with env(tmp_path, signer, n=2) as e:
         b = record(signer)
@@ -569,6 +569,10 @@ async def test_status_says_crawled_only_of_mirrors_the_last_pass_crawled(tmp_pat
         assert rows["direct"].crawled and rows["direct"].next_due is not None
         assert not rows["registry/one"].crawled
         assert rows["registry"].manifest is not None and rows["registry"].records == 1
+        # For people, a manifest's row counts the mirrors it listed, not "records".
+        status = await gather(e.config, e.db)
+        (line,) = [x for x in render(status) if x.startswith("registry ")]
+        assert " 1 mirrors listed " in line
         # Mirrors configured since the last pass are crawled (by the next one).
         e.config = _config(tmp_path, [base, f"{base}/x"])
         rows = {m.name: m for m in (await gather(e.config, e.db)).mirrors}

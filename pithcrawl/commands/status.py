@@ -199,7 +199,7 @@ def _delivery(d: Delivery) -> dict[str, Any]:
 
 def _delivery_text(ds: list[Delivery]) -> str:
     if not ds:
-        return "log only"
+        return "logged only: no alerts.hook or alerts.webhook to deliver to"
     return ", ".join(
         f"{d.sink} {'delivered' if d.delivered_at else f'pending ({d.attempts} tries)'}"
         for d in ds
@@ -229,7 +229,7 @@ def render(status: Status) -> list[str]:
             [
                 (
                     _name(m),
-                    str(m.records),
+                    f"{m.records} mirrors listed" if m.manifest else str(m.records),
                     when(m.last_success_at),
                     when(m.last_failure_at),
                     str(m.failures),
