@@ -59,7 +59,9 @@ OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
 #: The documents fetched per record and mirror; their series exist (at 0) from a mirror's
 #: first fetch, so `rate()` sees the first failure too.
 FETCH_KINDS = ("bundle", "state")
-#: The contract's alert kinds, each always exported (0 when none is open).
+#: The contract's kinds that open alerts, each always exported (0 when none is open). Its
+#: info kinds (`key_rotation`, `correction`, `event_added`) are log entries that open no
+#: alert: series of them would read 0 forever.
 ALERT_KINDS = (
     "document_invalid",
     "rollback",
@@ -67,9 +69,6 @@ ALERT_KINDS = (
     "state_url_mismatch",
     "equivocation",
     "untrusted_key",
-    "key_rotation",
-    "correction",
-    "event_added",
     "mirror_stale",
     "mirror_unreachable",
 )

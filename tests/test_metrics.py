@@ -241,3 +241,22 @@ async def test_no_created_series_are_exposed():
         text = await resp.text()
     assert "pithcrawl_fetches_total{" in text
     assert "_created" not in text
+
+
+def test_the_shipped_alerting_rules_name_what_is_exported():
+    """config/prometheus-rules.yml: every metric an expression reads is one a scrape
+    shows (counters by their `_total` samples), and every `kind` it matches is a kind
+    whose series exists; `up` and `pithcrawl_info` aside, nothing else is read."""
+    from pathlib import Path
+
+    rules = (Path(__file__).parent.parent / "config" / "prometheus-rules.yml").read_text()
+    exprs = re.findall(r"(?m)^\s+expr: (.+)$", rules)
+    assert len(exprs) == 6
+    metrics = Metrics()
+    metrics.fetch("m0", "bundle", "changed")
+    metrics.success("m0", datetime.now(UTC))
+    exported = {name for name, _ in samples(metrics)}
+    read = {n for e in exprs for n in re.findall(r"\bpithcrawl_[a-z_]+", e)}
+    assert read and read <= exported, read - exported
+    kinds = {k for e in exprs for m in re.findall(r'kind=~"([^"]+)"', e) for k in m.split("|")}
+    assert kinds == set(ALERT_KINDS)
