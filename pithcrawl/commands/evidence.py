@@ -309,7 +309,7 @@ def readme(package: Package, commands: list[tuple[Document, str]], config: Confi
     lines += [f"  {file}: {key.key_id}, {origin}" for file, key, origin in package.keys]
     lines += [
         "",
-        "To re-check, from this directory, with pithcrawl (or any verifier of pith-format.md);",
+        "To re-check, from this directory, with pithcrawl (or any verifier of the Pith format);",
         "no network is needed. Each file's sha256 is its name:",
         "",
         "  sha256sum documents/*.json",
