@@ -15,6 +15,7 @@ import hmac
 import logging
 import os
 import random
+import re
 import signal
 import subprocess
 import tempfile
@@ -86,9 +87,12 @@ def check_sinks(config: AlertsConfig, env: Mapping[str, str]) -> bytes | None:
     executable file, or a secret that cannot be read, is a configuration error now (exit
     2, or a refused reload), not a delivery failing on the first alert."""
     hook = config.hook
-    if hook is not None and not (hook.is_file() and os.access(hook, os.X_OK)):
+    if hook is not None and hook.is_dir():
+        if not os.access(hook, os.R_OK | os.X_OK):
+            raise ConfigError(f"alerts.hook: {hook} is a directory pithcrawl cannot read")
+    elif hook is not None and not _runnable(hook):
         why = "does not exist" if not hook.exists() else "is not an executable file"
-        raise ConfigError(f"alerts.hook: {hook} {why}")
+        raise ConfigError(f"alerts.hook: {hook} {why} (nor a directory of them)")
     return read_secret(config.webhook_secret_file, env)
 
 
@@ -107,8 +111,38 @@ def payload(alert: Alert, phase: str) -> bytes:
 
 
 def sink_names(config: AlertsConfig) -> list[str]:
-    """The sinks an alert is queued for: those configured."""
-    return [name for name, on in (("hook", config.hook), ("webhook", config.webhook)) if on]
+    """The sinks an alert is queued for: those configured. `alerts.hook` naming a
+    directory (a hooks.d) is one sink per executable in it, `hook:NAME`, each with its
+    own deliveries: a script added later is told of the alerts still open, and one that
+    fails holds up no other."""
+    names = [] if config.hook is None else hook_sinks(config.hook)
+    return names + (["webhook"] if config.webhook else [])
+
+
+#: The executables of a hooks.d that run, as run-parts picks them: no dot files, editor
+#: backups or package managers' leftovers (`x~`, `x.dpkg-old`).
+_HOOK_NAME = re.compile(r"[A-Za-z0-9_-]{1,100}")
+
+
+def hook_sinks(hook: Path) -> list[str]:
+    """`hook`'s sinks: `hook` for one executable, `hook:NAME` for each executable NAME of
+    a directory, in name order."""
+    if not hook.is_dir():
+        return ["hook"]
+    try:
+        entries = sorted(hook.iterdir())
+    except OSError:
+        return []  # unreadable now: no sink this time (check_sinks said so at the start)
+    return [f"hook:{p.name}" for p in entries if _HOOK_NAME.fullmatch(p.name) and _runnable(p)]
+
+
+def _runnable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+def sink_kind(sink: str) -> str:
+    """`hook` or `webhook`: what a sink is (each script of a hooks.d is a `hook`)."""
+    return "hook" if sink.startswith("hook:") else sink
 
 
 def hook_environment(
@@ -203,15 +237,28 @@ class Sinks:
         return sink_names(self.config)
 
     async def send(self, delivery: Delivery, alert: Alert) -> None:
-        if delivery.sink == "hook":
-            await self._hook(alert, delivery.phase)
+        if sink_kind(delivery.sink) == "hook":
+            await self._hook(alert, delivery.phase, delivery.sink)
         else:
             await self._webhook(alert, delivery.phase)
 
-    async def _hook(self, alert: Alert, phase: str) -> None:
+    def _hook_path(self, sink: str) -> Path:
+        """The executable a hook sink runs, as the configuration says now."""
         hook = self.config.hook
         if hook is None:
             raise DeliveryFailed("no alerts.hook is configured any more")
+        if sink == "hook":
+            if hook.is_dir():
+                raise DeliveryFailed(f"alerts.hook {hook} is a directory now")
+            return hook
+        name = sink.removeprefix("hook:")
+        path = hook / name
+        if not (hook.is_dir() and _HOOK_NAME.fullmatch(name) and _runnable(path)):
+            raise DeliveryFailed(f"{name} is no longer an executable of alerts.hook {hook}")
+        return path
+
+    async def _hook(self, alert: Alert, phase: str, sink: str = "hook") -> None:
+        hook = self._hook_path(sink)
         timeout = self.config.hook_timeout.total_seconds()
         with tempfile.TemporaryDirectory(prefix="pithcrawl-alert-") as tmp:
             json_file = Path(tmp) / f"alert-{alert.id}-{phase}.json"
@@ -250,6 +297,7 @@ class Sinks:
 #: Deliveries in flight to one sink at once: the hook runs one at a time (a script need
 #: not be written for several copies of itself at once), the webhook takes a few POSTs.
 SINK_CONCURRENCY = {"hook": 1, "webhook": 4}
+"""By `sink_kind`: each script of a hooks.d also runs one at a time."""
 
 
 async def deliver_due(
@@ -297,7 +345,7 @@ async def deliver_to(
         return 0, 0
     queue = await store.deliveries.due_deliveries(now, limit, sinks=[sink])
     counts = [0, 0]
-    slots = anyio.Semaphore(SINK_CONCURRENCY[sink])
+    slots = anyio.Semaphore(SINK_CONCURRENCY[sink_kind(sink)])
 
     async def attempt(delivery: Delivery, alert: Alert) -> None:
         try:
@@ -344,7 +392,7 @@ async def _attempt(
         until = time.monotonic() + (retry_at - now).total_seconds()
         sinks.down_until[delivery.sink] = max(until, sinks.down_until.get(delivery.sink, until))
         if metrics is not None:
-            metrics.delivery_failed(delivery.sink)
+            metrics.delivery_failed(sink_kind(delivery.sink))
         log.warning(
             "delivery_failed",
             error=str(e),
@@ -357,7 +405,7 @@ async def _attempt(
     with anyio.CancelScope(shield=True):
         await store.deliveries.delivered(delivery, now)
     if metrics is not None:
-        metrics.delivered(delivery.sink)
+        metrics.delivered(sink_kind(delivery.sink))
     log.info("delivered", kind=alert.kind)
     return 0
 

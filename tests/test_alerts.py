@@ -10,6 +10,7 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import stat
 import sys
 import time
@@ -654,7 +655,58 @@ async def test_a_closing_notice_waits_for_its_opening_one(tmp_path, signer):
     ]
 
 
-@pytest.mark.parametrize("made", ["missing", "not executable", "a directory"])
+def _script(path: Path, body: str) -> None:
+    path.write_text(f"#!{sys.executable}\n{body}")
+    path.chmod(0o755)
+
+
+async def test_a_hooks_directory_delivers_to_each_script_on_its_own(tmp_path, signer):
+    """`alerts.hook` naming a directory (a hooks.d): each executable in it, as run-parts
+    would pick them, gets every alert as a sink of its own: one that fails is retried
+    alone, and one added later is told of the alerts still open."""
+    hooks = tmp_path / "hooks.d"
+    hooks.mkdir()
+    log = tmp_path / "hooks.log"
+    record = (
+        f"import os\nline = os.path.basename(__file__) + ' ' + os.environ['EVENT']\n"
+        f"open({str(log)!r}, 'a').write(line + '\\n')\n"
+    )
+    _script(hooks / "10-log", record)
+    _script(
+        hooks / "20-fail", "import sys\nprint('mail server down', file=sys.stderr)\nsys.exit(1)\n"
+    )
+    _script(hooks / "10-log~", record)  # an editor's backup: not run
+    (hooks / "notes").write_text("not executable")
+    async with env(tmp_path, signer, n=1) as e:
+        a = BundleBuilder(signer)
+        a.add_event()
+        doc = a.build()
+        doc["bundle_signature"]["bundle_sha256"] = "0" * 64
+        e.mirrors[0].put(json.dumps(doc).encode())
+        await track(e, a)
+        e.configure(hook=str(hooks))
+        summary = await e.sync()
+        assert summary.alerts == 1
+        assert log.read_text().splitlines() == ["10-log document_invalid"]
+        _script(hooks / "30-late", record)
+        await e.sync()  # the same alert, still open: only the newcomer is told
+        assert log.read_text().splitlines() == [
+            "10-log document_invalid",
+            "30-late document_invalid",
+        ]
+    with sqlite3.connect(e.db) as c:
+        rows = c.execute(
+            "SELECT sink, delivered_at IS NOT NULL, last_error FROM deliveries ORDER BY sink"
+        ).fetchall()
+    assert [(r[0], r[1]) for r in rows] == [
+        ("hook:10-log", 1),
+        ("hook:20-fail", 0),
+        ("hook:30-late", 1),
+    ]
+    assert "exited 1: mail server down" in rows[1][2]
+
+
+@pytest.mark.parametrize("made", ["missing", "not executable", "a fifo"])
 def test_a_hook_that_cannot_run_is_a_configuration_error_before_the_pass(
     tmp_path, signer, capsys, mirror, made
 ):
@@ -667,8 +719,8 @@ def test_a_hook_that_cannot_run_is_a_configuration_error_before_the_pass(
     hook = tmp_path / "on-alert"
     if made == "not executable":
         hook.write_text("#!/bin/sh\nexit 0\n")
-    elif made == "a directory":
-        hook.mkdir()
+    elif made == "a fifo":
+        os.mkfifo(hook)
     (tmp_path / "k.json").write_text(json.dumps(signer.public_key()))
     cfg = tmp_path / "c.toml"
     cfg.write_text(

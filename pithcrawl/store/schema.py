@@ -228,7 +228,28 @@ CREATE TABLE rules_due (
 ) WITHOUT ROWID;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9, _V10)
+# A hooks.d: `alerts.hook` naming a directory delivers to each executable in it as a
+# sink of its own, `hook:NAME` (SQLite changes a CHECK only by rebuilding the table);
+# each sink reads its own queue, so the pending deliveries are indexed by sink first.
+_V11 = """
+CREATE TABLE deliveries_v11 (
+    alert_id     INTEGER NOT NULL REFERENCES alerts (id),
+    sink         TEXT NOT NULL CHECK (sink IN ('hook', 'webhook') OR sink GLOB 'hook:?*'),
+    phase        TEXT NOT NULL CHECK (phase IN ('open', 'close')),
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    next_attempt TEXT NOT NULL,
+    delivered_at TEXT,
+    last_error   TEXT,
+    PRIMARY KEY (alert_id, sink, phase)
+) WITHOUT ROWID;
+INSERT INTO deliveries_v11 SELECT alert_id, sink, phase, attempts, next_attempt,
+    delivered_at, last_error FROM deliveries;
+DROP TABLE deliveries;
+ALTER TABLE deliveries_v11 RENAME TO deliveries;
+CREATE INDEX deliveries_due ON deliveries (sink, next_attempt) WHERE delivered_at IS NULL;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9, _V10, _V11)
 """Migration scripts in order; the schema version is their count."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
