@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test lint sync install install-test bench clean
+.PHONY: test lint sync install install-test browser bench demo clean
 
 # pithcrawl and what it runs on (aiohttp, pynacl, …): all `make sync` needs.
 $(VENV)/.installed: pyproject.toml
@@ -21,8 +21,12 @@ install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
 
+# Debian's Chromium, for the browser tests of the status pages (when missing).
+browser:
+	@sh .ci/install-chromium
+
 ## make test: lint, type-check and run the whole test suite
-test: install-test lint
+test: install-test browser lint
 	$(BIN)/pytest -n auto
 
 lint: install-test

@@ -22,6 +22,7 @@ class Fault:
     status: int
     retry_after: str | None = None
     body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -55,8 +56,14 @@ class TestMirror:
         self.states[suffix] = state
         return suffix
 
-    def fail(self, suffix: str, status: int, retry_after: str | None = None) -> None:
-        self.faults[suffix] = Fault(status, retry_after)
+    def fail(
+        self,
+        suffix: str,
+        status: int,
+        retry_after: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.faults[suffix] = Fault(status, retry_after, headers=headers or {})
 
     def heal(self, suffix: str) -> None:
         self.faults.pop(suffix, None)
@@ -107,6 +114,7 @@ class TestMirror:
         fault = self.faults.get(suffix)
         if fault is not None:
             headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
+            headers.update(fault.headers)
             return web.Response(status=fault.status, body=fault.body, headers=headers)
         body = table.get(suffix)
         if body is None:

@@ -175,22 +175,28 @@ async def _gather(config: Config, db: Path, alert_id: int) -> Package:
         alert = await store.alerts.get(alert_id)
         if alert is None:
             raise UsageError(f"ALERT_ID {alert_id}: no such alert in the archive {db}")
-        snaps: dict[str, list[Snapshot]] = {}
-        if alert.suffix is not None:
-            for kind in KINDS:
-                for s in await store.snapshots(alert.suffix, kind=kind):
-                    snaps.setdefault(s.body_sha256, []).append(s)
-        documents: dict[str, Document] = {}
-        for ref in body_refs(alert.evidence):
-            seen = documents.get(ref.sha256)
-            if seen is None:
-                documents[ref.sha256] = await _document(store, alert, ref, snaps)
-            else:
-                documents[ref.sha256] = Document(
-                    seen.ref, (*seen.roles, ref.role), seen.kind, seen.trusted, seen.body
-                )
-        base = load_trust(config.trust.keys)
-        trust = await with_learned(base, store, config)
+        return await package_of(store, config, alert)
+
+
+async def package_of(store: Store, config: Config, alert: Alert) -> Package:
+    """What `evidence` writes of `alert`, read from an open archive (`serve`'s alert
+    page shows the same documents and commands)."""
+    snaps: dict[str, list[Snapshot]] = {}
+    if alert.suffix is not None:
+        for kind in KINDS:
+            for s in await store.snapshots(alert.suffix, kind=kind):
+                snaps.setdefault(s.body_sha256, []).append(s)
+    documents: dict[str, Document] = {}
+    for ref in body_refs(alert.evidence):
+        seen = documents.get(ref.sha256)
+        if seen is None:
+            documents[ref.sha256] = await _document(store, alert, ref, snaps)
+        else:
+            documents[ref.sha256] = Document(
+                seen.ref, (*seen.roles, ref.role), seen.kind, seen.trusted, seen.body
+            )
+    base = load_trust(config.trust.keys)
+    trust = await with_learned(base, store, config)
     origin = "trust.keys" if config.trust.keys else "the registry key shipped with pithcrawl"
     keys: list[tuple[str, TrustedKey, str]] = []
     names: set[str] = set()

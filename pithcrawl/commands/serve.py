@@ -12,7 +12,9 @@ import argparse
 import re
 import signal
 from contextlib import suppress
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import anyio
@@ -25,6 +27,9 @@ from pithcrawl.errors import EXIT_OK, UsageError
 from pithcrawl.keys import TrustSet
 from pithcrawl.store import Store
 from pithcrawl.trust import load_trust, with_learned
+
+if TYPE_CHECKING:
+    from pithcrawl.serve import Ui
 
 HELP = "Serve the archive as a Pith mirror (the exact verified bytes), until SIGTERM."
 EXAMPLE = "pithcrawl serve --bind 127.0.0.1:8787"
@@ -51,6 +56,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--name",
         metavar="NAME",
         help="this mirror's name in /pith-mirrors.json (default: pithcrawl@HOST:PORT)",
+    )
+    p.add_argument(
+        "--no-ui",
+        action="store_true",
+        help="serve the mirror routes only, not the status pages (/ and /ui/)",
     )
 
 
@@ -81,7 +91,10 @@ def run(args: argparse.Namespace) -> int:
     base_url = parse_base_url(args.base_url)
     trust = load_trust(config.trust.keys)
     _raise_descriptor_limit()
-    anyio.run(_serve, config, trust, db, (host, port), (args.name, base_url))
+    from pithcrawl.serve import Ui
+
+    ui = None if args.no_ui else Ui(config, str(args.config) if args.config else None)
+    anyio.run(partial(_serve, config, trust, db, (host, port), (args.name, base_url), ui=ui))
     return EXIT_OK
 
 
@@ -104,6 +117,8 @@ async def _serve(
     db: Path,
     bind: tuple[str, int],
     manifest: tuple[str | None, str | None],
+    *,
+    ui: Ui | None,
 ) -> None:
     (host, port), (name, base_url) = bind, manifest
     async with (
@@ -128,6 +143,7 @@ async def _serve(
             base_url=base_url,
             trust=await keys(),
             clock_skew=config.trust.clock_skew,
+            ui=ui,
         ) as server:
             if config.trust.follow_rotations:  # a `run` alongside may learn keys
                 tg.start_soon(follow_keys, server.catalog, keys)
@@ -135,6 +151,7 @@ async def _serve(
                 "serve_started",
                 bind=f"{host}:{port}",
                 url=server.url,
+                status_pages=None if ui is None else f"{server.url}/",
                 name=server.name,
                 db=str(db),
                 records=await store.trusted.record_count(),

@@ -130,17 +130,23 @@ def run(args: argparse.Namespace) -> int:
 async def gather(config: Config, db: Path) -> Status:
     """Read everything `status` shows, in one read-only session."""
     async with await Store.open(db, readonly=True) as store:
-        records = await store.watchlist.tracked_count()
-        summaries = await store.mirror_summaries()
-        known = await store.watchlist.mirrors()
-        alerts = await store.alerts.open_alerts()
-        deliveries: dict[int, list[Delivery]] = {}
-        for d in await store.deliveries.rows(alert_ids=[a.id for a in alerts]):
-            deliveries.setdefault(d.alert_id, []).append(d)
-        undelivered = await store.deliveries.undelivered_count()
-        reads = {m.name: await manifest_read(store, m.name) for m in config.mirrors if m.manifest}
-        last = await last_crawled(store)
-        nodes = await store.nodes.all()
+        return await gather_from(store, config)
+
+
+async def gather_from(store: Store, config: Config) -> Status:
+    """`gather` from an open archive (`serve`'s overview shows the same figures)."""
+    db = store.path
+    records = await store.watchlist.tracked_count()
+    summaries = await store.mirror_summaries()
+    known = await store.watchlist.mirrors()
+    alerts = await store.alerts.open_alerts()
+    deliveries: dict[int, list[Delivery]] = {}
+    for d in await store.deliveries.rows(alert_ids=[a.id for a in alerts]):
+        deliveries.setdefault(d.alert_id, []).append(d)
+    undelivered = await store.deliveries.undelivered_count()
+    reads = {m.name: await manifest_read(store, m.name) for m in config.mirrors if m.manifest}
+    last = await last_crawled(store)
+    nodes = await store.nodes.all()
     mirrors: dict[str, MirrorStatus] = {}
     for m in config.mirrors:
         mirrors[m.name] = MirrorStatus(m.name, m.base_url)

@@ -43,6 +43,7 @@ from pithcrawl.errors import OperationalError, StoreError
 from pithcrawl.keys import TrustSet
 from pithcrawl.merge import MERGE_VERSION
 from pithcrawl.serve.catalog import Body, Catalog, Served
+from pithcrawl.serve.pages import Ui, add_pages
 from pithcrawl.store import Store
 from pithcrawl.timestamps import format_seconds
 from pithcrawl.verify import DEFAULT_CLOCK_SKEW
@@ -187,9 +188,12 @@ def _dumps(doc: Any) -> str:
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
 
 
-def _app(h: _Handlers) -> web.Application:
-    """The mirror's routes; HEAD is answered for every GET route."""
+def _app(h: _Handlers, ui: Ui | None = None) -> web.Application:
+    """The mirror's routes, and the status pages unless `ui` is None; HEAD is answered for
+    every GET route."""
     app = web.Application()
+    if ui is not None:
+        add_pages(app, h.catalog.store, ui)
     app.router.add_get(BUNDLE_PATTERN, h.bundle)
     app.router.add_get(WELL_KNOWN_PATTERN, h.bundle)
     app.router.add_get(STATE_PATTERN, h.state)
@@ -237,9 +241,10 @@ async def serving(
     trust: TrustSet,
     clock_skew: timedelta = DEFAULT_CLOCK_SKEW,
     catalog: Catalog | None = None,
+    ui: Ui | None = None,
 ) -> AsyncIterator[Server]:
     """Serve `store` on HOST:PORT (0: any free port) until the block ends; a bundle is
-    served only if it verifies under `trust`.
+    served only if it verifies under `trust`. With `ui`, the status pages too.
 
     `OperationalError` when the address cannot be bound. Leaving the block (a cancel
     included) stops accepting, lets in-flight requests finish briefly, and closes.
@@ -250,7 +255,7 @@ async def serving(
         server_log.addFilter(_not_a_client_error)
     handlers = _Handlers(catalog, base_url)
     runner = web.AppRunner(
-        _app(handlers),
+        _app(handlers, ui),
         access_log=None,
         handle_signals=False,
         shutdown_timeout=5.0,

@@ -24,6 +24,7 @@ from pithcrawl.entries import NewEvent
 from pithcrawl.store.alerts import AlertBook, Reconciled
 from pithcrawl.store.blobs import PackedBlob
 from pithcrawl.store.bodies import Bodies
+from pithcrawl.store.browse import Browse
 from pithcrawl.store.connection import Database, Later
 from pithcrawl.store.deliveries import DeliveryBook
 from pithcrawl.store.fetches import (
@@ -170,6 +171,8 @@ class Store:
         """Integrity, damaged rows, counts, clock steps (`store.maintenance`)."""
         self.nodes = Nodes(db)
         """The nodes crawling the archive, and when each was seen (`store.nodes`)."""
+        self.browse = Browse(db)
+        """Pages of records and alerts, mirrors' lag, for the status pages (`store.browse`)."""
 
     @classmethod
     async def open(

@@ -1,0 +1,400 @@
+"""What each status page shows, read from the archive and shaped for its template.
+
+Owns the figures of the pages (the overview's are `status --json`'s, from the same
+`gather_from`, plus each mirror's lag and last day), a record's title and events as its
+newest trusted bundle states them, the geometry of the record's timeline (an SVG drawn
+on the server), the readable form of a diff, and an alert's evidence documents with the
+commands that re-check them (`evidence`'s own). Everything here that came from a mirror
+stays plain data: the templates escape it (Jinja2's autoescape), and `href` lets only
+http(s) URLs become links.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+from pithcrawl.canon import MalformedJSON, parse
+from pithcrawl.commands.evidence import package_of, recheck
+from pithcrawl.commands.patch import make_patch
+from pithcrawl.commands.status import MirrorStatus, Status, gather_from
+from pithcrawl.config import Config
+from pithcrawl.store import Alert, Snapshot, Store
+from pithcrawl.store.browse import Day, Lag
+from pithcrawl.text import bounded, escaped, json_text
+
+PAGE = 50
+"""Rows on a page of records, alerts or failing pairs."""
+
+TIMELINE = 200
+"""Snapshots drawn on one record's timeline (older ones a page further)."""
+
+SEVERITIES = ("critical", "error", "warning", "info")
+
+#: The most characters of one value shown in a diff or an evidence document.
+SHOWN = 4_000
+
+
+def href(url: Any) -> str | None:
+    """`url` if it may be a link (an absolute http or https URL), else None: a mirror's
+    `javascript:` or `data:` URL is shown as text, never followed."""
+    if not isinstance(url, str) or any(c.isspace() or not c.isprintable() for c in url):
+        return None
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    return url if parts.scheme in ("http", "https") and parts.netloc else None
+
+
+def shown(value: Any, limit: int = 500, lines: bool = False) -> str:
+    """Untrusted text as a page shows it: non-printing characters (controls, bidi and
+    zero-width marks) as escapes, cut to `limit` (the template escapes HTML). With
+    `lines`, line breaks stay (for a `<pre>`)."""
+    text = bounded(str(value), limit)
+    if lines:
+        return "\n".join(escaped(line) for line in text.split("\n"))
+    return escaped(text)
+
+
+def age(at: datetime | None, now: datetime) -> str:
+    """How long ago, in the two largest units: `3d 4h`, `5m 10s`."""
+    if at is None:
+        return "-"
+    seconds = max(0, int((now - at).total_seconds()))
+    parts: list[str] = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size or (unit == "s" and not parts):
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+        if len(parts) == 2:
+            break
+    return " ".join(parts)
+
+
+# -- overview -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorRow:
+    status: MirrorStatus
+    lag: Lag | None
+    day: Day | None
+    open_alerts: int
+
+    @property
+    def healthy(self) -> bool:
+        s = self.status
+        failing = s.last_failure_at is not None and (
+            s.last_success_at is None or s.last_failure_at > s.last_success_at
+        )
+        return not failing and not self.open_alerts and not (self.lag and self.lag.behind)
+
+
+@dataclass(frozen=True, slots=True)
+class Overview:
+    status: Status
+    mirrors: list[MirrorRow]
+    severities: list[tuple[str, int]]
+    alerts: list[Alert]
+    more_alerts: bool
+    now: datetime
+
+    @property
+    def last_pass(self) -> datetime | None:
+        return self.status.nodes[0].last_seen if self.status.nodes else None
+
+
+async def overview(store: Store, config: Config, now: datetime) -> Overview:
+    status = await gather_from(store, config)
+    lag = await store.browse.lag()
+    day = await store.browse.day(now - timedelta(days=1))
+    per_mirror = Counter(m for a in status.open_alerts for m in a.mirrors)
+    rows = [
+        MirrorRow(m, lag.get(m.name), day.get(m.name), per_mirror[m.name]) for m in status.mirrors
+    ]
+    counts = Counter(a.severity for a in status.open_alerts)
+    rank = {s: i for i, s in enumerate(SEVERITIES)}
+    alerts = sorted(status.open_alerts, key=lambda a: (rank.get(a.severity, 9), -a.id))
+    return Overview(
+        status,
+        rows,
+        [(s, counts[s]) for s in SEVERITIES if counts[s]],
+        alerts[:PAGE],
+        len(alerts) > PAGE,
+        now,
+    )
+
+
+async def mirror_row(store: Store, config: Config, name: str, now: datetime) -> MirrorRow | None:
+    view = await overview(store, config, now)
+    return next((m for m in view.mirrors if m.status.name == name), None)
+
+
+# -- a record -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Dot:
+    snapshot: Snapshot
+    x: float
+    y: float
+    previous: int | None
+    """The snapshot before it in its lane (its diff's other side)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lane:
+    label: str
+    y: float
+
+
+@dataclass(frozen=True, slots=True)
+class Timeline:
+    width: int
+    height: int
+    lanes: list[Lane]
+    dots: list[Dot]
+    start: datetime | None
+    end: datetime | None
+
+
+_LEFT, _RIGHT, _TOP, _ROW = 190, 20, 24, 34
+
+#: The shortest stretch of time a timeline spans.
+MIN_SPAN = timedelta(hours=1)
+
+
+def timeline(snapshots: list[Snapshot], width: int = 900) -> Timeline:
+    """A lane per mirror (per mirror and vantage once there are several vantages), a dot
+    per bundle snapshot at its fetch time."""
+    vantages = {s.vantage for s in snapshots if s.vantage}
+    several = len(vantages) > 1
+
+    def lane_of(s: Snapshot) -> str:
+        return f"{s.mirror} @ {s.vantage or '?'}" if several else s.mirror
+
+    names = sorted({lane_of(s) for s in snapshots})
+    ys = {name: _TOP + i * _ROW for i, name in enumerate(names)}
+    times = [s.fetched_at for s in snapshots]
+    start, end = (min(times), max(times)) if times else (None, None)
+    if start and end and end - start < MIN_SPAN:
+        start = end - MIN_SPAN  # fetches seconds apart are drawn together, at the end
+    span = (end - start).total_seconds() if start and end else 0.0
+    inner = width - _LEFT - _RIGHT
+    dots: list[Dot] = []
+    last: dict[str, int] = {}
+    for s in snapshots:
+        lane = lane_of(s)
+        offset = (s.fetched_at - start).total_seconds() / span if span and start else 0.5
+        dots.append(Dot(s, round(_LEFT + offset * inner, 1), ys[lane], last.get(lane)))
+        last[lane] = s.id
+    height = _TOP + max(1, len(names)) * _ROW
+    return Timeline(width, height, [Lane(n, ys[n]) for n in names], dots, start, end)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    op: str
+    path: str
+    before: str | None
+    after: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Diff:
+    old: Snapshot
+    new: Snapshot
+    changes: list[Change]
+    more: int
+    problem: str | None = None
+
+
+@dataclass
+class RecordPage:
+    suffix: str
+    pith_number: str | None
+    tracked: bool
+    title: str | None
+    newest: Snapshot | None
+    bundle_events: list[dict[str, str]]
+    timeline: Timeline
+    snapshots: list[Snapshot]
+    older: int | None
+    log: list[Any]
+    alerts: list[Alert]
+    diff: Diff | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+def _text_at(doc: Any, *path: Any) -> Any:
+    for step in path:
+        if isinstance(step, int):
+            if not isinstance(doc, list) or not -len(doc) <= step < len(doc):
+                return None
+        elif not isinstance(doc, dict):
+            return None
+        doc = doc[step] if isinstance(step, int) else doc.get(step)
+    return doc
+
+
+def title_of(bundle: Any) -> str | None:
+    """The paper's title as the newest graph snapshot in the bundle's state gives it."""
+    title = _text_at(
+        bundle,
+        "state",
+        "current",
+        "graph_snapshots",
+        -1,
+        "payload",
+        "graph_snapshot",
+        "paper",
+        "title",
+    )
+    return title if isinstance(title, str) and title.strip() else None
+
+
+def bundle_events(bundle: Any) -> list[dict[str, str]]:
+    """The bundle's own events, as the record's history states them, in order."""
+    events = _text_at(bundle, "events")
+    out = []
+    for e in events if isinstance(events, list) else []:
+        if not isinstance(e, dict):
+            continue
+        signer = _text_at(e, "signer", "signer_id")
+        out.append(
+            {
+                "type": shown(e.get("event_type", "?"), 80),
+                "target": shown(e.get("target", ""), 80),
+                "created_at": shown(e.get("created_at", "") or "", 40),
+                "signer": shown(signer or "", 80),
+                "id": shown(e.get("event_id", "") or "", 80),
+            }
+        )
+    return out
+
+
+async def document(store: Store, s: Snapshot) -> Any:
+    """A snapshot's body as JSON; `MalformedJSON` when it is not."""
+    return parse(await store.get_blob(s.body_sha256))
+
+
+async def record(
+    store: Store, suffix: str, *, before: int | None, a: int | None, b: int | None
+) -> RecordPage | None:
+    tracked = await store.watchlist.record(suffix)
+    kwargs = {} if before is None else {"before": before}
+    snaps = await store.browse.record_snapshots(suffix, limit=TIMELINE + 1, **kwargs)
+    if tracked is None and not snaps:
+        return None
+    older = snaps[0].id if len(snaps) > TIMELINE else None
+    snaps = snaps[-TIMELINE:]
+    newest = await store.trusted.newest_bundle(suffix)
+    page = RecordPage(
+        suffix,
+        tracked.pith_number if tracked else None,
+        tracked is not None,
+        None,
+        newest,
+        [],
+        timeline(snaps),
+        snaps,
+        older,
+        await store.browse.record_events(suffix, limit=500),
+        await store.browse.record_alerts(suffix, limit=PAGE),
+    )
+    if newest is not None:
+        try:
+            doc = await document(store, newest)
+        except MalformedJSON as e:
+            page.problems.append(f"the newest trusted bundle does not parse: {e}")
+        else:
+            page.title = title_of(doc)
+            page.bundle_events = bundle_events(doc)
+            if isinstance(doc, dict) and isinstance(doc.get("pith_number"), str):
+                page.pith_number = page.pith_number or doc["pith_number"]
+    if a is not None and b is not None:
+        page.diff = await diff(store, suffix, a, b)
+    return page
+
+
+def _pointer_get(doc: Any, path: str) -> tuple[bool, Any]:
+    if path == "":
+        return True, doc
+    for raw in path.split("/")[1:]:
+        part = raw.replace("~1", "/").replace("~0", "~")
+        if isinstance(doc, dict) and part in doc:
+            doc = doc[part]
+        elif isinstance(doc, list) and part.isdigit() and int(part) < len(doc):
+            doc = doc[int(part)]
+        else:
+            return False, None
+    return True, doc
+
+
+def _value(v: Any) -> str:
+    return bounded(json_text(v, indent=2), SHOWN)
+
+
+async def diff(store: Store, suffix: str, a: int, b: int, limit: int = 500) -> Diff | None:
+    """The JSON Patch from snapshot `a` to `b` (both bundles of `suffix`), each operation
+    with the value before and after; None when either is not such a snapshot."""
+    old, new = await store.snapshot(a), await store.snapshot(b)
+    if old is None or new is None or {old.suffix, new.suffix} != {suffix}:
+        return None
+    if old.kind != "bundle" or new.kind != "bundle":
+        return None
+    try:
+        before, after = await document(store, old), await document(store, new)
+    except MalformedJSON as e:
+        return Diff(old, new, [], 0, f"a compared body is not JSON ({e})")
+    ops = make_patch(before, after)
+    changes = []
+    for op in ops[:limit]:
+        path = str(op.get("path", ""))
+        found, was = _pointer_get(before, path)
+        changes.append(
+            Change(
+                str(op.get("op")),
+                path,
+                _value(was) if found and op.get("op") != "add" else None,
+                _value(op["value"]) if "value" in op else None,
+            )
+        )
+    return Diff(old, new, changes, max(0, len(ops) - limit))
+
+
+# -- an alert -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AlertPage:
+    alert: Alert
+    deliveries: list[Any]
+    documents: list[tuple[Any, str]]
+    """(evidence document, the `pithcrawl verify` command that re-checks it)."""
+    evidence_command: str
+    evidence_json: str
+
+
+async def alert(
+    store: Store, config: Config, alert_id: int, config_path: str | None
+) -> AlertPage | None:
+    found = await store.alerts.get(alert_id)
+    if found is None:
+        return None
+    package = await package_of(store, config, found)
+    options = ["--config", config_path] if config_path else []
+    return AlertPage(
+        found,
+        await store.deliveries.rows(alert_id),
+        recheck(package, config),
+        shlex.join(
+            ["pithcrawl", *options, "evidence", str(alert_id), "--out", f"alert-{alert_id}"]
+        ),
+        bounded(json_text(found.evidence, indent=2), 20 * SHOWN),
+    )

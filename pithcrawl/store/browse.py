@@ -1,0 +1,176 @@
+"""The reads behind the status pages (`serve`'s human interface): pages of records and
+alerts, how far each mirror lags, what each mirror did over the last day.
+
+Owns paged, bounded reads only: every list is cut to a page (by key where an index
+orders it), so a page costs the same on an archive of 50,000 records as on one of ten.
+It writes nothing and decides nothing; the pages shape what it returns
+(`serve.views`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from pithcrawl.store.alerts import Alert, alert_from_row
+from pithcrawl.store.connection import Database
+from pithcrawl.store.rows import (
+    EventRow,
+    FetchState,
+    Snapshot,
+    db_time,
+    event_from_row,
+    fetch_state_from_row,
+    snapshot_from_row,
+)
+
+# Each mirror's newest trusted bundle of each tracked record, against the newest
+# trusted bundle of that record from any mirror (`built_at` as a time, as `serve` and the
+# divergence rules compare it): how many records the mirror is behind on.
+_LAG = """
+WITH latest AS (
+    SELECT suffix, mirror, max(id) AS id FROM snapshots
+    WHERE kind = 'bundle' AND trusted = 1 GROUP BY suffix, mirror
+),
+newest AS (
+    SELECT suffix, max(julianday(built_at)) AS built FROM snapshots
+    WHERE kind = 'bundle' AND trusted = 1 GROUP BY suffix
+)
+SELECT l.mirror, count(*), sum(julianday(s.built_at) < n.built)
+FROM latest AS l JOIN snapshots AS s ON s.id = l.id JOIN newest AS n ON n.suffix = l.suffix
+WHERE l.suffix IN (SELECT suffix FROM records)
+GROUP BY l.mirror
+"""
+
+# What each mirror's (record, kind) pairs did since ?1: fetched, and failed.
+_DAY = """
+SELECT mirror,
+       sum(last_fetch_at >= ?1),
+       sum(last_fetch_at >= ?1 AND failures > 0)
+FROM fetch_state GROUP BY mirror
+"""
+
+_RECORDS_PAGE = """
+SELECT r.suffix, r.pith_number, r.added_at,
+       (SELECT count(*) FROM alerts AS a WHERE a.suffix = r.suffix AND a.closed_at IS NULL)
+FROM records AS r WHERE r.suffix > ?1 ORDER BY r.suffix LIMIT ?2
+"""
+
+_ALERTS_PAGE = """
+SELECT * FROM alerts
+WHERE id < ?1 AND (?2 = 'all' OR (?2 = 'open') = (closed_at IS NULL))
+  AND (?3 IS NULL OR EXISTS (SELECT 1 FROM json_each(alerts.mirrors) WHERE value = ?3))
+ORDER BY id DESC LIMIT ?4
+"""
+
+_FAILING = """
+SELECT * FROM fetch_state WHERE mirror = ?1 AND failures > 0 AND suffix > ?2
+ORDER BY suffix LIMIT ?3
+"""
+
+# A record's event log entries: those of its snapshots (by the indexes on both).
+_RECORD_EVENTS = """
+SELECT * FROM events
+WHERE snapshot_id IN (SELECT id FROM snapshots WHERE suffix = ?1)
+ORDER BY at, id LIMIT ?2
+"""
+
+_RECORD_SNAPSHOTS = """
+SELECT * FROM (
+    SELECT * FROM snapshots WHERE suffix = ?1 AND kind = 'bundle' AND id < ?2
+    ORDER BY id DESC LIMIT ?3
+) ORDER BY id
+"""
+
+#: Sorts before every alert id and snapshot id: the first page's key.
+FIRST = 2**62
+
+
+@dataclass(frozen=True, slots=True)
+class RecordRow:
+    suffix: str
+    pith_number: str | None
+    added_at: datetime
+    open_alerts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Lag:
+    """Of the tracked records a mirror served a trusted bundle of, on how many its
+    newest is older than the newest any mirror served."""
+
+    records: int
+    behind: int
+
+
+@dataclass(frozen=True, slots=True)
+class Day:
+    """A mirror's (record, kind) pairs fetched, and failing, since a time."""
+
+    fetched: int
+    failed: int
+
+
+class Browse:
+    """The status pages' reads of one archive (`Store.browse`)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def records(self, *, after: str, limit: int) -> list[RecordRow]:
+        """Tracked records in suffix order after `after`, with their open alerts."""
+        async with self._db.read("list a page of records") as s:
+            rows = await s.all(_RECORDS_PAGE, (after, limit))
+        return [RecordRow(r[0], r[1], datetime.fromisoformat(r[2]), int(r[3] or 0)) for r in rows]
+
+    async def lag(self) -> dict[str, Lag]:
+        async with self._db.read("measure each mirror's lag") as s:
+            rows = await s.all(_LAG)
+        return {r[0]: Lag(int(r[1]), int(r[2] or 0)) for r in rows}
+
+    async def day(self, since: datetime) -> dict[str, Day]:
+        async with self._db.read("sum up a day of fetches") as s:
+            rows = await s.all(_DAY, (db_time(since),))
+        return {r[0]: Day(int(r[1] or 0), int(r[2] or 0)) for r in rows}
+
+    async def alerts(
+        self, *, state: str, before: int = FIRST, mirror: str | None = None, limit: int
+    ) -> list[Alert]:
+        """Alerts newest first with ids below `before`: `open`, `closed` or `all`; only
+        those naming `mirror` when given."""
+        if state not in ("open", "closed", "all"):
+            raise ValueError(f"no alert state {state!r}")
+        async with self._db.read("list a page of alerts") as s:
+            rows = await s.all(_ALERTS_PAGE, (before, state, mirror, limit))
+        return [alert_from_row(r) for r in rows]
+
+    async def record_alerts(self, suffix: str, *, limit: int) -> list[Alert]:
+        async with self._db.read("list a record's alerts") as s:
+            rows = await s.all(
+                "SELECT * FROM alerts WHERE suffix = ? ORDER BY id DESC LIMIT ?", (suffix, limit)
+            )
+        return [alert_from_row(r) for r in rows]
+
+    async def record_events(self, suffix: str, *, limit: int) -> list[EventRow]:
+        async with self._db.read("list a record's events") as s:
+            rows = await s.all(_RECORD_EVENTS, (suffix, limit))
+        return [event_from_row(r) for r in rows]
+
+    async def record_snapshots(
+        self, suffix: str, *, before: int = FIRST, limit: int
+    ) -> list[Snapshot]:
+        """Up to `limit` of a record's bundle snapshots with ids below `before`, the
+        newest of them, oldest first."""
+        async with self._db.read("list a record's snapshots") as s:
+            rows = await s.all(_RECORD_SNAPSHOTS, (suffix, before, limit))
+        return [snapshot_from_row(r) for r in rows]
+
+    async def failing(self, mirror: str, *, after: str, limit: int) -> list[FetchState]:
+        """A mirror's pairs failing now, in suffix order after `after`."""
+        async with self._db.read("list a mirror's failing pairs") as s:
+            rows = await s.all(_FAILING, (mirror, after, limit))
+        return [fetch_state_from_row(r) for r in rows]
+
+    async def has_body(self, sha256: str) -> bool:
+        async with self._db.read("look for a body") as s:
+            return await s.one("SELECT 1 FROM blobs WHERE sha256 = ?", (sha256,)) is not None

@@ -1,0 +1,316 @@
+"""`serve`'s status pages over real HTTP: what they show is what `status`, `diff` and
+`evidence` say, everything a mirror sent is shown as text, and every list is paged.
+
+The archive is `status_world`'s: two loopback mirrors, two real passes, a rollback, a
+divergence, an invalid document and a hostile title (bundles signed with the test key).
+(The same pages in a real browser: test_status_pages_browser.py.)
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from status_world import GOOD, OTHER, World, world
+
+from pithcrawl.commands.evidence import body_refs
+from pithcrawl.commands.status import gather
+from pithcrawl.serve import Server, Ui, serving
+from pithcrawl.serve.pages import POLICY
+from pithcrawl.serve.views import PAGE, href, shown
+from pithcrawl.store import Store
+
+pytestmark = pytest.mark.anyio
+
+
+class Page(HTMLParser):
+    """A page's tags and text, as a browser's parser reads them."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+        self.ids: dict[str, str] = {}
+        self._open: list[str] = []
+        self.feed(html)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+        ident = dict(attrs).get("id")
+        if ident:
+            self.ids[ident] = ""
+            self._open.append(ident)
+        else:
+            self._open.append("")
+
+    def handle_endtag(self, tag: str) -> None:
+        if self._open:
+            self._open.pop()
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+        for ident in self._open:
+            if ident:
+                self.ids[ident] += data
+
+    def links(self) -> list[str]:
+        return [a["href"] or "" for t, a in self.tags if t == "a" and "href" in a]
+
+
+@asynccontextmanager
+async def pages(w: World, *, ui: bool = True) -> AsyncIterator[Server]:
+    async with (
+        await Store.open(w.db, readonly=True) as store,
+        serving(
+            store,
+            "127.0.0.1",
+            0,
+            trust=w.trust,
+            ui=Ui(w.config, str(w.config_path), clock=w.clock.now) if ui else None,
+        ) as server,
+    ):
+        yield server
+
+
+async def get(server: Server, path: str) -> tuple[int, dict[str, str], str]:
+    async with (
+        aiohttp.ClientSession() as client,
+        client.get(server.url + path, allow_redirects=False) as r,
+    ):
+        return r.status, dict(r.headers), await r.text()
+
+
+@pytest.fixture
+async def w(tmp_path: Path, signer: Any) -> AsyncIterator[World]:
+    async with world(tmp_path, signer) as built:
+        yield built
+
+
+async def test_overview_shows_the_figures_of_status_json(w: World) -> None:
+    status = (await gather(w.config, w.db)).to_json()
+    async with pages(w) as server:
+        code, headers, html = await get(server, "/")
+    assert code == 200
+    assert headers["Content-Security-Policy"] == POLICY
+    page = Page(html)
+    assert int(page.ids["records"]) == status["records"] == 5
+    assert int(page.ids["open-alerts"]) == len(status["open_alerts"]) == 5
+    assert int(page.ids["undelivered"]) == status["undelivered"]
+    rows = {a["data-name"]: a for t, a in page.tags if t == "tr" and "data-name" in a}
+    assert set(rows) == {m["name"] for m in status["mirrors"]} == {GOOD, OTHER}
+    cells = re.findall(r'<tr class="mirror" data-name="([^"]+)">(.*?)</tr>', html, re.S)
+    for name, row in cells:
+        mirror = next(m for m in status["mirrors"] if m["name"] == name)
+        fields = dict(re.findall(r'data-field="(\w+)">([^<]*)<', row))
+        assert int(fields["records"]) == mirror["records"]
+        assert int(fields["failures"]) == mirror["failures"]
+        for key in ("last_success_at", "last_failure_at"):
+            shown_at = fields[key]
+            assert (shown_at == "-") == (mirror[key] is None)
+            if mirror[key] is not None:
+                assert mirror[key].startswith(shown_at.rstrip("Z"))
+    # Every open alert, linked; each severity counted.
+    for alert in status["open_alerts"]:
+        assert f"/ui/alert/{alert['id']}" in page.links()
+    counts = dict(re.findall(r'data-severity="(\w+)">(\d+)<', html))
+    expected: dict[str, str] = {}
+    for alert in status["open_alerts"]:
+        expected[alert["severity"]] = str(int(expected.get(alert["severity"], "0")) + 1)
+    assert counts == expected == {"critical": "4", "error": "1"}
+
+
+async def test_each_open_alert_page_carries_its_evidence_and_the_commands(w: World) -> None:
+    status = (await gather(w.config, w.db)).to_json()
+    kinds = {a["kind"] for a in status["open_alerts"]}
+    assert {"rollback", "mirror_divergence", "document_invalid", "mirror_unreachable"} <= kinds
+    async with pages(w) as server:
+        for alert in status["open_alerts"]:
+            code, _, html = await get(server, f"/ui/alert/{alert['id']}")
+            assert code == 200
+            page = Page(html)
+            assert page.ids["kind"] == alert["kind"]
+            for ref in body_refs(alert["evidence"]):
+                assert f"/ui/body/{ref.sha256}" in page.links()
+                assert ref.sha256 in page.ids["verify-commands"]
+            assert (
+                f"pithcrawl --config {w.config_path} evidence {alert['id']} --out"
+                in page.ids["evidence-command"]
+            )
+
+
+async def test_record_page_diff_is_the_diff_command(w: World) -> None:
+    suffix = w.suffix("calm")
+    async with await Store.open(w.db, readonly=True) as store:
+        series = await store.snapshots(suffix, mirror=OTHER)
+    old, new = series[0].id, series[-1].id
+    from pithcrawl.commands.history import _diff
+
+    _, _, patch = await _diff(w.db, suffix, None, old, new)
+    async with pages(w) as server:
+        code, _, html = await get(server, f"/ui/record/{suffix}?a={old}&b={new}")
+        assert code == 200
+        page = Page(html)
+        assert int(page.ids["change-count"]) == len(patch) > 0
+        assert page.ids["title"] == "A calm paper"
+        # The timeline: one dot a bundle snapshot, each linking to its own diff.
+        dots = [a for t, a in page.tags if t == "circle"]
+        async with await Store.open(w.db, readonly=True) as store:
+            every = await store.snapshots(suffix)
+        assert sorted(int(d["data-id"] or 0) for d in dots) == [s.id for s in every]
+        assert f"/ui/record/{suffix}?a={old}&b={new}#diff" in page.links()
+        # The two compared bundles, byte for byte.
+        for snap in (series[0], series[-1]):
+            async with await Store.open(w.db, readonly=True) as store:
+                body = await store.get_blob(snap.body_sha256)
+            code, headers, text = await get(server, f"/ui/body/{snap.body_sha256}")
+            assert code == 200 and text.encode() == body
+            assert headers["Content-Type"].startswith("text/plain")
+            assert "sandbox" in headers["Content-Security-Policy"]
+
+
+async def test_mirror_page_shows_what_fails_and_its_alerts(w: World) -> None:
+    async with pages(w) as server:
+        code, _, html = await get(server, f"/ui/mirror/{OTHER}")
+        assert code == 200
+        page = Page(html)
+        assert f"/ui/record/{w.suffix('moved')}" in page.links()
+        alert_links = {x for x in page.links() if x.startswith("/ui/alert/")}
+        status = (await gather(w.config, w.db)).to_json()
+        assert alert_links == {
+            f"/ui/alert/{a['id']}" for a in status["open_alerts"] if OTHER in a["mirrors"]
+        }
+        code, _, html = await get(server, f"/ui/mirror/{GOOD}")
+        assert code == 200 and "Nothing failing." in html
+
+
+async def test_nothing_a_mirror_sent_becomes_markup(w: World) -> None:
+    """The hostile title and the error text with a javascript: Location come out as
+    text: no script element, no event handler attribute, no javascript: link, on any
+    page; the text itself is there for a person to read."""
+    paths = [
+        "/",
+        "/ui/records",
+        "/ui/alerts?state=all",
+        f"/ui/record/{w.suffix('hostile')}",
+        f"/ui/record/{w.suffix('moved')}",
+        f"/ui/mirror/{OTHER}",
+        *(f"/ui/alert/{i}" for i in range(1, 6)),
+    ]
+    async with pages(w) as server:
+        for path in paths:
+            code, headers, html = await get(server, path)
+            assert code == 200, path
+            assert headers["Content-Security-Policy"] == POLICY
+            page = Page(html)
+            for tag, attrs in page.tags:
+                assert tag not in ("script", "img", "iframe", "object", "embed"), (path, tag)
+                assert not any(name.startswith("on") for name in attrs), (path, tag, attrs)
+                for name in ("href", "src", "action"):
+                    value = attrs.get(name) or ""
+                    assert not value.lower().startswith(("javascript:", "data:")), (path, attrs)
+        _, _, html = await get(server, f"/ui/record/{w.suffix('hostile')}")
+        assert "<script>document.title" in Page(html).ids["title"]
+        _, _, html = await get(server, f"/ui/mirror/{OTHER}")
+        assert "javascript:alert(3)" in "".join(Page(html).text)
+    assert sum(w.canary.hits.values()) == 0
+
+
+async def test_lists_are_paged(w: World) -> None:
+    fake = [
+        base64.b32encode(hashlib.sha256(str(i).encode()).digest()).decode()[:26]
+        for i in range(2 * PAGE + 7)
+    ]
+    async with await Store.open(w.db) as store:
+        await store.watchlist.track(fake, datetime.now(UTC))
+        total = await store.watchlist.tracked_count()
+    seen: list[str] = []
+    async with pages(w) as server:
+        path, hops = "/ui/records", 0
+        while path:
+            code, _, html = await get(server, path)
+            assert code == 200
+            page = Page(html)
+            rows = [x.rsplit("/", 1)[1] for x in page.links() if x.startswith("/ui/record/")]
+            assert len(rows) <= PAGE
+            seen += rows
+            nxt = [x for x in page.links() if "?after=" in x]
+            path, hops = (nxt[0] if nxt else ""), hops + 1
+    assert len(seen) == len(set(seen)) == total
+    assert seen == sorted(seen) and hops == -(-total // PAGE)
+
+
+@pytest.mark.parametrize(
+    ("path", "code"),
+    [
+        ("/ui/record/" + "A" * 26, 404),
+        ("/ui/record/not-a-suffix", 404),
+        ("/ui/alert/999", 404),
+        ("/ui/alert/x", 404),
+        ("/ui/mirror/nowhere", 404),
+        ("/ui/alerts?state=bogus", 400),
+        ("/ui/alerts?before=-1", 400),
+        ("/ui/records?after=%3Cscript%3E", 400),
+        ("/ui/record?pith=nonsense", 400),
+        ("/ui/body/" + "0" * 64, 404),
+        ("/ui/body/../../etc/passwd", 404),
+    ],
+)
+async def test_bad_requests_get_a_page_that_says_why(w: World, path: str, code: int) -> None:
+    async with pages(w) as server:
+        got, headers, html = await get(server, path)
+    assert got == code
+    if path.startswith("/ui/") and "passwd" not in path:
+        assert headers["Content-Security-Policy"] == POLICY
+        assert "<script" not in html
+
+
+async def test_a_pith_number_opens_its_record(w: World) -> None:
+    suffix = w.suffix("calm")
+    async with pages(w) as server:
+        code, headers, _ = await get(server, f"/ui/record?pith=pith%3A2026%3A{suffix}")
+    assert code == 303 and headers["Location"] == f"/ui/record/{suffix}"
+
+
+async def test_no_ui_serves_the_mirror_routes_only(w: World) -> None:
+    async with pages(w, ui=False) as server:
+        code, _, body = await get(server, "/")
+        assert code == 404 and json.loads(body)["error"] == "not found"
+        code, _, _ = await get(server, f"/ui/record/{w.suffix('calm')}")
+        assert code == 404
+        code, _, _ = await get(server, f"/pith/{w.suffix('calm')}/bundle.json")
+        assert code == 200
+
+
+def test_only_http_urls_become_links() -> None:
+    assert href("https://mirror.example/x") == "https://mirror.example/x"
+    assert href("http://127.0.0.1:8787") == "http://127.0.0.1:8787"
+    for bad in (
+        "javascript:alert(1)",
+        "JaVaScRiPt:alert(1)",
+        " javascript:alert(1)",
+        "data:text/html,<script>",
+        "//evil.example",
+        "http:/x",
+        "https://ok.example/\nx",
+        "vbscript:x",
+        None,
+        42,
+    ):
+        assert href(bad) is None, bad
+
+
+def test_shown_escapes_what_does_not_print() -> None:
+    assert shown("a\x1b[31mb\u202ec") == "a\\x1b[31mb\\u202ec"
+    assert shown("x" * 600, 10) == "x" * 9 + "…"
+    assert shown("one\ntwo\x07", lines=True) == "one\ntwo\\x07"
+    assert shown("one\ntwo") == "one\\x0atwo"
