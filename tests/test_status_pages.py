@@ -314,3 +314,30 @@ def test_shown_escapes_what_does_not_print() -> None:
     assert shown("x" * 600, 10) == "x" * 9 + "…"
     assert shown("one\ntwo\x07", lines=True) == "one\ntwo\\x07"
     assert shown("one\ntwo") == "one\\x0atwo"
+
+
+async def test_overview_figures_are_reread_after_max_age_without_waiting(w: World) -> None:
+    """Stale-while-revalidate: a visit after `max_age` gets the figures it has at once
+    and starts one read; the next visit sees what changed."""
+    from pithcrawl.serve.pages import Figures
+
+    ticks = [0.0]
+    async with await Store.open(w.db, readonly=True) as store:
+        figures = Figures(store, Ui(w.config, clock=w.clock.now), 30.0, lambda: ticks[0])
+        first = await figures.get()
+        assert first.status.records == 5
+        async with await Store.open(w.db) as writer:
+            await writer.watchlist.track(["B" * 26], datetime.now(UTC))
+        ticks[0] = 29.0
+        assert await figures.get() is first  # fresh enough: no read
+        assert figures._refresh is None
+        ticks[0] = 31.0
+        assert await figures.get() is first  # stale: answered at once, a read started
+        task = figures._refresh
+        assert task is not None
+        assert await figures.get() is first  # one read at a time
+        assert figures._refresh is task
+        await task
+        again = await figures.get()
+        assert again is not first and again.status.records == 6
+        await figures.close()

@@ -11,8 +11,11 @@ that allows no script at all, `nosniff`, no referrer. What a page shows is
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.resources import files
@@ -67,6 +70,66 @@ class _BadRequest(Exception):
     pass
 
 
+#: How old the overview's figures may be before a request refreshes them.
+FIGURES_MAX_AGE = 30.0
+
+
+class Figures:
+    """The overview's figures (every mirror's health, lag and last day: whole-archive
+    reads that take seconds on 50,000 records), read once and kept for `max_age`
+    seconds. A request finding them older is answered with them at once and starts one
+    refresh in the background (stale-while-revalidate); only the first read is waited
+    for. An idle server reads nothing. Each page says when its figures were read."""
+
+    def __init__(
+        self,
+        store: Store,
+        ui: Ui,
+        max_age: float = FIGURES_MAX_AGE,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store, self._ui, self._max_age, self._monotonic = store, ui, max_age, monotonic
+        self._view: views.Overview | None = None
+        self._read_at = 0.0
+        self._lock = asyncio.Lock()
+        self._refresh: asyncio.Task[None] | None = None
+
+    async def get(self) -> views.Overview:
+        if self._view is None:
+            async with self._lock:
+                if self._view is None:
+                    await self._read()
+        elif self._monotonic() - self._read_at >= self._max_age and self._refresh is None:
+            self._refresh = asyncio.get_running_loop().create_task(self._background())
+        assert self._view is not None
+        return self._view
+
+    async def _read(self) -> None:
+        view = await views.overview(self._store, self._ui.config, self._ui.clock())
+        self._view, self._read_at = view, self._monotonic()
+
+    async def _background(self) -> None:
+        try:
+            async with self._lock:
+                await self._read()
+        except StoreError as e:  # the last figures stay, with the time they were read
+            log.error("figures_refresh_failed", error=str(e))
+        finally:
+            self._refresh = None
+
+    def warm(self) -> None:
+        """Start the first read now, in the background (a server just started)."""
+        if self._view is None and self._refresh is None:
+            self._refresh = asyncio.get_running_loop().create_task(self._background())
+
+    async def close(self) -> None:
+        task = self._refresh
+        if task is not None:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+
+
 def _when(at: datetime | None) -> str:
     return "-" if at is None else format_seconds(at)
 
@@ -85,6 +148,7 @@ class Pages:
         self.store = store
         self.ui = ui
         self._css = (files("pithcrawl.serve") / "static" / "ui.css").read_bytes()
+        self.figures = Figures(store, ui)
 
     async def _page(
         self,
@@ -122,8 +186,7 @@ class Pages:
 
     async def overview(self, request: web.Request) -> web.StreamResponse:
         async def make() -> dict[str, Any]:
-            now = self.ui.clock()
-            return {"view": await views.overview(self.store, self.ui.config, now), "now": now}
+            return {"view": await self.figures.get(), "now": self.ui.clock()}
 
         return await self._page(request, "overview.html", make)
 
@@ -193,7 +256,8 @@ class Pages:
 
         async def make() -> dict[str, Any] | None:
             now = self.ui.clock()
-            row = await views.mirror_row(self.store, self.ui.config, name, now)
+            view = await self.figures.get()
+            row = next((m for m in view.mirrors if m.status.name == name), None)
             if row is None:
                 return None
             after = request.query.get("after", "")
@@ -216,6 +280,7 @@ class Pages:
                 "alerts": alerts[: views.PAGE],
                 "alerts_next": alerts[views.PAGE - 1].id if len(alerts) > views.PAGE else None,
                 "now": now,
+                "read_at": view.now,
             }
 
         return await self._page(request, "mirror.html", make)
@@ -267,6 +332,13 @@ def add_pages(app: web.Application, store: Store, ui: Ui) -> None:
     )
     env.globals.update(age=views.age)
     pages = Pages(store, ui)
+
+    async def figures(app: web.Application) -> AsyncIterator[None]:
+        pages.figures.warm()
+        yield
+        await pages.figures.close()
+
+    app.cleanup_ctx.append(figures)
     app.router.add_get("/", pages.overview)
     app.router.add_get("/ui/records", pages.records)
     app.router.add_get("/ui/record", pages.find)

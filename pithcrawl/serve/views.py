@@ -103,6 +103,7 @@ class Overview:
     alerts: list[Alert]
     more_alerts: bool
     now: datetime
+    """When these figures were read."""
 
     @property
     def last_pass(self) -> datetime | None:
@@ -128,11 +129,6 @@ async def overview(store: Store, config: Config, now: datetime) -> Overview:
         len(alerts) > PAGE,
         now,
     )
-
-
-async def mirror_row(store: Store, config: Config, name: str, now: datetime) -> MirrorRow | None:
-    view = await overview(store, config, now)
-    return next((m for m in view.mirrors if m.status.name == name), None)
 
 
 # -- a record -------------------------------------------------------------------------------
