@@ -341,3 +341,24 @@ async def test_overview_figures_are_reread_after_max_age_without_waiting(w: Worl
         again = await figures.get()
         assert again is not first and again.status.records == 6
         await figures.close()
+
+
+def test_a_webhook_url_never_reaches_a_page() -> None:
+    """Webhook URLs carry their secret (Slack's, say); a delivery error names the URL."""
+    from pithcrawl.serve.views import redacted
+    from pithcrawl.store import Delivery
+
+    now = datetime.now(UTC)
+    failed = Delivery(
+        7,
+        "webhook",
+        "open",
+        3,
+        now,
+        None,
+        "webhook https://hooks.example/services/T0/B0/s3cr3t answered HTTP 500",
+    )
+    shown_error = redacted(failed).last_error
+    assert shown_error == "webhook <alerts.webhook> answered HTTP 500"
+    hook = Delivery(7, "hook", "open", 1, now, None, "hook /usr/bin/x exited 1")
+    assert redacted(hook) == hook

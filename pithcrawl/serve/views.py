@@ -11,6 +11,8 @@ http(s) URLs become links.
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import shlex
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,7 +25,7 @@ from pithcrawl.commands.evidence import package_of, recheck
 from pithcrawl.commands.patch import make_patch
 from pithcrawl.commands.status import MirrorStatus, Status, gather_from
 from pithcrawl.config import Config
-from pithcrawl.store import Alert, Snapshot, Store
+from pithcrawl.store import Alert, Delivery, Snapshot, Store
 from pithcrawl.store.browse import Day, Lag
 from pithcrawl.text import bounded, escaped, json_text
 
@@ -377,6 +379,17 @@ class AlertPage:
     evidence_json: str
 
 
+_URL = re.compile(r"https?://\S+", re.IGNORECASE)
+
+
+def redacted(d: Delivery) -> Delivery:
+    """A delivery as a page may show it: a webhook's URL often carries its secret (a
+    token in the path), and its errors name it; they name `alerts.webhook` instead."""
+    if d.last_error is None or d.sink != "webhook":
+        return d
+    return dataclasses.replace(d, last_error=_URL.sub("<alerts.webhook>", d.last_error))
+
+
 async def alert(
     store: Store, config: Config, alert_id: int, config_path: str | None
 ) -> AlertPage | None:
@@ -387,7 +400,7 @@ async def alert(
     options = ["--config", config_path] if config_path else []
     return AlertPage(
         found,
-        await store.deliveries.rows(alert_id),
+        [redacted(d) for d in await store.deliveries.rows(alert_id)],
         recheck(package, config),
         shlex.join(
             ["pithcrawl", *options, "evidence", str(alert_id), "--out", f"alert-{alert_id}"]
