@@ -30,8 +30,8 @@ test: install-test browser lint
 	$(BIN)/pytest -n auto
 
 lint: install-test
-	$(BIN)/ruff check pithcrawl tests bench
-	$(BIN)/ruff format --check pithcrawl tests bench
+	$(BIN)/ruff check pithcrawl tests bench demo
+	$(BIN)/ruff format --check pithcrawl tests bench demo
 	$(BIN)/mypy
 
 ## make sync: install, then one verified, archived pass over the tracked records
@@ -41,6 +41,10 @@ sync: install
 ## make bench: the performance benchmark (corpus sizes 5,000 and 50,000; ARGS="--records 2000" for a quick one)
 bench: install
 	$(BIN)/python bench/sync_bench.py $(ARGS)
+
+## make demo: install, then watch pithcrawl catch a rollback and a tampered copy, offline
+demo: install
+	$(BIN)/python demo/demo.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,224 @@
+"""pithcrawl at work, offline, in one command (`make demo`).
+
+What it does, each step printed as it happens:
+
+1. starts two Pith mirrors on loopback, `alpha` and `beta`, serving the shipped real
+   fixture (the registry's signed bundle of pith:2026:2SZ3GMWFCMMCUPZJQTONOWSJZ2) and a
+   record of a demo registry (a key made for this run: the fixtures hold one version of
+   the real record, and a rollback needs an older valid one);
+2. `pithcrawl track` and `pithcrawl sync` with a configuration in a temporary directory:
+   everything verifies, exit 0;
+3. `beta` turns bad: it serves a tampered copy of the real bundle (its title changed) and
+   the demo record's older, validly signed bundle (a rollback);
+4. `pithcrawl sync` again: exit 1, and `pithcrawl status` shows the alerts;
+5. `pithcrawl evidence` exports the rollback's proof (both bundles and the keys);
+6. `pithcrawl serve` with the status pages; open the printed URL. Ctrl-C stops
+   everything and removes the temporary directory.
+
+    python demo/demo.py [--port 8787] [--no-wait] [--keep]
+
+`--no-wait` stops after checking that the status page answers (for tests and CI);
+`--keep` leaves the temporary directory (its path is printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO / "tests"))  # the test suite's loopback mirror and signer
+
+from builder import BundleBuilder, TestSigner, canonical_record  # noqa: E402
+from mirror import TestMirror  # noqa: E402
+
+FIXTURES = REPO / "tests" / "fixtures" / "real"
+REAL = "2SZ3GMWFCMMCUPZJQTONOWSJZ2"
+
+
+def step(text: str) -> None:
+    print(f"\n==> {text}", flush=True)
+
+
+def pithcrawl_command() -> list[str]:
+    """This checkout's pithcrawl, run by this interpreter (the venv `make demo` made)."""
+    return [sys.executable, "-m", "pithcrawl"]
+
+
+async def run(*args: str, config: Path) -> int:
+    """A pithcrawl command as a user would type it, its output shown."""
+    options = ["--config", str(config), "--log-format", "console", "-q"]
+    print(f"$ {' '.join(['pithcrawl', *options, *args])}", flush=True)
+    proc = await asyncio.create_subprocess_exec(
+        *pithcrawl_command(), *options, *args, stdout=sys.stdout, stderr=sys.stdout
+    )
+    code = await proc.wait()
+    print(f"(exit {code})", flush=True)
+    return code
+
+
+async def alert_id(config: Path, kind: str) -> int:
+    """The id of the open alert of `kind`, as `status --json` gives it."""
+    proc = await asyncio.create_subprocess_exec(
+        *pithcrawl_command(),
+        "--config",
+        str(config),
+        "status",
+        "--json",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    return next(a["id"] for a in json.loads(out)["open_alerts"] if a["kind"] == kind)
+
+
+def free_port(wanted: int) -> int:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", wanted))
+        except OSError:
+            s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tampered(bundle: bytes) -> bytes:
+    """The real bundle with its paper's title changed: its signatures no longer match."""
+    doc = json.loads(bundle)
+    for event in doc["events"]:
+        paper = event.get("payload", {}).get("graph_snapshot", {}).get("paper")
+        if isinstance(paper, dict):
+            paper["title"] = "A Different Title, Slipped In by a Mirror"
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+async def wait_for(url: str, seconds: float = 20.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while True:
+        try:
+            await loop.run_in_executor(None, lambda: urllib.request.urlopen(url, timeout=2).read())  # noqa: S310 (our loopback URL)
+            return
+        except OSError:
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+async def demo(tmp: Path, port: int, wait: bool) -> int:
+    registry = TestSigner("demo-registry-key", seed=os.urandom(32))
+    (tmp / "demo.key.json").write_text(json.dumps(registry.public_key()))
+    shutil.copy(FIXTURES / "pith-v1-2026-05.key.json", tmp / "registry.key.json")
+    demo_record = BundleBuilder(
+        registry, record=canonical_record("2612.99999", title="A demo record")
+    )
+    demo_record.add_event()
+    older = demo_record.bytes()
+    demo_record.add_event()
+    newer = demo_record.bytes()
+    real_bundle = (FIXTURES / f"{REAL}.bundle.json").read_bytes()
+    real_state = (FIXTURES / f"{REAL}.state.json").read_bytes()
+
+    async with TestMirror() as alpha, TestMirror() as beta:
+        step("two Pith mirrors on loopback, serving the same records")
+        for mirror in (alpha, beta):
+            mirror.put(real_bundle, real_state)
+            mirror.put(newer)
+        print(f"alpha  {alpha.base_url}\nbeta   {beta.base_url}")
+        print(f"records: pith:2026:{REAL} (the registry's, from the shipped fixtures)")
+        print(f"         {demo_record.pith_number} (signed by a demo key made for this run)")
+        config = tmp / "pithcrawl.toml"
+        config.write_text(
+            'db = "archive.db"\n'
+            '[trust]\nkeys = ["registry.key.json", "demo.key.json"]\n'
+            '[crawl]\ndiscover = false\ntimeout = "5s"\n'
+            f'[[mirrors]]\nname = "alpha"\nbase_url = "{alpha.base_url}"\n'
+            f'[[mirrors]]\nname = "beta"\nbase_url = "{beta.base_url}"\n'
+        )
+        print(f"configuration: {config}")
+
+        step("watch both records and crawl: every hash, signature and timestamp checked")
+        await run("track", f"pith:2026:{REAL}", demo_record.pith_number, config=config)
+        first = await run("sync", config=config)
+
+        step("beta turns bad: a tampered copy of one record, an older version of the other")
+        beta.put(tampered(real_bundle), real_state)
+        beta.put(older)
+        print("beta now serves the real bundle with its title changed (signatures broken)")
+        print("and the demo record's previous bundle: valid, but older than what it served")
+
+        step("crawl again: pithcrawl notices, and says so with exit 1")
+        second = await run("sync", config=config)
+        await run("status", config=config)
+
+        step("every alert carries its proof: export the rollback's documents and keys")
+        rollback = await alert_id(config, "rollback")
+        evidence = tmp / f"alert-{rollback}"
+        await run("evidence", str(rollback), "--out", str(evidence), config=config)
+        for path in sorted(evidence.rglob("*")):
+            if path.is_file():
+                print(f"  {path.relative_to(tmp)}")
+        print("(its README.txt says how to re-check each with `pithcrawl verify`, offline)")
+
+        step("the status pages")
+        port = free_port(port)
+        url = f"http://127.0.0.1:{port}/"
+        serve = await asyncio.create_subprocess_exec(
+            *pithcrawl_command(),
+            "--config",
+            str(config),
+            "serve",
+            "--bind",
+            f"127.0.0.1:{port}",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        try:
+            await wait_for(url)
+            print(f"open {url} (a record: {url}ui/record/{demo_record.suffix})")
+            if wait:
+                print("Ctrl-C stops the mirrors and the server and removes the demo's files.")
+                stop = asyncio.Event()
+                loop = asyncio.get_running_loop()
+                loop.add_signal_handler(signal.SIGINT, stop.set)
+                loop.add_signal_handler(signal.SIGTERM, stop.set)
+                await stop.wait()
+        finally:
+            if serve.returncode is None:
+                serve.send_signal(signal.SIGTERM)
+                await serve.wait()
+    print(f"\nsync exit codes: {first} before, {second} after beta turned bad")
+    return 0 if (first, second) == (0, 1) else 1
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--port", type=int, default=8787, help="for the status pages (default 8787)")
+    ap.add_argument("--no-wait", action="store_true", help="stop once the status page answers")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="pithcrawl-demo-"))
+    print(f"demo directory: {tmp}")
+    try:
+        return asyncio.run(demo(tmp, args.port, not args.no_wait))
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if args.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+            print(f"removed {tmp}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

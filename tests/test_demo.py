@@ -1,0 +1,69 @@
+"""`make demo`: its script, run as a person would (Ctrl-C included) and as CI does
+(`--no-wait`): real loopback mirrors, real `pithcrawl` processes, the shipped fixture."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+DEMO = Path(__file__).resolve().parent.parent / "demo" / "demo.py"
+
+
+def demo(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(DEMO), "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+def directory(output: str) -> Path:
+    found = re.search(r"^demo directory: (\S+)$", output, re.M)
+    assert found, output
+    return Path(found.group(1))
+
+
+def test_the_demo_finds_the_rollback_and_the_tampered_copy() -> None:
+    proc = demo("--no-wait")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "sync exit codes: 0 before, 1 after beta turned bad" in out
+    alerts = re.findall(r"^  #(\d+) \S+  critical (\w+)  (\S+)  beta ", out, re.M)
+    assert sorted(kind for _, kind, _ in alerts) == ["document_invalid", "rollback"]
+    tampered = next(number for _, kind, number in alerts if kind == "document_invalid")
+    assert tampered == "pith:2026:2SZ3GMWFCMMCUPZJQTONOWSJZ2"  # the registry's real record
+    assert re.search(r"alert-\d+/documents/[0-9a-f]{64}\.json", out)
+    assert re.search(r"^open http://127\.0\.0\.1:\d+/ ", out, re.M)
+    assert not directory(out).exists()  # cleaned up
+
+
+def test_ctrl_c_stops_everything_and_cleans_up() -> None:
+    proc = demo()
+    lines = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("open http://"):
+            break
+    else:
+        pytest.fail("".join(lines))
+    url = line.split()[1]
+    with urllib.request.urlopen(url, timeout=10) as r:
+        page = r.read().decode()
+    assert r.status == 200 and "Overview" in page and "rollback" in page
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=60)
+    out = "".join(lines) + rest
+    assert proc.returncode == 0, out
+    assert not directory(out).exists()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(url, timeout=5)  # the server is gone too
