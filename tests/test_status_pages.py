@@ -362,3 +362,22 @@ def test_a_webhook_url_never_reaches_a_page() -> None:
     assert shown_error == "webhook <alerts.webhook> answered HTTP 500"
     hook = Delivery(7, "hook", "open", 1, now, None, "hook /usr/bin/x exited 1")
     assert redacted(hook) == hook
+
+
+async def test_every_fetch_is_counted_in_its_mirrors_hour(w: World) -> None:
+    """`mirror_hours` against the mirrors' own request counts: each document fetched is
+    one fetch; the new bodies are the passes' new snapshots; `other`'s two failed fetches
+    (the redirect to javascript:, in passes two and three) are its failures."""
+    async with await Store.open(w.db, readonly=True) as store:
+        counts = await store.browse.recent(datetime(2000, 1, 1, tzinfo=UTC))
+    assert counts[GOOD].fetches == sum(w.good.hits.values()) > 0
+    assert counts[OTHER].fetches == sum(w.other.hits.values()) > 0
+    assert sum(c.changed for c in counts.values()) == sum(s.new_snapshots for s in w.summaries)
+    assert (counts[GOOD].failures, counts[OTHER].failures) == (0, 2)
+    assert counts[GOOD].untrusted == 0 < counts[OTHER].untrusted
+    async with pages(w) as server:
+        code, _, html = await get(server, f"/ui/mirror/{OTHER}")
+    assert code == 200
+    days = re.findall(r'<g class="day" data-day="([0-9-]+)">\s*<title>[^:]+: (\d+) fetches', html)
+    assert len(days) == 30 and days[-1][0] == w.clock.at.date().isoformat()
+    assert sum(int(n) for _, n in days) == counts[OTHER].fetches

@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib.resources import files
 from typing import Any
 from urllib.parse import quote
@@ -264,6 +264,8 @@ class Pages:
             if after and _SUFFIX.fullmatch(after) is None:
                 raise _BadRequest("after must be a Pith suffix")
             failing = await self.store.browse.failing(name, after=after, limit=views.PAGE + 1)
+            since = now - timedelta(days=views.HISTORY_DAYS - 1)
+            days = await self.store.browse.days(name, since)
             before = _int(request, "before")
             alerts = await self.store.browse.alerts(
                 state="all",
@@ -273,6 +275,7 @@ class Pages:
             )
             return {
                 "row": row,
+                "history": views.history(days, now),
                 "failing": failing[: views.PAGE],
                 "failing_next": failing[views.PAGE - 1].suffix
                 if len(failing) > views.PAGE

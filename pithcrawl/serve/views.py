@@ -16,7 +16,7 @@ import re
 import shlex
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,7 +26,7 @@ from pithcrawl.commands.patch import make_patch
 from pithcrawl.commands.status import MirrorStatus, Status, gather_from
 from pithcrawl.config import Config
 from pithcrawl.store import Alert, Delivery, Snapshot, Store
-from pithcrawl.store.browse import Day, Lag
+from pithcrawl.store.browse import Counts, Lag
 from pithcrawl.text import bounded, escaped, json_text
 
 PAGE = 50
@@ -85,7 +85,8 @@ def age(at: datetime | None, now: datetime) -> str:
 class MirrorRow:
     status: MirrorStatus
     lag: Lag | None
-    day: Day | None
+    day: Counts | None
+    """The last 24 hours."""
     open_alerts: int
 
     @property
@@ -115,7 +116,7 @@ class Overview:
 async def overview(store: Store, config: Config, now: datetime) -> Overview:
     status = await gather_from(store, config)
     lag = await store.browse.lag()
-    day = await store.browse.day(now - timedelta(days=1))
+    day = await store.browse.recent(now - timedelta(days=1))
     per_mirror = Counter(m for a in status.open_alerts for m in a.mirrors)
     rows = [
         MirrorRow(m, lag.get(m.name), day.get(m.name), per_mirror[m.name]) for m in status.mirrors
@@ -131,6 +132,61 @@ async def overview(store: Store, config: Config, now: datetime) -> Overview:
         len(alerts) > PAGE,
         now,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Bar:
+    day: str
+    counts: Counts
+    x: float
+    width: float
+    fetched: float
+    """The height of the day's fetches; `failed` and `changed` are parts of it."""
+    failed: float
+    changed: float
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    days: int
+    bars: list[Bar]
+    width: int
+    height: int
+
+
+HISTORY_DAYS = 30
+
+
+def history(
+    days: list[tuple[str, Counts]], today: datetime, span: int = HISTORY_DAYS, width: int = 900
+) -> History:
+    """A bar a day over the last `span` days (oldest left): fetches, with the failed and
+    the changed ones as parts of each bar."""
+    height = 120
+    counts = dict(days)
+    first = today.astimezone(UTC).date() - timedelta(days=span - 1)
+    peak = max((c.fetches for c in counts.values()), default=0) or 1
+    step = width / span
+    bars = []
+    for i in range(span):
+        day = (first + timedelta(days=i)).isoformat()
+        c = counts.get(day, Counts(0, 0, 0, 0))
+
+        def h(n: int) -> float:
+            return round(n / peak * (height - 10), 1)
+
+        bars.append(
+            Bar(
+                day,
+                c,
+                round(i * step + 1, 1),
+                round(step - 2, 1),
+                h(c.fetches),
+                h(c.failures),
+                h(c.changed),
+            )
+        )
+    return History(span, bars, width, height)
 
 
 # -- a record -------------------------------------------------------------------------------

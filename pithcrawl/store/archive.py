@@ -15,7 +15,7 @@ import dataclasses
 import json
 import sqlite3
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
@@ -77,6 +77,14 @@ WHERE f.kind = 'bundle' AND f.mirror IN (SELECT value FROM json_each(?))
 """
 
 # Times are stored as text that sorts as time (`rows.db_time`): min and max compare them.
+_COUNT_HOUR = """
+INSERT INTO mirror_hours (mirror, hour, fetches, changed, failures, untrusted)
+VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (mirror, hour) DO UPDATE SET fetches = fetches + excluded.fetches,
+    changed = changed + excluded.changed, failures = failures + excluded.failures,
+    untrusted = untrusted + excluded.untrusted
+"""
+
 _MIRROR_SUMMARIES = """
 SELECT f.mirror, count(DISTINCT f.suffix), max(f.last_success_at),
        max(CASE WHEN f.failures > 0 THEN f.last_fetch_at END), max(f.failures),
@@ -348,7 +356,7 @@ class Store:
             if all(single is not None for single in singles):
                 # Bookkeeping only (304s, unchanged bodies, failures): written with others.
                 full = [self._db.defer(*single) for single in singles if single is not None]
-                if any(full):
+                if self._count(fetches) or any(full):
                     await self._db.flush()
                 return Written([(None, None)] * len(fetches), None)
         prepared = [await self.bodies.pack_large(item.outcome) for item in fetches]
@@ -378,7 +386,27 @@ class Store:
             # mirror's junk takes no room at hand.
             if blob is not None and item.outcome.body is not None and item.outcome.trusted:
                 self.bodies.remember(blob, item.outcome.body)
+        if self._count(fetches, [snapshot is not None for snapshot, _ in done_all]):
+            await self._db.flush()
         return Written(results, bundles)
+
+    def _count(self, fetches: Sequence[Recorded], changed: Sequence[bool] = ()) -> bool:
+        """Count these fetches (`changed`: which archived a new body) in their mirror's
+        hour, one row per mirror and hour, with the deferred bookkeeping; True when that
+        queue is full."""
+        rows: dict[tuple[str, str], list[int]] = {}
+        for i, item in enumerate(fetches):
+            out = item.outcome
+            hour = out.fetched_at.astimezone(UTC).strftime("%Y-%m-%dT%H")
+            row = rows.setdefault((out.mirror, hour), [0, 0, 0, 0])
+            row[0] += 1
+            row[1] += i < len(changed) and changed[i]
+            row[2] += out.error is not None
+            row[3] += out.body is not None and not out.trusted
+        full = False
+        for (mirror, hour), (n, new, failed, untrusted) in rows.items():
+            full = self._db.defer(_COUNT_HOUR, (mirror, hour, n, new, failed, untrusted)) or full
+        return full
 
     def _write_fetches(
         self,

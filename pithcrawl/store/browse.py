@@ -10,7 +10,7 @@ It writes nothing and decides nothing; the pages shape what it returns
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from pithcrawl.store.alerts import Alert, alert_from_row
 from pithcrawl.store.connection import Database
@@ -18,7 +18,6 @@ from pithcrawl.store.rows import (
     EventRow,
     FetchState,
     Snapshot,
-    db_time,
     event_from_row,
     fetch_state_from_row,
     snapshot_from_row,
@@ -42,12 +41,14 @@ WHERE l.suffix IN (SELECT suffix FROM records)
 GROUP BY l.mirror
 """
 
-# What each mirror's (record, kind) pairs did since ?1: fetched, and failed.
-_DAY = """
-SELECT mirror,
-       sum(last_fetch_at >= ?1),
-       sum(last_fetch_at >= ?1 AND failures > 0)
-FROM fetch_state GROUP BY mirror
+# What each mirror did from hour ?1 on (`mirror_hours`), by mirror or, of one mirror, by day.
+_RECENT = """
+SELECT mirror, sum(fetches), sum(changed), sum(failures), sum(untrusted)
+FROM mirror_hours WHERE hour >= ?1 GROUP BY mirror
+"""
+_DAYS = """
+SELECT substr(hour, 1, 10), sum(fetches), sum(changed), sum(failures), sum(untrusted)
+FROM mirror_hours WHERE mirror = ?1 AND hour >= ?2 GROUP BY 1 ORDER BY 1
 """
 
 _RECORDS_PAGE = """
@@ -104,11 +105,19 @@ class Lag:
 
 
 @dataclass(frozen=True, slots=True)
-class Day:
-    """A mirror's (record, kind) pairs fetched, and failing, since a time."""
+class Counts:
+    """What a mirror did over some hours: documents fetched (answered or not), new
+    bodies archived, failed fetches, bodies that failed verification."""
 
-    fetched: int
-    failed: int
+    fetches: int
+    changed: int
+    failures: int
+    untrusted: int
+
+
+def hour_of(at: datetime) -> str:
+    """`mirror_hours.hour`: the UTC hour, `YYYY-MM-DDTHH`."""
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H")
 
 
 class Browse:
@@ -128,10 +137,18 @@ class Browse:
             rows = await s.all(_LAG)
         return {r[0]: Lag(int(r[1]), int(r[2] or 0)) for r in rows}
 
-    async def day(self, since: datetime) -> dict[str, Day]:
-        async with self._db.read("sum up a day of fetches") as s:
-            rows = await s.all(_DAY, (db_time(since),))
-        return {r[0]: Day(int(r[1] or 0), int(r[2] or 0)) for r in rows}
+    async def recent(self, since: datetime) -> dict[str, Counts]:
+        """Each mirror's counts from the hour of `since` on."""
+        async with self._db.read("sum up each mirror's recent fetches") as s:
+            rows = await s.all(_RECENT, (hour_of(since),))
+        return {r[0]: Counts(*(int(v or 0) for v in r[1:])) for r in rows}
+
+    async def days(self, mirror: str, since: datetime) -> list[tuple[str, Counts]]:
+        """One mirror's counts by UTC day (`YYYY-MM-DD`), from the day of `since` on;
+        days it was not fetched are absent."""
+        async with self._db.read("sum up a mirror's days") as s:
+            rows = await s.all(_DAYS, (mirror, hour_of(since)[:10]))
+        return [(r[0], Counts(*(int(v or 0) for v in r[1:]))) for r in rows]
 
     async def alerts(
         self, *, state: str, before: int = FIRST, mirror: str | None = None, limit: int

@@ -249,7 +249,25 @@ ALTER TABLE deliveries_v11 RENAME TO deliveries;
 CREATE INDEX deliveries_due ON deliveries (sink, next_attempt) WHERE delivered_at IS NULL;
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9, _V10, _V11)
+# What each mirror did, hour by hour (UTC), for the status pages' history of a mirror:
+# documents fetched (answered or not), new bodies archived, failures, bodies that failed
+# verification. Counted as fetches are recorded, written with the deferred bookkeeping:
+# a process killed loses at most its last unwritten batch of counts, never a snapshot.
+_V12 = """
+CREATE TABLE mirror_hours (
+    mirror     TEXT NOT NULL,
+    hour       TEXT NOT NULL CHECK (length(hour) = 13),
+    fetches    INTEGER NOT NULL DEFAULT 0 CHECK (fetches >= 0),
+    changed    INTEGER NOT NULL DEFAULT 0 CHECK (changed >= 0),
+    failures   INTEGER NOT NULL DEFAULT 0 CHECK (failures >= 0),
+    untrusted  INTEGER NOT NULL DEFAULT 0 CHECK (untrusted >= 0),
+    PRIMARY KEY (mirror, hour)
+) WITHOUT ROWID;
+"""
+
+MIGRATIONS: tuple[str, ...] = (
+    _V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9, _V10, _V11, _V12,
+)  # fmt: skip
 """Migration scripts in order; the schema version is their count."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -268,6 +286,7 @@ TABLES = (
     "settings",
     "nodes",
     "rules_due",
+    "mirror_hours",
 )
 """Every table, for `Store.stats`."""
 
