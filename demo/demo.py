@@ -11,7 +11,7 @@ What it does, each step printed as it happens:
 3. `beta` turns bad: it serves a tampered copy of the real bundle (its title changed) and
    the demo record's older, validly signed bundle (a rollback);
 4. `pithcrawl sync` again: exit 1, and `pithcrawl status` shows the alerts;
-5. `pithcrawl evidence` exports the rollback's proof (both bundles and the keys);
+5. `pithcrawl evidence` exports each alert's proof (the documents and the keys);
 6. `pithcrawl serve` with the status pages; open the printed URL. Ctrl-C stops
    everything and removes the temporary directory.
 
@@ -55,15 +55,36 @@ def pithcrawl_command() -> list[str]:
     return [sys.executable, "-m", "pithcrawl"]
 
 
+MEANING = {
+    0: "nothing wrong",
+    1: "a security finding",
+    2: "a usage or configuration error",
+    3: "an operational failure",
+}
+
+
+def shown_command() -> str:
+    """How a person runs this checkout's pithcrawl: the venv's script, relative to here."""
+    script = Path(sys.executable).parent / "pithcrawl"
+    if not script.exists():
+        return "pithcrawl"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
+
+
 async def run(*args: str, config: Path) -> int:
-    """A pithcrawl command as a user would type it, its output shown."""
-    options = ["--config", str(config), "--log-format", "console", "-q"]
-    print(f"$ {' '.join(['pithcrawl', *options, *args])}", flush=True)
+    """A pithcrawl command as a user would type it, its output shown (its log lines,
+    JSON on stderr when that is not a terminal, are left out: the output says it all)."""
+    print(f"$ {shown_command()} --config {config} {' '.join(args)}", flush=True)
     proc = await asyncio.create_subprocess_exec(
-        *pithcrawl_command(), *options, *args, stdout=sys.stdout, stderr=sys.stdout
-    )
+        *pithcrawl_command(), "--config", str(config), *args,
+        stdout=sys.stdout, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
     code = await proc.wait()
-    print(f"(exit {code})", flush=True)
+    if args[0] == "sync":  # the others report; their exit code says only that they ran
+        print(f"(exit {code}: {MEANING.get(code, 'see docs/commands.md')})", flush=True)
     return code
 
 
@@ -118,12 +139,12 @@ async def demo(tmp: Path, port: int, wait: bool) -> int:
     registry = TestSigner("demo-registry-key", seed=os.urandom(32))
     (tmp / "demo.key.json").write_text(json.dumps(registry.public_key()))
     shutil.copy(FIXTURES / "pith-v1-2026-05.key.json", tmp / "registry.key.json")
-    demo_record = BundleBuilder(
-        registry, record=canonical_record("2612.99999", title="A demo record")
-    )
-    demo_record.add_event()
+    title = "A Demo Record of the Demo Registry"
+    demo_record = BundleBuilder(registry, record=canonical_record("2612.99999", title=title))
+    paper = {"graph_snapshot": {"paper": {"title": title}}}
+    demo_record.add_event(payload=paper)
     older = demo_record.bytes()
-    demo_record.add_event()
+    demo_record.add_event(payload=paper)
     newer = demo_record.bytes()
     real_bundle = (FIXTURES / f"{REAL}.bundle.json").read_bytes()
     real_state = (FIXTURES / f"{REAL}.state.json").read_bytes()
@@ -160,33 +181,41 @@ async def demo(tmp: Path, port: int, wait: bool) -> int:
         second = await run("sync", config=config)
         await run("status", config=config)
 
-        step("every alert carries its proof: export the rollback's documents and keys")
-        rollback = await alert_id(config, "rollback")
-        evidence = tmp / f"alert-{rollback}"
-        await run("evidence", str(rollback), "--out", str(evidence), config=config)
-        for path in sorted(evidence.rglob("*")):
-            if path.is_file():
-                print(f"  {path.relative_to(tmp)}")
-        print("(its README.txt says how to re-check each with `pithcrawl verify`, offline)")
-
-        step("the status pages")
-        port = free_port(port)
-        url = f"http://127.0.0.1:{port}/"
-        serve = await asyncio.create_subprocess_exec(
-            *pithcrawl_command(),
-            "--config",
-            str(config),
-            "serve",
-            "--bind",
-            f"127.0.0.1:{port}",
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
+        step("every alert carries its proof: export each alert's documents and keys")
+        for kind in ("document_invalid", "rollback"):
+            number = await alert_id(config, kind)
+            evidence = tmp / f"alert-{number}"
+            await run("evidence", str(number), "--out", str(evidence), config=config)
+            for path in sorted(evidence.rglob("*")):
+                if path.is_file():
+                    print(f"  {path}")
+        print(
+            "Each README.txt names the claim and gives the `pithcrawl verify` command that"
+            " re-checks each document offline, with what to expect."
         )
+        step("the status pages")
+        chosen = free_port(port)
+        if chosen != port:
+            print(f"(port {port} is taken: using {chosen})")
+        url = f"http://127.0.0.1:{chosen}/"
+        serve = await asyncio.create_subprocess_exec(
+            *pithcrawl_command(), "--config", str(config), "serve",
+            "--bind", f"127.0.0.1:{chosen}",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
         try:
             await wait_for(url)
-            print(f"open {url} (a record: {url}ui/record/{demo_record.suffix})")
+            print(
+                f"\nsync exit codes: {first} before, {second} after beta turned bad.\n"
+                f"Next: read {tmp}/alert-*/README.txt; track a real record and"
+                " `make sync` (README); configure mirrors and alerts (docs/configuration.md)."
+            )
+            print(f"open {url} (the rolled-back record: {url}ui/record/{demo_record.suffix})")
             if wait:
-                print("Ctrl-C stops the mirrors and the server and removes the demo's files.")
+                print(
+                    "Ctrl-C stops the mirrors and the server and removes the demo's files"
+                    " (`make demo ARGS=--keep` keeps them)."
+                )
                 stop = asyncio.Event()
                 loop = asyncio.get_running_loop()
                 loop.add_signal_handler(signal.SIGINT, stop.set)
@@ -196,7 +225,6 @@ async def demo(tmp: Path, port: int, wait: bool) -> int:
             if serve.returncode is None:
                 serve.send_signal(signal.SIGTERM)
                 await serve.wait()
-    print(f"\nsync exit codes: {first} before, {second} after beta turned bad")
     return 0 if (first, second) == (0, 1) else 1
 
 

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from html.parser import HTMLParser
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from pithcrawl.commands.evidence import body_refs
 from pithcrawl.commands.status import gather
 from pithcrawl.serve import Server, Ui, serving
 from pithcrawl.serve.pages import POLICY
-from pithcrawl.serve.views import PAGE, href, shown
+from pithcrawl.serve.views import PAGE, Command, href, shown
 from pithcrawl.store import Store
 
 pytestmark = pytest.mark.anyio
@@ -67,6 +68,10 @@ class Page(HTMLParser):
         return [a["href"] or "" for t, a in self.tags if t == "a" and "href" in a]
 
 
+def COMMAND(w: World) -> Command:
+    return Command("/opt/pc/bin/pithcrawl", ("--config", str(w.config_path)))
+
+
 @asynccontextmanager
 async def pages(w: World, *, ui: bool = True) -> AsyncIterator[Server]:
     async with (
@@ -76,7 +81,7 @@ async def pages(w: World, *, ui: bool = True) -> AsyncIterator[Server]:
             "127.0.0.1",
             0,
             trust=w.trust,
-            ui=Ui(w.config, str(w.config_path), clock=w.clock.now) if ui else None,
+            ui=Ui(w.config, COMMAND(w), clock=w.clock.now) if ui else None,
         ) as server,
     ):
         yield server
@@ -143,9 +148,15 @@ async def test_each_open_alert_page_carries_its_evidence_and_the_commands(w: Wor
                 assert f"/ui/body/{ref.sha256}" in page.links()
                 assert ref.sha256 in page.ids["verify-commands"]
             assert (
-                f"pithcrawl --config {w.config_path} evidence {alert['id']} --out"
+                f"/opt/pc/bin/pithcrawl --config {w.config_path} evidence {alert['id']} --out"
                 in page.ids["evidence-command"]
             )
+            if not body_refs(alert["evidence"]):
+                assert alert["kind"] == "mirror_unreachable"
+                continue
+            assert "/opt/pc/bin/pithcrawl verify" in page.ids["verify-commands"]
+            expected = "exit 1 (FAIL)" if alert["kind"] == "document_invalid" else "exit 0 (ok)"
+            assert f"# expect: {expected}" in page.ids["verify-commands"]
 
 
 async def test_record_page_diff_is_the_diff_command(w: World) -> None:
@@ -163,7 +174,7 @@ async def test_record_page_diff_is_the_diff_command(w: World) -> None:
         assert int(page.ids["change-count"]) == len(patch) > 0
         assert page.ids["title"] == "A calm paper"
         # The timeline: one dot a bundle snapshot, each linking to its own diff.
-        dots = [a for t, a in page.tags if t == "circle"]
+        dots = [a for t, a in page.tags if t == "circle" and "data-id" in a]
         async with await Store.open(w.db, readonly=True) as store:
             every = await store.snapshots(suffix)
         assert sorted(int(d["data-id"] or 0) for d in dots) == [s.id for s in every]
@@ -381,3 +392,58 @@ async def test_every_fetch_is_counted_in_its_mirrors_hour(w: World) -> None:
     days = re.findall(r'<g class="day" data-day="([0-9-]+)">\s*<title>[^:]+: (\d+) fetches', html)
     assert len(days) == 30 and days[-1][0] == w.clock.at.date().isoformat()
     assert sum(int(n) for _, n in days) == counts[OTHER].fetches
+
+
+def test_commands_on_pages_can_be_pasted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The program as `serve` was started, and its --config and --db made absolute."""
+    import argparse
+
+    from pithcrawl.commands.serve import command_of
+
+    script = tmp_path / "venv" / "bin" / "pithcrawl"
+    script.parent.mkdir(parents=True)
+    script.write_text("#!/bin/sh\n")
+    monkeypatch.setattr("sys.argv", [str(script), "serve"])
+    monkeypatch.chdir(tmp_path)
+    args = argparse.Namespace(config=Path("etc/p.toml"), db=Path("a.db"))
+    command = command_of(args)
+    assert command.program == str(script)
+    assert command.line("evidence", "3") == (
+        f"{script} --config {tmp_path}/etc/p.toml --db {tmp_path}/a.db evidence 3"
+    )
+    monkeypatch.setattr("sys.argv", ["/usr/lib/python3/x/__main__.py"])
+    assert command_of(argparse.Namespace(config=None, db=None)).line("status") == (
+        "pithcrawl status"
+    )
+
+
+def test_timeline_keeps_dots_apart_and_in_order() -> None:
+    """Fetches a second apart after months of quiet are still two dots, in time order,
+    inside the drawing."""
+    from pithcrawl.serve.views import _GAP, _columns
+
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    times = [t0, t0.replace(month=6), t0.replace(month=6, second=1), t0.replace(month=6, second=2)]
+    xs = _columns(times, 190.0, 880.0)
+    ordered = [xs[t] for t in sorted(times)]
+    assert ordered == sorted(ordered) and ordered[0] == 190.0 and ordered[-1] <= 880.0
+    assert all(b - a >= _GAP - 0.1 for a, b in pairwise(ordered))
+    many = [t0.replace(second=i % 60, minute=i // 60) for i in range(120)]
+    squeezed = _columns(many, 190.0, 880.0)
+    assert max(squeezed.values()) <= 880.0 and min(squeezed.values()) == 190.0
+    assert _columns([t0, t0], 190.0, 880.0) == {t0: 535.0}
+
+
+async def test_a_rollback_is_ringed_and_named_on_its_record(w: World) -> None:
+    suffix = w.suffix("calm")
+    async with await Store.open(w.db, readonly=True) as store:
+        rolled = (await store.snapshots(suffix, mirror=OTHER))[-1]
+    async with pages(w) as server:
+        _, _, html = await get(server, f"/ui/record/{suffix}")
+        rings = re.findall(r'class="snap trusted alarming" data-id="(\d+)"', html)
+        assert rings == [str(rolled.id)]
+        assert '<span class="sev sev-critical">rollback</span>' in html
+        first = (await get(server, f"/ui/record/{suffix}?a={rolled.id}&b={rolled.id}"))[2]
+        assert "nothing before it to compare with" in first
+        code, _, html = await get(server, f"/ui/record/{suffix}?a={rolled.id}")
+        assert code == 400 and "pick two snapshots" in html

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import signal
+import sys
 from contextlib import suppress
 from functools import partial
 from pathlib import Path
@@ -30,6 +32,7 @@ from pithcrawl.trust import load_trust, with_learned
 
 if TYPE_CHECKING:
     from pithcrawl.serve import Ui
+    from pithcrawl.serve.views import Command
 
 HELP = "Serve the archive as a Pith mirror (the exact verified bytes), until SIGTERM."
 EXAMPLE = "pithcrawl serve --bind 127.0.0.1:8787"
@@ -93,9 +96,29 @@ def run(args: argparse.Namespace) -> int:
     _raise_descriptor_limit()
     from pithcrawl.serve import Ui
 
-    ui = None if args.no_ui else Ui(config, str(args.config) if args.config else None)
+    ui = None if args.no_ui else Ui(config, command_of(args))
     anyio.run(partial(_serve, config, trust, db, (host, port), (args.name, base_url), ui=ui))
     return EXIT_OK
+
+
+def command_of(args: argparse.Namespace) -> Command:
+    """How this `serve` was started, for the commands its pages print: the program (its
+    absolute path unless `pithcrawl` on the PATH is it) and the archive's `--config` and
+    `--db`, absolute."""
+    from pithcrawl.serve.views import Command
+
+    program = "pithcrawl"
+    started = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
+    if started is not None and started.name == "pithcrawl" and started.is_file():
+        on_path = shutil.which("pithcrawl")
+        if on_path is None or Path(on_path).resolve() != started:
+            program = str(started)
+    options: list[str] = []
+    if args.config:
+        options += ["--config", str(Path(args.config).resolve())]
+    if args.db:
+        options += ["--db", str(Path(args.db).resolve())]
+    return Command(program, tuple(options))
 
 
 def _raise_descriptor_limit() -> None:

@@ -16,7 +16,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib.resources import files
 from typing import Any
@@ -61,8 +61,8 @@ class Ui:
     """What the pages need beyond the archive."""
 
     config: Config
-    config_path: str | None = None
-    """The configuration `serve` was started with, for the commands a page shows."""
+    command: views.Command = field(default_factory=views.Command)
+    """How to run pithcrawl on this archive, for the commands a page shows."""
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
 
@@ -147,7 +147,9 @@ class Pages:
     def __init__(self, store: Store, ui: Ui) -> None:
         self.store = store
         self.ui = ui
-        self._css = (files("pithcrawl.serve") / "static" / "ui.css").read_bytes()
+        static = files("pithcrawl.serve") / "static"
+        self._css = (static / "ui.css").read_bytes()
+        self._icon = (static / "icon.svg").read_bytes()
         self.figures = Figures(store, ui)
 
     async def _page(
@@ -217,12 +219,14 @@ class Pages:
             if _SUFFIX.fullmatch(suffix) is None:
                 return None
             a, b = _int(request, "a"), _int(request, "b")
+            if (a is None) != (b is None):
+                raise _BadRequest("pick two snapshots to compare: one as from (a), one as to (b)")
             page = await views.record(self.store, suffix, before=_int(request, "before"), a=a, b=b)
             if page is None:
                 return None
             if a is not None and b is not None and page.diff is None:
                 raise _BadRequest("a and b must be bundle snapshots of this record")
-            return {"page": page}
+            return {"page": page, "command": self.ui.command, "alarming": views.ALARMING}
 
         return await self._page(request, "record.html", make)
 
@@ -246,7 +250,7 @@ class Pages:
         async def make() -> dict[str, Any] | None:
             if _ID.fullmatch(text) is None:
                 return None
-            page = await views.alert(self.store, self.ui.config, int(text), self.ui.config_path)
+            page = await views.alert(self.store, self.ui.config, int(text), self.ui.command)
             return None if page is None else {"page": page}
 
         return await self._page(request, "alert.html", make)
@@ -310,11 +314,22 @@ class Pages:
         )
 
     async def css(self, request: web.Request) -> web.StreamResponse:
-        return web.Response(
-            body=self._css,
-            content_type="text/css",
-            headers={"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"},
-        )
+        return _static(self._css, "text/css")
+
+    async def icon(self, request: web.Request) -> web.StreamResponse:
+        return _static(self._icon, "image/svg+xml")
+
+
+def _static(body: bytes, content_type: str) -> web.Response:
+    return web.Response(
+        body=body,
+        content_type=content_type,
+        headers={
+            "Cache-Control": "public, max-age=3600",
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+        },
+    )
 
 
 def add_pages(app: web.Application, store: Store, ui: Ui) -> None:
@@ -351,3 +366,5 @@ def add_pages(app: web.Application, store: Store, ui: Ui) -> None:
     app.router.add_get("/ui/mirror/{name:.+}", pages.mirror)
     app.router.add_get("/ui/body/{sha256}", pages.body)
     app.router.add_get("/ui/ui.css", pages.css)
+    app.router.add_get("/ui/icon.svg", pages.icon)
+    app.router.add_get("/favicon.ico", pages.icon)

@@ -15,6 +15,7 @@ import dataclasses
 import re
 import shlex
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -95,7 +96,9 @@ class MirrorRow:
         failing = s.last_failure_at is not None and (
             s.last_success_at is None or s.last_failure_at > s.last_success_at
         )
-        return not failing and not self.open_alerts and not (self.lag and self.lag.behind)
+        invalid = self.day is not None and self.day.untrusted > 0
+        behind = self.lag is not None and self.lag.behind > 0
+        return not (failing or invalid or behind or self.open_alerts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +202,18 @@ class Dot:
     y: float
     previous: int | None
     """The snapshot before it in its lane (its diff's other side)."""
+    logged: tuple[str, ...] = ()
+    """What pithcrawl logged of it (`rollback`, `event_added`, …)."""
+
+    @property
+    def alarming(self) -> bool:
+        return not self.snapshot.trusted or any(k in ALARMING for k in self.logged)
+
+
+#: Kinds a snapshot is marked for on the timeline: each opened a critical alert.
+ALARMING = frozenset(
+    {"rollback", "equivocation", "untrusted_key", "document_invalid", "state_url_mismatch"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,14 +233,36 @@ class Timeline:
 
 
 _LEFT, _RIGHT, _TOP, _ROW = 190, 20, 24, 34
+_GAP = 16.0
+"""The least distance between two fetch times' dots: fetches a second apart stay apart."""
 
-#: The shortest stretch of time a timeline spans.
-MIN_SPAN = timedelta(hours=1)
+
+def _columns(times: list[datetime], left: float, right: float) -> dict[datetime, float]:
+    """An x for each distinct time: in proportion to time, then moved apart to at least
+    `_GAP` (pushed right from the oldest, then back left from the end of the drawing);
+    evenly spread when there are too many to keep that far apart."""
+    distinct = sorted(set(times))
+    if len(distinct) == 1:
+        return {distinct[0]: (left + right) / 2}
+    n = len(distinct)
+    start, span = distinct[0], (distinct[-1] - distinct[0]).total_seconds()
+    xs = [left + (t - start).total_seconds() / span * (right - left) for t in distinct]
+    for i in range(1, n):
+        xs[i] = max(xs[i], xs[i - 1] + _GAP)
+    xs[-1] = min(xs[-1], right)
+    for i in range(n - 2, -1, -1):
+        xs[i] = min(xs[i], xs[i + 1] - _GAP)
+    if xs[0] < left:  # too many to keep apart: one column each, evenly
+        xs = [left + i * (right - left) / (n - 1) for i in range(n)]
+    return {t: round(x, 1) for t, x in zip(distinct, xs, strict=True)}
 
 
-def timeline(snapshots: list[Snapshot], width: int = 900) -> Timeline:
+def timeline(
+    snapshots: list[Snapshot], logged: Mapping[int, list[str]] | None = None, width: int = 900
+) -> Timeline:
     """A lane per mirror (per mirror and vantage once there are several vantages), a dot
-    per bundle snapshot at its fetch time."""
+    per bundle snapshot at its fetch time (in time order, never on top of another)."""
+    logged = logged or {}
     vantages = {s.vantage for s in snapshots if s.vantage}
     several = len(vantages) > 1
 
@@ -234,21 +271,23 @@ def timeline(snapshots: list[Snapshot], width: int = 900) -> Timeline:
 
     names = sorted({lane_of(s) for s in snapshots})
     ys = {name: _TOP + i * _ROW for i, name in enumerate(names)}
-    times = [s.fetched_at for s in snapshots]
-    start, end = (min(times), max(times)) if times else (None, None)
-    if start and end and end - start < MIN_SPAN:
-        start = end - MIN_SPAN  # fetches seconds apart are drawn together, at the end
-    span = (end - start).total_seconds() if start and end else 0.0
-    inner = width - _LEFT - _RIGHT
+    times = [s.fetched_at.replace(microsecond=0) for s in snapshots]
+    xs = _columns(times, _LEFT, width - _RIGHT) if times else {}
     dots: list[Dot] = []
     last: dict[str, int] = {}
-    for s in snapshots:
+    for s, t in zip(snapshots, times, strict=True):
         lane = lane_of(s)
-        offset = (s.fetched_at - start).total_seconds() / span if span and start else 0.5
-        dots.append(Dot(s, round(_LEFT + offset * inner, 1), ys[lane], last.get(lane)))
+        dots.append(Dot(s, xs[t], ys[lane], last.get(lane), tuple(logged.get(s.id, ()))))
         last[lane] = s.id
     height = _TOP + max(1, len(names)) * _ROW
-    return Timeline(width, height, [Lane(n, ys[n]) for n in names], dots, start, end)
+    return Timeline(
+        width,
+        height,
+        [Lane(n, ys[n]) for n in names],
+        dots,
+        min(times) if times else None,
+        max(times) if times else None,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +320,8 @@ class RecordPage:
     older: int | None
     log: list[Any]
     alerts: list[Alert]
+    served_by: list[str] = field(default_factory=list)
+    """The mirrors whose newest bundle shown is the newest trusted one."""
     diff: Diff | None = None
     problems: list[str] = field(default_factory=list)
 
@@ -348,6 +389,7 @@ async def record(
     older = snaps[0].id if len(snaps) > TIMELINE else None
     snaps = snaps[-TIMELINE:]
     newest = await store.trusted.newest_bundle(suffix)
+    logged = await store.event_kinds([s.id for s in snaps])
     page = RecordPage(
         suffix,
         tracked.pith_number if tracked else None,
@@ -355,13 +397,19 @@ async def record(
         None,
         newest,
         [],
-        timeline(snaps),
+        timeline(snaps, logged),
         snaps,
         older,
         await store.browse.record_events(suffix, limit=500),
         await store.browse.record_alerts(suffix, limit=PAGE),
     )
+    latest: dict[str, Snapshot] = {}
+    for snap in snaps:
+        latest[snap.mirror] = snap
     if newest is not None:
+        page.served_by = sorted(
+            m for m, snap in latest.items() if snap.body_sha256 == newest.body_sha256
+        )
         try:
             doc = await document(store, newest)
         except MalformedJSON as e:
@@ -429,8 +477,9 @@ async def diff(store: Store, suffix: str, a: int, b: int, limit: int = 500) -> D
 class AlertPage:
     alert: Alert
     deliveries: list[Any]
-    documents: list[tuple[Any, str]]
-    """(evidence document, the `pithcrawl verify` command that re-checks it)."""
+    documents: list[tuple[Any, str, str]]
+    """(evidence document, the `pithcrawl verify` command that re-checks it, from the
+    exported directory, and what it should say)."""
     evidence_command: str
     evidence_json: str
 
@@ -446,20 +495,33 @@ def redacted(d: Delivery) -> Delivery:
     return dataclasses.replace(d, last_error=_URL.sub("<alerts.webhook>", d.last_error))
 
 
-async def alert(
-    store: Store, config: Config, alert_id: int, config_path: str | None
-) -> AlertPage | None:
+async def alert(store: Store, config: Config, alert_id: int, command: Command) -> AlertPage | None:
     found = await store.alerts.get(alert_id)
     if found is None:
         return None
     package = await package_of(store, config, found)
-    options = ["--config", config_path] if config_path else []
+    expect = {True: "exit 0 (ok)", False: "exit 1 (FAIL)", None: "see the claim"}
+    checks = [
+        (d, command.program + line.removeprefix("pithcrawl"), expect[d.trusted])
+        for d, line in recheck(package, config)
+    ]
     return AlertPage(
         found,
         [redacted(d) for d in await store.deliveries.rows(alert_id)],
-        recheck(package, config),
-        shlex.join(
-            ["pithcrawl", *options, "evidence", str(alert_id), "--out", f"alert-{alert_id}"]
-        ),
+        checks,
+        command.line("evidence", str(alert_id), "--out", f"alert-{alert_id}"),
         bounded(json_text(found.evidence, indent=2), 20 * SHOWN),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """How a reader of the pages runs pithcrawl on this archive: the program as `serve`
+    was started (a path, unless it is `pithcrawl` on the PATH) and the `--config` and
+    `--db` it was given, made absolute, so every command a page prints can be pasted."""
+
+    program: str = "pithcrawl"
+    options: tuple[str, ...] = ()
+
+    def line(self, *args: str) -> str:
+        return " ".join([shlex.quote(self.program), *map(shlex.quote, (*self.options, *args))])
