@@ -143,12 +143,16 @@ def exit_code(s: Summary) -> int:
     return EXIT_OK
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def summary_line(s: Summary) -> str:
     """The pass in one line, for people."""
     line = (
-        f"{s.records} records × {s.mirrors} mirrors: {s.new_snapshots} new snapshots, "
-        f"{s.events} events, {s.alerts_raised} alerts raised, {s.alerts_open} open, "
-        f"{s.errors} errors"
+        f"{_n(s.records, 'record')} × {_n(s.mirrors, 'mirror')}: "
+        f"{_n(s.new_snapshots, 'new snapshot')}, {_n(s.events, 'logged event')}, "
+        f"{_n(s.alerts_raised, 'alert')} raised, {s.alerts_open} open, {_n(s.errors, 'error')}"
     )
     if s.deferred:
         line += f", {s.deferred} put off (their mirror keeps failing; retried later)"
