@@ -447,3 +447,34 @@ async def test_a_rollback_is_ringed_and_named_on_its_record(w: World) -> None:
         assert "nothing before it to compare with" in first
         code, _, html = await get(server, f"/ui/record/{suffix}?a={rolled.id}")
         assert code == 400 and "pick two snapshots" in html
+
+
+def test_each_change_shows_the_value_it_really_replaced() -> None:
+    """A patch's paths name the document as the operations before them left it: events
+    0 and 2 dropped are shown as A and C, not as A and what is now at index 1."""
+    import copy
+
+    from pithcrawl.serve.views import changes
+
+    before = {"events": [{"id": "A"}, {"id": "B"}, {"id": "C"}], "n": 3}
+    after = {"events": [{"id": "B"}], "n": 1}
+    rows, more = changes(before, after, copy.deepcopy(before), 500)
+    removed = [json.loads(r.before or "null") for r in rows if r.op == "remove"]
+    assert sorted(removed, key=lambda e: e["id"]) == [{"id": "A"}, {"id": "C"}]
+    assert more == 0
+    assert [json.loads(r.before or "0") for r in rows if r.path == "/n"] == [3]
+
+
+def test_a_huge_value_is_cut_before_it_is_written() -> None:
+    """800,000 characters in 400,000 items: the row shows a few hundred, says how many
+    more, and never writes the rest."""
+    import copy
+
+    from pithcrawl.serve.views import CLIP, changes
+
+    before = {"l": list(range(400_000))}
+    after: dict[str, Any] = {"l": []}
+    rows, _ = changes(before, after, copy.deepcopy(before), 500)
+    assert len(rows) == 1 and rows[0].before is not None
+    assert f"{400_000 - CLIP + 1} more items" in rows[0].before
+    assert len(rows[0].before) < 5_000

@@ -21,6 +21,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+import anyio
+import jsonpatch
+
 from pithcrawl.canon import MalformedJSON, parse
 from pithcrawl.commands.evidence import package_of, recheck
 from pithcrawl.commands.patch import make_patch
@@ -438,8 +441,64 @@ def _pointer_get(doc: Any, path: str) -> tuple[bool, Any]:
     return True, doc
 
 
+#: At most this many values of one value are shown (the rest is counted, not written).
+CLIP = 300
+
+
+def _clip(value: Any, budget: list[int]) -> Any:
+    """`value` cut to about `budget[0]` values and strings of at most 1,000 characters,
+    before anything is written out: a hostile body's 16 MB member costs what is shown."""
+    budget[0] -= 1
+    if isinstance(value, str):
+        return value if len(value) <= 1000 else value[:999] + "…"
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for i, (k, v) in enumerate(value.items()):
+            if budget[0] <= 0:
+                out["…"] = f"{len(value) - i} more members"
+                break
+            out[k] = _clip(v, budget)
+        return out
+    if isinstance(value, list):
+        items: list[Any] = []
+        for i, v in enumerate(value):
+            if budget[0] <= 0:
+                items.append(f"… {len(value) - i} more items")
+                break
+            items.append(_clip(v, budget))
+        return items
+    return value
+
+
 def _value(v: Any) -> str:
-    return bounded(json_text(v, indent=2), SHOWN)
+    return bounded(json_text(_clip(v, [CLIP]), indent=2), SHOWN)
+
+
+def changes(before: Any, after: Any, working: Any, limit: int) -> tuple[list[Change], int]:
+    """The patch from `before` to `after` as rows: each operation with the value it
+    replaced or removed, read from `working` (a copy of `before` the operations are
+    applied to one by one: a patch's paths name the document as already changed by the
+    operations before them), and the value it put. Also how many more there are."""
+    ops = make_patch(before, after)
+    rows = []
+    intact = True
+    for op in ops[:limit]:
+        kind, path = str(op.get("op")), str(op.get("path", ""))
+        was = None
+        if intact and kind in ("remove", "replace", "move"):
+            found, value = _pointer_get(working, str(op.get("from", path)))
+            was = _value(value) if found else None
+        rows.append(Change(kind, path, was, _value(op["value"]) if "value" in op else None))
+        if intact:
+            try:
+                working = jsonpatch.apply_patch(working, [op], in_place=True)
+            except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException):
+                intact = False  # (never for a patch make_patch wrote)
+    return rows, max(0, len(ops) - limit)
+
+
+#: Diffs computed at once, each in a thread of its own (the server answers meanwhile).
+_DIFFS = anyio.CapacityLimiter(2)
 
 
 async def diff(store: Store, suffix: str, a: int, b: int, limit: int = 500) -> Diff | None:
@@ -450,24 +509,17 @@ async def diff(store: Store, suffix: str, a: int, b: int, limit: int = 500) -> D
         return None
     if old.kind != "bundle" or new.kind != "bundle":
         return None
-    try:
-        before, after = await document(store, old), await document(store, new)
-    except MalformedJSON as e:
-        return Diff(old, new, [], 0, f"a compared body is not JSON ({e})")
-    ops = make_patch(before, after)
-    changes = []
-    for op in ops[:limit]:
-        path = str(op.get("path", ""))
-        found, was = _pointer_get(before, path)
-        changes.append(
-            Change(
-                str(op.get("op")),
-                path,
-                _value(was) if found and op.get("op") != "add" else None,
-                _value(op["value"]) if "value" in op else None,
-            )
-        )
-    return Diff(old, new, changes, max(0, len(ops) - limit))
+    first, second = await store.get_blob(old.body_sha256), await store.get_blob(new.body_sha256)
+
+    def compute() -> Diff:
+        try:
+            before, after, working = parse(first), parse(second), parse(first)
+        except MalformedJSON as e:
+            return Diff(old, new, [], 0, f"a compared body is not JSON ({e})")
+        rows, more = changes(before, after, working, limit)
+        return Diff(old, new, rows, more)
+
+    return await anyio.to_thread.run_sync(compute, limiter=_DIFFS)
 
 
 # -- an alert -------------------------------------------------------------------------------
