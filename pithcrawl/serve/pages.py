@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp_jinja2
+import anyio
 import jinja2
 import structlog
 from aiohttp import web
@@ -69,6 +70,11 @@ class Ui:
 class _BadRequest(Exception):
     pass
 
+
+#: Archived bodies sent at once; the time one may take; the piece written at a time.
+BODIES_AT_ONCE = 4
+BODY_SECONDS = 60.0
+BODY_PIECE = 64 * 1024
 
 #: How old the overview's figures may be before a request refreshes them.
 FIGURES_MAX_AGE = 30.0
@@ -151,6 +157,7 @@ class Pages:
         self._css = (static / "ui.css").read_bytes()
         self._icon = (static / "icon.svg").read_bytes()
         self.figures = Figures(store, ui)
+        self._bodies = anyio.Semaphore(BODIES_AT_ONCE)
 
     async def _page(
         self,
@@ -294,24 +301,35 @@ class Pages:
 
     async def body(self, request: web.Request) -> web.StreamResponse:
         """An archived body, byte for byte, as plain text in a sandbox: a mirror's bytes
-        are shown, never interpreted."""
+        are shown, never interpreted. A few at a time, each written in pieces as the
+        client reads them (and dropped if it stops reading), so clients that never read
+        cannot make the server hold many bodies at once."""
         sha256 = request.match_info["sha256"]
         if _SHA256.fullmatch(sha256) is None:
             return self._error(request, 404, "not a body's sha256")
-        try:
-            if not await self.store.browse.has_body(sha256):
-                return self._error(request, 404, "no such body in the archive")
-            data = await self.store.get_blob(sha256)
-        except StoreCorrupt as e:
-            return self._error(request, 500, f"the body is damaged ({e})")
-        except StoreError:
-            return self._error(request, 503, "the archive cannot be read now")
-        return web.Response(
-            body=data,
-            content_type="text/plain",
-            charset="utf-8",
-            headers={**HEADERS, "Content-Security-Policy": "sandbox; default-src 'none'"},
-        )
+        async with self._bodies:
+            try:
+                if not await self.store.browse.has_body(sha256):
+                    return self._error(request, 404, "no such body in the archive")
+                data = await self.store.get_blob(sha256)
+            except StoreCorrupt as e:
+                return self._error(request, 500, f"the body is damaged ({e})")
+            except StoreError:
+                return self._error(request, 503, "the archive cannot be read now")
+            response = web.StreamResponse(
+                headers={**HEADERS, "Content-Security-Policy": "sandbox; default-src 'none'"}
+            )
+            response.content_type = "text/plain"
+            response.charset = "utf-8"
+            response.content_length = len(data)
+            with anyio.move_on_after(BODY_SECONDS) as scope:
+                await response.prepare(request)
+                view = memoryview(data)
+                for at in range(0, len(data), BODY_PIECE):
+                    await response.write(view[at : at + BODY_PIECE])  # waits for the client
+            if scope.cancelled_caught and request.transport is not None:
+                request.transport.close()  # too slow a reader: its slot is for others
+            return response
 
     async def css(self, request: web.Request) -> web.StreamResponse:
         return _static(self._css, "text/css")
