@@ -373,6 +373,16 @@ def test_a_webhook_url_never_reaches_a_page() -> None:
     assert shown_error == "webhook <alerts.webhook> answered HTTP 500"
     hook = Delivery(7, "hook", "open", 1, now, None, "hook /usr/bin/x exited 1")
     assert redacted(hook) == hook
+    chat = Delivery(
+        7,
+        "hook:chat",
+        "open",
+        1,
+        now,
+        None,
+        "hook exited 22: curl: (22) https://hooks.slack.com/services/T/B/xoxb-SECRET: 404",
+    )
+    assert redacted(chat).last_error == "hook exited 22: curl: (22) <a URL: see the log> 404"
 
 
 async def test_every_fetch_is_counted_in_its_mirrors_hour(w: World) -> None:
@@ -478,3 +488,15 @@ def test_a_huge_value_is_cut_before_it_is_written() -> None:
     assert len(rows) == 1 and rows[0].before is not None
     assert f"{400_000 - CLIP + 1} more items" in rows[0].before
     assert len(rows[0].before) < 5_000
+
+
+async def test_a_key_file_broken_while_serving_costs_only_the_page(w: World) -> None:
+    """The alert page reads trust.keys again (for the evidence's key files): a file
+    replaced by junk meanwhile gives a page that says so, with the headers of any page."""
+    async with pages(w) as server:
+        (w.tmp / "test.key.json").write_text("{not json")
+        code, headers, html = await get(server, "/ui/alert/1")
+        assert code == 500 and "configuration cannot be read" in html
+        assert headers["Content-Security-Policy"] == POLICY
+        code, _, _ = await get(server, "/")
+        assert code == 200

@@ -133,15 +133,16 @@ async def gather(config: Config, db: Path) -> Status:
         return await gather_from(store, config)
 
 
-async def gather_from(store: Store, config: Config) -> Status:
-    """`gather` from an open archive (`serve`'s overview shows the same figures)."""
+async def gather_from(store: Store, config: Config, *, alerts: bool = True) -> Status:
+    """`gather` from an open archive (`serve`'s overview shows the same figures); without
+    `alerts`, no open alert is read (the overview counts them, and reads a page)."""
     db = store.path
     records = await store.watchlist.tracked_count()
     summaries = await store.mirror_summaries()
     known = await store.watchlist.mirrors()
-    alerts = await store.alerts.open_alerts()
+    open_alerts = await store.alerts.open_alerts() if alerts else []
     deliveries: dict[int, list[Delivery]] = {}
-    for d in await store.deliveries.rows(alert_ids=[a.id for a in alerts]):
+    for d in await store.deliveries.rows(alert_ids=[a.id for a in open_alerts]):
         deliveries.setdefault(d.alert_id, []).append(d)
     undelivered = await store.deliveries.undelivered_count()
     reads = {m.name: await manifest_read(store, m.name) for m in config.mirrors if m.manifest}
@@ -172,7 +173,7 @@ async def gather_from(store: Store, config: Config) -> Status:
         db_bytes=file_bytes(db),
         records=records,
         mirrors=sorted(mirrors.values(), key=lambda m: m.name),
-        open_alerts=alerts,
+        open_alerts=open_alerts,
         deliveries=deliveries,
         undelivered=undelivered,
         nodes=nodes,

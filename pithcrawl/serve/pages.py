@@ -30,7 +30,7 @@ from aiohttp import web
 
 from pithcrawl import __version__
 from pithcrawl.config import Config
-from pithcrawl.errors import StoreCorrupt, StoreError
+from pithcrawl.errors import ConfigError, StoreCorrupt, StoreError
 from pithcrawl.pith import parse_reference
 from pithcrawl.serve import views
 from pithcrawl.store import Store
@@ -175,6 +175,15 @@ class Pages:
         except StoreError as e:
             log.error("page_failed", path=request.path, error=str(e))
             return self._error(request, 503, "the archive cannot be read now")
+        except ConfigError as e:  # a key file `serve` reads again, changed meanwhile
+            log.error("page_failed", path=request.path, error=str(e))
+            return self._error(request, 500, f"the configuration cannot be read now: {e}")
+        except Exception:
+            # A bug met on what the archive holds costs this page, never the server.
+            log.exception("page_failed", path=request.path)
+            return self._error(
+                request, 500, "an internal error (a bug: see the page_failed log line)"
+            )
         if context is None:
             return self._error(request, 404, "nothing of that name in the archive")
         return self._render(request, template, context)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import re
 import shlex
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -107,12 +106,18 @@ class MirrorRow:
 @dataclass(frozen=True, slots=True)
 class Overview:
     status: Status
+    """`status --json`'s figures, without its open alerts (counted and paged here)."""
     mirrors: list[MirrorRow]
+    open_alerts: int
     severities: list[tuple[str, int]]
     alerts: list[Alert]
-    more_alerts: bool
+    """The open alerts to look at first: the most severe, then the newest."""
     now: datetime
     """When these figures were read."""
+
+    @property
+    def more_alerts(self) -> bool:
+        return self.open_alerts > len(self.alerts)
 
     @property
     def last_pass(self) -> datetime | None:
@@ -120,22 +125,22 @@ class Overview:
 
 
 async def overview(store: Store, config: Config, now: datetime) -> Overview:
-    status = await gather_from(store, config)
+    """The overview's figures: whole-archive reads, none of which holds more than a page
+    of alerts however many are open."""
+    status = await gather_from(store, config, alerts=False)
     lag = await store.browse.lag()
     day = await store.browse.recent(now - timedelta(days=1))
-    per_mirror = Counter(m for a in status.open_alerts for m in a.mirrors)
+    severities, per_mirror = await store.browse.open_counts()
     rows = [
-        MirrorRow(m, lag.get(m.name), day.get(m.name), per_mirror[m.name]) for m in status.mirrors
+        MirrorRow(m, lag.get(m.name), day.get(m.name), per_mirror.get(m.name, 0))
+        for m in status.mirrors
     ]
-    counts = Counter(a.severity for a in status.open_alerts)
-    rank = {s: i for i, s in enumerate(SEVERITIES)}
-    alerts = sorted(status.open_alerts, key=lambda a: (rank.get(a.severity, 9), -a.id))
     return Overview(
         status,
         rows,
-        [(s, counts[s]) for s in SEVERITIES if counts[s]],
-        alerts[:PAGE],
-        len(alerts) > PAGE,
+        sum(severities.values()),
+        [(s, severities[s]) for s in SEVERITIES if severities.get(s)],
+        await store.browse.top_open(PAGE),
         now,
     )
 
@@ -536,15 +541,17 @@ class AlertPage:
     evidence_json: str
 
 
-_URL = re.compile(r"https?://\S+", re.IGNORECASE)
+_URL = re.compile(r"[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
 
 
 def redacted(d: Delivery) -> Delivery:
-    """A delivery as a page may show it: a webhook's URL often carries its secret (a
-    token in the path), and its errors name it; they name `alerts.webhook` instead."""
-    if d.last_error is None or d.sink != "webhook":
+    """A delivery as a page may show it, without URLs: a webhook's URL often carries its
+    secret (a token in the path), its errors name it, and a hook's error output may name
+    the chat webhook it posts to. The log keeps the whole text for the operator."""
+    if d.last_error is None:
         return d
-    return dataclasses.replace(d, last_error=_URL.sub("<alerts.webhook>", d.last_error))
+    mark = "<alerts.webhook>" if d.sink == "webhook" else "<a URL: see the log>"
+    return dataclasses.replace(d, last_error=_URL.sub(mark, d.last_error))
 
 
 async def alert(store: Store, config: Config, alert_id: int, command: Command) -> AlertPage | None:

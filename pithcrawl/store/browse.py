@@ -64,6 +64,19 @@ WHERE id < ?1 AND (?2 = 'all' OR (?2 = 'open') = (closed_at IS NULL))
 ORDER BY id DESC LIMIT ?4
 """
 
+_OPEN_BY_SEVERITY = "SELECT severity, count(*) FROM alerts WHERE closed_at IS NULL GROUP BY 1"
+_OPEN_BY_MIRROR = """
+SELECT m.value, count(*) FROM alerts AS a, json_each(a.mirrors) AS m
+WHERE a.closed_at IS NULL GROUP BY 1
+"""
+# The open alerts most worth a look first: by severity, then the newest.
+_TOP_OPEN = """
+SELECT * FROM alerts WHERE closed_at IS NULL
+ORDER BY CASE severity WHEN 'critical' THEN 0 WHEN 'error' THEN 1 WHEN 'warning' THEN 2
+         ELSE 3 END, id DESC
+LIMIT ?1
+"""
+
 _FAILING = """
 SELECT * FROM fetch_state WHERE mirror = ?1 AND failures > 0 AND suffix > ?2
 ORDER BY suffix LIMIT ?3
@@ -159,6 +172,19 @@ class Browse:
             raise ValueError(f"no alert state {state!r}")
         async with self._db.read("list a page of alerts") as s:
             rows = await s.all(_ALERTS_PAGE, (before, state, mirror, limit))
+        return [alert_from_row(r) for r in rows]
+
+    async def open_counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        """How many alerts are open, by severity and by each mirror they name."""
+        async with self._db.read("count open alerts") as s:
+            by_severity = await s.all(_OPEN_BY_SEVERITY)
+            by_mirror = await s.all(_OPEN_BY_MIRROR)
+        return {r[0]: int(r[1]) for r in by_severity}, {r[0]: int(r[1]) for r in by_mirror}
+
+    async def top_open(self, limit: int) -> list[Alert]:
+        """Up to `limit` open alerts, the most severe first, then the newest."""
+        async with self._db.read("list the open alerts to look at first") as s:
+            rows = await s.all(_TOP_OPEN, (limit,))
         return [alert_from_row(r) for r in rows]
 
     async def record_alerts(self, suffix: str, *, limit: int) -> list[Alert]:
