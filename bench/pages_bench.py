@@ -4,7 +4,8 @@
 Builds an archive of N records (default 50,000) straight into SQLite with pithcrawl's
 own schema: each record tracked, fetched from M mirrors (bundle and state.json: fetch
 bookkeeping, two to three bundle snapshots a mirror, the last mirror behind on a tenth
-of them, failing on a hundredth), events in the log, a thousand alerts. Then serves it
+of them, failing on a hundredth), events in the log, a thousand alerts, 90 days of
+hourly fetch counts. Then serves it
 with `serve.serving` on loopback and times each page (median and max of --repeat GETs,
 whole request as a client sees it).
 
@@ -175,6 +176,12 @@ def fill(db: Path, n: int, mirrors: int) -> dict[str, int]:
             ),
         )
     counts["alerts"] = 1000
+    hours = [
+        (m, (now - timedelta(hours=h)).strftime("%Y-%m-%dT%H"), 2 * n // 6, n // 60, 7, 0)
+        for m in names
+        for h in range(24 * 90)
+    ]
+    conn.executemany("INSERT INTO mirror_hours VALUES (?, ?, ?, ?, ?, ?)", hours)
     conn.commit()
     conn.execute("ANALYZE")
     conn.close()
