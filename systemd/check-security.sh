@@ -15,7 +15,7 @@ set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
 threshold=${1:-4.9}
-services="pithcrawl.service pithcrawl-sync.service"
+services="pithcrawl.service pithcrawl-sync.service pithcrawl-serve.service"
 
 if ! command -v systemd-analyze >/dev/null 2>&1; then
     echo "check-security: systemd-analyze not found (apt-get install systemd)" >&2

@@ -94,6 +94,7 @@ def command(unit: Unit, key: str) -> list[str]:
 
 DAEMON = load("pithcrawl.service")
 SYNC = load("pithcrawl-sync.service")
+SERVE = load("pithcrawl-serve.service")
 TIMER = load("pithcrawl-sync.timer")
 
 
@@ -127,7 +128,9 @@ def test_a_config_error_is_not_restarted() -> None:
 
 
 @pytest.mark.parametrize(
-    ("unit", "subcommand"), [(DAEMON, "run"), (SYNC, "sync")], ids=["run", "sync"]
+    ("unit", "subcommand"),
+    [(DAEMON, "run"), (SYNC, "sync"), (SERVE, "serve")],
+    ids=["run", "sync", "serve"],
 )
 def test_execstart_parses_with_pithcrawls_own_parser(unit: Unit, subcommand: str) -> None:
     """ExecStart, minus the binary, is a command line `pithcrawl` accepts, with the config."""
@@ -141,7 +144,7 @@ def test_execstart_parses_with_pithcrawls_own_parser(unit: Unit, subcommand: str
 
 def test_config_lives_in_the_configuration_directory() -> None:
     """The --config file is inside ConfigurationDirectory=, which the sandbox leaves readable."""
-    for unit in (DAEMON, SYNC):
+    for unit in (DAEMON, SYNC, SERVE):
         (name,) = unit.values("Service", "ConfigurationDirectory")
         assert CONFIG.parent == Path("/etc") / name
 
@@ -151,12 +154,14 @@ def test_both_services_share_one_state_directory() -> None:
     (two dynamic users would take the directory from each other: systemd#7090)."""
     assert DAEMON.values("Service", "StateDirectory") == ["pithcrawl"]
     assert SYNC.values("Service", "StateDirectory") == ["pithcrawl"]
+    assert SERVE.values("Service", "StateDirectory") == ["pithcrawl"]
     assert DAEMON.last("Service", "User") == SYNC.last("Service", "User")
+    assert DAEMON.last("Service", "User") == SERVE.last("Service", "User")
     db = Config().db_path({"STATE_DIRECTORY": "/var/lib/pithcrawl"})
     assert db == Path("/var/lib/pithcrawl/pithcrawl.db")
 
 
-@pytest.mark.parametrize("unit", [DAEMON, SYNC], ids=["run", "sync"])
+@pytest.mark.parametrize("unit", [DAEMON, SYNC, SERVE], ids=["run", "sync", "serve"])
 def test_runs_as_an_unprivileged_user(unit: Unit) -> None:
     """A dynamic user, or a named one that is not root; no capabilities at all."""
     user = unit.last("Service", "User")
@@ -165,7 +170,7 @@ def test_runs_as_an_unprivileged_user(unit: Unit) -> None:
     assert unit.values("Service", "AmbientCapabilities") == []
 
 
-@pytest.mark.parametrize("unit", [DAEMON, SYNC], ids=["run", "sync"])
+@pytest.mark.parametrize("unit", [DAEMON, SYNC, SERVE], ids=["run", "sync", "serve"])
 def test_sandbox_is_strict(unit: Unit) -> None:
     """The core of the sandbox: read-only system, no home, no new privileges, native ABI."""
     assert unit.flag("Service", "NoNewPrivileges")
@@ -184,6 +189,21 @@ def test_sync_has_the_daemons_sandbox() -> None:
     daemon = {k: v for k, v in DAEMON.service().items() if k not in MODE_KEYS}
     sync = {k: v for k, v in SYNC.service().items() if k not in MODE_KEYS}
     assert sync == daemon
+
+
+def test_serve_has_the_daemons_sandbox_and_reaches_localhost_only() -> None:
+    """The same sandbox as the daemon, and the network closed but to this host: `serve`
+    connects to nothing, and its --bind is 127.0.0.1."""
+    network = {"IPAddressDeny", "IPAddressAllow"}
+    daemon = {k: v for k, v in DAEMON.service().items() if k not in MODE_KEYS | network}
+    serve = {k: v for k, v in SERVE.service().items() if k not in MODE_KEYS | network}
+    assert serve == daemon
+    assert SERVE.values("Service", "IPAddressDeny") == ["any"]
+    assert SERVE.values("Service", "IPAddressAllow") == ["localhost"]
+    bind = command(SERVE, "ExecStart")[-1]
+    assert bind.startswith("127.0.0.1:")
+    assert "2" in " ".join(SERVE.values("Service", "RestartPreventExitStatus")).split()
+    assert SERVE.values("Install", "WantedBy") == ["multi-user.target"]
 
 
 def test_sync_is_a_oneshot() -> None:
