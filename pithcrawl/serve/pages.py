@@ -120,6 +120,8 @@ class Figures:
                 await self._read()
         except StoreError as e:  # the last figures stay, with the time they were read
             log.error("figures_refresh_failed", error=str(e))
+        except Exception:  # a bug: logged, and the last figures stay
+            log.exception("figures_refresh_failed")
         finally:
             self._refresh = None
 
