@@ -85,13 +85,21 @@ ON CONFLICT (mirror, hour) DO UPDATE SET fetches = fetches + excluded.fetches,
     untrusted = untrusted + excluded.untrusted
 """
 
+# One pass over fetch_state for the sums, one over its failing rows for each mirror's
+# latest error (a subquery per mirror read the table once per mirror: 258 s at 256 mirrors
+# of 2,000 records).
 _MIRROR_SUMMARIES = """
 SELECT f.mirror, count(DISTINCT f.suffix), max(f.last_success_at),
        max(CASE WHEN f.failures > 0 THEN f.last_fetch_at END), max(f.failures),
-       (SELECT g.last_error FROM fetch_state AS g WHERE g.mirror = f.mirror AND g.failures > 0
-        ORDER BY g.last_fetch_at DESC LIMIT 1),
        min(f.next_due)
 FROM fetch_state AS f GROUP BY f.mirror ORDER BY f.mirror
+"""
+_LATEST_ERRORS = """
+SELECT mirror, last_error FROM (
+    SELECT mirror, last_error,
+           row_number() OVER (PARTITION BY mirror ORDER BY last_fetch_at DESC) AS n
+    FROM fetch_state WHERE failures > 0
+) WHERE n = 1
 """
 
 # With the verdict on the body it last saw, so a 304 needs no second read.
@@ -272,11 +280,14 @@ class Store:
         one row a mirror however many records are tracked."""
         async with self._db.read("sum up fetch state") as s:
             rows = await s.all(_MIRROR_SUMMARIES)
+            errors = dict(await s.all(_LATEST_ERRORS))
         summaries = []
         for r in rows:
             with decoding(f"the fetch_state rows of mirror {r[0]!r}"):
                 summaries.append(
-                    MirrorSummary(r[0], r[1], _at(r[2]), _at(r[3]), r[4], r[5], _at(r[6]))
+                    MirrorSummary(
+                        r[0], r[1], _at(r[2]), _at(r[3]), r[4], errors.get(r[0]), _at(r[5])
+                    )
                 )
         return summaries
 
