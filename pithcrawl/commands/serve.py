@@ -9,6 +9,7 @@ the server then closes gracefully. What is served, and how, is `pithcrawl.serve`
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import shutil
 import signal
@@ -146,8 +147,12 @@ async def _serve(
     (host, port), (name, base_url) = bind, manifest
     async with (
         await Store.open(db, readonly=True) as store,
+        # The status pages read on a connection of their own (see `Ui.store`).
+        await Store.open(db, readonly=True) as pages_store,
         anyio.create_task_group() as tg,
     ):
+        if ui is not None:
+            ui = dataclasses.replace(ui, store=pages_store)
         await tg.start(_stop_on_signal, tg.cancel_scope)
         from pithcrawl.serve import follow_keys, serving
 

@@ -65,6 +65,9 @@ class Ui:
     command: views.Command = field(default_factory=views.Command)
     """How to run pithcrawl on this archive, for the commands a page shows."""
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    store: Store | None = None
+    """A connection of the pages' own (read-only), so their whole-archive reads never
+    queue the mirror routes' reads behind them; None: the server's."""
 
 
 class _BadRequest(Exception):
@@ -378,7 +381,7 @@ def add_pages(app: web.Application, store: Store, ui: Ui) -> None:
         part=lambda text: quote(str(text), safe=""),
     )
     env.globals.update(age=views.age)
-    pages = Pages(store, ui)
+    pages = Pages(ui.store or store, ui)
 
     async def figures(app: web.Application) -> AsyncIterator[None]:
         pages.figures.warm()

@@ -280,7 +280,7 @@ class Store:
         one row a mirror however many records are tracked."""
         async with self._db.read("sum up fetch state") as s:
             rows = await s.all(_MIRROR_SUMMARIES)
-            errors = dict(await s.all(_LATEST_ERRORS))
+            errors: dict[str, str | None] = {r[0]: r[1] for r in await s.all(_LATEST_ERRORS)}
         summaries = []
         for r in rows:
             with decoding(f"the fetch_state rows of mirror {r[0]!r}"):
