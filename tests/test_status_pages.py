@@ -500,3 +500,18 @@ async def test_a_key_file_broken_while_serving_costs_only_the_page(w: World) -> 
         assert headers["Content-Security-Policy"] == POLICY
         code, _, _ = await get(server, "/")
         assert code == 200
+
+
+async def test_a_page_compares_bodies_up_to_a_size(
+    w: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past DIFF_MAX_BYTES a page says to use `pithcrawl diff` instead."""
+    from pithcrawl.serve import views
+
+    suffix = w.suffix("calm")
+    async with await Store.open(w.db, readonly=True) as store:
+        series = await store.snapshots(suffix, mirror=OTHER)
+    monkeypatch.setattr(views, "DIFF_MAX_BYTES", 100)
+    async with pages(w) as server:
+        code, _, html = await get(server, f"/ui/record/{suffix}?a={series[0].id}&b={series[-1].id}")
+    assert code == 200 and "too large to compare on a page" in html

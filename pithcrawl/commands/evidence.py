@@ -28,7 +28,7 @@ from pithcrawl.commands.report import archive, row_id, say
 from pithcrawl.config import Config
 from pithcrawl.errors import EXIT_OK, OperationalError, StoreCorrupt, UsageError
 from pithcrawl.keys import TrustedKey
-from pithcrawl.store import KINDS, Alert, Snapshot, Store
+from pithcrawl.store import Alert, Snapshot, Store
 from pithcrawl.text import escaped, json_text
 from pithcrawl.timestamps import format_timestamp
 from pithcrawl.trust import load_trust, with_learned
@@ -178,19 +178,21 @@ async def _gather(config: Config, db: Path, alert_id: int) -> Package:
         return await package_of(store, config, alert)
 
 
-async def package_of(store: Store, config: Config, alert: Alert) -> Package:
+async def package_of(store: Store, config: Config, alert: Alert, *, bodies: bool = True) -> Package:
     """What `evidence` writes of `alert`, read from an open archive (`serve`'s alert
-    page shows the same documents and commands)."""
+    page shows the same documents and commands; without `bodies`, no body is read, and
+    each `Document.body` is empty). Only the snapshots of the bodies the evidence names
+    are read, however many the record has."""
+    refs = body_refs(alert.evidence)
     snaps: dict[str, list[Snapshot]] = {}
-    if alert.suffix is not None:
-        for kind in KINDS:
-            for s in await store.snapshots(alert.suffix, kind=kind):
-                snaps.setdefault(s.body_sha256, []).append(s)
+    if alert.suffix is not None and refs:
+        for s in await store.snapshots_of_bodies(alert.suffix, [r.sha256 for r in refs]):
+            snaps.setdefault(s.body_sha256, []).append(s)
     documents: dict[str, Document] = {}
-    for ref in body_refs(alert.evidence):
+    for ref in refs:
         seen = documents.get(ref.sha256)
         if seen is None:
-            documents[ref.sha256] = await _document(store, alert, ref, snaps)
+            documents[ref.sha256] = await _document(store, alert, ref, snaps, bodies)
         else:
             documents[ref.sha256] = Document(
                 seen.ref, (*seen.roles, ref.role), seen.kind, seen.trusted, seen.body
@@ -215,14 +217,14 @@ async def package_of(store: Store, config: Config, alert: Alert) -> Package:
 
 
 async def _document(
-    store: Store, alert: Alert, ref: Ref, snaps: dict[str, list[Snapshot]]
+    store: Store, alert: Alert, ref: Ref, snaps: dict[str, list[Snapshot]], read: bool = True
 ) -> Document:
     """A body with what the archive knows of it: the first fetch of it from the mirror
     the evidence names (else from any), filling in what the evidence leaves out."""
     mirror = ref.mirror or next(iter(alert.mirrors), None)
     candidates = snaps.get(ref.sha256, [])
     same = [s for s in candidates if s.mirror == mirror] or candidates
-    body = await store.get_blob(ref.sha256)
+    body = await store.get_blob(ref.sha256) if read else b""
     if not same:
         return Document(ref, (ref.role,), None, None, body)
     snap = same[0]

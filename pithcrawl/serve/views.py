@@ -503,7 +503,10 @@ def changes(before: Any, after: Any, working: Any, limit: int) -> tuple[list[Cha
 
 
 #: Diffs computed at once, each in a thread of its own (the server answers meanwhile).
-_DIFFS = anyio.CapacityLimiter(2)
+_DIFFS = anyio.Semaphore(2)
+
+#: The largest body a page compares (the command line compares any).
+DIFF_MAX_BYTES = 4 * 2**20
 
 
 async def diff(store: Store, suffix: str, a: int, b: int, limit: int = 500) -> Diff | None:
@@ -514,17 +517,29 @@ async def diff(store: Store, suffix: str, a: int, b: int, limit: int = 500) -> D
         return None
     if old.kind != "bundle" or new.kind != "bundle":
         return None
-    first, second = await store.get_blob(old.body_sha256), await store.get_blob(new.body_sha256)
+    sizes = await store.browse.body_sizes([old.body_sha256, new.body_sha256])
+    if max(sizes.values(), default=0) > DIFF_MAX_BYTES:
+        return Diff(
+            old,
+            new,
+            [],
+            0,
+            f"a compared body is over {DIFF_MAX_BYTES // 2**20} MiB: too large to compare on"
+            " a page; `pithcrawl diff` compares it",
+        )
+    async with _DIFFS:  # the bodies too are read two diffs at a time
+        first = await store.get_blob(old.body_sha256)
+        second = await store.get_blob(new.body_sha256)
 
-    def compute() -> Diff:
-        try:
-            before, after, working = parse(first), parse(second), parse(first)
-        except MalformedJSON as e:
-            return Diff(old, new, [], 0, f"a compared body is not JSON ({e})")
-        rows, more = changes(before, after, working, limit)
-        return Diff(old, new, rows, more)
+        def compute() -> Diff:
+            try:
+                before, after, working = parse(first), parse(second), parse(first)
+            except MalformedJSON as e:
+                return Diff(old, new, [], 0, f"a compared body is not JSON ({e})")
+            rows, more = changes(before, after, working, limit)
+            return Diff(old, new, rows, more)
 
-    return await anyio.to_thread.run_sync(compute, limiter=_DIFFS)
+        return await anyio.to_thread.run_sync(compute)
 
 
 # -- an alert -------------------------------------------------------------------------------
@@ -558,7 +573,7 @@ async def alert(store: Store, config: Config, alert_id: int, command: Command) -
     found = await store.alerts.get(alert_id)
     if found is None:
         return None
-    package = await package_of(store, config, found)
+    package = await package_of(store, config, found, bodies=False)
     expect = {True: "exit 0 (ok)", False: "exit 1 (FAIL)", None: "see the claim"}
     checks = [
         (d, command.program + line.removeprefix("pithcrawl"), expect[d.trusted])

@@ -495,6 +495,18 @@ class Store:
             )
         return [snapshot_from_row(r) for r in rows]
 
+    async def snapshots_of_bodies(self, suffix: str, bodies: Sequence[str]) -> list[Snapshot]:
+        """A record's snapshots (of any kind, from any mirror) of these bodies, oldest
+        first: found by body, so a record with a million snapshots costs what these
+        bodies do."""
+        async with self._db.read("find the snapshots of bodies") as s:
+            rows = await s.all(
+                "SELECT * FROM snapshots WHERE body_sha256 IN (SELECT value FROM json_each(?2))"
+                " AND +suffix = ?1 ORDER BY id",  # `+`: by the body's index, not the record's
+                (suffix, to_json_text(sorted(set(bodies)))),
+            )
+        return [snapshot_from_row(r) for r in rows]
+
     async def untrusted_count(self, suffix: str, mirror: str, kind: str, since: datetime) -> int:
         """How many bodies that failed verification were archived from `mirror` for this
         record and kind since `since`."""

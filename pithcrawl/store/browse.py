@@ -9,6 +9,7 @@ It writes nothing and decides nothing; the pages shape what it returns
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -213,6 +214,15 @@ class Browse:
         async with self._db.read("list a mirror's failing pairs") as s:
             rows = await s.all(_FAILING, (mirror, after, limit))
         return [fetch_state_from_row(r) for r in rows]
+
+    async def body_sizes(self, bodies: list[str]) -> dict[str, int]:
+        """The size of each of these bodies, as fetched (before compression)."""
+        async with self._db.read("read body sizes") as s:
+            rows = await s.all(
+                "SELECT sha256, size FROM blobs WHERE sha256 IN (SELECT value FROM json_each(?))",
+                (json.dumps(bodies),),
+            )
+        return {r[0]: int(r[1]) for r in rows}
 
     async def has_body(self, sha256: str) -> bool:
         async with self._db.read("look for a body") as s:
