@@ -390,7 +390,7 @@ async def test_every_fetch_is_counted_in_its_mirrors_hour(w: World) -> None:
     one fetch; the new bodies are the passes' new snapshots; `other`'s two failed fetches
     (the redirect to javascript:, in passes two and three) are its failures."""
     async with await Store.open(w.db, readonly=True) as store:
-        counts = await store.browse.recent(datetime(2000, 1, 1, tzinfo=UTC))
+        counts = await store.browse.recent(datetime(2000, 1, 1, tzinfo=UTC), w.clock.at)
     assert counts[GOOD].fetches == sum(w.good.hits.values()) > 0
     assert counts[OTHER].fetches == sum(w.other.hits.values()) > 0
     assert sum(c.changed for c in counts.values()) == sum(s.new_snapshots for s in w.summaries)
@@ -515,3 +515,39 @@ async def test_a_page_compares_bodies_up_to_a_size(
     async with pages(w) as server:
         code, _, html = await get(server, f"/ui/record/{suffix}?a={series[0].id}&b={series[-1].id}")
     assert code == 200 and "too large to compare on a page" in html
+
+
+async def test_hours_counted_under_a_clock_that_ran_ahead_are_left_out(w: World) -> None:
+    """Counts written while the clock was 20 days ahead neither swell "the last 24 h"
+    nor the chart's scale once the clock is right again."""
+    from datetime import timedelta
+
+    from pithcrawl.store.browse import hour_of
+
+    ahead = hour_of(w.clock.at + timedelta(days=20))
+    async with await Store.open(w.db) as store:
+        before = (await store.browse.recent(w.clock.at - timedelta(hours=23), w.clock.at))[OTHER]
+        async with store._db.write("a clock ahead") as s:
+            await s.run("INSERT INTO mirror_hours VALUES (?, ?, 10000, 0, 0, 0)", (OTHER, ahead))
+        after = (await store.browse.recent(w.clock.at - timedelta(hours=23), w.clock.at))[OTHER]
+        days = await store.browse.days(OTHER, w.clock.at - timedelta(days=29), w.clock.at)
+    assert after == before and all(c.fetches < 10000 for _, c in days)
+
+
+async def test_a_record_shows_its_newest_log_entries(
+    w: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past LOG entries the page keeps the newest, and says how many there are."""
+    from pithcrawl.serve import views
+
+    suffix = w.suffix("forked")
+    async with await Store.open(w.db, readonly=True) as store:
+        entries = [e for e in await store.events() if e.suffix == suffix and e.snapshot_id]
+    assert len(entries) >= 2
+    newest = max(entries, key=lambda e: (e.at, e.id))
+    monkeypatch.setattr(views, "LOG", 1)
+    async with pages(w) as server:
+        _, _, html = await get(server, f"/ui/record/{suffix}")
+    page = Page(html)
+    assert f"The newest 1 of {len(entries)} entries" in " ".join("".join(page.text).split())
+    assert newest.kind in page.ids["log"]

@@ -290,7 +290,7 @@ class Pages:
                 raise _BadRequest("after must be a Pith suffix")
             failing = await self.store.browse.failing(name, after=after, limit=views.PAGE + 1)
             since = now - timedelta(days=views.HISTORY_DAYS - 1)
-            days = await self.store.browse.days(name, since)
+            days = await self.store.browse.days(name, since, now)
             before = _int(request, "before")
             alerts = await self.store.browse.alerts(
                 state="all",

@@ -36,6 +36,9 @@ PAGE = 50
 """Rows on a page of records, alerts or failing pairs."""
 
 TIMELINE = 200
+
+LOG = 500
+"""Log entries of a record shown (its newest)."""
 """Snapshots drawn on one record's timeline (older ones a page further)."""
 
 SEVERITIES = ("critical", "error", "warning", "info")
@@ -129,7 +132,7 @@ async def overview(store: Store, config: Config, now: datetime) -> Overview:
     of alerts however many are open."""
     status = await gather_from(store, config, alerts=False)
     lag = await store.browse.lag()
-    day = await store.browse.recent(now - timedelta(days=1))
+    day = await store.browse.recent(now - timedelta(hours=23), now)
     severities, per_mirror = await store.browse.open_counts()
     rows = [
         MirrorRow(m, lag.get(m.name), day.get(m.name), per_mirror.get(m.name, 0))
@@ -176,7 +179,8 @@ def history(
     height = 120
     counts = dict(days)
     first = today.astimezone(UTC).date() - timedelta(days=span - 1)
-    peak = max((c.fetches for c in counts.values()), default=0) or 1
+    drawn = [(first + timedelta(days=i)).isoformat() for i in range(span)]
+    peak = max((counts[d].fetches for d in drawn if d in counts), default=0) or 1
     step = width / span
     bars = []
     for i in range(span):
@@ -327,6 +331,9 @@ class RecordPage:
     snapshots: list[Snapshot]
     older: int | None
     log: list[Any]
+    """The record's newest `LOG` log entries, in time order."""
+    logged: int
+    """How many log entries it has in all."""
     alerts: list[Alert]
     served_by: list[str] = field(default_factory=list)
     """The mirrors whose newest bundle shown is the newest trusted one."""
@@ -408,7 +415,7 @@ async def record(
         timeline(snaps, logged),
         snaps,
         older,
-        await store.browse.record_events(suffix, limit=500),
+        *(await store.browse.record_events(suffix, limit=LOG)),
         await store.browse.record_alerts(suffix, limit=PAGE),
     )
     latest: dict[str, Snapshot] = {}

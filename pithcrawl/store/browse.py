@@ -45,11 +45,11 @@ GROUP BY l.mirror
 # What each mirror did from hour ?1 on (`mirror_hours`), by mirror or, of one mirror, by day.
 _RECENT = """
 SELECT mirror, sum(fetches), sum(changed), sum(failures), sum(untrusted)
-FROM mirror_hours WHERE hour >= ?1 GROUP BY mirror
+FROM mirror_hours WHERE hour >= ?1 AND hour <= ?2 GROUP BY mirror
 """
 _DAYS = """
 SELECT substr(hour, 1, 10), sum(fetches), sum(changed), sum(failures), sum(untrusted)
-FROM mirror_hours WHERE mirror = ?1 AND hour >= ?2 GROUP BY 1 ORDER BY 1
+FROM mirror_hours WHERE mirror = ?1 AND hour >= ?2 AND hour <= ?3 GROUP BY 1 ORDER BY 1
 """
 
 _RECORDS_PAGE = """
@@ -85,9 +85,14 @@ ORDER BY suffix LIMIT ?3
 
 # A record's event log entries: those of its snapshots (by the indexes on both).
 _RECORD_EVENTS = """
-SELECT * FROM events
-WHERE snapshot_id IN (SELECT id FROM snapshots WHERE suffix = ?1)
-ORDER BY at, id LIMIT ?2
+SELECT * FROM (
+    SELECT * FROM events
+    WHERE snapshot_id IN (SELECT id FROM snapshots WHERE suffix = ?1)
+    ORDER BY at DESC, id DESC LIMIT ?2
+) ORDER BY at, id
+"""
+_RECORD_EVENT_COUNT = """
+SELECT count(*) FROM events WHERE snapshot_id IN (SELECT id FROM snapshots WHERE suffix = ?1)
 """
 
 _RECORD_SNAPSHOTS = """
@@ -151,17 +156,18 @@ class Browse:
             rows = await s.all(_LAG)
         return {r[0]: Lag(int(r[1]), int(r[2] or 0)) for r in rows}
 
-    async def recent(self, since: datetime) -> dict[str, Counts]:
-        """Each mirror's counts from the hour of `since` on."""
+    async def recent(self, since: datetime, until: datetime) -> dict[str, Counts]:
+        """Each mirror's counts from the hour of `since` to that of `until` (hours after
+        it, counted under a clock that ran ahead, are left out)."""
         async with self._db.read("sum up each mirror's recent fetches") as s:
-            rows = await s.all(_RECENT, (hour_of(since),))
+            rows = await s.all(_RECENT, (hour_of(since), hour_of(until)))
         return {r[0]: Counts(*(int(v or 0) for v in r[1:])) for r in rows}
 
-    async def days(self, mirror: str, since: datetime) -> list[tuple[str, Counts]]:
-        """One mirror's counts by UTC day (`YYYY-MM-DD`), from the day of `since` on;
-        days it was not fetched are absent."""
+    async def days(self, mirror: str, since: datetime, until: datetime) -> list[tuple[str, Counts]]:
+        """One mirror's counts by UTC day (`YYYY-MM-DD`), from the day of `since` to the
+        hour of `until`; days it was not fetched are absent."""
         async with self._db.read("sum up a mirror's days") as s:
-            rows = await s.all(_DAYS, (mirror, hour_of(since)[:10]))
+            rows = await s.all(_DAYS, (mirror, hour_of(since)[:10], hour_of(until)))
         return [(r[0], Counts(*(int(v or 0) for v in r[1:]))) for r in rows]
 
     async def alerts(
@@ -195,10 +201,12 @@ class Browse:
             )
         return [alert_from_row(r) for r in rows]
 
-    async def record_events(self, suffix: str, *, limit: int) -> list[EventRow]:
+    async def record_events(self, suffix: str, *, limit: int) -> tuple[list[EventRow], int]:
+        """The newest `limit` log entries of a record, in time order, and how many it has."""
         async with self._db.read("list a record's events") as s:
             rows = await s.all(_RECORD_EVENTS, (suffix, limit))
-        return [event_from_row(r) for r in rows]
+            count = await s.one(_RECORD_EVENT_COUNT, (suffix,))
+        return [event_from_row(r) for r in rows], int(count[0]) if count else 0
 
     async def record_snapshots(
         self, suffix: str, *, before: int = FIRST, limit: int
