@@ -29,7 +29,7 @@ from pithcrawl.commands.status import gather
 from pithcrawl.serve import Server, Ui, serving
 from pithcrawl.serve.pages import POLICY
 from pithcrawl.serve.views import PAGE, Command, href, shown
-from pithcrawl.store import Store
+from pithcrawl.store import Mirror, Store
 
 pytestmark = pytest.mark.anyio
 
@@ -69,7 +69,7 @@ class Page(HTMLParser):
 
 
 def COMMAND(w: World) -> Command:
-    return Command("/opt/pc/bin/pithcrawl", ("--config", str(w.config_path)))
+    return Command(("/opt/pc/bin/pithcrawl",), ("--config", str(w.config_path)))
 
 
 @asynccontextmanager
@@ -417,14 +417,18 @@ def test_commands_on_pages_can_be_pasted(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.chdir(tmp_path)
     args = argparse.Namespace(config=Path("etc/p.toml"), db=Path("a.db"))
     command = command_of(args)
-    assert command.program == str(script)
+    assert command.program == (str(script),)
     assert command.line("evidence", "3") == (
         f"{script} --config {tmp_path}/etc/p.toml --db {tmp_path}/a.db evidence 3"
     )
     monkeypatch.setattr("sys.argv", ["/usr/lib/python3/x/__main__.py"])
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    monkeypatch.setattr("sys.executable", str(tmp_path / "venv" / "bin" / "python"))
     assert command_of(argparse.Namespace(config=None, db=None)).line("status") == (
-        "pithcrawl status"
+        f"{script} status"  # `python -m pithcrawl`: the script beside the interpreter
     )
+    spaced = Command((str(tmp_path / "my tools" / "pithcrawl"),))
+    assert spaced.prefix() == f"'{tmp_path}/my tools/pithcrawl'"
 
 
 def test_timeline_keeps_dots_apart_and_in_order() -> None:
@@ -551,3 +555,29 @@ async def test_a_record_shows_its_newest_log_entries(
     page = Page(html)
     assert f"The newest 1 of {len(entries)} entries" in " ".join("".join(page.text).split())
     assert newest.kind in page.ids["log"]
+
+
+async def test_a_mirror_name_with_a_line_break_has_its_page(w: World) -> None:
+    """A configured name may hold any character; its link leads to its page."""
+    from urllib.parse import quote
+
+    async with await Store.open(w.db) as store:
+        async with store._db.write("an odd mirror") as s:
+            await s.run(
+                "INSERT INTO fetch_state (suffix, mirror, kind, url, failures) "
+                "VALUES (?, ?, 'bundle', 'u', 0)",
+                (w.suffix("calm"), "odd\nname"),
+            )
+        await store.watchlist.upsert_mirror(
+            Mirror(
+                "odd\nname",
+                "http://127.0.0.1:1",
+                "{base_url}/b",
+                "{base_url}/s",
+                "config",
+                datetime.now(UTC),
+            )
+        )
+    async with pages(w) as server:
+        code, _, html = await get(server, "/ui/mirror/" + quote("odd\nname", safe=""))
+    assert code == 200 and "odd\\x0aname" in html

@@ -108,12 +108,16 @@ def command_of(args: argparse.Namespace) -> Command:
     `--db`, absolute."""
     from pithcrawl.serve.views import Command
 
-    program = "pithcrawl"
+    program: tuple[str, ...] = ("pithcrawl",)
     started = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
+    on_path = shutil.which("pithcrawl")
     if started is not None and started.name == "pithcrawl" and started.is_file():
-        on_path = shutil.which("pithcrawl")
         if on_path is None or Path(on_path).resolve() != started:
-            program = str(started)
+            program = (str(started),)
+    elif started is not None and started.name == "__main__.py" and on_path is None:
+        # `python -m pithcrawl`: the script beside that interpreter, else the same way.
+        script = Path(sys.executable).parent / "pithcrawl"
+        program = (str(script),) if script.is_file() else (sys.executable, "-m", "pithcrawl")
     options: list[str] = []
     if args.config:
         options += ["--config", str(Path(args.config).resolve())]

@@ -395,7 +395,7 @@ def add_pages(app: web.Application, store: Store, ui: Ui) -> None:
     app.router.add_get("/ui/record/{suffix}", pages.record)
     app.router.add_get("/ui/alerts", pages.alerts)
     app.router.add_get("/ui/alert/{id}", pages.alert)
-    app.router.add_get("/ui/mirror/{name:.+}", pages.mirror)
+    app.router.add_get("/ui/mirror/{name:(?s:.+)}", pages.mirror)  # any name, newlines too
     app.router.add_get("/ui/body/{sha256}", pages.body)
     app.router.add_get("/ui/ui.css", pages.css)
     app.router.add_get("/ui/icon.svg", pages.icon)

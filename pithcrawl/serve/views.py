@@ -583,7 +583,7 @@ async def alert(store: Store, config: Config, alert_id: int, command: Command) -
     package = await package_of(store, config, found, bodies=False)
     expect = {True: "exit 0 (ok)", False: "exit 1 (FAIL)", None: "see the claim"}
     checks = [
-        (d, command.program + line.removeprefix("pithcrawl"), expect[d.trusted])
+        (d, command.prefix() + line.removeprefix("pithcrawl"), expect[d.trusted])
         for d, line in recheck(package, config)
     ]
     return AlertPage(
@@ -601,8 +601,12 @@ class Command:
     was started (a path, unless it is `pithcrawl` on the PATH) and the `--config` and
     `--db` it was given, made absolute, so every command a page prints can be pasted."""
 
-    program: str = "pithcrawl"
+    program: tuple[str, ...] = ("pithcrawl",)
     options: tuple[str, ...] = ()
 
+    def prefix(self) -> str:
+        """The program alone, quoted for a shell."""
+        return shlex.join(self.program)
+
     def line(self, *args: str) -> str:
-        return " ".join([shlex.quote(self.program), *map(shlex.quote, (*self.options, *args))])
+        return shlex.join([*self.program, *self.options, *args])
