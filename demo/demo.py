@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -44,6 +46,17 @@ from mirror import TestMirror  # noqa: E402
 
 FIXTURES = REPO / "tests" / "fixtures" / "real"
 REAL = "2SZ3GMWFCMMCUPZJQTONOWSJZ2"
+
+
+def _die_with_parent() -> None:
+    """In each child: be sent SIGTERM when the demo dies, however it dies (Linux), so no
+    `serve` is left listening after a SIGKILL of the demo."""
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: Ctrl-C still stops all
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops the demo as Ctrl-C does, cleaning up
 
 
 def step(text: str) -> None:
@@ -80,7 +93,7 @@ async def run(*args: str, config: Path) -> int:
     print(f"$ {shown_command()} --config {config} {' '.join(args)}", flush=True)
     proc = await asyncio.create_subprocess_exec(
         *pithcrawl_command(), "--config", str(config), *args,
-        stdout=sys.stdout, stderr=asyncio.subprocess.DEVNULL,
+        stdout=sys.stdout, stderr=asyncio.subprocess.DEVNULL, preexec_fn=_die_with_parent,
     )  # fmt: skip
     code = await proc.wait()
     if args[0] == "sync":  # the others report; their exit code says only that they ran
@@ -97,6 +110,7 @@ async def alert_id(config: Path, kind: str) -> int:
         "status",
         "--json",
         stdout=asyncio.subprocess.PIPE,
+        preexec_fn=_die_with_parent,
     )
     out, _ = await proc.communicate()
     return next(a["id"] for a in json.loads(out)["open_alerts"] if a["kind"] == kind)
@@ -202,6 +216,7 @@ async def demo(tmp: Path, port: int, wait: bool) -> int:
             *pithcrawl_command(), "--config", str(config), "serve",
             "--bind", f"127.0.0.1:{chosen}",
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
         )  # fmt: skip
         try:
             await wait_for(url)
@@ -234,6 +249,7 @@ def main() -> int:
     ap.add_argument("--no-wait", action="store_true", help="stop once the status page answers")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, _interrupted)
     tmp = Path(tempfile.mkdtemp(prefix="pithcrawl-demo-"))
     print(f"demo directory: {tmp}")
     try:

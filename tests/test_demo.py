@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -67,3 +68,39 @@ def test_ctrl_c_stops_everything_and_cleans_up() -> None:
     assert not directory(out).exists()
     with pytest.raises(OSError):
         urllib.request.urlopen(url, timeout=5)  # the server is gone too
+
+
+def test_sigterm_early_and_sigkill_late_leave_nothing_behind() -> None:
+    """SIGTERM during the first sync stops and cleans up as Ctrl-C does; SIGKILL once the
+    pages are up takes `serve` with it (its children die with it)."""
+    import time
+
+    proc = demo()
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    while "sync" not in (line := proc.stdout.readline()):
+        assert line, "the demo ended before its first sync"
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, rest
+    assert not directory(first + rest).exists()
+
+    proc = demo()
+    lines = []
+    for line in proc.stdout or []:
+        lines.append(line)
+        if line.startswith("open http://"):
+            break
+    url = line.split()[1]
+    proc.kill()
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+        except OSError:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"serve still answers at {url} after the demo was killed")
+    shutil.rmtree(directory("".join(lines)), ignore_errors=True)  # SIGKILL: no finally
