@@ -29,7 +29,7 @@ from pithcrawl.commands.status import gather
 from pithcrawl.serve import Server, Ui, serving
 from pithcrawl.serve.pages import POLICY
 from pithcrawl.serve.views import PAGE, Command, href, shown
-from pithcrawl.store import Mirror, Store
+from pithcrawl.store import Mirror, Snapshot, Store
 
 pytestmark = pytest.mark.anyio
 
@@ -581,3 +581,21 @@ async def test_a_mirror_name_with_a_line_break_has_its_page(w: World) -> None:
     async with pages(w) as server:
         code, _, html = await get(server, "/ui/mirror/" + quote("odd\nname", safe=""))
     assert code == 200 and "odd\\x0aname" in html
+
+
+def test_a_timeline_widens_so_no_dot_covers_another() -> None:
+    """200 fetch times a second apart: the drawing widens so each keeps its column."""
+    from datetime import timedelta
+
+    from pithcrawl.serve.views import _GAP, timeline
+
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    snaps = [
+        Snapshot(i + 1, "S", "m", "bundle", t0 + timedelta(seconds=i), "u", 200, "a" * 64,
+                 None, None, None, True, (), None)
+        for i in range(200)
+    ]  # fmt: skip
+    drawn = timeline(snaps)
+    xs = sorted(d.x for d in drawn.dots)
+    assert drawn.width >= 199 * _GAP
+    assert all(b - a >= _GAP - 0.1 for a, b in pairwise(xs))

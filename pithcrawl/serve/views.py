@@ -284,6 +284,9 @@ def timeline(
     names = sorted({lane_of(s) for s in snapshots})
     ys = {name: _TOP + i * _ROW for i, name in enumerate(names)}
     times = [s.fetched_at.replace(microsecond=0) for s in snapshots]
+    # Wide enough that every fetch time has a column `_GAP` from the next (the page
+    # scrolls it sideways past the screen's width).
+    width = max(width, int(_LEFT + _RIGHT + _GAP * (len(set(times)) - 1)) + 1)
     xs = _columns(times, _LEFT, width - _RIGHT) if times else {}
     dots: list[Dot] = []
     last: dict[str, int] = {}
