@@ -38,12 +38,13 @@ log = structlog.get_logger("pithcrawl.conditions")
 
 
 def _mirror_of(scope: str) -> str | None:
-    """The mirror an alert scope is about alone (`reach:M`, `document:S:M`, `state:S:M`);
-    None for the scopes of a record across mirrors."""
+    """The mirror an alert scope is about alone (`reach:M`, `document:S:M`, `state:S:M`,
+    and the last two as one vantage sees them, `document@V:S:M`); None for the scopes of
+    a record across mirrors."""
     kind, _, rest = scope.partition(":")
     if kind == "reach":
         return rest
-    if kind in ("document", "state"):
+    if kind.partition("@")[0] in ("document", "state"):
         return rest.partition(":")[2]
     return None
 
@@ -57,7 +58,35 @@ def _seen(snap: Snapshot, history: History) -> divergence.Seen:
         snap.built_at or "",
         history[1],
         history[2],
+        snap.vantage,
+        snap.node,
     )
+
+
+def _views(
+    view: BundleView,
+    by_snapshot: dict[int, divergence.Seen],
+    mirrors: Sequence[str] | None,
+) -> list[divergence.View]:
+    """What each mirror crawled now serves each vantage now, when there are several
+    vantages: its latest bundle there, if trusted, and when the vantage last confirmed it
+    (its bookkeeping's last success, while the body it last saw is that one)."""
+    if not view.confirmed:
+        return []
+    latest: dict[tuple[str, str], Snapshot] = {}
+    for snap in view.snapshots:
+        if snap.vantage is not None:
+            latest[(snap.mirror, snap.vantage)] = snap
+    views = []
+    for (mirror, vantage), snap in sorted(latest.items()):
+        if not snap.trusted or (mirrors is not None and mirror not in mirrors):
+            continue
+        body, success = view.confirmed.get((mirror, vantage), (None, None))
+        confirmed = snap.fetched_at
+        if body == snap.body_sha256 and success is not None and success > confirmed:
+            confirmed = success
+        views.append(divergence.View(by_snapshot[snap.id], confirmed))
+    return views
 
 
 @dataclass(slots=True)
@@ -180,7 +209,10 @@ class Conditions:
         number = histories[-1][0]  # every trusted bundle of the record states it
         now = self.clock()
         found = divergence.conditions(
-            divergence.Histories(number, current, archived), now, self.config.alerts.stale_after
+            divergence.Histories(number, current, archived, _views(view, by_snapshot, mirrors)),
+            now,
+            self.config.alerts.stale_after,
+            self.config.split_grace,
         )
         return await self.reconcile(
             f"record:{suffix}",

@@ -33,6 +33,7 @@ from pithcrawl.judge import (
     Before,
     Fetched,
     Judgement,
+    Past,
     judge_bundle,
     judge_state,
     record_number,
@@ -42,7 +43,7 @@ from pithcrawl.log import pair
 from pithcrawl.metrics import Metrics
 from pithcrawl.mirrors import Site, discoverable, from_hints
 from pithcrawl.polling import UNREAD, Got, Poller, Unread, body_sha256
-from pithcrawl.store import Alert, FetchOutcome, FetchState, NewEvent, Store
+from pithcrawl.store import Alert, FetchOutcome, FetchState, NewEvent, Snapshot, Store
 from pithcrawl.store.connection import Later
 from pithcrawl.store.trusted import BundleView
 from pithcrawl.verify import Report, verify_bundle, verify_state
@@ -379,7 +380,7 @@ class Crawler:
             return None
         self.metrics.findings(f.code for f in report.findings)
         number = await self._number(suffix, report)
-        fetched = Fetched(suffix, site.name, got.result.final_url, now, body_sha)
+        fetched = Fetched(suffix, site.name, got.result.final_url, now, body_sha, self.vantage)
         judged = judge_bundle(
             report,
             fetched,
@@ -441,19 +442,31 @@ class Crawler:
             self._verdicts.popitem(last=False)
         return report
 
-    async def _before(self, suffix: str, mirror: str) -> Before | None:
+    @property
+    def vantage(self) -> str:
+        return self.config.node.vantage_name
+
+    async def _before(self, suffix: str, mirror: str) -> Past | None:
         """The newest history `mirror` ever served of the record (not merely the last:
         after a replay of an old bundle, the news when it recovers is only what is
-        really new); None before its first trusted bundle, or when damage to the archive
-        lost it (fsck's news: the body is still judged, with no change told)."""
-        previous = await self.store.latest_snapshot(suffix, mirror, "bundle", trusted=True)
-        if previous is None:
+        really new), to this vantage and to any; None before its first trusted bundle.
+        One lost to damage in the archive is not there (fsck's news: the body is still
+        judged, with no change told against it)."""
+        own, newest = await self.store.trusted.highest_bundles(suffix, mirror, self.vantage)
+        if newest is None:
             return None
-        base = await self.store.trusted.highest_bundle(suffix, mirror) or previous
+        past = Past(await self._document(own))
+        if own is None or newest.body_sha256 != own.body_sha256:
+            past = replace(past, newest=await self._document(newest))
+        return past
+
+    async def _document(self, snap: Snapshot | None) -> Before | None:
+        if snap is None:
+            return None
         try:
-            return Before(base.body_sha256, parse(await self.store.get_blob(base.body_sha256)))
+            return Before(snap.body_sha256, parse(await self.store.get_blob(snap.body_sha256)))
         except StoreCorrupt as e:
-            log.error("archive_damaged", detail=str(e), snapshot_id=base.id)
+            log.error("archive_damaged", detail=str(e), snapshot_id=snap.id)
             return None
 
     async def _within_quota(self, outcome: FetchOutcome) -> FetchOutcome:
@@ -537,7 +550,7 @@ class Crawler:
             bundle_doc = parse(await self.store.get_blob(bundle.body_sha256))
         judged = judge_state(
             report,
-            Fetched(suffix, site.name, got.url, now, body_sha),
+            Fetched(suffix, site.name, got.url, now, body_sha, self.vantage),
             bundle=bundle_doc,
             bundle_body_sha256=bundle.body_sha256,
         )

@@ -218,7 +218,12 @@ class Daemon:
             # pairs would take every worker, and the others' due pairs wait behind them.
             busy = Counter(mirror for _, mirror in self.inflight)
             open_now = [name for name in sites if busy[name] < width]
-            due = await self.store.due(now, limit=config.crawl.concurrency * 4, mirrors=open_now)
+            due = await self.store.due(
+                now,
+                limit=config.crawl.concurrency * 4,
+                mirrors=open_now,
+                vantage=config.node.vantage_name,
+            )
             pairs = []
             for d in due:
                 if (d.suffix, d.mirror) not in self.inflight and busy[d.mirror] < width:
@@ -245,7 +250,12 @@ class Daemon:
         held = [name for name in sites if name not in open_now]
         if not held:
             return []
-        due = await self.store.due(now, limit=len(self.inflight) + 1, mirrors=held)
+        due = await self.store.due(
+            now,
+            limit=len(self.inflight) + 1,
+            mirrors=held,
+            vantage=self.config.node.vantage_name,
+        )
         return [d for d in due if (d.suffix, d.mirror) not in self.inflight]
 
     async def _free_worker(self, waiting: list[Due]) -> None:
@@ -275,7 +285,7 @@ class Daemon:
         """Sleep until the next pair is due (at most `idle_poll`, and not past the round's
         end), a fetch ends or a reload."""
         wait = min(self.idle_poll, max(0.0, ends - time.monotonic()))
-        upcoming = await self.store.next_due(mirrors)
+        upcoming = await self.store.next_due(mirrors, vantage=self.config.node.vantage_name)
         if upcoming is not None:
             ahead = (upcoming - self.clock.now()).total_seconds()
             if ahead > 0:  # (a pair already due is in flight: its worker will wake us)

@@ -1,8 +1,9 @@
 """Divergence: whether the mirrors of one record tell one history.
 
 Owns the rules over the verified histories of one record across mirrors and time, as a
-table: a split view (`mirror_divergence`), a mirror that stays behind (`mirror_stale`)
-and two valid events claiming one place in the history (`equivocation`). A mirror that
+table: a split view (`mirror_divergence`), a mirror that stays behind (`mirror_stale`),
+two valid events claiming one place in the history (`equivocation`) and one mirror that
+keeps serving one vantage an older bundle than another (`vantage_split`). A mirror that
 is merely behind is not divergent: the registry's history only grows, so one history
 that contains another is the same history, later.
 
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from pithcrawl.timestamps import format_timestamp
+from pithcrawl.timestamps import format_timestamp, parse_timestamp_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,13 +33,16 @@ class Seen:
     built_at: str
     events: tuple[str, ...]  # event ids, bundle order
     claims: tuple[tuple[str, str, str], ...] = ()  # (kind, ref, event_id): history places
+    vantage: str | None = None
+    """The vantage it was served to (None: fetched before vantages were recorded)."""
+    node: str | None = None
 
     @property
     def ids(self) -> frozenset[str]:
         return frozenset(self.events)
 
     def cite(self) -> dict[str, Any]:
-        return {
+        cited = {
             "mirror": self.mirror,
             "url": self.url,
             "fetched_at": format_timestamp(self.fetched_at),
@@ -46,6 +50,29 @@ class Seen:
             "built_at": self.built_at,
             "event_count": len(self.events),
         }
+        if self.vantage is not None:
+            cited.update(vantage=self.vantage, node=self.node)
+        return cited
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """What one mirror serves one vantage now: the latest bundle archived from there (if
+    trusted), and when the vantage last confirmed it (fetched it, or heard "not
+    modified", with no other body since)."""
+
+    seen: Seen
+    confirmed_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Windows:
+    """How long a difference may last before it is a condition."""
+
+    stale_after: timedelta
+    """A mirror lagging the others (`mirror_stale`)."""
+    split_grace: timedelta = timedelta(0)
+    """A vantage served an older bundle than another by one mirror (`vantage_split`)."""
 
 
 def claims_of(bundle: dict[str, Any]) -> tuple[tuple[str, str, str], ...]:
@@ -88,9 +115,10 @@ class Histories:
     pith_number: str
     current: dict[str, Seen]  # mirror -> the bundle it serves now
     archived: Sequence[Seen]  # every verified bundle ever archived, any mirror (incl. current)
+    views: Sequence[View] = ()  # each (mirror, vantage) served a trusted bundle now
 
 
-def split_views(h: Histories, now: datetime, stale_after: timedelta) -> Iterable[Condition]:
+def split_views(h: Histories, now: datetime, w: Windows) -> Iterable[Condition]:
     """Two mirrors (now, or one now and one as archived) serve histories neither of which
     contains the other."""
     reported: set[tuple[str, str]] = set()
@@ -121,14 +149,14 @@ def split_views(h: Histories, now: datetime, stale_after: timedelta) -> Iterable
             )
 
 
-def stale_mirrors(h: Histories, now: datetime, stale_after: timedelta) -> Iterable[Condition]:
+def stale_mirrors(h: Histories, now: datetime, w: Windows) -> Iterable[Condition]:
     """A mirror that lacks events another mirror has served for longer than `stale_after`."""
     for a in sorted(h.current.values(), key=lambda s: s.mirror):
         newer = [b for b in h.archived if b.mirror != a.mirror and a.ids < b.ids]
         if not newer:
             continue
         first = min(newer, key=lambda b: b.fetched_at)
-        if now - first.fetched_at <= stale_after:
+        if now - first.fetched_at <= w.stale_after:
             continue
         missing = sorted(first.ids - a.ids)
         yield Condition(
@@ -147,7 +175,7 @@ def stale_mirrors(h: Histories, now: datetime, stale_after: timedelta) -> Iterab
         )
 
 
-def equivocations(h: Histories, now: datetime, stale_after: timedelta) -> Iterable[Condition]:
+def equivocations(h: Histories, now: datetime, w: Windows) -> Iterable[Condition]:
     """Two valid events, anywhere they were seen, claiming the same place in the history."""
     claimants: dict[tuple[str, str], dict[str, Seen]] = {}
     for seen in h.archived:
@@ -173,16 +201,84 @@ def equivocations(h: Histories, now: datetime, stale_after: timedelta) -> Iterab
         )
 
 
-Rule = Callable[[Histories, datetime, timedelta], Iterable[Condition]]
+def _built(seen: Seen) -> datetime | None:
+    ts = parse_timestamp_text(seen.built_at)
+    return None if ts is None else ts.at
+
+
+def _newer(a: Seen, b: Seen) -> bool:
+    """Whether `a` is a later bundle than `b` of the same history: every event of `b`
+    and more, or the same events rebuilt later (a fork is `equivocation`'s)."""
+    if not b.ids <= a.ids:
+        return False
+    if b.ids < a.ids:
+        return True
+    built_a, built_b = _built(a), _built(b)
+    return built_a is not None and built_b is not None and built_a > built_b
+
+
+def vantage_splits(h: Histories, now: datetime, w: Windows) -> Iterable[Condition]:
+    """One mirror that kept serving a vantage an older bundle after another vantage was
+    served a newer one, for longer than `split_grace` (a CDN's caches catch up in
+    minutes; a mirror that lies to one auditor's addresses does not).
+
+    Counted from the first time another vantage was served something newer to the last
+    time the vantage behind confirmed its older bundle: a vantage that stopped crawling
+    confirms nothing, and one that caught up has no older bundle any more."""
+    reported: set[str] = set()
+    for view in sorted(h.views, key=lambda v: (v.seen.mirror, v.seen.vantage or "")):
+        behind = view.seen
+        if behind.mirror in reported:
+            continue
+        newer = [
+            s
+            for s in h.archived
+            if s.mirror == behind.mirror
+            and s.vantage is not None
+            and s.vantage != behind.vantage
+            and _newer(s, behind)
+        ]
+        if not newer:
+            continue
+        first = min(newer, key=lambda s: s.fetched_at)
+        if view.confirmed_at - first.fetched_at <= w.split_grace:
+            continue
+        reported.add(behind.mirror)
+        yield Condition(
+            "vantage_split",
+            "critical",
+            (behind.mirror,),
+            f"{behind.mirror} serves vantage {behind.vantage} an older bundle of "
+            f"{h.pith_number} than it served vantage {first.vantage} since "
+            f"{format_timestamp(first.fetched_at)} (last confirmed "
+            f"{format_timestamp(view.confirmed_at)})",
+            {
+                "pith_number": h.pith_number,
+                "mirror": behind.mirror,
+                "ahead_since": format_timestamp(first.fetched_at),
+                "behind_confirmed_at": format_timestamp(view.confirmed_at),
+                "split_grace_seconds": int(w.split_grace.total_seconds()),
+                "documents": [first.cite(), behind.cite()],
+                "missing_event_ids": sorted(first.ids - behind.ids),
+            },
+            f"vantage_split:{h.pith_number}:{behind.mirror}",
+        )
+
+
+Rule = Callable[[Histories, datetime, Windows], Iterable[Condition]]
 
 #: kind, severity, rule: the divergence rules of the contract, one function each.
 RULES: tuple[tuple[str, str, Rule], ...] = (
     ("mirror_divergence", "critical", split_views),
     ("mirror_stale", "error", stale_mirrors),
     ("equivocation", "critical", equivocations),
+    ("vantage_split", "critical", vantage_splits),
 )
 
 
-def conditions(h: Histories, now: datetime, stale_after: timedelta) -> list[Condition]:
+def conditions(
+    h: Histories, now: datetime, stale_after: timedelta, split_grace: timedelta = timedelta(0)
+) -> list[Condition]:
     """Every divergence condition true of this record now."""
-    return [c for _, _, rule in RULES for c in rule(h, now, stale_after)]
+    w = Windows(stale_after, split_grace)
+    return [c for _, _, rule in RULES for c in rule(h, now, w)]

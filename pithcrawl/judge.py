@@ -37,6 +37,15 @@ class Fetched:
     url: str
     at: datetime
     body_sha256: str
+    vantage: str = ""
+    """Where it was fetched from ("": no vantage named, as before vantages were kept)."""
+
+    def scope(self, kind: str) -> str:
+        """The alert scope of a `kind` ("document", "state") of conditions about this
+        document: the record and mirror, as seen from this vantage (a mirror that serves
+        one vantage something else does not clear what another one sees)."""
+        at = f"@{self.vantage}" if self.vantage else ""
+        return f"{kind}{at}:{self.suffix}:{self.mirror}"
 
     def evidence(self) -> dict[str, Any]:
         return {
@@ -53,6 +62,16 @@ class Before:
 
     body_sha256: str
     document: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Past:
+    """What a mirror served of the record before: to this vantage (`own`: what it must
+    not go back from) and, when that is another bundle, to any (`newest`: what its news
+    is told against; another vantage told it when it came)."""
+
+    own: Before | None
+    newest: Before | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,14 +116,16 @@ def judge_bundle(
     fetched: Fetched,
     *,
     number: str,
-    before: Before | None,
+    before: Before | Past | None,
     trust: TrustSet,
     follow_rotations: bool,
 ) -> Judgement:
     """A bundle body's meaning: an untrusted one is one alert condition of its (record,
     mirror); a trusted one brings the changes against the newest history the mirror
-    served `before` (a rollback is a condition; events, corrections and keys are news)."""
-    scope = f"document:{fetched.suffix}:{fetched.mirror}"
+    served `before` (a rollback is a condition; events, corrections and keys are news;
+    with a `Past` of several vantages, a rollback is against this vantage's own and the
+    news against the newest any was served)."""
+    scope = fetched.scope("document")
     if not report.ok:
         kind = alert_kind(report)
         codes = sorted({f.code for f in report.findings if f.severity is Severity.CRITICAL})
@@ -123,7 +144,15 @@ def judge_bundle(
             suffix=fetched.suffix,
         )
         return Judgement([untrusted], scope, [untrusted])
-    events = [] if before is None else _changes(report, fetched, number, before)
+    past = before if isinstance(before, Past) else Past(before)
+    events = []
+    if past.own is not None:
+        events = _changes(report, fetched, number, past.own)
+    if past.newest is not None and past.newest.body_sha256 != _body_of(past.own):
+        # Another vantage was served a newer bundle: its news was told when it came.
+        rollbacks = [e for e in events if e.kind == "rollback"]
+        news = _changes(report, fetched, number, past.newest)
+        events = rollbacks + [e for e in news if e.kind != "rollback"]
     learned = announced_keys(report.document, trust) if follow_rotations else []
     return Judgement(events, scope, [e for e in events if e.severity == "critical"], learned)
 
@@ -149,6 +178,10 @@ def _changes(report: Report, fetched: Fetched, number: str, before: Before) -> l
     ]
 
 
+def _body_of(before: Before | None) -> str | None:
+    return None if before is None else before.body_sha256
+
+
 def announced_keys(bundle: dict[str, Any], trust: TrustSet) -> list[TrustedKey]:
     """New, well-formed keys a verified bundle announces (`trust.follow_rotations`)."""
     keys = []
@@ -171,7 +204,7 @@ def judge_state(
 ) -> Judgement:
     """A state.json's meaning beside the trusted bundle its mirror serves: a condition
     when it does not verify, or is not that bundle's own `state`."""
-    scope = f"state:{fetched.suffix}:{fetched.mirror}"
+    scope = fetched.scope("state")
     mismatch = (
         timeline.compare_state_url(bundle, report.document, mirror=fetched.mirror)
         if report.ok

@@ -71,6 +71,7 @@ ALERT_KINDS = (
     "untrusted_key",
     "mirror_stale",
     "mirror_unreachable",
+    "vantage_split",
 )
 SINKS = ("hook", "webhook")
 

@@ -98,7 +98,9 @@ class Poller:
     ) -> Got:
         """GET one document, conditionally when this URL was fetched before."""
         if isinstance(before, Unread):
-            before = await self.store.fetch_state(suffix, site.name, kind)
+            before = await self.store.fetch_state(
+                suffix, site.name, kind, vantage=self.config.node.vantage_name
+            )
         same_url = conditional and before is not None and before.url == url
         try:
             # Nobody configured it: the guard on its addresses holds for every connection.
@@ -152,6 +154,8 @@ class Poller:
                 status=status,
                 next_due=due,
                 error=error,
+                node=self.config.node.node_name,
+                vantage=self.config.node.vantage_name,
             )
         )
         self.metrics.fetch(mirror, got.kind, "failed")

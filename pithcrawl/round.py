@@ -83,6 +83,7 @@ class Round:
         archive's verdicts were reached under)."""
         now = clock.now()
         await store.nodes.seen(config.node.node_name, config.node.vantage_name, now)
+        await store.adopt_unplaced(config.node.vantage_name)
         if config.watch.pith:
             await store.watchlist.track([parse_reference(p) for p in config.watch.pith], now)
         # A sink configured since an alert opened is told of it (sinks change only here:

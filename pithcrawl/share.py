@@ -47,6 +47,7 @@ async def crawl_share(
     """
     tally = Tally()
     crawl = crawler.config.crawl
+    vantage = crawler.config.node.vantage_name
     width = max(1, min(crawl.per_host, crawl.concurrency))
     lanes = [anyio.create_memory_object_stream[_Job](PASS_CHUNK) for _ in sites]
 
@@ -79,7 +80,7 @@ async def crawl_share(
             # The bookkeeping of a chunk of records in one read, not one per fetch, and
             # which pairs have a history to compare with.
             async for chunk in records.chunks(store):
-                known = await store.fetch_states_of(chunk)
+                known = await store.fetch_states_of(chunk, vantage=vantage)
                 served = await store.served_trusted(chunk)
                 for suffix in chunk:
                     # The record-level rules run once its last pair ends (`RecordTurn`).

@@ -22,6 +22,7 @@ from typing import Any
 
 from builder import BundleBuilder, TestSigner, canonical_record
 from clocks import TestClock
+from conftest import VANTAGE
 from hostile import HostileMirror
 from mirror import TestMirror
 
@@ -114,7 +115,7 @@ class Arena:
                 assert await store.get_blob(snap.body_sha256) == b.bytes(), (
                     f"pass {self.passes}: the good mirror's {b.suffix} is not the archived one"
                 )
-                state = await store.fetch_state(b.suffix, GOOD, "bundle")
+                state = await store.fetch_state(b.suffix, GOOD, "bundle", vantage=VANTAGE)
                 assert state is not None and state.failures == 0
 
 

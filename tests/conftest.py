@@ -19,12 +19,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 from builder import BundleBuilder, TestSigner
 from mirror import TestMirror
 
+from pithcrawl.config import host_name
 from pithcrawl.keys import TrustSet, load_key
 
 REAL = Path(__file__).parent / "fixtures" / "real"
 REAL_SUFFIX = "2SZ3GMWFCMMCUPZJQTONOWSJZ2"
 #: A moment after every fixture was built, before any test bundle's clock runs out.
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+#: The vantage a node of the tests' configurations crawls from (`[node]` unset: its host).
+VANTAGE = host_name()
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ import pytest
 import structlog
 from arena import HOSTILE, arena
 from builder import BundleBuilder
-from conftest import write_config
+from conftest import VANTAGE, write_config
 from hostile import Handler, raw, redirect, respond, unframed_reset
 
 from pithcrawl.clock import Clock
@@ -61,7 +61,7 @@ async def test_validators_with_odd_bytes_cost_nothing(tmp_path, signer, headers)
                 assert exit_code(summary) == 0
                 a.advance()
         async with await Store.open(a.db, readonly=True) as store:
-            state = await store.fetch_state(bad.suffix, HOSTILE, "bundle")
+            state = await store.fetch_state(bad.suffix, HOSTILE, "bundle", vantage=VANTAGE)
         assert state is not None
         assert (state.etag, state.last_modified, state.failures) == (None, None, 0)
         # Fetched whole each time, nothing of the odd value sent back, one warning a pass.
@@ -112,7 +112,7 @@ async def test_a_gzip_stream_cut_short_is_an_operational_error(tmp_path, signer)
             assert exit_code(summary) == 3
             a.advance()
         async with await Store.open(a.db, readonly=True) as store:
-            state = await store.fetch_state(bad.suffix, HOSTILE, "bundle")
+            state = await store.fetch_state(bad.suffix, HOSTILE, "bundle", vantage=VANTAGE)
             assert await store.snapshots(bad.suffix, mirror=HOSTILE) == []
             assert await store.alerts.open_alerts() == []
         assert state is not None and state.last_error is not None
@@ -314,7 +314,7 @@ async def test_a_304_to_a_request_for_a_body_is_a_failure_of_its_pair(tmp_path, 
             a.hostile.put(bad.bytes())  # the bundle changes; state.json still answers 304
             a.hostile.route(a.hostile.state_path(bad.suffix), respond(304))
         async with await Store.open(a.db, readonly=True) as store:
-            state = await store.fetch_state(bad.suffix, HOSTILE, "state")
+            state = await store.fetch_state(bad.suffix, HOSTILE, "state", vantage=VANTAGE)
         assert state is not None and state.last_error is not None
         assert state.last_error.endswith("304 Not Modified to a request for a body")
 
@@ -347,7 +347,7 @@ async def test_two_content_encoding_headers_are_two_layers(tmp_path, signer):
         summary = await a.sync()
         assert (summary.alerts, summary.errors) == (0, 1)
         async with await Store.open(a.db, readonly=True) as store:
-            state = await store.fetch_state(bad.suffix, HOSTILE, "bundle")
+            state = await store.fetch_state(bad.suffix, HOSTILE, "bundle", vantage=VANTAGE)
         assert state is not None and "not asked for: 'gzip, gzip'" in (state.last_error or "")
 
 
@@ -401,6 +401,9 @@ async def test_a_mirror_that_never_answers_holds_its_own_lane_only(tmp_path, sig
         took = (datetime.now(UTC) - started).total_seconds()
         assert summary.errors == 16 and took > 6  # 16 timeouts, two at a time
         async with await Store.open(a.db, readonly=True) as store:
-            good = [await store.fetch_state(b.suffix, "good", "bundle") for b in a.records]
+            good = [
+                await store.fetch_state(b.suffix, "good", "bundle", vantage=VANTAGE)
+                for b in a.records
+            ]
         done = max(s.last_success_at for s in good if s and s.last_success_at)
         assert (done - started).total_seconds() < took / 3, (done - started, took)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from builder import BundleBuilder, TestSigner, canonical_record, serialize
+from conftest import VANTAGE
 from mirror import TestMirror
 
 from pithcrawl.commands.sync import exit_code, summary_line
@@ -250,7 +251,7 @@ async def test_503_with_retry_after_is_retried_later_even_after_a_restart(tmp_pa
         assert summary.errors == 1
         assert summary.alerts == 0
         async with e.store() as store:
-            state = await store.fetch_state(b.suffix, "m0", "bundle")
+            state = await store.fetch_state(b.suffix, "m0", "bundle", vantage=VANTAGE)
         assert state is not None
         assert state.failures == 1
         assert state.next_due is not None
@@ -277,7 +278,7 @@ async def test_dead_mirror_is_an_error_with_backoff(tmp_path, signer):
         assert summary.errors == 1
         assert summary.new_snapshots == 2
         async with e.store() as store:
-            state = await store.fetch_state(b.suffix, "m1", "bundle")
+            state = await store.fetch_state(b.suffix, "m1", "bundle", vantage=VANTAGE)
         assert state is not None
         assert state.last_error is not None
         assert "127.0.0.1" in state.last_error
@@ -695,7 +696,7 @@ async def test_a_304_to_a_request_for_a_body_is_a_failed_fetch(tmp_path, signer)
         summary = await e.sync()
         assert (summary.untrusted, summary.errors, summary.alerts) == (0, 1, 0)
         async with e.store() as store:
-            state = await store.fetch_state(b.suffix, "m0", "bundle")
+            state = await store.fetch_state(b.suffix, "m0", "bundle", vantage=VANTAGE)
         assert state is not None and "304 Not Modified" in (state.last_error or "")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from pithcrawl.divergence import RULES, Histories, Seen, conditions
+from pithcrawl.divergence import RULES, Histories, Seen, View, conditions
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -35,6 +35,7 @@ def test_the_rules_are_the_contract_kinds():
         ("mirror_divergence", "critical"),
         ("mirror_stale", "error"),
         ("equivocation", "critical"),
+        ("vantage_split", "critical"),
     ]
 
 
@@ -113,3 +114,86 @@ def test_a_lag_that_grows_is_the_same_stale_condition():
     assert (
         [c.dedup_key for c in one] == [c.dedup_key for c in two] == ["mirror_stale:pith:2026:X:b"]
     )
+
+
+# -- vantage_split: one mirror, two vantages ----------------------------------------------
+
+HOUR = timedelta(hours=1)
+
+
+def at(vantage: str, events: str, fetched: datetime, built: str = "2026-11-01T00:00:00Z") -> Seen:
+    return Seen(
+        "m",
+        fetched,
+        f"sha-{vantage}-{events}-{built}",
+        "https://m/b",
+        built,
+        tuple(events),
+        vantage=vantage,
+        node=f"node-{vantage}",
+    )
+
+
+def split(views: list[View], archived: list[Seen], grace: timedelta = 6 * HOUR) -> list:
+    hist = Histories("pith:2026:X", {"m": views[-1].seen}, archived, views)
+    return [
+        c for c in conditions(hist, T0 + 10 * DAY, 100 * DAY, grace) if c.kind == "vantage_split"
+    ]
+
+
+def test_a_vantage_served_an_older_bundle_past_the_grace_is_a_split():
+    ahead, behind = at("eu", "rxy", T0), at("us", "rx", T0 - DAY)
+    (c,) = split(
+        [View(ahead, T0), View(behind, T0 + 6 * HOUR + timedelta(seconds=1))], [behind, ahead]
+    )
+    assert (c.kind, c.severity, c.mirrors) == ("vantage_split", "critical", ("m",))
+    assert c.dedup_key == "vantage_split:pith:2026:X:m"
+    first, second = c.evidence["documents"]
+    assert (first["vantage"], first["node"], second["vantage"]) == ("eu", "node-eu", "us")
+    assert c.evidence["missing_event_ids"] == ["y"]
+    assert c.evidence["ahead_since"] == "2026-11-01T00:00:00.000000Z"
+
+
+def test_within_the_grace_a_vantage_behind_is_a_lagging_cache():
+    ahead, behind = at("eu", "rxy", T0), at("us", "rx", T0 - DAY)
+    assert split([View(ahead, T0), View(behind, T0 + 6 * HOUR)], [behind, ahead]) == []
+
+
+def test_the_grace_counts_from_the_first_newer_bundle_any_other_vantage_was_served():
+    behind = at("us", "rx", T0 - DAY)
+    first, later = at("eu", "rxy", T0), at("ap", "rxyz", T0 + 5 * HOUR)
+    views = [View(later, T0 + 5 * HOUR), View(behind, T0 + 7 * HOUR)]
+    (c,) = split(views, [behind, first, later])
+    assert c.evidence["documents"][0]["vantage"] == "eu"
+
+
+def test_a_vantage_that_stopped_confirming_is_not_behind():
+    """Its last confirmation came before the newer bundle was first served elsewhere."""
+    ahead, behind = at("eu", "rxy", T0), at("us", "rx", T0 - DAY)
+    assert split([View(ahead, T0 + 9 * DAY), View(behind, T0 - HOUR)], [behind, ahead]) == []
+
+
+def test_the_same_events_rebuilt_later_are_newer():
+    ahead = at("eu", "rx", T0, built="2026-11-02T00:00:00Z")
+    behind = at("us", "rx", T0 - DAY, built="2026-11-01T00:00:00Z")
+    (c,) = split([View(ahead, T0), View(behind, T0 + DAY)], [behind, ahead])
+    assert c.evidence["documents"][1]["vantage"] == "us"  # the older build is the one behind
+    assert c.evidence["missing_event_ids"] == []
+
+
+def test_two_forks_are_not_a_split_but_equivocation_s():
+    a, b = at("eu", "rxy", T0), at("us", "rxz", T0)
+    assert split([View(a, T0 + DAY), View(b, T0 + DAY)], [a, b], grace=timedelta(0)) == []
+
+
+def test_snapshots_from_before_vantages_are_not_a_vantage_ahead():
+    old = Seen("m", T0, "sha-old", "https://m/b", "2026-11-01T00:00:00Z", tuple("rxy"))
+    behind = at("us", "rx", T0 - DAY)
+    assert split([View(behind, T0 + DAY)], [behind, old], grace=timedelta(0)) == []
+
+
+def test_a_mirror_is_one_split_however_many_vantages_are_behind():
+    ahead = at("eu", "rxy", T0)
+    us, ap = at("us", "rx", T0 - DAY), at("ap", "rx", T0 - DAY)
+    views = [View(ahead, T0), View(us, T0 + DAY), View(ap, T0 + DAY)]
+    assert len(split(views, [us, ap, ahead])) == 1

@@ -29,6 +29,7 @@ import pytest
 import structlog
 from builder import BundleBuilder, TestSigner, canonical_record
 from clocks import TestClock
+from conftest import VANTAGE
 from hostile import (
     Handler,
     HostileMirror,
@@ -160,7 +161,7 @@ async def assert_good_archived(s: Scene) -> None:
     async with s.store() as store:
         bundle = await store.latest_snapshot(s.good.suffix, MIRROR, "bundle", trusted=True)
         state = await store.latest_snapshot(s.good.suffix, MIRROR, "state", trusted=True)
-        fetched = await store.fetch_state(s.good.suffix, MIRROR, "bundle")
+        fetched = await store.fetch_state(s.good.suffix, MIRROR, "bundle", vantage=VANTAGE)
         assert bundle is not None, "the good record was not archived"
         assert await store.get_blob(bundle.body_sha256) == s.good.bytes()
         assert state is not None
@@ -281,7 +282,7 @@ async def test_mirror_failure_is_an_operational_error(tmp_path, signer, case):
         await assert_good_archived(s)
         await assert_bad_untrusted(s)
         async with s.store() as store:
-            state = await store.fetch_state(s.bad.suffix, MIRROR, "bundle")
+            state = await store.fetch_state(s.bad.suffix, MIRROR, "bundle", vantage=VANTAGE)
             assert state is not None
             error = (
                 failure.error.replace(URL, s.bad_url)
@@ -341,7 +342,7 @@ async def test_storm_of_500s_backs_off_and_ends_as_mirror_unreachable(tmp_path, 
         await assert_bad_untrusted(s)
         async with s.store() as store:
             (alert,) = await store.alerts.open_alerts()
-            state = await store.fetch_state(s.bad.suffix, MIRROR, "bundle")
+            state = await store.fetch_state(s.bad.suffix, MIRROR, "bundle", vantage=VANTAGE)
         assert (alert.kind, alert.severity, alert.mirrors) == (
             "mirror_unreachable",
             "error",
@@ -471,7 +472,7 @@ async def test_untrustworthy_body_is_a_finding_with_evidence(tmp_path, signer, c
             assert snap.body_sha256 == _sha(body)
             assert await store.get_blob(snap.body_sha256) == body
             (alert,) = await store.alerts.open_alerts()
-            state = await store.fetch_state(s.bad.suffix, MIRROR, "bundle")
+            state = await store.fetch_state(s.bad.suffix, MIRROR, "bundle", vantage=VANTAGE)
         assert (alert.kind, alert.severity, alert.mirrors) == (lie.kind, "critical", (MIRROR,))
         assert alert.suffix == s.bad.suffix
         # The alert is about the record whose address served the lie, never about the

@@ -24,6 +24,7 @@ import pytest
 import structlog
 from arena import GOOD, arena
 from builder import BundleBuilder, TestSigner
+from conftest import VANTAGE
 from test_alerts import calls, hook_script
 
 from pithcrawl.cli import main
@@ -533,7 +534,9 @@ async def test_a_manifest_mirror_that_no_name_server_knows_fails_and_stays(tmp_p
         assert later.warnings == 1
         async with await Store.open(a.db, readonly=True) as store:
             (alert,) = await store.alerts.open_alerts()
-            state = await store.fetch_state(a.records[0].suffix, "registry/gone", "bundle")
+            state = await store.fetch_state(
+                a.records[0].suffix, "registry/gone", "bundle", vantage=VANTAGE
+            )
         assert (alert.kind, alert.mirrors) == ("mirror_unreachable", ("registry/gone",))
         assert state is not None and state.failures >= 1
 

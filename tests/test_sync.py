@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from builder import BundleBuilder, TestSigner, canonical_record
-from conftest import in_thread, write_config
+from conftest import VANTAGE, in_thread, write_config
 from mirror import TestMirror
 
 from pithcrawl import plan
@@ -254,7 +254,7 @@ def test_an_invalid_document_of_a_mirror_taken_out_closes_its_alert(
     assert (code, summary["alerts"], summary["alerts_open"]) == (0, 0, 0), summary
     with sqlite3.connect(tmp_path / "archive.db") as c:
         rows = c.execute("SELECT scope, closed_at IS NOT NULL FROM alerts").fetchall()
-    assert rows == [(f"document:{b.suffix}:m1", 1)]
+    assert rows == [(f"document@{VANTAGE}:{b.suffix}:m1", 1)]
 
 
 def test_a_damaged_archived_bundle_does_not_stop_the_watch(

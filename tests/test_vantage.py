@@ -7,10 +7,12 @@ bundles signed by the tests' key.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from pathlib import Path
 
+import anyio
 import pytest
 from builder import BundleBuilder, TestSigner, canonical_record
 from conftest import write_config
@@ -19,6 +21,7 @@ from mirror import TestMirror
 from pithcrawl.cli import main
 from pithcrawl.config import host_name, parse_config
 from pithcrawl.errors import ConfigError
+from pithcrawl.store import Store
 
 
 def _config(tmp_path: Path, signer: TestSigner, base: str, crawl: str = "", node: str = "") -> Path:
@@ -245,29 +248,252 @@ def test_history_shows_the_vantage_column_once_there_are_two(
     assert [row[3] for row in rows] == ["eu", "us"]
 
 
-def test_a_mirror_telling_one_vantage_an_older_bundle_is_alerted(
+def _two_vantages(
+    tmp_path: Path, signer: TestSigner, mirror: TestMirror, alerts: str = ""
+) -> tuple[Path, Path]:
+    """Two configurations of one archive: vantage `eu` sending from 127.0.0.2, `us` from
+    127.0.0.3 (each its own node), with `[alerts]` as given."""
+    eu = _config(
+        tmp_path,
+        signer,
+        mirror.base_url,
+        'source_address = "127.0.0.2"\n',
+        'vantage = "eu"\nname = "n-eu"\n',
+    )
+    text = eu.read_text()
+    if alerts:
+        text = text.replace("[node]\n", f"[alerts]\n{alerts}[node]\n", 1)
+    eu.write_text(text)
+    us = tmp_path / "us.toml"
+    us.write_text(
+        text.replace("127.0.0.2", "127.0.0.3").replace('"eu"', '"us"').replace("n-eu", "n-us")
+    )
+    return eu, us
+
+
+def _alerts(cfg: Path, capsys: pytest.CaptureFixture[str]) -> list[dict]:
+    capsys.readouterr()
+    assert main(["--config", str(cfg), "events", "--json"]) == 0
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
+
+
+def _kinds(tmp_path: Path) -> list[str]:
+    with sqlite3.connect(tmp_path / "archive.db") as db:
+        return [r[0] for r in db.execute("SELECT kind FROM events ORDER BY id")]
+
+
+def _open_alerts(tmp_path: Path) -> list[tuple[str, str, str]]:
+    with sqlite3.connect(tmp_path / "archive.db") as db:
+        return db.execute(
+            "SELECT kind, dedup_key, evidence FROM alerts WHERE closed_at IS NULL ORDER BY id"
+        ).fetchall()
+
+
+def test_a_mirror_telling_one_vantage_an_older_bundle_is_a_vantage_split(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
 ) -> None:
-    """Two vantages take turns on one archive; the mirror tells 127.0.0.3 an older
-    bundle than it tells 127.0.0.2. That vantage's pass fails with the lie as a
-    `rollback` (the mirror went back from what the archive holds of it), until a
-    `vantage_split` names it better: series of their own per vantage, without that
-    alert, would let the lie pass unalerted."""
+    """The mirror serves 127.0.0.3 an older valid bundle than it serves 127.0.0.2. The
+    vantage behind was never served the newer one, so it is not a rollback of what it
+    saw: it is a `vantage_split`, once, its evidence both documents with their vantage
+    and node, each exported by `evidence` and verifiable with `verify`."""
+    b = BundleBuilder(signer, record=canonical_record("2611.00001", title="P"))
+    b.add_event()
+    older = TestMirror()
+    suffix = older.put(b.bytes())
+    old_bytes = b.bytes()
+    b.add_event()
+    mirror.put(b.bytes())
+    mirror.to_peer["127.0.0.3"] = older
+    eu, us = _two_vantages(tmp_path, signer, mirror, 'split_grace = "0s"\n')
+    assert main(["--config", str(eu), "-q", "sync", suffix]) == 0
+    assert main(["--config", str(us), "-q", "sync", suffix]) == 1
+    assert main(["--config", str(us), "-q", "sync", suffix]) == 1  # still split: still one alert
+    assert main(["--config", str(eu), "-q", "sync", suffix]) == 1  # the other side sees it too
+    assert mirror.peers.keys() == {"127.0.0.2", "127.0.0.3"}
+
+    assert "rollback" not in _kinds(tmp_path)
+    assert _kinds(tmp_path).count("vantage_split") == 1
+    [(kind, key, evidence_text)] = _open_alerts(tmp_path)
+    assert (kind, key) == ("vantage_split", f"vantage_split:{b.pith_number}:m0")
+    evidence = json.loads(evidence_text)
+    ahead, behind = evidence["documents"]
+    assert (ahead["vantage"], ahead["node"]) == ("eu", "n-eu")
+    assert (behind["vantage"], behind["node"]) == ("us", "n-us")
+    assert ahead["event_count"] == behind["event_count"] + 1
+    assert behind["body_sha256"] == hashlib.sha256(old_bytes).hexdigest()
+    assert ahead["body_sha256"] == hashlib.sha256(b.bytes()).hexdigest()
+    assert len(evidence["missing_event_ids"]) == 1
+    assert evidence["behind_confirmed_at"] > evidence["ahead_since"]
+
+    # The evidence command exports both documents; each verifies on its own.
+    capsys.readouterr()
+    with sqlite3.connect(tmp_path / "archive.db") as db:
+        (alert_id,) = db.execute("SELECT id FROM alerts WHERE kind = 'vantage_split'").fetchone()
+    out = tmp_path / "evidence"
+    assert main(["--config", str(eu), "evidence", str(alert_id), "--out", str(out)]) == 0
+    readme = (out / "README.txt").read_text()
+    assert "m0 served vantage eu (node n-eu)" in readme
+    assert "and still served vantage us (node n-us)" in readme
+    written = sorted((out / "documents").iterdir())
+    assert {p.read_bytes() for p in written} == {old_bytes, b.bytes()}
+    for doc in written:
+        assert (
+            main(
+                ["--config", str(eu), "verify", str(doc), "--key", str(tmp_path / "test.key.json")]
+            )
+            == 0
+        )
+
+
+def test_a_vantage_kept_on_its_old_bundle_is_a_split_though_nothing_new_was_archived(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+) -> None:
+    """Both vantages archived the same bundle; the mirror then updates for 127.0.0.2
+    only. The vantage behind archives nothing new (its body is unchanged, answered "not
+    modified"): the pass's check still finds it confirmed its old bundle after the other
+    one was served the new one."""
+    b = BundleBuilder(signer, record=canonical_record("2611.00001", title="P"))
+    b.add_event()
+    suffix = mirror.put(b.bytes())
+    eu, us = _two_vantages(tmp_path, signer, mirror, 'split_grace = "0s"\n')
+    assert main(["--config", str(eu), "-q", "sync", suffix]) == 0
+    assert main(["--config", str(us), "-q", "sync", suffix]) == 0
+    frozen = TestMirror()
+    frozen.put(b.bytes())
+    mirror.to_peer["127.0.0.3"] = frozen
+    b.add_event()
+    mirror.put(b.bytes())
+    assert main(["--config", str(eu), "-q", "sync", suffix]) == 0
+    with sqlite3.connect(tmp_path / "archive.db") as db:
+        before = db.execute("SELECT count(*) FROM snapshots").fetchone()[0]
+    assert main(["--config", str(us), "-q", "sync", suffix]) == 1
+    with sqlite3.connect(tmp_path / "archive.db") as db:
+        assert db.execute("SELECT count(*) FROM snapshots").fetchone()[0] == before
+    [(kind, _, evidence)] = _open_alerts(tmp_path)
+    assert kind == "vantage_split"
+    behind = json.loads(evidence)["documents"][1]
+    assert behind["vantage"] == "us"
+    # Confirmed by the last fetch, later than the snapshot it confirms.
+    assert json.loads(evidence)["behind_confirmed_at"] > behind["fetched_at"]
+
+
+def test_a_mirror_changing_for_every_vantage_is_no_alert(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+) -> None:
+    """The mirror's content changes for everyone; the vantages see it a little apart,
+    the one behind still served the old bundle by a lagging cache at first: within
+    `split_grace` that is no alert, and the vantage that catches up tells no news twice."""
+    b = BundleBuilder(signer, record=canonical_record("2611.00001", title="P"))
+    b.add_event()
+    suffix = mirror.put(b.bytes())
+    eu, us = _two_vantages(tmp_path, signer, mirror)
+    assert main(["--config", str(eu), "-q", "sync", suffix]) == 0
+    assert main(["--config", str(us), "-q", "sync", suffix]) == 0
+
+    lagging = TestMirror()
+    lagging.put(b.bytes())  # the cache in front of 127.0.0.3 still has the old one
+    mirror.to_peer["127.0.0.3"] = lagging
+    b.add_event()
+    mirror.put(b.bytes())
+    assert main(["--config", str(eu), "-q", "sync", suffix]) == 0
+    assert main(["--config", str(us), "-q", "sync", suffix]) == 0  # behind, within the grace
+    del mirror.to_peer["127.0.0.3"]
+    assert main(["--config", str(us), "-q", "sync", suffix]) == 0  # caught up
+    assert main(["--config", str(eu), "-q", "sync", suffix]) == 0
+
+    kinds = _kinds(tmp_path)
+    assert not {"vantage_split", "rollback", "mirror_stale"} & set(kinds)
+    assert _open_alerts(tmp_path) == []
+    assert kinds.count("event_added") == 1  # told by eu when it came, not again by us
+    capsys.readouterr()
+    shown = _history(capsys, eu, suffix)["snapshots"]
+    assert [s["vantage"] for s in shown] == ["eu", "us", "eu", "us"]
+
+
+def test_a_vantage_that_stopped_crawling_is_no_split(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+) -> None:
+    """A vantage that last saw an older bundle and then stopped confirms nothing after
+    the newer one came: it is not behind, it is gone."""
+    b = BundleBuilder(signer, record=canonical_record("2611.00001", title="P"))
+    b.add_event()
+    suffix = mirror.put(b.bytes())
+    eu, us = _two_vantages(tmp_path, signer, mirror, 'split_grace = "0s"\n')
+    assert main(["--config", str(us), "-q", "sync", suffix]) == 0
+    b.add_event()
+    mirror.put(b.bytes())
+    assert main(["--config", str(eu), "-q", "sync", suffix]) == 0
+    assert main(["--config", str(eu), "-q", "sync", suffix]) == 0
+    assert "vantage_split" not in _kinds(tmp_path)
+
+
+def test_a_mirror_going_back_for_one_vantage_is_its_rollback(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+) -> None:
+    """Series are per vantage, but a vantage's own history still holds the mirror to
+    it: served the newer bundle, then the older one again, is a rollback there."""
     b = BundleBuilder(signer, record=canonical_record("2611.00001", title="P"))
     b.add_event()
     older = TestMirror()
     suffix = older.put(b.bytes())
     b.add_event()
     mirror.put(b.bytes())
-    mirror.to_peer["127.0.0.3"] = older
-    eu = _config(
-        tmp_path, signer, mirror.base_url, 'source_address = "127.0.0.2"\n', 'vantage = "eu"\n'
-    )
-    us = tmp_path / "us.toml"
-    us.write_text(eu.read_text().replace("127.0.0.2", "127.0.0.3").replace('"eu"', '"us"'))
+    eu, us = _two_vantages(tmp_path, signer, mirror)
     assert main(["--config", str(eu), "-q", "sync", suffix]) == 0
+    assert main(["--config", str(us), "-q", "sync", suffix]) == 0
+    mirror.to_peer["127.0.0.3"] = older
     assert main(["--config", str(us), "-q", "sync", suffix]) == 1
-    assert mirror.peers.keys() == {"127.0.0.2", "127.0.0.3"}
-    with sqlite3.connect(tmp_path / "archive.db") as db:
-        kinds = {r[0] for r in db.execute("SELECT kind FROM events")}
-    assert "rollback" in kinds
+    assert "rollback" in _kinds(tmp_path)
+
+
+def test_bookkeeping_from_before_vantages_is_adopted_by_the_first_node_to_crawl(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+) -> None:
+    """Migration 13 keeps every fetch_state row, of no vantage (''). The first node to
+    crawl takes them as its own (its schedule, validators and failures go on), and the
+    open alerts about one mirror's documents with them: a mirror that serves a valid
+    bundle again clears the alert raised before the upgrade."""
+    from pithcrawl.store.schema import MIGRATIONS, statements
+
+    db = tmp_path / "v12.db"
+    with sqlite3.connect(db) as conn:
+        for script in MIGRATIONS[:12]:
+            for statement in statements(script):
+                conn.execute(statement)
+        conn.execute(
+            "INSERT INTO fetch_state (suffix, mirror, kind, url, etag, failures)"
+            " VALUES ('A', 'm', 'bundle', 'http://m/a', '\"x\"', 2)"
+        )
+        conn.execute("PRAGMA user_version = 12")
+
+    async def upgrade() -> None:
+        async with await Store.open(db, exclusive=True):
+            pass
+
+    anyio.run(upgrade)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute(
+            "SELECT suffix, vantage, etag, failures FROM fetch_state"
+        ).fetchall() == [("A", "", '"x"', 2)]
+
+    # An archive crawled before vantages were kept: its rows and alert scopes as then.
+    b = BundleBuilder(signer, record=canonical_record("2611.00001", title="P"))
+    b.add_event()
+    suffix = mirror.put(b.bytes())
+    tampered = b.bytes().replace(b'"primary_cat":"cs.CR"', b'"primary_cat":"cs.AI"')
+    assert tampered != b.bytes()
+    mirror.bundles[suffix] = tampered
+    cfg = _config(tmp_path, signer, mirror.base_url)
+    cfg.write_text(cfg.read_text() + '[alerts]\nresolve_after = "0s"\n')
+    assert main(["--config", str(cfg), "-q", "sync", suffix]) == 1
+    with sqlite3.connect(tmp_path / "archive.db") as conn:
+        conn.execute("UPDATE fetch_state SET vantage = ''")
+        conn.execute("UPDATE snapshots SET vantage = NULL, node = NULL")
+        conn.execute(f"UPDATE alerts SET scope = 'document:{suffix}:m0'")
+    mirror.put(b.bytes())
+    assert main(["--config", str(cfg), "-q", "sync", suffix]) == 0
+    with sqlite3.connect(tmp_path / "archive.db") as conn:
+        assert {r[0] for r in conn.execute("SELECT vantage FROM fetch_state")} == {host_name()}
+        assert conn.execute("SELECT scope, closed_at IS NOT NULL FROM alerts").fetchall() == [
+            (f"document@{host_name()}:{suffix}:m0", 1)
+        ]

@@ -364,6 +364,17 @@ def claim(a: Alert, files: dict[str, str]) -> list[str]:
             f"{doc(newer.get('body_sha256'))}. Both verify; the newer one's event ids contain",
             f"all of the older one's, plus: {ids(ev.get('missing_event_ids'))}.",
         ]
+    if a.kind == "vantage_split":
+        ahead, behind = [*cited, {}, {}][:2]
+        return [
+            f"{ev.get('mirror')} served vantage {ahead.get('vantage')} (node"
+            f" {ahead.get('node')}) {doc(ahead.get('body_sha256'))} at {ev.get('ahead_since')},",
+            f"and still served vantage {behind.get('vantage')} (node {behind.get('node')})"
+            f" {doc(behind.get('body_sha256'))}",
+            f"at {ev.get('behind_confirmed_at')}, past the grace of"
+            f" {ev.get('split_grace_seconds')} s. Both verify; the",
+            f"first holds every event of the second, plus: {ids(ev.get('missing_event_ids'))}.",
+        ]
     if a.kind == "equivocation" and "place" in ev:
         place = ev.get("place", {})
         return [

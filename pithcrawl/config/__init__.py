@@ -168,6 +168,10 @@ class AlertsConfig:
     hook_timeout: timedelta = timedelta(seconds=30)
     resolve_after: timedelta = timedelta(minutes=30)
     """The hold-down: an alert closes once its condition has stayed clear this long."""
+    split_grace: timedelta | None = None
+    """How long a vantage may keep being served an older bundle than another vantage
+    was, by one mirror, before that is a `vantage_split` (a CDN's caches lag); None: one
+    `crawl.interval` (`Config.split_grace`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +198,12 @@ class Config:
     def key_files(self) -> tuple[Path, ...]:
         """The configured trust key files; empty means the shipped registry key."""
         return self.trust.keys
+
+    @property
+    def split_grace(self) -> timedelta:
+        """`alerts.split_grace`, one `crawl.interval` unless set."""
+        grace = self.alerts.split_grace
+        return self.crawl.interval if grace is None else grace
 
     def db_path(self, env: Mapping[str, str]) -> Path:
         """The configured database, else the default for this environment."""
@@ -422,6 +432,9 @@ def _alerts(t: Table) -> AlertsConfig:
         unreachable_after=t.duration("unreachable_after", d.unreachable_after),
         hook_timeout=t.duration("hook_timeout", d.hook_timeout),
         resolve_after=t.duration("resolve_after", d.resolve_after, allow_zero=True),
+        split_grace=t.duration("split_grace", timedelta(0), allow_zero=True)
+        if "split_grace" in t.raw
+        else None,
     )
     if alerts.webhook_secret_file is not None and alerts.webhook is None:
         raise ConfigError(f"{t.key('webhook_secret_file')}: set, but alerts.webhook is not")

@@ -127,6 +127,18 @@ ON CONFLICT DO NOTHING
 """
 
 
+_FAILING = """
+SELECT suffix, first_failure_at, last_error, count(*) OVER () AS n FROM (
+    SELECT f.suffix, min(f.first_failure_at) AS first_failure_at, f.last_error
+    FROM fetch_state AS f JOIN records AS r ON r.suffix = f.suffix
+    WHERE f.mirror = ?1 AND f.kind = 'bundle' AND f.failures > 0 AND f.first_failure_at <= ?2
+      AND (f.vantage = '' OR f.vantage IN (SELECT vantage FROM nodes WHERE last_seen >= ?2))
+    GROUP BY f.suffix
+)
+ORDER BY first_failure_at, suffix LIMIT 10
+"""
+
+
 class AlertBook:
     """The archive's alerts; one instance per `Store`, sharing its connection."""
 
@@ -289,15 +301,11 @@ class AlertBook:
 
     async def failing(self, mirror: str, since: datetime) -> tuple[int, list[dict[str, Any]]]:
         """How many tracked records have failed from `mirror` since before `since`, with
-        up to ten examples (suffix, first failure, last error)."""
+        up to ten examples (suffix, first failure, last error). From any vantage with a
+        node seen crawling since then (one that stopped tells nothing of the mirror now),
+        the earliest failure of each record."""
         async with self._db.read("count failing records") as s:
-            rows = await s.all(
-                "SELECT f.suffix, f.first_failure_at, f.last_error, count(*) OVER () AS n"
-                " FROM fetch_state AS f JOIN records AS r ON r.suffix = f.suffix"
-                " WHERE f.mirror = ? AND f.kind = 'bundle' AND f.failures > 0"
-                " AND f.first_failure_at <= ? ORDER BY f.first_failure_at LIMIT 10",
-                (mirror, db_time(since)),
-            )
+            rows = await s.all(_FAILING, (mirror, db_time(since)))
         if not rows:
             return 0, []
         examples = [{"suffix": r[0], "failing_since": r[1], "last_error": r[2]} for r in rows]

@@ -60,20 +60,22 @@ WHERE suffix = ? AND mirror = ? AND kind = ? AND (?4 IS NULL OR trusted = ?4)
 ORDER BY id DESC LIMIT 1
 """
 
-# Every tracked record × known mirror whose bundle is due; never fetched first.
+# Every tracked record × known mirror whose bundle is due from a vantage; never fetched
+# (from it) first.
 _DUE = """
 SELECT r.suffix, m.name, coalesce(f.next_due, r.added_at)
 FROM records AS r CROSS JOIN mirrors AS m
 LEFT JOIN fetch_state AS f ON f.suffix = r.suffix AND f.mirror = m.name AND f.kind = 'bundle'
-WHERE (f.next_due IS NULL OR f.next_due <= ?)
-  AND (? IS NULL OR m.name IN (SELECT value FROM json_each(?)))
+  AND f.vantage = ?5
+WHERE (f.next_due IS NULL OR f.next_due <= ?1)
+  AND (?2 IS NULL OR m.name IN (SELECT value FROM json_each(?2)))
 ORDER BY f.suffix IS NOT NULL, f.next_due, r.added_at, r.suffix, m.name
-LIMIT ?
+LIMIT ?4
 """
 
 _NEXT_DUE = """
 SELECT min(f.next_due) FROM fetch_state AS f JOIN records AS r ON r.suffix = f.suffix
-WHERE f.kind = 'bundle' AND f.mirror IN (SELECT value FROM json_each(?))
+WHERE f.vantage = ?2 AND f.kind = 'bundle' AND f.mirror IN (SELECT value FROM json_each(?1))
 """
 
 # Times are stored as text that sorts as time (`rows.db_time`): min and max compare them.
@@ -110,7 +112,7 @@ SELECT f.*, (
       AND s.body_sha256 = f.body_sha256
     ORDER BY s.id DESC LIMIT 1
 ) AS body_trusted
-FROM fetch_state AS f WHERE f.suffix = ? AND f.mirror = ? AND f.kind = ?
+FROM fetch_state AS f WHERE f.suffix = ? AND f.mirror = ? AND f.kind = ? AND f.vantage = ?
 """
 
 _FETCH_STATES_OF = """
@@ -120,7 +122,7 @@ SELECT f.*, (
       AND s.body_sha256 = f.body_sha256
     ORDER BY s.id DESC LIMIT 1
 ) AS body_trusted
-FROM fetch_state AS f WHERE f.suffix IN (SELECT value FROM json_each(?))
+FROM fetch_state AS f WHERE f.suffix IN (SELECT value FROM json_each(?)) AND f.vantage = ?
 """
 
 
@@ -210,6 +212,28 @@ class Store:
         """`StoreError` if the archive's file was deleted or replaced since it was opened."""
         self._db.check_file()
 
+    async def adopt_unplaced(self, vantage: str) -> int:
+        """The fetch bookkeeping kept before vantages were (vantage ''), and the scopes of
+        the open alerts about its documents, become `vantage`'s: the first node to crawl
+        the archive after the upgrade continues their series. How many rows it took
+        (after the first time, none: one look into an empty partial index)."""
+        async with self._db.write("adopt the bookkeeping of no vantage") as s:
+            taken, _ = await s.run(
+                "UPDATE OR IGNORE fetch_state SET vantage = ? WHERE vantage = ''", (vantage,)
+            )
+            if not taken:
+                return 0
+            # Rows of a pair the vantage already had a row of (written by a caller that
+            # named no vantage): its own stay.
+            await s.run("DELETE FROM fetch_state WHERE vantage = ''")
+            for kind in ("document", "state"):
+                await s.run(
+                    "UPDATE alerts SET scope = ?1 || substr(scope, ?2)"
+                    " WHERE closed_at IS NULL AND substr(scope, 1, ?3) = ?4",
+                    (f"{kind}@{vantage}:", len(kind) + 2, len(kind) + 1, f"{kind}:"),
+                )
+            return taken
+
     async def rules_due(self) -> list[str]:
         """The records whose rules a pass left due (see `record_fetches`' `due`)."""
         async with self._db.read("list the records whose rules are due") as s:
@@ -260,9 +284,12 @@ class Store:
 
     # -- fetch bookkeeping ----------------------------------------------------------------
 
-    async def fetch_state(self, suffix: str, mirror: str, kind: str) -> FetchState | None:
+    async def fetch_state(
+        self, suffix: str, mirror: str, kind: str, *, vantage: str = ""
+    ) -> FetchState | None:
+        """The bookkeeping of one document as `vantage` polls it."""
         async with self._db.read("read fetch state") as s:
-            row = await s.one(_FETCH_STATE, (suffix, mirror, kind))
+            row = await s.one(_FETCH_STATE, (suffix, mirror, kind, vantage))
         return None if row is None else fetch_state_from_row(row)
 
     async def fetch_states(self, *, suffix: str | None = None) -> list[FetchState]:
@@ -292,12 +319,13 @@ class Store:
         return summaries
 
     async def fetch_states_of(
-        self, suffixes: Sequence[str]
+        self, suffixes: Sequence[str], *, vantage: str = ""
     ) -> dict[tuple[str, str, str], FetchState]:
-        """The bookkeeping of these records, every mirror and kind, in one read (a pass
-        reads a chunk of records at a time instead of one row per fetch)."""
+        """The bookkeeping of these records as `vantage` polls them, every mirror and
+        kind, in one read (a pass reads a chunk of records at a time instead of one row
+        per fetch)."""
         async with self._db.read("read fetch states") as s:
-            rows = await s.all(_FETCH_STATES_OF, (to_json_text(list(suffixes)),))
+            rows = await s.all(_FETCH_STATES_OF, (to_json_text(list(suffixes)), vantage))
         return {(r["suffix"], r["mirror"], r["kind"]): fetch_state_from_row(r) for r in rows}
 
     async def served_trusted(self, suffixes: Sequence[str]) -> set[tuple[str, str]]:
@@ -308,21 +336,28 @@ class Store:
         return {(r[0], r[1]) for r in rows}
 
     async def due(
-        self, now: datetime, limit: int | None = None, *, mirrors: Sequence[str] | None = None
+        self,
+        now: datetime,
+        limit: int | None = None,
+        *,
+        mirrors: Sequence[str] | None = None,
+        vantage: str = "",
     ) -> list[Due]:
-        """(suffix, mirror, since) of the pairs whose bundle is due at `now`: never
-        fetched first, then by `next_due`; only of `mirrors` when given (the mirrors
-        crawled now)."""
+        """(suffix, mirror, since) of the pairs whose bundle is due from `vantage` at
+        `now`: never fetched first, then by `next_due`; only of `mirrors` when given (the
+        mirrors crawled now)."""
         names = None if mirrors is None else to_json_text(list(mirrors))
+        args = (db_time(now), names, None, -1 if limit is None else limit, vantage)
         async with self._db.read("list due fetches") as s:
-            rows = await s.all(_DUE, (db_time(now), names, names, -1 if limit is None else limit))
+            rows = await s.all(_DUE, args)
         with decoding("a fetch_state row's next_due"):
             return [Due(r[0], r[1], datetime.fromisoformat(r[2])) for r in rows]
 
-    async def next_due(self, mirrors: Sequence[str]) -> datetime | None:
-        """The earliest time a tracked record's bundle is due from one of `mirrors`."""
+    async def next_due(self, mirrors: Sequence[str], *, vantage: str = "") -> datetime | None:
+        """The earliest time a tracked record's bundle is due from one of `mirrors`, to
+        `vantage`."""
         async with self._db.read("find the next due fetch") as s:
-            rows = await s.all(_NEXT_DUE, (to_json_text(list(mirrors)),))
+            rows = await s.all(_NEXT_DUE, (to_json_text(list(mirrors)), vantage))
         text = rows[0][0] if rows else None
         with decoding("a fetch_state row's next_due"):
             return None if text is None else datetime.fromisoformat(text)

@@ -28,10 +28,10 @@ from pithcrawl.text import storable
 # A success (200 or 304) clears the failure run. A 200's validators replace the old ones
 # (they described another body); a 304 keeps the old ones unless it sends new ones.
 _SUCCESS = """
-INSERT INTO fetch_state (suffix, mirror, kind, url, etag, last_modified, body_sha256, status,
-                         last_fetch_at, last_success_at, failures, next_due)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, 0, ?10)
-ON CONFLICT (suffix, mirror, kind) DO UPDATE SET
+INSERT INTO fetch_state (suffix, mirror, kind, vantage, url, etag, last_modified, body_sha256,
+                         status, last_fetch_at, last_success_at, failures, next_due)
+VALUES (?1, ?2, ?3, ?12, ?4, ?5, ?6, ?7, ?8, ?9, ?9, 0, ?10)
+ON CONFLICT (suffix, mirror, kind, vantage) DO UPDATE SET
     url = excluded.url,
     etag = CASE WHEN ?11 THEN excluded.etag ELSE coalesce(excluded.etag, etag) END,
     last_modified = CASE WHEN ?11 THEN excluded.last_modified
@@ -44,9 +44,9 @@ ON CONFLICT (suffix, mirror, kind) DO UPDATE SET
 
 _FAILURE = """
 INSERT INTO fetch_state (suffix, mirror, kind, url, status, last_fetch_at, first_failure_at,
-                         failures, next_due, last_error)
-VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?)
-ON CONFLICT (suffix, mirror, kind) DO UPDATE SET
+                         failures, next_due, last_error, vantage)
+VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)
+ON CONFLICT (suffix, mirror, kind, vantage) DO UPDATE SET
     url = excluded.url, status = excluded.status, last_fetch_at = excluded.last_fetch_at,
     first_failure_at = coalesce(first_failure_at, excluded.first_failure_at),
     failures = failures + 1, next_due = excluded.next_due, last_error = excluded.last_error
@@ -67,8 +67,10 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 
 _UNREAD = object()
 
+# A vantage's series: its own snapshots, and those archived before vantages were recorded.
 _LATEST_BODY = """
 SELECT id, body_sha256, trusted FROM snapshots WHERE suffix = ? AND mirror = ? AND kind = ?
+  AND (vantage = ?4 OR vantage IS NULL OR ?4 IS NULL)
 ORDER BY id DESC LIMIT 1
 """
 
@@ -102,6 +104,7 @@ def bookkeeping_only(fetch: FetchOutcome) -> tuple[str, tuple[Any, ...]] | None:
             fetched_at,
             next_due,
             storable(fetch.error),  # it may quote what a mirror sent
+            fetch.vantage or "",
         )
     return _SUCCESS, (
         *key,
@@ -113,13 +116,15 @@ def bookkeeping_only(fetch: FetchOutcome) -> tuple[str, tuple[Any, ...]] | None:
         fetched_at,
         next_due,
         False,
+        fetch.vantage or "",
     )
 
 
 def newest_of_series(conn: sqlite3.Connection, fetch: FetchOutcome) -> sqlite3.Row | None:
-    """The newest snapshot of `fetch`'s (suffix, mirror, kind): id, body_sha256, trusted."""
+    """The newest snapshot of `fetch`'s series (suffix, mirror, kind, as its vantage
+    sees it): id, body_sha256, trusted."""
     row: sqlite3.Row | None = conn.execute(
-        _LATEST_BODY, (fetch.suffix, fetch.mirror, fetch.kind)
+        _LATEST_BODY, (fetch.suffix, fetch.mirror, fetch.kind, fetch.vantage)
     ).fetchone()
     return row
 
@@ -144,7 +149,16 @@ def write_fetch(
         error = storable(fetch.error)
         conn.execute(
             _FAILURE,
-            (*key, fetch.url, fetch.status, fetched_at, fetched_at, next_due, error),
+            (
+                *key,
+                fetch.url,
+                fetch.status,
+                fetched_at,
+                fetched_at,
+                next_due,
+                error,
+                fetch.vantage or "",
+            ),
         )
     else:
         if latest is _UNREAD:
@@ -178,6 +192,7 @@ def write_fetch(
                 fetched_at,
                 next_due,
                 blob is not None,
+                fetch.vantage or "",
             ),
         )
     if fetch.events:

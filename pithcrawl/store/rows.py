@@ -148,7 +148,8 @@ class Snapshot:
     """True only when verified before the same transaction stored it."""
     findings: tuple[Finding, ...]
     prev_id: int | None
-    """The previous snapshot of the same (suffix, mirror, kind), whatever its trust."""
+    """The previous snapshot of the same (suffix, mirror, kind) as its vantage saw them
+    (with those from before vantages were recorded), whatever its trust."""
     node: str | None = None
     """The node that fetched it (`[node] name`); None in archives older than nodes."""
     vantage: str | None = None

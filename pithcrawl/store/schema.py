@@ -265,8 +265,40 @@ CREATE TABLE mirror_hours (
 ) WITHOUT ROWID;
 """
 
+# The fetch bookkeeping per vantage (docs/scale-out.md): each vantage polls every pair on
+# its own schedule with its own validators, and its last success tells when it last saw
+# the body it holds (the `vantage_split` rule). The rows from before are the vantage ''
+# until the first node to crawl adopts them as its own (`Store.adopt_unplaced`).
+_V13 = """
+CREATE TABLE fetch_state_v13 (
+    suffix            TEXT NOT NULL,
+    mirror            TEXT NOT NULL,
+    kind              TEXT NOT NULL CHECK (kind IN ('bundle', 'state')),
+    vantage           TEXT NOT NULL DEFAULT '',
+    url               TEXT NOT NULL,
+    etag              TEXT,
+    last_modified     TEXT,
+    body_sha256       TEXT,
+    status            INTEGER,
+    last_fetch_at     TEXT,
+    last_success_at   TEXT,
+    first_failure_at  TEXT,
+    failures          INTEGER NOT NULL DEFAULT 0 CHECK (failures >= 0),
+    next_due          TEXT,
+    last_error        TEXT,
+    PRIMARY KEY (suffix, mirror, kind, vantage)
+) WITHOUT ROWID;
+INSERT INTO fetch_state_v13 SELECT suffix, mirror, kind, '', url, etag, last_modified,
+    body_sha256, status, last_fetch_at, last_success_at, first_failure_at, failures,
+    next_due, last_error FROM fetch_state;
+DROP TABLE fetch_state;
+ALTER TABLE fetch_state_v13 RENAME TO fetch_state;
+CREATE INDEX fetch_state_due ON fetch_state (vantage, kind, next_due);
+CREATE INDEX fetch_state_unplaced ON fetch_state (suffix) WHERE vantage = '';
+"""
+
 MIGRATIONS: tuple[str, ...] = (
-    _V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9, _V10, _V11, _V12,
+    _V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9, _V10, _V11, _V12, _V13,
 )  # fmt: skip
 """Migration scripts in order; the schema version is their count."""
 

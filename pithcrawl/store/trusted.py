@@ -11,11 +11,18 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 
 from pithcrawl.errors import StoreCorrupt
 from pithcrawl.store.connection import Database
-from pithcrawl.store.rows import Snapshot, snapshot_from_row, snapshot_or_damage, to_json_text
+from pithcrawl.store.rows import (
+    Snapshot,
+    decoding,
+    snapshot_from_row,
+    snapshot_or_damage,
+    to_json_text,
+)
 
 # What `serve` hands out: the newest verified history. `built_at` is compared as a time
 # (julianday reads RFC 3339 with `Z` and any fraction; text order would misplace a
@@ -31,15 +38,19 @@ SELECT * FROM snapshots AS s WHERE s.suffix = ?1 AND s.kind = 'bundle' AND s.tru
 ORDER BY julianday(s.built_at) DESC, s.fetched_at DESC, s.id DESC LIMIT ?2
 """
 
+# Of one vantage's series (its own snapshots and those from before vantages were
+# recorded), or of every vantage's (?3 NULL).
 _HIGHEST_TRUSTED_BUNDLE = """
-SELECT * FROM snapshots WHERE suffix = ? AND mirror = ? AND kind = 'bundle' AND trusted = 1
+SELECT * FROM snapshots WHERE suffix = ?1 AND mirror = ?2 AND kind = 'bundle' AND trusted = 1
+  AND (?3 IS NULL OR vantage = ?3 OR vantage IS NULL)
 ORDER BY julianday(built_at) DESC, id DESC LIMIT 1
 """
 
+# `latest`: per mirror and vantage (two vantages served two bundles by one mirror differ).
 _TO_RECHECK = """
 WITH latest AS (
     SELECT suffix, mirror, max(id) AS id FROM snapshots WHERE kind = 'bundle'
-    GROUP BY suffix, mirror
+    GROUP BY suffix, mirror, vantage
 ),
 candidates (suffix) AS (
     SELECT l.suffix FROM latest AS l JOIN snapshots AS s ON s.id = l.id WHERE s.trusted = 1
@@ -75,13 +86,24 @@ _BUNDLES_OF = "SELECT * FROM snapshots WHERE suffix = ? AND kind = 'bundle' ORDE
 _HISTORIES = "SELECT * FROM histories WHERE body_sha256 IN (SELECT value FROM json_each(?))"
 
 
+_CONFIRMED = """
+SELECT mirror, vantage, body_sha256, last_success_at FROM fetch_state
+WHERE suffix = ? AND kind = 'bundle' AND vantage <> ''
+"""
+
+#: (body_sha256, last_success_at) of each (mirror, vantage)'s bundle bookkeeping.
+Confirmed = dict[tuple[str, str], tuple[str | None, datetime | None]]
+
+
 @dataclass(frozen=True, slots=True)
 class BundleView:
     """What the divergence rules read of one record: its bundle snapshots from every
-    mirror, oldest first, and the histories known of its trusted bodies."""
+    mirror, oldest first, and the histories known of its trusted bodies; once several
+    vantages fetched it, the body each (mirror, vantage) last saw and when."""
 
     snapshots: list[Snapshot]
     histories: dict[str, History]
+    confirmed: Confirmed = field(default_factory=dict)
 
 
 def bundle_view(
@@ -94,7 +116,13 @@ def bundle_view(
     bodies = sorted({snap.body_sha256 for snap in snapshots if snap.trusted} - known.keys())
     histories = _histories_in(conn, bodies)
     histories.update((sha, h) for sha, h in known.items() if sha not in histories)
-    return BundleView(snapshots, histories)
+    confirmed: Confirmed = {}
+    if len({snap.vantage for snap in snapshots if snap.vantage is not None}) > 1:
+        for r in conn.execute(_CONFIRMED, (suffix,)):
+            with decoding(f"the fetch_state of {suffix}"):
+                at = None if r[3] is None else datetime.fromisoformat(r[3])
+            confirmed[(r[0], r[1])] = (r[2], at)
+    return BundleView(snapshots, histories, confirmed)
 
 
 def _histories_in(conn: sqlite3.Connection, bodies: Sequence[str]) -> dict[str, History]:
@@ -129,12 +157,19 @@ class Trusted:
             rows = await s.all(_NEWEST_TRUSTED_BUNDLE, (suffix, limit))
         return [snapshot_from_row(r) for r in rows]
 
-    async def highest_bundle(self, suffix: str, mirror: str) -> Snapshot | None:
-        """The trusted bundle with the newest `built_at` a mirror ever served for a record:
-        what it must not go back from."""
-        async with self._db.read("find the highest trusted bundle") as s:
-            row = await s.one(_HIGHEST_TRUSTED_BUNDLE, (suffix, mirror))
-        return None if row is None else snapshot_from_row(row)
+    async def highest_bundles(
+        self, suffix: str, mirror: str, vantage: str
+    ) -> tuple[Snapshot | None, Snapshot | None]:
+        """The trusted bundles with the newest `built_at` a mirror ever served for a
+        record, to `vantage` (what it must not go back from there) and to any vantage
+        (what its news is told against)."""
+        async with self._db.read("find the highest trusted bundles") as s:
+            own = await s.one(_HIGHEST_TRUSTED_BUNDLE, (suffix, mirror, vantage))
+            anyone = await s.one(_HIGHEST_TRUSTED_BUNDLE, (suffix, mirror, None))
+        return (
+            None if own is None else snapshot_from_row(own),
+            None if anyone is None else snapshot_from_row(anyone),
+        )
 
     async def states(self, suffix: str, *, limit: int = 32) -> list[Snapshot]:
         """A record's trusted state.json snapshots across every mirror, newest fetch first."""
