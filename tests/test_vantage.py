@@ -10,18 +10,19 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+from datetime import timedelta
 from pathlib import Path
 
 import anyio
 import pytest
 from builder import BundleBuilder, TestSigner, canonical_record
-from conftest import write_config
+from conftest import NOW, write_config
 from mirror import TestMirror
 
 from pithcrawl.cli import main
 from pithcrawl.config import host_name, parse_config
 from pithcrawl.errors import ConfigError
-from pithcrawl.store import Store
+from pithcrawl.store import FetchOutcome, Mirror, Store
 
 
 def _config(tmp_path: Path, signer: TestSigner, base: str, crawl: str = "", node: str = "") -> Path:
@@ -497,3 +498,58 @@ def test_bookkeeping_from_before_vantages_is_adopted_by_the_first_node_to_crawl(
         assert conn.execute("SELECT scope, closed_at IS NOT NULL FROM alerts").fetchall() == [
             (f"document@{host_name()}:{suffix}:m0", 1)
         ]
+
+
+# -- the store: one pair, a row of bookkeeping per vantage ---------------------------------
+
+
+def _outcome(vantage: str, due_in: timedelta, *, error: str | None = None) -> FetchOutcome:
+    return FetchOutcome(
+        suffix="A" * 26,
+        mirror="m",
+        kind="bundle",
+        url="http://m/a",
+        fetched_at=NOW,
+        status=None if error else 304,
+        error=error,
+        etag=None if error else f'"{vantage}"',
+        next_due=NOW + due_in,
+        vantage=vantage,
+    )
+
+
+def test_each_vantage_has_its_own_schedule_validators_and_failures(tmp_path: Path) -> None:
+    """One pair fetched from two vantages: each vantage's due list, validators and
+    failures are its own, and a step of the wall clock moves each row by itself."""
+
+    async def go() -> None:
+        async with await Store.open(tmp_path / "a.db", exclusive=True) as store:
+            await store.watchlist.track(["A" * 26], NOW)
+            await store.watchlist.upsert_mirror(
+                Mirror(
+                    "m", "http://m", "{base_url}/{suffix}", "{base_url}/{suffix}/s", "config", NOW
+                )
+            )
+            await store.record_fetch(_outcome("eu", timedelta(hours=6)))
+            await store.record_fetch(_outcome("us", timedelta(minutes=5), error="timeout"))
+            await store.flush()
+            later = NOW + timedelta(hours=1)
+            assert [d.mirror for d in await store.due(later, vantage="us")] == ["m"]
+            assert await store.due(later, vantage="eu") == []
+            assert [d.mirror for d in await store.due(later, vantage="ap")] == ["m"]  # never
+            assert await store.next_due(["m"], vantage="eu") == NOW + timedelta(hours=6)
+            eu = await store.fetch_state("A" * 26, "m", "bundle", vantage="eu")
+            us = await store.fetch_state("A" * 26, "m", "bundle", vantage="us")
+            assert eu is not None and us is not None
+            assert (eu.etag, eu.failures, us.etag, us.failures) == ('"eu"', 0, None, 1)
+            known = await store.fetch_states_of(["A" * 26], vantage="us")
+            assert known[("A" * 26, "m", "bundle")].failures == 1
+
+            await store.maintenance.shift_clock(timedelta(hours=-1), "wall_seen", "x")
+            eu = await store.fetch_state("A" * 26, "m", "bundle", vantage="eu")
+            us = await store.fetch_state("A" * 26, "m", "bundle", vantage="us")
+            assert eu is not None and us is not None
+            assert eu.next_due == NOW + timedelta(hours=5)
+            assert us.next_due == NOW + timedelta(minutes=5, hours=-1)
+
+    anyio.run(go)

@@ -31,8 +31,8 @@ SELECT (SELECT count(*) FROM blobs) AS blobs, (SELECT count(*) FROM records) AS 
 #: The times that run on elapsed time, by (table, column, key columns, which rows):
 #: when the wall clock steps, each moves with it.
 _RUNNING = (
-    ("fetch_state", "next_due", ("suffix", "mirror", "kind"), "next_due IS NOT NULL"),
-    ("fetch_state", "first_failure_at", ("suffix", "mirror", "kind"), "failures > 0"),
+    ("fetch_state", "next_due", ("suffix", "mirror", "kind", "vantage"), "next_due IS NOT NULL"),
+    ("fetch_state", "first_failure_at", ("suffix", "mirror", "kind", "vantage"), "failures > 0"),
     ("deliveries", "next_attempt", ("alert_id", "sink", "phase"), "delivered_at IS NULL"),
     ("alerts", "cleared_at", ("id",), "closed_at IS NULL AND cleared_at IS NOT NULL"),
 )
