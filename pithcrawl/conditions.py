@@ -10,6 +10,7 @@ nothing to report writes no alert transaction. It fetches and verifies nothing
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -63,21 +64,32 @@ def _seen(snap: Snapshot, history: History) -> divergence.Seen:
     )
 
 
+def _vantage_of(scope: str) -> str | None:
+    """The vantage a scope of one mirror's documents is seen from (`document@V:S:M`)."""
+    kind = scope.partition(":")[0]
+    return kind.partition("@")[2] or None if kind.startswith(("document@", "state@")) else None
+
+
 def _views(
     view: BundleView,
     by_snapshot: dict[int, divergence.Seen],
     mirrors: Sequence[str] | None,
-) -> list[divergence.View]:
-    """What each mirror crawled now serves each vantage now, when there are several
-    vantages: its latest bundle there, if trusted, and when the vantage last confirmed it
-    (its bookkeeping's last success, while the body it last saw is that one)."""
+    live: set[str],
+) -> tuple[list[divergence.View], list[divergence.View]]:
+    """What each mirror crawled now serves each vantage crawling now (`live`), when
+    there are several: its latest bundle there, if trusted, and when the vantage last
+    confirmed it (its bookkeeping's last success, while the body it last saw is that
+    one); and the same, last, of the vantages that stopped. The snapshots of no vantage
+    are of the one that adopted them."""
+    views: list[divergence.View] = []
+    gone: list[divergence.View] = []
     if not view.confirmed:
-        return []
+        return views, gone
     latest: dict[tuple[str, str], Snapshot] = {}
     for snap in view.snapshots:
-        if snap.vantage is not None:
-            latest[(snap.mirror, snap.vantage)] = snap
-    views = []
+        vantage = snap.vantage or view.unplaced
+        if vantage is not None:
+            latest[(snap.mirror, vantage)] = snap
     for (mirror, vantage), snap in sorted(latest.items()):
         if not snap.trusted or (mirrors is not None and mirror not in mirrors):
             continue
@@ -85,8 +97,12 @@ def _views(
         confirmed = snap.fetched_at
         if body == snap.body_sha256 and success is not None and success > confirmed:
             confirmed = success
-        views.append(divergence.View(by_snapshot[snap.id], confirmed))
-    return views
+        seen = by_snapshot[snap.id]
+        if seen.vantage is None:  # archived before vantages were: its adopter's
+            seen = replace(seen, vantage=vantage)
+        # One that stopped crawling: what it saw last is not what it sees now.
+        (views if vantage in live else gone).append(divergence.View(seen, confirmed))
+    return views, gone
 
 
 @dataclass(slots=True)
@@ -99,6 +115,16 @@ class Conditions:
     # Scopes with open alerts: this process writes them, so after one read it knows
     # them (other processes sharing a pass: `forget_open_scopes` once they are done).
     _open_scopes: set[str] | None = None
+    _live: tuple[float, set[str]] | None = None
+
+    async def live_vantages(self) -> set[str]:
+        """The vantages crawling now: this node's, and those of the nodes seen within
+        `Config.vantage_alive` (read again at most once a minute)."""
+        if self._live is None or time.monotonic() - self._live[0] > 60:
+            since = self.clock() - self.config.vantage_alive
+            seen = await self.store.nodes.vantages_seen(since)
+            self._live = (time.monotonic(), seen | {self.config.node.vantage_name})
+        return self._live[1]
 
     def forget_open_scopes(self) -> None:
         """Other processes wrote alerts to the archive: read the open ones again."""
@@ -207,9 +233,14 @@ class Conditions:
         if not archived:
             return []
         number = histories[-1][0]  # every trusted bundle of the record states it
+        views = (
+            _views(view, by_snapshot, mirrors, await self.live_vantages())
+            if view.confirmed
+            else ([], [])
+        )
         now = self.clock()
         found = divergence.conditions(
-            divergence.Histories(number, current, archived, _views(view, by_snapshot, mirrors)),
+            divergence.Histories(number, current, archived, *views),
             now,
             self.config.alerts.stale_after,
             self.config.split_grace,
@@ -264,8 +295,13 @@ class Conditions:
         # so its alerts close (an invalid document of a mirror nobody crawls would hold
         # every later pass at exit 1, with nothing left to clear it).
         crawled = set(names)
+        live = await self.live_vantages()
         for scope in sorted(await self._open()):
             if _mirror_of(scope) not in (None, *crawled):  # no hold-down: nobody watches
+                await self.reconcile(scope, [], now, log=True, hold=timedelta(0))
+            elif _vantage_of(scope) not in (None, *live):
+                # Seen from a vantage that stopped crawling (or was renamed): nobody
+                # looks from there any more, so nothing would ever clear it.
                 await self.reconcile(scope, [], now, log=True, hold=timedelta(0))
         return opened
 
@@ -273,7 +309,9 @@ class Conditions:
         """Re-run the divergence rules where time alone can change them (a lag turning
         stale) or an alert is open, for `suffixes` (None: every tracked record); the
         alerts this opened."""
-        todo = await self.store.trusted.records_to_recheck(tracked=suffixes is None)
+        todo = await self.store.trusted.records_to_recheck(
+            tracked=suffixes is None, vantages=sorted(await self.live_vantages())
+        )
         if suffixes is not None:
             wanted = set(suffixes)
             todo = [s for s in todo if s in wanted]

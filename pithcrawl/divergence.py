@@ -115,7 +115,8 @@ class Histories:
     pith_number: str
     current: dict[str, Seen]  # mirror -> the bundle it serves now
     archived: Sequence[Seen]  # every verified bundle ever archived, any mirror (incl. current)
-    views: Sequence[View] = ()  # each (mirror, vantage) served a trusted bundle now
+    views: Sequence[View] = ()  # each (mirror, vantage crawling now) serving a trusted bundle
+    gone: Sequence[View] = ()  # the same, last, of the vantages that stopped crawling
 
 
 def split_views(h: Histories, now: datetime, w: Windows) -> Iterable[Condition]:
@@ -222,21 +223,36 @@ def vantage_splits(h: Histories, now: datetime, w: Windows) -> Iterable[Conditio
     served a newer one, for longer than `split_grace` (a CDN's caches catch up in
     minutes; a mirror that lies to one auditor's addresses does not).
 
-    Counted from the first time another vantage was served something newer to the last
-    time the vantage behind confirmed its older bundle: a vantage that stopped crawling
-    confirms nothing, and one that caught up has no older bundle any more."""
+    Against what another vantage is served *now*, and was confirmed to be served since
+    the vantage behind was first served its older bundle (both at once): a mirror that
+    went back for every vantage is each one's `rollback`, not a split. Or against what
+    a vantage that stopped crawling (or was renamed) was served last: the mirror went
+    back from it, and the vantage behind has no history of its own to call that a
+    rollback. Counted from the first time that vantage was served something newer than
+    the bundle behind to the last time the vantage behind confirmed it: one that caught
+    up has no older bundle any more."""
     reported: set[str] = set()
-    for view in sorted(h.views, key=lambda v: (v.seen.mirror, v.seen.vantage or "")):
+    views = sorted(h.views, key=lambda v: (v.seen.mirror, v.seen.vantage or ""))
+    for view in views:
         behind = view.seen
         if behind.mirror in reported:
             continue
+        ahead = {
+            v.seen.vantage
+            for v in views
+            if v.seen.mirror == behind.mirror
+            and v.seen.vantage != behind.vantage
+            and v.confirmed_at >= behind.fetched_at
+            and _newer(v.seen, behind)
+        } | {
+            g.seen.vantage
+            for g in h.gone
+            if g.seen.mirror == behind.mirror and _newer(g.seen, behind)
+        }
         newer = [
             s
             for s in h.archived
-            if s.mirror == behind.mirror
-            and s.vantage is not None
-            and s.vantage != behind.vantage
-            and _newer(s, behind)
+            if s.mirror == behind.mirror and s.vantage in ahead and _newer(s, behind)
         ]
         if not newer:
             continue

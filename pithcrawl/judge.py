@@ -47,6 +47,12 @@ class Fetched:
         at = f"@{self.vantage}" if self.vantage else ""
         return f"{kind}{at}:{self.suffix}:{self.mirror}"
 
+    def key(self, dedup_key: str) -> str:
+        """The dedup key of a condition about this document, as seen from its vantage:
+        what a mirror serves one vantage is an alert of its own, which what it serves
+        another neither opens nor clears (a vantage name holds no `@`)."""
+        return f"{dedup_key}@{self.vantage}" if self.vantage else dedup_key
+
     def evidence(self) -> dict[str, Any]:
         return {
             "mirror": self.mirror,
@@ -140,7 +146,7 @@ def judge_bundle(
             evidence={**fetched.evidence(), **kept(report.findings)},
             # One alert while the mirror serves untrusted bundles of this record, however
             # many different ones: a body per fetch is not an alert each.
-            dedup_key=f"{kind}:{fetched.suffix}:{fetched.mirror}",
+            dedup_key=fetched.key(f"{kind}:{fetched.suffix}:{fetched.mirror}"),
             suffix=fetched.suffix,
         )
         return Judgement([untrusted], scope, [untrusted])
@@ -171,7 +177,7 @@ def _changes(report: Report, fetched: Fetched, number: str, before: Before) -> l
             mirrors=(fetched.mirror,),
             summary=c.summary,
             evidence={**evidence, **c.evidence},
-            dedup_key=c.dedup_key,
+            dedup_key=fetched.key(c.dedup_key) if c.severity == "critical" else c.dedup_key,
             suffix=fetched.suffix,
         )
         for c in timeline.compare(before.document, report.document, mirror=fetched.mirror)
@@ -231,7 +237,7 @@ def judge_state(
             **kept(report.findings),
             **(mismatch.evidence if mismatch else {}),
         },
-        dedup_key=f"state_url_mismatch:{fetched.suffix}:{fetched.mirror}",
+        dedup_key=fetched.key(f"state_url_mismatch:{fetched.suffix}:{fetched.mirror}"),
         suffix=fetched.suffix,
     )
     return Judgement([condition], scope, [condition])

@@ -159,12 +159,23 @@ def test_within_the_grace_a_vantage_behind_is_a_lagging_cache():
     assert split([View(ahead, T0), View(behind, T0 + 6 * HOUR)], [behind, ahead]) == []
 
 
-def test_the_grace_counts_from_the_first_newer_bundle_any_other_vantage_was_served():
+def test_the_grace_counts_from_the_first_newer_bundle_the_vantage_ahead_was_served():
     behind = at("us", "rx", T0 - DAY)
-    first, later = at("eu", "rxy", T0), at("ap", "rxyz", T0 + 5 * HOUR)
+    first, later = at("ap", "rxy", T0), at("ap", "rxyz", T0 + 5 * HOUR)
+    gone = at("eu", "rxy", T0 - HOUR)  # eu no longer serves anything newer: not counted
     views = [View(later, T0 + 5 * HOUR), View(behind, T0 + 7 * HOUR)]
-    (c,) = split(views, [behind, first, later])
-    assert c.evidence["documents"][0]["vantage"] == "eu"
+    (c,) = split(views, [behind, gone, first, later])
+    assert c.evidence["documents"][0]["fetched_at"] == "2026-11-01T00:00:00.000000Z"
+    assert c.evidence["documents"][0]["vantage"] == "ap"
+
+
+def test_a_vantage_ahead_only_before_the_other_was_served_its_bundle_is_no_split():
+    """eu was served v2, then the mirror went back to v1 for everyone: us was served v1
+    after eu's last confirmation of v2, so they were never served both at once."""
+    ahead = at("eu", "rxy", T0)
+    behind = at("us", "rx", T0 + HOUR)
+    views = [View(ahead, T0 + HOUR - timedelta(seconds=1)), View(behind, T0 + DAY)]
+    assert split(views, [ahead, behind], grace=timedelta(0)) == []
 
 
 def test_a_vantage_that_stopped_confirming_is_not_behind():

@@ -21,6 +21,7 @@ import anyio
 import pytest
 from arena import HOSTILE, Arena, arena
 from builder import BundleBuilder, TestSigner
+from conftest import VANTAGE
 from hostile import Handler, respond
 from test_alerts import SECRET, calls, down, hook_script, receiver
 
@@ -128,7 +129,7 @@ async def test_a_new_bad_body_every_fetch_is_one_alert(tmp_path, signer):
             (alert,) = await store.alerts.open_alerts()
             snaps = await store.snapshots(bad.suffix, mirror=HOSTILE)
         assert alert.kind == "untrusted_key"
-        assert alert.dedup_key == f"untrusted_key:{bad.suffix}:{HOSTILE}"
+        assert alert.dedup_key == f"untrusted_key:{bad.suffix}:{HOSTILE}@{VANTAGE}"
         assert alert.evidence["body_sha256"] == hashlib.sha256(bodies[0]).hexdigest()
         assert len(snaps) == 3 and not any(s.trusted for s in snaps)
         assert [s.alerts_raised for s in a.summaries] == [1, 0, 0]

@@ -307,9 +307,12 @@ def test_a_mirror_telling_one_vantage_an_older_bundle_is_a_vantage_split(
     mirror.to_peer["127.0.0.3"] = older
     eu, us = _two_vantages(tmp_path, signer, mirror, 'split_grace = "0s"\n')
     assert main(["--config", str(eu), "-q", "sync", suffix]) == 0
-    assert main(["--config", str(us), "-q", "sync", suffix]) == 1
+    # Until eu is served the newer bundle again, this is also what a mirror that went
+    # back for everyone looks like: no alert yet.
+    assert main(["--config", str(us), "-q", "sync", suffix]) == 0
+    assert main(["--config", str(eu), "-q", "sync", suffix]) == 1  # both at once: a split
     assert main(["--config", str(us), "-q", "sync", suffix]) == 1  # still split: still one alert
-    assert main(["--config", str(eu), "-q", "sync", suffix]) == 1  # the other side sees it too
+    assert main(["--config", str(eu), "-q", "sync", suffix]) == 1
     assert mirror.peers.keys() == {"127.0.0.2", "127.0.0.3"}
 
     assert "rollback" not in _kinds(tmp_path)
@@ -491,13 +494,33 @@ def test_bookkeeping_from_before_vantages_is_adopted_by_the_first_node_to_crawl(
         conn.execute("UPDATE fetch_state SET vantage = ''")
         conn.execute("UPDATE snapshots SET vantage = NULL, node = NULL")
         conn.execute(f"UPDATE alerts SET scope = 'document:{suffix}:m0'")
+        conn.execute(
+            "UPDATE alerts SET dedup_key = substr(dedup_key, 1, instr(dedup_key, '@') - 1)"
+        )
+        conn.execute(
+            "UPDATE events SET dedup_key = substr(dedup_key, 1, instr(dedup_key, '@') - 1)"
+        )
     mirror.put(b.bytes())
     assert main(["--config", str(cfg), "-q", "sync", suffix]) == 0
     with sqlite3.connect(tmp_path / "archive.db") as conn:
         assert {r[0] for r in conn.execute("SELECT vantage FROM fetch_state")} == {host_name()}
-        assert conn.execute("SELECT scope, closed_at IS NOT NULL FROM alerts").fetchall() == [
-            (f"document@{host_name()}:{suffix}:m0", 1)
+        assert conn.execute(
+            "SELECT scope, dedup_key, closed_at IS NOT NULL FROM alerts"
+        ).fetchall() == [
+            (
+                f"document@{host_name()}:{suffix}:m0",
+                f"document_invalid:{suffix}:m0@{host_name()}",
+                1,
+            )
         ]
+        # The log entries of the alert follow its key.
+        keys = {
+            r[0]
+            for r in conn.execute(
+                "SELECT dedup_key FROM events WHERE dedup_key LIKE 'document_invalid:%'"
+            )
+        }
+        assert keys == {f"document_invalid:{suffix}:m0@{host_name()}"}
 
 
 # -- the store: one pair, a row of bookkeeping per vantage ---------------------------------
@@ -553,3 +576,192 @@ def test_each_vantage_has_its_own_schedule_validators_and_failures(tmp_path: Pat
             assert us.next_due == NOW + timedelta(minutes=5, hours=-1)
 
     anyio.run(go)
+
+
+# -- found by attacking the first version: each once failed ------------------------------
+
+
+def _as_before_vantages(tmp_path: Path) -> None:
+    """The archive as pithcrawl left it before vantages were kept (schema < 13, its
+    snapshots from before schema 9)."""
+    with sqlite3.connect(tmp_path / "archive.db") as db:
+        db.execute("UPDATE snapshots SET vantage = NULL, node = NULL")
+        db.execute("UPDATE fetch_state SET vantage = ''")
+        db.execute("DELETE FROM nodes")
+
+
+def test_a_mirror_going_back_for_every_vantage_is_their_rollback_not_a_split(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+) -> None:
+    b = BundleBuilder(signer, record=canonical_record("2611.00001", title="P"))
+    b.add_event()
+    v1 = b.bytes()
+    suffix = mirror.put(v1)
+    b.add_event()
+    mirror.put(b.bytes())
+    eu, us = _two_vantages(tmp_path, signer, mirror, 'split_grace = "0s"\n')
+    assert main(["--config", str(eu), "-q", "sync", suffix]) == 0
+    assert main(["--config", str(us), "-q", "sync", suffix]) == 0
+    mirror.put(v1)  # back, for everyone (restored from a backup, say)
+    for cfg in (eu, us, eu):
+        assert main(["--config", str(cfg), "-q", "sync", suffix]) == 1
+    keys = sorted(key for _, key, _ in _open_alerts(tmp_path))
+    assert keys == [f"rollback:{b.pith_number}:m0@eu", f"rollback:{b.pith_number}:m0@us"]
+
+
+def test_a_vantage_served_a_valid_bundle_does_not_clear_what_another_is_served(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+) -> None:
+    """Both vantages are served a forged bundle; then eu is served a valid one. us is
+    still served the forgery: its alert stays open, and its pass still fails."""
+    b = BundleBuilder(signer, record=canonical_record("2611.00001", title="P"))
+    b.add_event()
+    suffix = mirror.put(b.bytes())
+    forged = b.bytes().replace(b'"primary_cat":"cs.CR"', b'"primary_cat":"cs.AI"')
+    mirror.bundles[suffix] = forged
+    eu, us = _two_vantages(tmp_path, signer, mirror, 'resolve_after = "0s"\n')
+    assert main(["--config", str(eu), "-q", "sync", suffix]) == 1
+    assert main(["--config", str(us), "-q", "sync", suffix]) == 1
+    bad = TestMirror()
+    bad.put(b.bytes())
+    bad.bundles[suffix] = forged
+    mirror.to_peer["127.0.0.3"] = bad
+    mirror.put(b.bytes())
+    assert main(["--config", str(eu), "-q", "sync", suffix]) == 1  # an alert is open
+    assert main(["--config", str(us), "-q", "sync", suffix]) == 1
+    keys = [key for _, key, _ in _open_alerts(tmp_path)]
+    assert keys == [f"document_invalid:{suffix}:m0@us"]
+
+
+def test_what_a_renamed_vantage_saw_closes(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+) -> None:
+    """A vantage served a forged bundle, then a split, is renamed: nobody looks from its
+    old name any more, so what was seen from there closes instead of holding every
+    later pass at exit 1."""
+    b = BundleBuilder(signer, record=canonical_record("2611.00001", title="P"))
+    b.add_event()
+    older = TestMirror()
+    suffix = older.put(b.bytes())
+    b.add_event()
+    mirror.put(b.bytes())
+    mirror.to_peer["127.0.0.3"] = older
+    eu, us = _two_vantages(tmp_path, signer, mirror, 'split_grace = "0s"\nresolve_after = "0s"\n')
+    for cfg, code in ((eu, 0), (us, 0), (eu, 1)):
+        assert main(["--config", str(cfg), "-q", "sync", suffix]) == code
+    assert {k for k, _, _ in _open_alerts(tmp_path)} == {"vantage_split"}
+    renamed = tmp_path / "renamed.toml"
+    renamed.write_text(us.read_text().replace('vantage = "us"', 'vantage = "us-east"'))
+    del mirror.to_peer["127.0.0.3"]  # the mirror stops lying; `us` is renamed `us-east`
+    codes = [main(["--config", str(c), "-q", "sync", suffix]) for c in (renamed, eu)]
+    assert codes == [0, 0]
+    assert _open_alerts(tmp_path) == []
+
+    # And an alert about a document seen from the old name only.
+    mirror.to_peer["127.0.0.3"] = older
+    older.bundles[suffix] = older.bundles[suffix].replace(
+        b'"primary_cat":"cs.CR"', b'"primary_cat":"cs.AI"'
+    )
+    assert main(["--config", str(us), "-q", "sync", suffix]) == 1
+    assert [k for k, _, _ in _open_alerts(tmp_path)] == ["document_invalid"]
+    del mirror.to_peer["127.0.0.3"]
+    codes = [main(["--config", str(c), "-q", "sync", suffix]) for c in (renamed, eu)]
+    assert codes == [0, 0]
+    assert _open_alerts(tmp_path) == []
+
+
+def test_after_the_upgrade_a_second_vantage_kept_behind_is_a_split(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+) -> None:
+    """The snapshots from before vantages are of the vantage that adopted them, not of
+    every vantage: a second vantage kept on the bundle they hold is still seen."""
+    b = BundleBuilder(signer, record=canonical_record("2611.00001", title="P"))
+    b.add_event()
+    suffix = mirror.put(b.bytes())
+    eu, us = _two_vantages(tmp_path, signer, mirror, 'split_grace = "0s"\n')
+    assert main(["--config", str(eu), "-q", "sync", suffix]) == 0
+    _as_before_vantages(tmp_path)
+    frozen = TestMirror()
+    frozen.put(b.bytes())
+    mirror.to_peer["127.0.0.3"] = frozen
+    b.add_event()
+    mirror.put(b.bytes())
+    assert main(["--config", str(eu), "-q", "sync", suffix]) == 0  # adopts, then sees v2
+    assert main(["--config", str(us), "-q", "sync", suffix]) == 0
+    assert main(["--config", str(eu), "-q", "sync", suffix]) == 1
+    assert "vantage_split" in _kinds(tmp_path)
+
+
+def test_after_the_upgrade_a_new_vantage_behind_a_lagging_cache_is_no_rollback(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+) -> None:
+    b = BundleBuilder(signer, record=canonical_record("2611.00001", title="P"))
+    b.add_event()
+    v1 = b.bytes()
+    suffix = mirror.put(v1)
+    eu, us = _two_vantages(tmp_path, signer, mirror)
+    assert main(["--config", str(eu), "-q", "sync", suffix]) == 0
+    b.add_event()
+    mirror.put(b.bytes())
+    assert main(["--config", str(eu), "-q", "sync", suffix]) == 0
+    _as_before_vantages(tmp_path)
+    assert main(["--config", str(eu), "-q", "sync", suffix]) == 0  # the first node adopts
+    lagging = TestMirror()
+    lagging.put(v1)
+    mirror.to_peer["127.0.0.3"] = lagging
+    assert main(["--config", str(us), "-q", "sync", suffix]) == 0  # within the grace
+    assert "rollback" not in _kinds(tmp_path)
+
+
+def test_a_vantage_that_stopped_holds_no_record_in_the_rechecks(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+) -> None:
+    builders = []
+    for i in range(5):
+        b = BundleBuilder(signer, record=canonical_record(f"2611.{i:05d}", title=f"P{i}"))
+        b.add_event()
+        mirror.put(b.bytes())
+        builders.append(b)
+    suffixes = [b.pith_number.rpartition(":")[2] for b in builders]
+    eu, us = _two_vantages(tmp_path, signer, mirror)
+    assert main(["--config", str(us), "-q", "track", *suffixes]) == 0
+    assert main(["--config", str(us), "-q", "sync"]) == 0
+    for b in builders:
+        b.add_event()
+        mirror.put(b.bytes())
+    assert main(["--config", str(eu), "-q", "sync"]) == 0
+
+    async def todo(vantages: list[str]) -> list[str]:
+        async with await Store.open(tmp_path / "archive.db") as store:
+            return await store.trusted.records_to_recheck(tracked=True, vantages=vantages)
+
+    assert anyio.run(todo, ["eu"]) == []
+    assert sorted(anyio.run(todo, ["eu", "us"])) == sorted(suffixes)
+
+
+def test_a_node_renamed_with_its_host_still_sees_the_mirror_go_back(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+) -> None:
+    """One node, its vantage its host name (the default), re-created under a new host
+    name: its old vantage stops. The mirror then serves an older bundle than it served
+    the old name. The new vantage has no history of its own to call it a rollback; it is
+    still seen, against what the vantage that stopped was served last."""
+    b = BundleBuilder(signer, record=canonical_record("2611.00001", title="P"))
+    b.add_event()
+    v1 = b.bytes()
+    suffix = mirror.put(v1)
+    b.add_event()
+    mirror.put(b.bytes())
+    old = _config(tmp_path, signer, mirror.base_url, node='name = "host-1"\n')
+    old.write_text(old.read_text().replace("[node]", '[alerts]\nsplit_grace = "0s"\n[node]'))
+    assert main(["--config", str(old), "-q", "sync", suffix]) == 0
+    new = tmp_path / "new.toml"
+    new.write_text(old.read_text().replace("host-1", "host-2"))
+    with sqlite3.connect(tmp_path / "archive.db") as db:  # host-1 was last seen long ago
+        db.execute("UPDATE nodes SET last_seen = '2026-01-01T00:00:00.000000Z'")
+    mirror.put(v1)  # replayed
+    assert main(["--config", str(new), "-q", "sync", suffix]) == 1
+    [(kind, key, evidence)] = _open_alerts(tmp_path)
+    assert (kind, key) == ("vantage_split", f"vantage_split:{b.pith_number}:m0")
+    ahead, behind = json.loads(evidence)["documents"]
+    assert (ahead["vantage"], behind["vantage"]) == ("host-1", "host-2")

@@ -205,6 +205,12 @@ class Config:
         grace = self.alerts.split_grace
         return self.crawl.interval if grace is None else grace
 
+    @property
+    def vantage_alive(self) -> timedelta:
+        """How recently a node of a vantage must have crawled for what that vantage last
+        saw to count as what it sees now (two intervals, or `alerts.unreachable_after`)."""
+        return max(2 * self.crawl.interval, self.alerts.unreachable_after)
+
     def db_path(self, env: Mapping[str, str]) -> Path:
         """The configured database, else the default for this environment."""
         return self.db if self.db is not None else default_db_path(env)

@@ -29,6 +29,7 @@ from pithcrawl.store.connection import Database, Later
 from pithcrawl.store.deliveries import DeliveryBook
 from pithcrawl.store.fetches import (
     INSERT_EVENT,
+    UNPLACED_VANTAGE,
     bookkeeping_only,
     check_outcome,
     event_params,
@@ -226,7 +227,25 @@ class Store:
             # Rows of a pair the vantage already had a row of (written by a caller that
             # named no vantage): its own stay.
             await s.run("DELETE FROM fetch_state WHERE vantage = ''")
+            # The snapshots of no vantage continue its series (the first adopter's).
+            await s.run(
+                "INSERT INTO settings (name, value) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                (UNPLACED_VANTAGE, vantage),
+            )
             for kind in ("document", "state"):
+                # Their dedup keys too (`judge.Fetched.key`): of the alerts before them
+                # of the same key and of the log entries naming them, so every entry
+                # still finds its alert (`AlertBook.of_entries`).
+                keys = (
+                    "(SELECT dedup_key FROM alerts WHERE closed_at IS NULL"
+                    " AND substr(scope, 1, ?2) = ?3)"
+                )
+                for table in ("events", "alerts"):
+                    await s.run(
+                        f"UPDATE {table} SET dedup_key = dedup_key || '@' || ?1"  # noqa: S608
+                        f" WHERE dedup_key IN {keys}",
+                        (vantage, len(kind) + 1, f"{kind}:"),
+                    )
                 await s.run(
                     "UPDATE alerts SET scope = ?1 || substr(scope, ?2)"
                     " WHERE closed_at IS NULL AND substr(scope, 1, ?3) = ?4",

@@ -43,6 +43,14 @@ class Nodes:
         async with self._db.write("record this node") as s:
             await s.run(_SEEN, (name, vantage, db_time(at)))
 
+    async def vantages_seen(self, since: datetime) -> set[str]:
+        """The vantages of the nodes seen crawling since `since`."""
+        async with self._db.read("list live vantages") as s:
+            rows = await s.all(
+                "SELECT DISTINCT vantage FROM nodes WHERE last_seen >= ?", (db_time(since),)
+            )
+        return {str(r[0]) for r in rows}
+
     async def all(self) -> list[Node]:
         """Every node, the one seen last first."""
         async with self._db.read("list nodes") as s:

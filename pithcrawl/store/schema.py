@@ -293,7 +293,7 @@ INSERT INTO fetch_state_v13 SELECT suffix, mirror, kind, '', url, etag, last_mod
     next_due, last_error FROM fetch_state;
 DROP TABLE fetch_state;
 ALTER TABLE fetch_state_v13 RENAME TO fetch_state;
-CREATE INDEX fetch_state_due ON fetch_state (vantage, kind, next_due);
+CREATE INDEX fetch_state_due ON fetch_state (kind, vantage, next_due);
 CREATE INDEX fetch_state_unplaced ON fetch_state (suffix) WHERE vantage = '';
 """
 

@@ -16,6 +16,7 @@ from datetime import datetime
 
 from pithcrawl.errors import StoreCorrupt
 from pithcrawl.store.connection import Database
+from pithcrawl.store.fetches import UNPLACED_VANTAGE
 from pithcrawl.store.rows import (
     Snapshot,
     decoding,
@@ -38,19 +39,28 @@ SELECT * FROM snapshots AS s WHERE s.suffix = ?1 AND s.kind = 'bundle' AND s.tru
 ORDER BY julianday(s.built_at) DESC, s.fetched_at DESC, s.id DESC LIMIT ?2
 """
 
-# Of one vantage's series (its own snapshots and those from before vantages were
-# recorded), or of every vantage's (?3 NULL).
+# Of one vantage's series (as `fetches._LATEST_BODY` says it), or of every vantage's
+# (?3 NULL).
 _HIGHEST_TRUSTED_BUNDLE = """
 SELECT * FROM snapshots WHERE suffix = ?1 AND mirror = ?2 AND kind = 'bundle' AND trusted = 1
-  AND (?3 IS NULL OR vantage = ?3 OR vantage IS NULL)
+  AND (?3 IS NULL OR vantage = ?3 OR vantage IS NULL
+       AND ?3 IS (SELECT value FROM settings WHERE name = 'unplaced_vantage'))
 ORDER BY julianday(built_at) DESC, id DESC LIMIT 1
 """
 
-# `latest`: per mirror and vantage (two vantages served two bundles by one mirror differ).
+# `latest`: per mirror and vantage (two vantages served two bundles by one mirror differ),
+# of the vantages crawling now (?2, a JSON list): one that stopped would otherwise hold
+# every record that moved on since in every recheck. The snapshots of no vantage are the
+# adopter's (`fetches.UNPLACED_VANTAGE`).
 _TO_RECHECK = """
 WITH latest AS (
-    SELECT suffix, mirror, max(id) AS id FROM snapshots WHERE kind = 'bundle'
-    GROUP BY suffix, mirror, vantage
+    SELECT suffix, mirror, max(id) AS id FROM (
+        SELECT suffix, mirror, id, coalesce(vantage, (
+            SELECT value FROM settings WHERE name = 'unplaced_vantage')) AS v
+        FROM snapshots WHERE kind = 'bundle'
+    )
+    WHERE v IS NULL OR v IN (SELECT value FROM json_each(?2))
+    GROUP BY suffix, mirror, v
 ),
 candidates (suffix) AS (
     SELECT l.suffix FROM latest AS l JOIN snapshots AS s ON s.id = l.id WHERE s.trusted = 1
@@ -104,6 +114,8 @@ class BundleView:
     snapshots: list[Snapshot]
     histories: dict[str, History]
     confirmed: Confirmed = field(default_factory=dict)
+    unplaced: str | None = None
+    """The vantage whose series the snapshots of no vantage are (`UNPLACED_VANTAGE`)."""
 
 
 def bundle_view(
@@ -117,12 +129,18 @@ def bundle_view(
     histories = _histories_in(conn, bodies)
     histories.update((sha, h) for sha, h in known.items() if sha not in histories)
     confirmed: Confirmed = {}
-    if len({snap.vantage for snap in snapshots if snap.vantage is not None}) > 1:
+    unplaced = None
+    if any(snap.vantage is None for snap in snapshots):
+        row = conn.execute(
+            "SELECT value FROM settings WHERE name = ?", (UNPLACED_VANTAGE,)
+        ).fetchone()
+        unplaced = None if row is None else str(row[0])
+    if len({snap.vantage or unplaced for snap in snapshots} - {None}) > 1:
         for r in conn.execute(_CONFIRMED, (suffix,)):
             with decoding(f"the fetch_state of {suffix}"):
                 at = None if r[3] is None else datetime.fromisoformat(r[3])
             confirmed[(r[0], r[1])] = (r[2], at)
-    return BundleView(snapshots, histories, confirmed)
+    return BundleView(snapshots, histories, confirmed, unplaced)
 
 
 def _histories_in(conn: sqlite3.Connection, bodies: Sequence[str]) -> dict[str, History]:
@@ -217,13 +235,16 @@ class Trusted:
         async with self._db.read("read a record's bundles") as s:
             return await s.call(bundle_view, suffix)
 
-    async def records_to_recheck(self, *, tracked: bool = False) -> list[str]:
-        """Records whose mirrors now serve different trusted bodies, that have open record
-        alerts, or whose rules are still due after new snapshots (`Store.record_fetches`'s
-        `due`): where the divergence rules may change their mind.
+    async def records_to_recheck(
+        self, *, tracked: bool = False, vantages: Sequence[str] = ()
+    ) -> list[str]:
+        """Records whose mirrors now serve different trusted bodies (to any two of
+        `vantages`, the vantages crawling now), that have open record alerts, or whose
+        rules are still due after new snapshots (`Store.record_fetches`'s `due`): where
+        the divergence rules may change their mind.
         Only tracked ones when `tracked` (a record named to `sync` need not be)."""
         async with self._db.read("list records to recheck") as s:
-            rows = await s.all(_TO_RECHECK, (tracked,))
+            rows = await s.all(_TO_RECHECK, (tracked, to_json_text(list(vantages))))
         return [r[0] for r in rows]
 
     async def snapshots(
