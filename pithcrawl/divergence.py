@@ -119,11 +119,20 @@ class Histories:
     gone: Sequence[View] = ()  # the same, last, of the vantages that stopped crawling
 
 
+def _served_now(h: Histories) -> list[Seen]:
+    """What each mirror serves now: to each vantage crawling now, once there are
+    several (a mirror is judged by what every vantage is served, whichever crawled
+    last), else its latest bundle."""
+    if h.views:
+        return sorted((v.seen for v in h.views), key=lambda s: (s.mirror, s.vantage or ""))
+    return sorted(h.current.values(), key=lambda s: s.mirror)
+
+
 def split_views(h: Histories, now: datetime, w: Windows) -> Iterable[Condition]:
     """Two mirrors (now, or one now and one as archived) serve histories neither of which
     contains the other."""
     reported: set[tuple[str, str]] = set()
-    for a in sorted(h.current.values(), key=lambda s: s.mirror):
+    for a in _served_now(h):
         for b in h.archived:
             if b.mirror == a.mirror or (a.mirror, b.mirror) in reported:
                 continue
@@ -151,8 +160,12 @@ def split_views(h: Histories, now: datetime, w: Windows) -> Iterable[Condition]:
 
 
 def stale_mirrors(h: Histories, now: datetime, w: Windows) -> Iterable[Condition]:
-    """A mirror that lacks events another mirror has served for longer than `stale_after`."""
-    for a in sorted(h.current.values(), key=lambda s: s.mirror):
+    """A mirror that lacks events another mirror has served for longer than `stale_after`
+    (to one vantage at least: one alert a mirror)."""
+    reported: set[str] = set()
+    for a in _served_now(h):
+        if a.mirror in reported:
+            continue
         newer = [b for b in h.archived if b.mirror != a.mirror and a.ids < b.ids]
         if not newer:
             continue
@@ -160,6 +173,7 @@ def stale_mirrors(h: Histories, now: datetime, w: Windows) -> Iterable[Condition
         if now - first.fetched_at <= w.stale_after:
             continue
         missing = sorted(first.ids - a.ids)
+        reported.add(a.mirror)
         yield Condition(
             "mirror_stale",
             "error",

@@ -765,3 +765,80 @@ def test_a_node_renamed_with_its_host_still_sees_the_mirror_go_back(
     assert (kind, key) == ("vantage_split", f"vantage_split:{b.pith_number}:m0")
     ahead, behind = json.loads(evidence)["documents"]
     assert (ahead["vantage"], behind["vantage"]) == ("host-1", "host-2")
+
+
+def test_a_mirror_lagging_for_one_vantage_is_stale_whichever_vantage_crawled_last(
+    tmp_path: Path, signer: TestSigner, mirror: TestMirror
+) -> None:
+    """m0 keeps 127.0.0.3 on an older bundle than m1 serves everyone; later it serves
+    127.0.0.2 a newer one still. Judged by its latest snapshot alone, m0 would be stale
+    after us's pass and not after eu's (an alert closed and opened again each turn):
+    a mirror is judged by what it serves every vantage."""
+    from datetime import UTC, datetime
+
+    from pithcrawl.clock import Clock
+    from pithcrawl.keys import TrustSet, load_key
+    from pithcrawl.sync import sync_once
+
+    async def go() -> None:
+        async with TestMirror() as honest, TestMirror() as older:
+            b = BundleBuilder(signer, record=canonical_record("2611.00001", title="P"))
+            b.add_event()
+            suffix = older.put(b.bytes())
+            b.add_event()
+            mirror.put(b.bytes())
+            honest.put(b.bytes())
+            mirror.to_peer["127.0.0.3"] = older
+            cfg = write_config(tmp_path, signer, mirror.base_url, honest.base_url)
+            text = cfg.read_text() + '[alerts]\nresolve_after = "0s"\n'
+            text = text.replace(
+                'timeout = "5s"\n', 'timeout = "5s"\nsource_address = "127.0.0.2"\n'
+            )
+            eu = parse_config(text + '[node]\nname = "n-eu"\nvantage = "eu"\n', base_dir=tmp_path)
+            us = parse_config(
+                text.replace("127.0.0.2", "127.0.0.3") + '[node]\nname = "n-us"\nvantage = "us"\n',
+                base_dir=tmp_path,
+            )
+            trust = TrustSet([load_key(signer.public_key())])
+            db = tmp_path / "archive.db"
+            async with await Store.open(db) as store:
+                await store.watchlist.track([suffix], datetime.now(UTC))
+            for config in (eu, us):
+                await sync_once(config, db, [], trust, clock=Clock())
+            later = Clock(wall=lambda: datetime.now(UTC) + timedelta(days=3))
+            await sync_once(us, db, [], trust, clock=later)
+            b.add_event()
+            mirror.put(b.bytes())  # eu is served something newer still
+            await sync_once(eu, db, [], trust, clock=later)
+            await sync_once(eu, db, [], trust, clock=later)
+
+    anyio.run(go)
+    kinds = _kinds(tmp_path)
+    assert kinds.count("mirror_stale") == 1
+    assert "alert_closed" not in kinds
+    assert "mirror_stale" in {k for k, _, _ in _open_alerts(tmp_path)}
+
+
+def test_status_shows_a_mirror_as_the_vantages_crawling_lately_see_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+) -> None:
+    b = BundleBuilder(signer, record=canonical_record("2611.00001", title="P"))
+    b.add_event()
+    suffix = mirror.put(b.bytes())
+    eu, us = _two_vantages(tmp_path, signer, mirror)
+    assert main(["--config", str(eu), "-q", "track", suffix]) == 0
+    mirror.fail(suffix, 503)
+    assert main(["--config", str(us), "-q", "sync"]) == 3  # its last pass failed
+    mirror.heal(suffix)
+    assert main(["--config", str(eu), "-q", "sync"]) == 0
+
+    def m0() -> dict:
+        capsys.readouterr()
+        assert main(["--config", str(eu), "status", "--json"]) == 0
+        [found] = json.loads(capsys.readouterr().out)["mirrors"]
+        return found
+
+    assert m0()["failures"] == 1  # us is crawling still: m0 fails there
+    with sqlite3.connect(tmp_path / "archive.db") as db:  # us stopped, long ago
+        db.execute("UPDATE nodes SET last_seen = '2026-01-01T00:00:00.000000Z' WHERE name = 'n-us'")
+    assert not m0()["failures"]

@@ -138,7 +138,14 @@ async def gather_from(store: Store, config: Config, *, alerts: bool = True) -> S
     `alerts`, no open alert is read (the overview counts them, and reads a page)."""
     db = store.path
     records = await store.watchlist.tracked_count()
-    summaries = await store.mirror_summaries()
+    nodes = await store.nodes.all()
+    # A mirror's health as the vantages crawling lately see it: one that stopped (or was
+    # renamed) would show its last failure forever.
+    newest = max((n.last_seen for n in nodes), default=None)
+    live = None
+    if newest is not None:
+        live = sorted({n.vantage for n in nodes if n.last_seen >= newest - config.vantage_alive})
+    summaries = await store.mirror_summaries(vantages=live)
     known = await store.watchlist.mirrors()
     open_alerts = await store.alerts.open_alerts() if alerts else []
     deliveries: dict[int, list[Delivery]] = {}
@@ -147,7 +154,6 @@ async def gather_from(store: Store, config: Config, *, alerts: bool = True) -> S
     undelivered = await store.deliveries.undelivered_count()
     reads = {m.name: await manifest_read(store, m.name) for m in config.mirrors if m.manifest}
     last = await last_crawled(store)
-    nodes = await store.nodes.all()
     mirrors: dict[str, MirrorStatus] = {}
     for m in config.mirrors:
         mirrors[m.name] = MirrorStatus(m.name, m.base_url)

@@ -91,17 +91,22 @@ ON CONFLICT (mirror, hour) DO UPDATE SET fetches = fetches + excluded.fetches,
 # One pass over fetch_state for the sums, one over its failing rows for each mirror's
 # latest error (a subquery per mirror read the table once per mirror: 258 s at 256 mirrors
 # of 2,000 records).
+# Of the vantages crawling now (?1, a JSON list; NULL: all): one that stopped would show
+# its last failure forever.
 _MIRROR_SUMMARIES = """
 SELECT f.mirror, count(DISTINCT f.suffix), max(f.last_success_at),
        max(CASE WHEN f.failures > 0 THEN f.last_fetch_at END), max(f.failures),
        min(f.next_due)
-FROM fetch_state AS f GROUP BY f.mirror ORDER BY f.mirror
+FROM fetch_state AS f
+WHERE ?1 IS NULL OR f.vantage = '' OR f.vantage IN (SELECT value FROM json_each(?1))
+GROUP BY f.mirror ORDER BY f.mirror
 """
 _LATEST_ERRORS = """
 SELECT mirror, last_error FROM (
     SELECT mirror, last_error,
            row_number() OVER (PARTITION BY mirror ORDER BY last_fetch_at DESC) AS n
     FROM fetch_state WHERE failures > 0
+      AND (?1 IS NULL OR vantage = '' OR vantage IN (SELECT value FROM json_each(?1)))
 ) WHERE n = 1
 """
 
@@ -321,12 +326,18 @@ class Store:
             )
         return [fetch_state_from_row(r) for r in rows]
 
-    async def mirror_summaries(self) -> list[MirrorSummary]:
+    async def mirror_summaries(
+        self, *, vantages: Sequence[str] | None = None
+    ) -> list[MirrorSummary]:
         """Each mirror's bookkeeping summed over its (record, kind) rows, for `status`:
-        one row a mirror however many records are tracked."""
+        one row a mirror however many records are tracked. Only as `vantages` poll it,
+        when given (the vantages crawling now)."""
+        live = None if vantages is None else to_json_text(list(vantages))
         async with self._db.read("sum up fetch state") as s:
-            rows = await s.all(_MIRROR_SUMMARIES)
-            errors: dict[str, str | None] = {r[0]: r[1] for r in await s.all(_LATEST_ERRORS)}
+            rows = await s.all(_MIRROR_SUMMARIES, (live,))
+            errors: dict[str, str | None] = {
+                r[0]: r[1] for r in await s.all(_LATEST_ERRORS, (live,))
+            }
         summaries = []
         for r in rows:
             with decoding(f"the fetch_state rows of mirror {r[0]!r}"):

@@ -78,9 +78,10 @@ ORDER BY CASE severity WHEN 'critical' THEN 0 WHEN 'error' THEN 1 WHEN 'warning'
 LIMIT ?1
 """
 
+# A record once, however many of its documents and vantages fail: its latest failure.
 _FAILING = """
-SELECT * FROM fetch_state WHERE mirror = ?1 AND failures > 0 AND suffix > ?2
-ORDER BY suffix LIMIT ?3
+SELECT *, max(last_fetch_at) FROM fetch_state WHERE mirror = ?1 AND failures > 0 AND suffix > ?2
+GROUP BY suffix ORDER BY suffix LIMIT ?3
 """
 
 # A record's event log entries: those of its snapshots (by the indexes on both).
