@@ -13,6 +13,7 @@ import sqlite3
 from datetime import timedelta
 from pathlib import Path
 
+import aiohttp
 import anyio
 import pytest
 from builder import BundleBuilder, TestSigner, canonical_record
@@ -22,6 +23,8 @@ from mirror import TestMirror
 from pithcrawl.cli import main
 from pithcrawl.config import host_name, parse_config
 from pithcrawl.errors import ConfigError
+from pithcrawl.keys import TrustSet
+from pithcrawl.serve import Ui, serving
 from pithcrawl.store import FetchOutcome, Mirror, Store
 
 
@@ -340,13 +343,27 @@ def test_a_mirror_telling_one_vantage_an_older_bundle_is_a_vantage_split(
     assert "and still served vantage us (node n-us)" in readme
     written = sorted((out / "documents").iterdir())
     assert {p.read_bytes() for p in written} == {old_bytes, b.bytes()}
+    key = str(tmp_path / "test.key.json")
     for doc in written:
-        assert (
-            main(
-                ["--config", str(eu), "verify", str(doc), "--key", str(tmp_path / "test.key.json")]
-            )
-            == 0
-        )
+        assert main(["--config", str(eu), "verify", str(doc), "--key", key]) == 0
+
+    # The alert's page names the vantage of each document.
+    async def page() -> str:
+        config = parse_config(eu.read_text(), base_dir=tmp_path)
+        async with (
+            await Store.open(tmp_path / "archive.db", readonly=True) as store,
+            serving(store, "127.0.0.1", 0, trust=TrustSet([]), ui=Ui(config)) as server,
+            aiohttp.ClientSession() as client,
+            client.get(f"{server.url}/ui/alert/{alert_id}") as r,
+        ):
+            assert r.status == 200
+            return await r.text()
+
+    html = anyio.run(page)
+    table = html[html.index('<table id="documents">') :]
+    table = table[: table.index("</table>")]
+    assert "<th>vantage</th>" in table
+    assert "<td>eu</td>" in table and "<td>us</td>" in table
 
 
 def test_a_vantage_kept_on_its_old_bundle_is_a_split_though_nothing_new_was_archived(

@@ -63,6 +63,8 @@ class Ref:
     mirror: str | None
     url: str | None
     fetched_at: str | None
+    vantage: str | None = None
+    """The vantage it was fetched from, when the evidence says (a `vantage_split`)."""
 
 
 def body_refs(evidence: Any) -> list[Ref]:
@@ -101,6 +103,7 @@ def body_refs(evidence: Any) -> list[Ref]:
                         _text(node.get("mirror")),
                         _text(node.get("url")) if own else None,
                         _text(node.get("fetched_at")) if own else None,
+                        _text(node.get("vantage")) if own else None,
                     )
                 )
             else:
@@ -234,6 +237,7 @@ async def _document(
         ref.mirror or snap.mirror,
         ref.url or snap.url,
         ref.fetched_at or format_timestamp(snap.fetched_at),
+        ref.vantage,
     )
     return Document(full, (ref.role,), snap.kind, snap.trusted, body)
 
