@@ -55,6 +55,13 @@ def _synced(
     return cfg, suffixes
 
 
+def _record(signer: TestSigner) -> BundleBuilder:
+    """The record these tests watch, with one event."""
+    b = BundleBuilder(signer, record=canonical_record("2611.00001", title="P"))
+    b.add_event()
+    return b
+
+
 def _history(capsys: pytest.CaptureFixture[str], cfg: Path, suffix: str, *extra: str) -> dict:
     code = main(["--config", str(cfg), "-q", "history", suffix, "--json", *extra])
     assert code == 0
@@ -226,8 +233,7 @@ def test_history_shows_the_vantage_column_once_there_are_two(
 ) -> None:
     """Two vantages take turns on one archive (two `sync`s from two addresses); the
     mirror changes in between, so each vantage archives a snapshot of its own."""
-    b = BundleBuilder(signer, record=canonical_record("2611.00001", title="P"))
-    b.add_event()
+    b = _record(signer)
     suffix = mirror.put(b.bytes())
     eu = _config(
         tmp_path, signer, mirror.base_url, 'source_address = "127.0.0.2"\n', 'vantage = "eu"\n'
@@ -300,8 +306,7 @@ def test_a_mirror_telling_one_vantage_an_older_bundle_is_a_vantage_split(
     vantage behind was never served the newer one, so it is not a rollback of what it
     saw: it is a `vantage_split`, once, its evidence both documents with their vantage
     and node, each exported by `evidence` and verifiable with `verify`."""
-    b = BundleBuilder(signer, record=canonical_record("2611.00001", title="P"))
-    b.add_event()
+    b = _record(signer)
     older = TestMirror()
     suffix = older.put(b.bytes())
     old_bytes = b.bytes()
@@ -373,8 +378,7 @@ def test_a_vantage_kept_on_its_old_bundle_is_a_split_though_nothing_new_was_arch
     only. The vantage behind archives nothing new (its body is unchanged, answered "not
     modified"): the pass's check still finds it confirmed its old bundle after the other
     one was served the new one."""
-    b = BundleBuilder(signer, record=canonical_record("2611.00001", title="P"))
-    b.add_event()
+    b = _record(signer)
     suffix = mirror.put(b.bytes())
     eu, us = _two_vantages(tmp_path, signer, mirror, 'split_grace = "0s"\n')
     assert main(["--config", str(eu), "-q", "sync", suffix]) == 0
@@ -404,8 +408,7 @@ def test_a_mirror_changing_for_every_vantage_is_no_alert(
     """The mirror's content changes for everyone; the vantages see it a little apart,
     the one behind still served the old bundle by a lagging cache at first: within
     `split_grace` that is no alert, and the vantage that catches up tells no news twice."""
-    b = BundleBuilder(signer, record=canonical_record("2611.00001", title="P"))
-    b.add_event()
+    b = _record(signer)
     suffix = mirror.put(b.bytes())
     eu, us = _two_vantages(tmp_path, signer, mirror)
     assert main(["--config", str(eu), "-q", "sync", suffix]) == 0
@@ -436,8 +439,7 @@ def test_a_vantage_that_stopped_crawling_is_no_split(
 ) -> None:
     """A vantage that last saw an older bundle and then stopped confirms nothing after
     the newer one came: it is not behind, it is gone."""
-    b = BundleBuilder(signer, record=canonical_record("2611.00001", title="P"))
-    b.add_event()
+    b = _record(signer)
     suffix = mirror.put(b.bytes())
     eu, us = _two_vantages(tmp_path, signer, mirror, 'split_grace = "0s"\n')
     assert main(["--config", str(us), "-q", "sync", suffix]) == 0
@@ -453,8 +455,7 @@ def test_a_mirror_going_back_for_one_vantage_is_its_rollback(
 ) -> None:
     """Series are per vantage, but a vantage's own history still holds the mirror to
     it: served the newer bundle, then the older one again, is a rollback there."""
-    b = BundleBuilder(signer, record=canonical_record("2611.00001", title="P"))
-    b.add_event()
+    b = _record(signer)
     older = TestMirror()
     suffix = older.put(b.bytes())
     b.add_event()
@@ -498,8 +499,7 @@ def test_bookkeeping_from_before_vantages_is_adopted_by_the_first_node_to_crawl(
         ).fetchall() == [("A", "", '"x"', 2)]
 
     # An archive crawled before vantages were kept: its rows and alert scopes as then.
-    b = BundleBuilder(signer, record=canonical_record("2611.00001", title="P"))
-    b.add_event()
+    b = _record(signer)
     suffix = mirror.put(b.bytes())
     tampered = b.bytes().replace(b'"primary_cat":"cs.CR"', b'"primary_cat":"cs.AI"')
     assert tampered != b.bytes()
@@ -610,8 +610,7 @@ def _as_before_vantages(tmp_path: Path) -> None:
 def test_a_mirror_going_back_for_every_vantage_is_their_rollback_not_a_split(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
 ) -> None:
-    b = BundleBuilder(signer, record=canonical_record("2611.00001", title="P"))
-    b.add_event()
+    b = _record(signer)
     v1 = b.bytes()
     suffix = mirror.put(v1)
     b.add_event()
@@ -631,8 +630,7 @@ def test_a_vantage_served_a_valid_bundle_does_not_clear_what_another_is_served(
 ) -> None:
     """Both vantages are served a forged bundle; then eu is served a valid one. us is
     still served the forgery: its alert stays open, and its pass still fails."""
-    b = BundleBuilder(signer, record=canonical_record("2611.00001", title="P"))
-    b.add_event()
+    b = _record(signer)
     suffix = mirror.put(b.bytes())
     forged = b.bytes().replace(b'"primary_cat":"cs.CR"', b'"primary_cat":"cs.AI"')
     mirror.bundles[suffix] = forged
@@ -656,8 +654,7 @@ def test_what_a_renamed_vantage_saw_closes(
     """A vantage served a forged bundle, then a split, is renamed: nobody looks from its
     old name any more, so what was seen from there closes instead of holding every
     later pass at exit 1."""
-    b = BundleBuilder(signer, record=canonical_record("2611.00001", title="P"))
-    b.add_event()
+    b = _record(signer)
     older = TestMirror()
     suffix = older.put(b.bytes())
     b.add_event()
@@ -692,8 +689,7 @@ def test_after_the_upgrade_a_second_vantage_kept_behind_is_a_split(
 ) -> None:
     """The snapshots from before vantages are of the vantage that adopted them, not of
     every vantage: a second vantage kept on the bundle they hold is still seen."""
-    b = BundleBuilder(signer, record=canonical_record("2611.00001", title="P"))
-    b.add_event()
+    b = _record(signer)
     suffix = mirror.put(b.bytes())
     eu, us = _two_vantages(tmp_path, signer, mirror, 'split_grace = "0s"\n')
     assert main(["--config", str(eu), "-q", "sync", suffix]) == 0
@@ -712,8 +708,7 @@ def test_after_the_upgrade_a_second_vantage_kept_behind_is_a_split(
 def test_after_the_upgrade_a_new_vantage_behind_a_lagging_cache_is_no_rollback(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
 ) -> None:
-    b = BundleBuilder(signer, record=canonical_record("2611.00001", title="P"))
-    b.add_event()
+    b = _record(signer)
     v1 = b.bytes()
     suffix = mirror.put(v1)
     eu, us = _two_vantages(tmp_path, signer, mirror)
@@ -763,8 +758,7 @@ def test_a_node_renamed_with_its_host_still_sees_the_mirror_go_back(
     name: its old vantage stops. The mirror then serves an older bundle than it served
     the old name. The new vantage has no history of its own to call it a rollback; it is
     still seen, against what the vantage that stopped was served last."""
-    b = BundleBuilder(signer, record=canonical_record("2611.00001", title="P"))
-    b.add_event()
+    b = _record(signer)
     v1 = b.bytes()
     suffix = mirror.put(v1)
     b.add_event()
@@ -839,8 +833,7 @@ def test_a_mirror_lagging_for_one_vantage_is_stale_whichever_vantage_crawled_las
 def test_status_shows_a_mirror_as_the_vantages_crawling_lately_see_it(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
 ) -> None:
-    b = BundleBuilder(signer, record=canonical_record("2611.00001", title="P"))
-    b.add_event()
+    b = _record(signer)
     suffix = mirror.put(b.bytes())
     eu, us = _two_vantages(tmp_path, signer, mirror)
     assert main(["--config", str(eu), "-q", "track", suffix]) == 0
