@@ -119,20 +119,21 @@ class Histories:
     gone: Sequence[View] = ()  # the same, last, of the vantages that stopped crawling
 
 
-def _served_now(h: Histories) -> list[Seen]:
-    """What each mirror serves now: to each vantage crawling now, once there are
-    several (a mirror is judged by what every vantage is served, whichever crawled
-    last), else its latest bundle."""
+def _served_now(h: Histories) -> list[tuple[Seen, datetime | None]]:
+    """What each mirror serves now, and when that was last confirmed: to each vantage
+    crawling now, once there are several (a mirror is judged by what every vantage is
+    served, whichever crawled last), else its latest bundle (None: not known)."""
     if h.views:
-        return sorted((v.seen for v in h.views), key=lambda s: (s.mirror, s.vantage or ""))
-    return sorted(h.current.values(), key=lambda s: s.mirror)
+        views = sorted(h.views, key=lambda v: (v.seen.mirror, v.seen.vantage or ""))
+        return [(v.seen, v.confirmed_at) for v in views]
+    return [(s, None) for s in sorted(h.current.values(), key=lambda s: s.mirror)]
 
 
 def split_views(h: Histories, now: datetime, w: Windows) -> Iterable[Condition]:
     """Two mirrors (now, or one now and one as archived) serve histories neither of which
     contains the other."""
     reported: set[tuple[str, str]] = set()
-    for a in _served_now(h):
+    for a, _ in _served_now(h):
         for b in h.archived:
             if b.mirror == a.mirror or (a.mirror, b.mirror) in reported:
                 continue
@@ -163,7 +164,7 @@ def stale_mirrors(h: Histories, now: datetime, w: Windows) -> Iterable[Condition
     """A mirror that lacks events another mirror has served for longer than `stale_after`
     (to one vantage at least: one alert a mirror)."""
     reported: set[str] = set()
-    for a in _served_now(h):
+    for a, confirmed in _served_now(h):
         if a.mirror in reported:
             continue
         newer = [b for b in h.archived if b.mirror != a.mirror and a.ids < b.ids]
@@ -172,6 +173,8 @@ def stale_mirrors(h: Histories, now: datetime, w: Windows) -> Iterable[Condition
         first = min(newer, key=lambda b: b.fetched_at)
         if now - first.fetched_at <= w.stale_after:
             continue
+        if confirmed is not None and confirmed < first.fetched_at:
+            continue  # that vantage has not reached the mirror since: it cannot tell
         missing = sorted(first.ids - a.ids)
         reported.add(a.mirror)
         yield Condition(
@@ -232,6 +235,19 @@ def _newer(a: Seen, b: Seen) -> bool:
     return built_a is not None and built_b is not None and built_a > built_b
 
 
+def _since(h: Histories, behind: Seen) -> datetime:
+    """When the vantage behind was first served the bundle it holds now: the start of
+    its latest run of snapshots of that history (the same events, built at the same
+    time), so new bytes of the same bundle on every fetch do not restart it."""
+    since = behind.fetched_at
+    own = [s for s in h.archived if s.mirror == behind.mirror and s.vantage == behind.vantage]
+    for s in reversed(own):
+        if s.ids != behind.ids or s.built_at != behind.built_at:
+            break
+        since = min(since, s.fetched_at)
+    return since
+
+
 def vantage_splits(h: Histories, now: datetime, w: Windows) -> Iterable[Condition]:
     """One mirror that kept serving a vantage an older bundle after another vantage was
     served a newer one, for longer than `split_grace` (a CDN's caches catch up in
@@ -243,20 +259,28 @@ def vantage_splits(h: Histories, now: datetime, w: Windows) -> Iterable[Conditio
     a vantage that stopped crawling (or was renamed) was served last: the mirror went
     back from it, and the vantage behind has no history of its own to call that a
     rollback. Counted from the first time that vantage was served something newer than
-    the bundle behind to the last time the vantage behind confirmed it: one that caught
-    up has no older bundle any more."""
+    the bundle behind (or, if later, from when the vantage behind was first served it)
+    to the last time the vantage behind confirmed it: one that caught up has no older
+    bundle any more. A vantage served something newer before is that vantage's
+    `rollback`, not a split."""
     reported: set[str] = set()
     views = sorted(h.views, key=lambda v: (v.seen.mirror, v.seen.vantage or ""))
     for view in views:
         behind = view.seen
         if behind.mirror in reported:
             continue
+        if any(
+            s.mirror == behind.mirror and s.vantage == behind.vantage and _newer(s, behind)
+            for s in h.archived
+        ):
+            continue  # it went back from what this vantage was served: its rollback
+        since = _since(h, behind)
         ahead = {
             v.seen.vantage
             for v in views
             if v.seen.mirror == behind.mirror
             and v.seen.vantage != behind.vantage
-            and v.confirmed_at >= behind.fetched_at
+            and v.confirmed_at >= since
             and _newer(v.seen, behind)
         } | {
             g.seen.vantage
@@ -271,7 +295,7 @@ def vantage_splits(h: Histories, now: datetime, w: Windows) -> Iterable[Conditio
         if not newer:
             continue
         first = min(newer, key=lambda s: s.fetched_at)
-        if view.confirmed_at - first.fetched_at <= w.split_grace:
+        if view.confirmed_at - max(first.fetched_at, since) <= w.split_grace:
             continue
         reported.add(behind.mirror)
         yield Condition(
@@ -286,6 +310,7 @@ def vantage_splits(h: Histories, now: datetime, w: Windows) -> Iterable[Conditio
                 "pith_number": h.pith_number,
                 "mirror": behind.mirror,
                 "ahead_since": format_timestamp(first.fetched_at),
+                "behind_since": format_timestamp(since),
                 "behind_confirmed_at": format_timestamp(view.confirmed_at),
                 "split_grace_seconds": int(w.split_grace.total_seconds()),
                 "documents": [first.cite(), behind.cite()],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from pithcrawl.divergence import RULES, Histories, Seen, View, conditions
@@ -208,3 +209,38 @@ def test_a_mirror_is_one_split_however_many_vantages_are_behind():
     us, ap = at("us", "rx", T0 - DAY), at("ap", "rx", T0 - DAY)
     views = [View(ahead, T0), View(us, T0 + DAY), View(ap, T0 + DAY)]
     assert len(split(views, [us, ap, ahead])) == 1
+
+
+def test_new_bytes_of_the_same_old_bundle_do_not_restart_the_split():
+    """The mirror serves the vantage behind its old bundle in new bytes on every fetch
+    (a trailing newline more): still behind since it was first served that history."""
+    ahead = at("eu", "rxy", T0)
+    first_bytes = at("us", "rx", T0 - DAY)
+    new_bytes = replace(at("us", "rx", T0 + 2 * DAY), body_sha256="sha-us-rx-again")
+    views = [View(ahead, T0 + DAY), View(new_bytes, T0 + 2 * DAY)]
+    (c,) = split(views, [first_bytes, ahead, new_bytes])
+    assert c.evidence["behind_since"] == "2026-10-31T00:00:00.000000Z"
+
+
+def test_a_vantage_served_something_newer_before_is_its_rollback_not_a_split():
+    """us was served v2, then (a brief rollback for everyone) v1; eu was served v2 all
+    along. That is us's `rollback`, judged on its own series."""
+    eu = at("eu", "rxy", T0 - DAY)
+    us_then, us_now = at("us", "rxy", T0 - DAY), at("us", "rx", T0)
+    views = [View(eu, T0 + DAY), View(us_now, T0 + DAY)]  # a day of it, both at once
+    assert split(views, [eu, us_then, us_now], grace=timedelta(0)) == []
+
+
+def test_a_vantage_that_has_not_reached_a_mirror_since_tells_nothing_of_its_lag():
+    """us last reached m1 before m0 was first served the newer history: m1 is not stale
+    by us's view (m1 is unreachable from there, which is `mirror_unreachable`'s)."""
+    m0 = replace(at("eu", "rxy", T0), mirror="m0")
+    m1_eu = replace(at("eu", "rxy", T0), mirror="m1")
+    m1_us = replace(at("us", "rx", T0 - 2 * DAY), mirror="m1")
+    views = [View(m0, T0 + 9 * DAY), View(m1_eu, T0 + 9 * DAY), View(m1_us, T0 - HOUR)]
+    hist = Histories("pith:2026:X", {"m0": m0, "m1": m1_eu}, [m1_us, m0, m1_eu], views)
+    assert [c.kind for c in conditions(hist, T0 + 10 * DAY, 2 * DAY)] == []
+    # Confirmed since (it does reach m1, and is served the older history): stale.
+    views[2] = View(m1_us, T0 + 9 * DAY)
+    hist = Histories("pith:2026:X", {"m0": m0, "m1": m1_eu}, [m1_us, m0, m1_eu], views)
+    assert "mirror_stale" in [c.kind for c in conditions(hist, T0 + 10 * DAY, 2 * DAY)]
