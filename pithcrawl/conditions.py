@@ -50,7 +50,7 @@ def _mirror_of(scope: str) -> str | None:
     return None
 
 
-def _seen(snap: Snapshot, history: History) -> divergence.Seen:
+def _seen(snap: Snapshot, history: History, vantage: str | None) -> divergence.Seen:
     return divergence.Seen(
         snap.mirror,
         snap.fetched_at,
@@ -59,7 +59,7 @@ def _seen(snap: Snapshot, history: History) -> divergence.Seen:
         snap.built_at or "",
         history[1],
         history[2],
-        snap.vantage,
+        vantage,
         snap.node,
     )
 
@@ -87,7 +87,7 @@ def _views(
         return views, gone
     latest: dict[tuple[str, str], Snapshot] = {}
     for snap in view.snapshots:
-        vantage = snap.vantage or view.unplaced
+        vantage = view.vantage_of(snap)
         if vantage is not None:
             latest[(snap.mirror, vantage)] = snap
     for (mirror, vantage), snap in sorted(latest.items()):
@@ -98,8 +98,6 @@ def _views(
         if body == snap.body_sha256 and success is not None and success > confirmed:
             confirmed = success
         seen = by_snapshot[snap.id]
-        if seen.vantage is None:  # archived before vantages were: its adopter's
-            seen = replace(seen, vantage=vantage)
         # One that stopped crawling: what it saw last is not what it sees now.
         (views if vantage in live else gone).append(divergence.View(seen, confirmed))
     return views, gone
@@ -222,7 +220,10 @@ class Conditions:
             latest[snap.mirror] = snap
         trusted = [s for s in view.snapshots if s.trusted]
         histories = [await self._history(s, view.histories) for s in trusted]
-        archived = [_seen(s, h) for s, h in zip(trusted, histories, strict=True)]
+        # Each of the series its vantage's heir continues (`vantage_heirs`).
+        archived = [
+            _seen(s, h, view.vantage_of(s)) for s, h in zip(trusted, histories, strict=True)
+        ]
         # By snapshot, not by body: mirrors serving the same bytes are each themselves.
         by_snapshot = {s.id: seen for s, seen in zip(trusted, archived, strict=True)}
         current = {

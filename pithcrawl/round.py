@@ -82,8 +82,11 @@ class Round:
         unchanged bodies again, or not (None: when the trust set is not the one the
         archive's verdicts were reached under)."""
         now = clock.now()
-        await store.nodes.seen(config.node.node_name, config.node.vantage_name, now)
-        await store.adopt_unplaced(config.node.vantage_name)
+        node = config.node
+        if not node.vantage:  # its host name: renamed with the host, the series goes on
+            await store.hand_over(node.vantage_name, now)
+        await store.nodes.seen(node.node_name, node.vantage_name, now, named=bool(node.vantage))
+        await store.adopt_unplaced(node.vantage_name)
         if config.watch.pith:
             await store.watchlist.track([parse_reference(p) for p in config.watch.pith], now)
         # A sink configured since an alert opened is told of it (sinks change only here:
@@ -119,12 +122,16 @@ class Round:
                 metrics,
                 learned.digest,
             )
-        await store.nodes.seen(config.node.node_name, config.node.vantage_name, clock.now())
+        await store.nodes.seen(
+            node.node_name, node.vantage_name, clock.now(), named=bool(node.vantage)
+        )
 
     async def seen(self) -> None:
         """This node is alive and crawling (`status` shows when it was last seen)."""
         node = self.config.node
-        await self.store.nodes.seen(node.node_name, node.vantage_name, self.clock.now())
+        await self.store.nodes.seen(
+            node.node_name, node.vantage_name, self.clock.now(), named=bool(node.vantage)
+        )
 
     async def check(self, named: Sequence[str] | None = None) -> list[Alert]:
         """The rules time alone can trigger, over `named` records (None: every tracked

@@ -752,32 +752,72 @@ def test_a_vantage_that_stopped_holds_no_record_in_the_rechecks(
     assert sorted(anyio.run(todo, ["eu", "us"])) == sorted(suffixes)
 
 
-def test_a_node_renamed_with_its_host_still_sees_the_mirror_go_back(
+def _renamed_host(tmp_path: Path, signer: TestSigner, mirror: TestMirror) -> tuple[Path, Path]:
+    """One node with no `[node] vantage` (its vantage is its name: the host name by
+    default), before and after its host is renamed (a container re-created)."""
+    old = _config(tmp_path, signer, mirror.base_url, node='name = "host-1"\n')
+    new = tmp_path / "new.toml"
+    new.write_text(old.read_text().replace("host-1", "host-2"))
+    return old, new
+
+
+def test_a_node_renamed_with_its_host_goes_on_as_before(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
 ) -> None:
-    """One node, its vantage its host name (the default), re-created under a new host
-    name: its old vantage stops. The mirror then serves an older bundle than it served
-    the old name. The new vantage has no history of its own to call it a rollback; it is
-    still seen, against what the vantage that stopped was served last."""
+    """Its series and bookkeeping go on under the new name: a mirror replaying an older
+    bundle is a `rollback` at once, as before vantages were kept."""
     b = _record(signer)
     v1 = b.bytes()
     suffix = mirror.put(v1)
     b.add_event()
     mirror.put(b.bytes())
-    old = _config(tmp_path, signer, mirror.base_url, node='name = "host-1"\n')
+    old, new = _renamed_host(tmp_path, signer, mirror)
+    assert main(["--config", str(old), "-q", "sync", suffix]) == 0
+    mirror.put(v1)  # replayed
+    assert main(["--config", str(new), "-q", "sync", suffix]) == 1
+    assert [key for _, key, _ in _open_alerts(tmp_path)] == [f"rollback:{b.pith_number}:m0@host-2"]
+    with sqlite3.connect(tmp_path / "archive.db") as db:
+        assert {r[0] for r in db.execute("SELECT vantage FROM fetch_state")} == {"host-2"}
+
+
+def test_a_forgery_seen_before_and_after_the_host_is_renamed_is_one_alert(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+) -> None:
+    b = _record(signer)
+    suffix = mirror.put(b.bytes())
+    mirror.bundles[suffix] = b.bytes().replace(b'"primary_cat":"cs.CR"', b'"primary_cat":"cs.AI"')
+    old, new = _renamed_host(tmp_path, signer, mirror)
+    assert main(["--config", str(old), "-q", "sync", suffix]) == 1
+    for _ in range(2):
+        assert main(["--config", str(new), "-q", "sync", suffix]) == 1
+    assert [key for _, key, _ in _open_alerts(tmp_path)] == [f"document_invalid:{suffix}:m0@host-2"]
+    assert _kinds(tmp_path).count("document_invalid") == 1
+    assert "alert_closed" not in _kinds(tmp_path)
+
+
+def test_a_named_vantage_renamed_sees_the_mirror_go_back_from_the_one_that_stopped(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+) -> None:
+    """Vantages an operator named are never merged: renamed, the new one has no history
+    of its own to call a replay a rollback. Once the old one has stopped, what the mirror
+    served it last is still a side of a `vantage_split`."""
+    b = _record(signer)
+    v1 = b.bytes()
+    suffix = mirror.put(v1)
+    b.add_event()
+    mirror.put(b.bytes())
+    old = _config(tmp_path, signer, mirror.base_url, node='name = "n"\nvantage = "a"\n')
     old.write_text(old.read_text().replace("[node]", '[alerts]\nsplit_grace = "0s"\n[node]'))
     assert main(["--config", str(old), "-q", "sync", suffix]) == 0
     new = tmp_path / "new.toml"
-    new.write_text(old.read_text().replace("host-1", "host-2"))
-    with sqlite3.connect(tmp_path / "archive.db") as db:  # host-1 was last seen long ago
-        db.execute("UPDATE nodes SET last_seen = '2026-01-01T00:00:00.000000Z'")
+    new.write_text(old.read_text().replace('vantage = "a"', 'vantage = "b"'))
     mirror.put(v1)  # replayed
     assert main(["--config", str(new), "-q", "sync", suffix]) == 0  # nothing of its own
     assert main(["--config", str(new), "-q", "sync", suffix]) == 1  # past the grace
     [(kind, key, evidence)] = _open_alerts(tmp_path)
     assert (kind, key) == ("vantage_split", f"vantage_split:{b.pith_number}:m0")
     ahead, behind = json.loads(evidence)["documents"]
-    assert (ahead["vantage"], behind["vantage"]) == ("host-1", "host-2")
+    assert (ahead["vantage"], behind["vantage"]) == ("a", "b")
 
 
 def test_a_mirror_lagging_for_one_vantage_is_stale_whichever_vantage_crawled_last(

@@ -25,11 +25,10 @@ from pithcrawl.store.alerts import AlertBook, Reconciled
 from pithcrawl.store.blobs import PackedBlob
 from pithcrawl.store.bodies import Bodies
 from pithcrawl.store.browse import Browse
-from pithcrawl.store.connection import Database, Later
+from pithcrawl.store.connection import Database, Later, Session
 from pithcrawl.store.deliveries import DeliveryBook
 from pithcrawl.store.fetches import (
     INSERT_EVENT,
-    UNPLACED_VANTAGE,
     bookkeeping_only,
     check_outcome,
     event_params,
@@ -176,6 +175,35 @@ def _as_stored(conn: sqlite3.Connection, blob: PackedBlob) -> PackedBlob:
     return dataclasses.replace(blob, base=row[0], depth=int(row[1]))
 
 
+async def _move_alerts(s: Session, old: str, new: str) -> None:
+    """The open alerts about one mirror's documents seen from vantage `old` ('': from
+    before vantages were kept) become `new`'s: their scopes and dedup keys
+    (`judge.Fetched`), with the alerts of the same keys before them and the log entries
+    naming them, so every entry still finds its alert (`AlertBook.of_entries`)."""
+    for kind in ("document", "state"):
+        scope = f"{kind}@{old}:" if old else f"{kind}:"
+        suffix = f"@{old}" if old else ""
+        # Not where `new` has an open alert of that key already (one open per key).
+        keys = (
+            "(SELECT a.dedup_key FROM alerts AS a WHERE a.closed_at IS NULL"
+            " AND substr(a.scope, 1, ?3) = ?4 AND NOT EXISTS (SELECT 1 FROM alerts AS b"
+            " WHERE b.closed_at IS NULL AND b.dedup_key ="
+            " substr(a.dedup_key, 1, length(a.dedup_key) - ?1) || '@' || ?2))"
+        )
+        for table in ("events", "alerts"):
+            await s.run(
+                f"UPDATE {table} SET dedup_key ="  # noqa: S608 - names from this code
+                " substr(dedup_key, 1, length(dedup_key) - ?1) || '@' || ?2"
+                f" WHERE dedup_key IN {keys}",
+                (len(suffix), new, len(scope), scope),
+            )
+        await s.run(
+            "UPDATE alerts SET scope = ?1 || substr(scope, ?2)"
+            " WHERE closed_at IS NULL AND substr(scope, 1, ?3) = ?4",
+            (f"{kind}@{new}:", len(scope) + 1, len(scope), scope),
+        )
+
+
 class Store:
     """The archive: one SQLite file, one connection, the single writer of its process."""
 
@@ -234,29 +262,47 @@ class Store:
             await s.run("DELETE FROM fetch_state WHERE vantage = ''")
             # The snapshots of no vantage continue its series (the first adopter's).
             await s.run(
-                "INSERT INTO settings (name, value) VALUES (?, ?) ON CONFLICT DO NOTHING",
-                (UNPLACED_VANTAGE, vantage),
+                "INSERT INTO vantage_heirs (vantage, heir) VALUES ('', ?) ON CONFLICT DO NOTHING",
+                (vantage,),
             )
-            for kind in ("document", "state"):
-                # Their dedup keys too (`judge.Fetched.key`): of the alerts before them
-                # of the same key and of the log entries naming them, so every entry
-                # still finds its alert (`AlertBook.of_entries`).
-                keys = (
-                    "(SELECT dedup_key FROM alerts WHERE closed_at IS NULL"
-                    " AND substr(scope, 1, ?2) = ?3)"
-                )
-                for table in ("events", "alerts"):
-                    await s.run(
-                        f"UPDATE {table} SET dedup_key = dedup_key || '@' || ?1"  # noqa: S608
-                        f" WHERE dedup_key IN {keys}",
-                        (vantage, len(kind) + 1, f"{kind}:"),
-                    )
-                await s.run(
-                    "UPDATE alerts SET scope = ?1 || substr(scope, ?2)"
-                    " WHERE closed_at IS NULL AND substr(scope, 1, ?3) = ?4",
-                    (f"{kind}@{vantage}:", len(kind) + 2, len(kind) + 1, f"{kind}:"),
-                )
+            await _move_alerts(s, "", vantage)
             return taken
+
+    async def hand_over(self, vantage: str, now: datetime) -> str | None:
+        """A node whose vantage is its host name (`[node] vantage` unset) starts under a
+        new one (a container re-created, a host renamed): what the last such vantage
+        polled, its series and the open alerts of its documents become this one's, as
+        if nothing had been renamed. Only for a vantage no node ever crawled from, and
+        only from an unnamed one: vantages an operator named stay apart. The vantage
+        handed over, or None."""
+        async with self._db.write("hand over an unnamed vantage") as s:
+            if await s.one("SELECT 1 FROM nodes WHERE vantage = ?", (vantage,)):
+                return None
+            row = await s.one(
+                "SELECT vantage FROM nodes WHERE vantage_named = 0 AND last_seen <= ?"
+                " ORDER BY last_seen DESC LIMIT 1",
+                (db_time(now),),
+            )
+            if row is None:
+                return None
+            old = str(row[0])
+            await s.run(
+                "UPDATE OR IGNORE fetch_state SET vantage = ?1"
+                " WHERE kind IN ('bundle', 'state') AND vantage = ?2",
+                (vantage, old),
+            )
+            await s.run(
+                "DELETE FROM fetch_state WHERE kind IN ('bundle', 'state') AND vantage = ?",
+                (old,),
+            )
+            await s.run("UPDATE vantage_heirs SET heir = ? WHERE heir = ?", (vantage, old))
+            await s.run(
+                "INSERT INTO vantage_heirs (vantage, heir) VALUES (?, ?)"
+                " ON CONFLICT (vantage) DO UPDATE SET heir = excluded.heir",
+                (old, vantage),
+            )
+            await _move_alerts(s, old, vantage)
+            return old
 
     async def rules_due(self) -> list[str]:
         """The records whose rules a pass left due (see `record_fetches`' `due`)."""

@@ -67,17 +67,12 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 
 _UNREAD = object()
 
-#: The setting naming the vantage that adopted the bookkeeping kept before vantages were
-#: (`Store.adopt_unplaced`): the snapshots of no vantage (archived before vantages were
-#: recorded) are of its series, and of no other.
-UNPLACED_VANTAGE = "unplaced_vantage"
-
-# A vantage's series (?4; any, when NULL): its snapshots, and for the vantage that
-# adopted them, those of no vantage (`UNPLACED_VANTAGE`, spelt out in the SQL).
+# A vantage's series (?4; any, when NULL): its snapshots, and those of the vantages it
+# is the heir of (`vantage_heirs`; '' stands for the snapshots of no vantage).
 _LATEST_BODY = """
 SELECT id, body_sha256, trusted FROM snapshots WHERE suffix = ? AND mirror = ? AND kind = ?
-  AND (?4 IS NULL OR vantage = ?4 OR vantage IS NULL
-       AND ?4 IS (SELECT value FROM settings WHERE name = 'unplaced_vantage'))
+  AND (?4 IS NULL OR coalesce(vantage, '') IN (
+       SELECT ?4 UNION ALL SELECT vantage FROM vantage_heirs WHERE heir = ?4))
 ORDER BY id DESC LIMIT 1
 """
 

@@ -15,9 +15,11 @@ from pithcrawl.store.connection import Database
 from pithcrawl.store.rows import db_time, decoder
 
 _SEEN = """
-INSERT INTO nodes (name, vantage, first_seen, last_seen) VALUES (?1, ?2, ?3, ?3)
+INSERT INTO nodes (name, vantage, first_seen, last_seen, vantage_named)
+VALUES (?1, ?2, ?3, ?3, ?4)
 ON CONFLICT (name) DO UPDATE SET vantage = excluded.vantage,
-    last_seen = max(nodes.last_seen, excluded.last_seen)
+    last_seen = max(nodes.last_seen, excluded.last_seen),
+    vantage_named = excluded.vantage_named
 """
 
 
@@ -37,11 +39,12 @@ class Nodes:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def seen(self, name: str, vantage: str, at: datetime) -> None:
-        """`name` (of `vantage`) is crawling at `at`: its vantage is the latest one given;
-        its last sighting never goes back (a clock stepped back does not rewind it)."""
+    async def seen(self, name: str, vantage: str, at: datetime, *, named: bool = True) -> None:
+        """`name` (of `vantage`, `named` in its configuration or its name by default) is
+        crawling at `at`: its vantage is the latest one given; its last sighting never
+        goes back (a clock stepped back does not rewind it)."""
         async with self._db.write("record this node") as s:
-            await s.run(_SEEN, (name, vantage, db_time(at)))
+            await s.run(_SEEN, (name, vantage, db_time(at), int(named)))
 
     async def vantages_seen(self, since: datetime) -> set[str]:
         """The vantages of the nodes seen crawling since `since`."""

@@ -268,7 +268,10 @@ CREATE TABLE mirror_hours (
 # The fetch bookkeeping per vantage (docs/scale-out.md): each vantage polls every pair on
 # its own schedule with its own validators, and its last success tells when it last saw
 # the body it holds (the `vantage_split` rule). The rows from before are the vantage ''
-# until the first node to crawl adopts them as its own (`Store.adopt_unplaced`).
+# until the first node to crawl adopts them as its own (`Store.adopt_unplaced`). Which
+# nodes named their vantage (`[node] vantage`), and the vantages whose series another
+# continues (`vantage_heirs`: '' for the snapshots of no vantage; a vantage left unnamed,
+# the host name, handed over to the next unnamed one when the host is renamed).
 _V13 = """
 CREATE TABLE fetch_state_v13 (
     suffix            TEXT NOT NULL,
@@ -295,6 +298,12 @@ DROP TABLE fetch_state;
 ALTER TABLE fetch_state_v13 RENAME TO fetch_state;
 CREATE INDEX fetch_state_due ON fetch_state (kind, vantage, next_due);
 CREATE INDEX fetch_state_unplaced ON fetch_state (suffix) WHERE vantage = '';
+ALTER TABLE nodes ADD COLUMN vantage_named INTEGER NOT NULL DEFAULT 0
+    CHECK (vantage_named IN (0, 1));
+CREATE TABLE vantage_heirs (
+    vantage  TEXT PRIMARY KEY,
+    heir     TEXT NOT NULL
+) WITHOUT ROWID;
 """
 
 MIGRATIONS: tuple[str, ...] = (
@@ -319,6 +328,7 @@ TABLES = (
     "nodes",
     "rules_due",
     "mirror_hours",
+    "vantage_heirs",
 )
 """Every table, for `Store.stats`."""
 

@@ -16,7 +16,6 @@ from datetime import datetime
 
 from pithcrawl.errors import StoreCorrupt
 from pithcrawl.store.connection import Database
-from pithcrawl.store.fetches import UNPLACED_VANTAGE
 from pithcrawl.store.rows import (
     Snapshot,
     decoding,
@@ -43,21 +42,21 @@ ORDER BY julianday(s.built_at) DESC, s.fetched_at DESC, s.id DESC LIMIT ?2
 # (?3 NULL).
 _HIGHEST_TRUSTED_BUNDLE = """
 SELECT * FROM snapshots WHERE suffix = ?1 AND mirror = ?2 AND kind = 'bundle' AND trusted = 1
-  AND (?3 IS NULL OR vantage = ?3 OR vantage IS NULL
-       AND ?3 IS (SELECT value FROM settings WHERE name = 'unplaced_vantage'))
+  AND (?3 IS NULL OR coalesce(vantage, '') IN (
+       SELECT ?3 UNION ALL SELECT vantage FROM vantage_heirs WHERE heir = ?3))
 ORDER BY julianday(built_at) DESC, id DESC LIMIT 1
 """
 
 # `latest`: per mirror and vantage (two vantages served two bundles by one mirror differ),
 # of the vantages crawling now (?2, a JSON list): one that stopped would otherwise hold
 # every record that moved on since in every recheck. The snapshots of no vantage are the
-# adopter's (`fetches.UNPLACED_VANTAGE`).
+# heir's (`vantage_heirs`).
 _TO_RECHECK = """
 WITH latest AS (
     SELECT suffix, mirror, max(id) AS id FROM (
-        SELECT suffix, mirror, id, coalesce(vantage, (
-            SELECT value FROM settings WHERE name = 'unplaced_vantage')) AS v
-        FROM snapshots WHERE kind = 'bundle'
+        SELECT suffix, mirror, id, coalesce(h.heir, s.vantage) AS v
+        FROM snapshots AS s LEFT JOIN vantage_heirs AS h ON h.vantage = coalesce(s.vantage, '')
+        WHERE kind = 'bundle'
     )
     WHERE v IS NULL OR v IN (SELECT value FROM json_each(?2))
     GROUP BY suffix, mirror, v
@@ -114,8 +113,13 @@ class BundleView:
     snapshots: list[Snapshot]
     histories: dict[str, History]
     confirmed: Confirmed = field(default_factory=dict)
-    unplaced: str | None = None
-    """The vantage whose series the snapshots of no vantage are (`UNPLACED_VANTAGE`)."""
+    heirs: dict[str, str] = field(default_factory=dict)
+    """The vantage whose series each vantage's snapshots continue (`vantage_heirs`; ''
+    for the snapshots of no vantage), when it is another."""
+
+    def vantage_of(self, snap: Snapshot) -> str | None:
+        """The vantage whose series `snap` is of."""
+        return self.heirs.get(snap.vantage or "", snap.vantage)
 
 
 def bundle_view(
@@ -129,18 +133,15 @@ def bundle_view(
     histories = _histories_in(conn, bodies)
     histories.update((sha, h) for sha, h in known.items() if sha not in histories)
     confirmed: Confirmed = {}
-    unplaced = None
-    if any(snap.vantage is None for snap in snapshots):
-        row = conn.execute(
-            "SELECT value FROM settings WHERE name = ?", (UNPLACED_VANTAGE,)
-        ).fetchone()
-        unplaced = None if row is None else str(row[0])
-    if len({snap.vantage or unplaced for snap in snapshots} - {None}) > 1:
+    heirs: dict[str, str] = {}
+    if len({snap.vantage for snap in snapshots}) > 1:
+        heirs = {r[0]: r[1] for r in conn.execute("SELECT vantage, heir FROM vantage_heirs")}
+    if len({heirs.get(s.vantage or "", s.vantage) for s in snapshots} - {None}) > 1:
         for r in conn.execute(_CONFIRMED, (suffix,)):
             with decoding(f"the fetch_state of {suffix}"):
                 at = None if r[3] is None else datetime.fromisoformat(r[3])
             confirmed[(r[0], r[1])] = (r[2], at)
-    return BundleView(snapshots, histories, confirmed, unplaced)
+    return BundleView(snapshots, histories, confirmed, heirs)
 
 
 def _histories_in(conn: sqlite3.Connection, bodies: Sequence[str]) -> dict[str, History]:
