@@ -95,7 +95,12 @@ async def run(*args: str, config: Path) -> int:
         *pithcrawl_command(), "--config", str(config), *args,
         stdout=sys.stdout, stderr=asyncio.subprocess.DEVNULL, preexec_fn=_die_with_parent,
     )  # fmt: skip
-    code = await proc.wait()
+    try:
+        code = await proc.wait()
+    except asyncio.CancelledError:  # Ctrl-C or SIGTERM: the command stops with the demo
+        proc.kill()
+        await proc.wait()
+        raise
     if args[0] == "sync":  # the others report; their exit code says only that they ran
         print(f"(exit {code}: {MEANING.get(code, 'see docs/commands.md')})", flush=True)
     return code

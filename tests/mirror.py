@@ -74,7 +74,9 @@ class TestMirror:
         app.router.add_get("/.well-known/pith/{suffix}/bundle.json", self._well_known)
         app.router.add_get("/pith/{suffix}/state.json", self._state)
         app.router.add_get("/{path:.*}", self._extra)
-        self._runner = web.AppRunner(app, access_log=None)
+        # Stopped, it waits for the requests in flight a second at most (aiohttp's 60 s
+        # would hold a test, or the demo's Ctrl-C, while a client keeps a connection).
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
