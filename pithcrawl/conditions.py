@@ -116,11 +116,15 @@ class Conditions:
     _live: tuple[float, set[str]] | None = None
 
     async def live_vantages(self) -> set[str]:
-        """The vantages crawling now: this node's, and those of the nodes seen within
-        `Config.vantage_alive` (read again at most once a minute)."""
+        """The vantages crawling now: this node's, and those of the nodes seen within two
+        of their own crawl intervals, or `Config.vantage_alive` if longer (read again at
+        most once a minute)."""
         if self._live is None or time.monotonic() - self._live[0] > 60:
-            since = self.clock() - self.config.vantage_alive
-            seen = await self.store.nodes.vantages_seen(since)
+            seen = await self.store.nodes.vantages_seen(
+                self.clock(),
+                interval=self.config.crawl.interval,
+                alive=self.config.vantage_alive,
+            )
             self._live = (time.monotonic(), seen | {self.config.node.vantage_name})
         return self._live[1]
 

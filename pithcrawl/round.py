@@ -85,7 +85,13 @@ class Round:
         node = config.node
         if not node.vantage:  # its host name: renamed with the host, the series goes on
             await store.hand_over(node.vantage_name, now)
-        await store.nodes.seen(node.node_name, node.vantage_name, now, named=bool(node.vantage))
+        await store.nodes.seen(
+            node.node_name,
+            node.vantage_name,
+            now,
+            named=bool(node.vantage),
+            interval=config.crawl.interval,
+        )
         await store.adopt_unplaced(node.vantage_name)
         if config.watch.pith:
             await store.watchlist.track([parse_reference(p) for p in config.watch.pith], now)
@@ -123,14 +129,22 @@ class Round:
                 learned.digest,
             )
         await store.nodes.seen(
-            node.node_name, node.vantage_name, clock.now(), named=bool(node.vantage)
+            node.node_name,
+            node.vantage_name,
+            clock.now(),
+            named=bool(node.vantage),
+            interval=config.crawl.interval,
         )
 
     async def seen(self) -> None:
         """This node is alive and crawling (`status` shows when it was last seen)."""
         node = self.config.node
         await self.store.nodes.seen(
-            node.node_name, node.vantage_name, self.clock.now(), named=bool(node.vantage)
+            node.node_name,
+            node.vantage_name,
+            self.clock.now(),
+            named=bool(node.vantage),
+            interval=self.config.crawl.interval,
         )
 
     async def check(self, named: Sequence[str] | None = None) -> list[Alert]:

@@ -894,3 +894,46 @@ def test_status_shows_a_mirror_as_the_vantages_crawling_lately_see_it(
     with sqlite3.connect(tmp_path / "archive.db") as db:  # us stopped, long ago
         db.execute("UPDATE nodes SET last_seen = '2026-01-01T00:00:00.000000Z' WHERE name = 'n-us'")
     assert not m0()["failures"]
+
+
+def test_a_vantage_crawling_every_other_day_is_not_taken_for_gone(
+    tmp_path: Path, signer: TestSigner, mirror: TestMirror
+) -> None:
+    """us crawls every 36 hours, eu every 6: us stays a vantage crawling now for two of
+    its own intervals, so its split is not closed by eu a day after us was last seen
+    (and opened again by us's next visit: a page per visit)."""
+    from datetime import UTC, datetime
+
+    from pithcrawl.clock import Clock
+    from pithcrawl.keys import TrustSet, load_key
+    from pithcrawl.sync import sync_once
+
+    async def go() -> None:
+        async with TestMirror() as older:
+            b = _record(signer)
+            suffix = older.put(b.bytes())
+            b.add_event()
+            mirror.put(b.bytes())
+            mirror.to_peer["127.0.0.3"] = older
+            eu_cfg, us_cfg = _two_vantages(tmp_path, signer, mirror, 'split_grace = "6h"\n')
+            eu = parse_config(eu_cfg.read_text(), base_dir=tmp_path)
+            us = parse_config(
+                us_cfg.read_text().replace(
+                    'timeout = "5s"\n', 'timeout = "5s"\ninterval = "36h"\n'
+                ),
+                base_dir=tmp_path,
+            )
+            trust = TrustSet([load_key(signer.public_key())])
+            db = tmp_path / "archive.db"
+            async with await Store.open(db) as store:
+                await store.watchlist.track([suffix], datetime.now(UTC))
+
+            def at(hours: float) -> Clock:
+                return Clock(wall=lambda: datetime.now(UTC) + timedelta(hours=hours))
+
+            for config, hours in ((eu, 0), (us, 0), (eu, 1), (us, 36), (eu, 62), (us, 72)):
+                await sync_once(config, db, [], trust, clock=at(hours))
+
+    anyio.run(go)
+    assert _kinds(tmp_path).count("vantage_split") == 1
+    assert "alert_closed" not in _kinds(tmp_path)

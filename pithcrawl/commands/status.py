@@ -144,7 +144,7 @@ async def gather_from(store: Store, config: Config, *, alerts: bool = True) -> S
     newest = max((n.last_seen for n in nodes), default=None)
     live = None
     if newest is not None:
-        live = sorted({n.vantage for n in nodes if n.last_seen >= newest - config.vantage_alive})
+        live = sorted({n.vantage for n in nodes if n.crawling(newest, config.vantage_alive)})
     summaries = await store.mirror_summaries(vantages=live)
     known = await store.watchlist.mirrors()
     open_alerts = await store.alerts.open_alerts() if alerts else []

@@ -9,17 +9,24 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from pithcrawl.store.connection import Database
 from pithcrawl.store.rows import db_time, decoder
 
 _SEEN = """
-INSERT INTO nodes (name, vantage, first_seen, last_seen, vantage_named)
-VALUES (?1, ?2, ?3, ?3, ?4)
+INSERT INTO nodes (name, vantage, first_seen, last_seen, vantage_named, interval_s)
+VALUES (?1, ?2, ?3, ?3, ?4, ?5)
 ON CONFLICT (name) DO UPDATE SET vantage = excluded.vantage,
     last_seen = max(nodes.last_seen, excluded.last_seen),
-    vantage_named = excluded.vantage_named
+    vantage_named = excluded.vantage_named, interval_s = excluded.interval_s
+"""
+
+# A node crawls still if seen within two of its own intervals, or `?3` seconds if longer
+# (those of the node asking: `Config.vantage_alive`).
+_LIVE = """
+SELECT DISTINCT vantage FROM nodes
+WHERE julianday(last_seen) >= julianday(?1) - max(2 * coalesce(interval_s, ?2), ?3) / 86400.0
 """
 
 
@@ -31,6 +38,14 @@ class Node:
     vantage: str
     first_seen: datetime
     last_seen: datetime
+    interval: timedelta | None = None
+    """Its `crawl.interval`, as it last said."""
+
+    def crawling(self, at: datetime, alive: timedelta) -> bool:
+        """Whether it is still crawling at `at`: seen within two of its own intervals,
+        or `alive` if longer (`Nodes.vantages_seen`)."""
+        window = max(2 * self.interval, alive) if self.interval is not None else alive
+        return self.last_seen >= at - window
 
 
 class Nodes:
@@ -39,19 +54,31 @@ class Nodes:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def seen(self, name: str, vantage: str, at: datetime, *, named: bool = True) -> None:
-        """`name` (of `vantage`, `named` in its configuration or its name by default) is
-        crawling at `at`: its vantage is the latest one given; its last sighting never
-        goes back (a clock stepped back does not rewind it)."""
+    async def seen(
+        self,
+        name: str,
+        vantage: str,
+        at: datetime,
+        *,
+        named: bool = True,
+        interval: timedelta | None = None,
+    ) -> None:
+        """`name` (of `vantage`, `named` in its configuration or its name by default,
+        crawling every `interval`) is crawling at `at`: its vantage is the latest one
+        given; its last sighting never goes back (a clock stepped back does not rewind
+        it)."""
+        seconds = None if interval is None else max(1, int(interval.total_seconds()))
         async with self._db.write("record this node") as s:
-            await s.run(_SEEN, (name, vantage, db_time(at), int(named)))
+            await s.run(_SEEN, (name, vantage, db_time(at), int(named), seconds))
 
-    async def vantages_seen(self, since: datetime) -> set[str]:
-        """The vantages of the nodes seen crawling since `since`."""
+    async def vantages_seen(
+        self, now: datetime, *, interval: timedelta, alive: timedelta
+    ) -> set[str]:
+        """The vantages crawling at `now`: of the nodes seen within two of their own
+        crawl intervals (`interval` for a node that did not say), or `alive` if longer."""
+        args = (db_time(now), interval.total_seconds(), alive.total_seconds())
         async with self._db.read("list live vantages") as s:
-            rows = await s.all(
-                "SELECT DISTINCT vantage FROM nodes WHERE last_seen >= ?", (db_time(since),)
-            )
+            rows = await s.all(_LIVE, args)
         return {str(r[0]) for r in rows}
 
     async def all(self) -> list[Node]:
@@ -68,4 +95,5 @@ def node_from_row(row: sqlite3.Row) -> Node:
         vantage=row["vantage"],
         first_seen=datetime.fromisoformat(row["first_seen"]),
         last_seen=datetime.fromisoformat(row["last_seen"]),
+        interval=None if row["interval_s"] is None else timedelta(seconds=row["interval_s"]),
     )

@@ -269,7 +269,9 @@ CREATE TABLE mirror_hours (
 # its own schedule with its own validators, and its last success tells when it last saw
 # the body it holds (the `vantage_split` rule). The rows from before are the vantage ''
 # until the first node to crawl adopts them as its own (`Store.adopt_unplaced`). Which
-# nodes named their vantage (`[node] vantage`), and the vantages whose series another
+# nodes named their vantage (`[node] vantage`) and how often each crawls (its
+# `crawl.interval`: one that crawls every other day is not gone after a day), and the
+# vantages whose series another
 # continues (`vantage_heirs`: '' for the snapshots of no vantage; a vantage left unnamed,
 # the host name, handed over to the next unnamed one when the host is renamed).
 _V13 = """
@@ -300,6 +302,7 @@ CREATE INDEX fetch_state_due ON fetch_state (kind, vantage, next_due);
 CREATE INDEX fetch_state_unplaced ON fetch_state (suffix) WHERE vantage = '';
 ALTER TABLE nodes ADD COLUMN vantage_named INTEGER NOT NULL DEFAULT 0
     CHECK (vantage_named IN (0, 1));
+ALTER TABLE nodes ADD COLUMN interval_s INTEGER CHECK (interval_s IS NULL OR interval_s > 0);
 CREATE TABLE vantage_heirs (
     vantage  TEXT PRIMARY KEY,
     heir     TEXT NOT NULL
