@@ -83,13 +83,10 @@ class Round:
         archive's verdicts were reached under)."""
         now = clock.now()
         node = config.node
-        if not node.vantage:  # its host name: renamed with the host, the series goes on
-            await store.hand_over(node.vantage_name, now)
         await store.nodes.seen(
             node.node_name,
             node.vantage_name,
             now,
-            named=bool(node.vantage),
             interval=config.crawl.interval,
         )
         await store.adopt_unplaced(node.vantage_name)
@@ -132,7 +129,6 @@ class Round:
             node.node_name,
             node.vantage_name,
             clock.now(),
-            named=bool(node.vantage),
             interval=config.crawl.interval,
         )
 
@@ -143,7 +139,6 @@ class Round:
             node.node_name,
             node.vantage_name,
             self.clock.now(),
-            named=bool(node.vantage),
             interval=self.config.crawl.interval,
         )
 

@@ -175,32 +175,39 @@ def _as_stored(conn: sqlite3.Connection, blob: PackedBlob) -> PackedBlob:
     return dataclasses.replace(blob, base=row[0], depth=int(row[1]))
 
 
-async def _move_alerts(s: Session, old: str, new: str) -> None:
-    """The open alerts about one mirror's documents seen from vantage `old` ('': from
-    before vantages were kept) become `new`'s: their scopes and dedup keys
-    (`judge.Fetched`), with the alerts of the same keys before them and the log entries
-    naming them, so every entry still finds its alert (`AlertBook.of_entries`)."""
+async def _adopt_alerts(s: Session, vantage: str) -> None:
+    """The open alerts about one mirror's documents from before vantages were kept (scope
+    `document:S:M`) become `vantage`'s: their scopes and dedup keys (`judge.Fetched`),
+    with the alerts of the same keys before them and the log entries naming them, so
+    every entry still finds its alert (`AlertBook.of_entries`)."""
     for kind in ("document", "state"):
-        scope = f"{kind}@{old}:" if old else f"{kind}:"
-        suffix = f"@{old}" if old else ""
-        # Not where `new` has an open alert of that key already (one open per key).
+        scope = f"{kind}:"
+        # Not where `vantage` has an open alert of that key already (one open per key).
         keys = (
             "(SELECT a.dedup_key FROM alerts AS a WHERE a.closed_at IS NULL"
-            " AND substr(a.scope, 1, ?3) = ?4 AND NOT EXISTS (SELECT 1 FROM alerts AS b"
-            " WHERE b.closed_at IS NULL AND b.dedup_key ="
-            " substr(a.dedup_key, 1, length(a.dedup_key) - ?1) || '@' || ?2))"
+            " AND substr(a.scope, 1, ?2) = ?3 AND NOT EXISTS (SELECT 1 FROM alerts AS b"
+            " WHERE b.closed_at IS NULL AND b.dedup_key = a.dedup_key || '@' || ?1))"
         )
         for table in ("events", "alerts"):
             await s.run(
-                f"UPDATE {table} SET dedup_key ="  # noqa: S608 - names from this code
-                " substr(dedup_key, 1, length(dedup_key) - ?1) || '@' || ?2"
+                f"UPDATE {table} SET dedup_key = dedup_key || '@' || ?1"  # noqa: S608
                 f" WHERE dedup_key IN {keys}",
-                (len(suffix), new, len(scope), scope),
+                (vantage, len(scope), scope),
             )
+        # The scopes of the alerts whose keys moved (one whose key the vantage held
+        # already keeps its scope).
         await s.run(
             "UPDATE alerts SET scope = ?1 || substr(scope, ?2)"
-            " WHERE closed_at IS NULL AND substr(scope, 1, ?3) = ?4",
-            (f"{kind}@{new}:", len(scope) + 1, len(scope), scope),
+            " WHERE closed_at IS NULL AND substr(scope, 1, ?3) = ?4"
+            " AND substr(dedup_key, -?5) = ?6",
+            (
+                f"{kind}@{vantage}:",
+                len(scope) + 1,
+                len(scope),
+                scope,
+                len(vantage) + 1,
+                f"@{vantage}",
+            ),
         )
 
 
@@ -265,44 +272,8 @@ class Store:
                 "INSERT INTO vantage_heirs (vantage, heir) VALUES ('', ?) ON CONFLICT DO NOTHING",
                 (vantage,),
             )
-            await _move_alerts(s, "", vantage)
+            await _adopt_alerts(s, vantage)
             return taken
-
-    async def hand_over(self, vantage: str, now: datetime) -> str | None:
-        """A node whose vantage is its host name (`[node] vantage` unset) starts under a
-        new one (a container re-created, a host renamed): what the last such vantage
-        polled, its series and the open alerts of its documents become this one's, as
-        if nothing had been renamed. Only for a vantage no node ever crawled from, and
-        only from an unnamed one: vantages an operator named stay apart. The vantage
-        handed over, or None."""
-        async with self._db.write("hand over an unnamed vantage") as s:
-            if await s.one("SELECT 1 FROM nodes WHERE vantage = ?", (vantage,)):
-                return None
-            row = await s.one(
-                "SELECT vantage FROM nodes WHERE vantage_named = 0 AND last_seen <= ?"
-                " ORDER BY last_seen DESC LIMIT 1",
-                (db_time(now),),
-            )
-            if row is None:
-                return None
-            old = str(row[0])
-            await s.run(
-                "UPDATE OR IGNORE fetch_state SET vantage = ?1"
-                " WHERE kind IN ('bundle', 'state') AND vantage = ?2",
-                (vantage, old),
-            )
-            await s.run(
-                "DELETE FROM fetch_state WHERE kind IN ('bundle', 'state') AND vantage = ?",
-                (old,),
-            )
-            await s.run("UPDATE vantage_heirs SET heir = ? WHERE heir = ?", (vantage, old))
-            await s.run(
-                "INSERT INTO vantage_heirs (vantage, heir) VALUES (?, ?)"
-                " ON CONFLICT (vantage) DO UPDATE SET heir = excluded.heir",
-                (old, vantage),
-            )
-            await _move_alerts(s, old, vantage)
-            return old
 
     async def rules_due(self) -> list[str]:
         """The records whose rules a pass left due (see `record_fetches`' `due`)."""

@@ -15,11 +15,10 @@ from pithcrawl.store.connection import Database
 from pithcrawl.store.rows import db_time, decoder
 
 _SEEN = """
-INSERT INTO nodes (name, vantage, first_seen, last_seen, vantage_named, interval_s)
-VALUES (?1, ?2, ?3, ?3, ?4, ?5)
+INSERT INTO nodes (name, vantage, first_seen, last_seen, interval_s)
+VALUES (?1, ?2, ?3, ?3, ?4)
 ON CONFLICT (name) DO UPDATE SET vantage = excluded.vantage,
-    last_seen = max(nodes.last_seen, excluded.last_seen),
-    vantage_named = excluded.vantage_named, interval_s = excluded.interval_s
+    last_seen = max(nodes.last_seen, excluded.last_seen), interval_s = excluded.interval_s
 """
 
 # A node crawls still if seen within two of its own intervals, or `?3` seconds if longer
@@ -60,16 +59,14 @@ class Nodes:
         vantage: str,
         at: datetime,
         *,
-        named: bool = True,
         interval: timedelta | None = None,
     ) -> None:
-        """`name` (of `vantage`, `named` in its configuration or its name by default,
-        crawling every `interval`) is crawling at `at`: its vantage is the latest one
-        given; its last sighting never goes back (a clock stepped back does not rewind
-        it)."""
+        """`name` (of `vantage`, crawling every `interval`) is crawling at `at`: its
+        vantage is the latest one given; its last sighting never goes back (a clock
+        stepped back does not rewind it)."""
         seconds = None if interval is None else max(1, int(interval.total_seconds()))
         async with self._db.write("record this node") as s:
-            await s.run(_SEEN, (name, vantage, db_time(at), int(named), seconds))
+            await s.run(_SEEN, (name, vantage, db_time(at), seconds))
 
     async def vantages_seen(
         self, now: datetime, *, interval: timedelta, alive: timedelta

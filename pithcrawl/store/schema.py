@@ -268,12 +268,10 @@ CREATE TABLE mirror_hours (
 # The fetch bookkeeping per vantage (docs/scale-out.md): each vantage polls every pair on
 # its own schedule with its own validators, and its last success tells when it last saw
 # the body it holds (the `vantage_split` rule). The rows from before are the vantage ''
-# until the first node to crawl adopts them as its own (`Store.adopt_unplaced`). Which
-# nodes named their vantage (`[node] vantage`) and how often each crawls (its
-# `crawl.interval`: one that crawls every other day is not gone after a day), and the
-# vantages whose series another
-# continues (`vantage_heirs`: '' for the snapshots of no vantage; a vantage left unnamed,
-# the host name, handed over to the next unnamed one when the host is renamed).
+# until the first node to crawl adopts them as its own (`Store.adopt_unplaced`), with the
+# snapshots of no vantage (`vantage_heirs`: whose series a vantage's snapshots continue,
+# '' standing for no vantage). And how often each node crawls (its `crawl.interval`: one
+# that crawls every other day is not gone after a day).
 _V13 = """
 CREATE TABLE fetch_state_v13 (
     suffix            TEXT NOT NULL,
@@ -300,8 +298,6 @@ DROP TABLE fetch_state;
 ALTER TABLE fetch_state_v13 RENAME TO fetch_state;
 CREATE INDEX fetch_state_due ON fetch_state (kind, vantage, next_due);
 CREATE INDEX fetch_state_unplaced ON fetch_state (suffix) WHERE vantage = '';
-ALTER TABLE nodes ADD COLUMN vantage_named INTEGER NOT NULL DEFAULT 0
-    CHECK (vantage_named IN (0, 1));
 ALTER TABLE nodes ADD COLUMN interval_s INTEGER CHECK (interval_s IS NULL OR interval_s > 0);
 CREATE TABLE vantage_heirs (
     vantage  TEXT PRIMARY KEY,
