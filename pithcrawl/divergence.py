@@ -298,23 +298,33 @@ def vantage_splits(h: Histories, now: datetime, w: Windows) -> Iterable[Conditio
         if view.confirmed_at - max(first.fetched_at, since) <= w.split_grace:
             continue
         reported.add(behind.mirror)
+        # When the vantage ahead was last served its newer bundle: after `since`, both
+        # at once (none for a vantage that stopped: what it was served last).
+        confirmed = [
+            v.confirmed_at
+            for v in views
+            if v.seen.vantage == first.vantage and v.seen.mirror == behind.mirror
+        ]
+        missing = sorted(first.ids - behind.ids)
         yield Condition(
             "vantage_split",
             "critical",
             (behind.mirror,),
-            f"{behind.mirror} serves vantage {behind.vantage} an older bundle of "
-            f"{h.pith_number} than it served vantage {first.vantage} since "
-            f"{format_timestamp(first.fetched_at)} (last confirmed "
-            f"{format_timestamp(view.confirmed_at)})",
+            f"{behind.mirror} keeps vantage {behind.vantage} on an older bundle of "
+            f"{h.pith_number} ({len(behind.events)} events, built {behind.built_at}; "
+            f"{len(missing)} missing) than vantage {first.vantage} has been served since "
+            f"{format_timestamp(first.fetched_at)}; {behind.vantage} last confirmed it "
+            f"{format_timestamp(view.confirmed_at)}, past split_grace {w.split_grace}",
             {
                 "pith_number": h.pith_number,
                 "mirror": behind.mirror,
                 "ahead_since": format_timestamp(first.fetched_at),
+                "ahead_confirmed_at": format_timestamp(confirmed[0]) if confirmed else None,
                 "behind_since": format_timestamp(since),
                 "behind_confirmed_at": format_timestamp(view.confirmed_at),
                 "split_grace_seconds": int(w.split_grace.total_seconds()),
                 "documents": [first.cite(), behind.cite()],
-                "missing_event_ids": sorted(first.ids - behind.ids),
+                "missing_event_ids": missing,
             },
             f"vantage_split:{h.pith_number}:{behind.mirror}",
         )

@@ -20,6 +20,7 @@ from pithcrawl.clock import Clock
 from pithcrawl.config import Config
 from pithcrawl.keys import TrustSet
 from pithcrawl.log import settings as log_settings
+from pithcrawl.pith import parse_reference
 from pithcrawl.plan import plan, shared_limits
 from pithcrawl.round import Round
 from pithcrawl.share import Steps, Tally, crawl_share
@@ -92,6 +93,9 @@ async def sync_once(
     clock = clock or Clock()
     async with await Store.open(db, exclusive=True) as store:
         await clock.since_last_run(store)
+        if config.watch.pith and not named:  # tracked before the pass counts its records
+            refs = [parse_reference(p) for p in config.watch.pith]
+            await store.watchlist.track(refs, clock.now())
         shares, count = await plan(config, store, named)
         limits = shared_limits(config, len(shares))
         async with Round.open(config, store, trust, clock, secret=secret, limits=limits) as rnd:

@@ -301,6 +301,22 @@ def test_sync_with_nothing_tracked_says_how_to_track_one_and_asks_no_mirror(
     assert json.loads(capsys.readouterr().out)["new_snapshots"] == 2
 
 
+def test_the_first_pass_over_records_under_watch_counts_them(
+    capsys, tmp_path: Path, signer: TestSigner, mirror: TestMirror
+):
+    """Records listed under `[watch] pith` are tracked before the pass counts its records
+    (it said "0 records" the first time, while it crawled them)."""
+    b = BundleBuilder(signer, record=canonical_record("2611.00001", title="P"))
+    b.add_event()
+    mirror.put(b.bytes())
+    cfg = write_config(tmp_path, signer, mirror.base_url)
+    cfg.write_text(cfg.read_text() + f'[watch]\npith = ["{b.pith_number}"]\n')
+    capsys.readouterr()
+    assert main(["--config", str(cfg), "-q", "sync", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["records"], summary["new_snapshots"]) == (1, 2)
+
+
 def test_a_pass_with_no_terminal_logs_its_progress(
     capsys, tmp_path: Path, signer: TestSigner, mirror: TestMirror, monkeypatch
 ):

@@ -372,12 +372,14 @@ def claim(a: Alert, files: dict[str, str]) -> list[str]:
         ahead, behind = [*cited, {}, {}][:2]
         return [
             f"{ev.get('mirror')} served vantage {ahead.get('vantage')} (node"
-            f" {ahead.get('node')}) {doc(ahead.get('body_sha256'))} at {ev.get('ahead_since')},",
-            f"and still served vantage {behind.get('vantage')} (node {behind.get('node')})"
-            f" {doc(behind.get('body_sha256'))}",
-            f"at {ev.get('behind_confirmed_at')}, past the grace of"
-            f" {ev.get('split_grace_seconds')} s. Both verify; the",
-            f"first holds every event of the second, plus: {ids(ev.get('missing_event_ids'))}.",
+            f" {ahead.get('node')}) {doc(ahead.get('body_sha256'))} from {ev.get('ahead_since')}",
+            f"(and still at {ev.get('ahead_confirmed_at') or 'its last visit'}), while it served"
+            f" vantage {behind.get('vantage')} (node {behind.get('node')})",
+            f"{doc(behind.get('body_sha256'))} from {ev.get('behind_since')} until at least"
+            f" {ev.get('behind_confirmed_at')}: past the grace",
+            f"of {ev.get('split_grace_seconds')} s. Both verify; the first holds every event of"
+            f" the second, plus: {ids(ev.get('missing_event_ids'))}.",
+            "(Each document's fetch time below is when that vantage first got those bytes.)",
         ]
     if a.kind == "equivocation" and "place" in ev:
         place = ev.get("place", {})

@@ -128,6 +128,13 @@ async def _history(
             raise UsageError(f"PITH {suffix}: no such record in the archive {db}")
         if mirror is not None and not snaps and not await _known_mirror(store, mirror):
             raise UsageError(f"--mirror {mirror}: no such mirror in the archive (see `status`)")
+        if vantage is not None and not snaps:
+            known = sorted({n.vantage for n in await store.nodes.all()})
+            if vantage not in known:
+                raise UsageError(
+                    f"--vantage {vantage}: no node crawled from that vantage"
+                    f" (the archive's: {', '.join(known) or 'none yet'}; names are case-sensitive)"
+                )
         linked = await store.event_kinds([s.id for s in snaps])
         by_id = {s.id: s for s in snaps}
         entries = []
