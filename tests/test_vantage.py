@@ -317,6 +317,7 @@ def test_a_mirror_telling_one_vantage_an_older_bundle_is_a_vantage_split(
     mirror.put(b.bytes())
     mirror.to_peer["127.0.0.3"] = older
     eu, us = _two_vantages(tmp_path, signer, mirror, 'split_grace = "0s"\n')
+    assert main(["--config", str(eu), "-q", "track", suffix]) == 0
     assert main(["--config", str(eu), "-q", "sync", suffix]) == 0
     # Until eu is served the newer bundle again, this is also what a mirror that went
     # back for everyone looks like: no alert yet.
@@ -358,18 +359,21 @@ def test_a_mirror_telling_one_vantage_an_older_bundle_is_a_vantage_split(
         assert main(["--config", str(eu), "verify", str(doc), "--key", key]) == 0
 
     # The alert's page names the vantage of each document.
-    async def page() -> str:
+    async def page(path: str) -> str:
         config = parse_config(eu.read_text(), base_dir=tmp_path)
         async with (
             await Store.open(tmp_path / "archive.db", readonly=True) as store,
             serving(store, "127.0.0.1", 0, trust=TrustSet([]), ui=Ui(config)) as server,
             aiohttp.ClientSession() as client,
-            client.get(f"{server.url}/ui/alert/{alert_id}") as r,
+            client.get(f"{server.url}{path}") as r,
         ):
             assert r.status == 200
             return await r.text()
 
-    html = anyio.run(page)
+    # The record's newest bundle is served now (to eu), though us was served another.
+    assert "served now by no mirror" not in anyio.run(page, f"/ui/record/{suffix}")
+    assert "on 0 of 1 records" in anyio.run(page, "/ui/mirror/m0")  # its best is the newest
+    html = anyio.run(page, f"/ui/alert/{alert_id}")
     table = html[html.index('<table id="documents">') :]
     table = table[: table.index("</table>")]
     assert "<th>vantage</th>" in table

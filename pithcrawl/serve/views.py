@@ -421,12 +421,12 @@ async def record(
         *(await store.browse.record_events(suffix, limit=LOG)),
         await store.browse.record_alerts(suffix, limit=PAGE),
     )
-    latest: dict[str, Snapshot] = {}
+    latest: dict[tuple[str, str | None], Snapshot] = {}
     for snap in snaps:
-        latest[snap.mirror] = snap
+        latest[(snap.mirror, snap.vantage)] = snap  # what it serves each vantage now
     if newest is not None:
         page.served_by = sorted(
-            m for m, snap in latest.items() if snap.body_sha256 == newest.body_sha256
+            {m for (m, _), snap in latest.items() if snap.body_sha256 == newest.body_sha256}
         )
         try:
             doc = await document(store, newest)

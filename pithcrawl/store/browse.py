@@ -27,19 +27,25 @@ from pithcrawl.store.rows import (
 # Each mirror's newest trusted bundle of each tracked record, against the newest
 # trusted bundle of that record from any mirror (`built_at` as a time, as `serve` and the
 # divergence rules compare it): how many records the mirror is behind on.
+# A mirror's newest on a record: the best of what it serves each vantage now (a vantage
+# kept behind is `vantage_split`'s to tell).
 _LAG = """
 WITH latest AS (
     SELECT suffix, mirror, max(id) AS id FROM snapshots
-    WHERE kind = 'bundle' AND trusted = 1 GROUP BY suffix, mirror
+    WHERE kind = 'bundle' AND trusted = 1 GROUP BY suffix, mirror, vantage
+),
+best AS (
+    SELECT l.suffix, l.mirror, max(julianday(s.built_at)) AS built
+    FROM latest AS l JOIN snapshots AS s ON s.id = l.id GROUP BY l.suffix, l.mirror
 ),
 newest AS (
     SELECT suffix, max(julianday(built_at)) AS built FROM snapshots
     WHERE kind = 'bundle' AND trusted = 1 GROUP BY suffix
 )
-SELECT l.mirror, count(*), sum(julianday(s.built_at) < n.built)
-FROM latest AS l JOIN snapshots AS s ON s.id = l.id JOIN newest AS n ON n.suffix = l.suffix
-WHERE l.suffix IN (SELECT suffix FROM records)
-GROUP BY l.mirror
+SELECT b.mirror, count(*), sum(b.built < n.built)
+FROM best AS b JOIN newest AS n ON n.suffix = b.suffix
+WHERE b.suffix IN (SELECT suffix FROM records)
+GROUP BY b.mirror
 """
 
 # What each mirror did from hour ?1 on (`mirror_hours`), by mirror or, of one mirror, by day.
