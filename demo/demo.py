@@ -55,10 +55,6 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _interrupted(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM stops the demo as Ctrl-C does, cleaning up
-
-
 def step(text: str) -> None:
     print(f"\n==> {text}", flush=True)
 
@@ -254,12 +250,21 @@ def main() -> int:
     ap.add_argument("--no-wait", action="store_true", help="stop once the status page answers")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = ap.parse_args()
-    signal.signal(signal.SIGTERM, _interrupted)
     tmp = Path(tempfile.mkdtemp(prefix="pithcrawl-demo-"))
     print(f"demo directory: {tmp}")
+
+    async def stoppable() -> int:
+        # SIGTERM stops the demo as Ctrl-C does: the running step is cancelled (a
+        # handler raising KeyboardInterrupt could land where it is swallowed, and the
+        # demo went on to serve with nobody waiting for it).
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        return await demo(tmp, args.port, not args.no_wait)
+
     try:
-        return asyncio.run(demo(tmp, args.port, not args.no_wait))
-    except KeyboardInterrupt:
+        return asyncio.run(stoppable())
+    except (KeyboardInterrupt, asyncio.CancelledError):
         return 130
     finally:
         if args.keep:

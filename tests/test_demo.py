@@ -10,21 +10,37 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 DEMO = Path(__file__).resolve().parent.parent / "demo" / "demo.py"
+_STARTED: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_demo_left() -> Iterator[None]:
+    """A test that fails half-way kills its demo (and with it, its `serve`): none is left
+    waiting for a Ctrl-C nobody sends."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
 
 
 def demo(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, str(DEMO), "--port", "0", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, "COLUMNS": "200"},
     )
+    _STARTED.append(proc)
+    return proc
 
 
 def directory(output: str) -> Path:
