@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test lint sync install install-test browser bench demo clean
+.PHONY: test lint sync install install-test browser postgresql bench demo clean
 
 # pithcrawl and what it runs on (aiohttp, pynacl, …): all `make sync` needs.
 $(VENV)/.installed: pyproject.toml
@@ -25,8 +25,12 @@ install-test: $(VENV)/.installed-test
 browser:
 	@sh .ci/install-chromium
 
+# PostgreSQL's server, for the tests that run the archive on it (when missing).
+postgresql:
+	@sh .ci/install-postgresql
+
 ## make test: lint, type-check and run the whole test suite
-test: install-test browser lint
+test: install-test browser postgresql lint
 	$(BIN)/pytest -n auto
 
 lint: install-test

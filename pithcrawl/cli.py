@@ -19,6 +19,7 @@ from typing import Any, NoReturn, TextIO, cast
 from pithcrawl import __version__
 from pithcrawl.commands import COMMANDS
 from pithcrawl.errors import EXIT_OPERATIONAL, EXIT_USAGE, OperationalError, PithcrawlError
+from pithcrawl.location import archive_argument
 from pithcrawl.log import configure
 from pithcrawl.runtime import tune_gc
 from pithcrawl.text import escaped, json_escape
@@ -40,7 +41,12 @@ def _common(defaults: bool) -> _Parser:
     """
     common = _Parser(add_help=False, argument_default=None if defaults else argparse.SUPPRESS)
     common.add_argument("--config", type=Path, metavar="FILE", help="configuration file (TOML)")
-    common.add_argument("--db", type=Path, metavar="FILE", help="archive database")
+    common.add_argument(
+        "--db",
+        type=archive_argument,
+        metavar="FILE|URL",
+        help="archive: a SQLite file, or a PostgreSQL database (postgresql://…)",
+    )
     common.add_argument("--log-format", choices=("json", "console"), help="log format on stderr")
     common.add_argument(
         "-v",

@@ -14,7 +14,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -27,6 +26,7 @@ from pithcrawl.config import Config
 from pithcrawl.crawl import Crawler
 from pithcrawl.errors import PithcrawlError
 from pithcrawl.keys import TrustSet
+from pithcrawl.location import Where, make_room
 from pithcrawl.metrics import Metrics, serve_metrics
 from pithcrawl.mirrors import Site
 from pithcrawl.round import Round
@@ -64,7 +64,7 @@ class Daemon:
     def __init__(
         self,
         load: Callable[[], Config],
-        db: Path,
+        db: Where,
         trust_for: Callable[[Config], TrustSet],
         notifier: Notifier,
         *,
@@ -102,7 +102,7 @@ class Daemon:
         self.store: Store  # set by run(), which owns it
 
     async def run(self) -> None:
-        self.db.parent.mkdir(parents=True, exist_ok=True)
+        make_room(self.db)
         self.wake = anyio.Event()
         async with (
             await Store.open(self.db, exclusive=True) as store,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import anyio
 
@@ -19,6 +18,7 @@ from pithcrawl.alert import check_sinks
 from pithcrawl.clock import Clock
 from pithcrawl.config import Config
 from pithcrawl.keys import TrustSet
+from pithcrawl.location import Where, make_room
 from pithcrawl.log import settings as log_settings
 from pithcrawl.pith import parse_reference
 from pithcrawl.plan import plan, shared_limits
@@ -69,7 +69,7 @@ class Summary(Tally):
 
 async def sync_once(
     config: Config,
-    db: Path,
+    db: Where,
     named: list[str],
     trust: TrustSet,
     *,
@@ -85,7 +85,7 @@ async def sync_once(
     the rules that span records and mirrors once all are done. `progress(total,
     weight)`: something told of each pair this process does.
     """
-    db.parent.mkdir(parents=True, exist_ok=True)
+    make_room(db)
     named = list(dict.fromkeys(named))  # a record named twice is crawled once
     secret = check_sinks(config.alerts, os.environ)  # before the pass, not after it
     summary = Summary()

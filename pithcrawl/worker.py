@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import anyio
 import structlog
@@ -27,6 +26,7 @@ from pithcrawl.crawl import Crawler
 from pithcrawl.errors import PithcrawlError
 from pithcrawl.fetch.client import fetcher_for
 from pithcrawl.keys import TrustSet
+from pithcrawl.location import Where
 from pithcrawl.log import configure as configure_logging
 from pithcrawl.mirrors import Site
 from pithcrawl.plan import Records
@@ -42,7 +42,7 @@ class ShareJob:
     """Everything a worker process needs to crawl its share (pickled to it)."""
 
     config: Config
-    db: Path
+    db: Where
     records: Records
     sites: list[Site]
     trust: TrustSet

@@ -18,9 +18,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from builder import BundleBuilder, TestSigner
 from mirror import TestMirror
+from postgres import Cluster
 
 from pithcrawl.config import host_name
 from pithcrawl.keys import TrustSet, load_key
+from pithcrawl.location import PgUrl
 
 REAL = Path(__file__).parent / "fixtures" / "real"
 REAL_SUFFIX = "2SZ3GMWFCMMCUPZJQTONOWSJZ2"
@@ -67,6 +69,26 @@ def builder(signer: TestSigner) -> BundleBuilder:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    """This test process's PostgreSQL cluster (started on first use)."""
+    cluster = Cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def archive_at(request: pytest.FixtureRequest, tmp_path: Path) -> Path | PgUrl:
+    """Where a test's archive goes, once on each backend: a SQLite file, or an empty
+    schema of a PostgreSQL database."""
+    if request.param == "sqlite":
+        return tmp_path / "archive.db"
+    cluster: Cluster = request.getfixturevalue("pg_cluster")
+    return cluster.archive()
 
 
 @pytest.fixture

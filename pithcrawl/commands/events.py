@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import anyio
 
 from pithcrawl.commands.report import archive, print_json, say, table, when
 from pithcrawl.errors import EXIT_OK, UsageError
+from pithcrawl.location import Where
 from pithcrawl.store import EventRow, Store
 from pithcrawl.timestamps import parse_duration, parse_timestamp
 
@@ -83,7 +83,7 @@ def entry_json(event: EventRow, alert: dict[str, Any] | None) -> dict[str, Any]:
 
 
 async def _events(
-    db: Path, start: datetime | None, kinds: tuple[str, ...]
+    db: Where, start: datetime | None, kinds: tuple[str, ...]
 ) -> tuple[list[EventRow], dict[int, dict[str, Any]]]:
     """The events, and for each that belongs to an alert (by the entry's id), the
     alert's id, state and deliveries."""

@@ -28,6 +28,7 @@ from pithcrawl.commands.report import archive, row_id, say
 from pithcrawl.config import Config
 from pithcrawl.errors import EXIT_OK, OperationalError, StoreCorrupt, UsageError
 from pithcrawl.keys import TrustedKey
+from pithcrawl.location import Where
 from pithcrawl.store import Alert, Snapshot, Store
 from pithcrawl.text import escaped, json_text
 from pithcrawl.timestamps import format_timestamp
@@ -173,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _gather(config: Config, db: Path, alert_id: int) -> Package:
+async def _gather(config: Config, db: Where, alert_id: int) -> Package:
     async with await Store.open(db, readonly=True) as store:
         alert = await store.alerts.get(alert_id)
         if alert is None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -21,6 +20,7 @@ from pithcrawl.commands.report import archive, print_json, say
 from pithcrawl.config import Config
 from pithcrawl.errors import EXIT_OK, EXIT_OPERATIONAL, EXIT_SECURITY, StoreCorrupt, StoreError
 from pithcrawl.keys import TrustSet
+from pithcrawl.location import Where
 from pithcrawl.store import Snapshot, Store
 from pithcrawl.trust import load_trust, with_learned
 from pithcrawl.verify import verify_archived
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_SECURITY if result.problems or result.rows else EXIT_OK
 
 
-async def check(config: Config, db: Path, trust: TrustSet) -> Result:
+async def check(config: Config, db: Where, trust: TrustSet) -> Result:
     result = Result()
     async with await Store.open(db, readonly=True) as store:
         result.integrity = await store.maintenance.integrity_check()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -29,6 +28,7 @@ from pithcrawl.commands.report import (
     when,
 )
 from pithcrawl.errors import EXIT_OK, StoreCorrupt, UsageError
+from pithcrawl.location import Where
 from pithcrawl.store import KINDS, Snapshot, Store
 from pithcrawl.timestamps import format_timestamp
 
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _history(
-    db: Path, suffix: str, mirror: str | None, kind: str, vantage: str | None = None
+    db: Where, suffix: str, mirror: str | None, kind: str, vantage: str | None = None
 ) -> tuple[str | None, list[Entry]]:
     async with await Store.open(db, readonly=True) as store:
         snaps = await store.snapshots(suffix, mirror=mirror, kind=kind, vantage=vantage)
@@ -264,7 +264,7 @@ def _side(s: Snapshot) -> dict[str, Any]:
 
 
 async def _diff(
-    db: Path, suffix: str, mirror: str | None, from_id: int | None, to_id: int | None
+    db: Where, suffix: str, mirror: str | None, from_id: int | None, to_id: int | None
 ) -> tuple[Snapshot, Snapshot, list[dict[str, Any]]]:
     """The two bundle snapshots compared (older, newer) and the patch between them."""
     async with await Store.open(db, readonly=True) as store:

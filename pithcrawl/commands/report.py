@@ -13,40 +13,41 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Sequence
-from contextlib import suppress
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from pithcrawl.config import Config, load_config
 from pithcrawl.errors import UsageError
+from pithcrawl.location import Where
 from pithcrawl.pith import parse_reference
 from pithcrawl.text import escaped, json_text
 from pithcrawl.timestamps import format_seconds
 
 
-def load(args: argparse.Namespace) -> tuple[Config, Path]:
-    """The configuration (`--config`, or the defaults) and the archive's path (`--db`)."""
+def load(args: argparse.Namespace) -> tuple[Config, Where]:
+    """The configuration (`--config`, or the defaults) and the archive (`--db`)."""
     config = load_config(args.config) if args.config else Config()
     return config, db_file(args, config)
 
 
-def db_file(args: argparse.Namespace, config: Config) -> Path:
-    """The archive's path (`--db`, else the configuration's); a directory is a usage error."""
-    db: Path = args.db or config.db_path(os.environ)
-    if db.is_dir():
+def db_file(args: argparse.Namespace, config: Config) -> Where:
+    """The archive (`--db`, else the configuration's): a file (a directory is a usage
+    error) or a PostgreSQL database."""
+    db: Where = args.db or config.db_path(os.environ)
+    if isinstance(db, Path) and db.is_dir():
         named = "--db" if args.db else "db"
         raise UsageError(f"{named}: {db} is a directory; name the archive's file in it")
     return db
 
 
-def archive(args: argparse.Namespace) -> tuple[Config, Path]:
+def archive(args: argparse.Namespace) -> tuple[Config, Where]:
     """The configuration and the archive's path; `UsageError` if there is no archive.
 
     Checked before opening: a read-only open must never leave an empty database behind.
     """
     config, db = load(args)
-    if not db.is_file():
+    if isinstance(db, Path) and not db.is_file():
         raise UsageError(f"no archive at {db}; run `pithcrawl sync` first")
     return config, db
 
@@ -68,15 +69,6 @@ def row_id(text: str) -> int:
     if not 1 <= value < 2**63:
         raise argparse.ArgumentTypeError(f"{text} is not an id (ids run from 1 to 2**63 - 1)")
     return value
-
-
-def file_bytes(db: Path) -> int:
-    """The database's size on disk, with its WAL and shared-memory files."""
-    size = 0
-    for extra in ("", "-wal", "-shm"):
-        with suppress(FileNotFoundError):
-            size += Path(f"{db}{extra}").stat().st_size
-    return size
 
 
 def when(at: datetime | None) -> str:

@@ -28,6 +28,7 @@ from pithcrawl.commands.report import archive
 from pithcrawl.config import Config
 from pithcrawl.errors import EXIT_OK, UsageError
 from pithcrawl.keys import TrustSet
+from pithcrawl.location import Where, absolute, shown
 from pithcrawl.store import Store
 from pithcrawl.trust import load_trust, with_learned
 
@@ -122,7 +123,7 @@ def command_of(args: argparse.Namespace) -> Command:
     if args.config:
         options += ["--config", str(Path(args.config).resolve())]
     if args.db:
-        options += ["--db", str(Path(args.db).resolve())]
+        options += ["--db", shown(absolute(args.db))]
     return Command(program, tuple(options))
 
 
@@ -142,7 +143,7 @@ def _raise_descriptor_limit() -> None:
 async def _serve(
     config: Config,
     trust: TrustSet,
-    db: Path,
+    db: Where,
     bind: tuple[str, int],
     manifest: tuple[str | None, str | None],
     *,

@@ -12,14 +12,14 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import anyio
 
-from pithcrawl.commands.report import archive, file_bytes, print_json, say, size, table, when
+from pithcrawl.commands.report import archive, print_json, say, size, table, when
 from pithcrawl.config import Config
 from pithcrawl.errors import EXIT_OK
+from pithcrawl.location import Where
 from pithcrawl.mirrors import last_crawled, manifest_read
 from pithcrawl.store import Alert, Delivery, Mirror, Store
 from pithcrawl.store.archive import MirrorSummary
@@ -83,7 +83,7 @@ class MirrorStatus:
 
 @dataclass(frozen=True, slots=True)
 class Status:
-    db: Path
+    db: Where
     db_bytes: int
     records: int
     mirrors: list[MirrorStatus]
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def gather(config: Config, db: Path) -> Status:
+async def gather(config: Config, db: Where) -> Status:
     """Read everything `status` shows, in one read-only session."""
     async with await Store.open(db, readonly=True) as store:
         return await gather_from(store, config)
@@ -176,7 +176,7 @@ async def gather_from(store: Store, config: Config, *, alerts: bool = True) -> S
             status.crawled, status.next_due = False, None
     return Status(
         db=db,
-        db_bytes=file_bytes(db),
+        db_bytes=await store.maintenance.size(),
         records=records,
         mirrors=sorted(mirrors.values(), key=lambda m: m.name),
         open_alerts=open_alerts,

@@ -20,6 +20,7 @@ import structlog
 
 from pithcrawl.commands.report import load, print_json, say
 from pithcrawl.errors import EXIT_OK, EXIT_OPERATIONAL, EXIT_SECURITY, UsageError
+from pithcrawl.location import Where, make_room
 from pithcrawl.pith import parse_reference
 from pithcrawl.store import Store
 from pithcrawl.trust import load_trust
@@ -61,7 +62,7 @@ def run_track(args: argparse.Namespace) -> int:
     suffixes = _suffixes(args.pith)
 
     async def go() -> int:
-        db.parent.mkdir(parents=True, exist_ok=True)
+        make_room(db)
         async with await Store.open(db) as store:
             return await store.watchlist.track(suffixes, datetime.now(UTC))
 
@@ -97,7 +98,7 @@ def run_sync(args: argparse.Namespace) -> int:
     config, db = load(args)
     named = _suffixes(args.pith)
     trust = load_trust(config.trust.keys)
-    if not named and not config.watch.pith and not (db.exists() and anyio.run(_tracks_any, db)):
+    if not named and not config.watch.pith and not (_exists(db) and anyio.run(_tracks_any, db)):
         # Not a pass over nothing (which would still read the manifests): what to do.
         # A sink that cannot work is still an error, with or without records.
         from pithcrawl.alert import check_sinks
@@ -124,7 +125,12 @@ def run_sync(args: argparse.Namespace) -> int:
     return exit_code(summary)
 
 
-async def _tracks_any(db: Path) -> bool:
+def _exists(db: Where) -> bool:
+    """Whether there may be an archive at `db` (a database may hold one: it is asked)."""
+    return not isinstance(db, Path) or db.exists()
+
+
+async def _tracks_any(db: Where) -> bool:
     """Whether the archive at `db` tracks a record."""
     async with await Store.open(db) as store:
         return await store.watchlist.tracked_count() > 0

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 from pithcrawl.config.toml import Table, bad, check_url, table
 from pithcrawl.errors import ConfigError
+from pithcrawl.location import Where
 
 REGISTRY_BASE_URL = "https://pith.science"
 REGISTRY_MANIFEST_URL = "https://pith.science/pith-mirrors.json"
@@ -185,7 +186,7 @@ class MetricsConfig:
 class Config:
     """The whole configuration file; `Config()` is an empty file."""
 
-    db: Path | None = None  # absolute; None: `default_db_path` of the environment
+    db: Where | None = None  # a path (absolute) or a URL; None: `default_db_path` of the env
     trust: TrustConfig = field(default_factory=TrustConfig)
     crawl: CrawlConfig = field(default_factory=CrawlConfig)
     mirrors: tuple[MirrorConfig, ...] = DEFAULT_MIRRORS
@@ -211,7 +212,7 @@ class Config:
         saw to count as what it sees now (two intervals, or `alerts.unreachable_after`)."""
         return max(2 * self.crawl.interval, self.alerts.unreachable_after)
 
-    def db_path(self, env: Mapping[str, str]) -> Path:
+    def db_path(self, env: Mapping[str, str]) -> Where:
         """The configured database, else the default for this environment."""
         return self.db if self.db is not None else default_db_path(env)
 
@@ -299,7 +300,7 @@ def parse_config(text: str, *, base_dir: Path | None = None) -> Config:
     root = Path(os.path.abspath(base_dir if base_dir is not None else Path.cwd()))
     top = table(raw, "", Config, root)
     return Config(
-        db=top.path("db"),
+        db=top.archive("db"),
         trust=_trust(top.section("trust", TrustConfig)),
         crawl=_crawl(top.section("crawl", CrawlConfig)),
         mirrors=_mirrors(raw.get("mirrors"), root),

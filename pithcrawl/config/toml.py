@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pithcrawl.errors import ConfigError
+from pithcrawl.location import Where, checked, is_url
 from pithcrawl.timestamps import parse_duration
 
 #: The longest duration a key may hold: past it, adding one to a date overflows.
@@ -91,6 +92,18 @@ class Table:
     def path(self, name: str) -> Path | None:
         value: str | None = self._get(name, str, "a file path")
         return None if value is None else _resolve(self.key(name), value, self.root)
+
+    def archive(self, name: str) -> Where | None:
+        """A file path (SQLite), or a `postgresql://` URL libpq can read."""
+        value: str | None = self._get(name, str, "a file path or a postgresql:// URL")
+        if value is None:
+            return None
+        if not is_url(value):
+            return _resolve(self.key(name), value, self.root)
+        try:
+            return checked(value)
+        except ValueError as e:
+            raise ConfigError(f"{self.key(name)}: {e}") from None
 
     def strings(self, name: str) -> tuple[str, ...]:
         values: list[Any] = self._get(name, list, "a list of strings") or []

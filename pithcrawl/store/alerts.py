@@ -119,7 +119,7 @@ _INSERT_ALERT = """
 INSERT INTO alerts (dedup_key, scope, kind, severity, pith_number, suffix, mirrors, summary,
                     evidence, opened_at)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT DO NOTHING
+ON CONFLICT DO NOTHING RETURNING id
 """
 _INSERT_DELIVERY = """
 INSERT INTO deliveries (alert_id, sink, phase, next_attempt) VALUES (?, ?, ?, ?)
@@ -129,12 +129,12 @@ ON CONFLICT DO NOTHING
 
 _FAILING = """
 SELECT suffix, first_failure_at, last_error, count(*) OVER () AS n FROM (
-    SELECT f.suffix, min(f.first_failure_at) AS first_failure_at, f.last_error
+    SELECT f.suffix, f.first_failure_at, f.last_error,
+           row_number() OVER (PARTITION BY f.suffix ORDER BY f.first_failure_at, f.vantage) AS k
     FROM fetch_state AS f JOIN records AS r ON r.suffix = f.suffix
     WHERE f.mirror = ?1 AND f.kind = 'bundle' AND f.failures > 0 AND f.first_failure_at <= ?2
       AND (f.vantage = '' OR f.vantage IN (SELECT vantage FROM nodes WHERE last_seen >= ?2))
-    GROUP BY f.suffix
-)
+) AS failing WHERE k = 1
 ORDER BY first_failure_at, suffix LIMIT 10
 """
 
@@ -242,7 +242,7 @@ class AlertBook:
         sinks: Sequence[str],
         log: bool,
     ) -> Alert | None:
-        changed, rowid = await s.run(
+        inserted = await s.one(
             _INSERT_ALERT,
             (
                 c.dedup_key,
@@ -257,8 +257,9 @@ class AlertBook:
                 db_time(now),
             ),
         )
-        if changed == 0 or rowid is None:
+        if inserted is None:
             return None  # open already, under another scope
+        rowid = int(inserted[0])
         await s.run_many(_INSERT_DELIVERY, [(rowid, sink, "open", db_time(now)) for sink in sinks])
         if log:
             await s.run(INSERT_EVENT, event_params(c, c.suffix, None))
@@ -360,7 +361,7 @@ class AlertBook:
             rows = await s.all(
                 "SELECT * FROM alerts WHERE closed_at IS NULL AND (suffix IS NULL OR ("
                 " (?1 IS NULL OR suffix IN (SELECT value FROM json_each(?1)))"
-                " AND (NOT ?2 OR suffix IN (SELECT suffix FROM records))"
+                " AND (?2 = 0 OR suffix IN (SELECT suffix FROM records))"
                 ")) ORDER BY opened_at DESC, id DESC",
                 (names, tracked),
             )
@@ -390,9 +391,9 @@ class AlertBook:
         # `by` is one of two column names (checked above), not a value to bind.
         query = (
             f"SELECT {by}, count(*) FROM alerts WHERE closed_at IS NULL"  # noqa: S608
-            " AND (NOT ?3 OR cleared_at IS NULL)"
+            " AND (?3 = 0 OR cleared_at IS NULL)"
             " AND (suffix IS NULL OR ((?1 IS NULL OR suffix IN (SELECT value FROM json_each(?1)))"
-            " AND (NOT ?2 OR suffix IN (SELECT suffix FROM records)))) GROUP BY 1"
+            " AND (?2 = 0 OR suffix IN (SELECT suffix FROM records)))) GROUP BY 1"
         )
         async with self._db.read("count open alerts") as s:
             rows = await s.all(query, (names, tracked, firing))

@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import Any, NamedTuple
 
 from pithcrawl.entries import NewEvent
+from pithcrawl.location import PgUrl, Where, locate
 from pithcrawl.store.alerts import AlertBook, Reconciled
 from pithcrawl.store.blobs import PackedBlob
 from pithcrawl.store.bodies import Bodies
@@ -69,7 +70,7 @@ LEFT JOIN fetch_state AS f ON f.suffix = r.suffix AND f.mirror = m.name AND f.ki
   AND f.vantage = ?5
 WHERE (f.next_due IS NULL OR f.next_due <= ?1)
   AND (?2 IS NULL OR m.name IN (SELECT value FROM json_each(?2)))
-ORDER BY f.suffix IS NOT NULL, f.next_due, r.added_at, r.suffix, m.name
+ORDER BY f.suffix IS NOT NULL, f.next_due NULLS FIRST, r.added_at, r.suffix, m.name
 LIMIT ?4
 """
 
@@ -82,9 +83,10 @@ WHERE f.vantage = ?2 AND f.kind = 'bundle' AND f.mirror IN (SELECT value FROM js
 _COUNT_HOUR = """
 INSERT INTO mirror_hours (mirror, hour, fetches, changed, failures, untrusted)
 VALUES (?, ?, ?, ?, ?, ?)
-ON CONFLICT (mirror, hour) DO UPDATE SET fetches = fetches + excluded.fetches,
-    changed = changed + excluded.changed, failures = failures + excluded.failures,
-    untrusted = untrusted + excluded.untrusted
+ON CONFLICT (mirror, hour) DO UPDATE SET fetches = mirror_hours.fetches + excluded.fetches,
+    changed = mirror_hours.changed + excluded.changed,
+    failures = mirror_hours.failures + excluded.failures,
+    untrusted = mirror_hours.untrusted + excluded.untrusted
 """
 
 # One pass over fetch_state for the sums, one over its failing rows for each mirror's
@@ -103,10 +105,10 @@ GROUP BY f.mirror ORDER BY f.mirror
 _LATEST_ERRORS = """
 SELECT mirror, last_error FROM (
     SELECT mirror, last_error,
-           row_number() OVER (PARTITION BY mirror ORDER BY last_fetch_at DESC) AS n
+           row_number() OVER (PARTITION BY mirror ORDER BY last_fetch_at DESC NULLS LAST) AS n
     FROM fetch_state WHERE failures > 0
       AND (?1 IS NULL OR vantage = '' OR vantage IN (SELECT value FROM json_each(?1)))
-) WHERE n = 1
+) AS latest WHERE n = 1
 """
 
 # With the verdict on the body it last saw, so a 304 needs no second read.
@@ -199,7 +201,7 @@ async def _adopt_alerts(s: Session, vantage: str) -> None:
         await s.run(
             "UPDATE alerts SET scope = ?1 || substr(scope, ?2)"
             " WHERE closed_at IS NULL AND substr(scope, 1, ?3) = ?4"
-            " AND substr(dedup_key, -?5) = ?6",
+            " AND substr(dedup_key, length(dedup_key) - ?5 + 1) = ?6",
             (
                 f"{kind}@{vantage}:",
                 len(scope) + 1,
@@ -235,18 +237,22 @@ class Store:
 
     @classmethod
     async def open(
-        cls, path: Path | str, *, exclusive: bool = False, readonly: bool = False
+        cls, path: Path | str | PgUrl, *, exclusive: bool = False, readonly: bool = False
     ) -> Store:
-        """Open (creating and migrating as needed) the archive at `path`.
+        """Open (creating and migrating as needed) the archive at `path`: a SQLite file,
+        or a PostgreSQL database (a `PgUrl`, or a str that is a libpq URL).
 
         `exclusive` takes the writers' lock (`StoreLocked` if another process holds it):
         every command that crawls takes it. `readonly` opens with SQLite's `mode=ro`,
         never creates or migrates, and refuses every write.
         """
-        return cls(await Database.open(Path(path), exclusive=exclusive, readonly=readonly))
+        where = locate(path) if isinstance(path, str) else path
+        return cls(await Database.open(where, exclusive=exclusive, readonly=readonly))
 
     @property
-    def path(self) -> Path:
+    def path(self) -> Where:
+        """Where the archive is: its file, or its database's URL (printed without a
+        password)."""
         return self._db.path
 
     def check_file(self) -> None:
@@ -259,8 +265,12 @@ class Store:
         the archive after the upgrade continues their series. How many rows it took
         (after the first time, none: one look into an empty partial index)."""
         async with self._db.write("adopt the bookkeeping of no vantage") as s:
-            taken, _ = await s.run(
-                "UPDATE OR IGNORE fetch_state SET vantage = ? WHERE vantage = ''", (vantage,)
+            taken = await s.run(
+                "UPDATE fetch_state SET vantage = ?1 WHERE vantage = '' AND NOT EXISTS ("
+                "SELECT 1 FROM fetch_state AS o WHERE o.suffix = fetch_state.suffix"
+                " AND o.mirror = fetch_state.mirror AND o.kind = fetch_state.kind"
+                " AND o.vantage = ?1)",
+                (vantage,),
             )
             if not taken:
                 return 0
@@ -394,7 +404,7 @@ class Store:
         `now`: never fetched first, then by `next_due`; only of `mirrors` when given (the
         mirrors crawled now)."""
         names = None if mirrors is None else to_json_text(list(mirrors))
-        args = (db_time(now), names, None, -1 if limit is None else limit, vantage)
+        args = (db_time(now), names, None, 2**62 if limit is None else limit, vantage)
         async with self._db.read("list due fetches") as s:
             rows = await s.all(_DUE, args)
         with decoding("a fetch_state row's next_due"):
@@ -617,9 +627,9 @@ class Store:
         ids: list[int] = []
         async with self._db.write("add events") as s:
             for p in params:
-                _, rowid = await s.run(INSERT_EVENT, p)
-                assert rowid is not None
-                ids.append(rowid)
+                row = await s.one(INSERT_EVENT + " RETURNING id", p)
+                assert row is not None
+                ids.append(int(row[0]))
         return ids
 
     async def events(
@@ -654,7 +664,8 @@ class Store:
         async with self._db.read("read the events of snapshots") as s:
             rows = await s.all(
                 "SELECT snapshot_id, kind FROM events"
-                " WHERE snapshot_id IN (SELECT value FROM json_each(?)) ORDER BY at, id",
+                " WHERE snapshot_id IN (SELECT CAST(value AS INTEGER) FROM json_each(?))"
+                " ORDER BY at, id",
                 (to_json_text(list(snapshot_ids)),),
             )
         linked: dict[int, list[str]] = {}

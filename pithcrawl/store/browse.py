@@ -86,8 +86,10 @@ LIMIT ?1
 
 # A record once, however many of its documents and vantages fail: its latest failure.
 _FAILING = """
-SELECT *, max(last_fetch_at) FROM fetch_state WHERE mirror = ?1 AND failures > 0 AND suffix > ?2
-GROUP BY suffix ORDER BY suffix LIMIT ?3
+SELECT * FROM (
+    SELECT *, row_number() OVER (PARTITION BY suffix ORDER BY last_fetch_at DESC NULLS LAST) AS k
+    FROM fetch_state WHERE mirror = ?1 AND failures > 0 AND suffix > ?2
+) AS failing WHERE k = 1 ORDER BY suffix LIMIT ?3
 """
 
 # A record's event log entries: those of its snapshots (by the indexes on both).

@@ -1,8 +1,11 @@
 """The one connection to the archive, shared by the tasks of a process.
 
 Owns serialising those tasks, the transactions of `write` blocks with group commit, and
-the deferred bookkeeping statements (see `Database`). Opening, migrating and translating
-errors are `sqlite`'s; the writers' lock is `lock`'s. It knows no table: queries are
+the deferred bookkeeping statements (see `Database`), on either database: SQLite (a
+file, through aiosqlite) or PostgreSQL (a libpq URL, through `postgres`, whose
+connection has the same face). Opening, migrating and the errors' wording are
+`sqlite`'s and `postgres`'s; turning either's errors into `StoreError` happens here
+(`translated`); the writers' lock file is `lock`'s. It knows no table: queries are
 `archive`'s.
 """
 
@@ -11,8 +14,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
-from contextlib import suppress
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
@@ -21,8 +24,54 @@ import aiosqlite
 import anyio
 
 from pithcrawl.errors import StoreError
+from pithcrawl.location import PgUrl, Where
+from pithcrawl.store import postgres, sqlite
 from pithcrawl.store.lock import WriterLock
-from pithcrawl.store.sqlite import connect, describe, in_thread, rollback, translated
+from pithcrawl.store.postgres import BackendError, PgConnection
+
+Connection = aiosqlite.Connection | PgConnection
+#: The errors either database raises (turned into `StoreError` by `translated`).
+DB_ERRORS = (sqlite3.Error, BackendError)
+
+
+def describe(where: Where, doing: str, e: Exception) -> str:
+    """The message for a database's error: what we were doing, and what to check."""
+    if isinstance(e, BackendError):
+        assert isinstance(where, PgUrl)
+        return postgres.describe(where, doing, e)
+    assert isinstance(e, sqlite3.Error) and isinstance(where, Path)
+    return sqlite.describe(where, doing, e)
+
+
+@contextmanager
+def translated(where: Where, doing: str) -> Iterator[None]:
+    """Turn the database's errors raised inside into `StoreError` (the only place)."""
+    try:
+        yield
+    except DB_ERRORS as e:
+        raise StoreError(describe(where, doing, e)) from e
+
+
+async def in_thread(
+    conn: Connection,
+    fn: Callable[Concatenate[sqlite3.Connection, P], T],
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> T:
+    """`fn(raw connection, *args)` in the database's thread (one hand-off for all of
+    its statements). On PostgreSQL the raw connection is a `postgres.PgRaw`, which
+    answers the part of sqlite3.Connection's face the store's batches use."""
+    if isinstance(conn, PgConnection):
+        return await conn.call(fn, *args, **kwargs)  # type: ignore[arg-type]
+    return await sqlite.in_thread(conn, fn, *args, **kwargs)
+
+
+async def rollback(conn: Connection) -> None:
+    # Shielded so a cancelled task still ends its transaction; a ROLLBACK with no
+    # transaction open (sqlite already rolled back, e.g. after SQLITE_FULL) is fine.
+    with anyio.CancelScope(shield=True), suppress(sqlite3.OperationalError, BackendError):
+        await conn.execute("ROLLBACK")
+
 
 #: Deferred statements (`Database.defer`) written together at the latest.
 DEFER_MAX = 512
@@ -47,12 +96,12 @@ class Later(Generic[T]):
         self._value: T | None = None
         self._error: Exception | None = None
 
-    def _run(self, conn: sqlite3.Connection, path: Path) -> None:
+    def _run(self, conn: sqlite3.Connection, path: Where) -> None:
         fn, self._fn = self._fn, None
         assert fn is not None  # run once
         try:
             self._value = fn(conn)
-        except sqlite3.Error as e:  # as every other statement's: a `StoreError`
+        except DB_ERRORS as e:  # as every other statement's: a `StoreError`
             self._error = StoreError(describe(path, "read what a write left", e))
             self._error.__cause__ = e
         except Exception as e:  # the reader's to see, not the group's to fail on
@@ -68,7 +117,7 @@ class Later(Generic[T]):
         return self._value  # type: ignore[return-value] # set by _run when done
 
 
-def _run_reads(conn: sqlite3.Connection, reads: Sequence[Later[Any]], path: Path) -> None:
+def _run_reads(conn: sqlite3.Connection, reads: Sequence[Later[Any]], path: Where) -> None:
     for read in reads:
         read._run(conn, path)
 
@@ -114,11 +163,11 @@ class Database:
     """
 
     def __init__(
-        self, conn: aiosqlite.Connection, path: Path, lock: WriterLock | None, readonly: bool
+        self, conn: Connection, path: Where, lock: WriterLock | None, readonly: bool
     ) -> None:
-        self._conn: aiosqlite.Connection | None = conn
+        self._conn: Connection | None = conn
         self.path = path
-        self._identity = _identity(path)
+        self._identity = _identity(path) if isinstance(path, Path) else None
         self.readonly = readonly
         self._writer_lock = lock
         # fast_acquire: a free turn is taken without a trip through the event loop; every
@@ -131,12 +180,16 @@ class Database:
         """Transactions committed (groups, and deferred statements on their own)."""
 
     @classmethod
-    async def open(cls, path: Path, *, exclusive: bool, readonly: bool) -> Database:
+    async def open(cls, path: Where, *, exclusive: bool, readonly: bool) -> Database:
         if exclusive and readonly:
             raise ValueError("a read-only store cannot take the writers' lock")
+        if isinstance(path, PgUrl):
+            # The writers' lock is a session lock of this connection there.
+            pg = await postgres.connect(path, readonly=readonly, exclusive=exclusive)
+            return cls(pg, path, None, readonly)
         lock = WriterLock.acquire(path) if exclusive else None
         try:
-            conn = await connect(path, readonly=readonly)
+            conn = await sqlite.connect(path, readonly=readonly)
         except BaseException:
             if lock is not None:
                 lock.release()
@@ -159,7 +212,7 @@ class Database:
         try:
             if conn is not None:
                 with translated(self.path, "close"):
-                    if self._writer_lock is not None:
+                    if self._writer_lock is not None and isinstance(conn, aiosqlite.Connection):
                         # Only the archive's one writer process: PRAGMA optimize may write,
                         # and is not worth waiting for another writer's lock.
                         with suppress(sqlite3.OperationalError):
@@ -173,7 +226,10 @@ class Database:
     def check_file(self) -> None:
         """`StoreError` when the archive's file is gone or another file now has its name
         (deleted, or moved aside by hand): what this connection writes from then on goes
-        into a file nobody can open again, lost when the process ends."""
+        into a file nobody can open again, lost when the process ends. (A PostgreSQL
+        archive has no file to lose.)"""
+        if not isinstance(self.path, Path):
+            return
         now = _identity(self.path)
         if now != self._identity:
             what = "was deleted" if now is None else "was replaced by another file"
@@ -183,7 +239,29 @@ class Database:
                 " in the file now at that path)"
             )
 
-    def _live(self) -> aiosqlite.Connection:
+    async def size(self) -> int:
+        """The archive's bytes on disk: the SQLite file with its WAL and shared memory,
+        or the PostgreSQL tables with their indexes."""
+        conn = self._live()
+        if isinstance(conn, PgConnection):
+            async with self._turn:
+                with translated(self.path, "measure the archive"):
+                    return await postgres.database_bytes(conn)
+        assert isinstance(self.path, Path)
+        return sqlite.file_bytes(self.path)
+
+    async def integrity_check(self) -> list[str]:
+        """SQLite's `PRAGMA integrity_check` lines, ["ok"] when the file is sound. A
+        PostgreSQL server checks its own pages (with data checksums, when the cluster
+        has them on): the answer there is that the archive's tables can be read."""
+        async with self.read("check integrity") as s:
+            if isinstance(self._live(), PgConnection):
+                await s.all("SELECT count(*) FROM pithcrawl_schema")
+                return ["ok"]
+            rows = await s.all("PRAGMA integrity_check")
+        return [str(r[0]) for r in rows]
+
+    def _live(self) -> Connection:
         if self._conn is None:
             raise StoreError(f"the store {self.path} is closed")
         return self._conn
@@ -330,7 +408,7 @@ class _Read:
             await db._end_group_if_idle()
         finally:
             db._turn.release()
-        if isinstance(exc, sqlite3.Error):
+        if isinstance(exc, DB_ERRORS):
             raise StoreError(describe(db.path, self._doing, exc)) from exc
 
 
@@ -379,7 +457,7 @@ class _Write:
             with translated(db.path, self._doing):
                 if exc is not None:
                     await db._fail_group(exc)
-                    if isinstance(exc, sqlite3.Error):
+                    if isinstance(exc, DB_ERRORS):
                         raise StoreError(describe(db.path, self._doing, exc)) from exc
                     return  # the block's own exception goes on
                 if group.full:
@@ -409,7 +487,7 @@ def _identity(path: Path) -> tuple[int, int] | None:
 class Session:
     """The statements a `read` or `write` block runs, typed for the archive's queries."""
 
-    def __init__(self, conn: aiosqlite.Connection, group: _Group | None = None) -> None:
+    def __init__(self, conn: Connection, group: _Group | None = None) -> None:
         self._conn = conn
         self._group = group
 
@@ -435,14 +513,15 @@ class Session:
         rows = list(await self._conn.execute_fetchall(sql, params))
         return rows[0] if rows else None
 
-    async def run(self, sql: str, params: Sequence[Any] = ()) -> tuple[int, int | None]:
-        """Execute one statement; (rows changed, last inserted rowid).
+    async def run(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Execute one statement; how many rows it changed (an INSERT's new id is read
+        with `RETURNING id`, which both databases speak).
 
         One trip to the database thread: the cursor holds no result rows, so it is left
         to be freed with its object rather than closed with a second trip.
         """
         cur = await self._conn.execute(sql, params)
-        return cur.rowcount, cur.lastrowid
+        return int(cur.rowcount)
 
     async def call(
         self,

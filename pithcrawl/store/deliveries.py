@@ -92,7 +92,8 @@ class DeliveryBook:
         async with self._db.read("list deliveries") as s:
             rows = await s.all(
                 "SELECT * FROM deliveries WHERE (?1 IS NULL OR alert_id = ?1)"
-                " AND (?2 IS NULL OR alert_id IN (SELECT value FROM json_each(?2)))"
+                " AND (?2 IS NULL"
+                " OR alert_id IN (SELECT CAST(value AS INTEGER) FROM json_each(?2)))"
                 " ORDER BY alert_id, phase DESC, sink",
                 (alert_id, ids),
             )

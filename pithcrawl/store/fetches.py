@@ -11,7 +11,7 @@ one.
 from __future__ import annotations
 
 import sqlite3
-from typing import Any
+from typing import Any, cast
 
 from pithcrawl.entries import NewEvent
 from pithcrawl.store.blobs import PackedBlob, sha256_hex
@@ -33,10 +33,12 @@ INSERT INTO fetch_state (suffix, mirror, kind, vantage, url, etag, last_modified
 VALUES (?1, ?2, ?3, ?12, ?4, ?5, ?6, ?7, ?8, ?9, ?9, 0, ?10)
 ON CONFLICT (suffix, mirror, kind, vantage) DO UPDATE SET
     url = excluded.url,
-    etag = CASE WHEN ?11 THEN excluded.etag ELSE coalesce(excluded.etag, etag) END,
-    last_modified = CASE WHEN ?11 THEN excluded.last_modified
-                         ELSE coalesce(excluded.last_modified, last_modified) END,
-    body_sha256 = coalesce(excluded.body_sha256, body_sha256),
+    etag = CASE WHEN ?11 = 1 THEN excluded.etag
+                ELSE coalesce(excluded.etag, fetch_state.etag) END,
+    last_modified = CASE WHEN ?11 = 1 THEN excluded.last_modified
+                         ELSE coalesce(excluded.last_modified,
+                                                fetch_state.last_modified) END,
+    body_sha256 = coalesce(excluded.body_sha256, fetch_state.body_sha256),
     status = excluded.status, last_fetch_at = excluded.last_fetch_at,
     last_success_at = excluded.last_success_at, first_failure_at = NULL, failures = 0,
     next_due = excluded.next_due, last_error = NULL
@@ -48,15 +50,16 @@ INSERT INTO fetch_state (suffix, mirror, kind, url, status, last_fetch_at, first
 VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)
 ON CONFLICT (suffix, mirror, kind, vantage) DO UPDATE SET
     url = excluded.url, status = excluded.status, last_fetch_at = excluded.last_fetch_at,
-    first_failure_at = coalesce(first_failure_at, excluded.first_failure_at),
-    failures = failures + 1, next_due = excluded.next_due, last_error = excluded.last_error
+    first_failure_at = coalesce(fetch_state.first_failure_at, excluded.first_failure_at),
+    failures = fetch_state.failures + 1, next_due = excluded.next_due,
+    last_error = excluded.last_error
 """
 
 _INSERT_SNAPSHOT = """
 INSERT INTO snapshots (suffix, mirror, kind, fetched_at, url, status, body_sha256,
                        bundle_sha256, built_at, event_count, trusted, findings, prev_id,
                        node, vantage)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id
 """
 
 INSERT_EVENT = """
@@ -165,7 +168,8 @@ def write_fetch(
     else:
         if latest is _UNREAD:
             latest = newest_of_series(conn, fetch)
-        assert latest is None or isinstance(latest, sqlite3.Row)
+        assert latest is not _UNREAD
+        latest = cast("sqlite3.Row | None", latest)
         # Events of an unchanged (or 304) fetch concern the body already archived.
         link = None if latest is None else latest["id"]
         if blob is not None:
@@ -249,7 +253,7 @@ def event_params(event: NewEvent, suffix: str | None, snapshot_id: int | None) -
 def _insert_snapshot(
     conn: sqlite3.Connection, fetch: FetchOutcome, body_sha256: str, prev_id: int | None
 ) -> Snapshot:
-    rowid = conn.execute(
+    row = conn.execute(
         _INSERT_SNAPSHOT,
         (
             fetch.suffix,
@@ -268,6 +272,5 @@ def _insert_snapshot(
             fetch.node,
             fetch.vantage,
         ),
-    ).lastrowid
-    assert rowid is not None
-    return snapshot_of(fetch, rowid, body_sha256, prev_id)
+    ).fetchone()
+    return snapshot_of(fetch, int(row[0]), body_sha256, prev_id)

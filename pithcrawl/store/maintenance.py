@@ -10,9 +10,7 @@ connection; the rest of the archive's queries are `archive`'s.
 from __future__ import annotations
 
 import sqlite3
-from contextlib import suppress
 from datetime import datetime, timedelta
-from pathlib import Path
 
 from pithcrawl.errors import StoreCorrupt
 from pithcrawl.store.connection import Database
@@ -90,14 +88,16 @@ class Maintenance:
             row = await s.one(_STATS)
         assert row is not None
         out = {k: int(row[k]) for k in row.keys()}  # noqa: SIM118 (sqlite3.Row is not a dict)
-        out["file_bytes"] = _file_bytes(self._db.path)
+        out["file_bytes"] = await self._db.size()
         return out
 
+    async def size(self) -> int:
+        """The archive's bytes on disk (the file with its WAL, or the tables)."""
+        return await self._db.size()
+
     async def integrity_check(self) -> list[str]:
-        """`PRAGMA integrity_check`'s lines: ["ok"] when the file is sound."""
-        async with self._db.read("check integrity") as s:
-            rows = await s.all("PRAGMA integrity_check")
-        return [str(r[0]) for r in rows]
+        """The database's own check of its storage: ["ok"] when it is sound."""
+        return await self._db.integrity_check()
 
     async def malformed_rows(self) -> list[str]:
         """Rows whose JSON or time columns are not what pithcrawl writes (an object of
@@ -167,18 +167,9 @@ def _damaged_times(table: str, key: str, column: str) -> str:
     # Names from `_TIME_COLUMNS`, never from data.
     return (
         f"SELECT '{table}', {key}, '{column}', 'time' FROM {table}"  # noqa: S608
-        f" WHERE {column} IS NOT NULL AND (substr({column}, -1) <> 'Z'"
+        f" WHERE {column} IS NOT NULL AND (substr({column}, length({column})) <> 'Z'"
         f" OR julianday(substr({column}, 1, length({column}) - 1)) IS NULL)"
     )
 
 
 _MALFORMED_TIMES = " UNION ALL ".join(_damaged_times(*names) for names in _TIME_COLUMNS)
-
-
-def _file_bytes(db: Path) -> int:
-    # A few stat calls: too quick to be worth a worker thread.
-    size = 0
-    for suffix in ("", "-wal", "-shm"):
-        with suppress(FileNotFoundError):
-            size += Path(f"{db}{suffix}").stat().st_size
-    return size

@@ -18,14 +18,17 @@ _SEEN = """
 INSERT INTO nodes (name, vantage, first_seen, last_seen, interval_s)
 VALUES (?1, ?2, ?3, ?3, ?4)
 ON CONFLICT (name) DO UPDATE SET vantage = excluded.vantage,
-    last_seen = max(nodes.last_seen, excluded.last_seen), interval_s = excluded.interval_s
+    last_seen = CASE WHEN excluded.last_seen > nodes.last_seen THEN excluded.last_seen
+                     ELSE nodes.last_seen END,
+    interval_s = excluded.interval_s
 """
 
 # A node crawls still if seen within two of its own intervals, or `?3` seconds if longer
 # (those of the node asking: `Config.vantage_alive`).
 _LIVE = """
 SELECT DISTINCT vantage FROM nodes
-WHERE julianday(last_seen) >= julianday(?1) - max(2 * coalesce(interval_s, ?2), ?3) / 86400.0
+WHERE julianday(last_seen) >= julianday(?1) - (CASE WHEN 2 * coalesce(interval_s, ?2) > ?3
+    THEN 2 * coalesce(interval_s, ?2) ELSE ?3 END) / 86400.0
 """
 
 

@@ -91,6 +91,16 @@ async def in_thread(
     return result
 
 
+def file_bytes(db: Path) -> int:
+    """The database's size on disk, with its WAL and shared-memory files."""
+    # A few stat calls: too quick to be worth a worker thread.
+    size = 0
+    for extra in ("", "-wal", "-shm"):
+        with suppress(FileNotFoundError):
+            size += Path(f"{db}{extra}").stat().st_size
+    return size
+
+
 def _target(path: Path, *, readonly: bool) -> str:
     # SQLite's URI form is the only way to ask for mode=ro; as_uri() percent-encodes.
     return f"{path.absolute().as_uri()}?mode=ro" if readonly else str(path)

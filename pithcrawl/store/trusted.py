@@ -35,7 +35,7 @@ SELECT * FROM snapshots AS s WHERE s.suffix = ?1 AND s.kind = 'bundle' AND s.tru
     SELECT 1 FROM snapshots AS later WHERE later.suffix = ?1 AND later.kind = 'bundle'
       AND later.body_sha256 = s.body_sha256 AND later.id > s.id AND later.trusted = 0
   )
-ORDER BY julianday(s.built_at) DESC, s.fetched_at DESC, s.id DESC LIMIT ?2
+ORDER BY julianday(s.built_at) DESC NULLS LAST, s.fetched_at DESC, s.id DESC LIMIT ?2
 """
 
 # Of one vantage's series (as `fetches._LATEST_BODY` says it), or of every vantage's
@@ -44,7 +44,7 @@ _HIGHEST_TRUSTED_BUNDLE = """
 SELECT * FROM snapshots WHERE suffix = ?1 AND mirror = ?2 AND kind = 'bundle' AND trusted = 1
   AND (?3 IS NULL OR coalesce(vantage, '') IN (
        SELECT ?3 UNION ALL SELECT vantage FROM vantage_heirs WHERE heir = ?3))
-ORDER BY julianday(built_at) DESC, id DESC LIMIT 1
+ORDER BY julianday(built_at) DESC NULLS LAST, id DESC LIMIT 1
 """
 
 # `latest`: per mirror and vantage (two vantages served two bundles by one mirror differ),
@@ -57,7 +57,7 @@ WITH latest AS (
         SELECT suffix, mirror, id, coalesce(h.heir, s.vantage) AS v
         FROM snapshots AS s LEFT JOIN vantage_heirs AS h ON h.vantage = coalesce(s.vantage, '')
         WHERE kind = 'bundle'
-    )
+    ) AS tagged
     WHERE v IS NULL OR v IN (SELECT value FROM json_each(?2))
     GROUP BY suffix, mirror, v
 ),
@@ -71,7 +71,7 @@ candidates (suffix) AS (
     WHERE s.trusted = 1 AND s.body_sha256 != (
         SELECT n.body_sha256 FROM snapshots AS n
         WHERE n.suffix = l.suffix AND n.kind = 'bundle' AND n.trusted = 1
-        ORDER BY julianday(n.built_at) DESC, n.fetched_at DESC, n.id DESC LIMIT 1
+        ORDER BY julianday(n.built_at) DESC NULLS LAST, n.fetched_at DESC, n.id DESC LIMIT 1
     )
     UNION
     SELECT suffix FROM alerts WHERE closed_at IS NULL AND scope LIKE 'record:%'
@@ -79,7 +79,7 @@ candidates (suffix) AS (
     -- A pass stopped (or a worker killed) before the rules ran after its new snapshots.
     SELECT suffix FROM rules_due
 )
-SELECT suffix FROM candidates WHERE NOT ?1 OR suffix IN (SELECT suffix FROM records)
+SELECT suffix FROM candidates WHERE ?1 = 0 OR suffix IN (SELECT suffix FROM records)
 """
 
 _TRUSTED_STATES = """

@@ -137,7 +137,7 @@ class Watchlist:
         """Forget a mirror and its fetch bookkeeping (its snapshots stay); True if known."""
         async with self._db.write("remove a mirror") as s:
             await s.run("DELETE FROM fetch_state WHERE mirror = ?", (name,))
-            changed, _ = await s.run("DELETE FROM mirrors WHERE name = ?", (name,))
+            changed = await s.run("DELETE FROM mirrors WHERE name = ?", (name,))
         return changed > 0
 
     async def mirrors(self) -> list[Mirror]:

@@ -1,0 +1,92 @@
+"""Where an archive is: a SQLite file (a path) or a PostgreSQL database (a libpq URL).
+
+Owns telling the two apart (`locate`), and printing a URL without its password. It
+opens nothing (and imports no database driver until a URL is checked);
+`store.Store.open` takes either.
+"""
+
+from __future__ import annotations
+
+import re
+from argparse import ArgumentTypeError
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMES = ("postgresql://", "postgres://")
+
+_PASSWORDS = (
+    re.compile(r"(?<=://)([^/?#@:]*):[^/?#]*@"),  # user:password@host (to the last @)
+    re.compile(r"(?<=[?&])password=[^&#]*", re.IGNORECASE),  # ?password=…
+)
+
+
+def is_url(text: str) -> bool:
+    """Whether `text` (a `db` setting, a `--db` argument) names a PostgreSQL database."""
+    return text.startswith(SCHEMES)
+
+
+@dataclass(frozen=True)
+class PgUrl:
+    """A libpq URL naming an archive's database; printed without its password."""
+
+    url: str
+
+    def __str__(self) -> str:
+        return redacted(self.url)
+
+
+#: Where an archive is.
+Where = Path | PgUrl
+
+
+def locate(text: str) -> Where:
+    """A `--db` argument or `db` setting: a URL as given, else a path."""
+    return PgUrl(text) if is_url(text) else Path(text)
+
+
+def redacted(url: str) -> str:
+    """`url` with any password (in the authority or as `password=`) replaced by `***`."""
+    url = _PASSWORDS[0].sub(r"\1:***@", url)
+    return _PASSWORDS[1].sub("password=***", url)
+
+
+def checked(url: str) -> PgUrl:
+    """`url` if libpq can read it; else `ValueError` saying why (without the password)."""
+    from psycopg import Error  # noqa: PLC0415 (only for a URL: a path need not load it)
+    from psycopg.conninfo import conninfo_to_dict  # noqa: PLC0415
+
+    try:
+        conninfo_to_dict(url)
+    except Error as e:
+        why = str(e).split(" in URI:", 1)[0].strip() or "not a libpq URL"
+        raise ValueError(
+            f"{redacted(url)} is not a PostgreSQL URL libpq can read ({why})"
+        ) from None
+    return PgUrl(url)
+
+
+def make_room(where: Where) -> None:
+    """Create the directory a new SQLite file goes in (a database needs nothing)."""
+    if isinstance(where, Path):
+        where.parent.mkdir(parents=True, exist_ok=True)
+
+
+def absolute(where: Where) -> Where:
+    """`where` independent of the working directory (a URL is already)."""
+    return where.resolve() if isinstance(where, Path) else where
+
+
+def shown(where: Where) -> str:
+    """`where` for a command line or a page: a path, or the URL as given (`serve`'s pages
+    print the commands to run on it; the URL's password is the operator's own)."""
+    return str(where) if isinstance(where, Path) else where.url
+
+
+def archive_argument(text: str) -> Where:
+    """An argparse type for `--db`: a path, or a URL libpq can read."""
+    if not is_url(text):
+        return Path(text)
+    try:
+        return checked(text)
+    except ValueError as e:
+        raise ArgumentTypeError(str(e)) from None

@@ -1,0 +1,386 @@
+"""The PostgreSQL boundary: opening an archive in a PostgreSQL database, creating its
+schema, and the connection the store's queries run on.
+
+Driver: psycopg 3, its synchronous connection, used from one worker thread at a time,
+exactly as aiosqlite uses sqlite3. The store runs batches of statements as plain
+functions in the database's thread (`Session.call`, one hand-off for a whole fetch's
+writes); with psycopg's synchronous API the very same functions run on PostgreSQL, and
+no query exists twice. (asyncpg would need every batch rewritten as awaits, one round
+trip of the event loop per statement.) `PgConnection` is the small part of aiosqlite's
+face the store uses; `PgRaw` is the part of sqlite3's the batches use. Statements are
+translated by `dialect`; a psycopg error becomes `BackendError`, which the store turns
+into `StoreError` where it turns sqlite3's.
+
+Writers take turns as on SQLite: every write transaction takes one transaction-level
+advisory lock (`dialect.BEGIN`), and the archive's crawling process holds a session
+lock (`dialect.WRITER_PROCESS_LOCK`) in place of SQLite's `DB.lock` file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import lru_cache, partial
+from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
+
+import anyio
+
+from pithcrawl.errors import StoreCorrupt, StoreError, StoreLocked
+from pithcrawl.location import PgUrl
+from pithcrawl.store.dialect import WRITER_PROCESS_LOCK, begin, translate
+from pithcrawl.store.postgres_schema import SCHEMA, TABLES
+from pithcrawl.store.schema import SCHEMA_VERSION
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class BackendError(Exception):
+    """A PostgreSQL error, as text (psycopg's own exceptions stay in this module)."""
+
+    def __init__(self, message: str, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+class Row(tuple[Any, ...]):
+    """A result row read as sqlite3.Row reads: by position or by column name."""
+
+    _index: ClassVar[dict[str, int]] = {}
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            try:
+                return tuple.__getitem__(self, self._index[key])
+            except KeyError:
+                raise IndexError(f"no column {key!r}") from None  # as sqlite3.Row
+        return tuple.__getitem__(self, key)
+
+    def keys(self) -> list[str]:
+        return list(self._index)
+
+
+@lru_cache(maxsize=512)
+def _row_class(names: tuple[str, ...]) -> type[Row]:
+    index: dict[str, int] = {}
+    for i, name in enumerate(names):
+        index.setdefault(name, i)  # as sqlite3.Row: the first of two equal names
+    return type("Row", (Row,), {"_index": index})
+
+
+def _row_factory(cursor: Any) -> Callable[[Sequence[Any]], Any]:
+    description = cursor.description
+    if description is None:
+        return tuple
+    return _row_class(tuple(d.name for d in description))
+
+
+def _error(e: Exception) -> BackendError:
+    text = str(e).strip() or type(e).__name__
+    return BackendError(text.splitlines()[0] if text else text, getattr(e, "sqlstate", None))
+
+
+class PgRaw:
+    """The part of sqlite3.Connection's face the store's batches use, on one psycopg
+    connection; used from one thread at a time."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+        self.schema_key = 0
+        """`hashtext` of the archive's schema: the second half of its locks' keys."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        query, values = _bound(sql, params)
+        try:
+            return self._conn.execute(query, values if values else None)
+        except Exception as e:
+            raise _error(e) from e
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any:
+        """Each row's statement, in order (rows with the same NULLs share one call)."""
+        import psycopg  # noqa: PLC0415 (only for PostgreSQL: `sync` on SQLite need not load it)
+
+        cur = self._conn.cursor()
+        total = 0
+        try:
+            for query, batch in _batches(sql, rows):
+                cur.executemany(query, batch)
+                total += max(cur.rowcount, 0)
+        except psycopg.Error as e:
+            raise _error(e) from e
+        return _Done(total)
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+@dataclass
+class _Done:
+    rowcount: int
+    lastrowid: None = None
+
+
+def _bound(sql: str, params: Sequence[Any]) -> tuple[str, list[Any]]:
+    """The translated statement with the NULL parameters written in as NULL (PostgreSQL
+    cannot type a parameter that is only ever compared with IS NULL), and the rest."""
+    nulls = tuple(i for i, p in enumerate(params) if p is None)
+    return _with_nulls(sql, nulls, len(params)), [p for p in params if p is not None]
+
+
+@lru_cache(maxsize=4096)
+def _with_nulls(sql: str, nulls: tuple[int, ...], count: int) -> str:
+    text = translate(sql)
+    if not nulls:
+        return text
+    numbers: dict[int, str] = {}
+    kept = 0
+    for i in range(count):
+        if i in nulls:
+            numbers[i + 1] = "NULL"
+        else:
+            kept += 1
+            numbers[i + 1] = f"${kept}"
+    return re.sub(r"\$(\d+)", lambda m: numbers.get(int(m.group(1)), m.group(0)), text)
+
+
+def _batches(sql: str, rows: Sequence[Sequence[Any]]) -> list[tuple[str, list[list[Any]]]]:
+    out: list[tuple[str, list[list[Any]]]] = []
+    for row in rows:
+        query, values = _bound(sql, row)
+        if out and out[-1][0] == query:
+            out[-1][1].append(values)
+        else:
+            out.append((query, [values]))
+    return out
+
+
+class PgConnection:
+    """The part of aiosqlite.Connection's face the store uses, for one psycopg
+    connection: each call runs in a worker thread, one at a time, and runs to its end
+    even when its caller is cancelled (as aiosqlite's)."""
+
+    def __init__(self, raw: PgRaw) -> None:
+        self.raw = raw
+        self._limiter = anyio.CapacityLimiter(1)
+
+    async def call(
+        self, fn: Callable[Concatenate[PgRaw, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        return await anyio.to_thread.run_sync(
+            partial(fn, self.raw, *args, **kwargs), limiter=self._limiter
+        )
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> _Done:
+        return await self.call(_execute, sql, params)
+
+    async def execute_fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return await self.call(_fetchall, sql, params)
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> _Done:
+        done: _Done = await self.call(PgRaw.executemany, sql, rows)
+        return done
+
+    async def close(self) -> None:
+        await self.call(PgRaw.close)
+
+
+def _execute(raw: PgRaw, sql: str, params: Sequence[Any]) -> _Done:
+    if sql == "BEGIN IMMEDIATE":
+        try:
+            raw._conn.execute(begin(raw.schema_key))
+        except Exception as e:
+            raise _error(e) from e
+        return _Done(0)
+    cur = raw.execute(sql, params)
+    return _Done(cur.rowcount)
+
+
+def _fetchall(raw: PgRaw, sql: str, params: Sequence[Any]) -> list[Any]:
+    cur = raw.execute(sql, params)
+    try:
+        return list(cur.fetchall())
+    except Exception as e:
+        raise _error(e) from e
+
+
+# -- opening ---------------------------------------------------------------------------
+
+
+def _adapted(conn: Any) -> None:
+    """Values as the store's SQLite columns hold them: a bool is 0 or 1, a str is text
+    (not psycopg's untyped default), a NUMERIC (what sum() of integers gives) an int."""
+    from psycopg import adapt, postgres  # noqa: PLC0415 (as above)
+    from psycopg.types.string import StrDumper  # noqa: PLC0415
+
+    int8 = postgres.types["int8"].oid
+
+    class BoolAsInt(adapt.Dumper):
+        oid = int8
+
+        def dump(self, obj: bool) -> bytes:
+            return b"1" if obj else b"0"
+
+    class Number(adapt.Loader):
+        def load(self, data: Any) -> int | float:
+            value = Decimal(bytes(data).decode())
+            return int(value) if value == value.to_integral_value() else float(value)
+
+    conn.adapters.register_dumper(str, StrDumper)
+    conn.adapters.register_dumper(bool, BoolAsInt)
+    conn.adapters.register_loader("numeric", Number)
+
+
+def _connect(url: str, readonly: bool, exclusive: bool) -> PgRaw:
+    import psycopg  # noqa: PLC0415 (only for PostgreSQL: `sync` on SQLite need not load it)
+
+    try:
+        conn = psycopg.connect(
+            url,
+            autocommit=True,
+            cursor_factory=psycopg.RawCursor,
+            row_factory=_row_factory,
+            application_name=f"pithcrawl {socket.gethostname()} pid {os.getpid()}"[:63],
+            connect_timeout=30,
+        )
+    except psycopg.Error as e:
+        raise _error(e) from e
+    raw = PgRaw(conn)
+    try:
+        _adapted(conn)
+        conn.execute("SET TIME ZONE 'UTC'")
+        if readonly:
+            conn.execute("SET default_transaction_read_only = on")
+        raw.schema_key = int(_one(conn, "SELECT hashtext(current_schema())"))
+        lock = f"{WRITER_PROCESS_LOCK}, {raw.schema_key}"
+        if exclusive and not _one(conn, f"SELECT pg_try_advisory_lock({lock})"):
+            holder = conn.execute(
+                "SELECT a.application_name FROM pg_locks AS l"
+                " JOIN pg_stat_activity AS a ON a.pid = l.pid"
+                " WHERE l.locktype = 'advisory' AND l.granted AND l.database = a.datid"
+                " AND l.classid::bigint = $1 AND l.objid::bigint = $2",
+                [WRITER_PROCESS_LOCK, raw.schema_key & 0xFFFFFFFF],
+            ).fetchone()
+            raise _Locked(holder[0] if holder and holder[0] else "another process")
+        _prepare(raw, readonly)
+    except BaseException:
+        conn.close()
+        raise
+    return raw
+
+
+def _one(conn: Any, sql: str) -> Any:
+    row = conn.execute(sql).fetchone()
+    return None if row is None else row[0]
+
+
+class _Locked(Exception):
+    pass
+
+
+class _Refused(Exception):
+    def __init__(self, message: str, corrupt: bool = False) -> None:
+        super().__init__(message)
+        self.corrupt = corrupt
+
+
+def _prepare(raw: PgRaw, readonly: bool) -> None:
+    """Create the schema in a database that has none; refuse one this pithcrawl cannot
+    read. Under the write lock: two processes opening a new database create it once."""
+    conn = raw._conn
+    if readonly:
+        _check_version(_version(conn), readonly=True)
+        return
+    conn.execute(begin(raw.schema_key))
+    try:
+        version = _version(conn)
+        if version is None:
+            found = [
+                t
+                for (t,) in conn.execute(
+                    "SELECT c.relname FROM pg_class AS c"
+                    " WHERE c.relname = ANY($1) AND pg_table_is_visible(c.oid)",
+                    [list(TABLES)],
+                ).fetchall()
+            ]
+            if found:
+                raise _Refused(
+                    f"holds {', '.join(sorted(found)[:5])} but no pithcrawl schema version:"
+                    " not an archive pithcrawl made, or damaged; use another database",
+                    corrupt=True,
+                )
+            conn.execute(SCHEMA)
+            conn.execute("INSERT INTO pithcrawl_schema (version) VALUES ($1)", [SCHEMA_VERSION])
+        else:
+            _check_version(version, readonly=False)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _version(conn: Any) -> int | None:
+    if conn.execute("SELECT to_regclass('pithcrawl_schema')").fetchone()[0] is None:
+        return None
+    row = conn.execute("SELECT version FROM pithcrawl_schema").fetchone()
+    return None if row is None else int(row[0])
+
+
+def _check_version(version: int | None, *, readonly: bool) -> None:
+    if version is None:
+        raise _Refused("holds no pithcrawl archive; run `pithcrawl sync` first")
+    if version > SCHEMA_VERSION:
+        raise _Refused(
+            f"has schema version {version}, newer than this pithcrawl ({SCHEMA_VERSION});"
+            " upgrade pithcrawl"
+        )
+    if version < SCHEMA_VERSION:
+        # Every PostgreSQL archive starts at the version PostgreSQL support came with;
+        # later migrations will be written for both databases.
+        raise _Refused(f"has schema version {version}, which this pithcrawl cannot migrate")
+
+
+async def connect(where: PgUrl, *, readonly: bool, exclusive: bool) -> PgConnection:
+    """Open the archive in the database `where` names (creating its schema unless
+    `readonly`); `exclusive` takes the crawling process's lock (`StoreLocked`)."""
+    try:
+        raw = await anyio.to_thread.run_sync(_connect, where.url, readonly, exclusive)
+    except _Locked as e:
+        raise StoreLocked(f"another pithcrawl is crawling {where} ({e})") from None
+    except _Refused as e:
+        error = StoreCorrupt if e.corrupt else StoreError
+        raise error(f"database {where} {e}") from None
+    except BackendError as e:
+        raise StoreError(describe(where, "open the database", e)) from e
+    return PgConnection(raw)
+
+
+def describe(where: PgUrl, doing: str, e: BackendError) -> str:
+    """A message for a PostgreSQL error that says what we were doing."""
+    text = str(e)
+    if e.sqlstate == "25006":
+        return f"database {where} is opened read-only: cannot {doing}"
+    if e.sqlstate is None or e.sqlstate.startswith("08"):
+        return f"cannot reach database {where}: {text}"
+    if e.sqlstate == "42501":
+        return f"database {where}: cannot {doing}: {text} (does the role own the schema?)"
+    return f"database {where}: cannot {doing}: {text}"
+
+
+async def database_bytes(conn: PgConnection) -> int:
+    """The size of the archive's tables, indexes and TOAST data."""
+    rows = await conn.execute_fetchall(
+        "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class AS c"
+        " WHERE c.relname IN (SELECT value FROM json_each(?)) AND c.relkind = 'r'"
+        " AND pg_table_is_visible(c.oid)",
+        (_json_list(TABLES),),
+    )
+    return int(rows[0][0])
+
+
+def _json_list(names: Sequence[str]) -> str:
+    return json.dumps(list(names))
