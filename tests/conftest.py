@@ -126,8 +126,18 @@ def load_json(path: Path) -> Any:
     return json.loads(path.read_bytes())
 
 
-def write_config(tmp_path: Path, signer: TestSigner, *bases: str) -> Path:
-    """A config file trusting `signer`'s key, with one mirror per base URL (m0, m1, …)."""
+def db_setting(db: Path | PgUrl | None) -> str:
+    """The `db` value of a test configuration: the archive's path or URL."""
+    if db is None:
+        return "archive.db"
+    return db.url if isinstance(db, PgUrl) else str(db)
+
+
+def write_config(
+    tmp_path: Path, signer: TestSigner, *bases: str, db: Path | PgUrl | None = None
+) -> Path:
+    """A config file trusting `signer`'s key, with one mirror per base URL (m0, m1, …),
+    and its archive at `db` (`archive_at`: either backend), else `archive.db` beside it."""
     key = tmp_path / "test.key.json"
     key.write_text(json.dumps(signer.public_key()))
     mirrors = "".join(
@@ -135,7 +145,8 @@ def write_config(tmp_path: Path, signer: TestSigner, *bases: str) -> Path:
     )
     cfg = tmp_path / "pithcrawl.toml"
     cfg.write_text(
-        f'db = "archive.db"\n[trust]\nkeys = ["{key.name}"]\nclock_skew = "3650d"\n'
+        f"db = {json.dumps(db_setting(db))}\n"
+        f'[trust]\nkeys = ["{key.name}"]\nclock_skew = "3650d"\n'
         f'[crawl]\ntimeout = "5s"\n\n{mirrors}'
     )
     return cfg

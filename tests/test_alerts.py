@@ -10,7 +10,6 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import stat
 import sys
 import time
@@ -27,13 +26,16 @@ import structlog
 from aiohttp import web
 from builder import BundleBuilder, TestSigner
 from clocks import TestClock
+from conftest import db_setting
 from mirror import TestMirror
+from postgres import raw
 
 from pithcrawl.alert import Sinks, deliver_due, read_secret
 from pithcrawl.config import Config, parse_config
 from pithcrawl.crawl import Crawler, PairResult, RecordTurn
 from pithcrawl.fetch.client import HttpFetcher
 from pithcrawl.keys import TrustSet, load_key
+from pithcrawl.location import PgUrl
 from pithcrawl.mirrors import Site
 from pithcrawl.store import NewEvent, Store
 from pithcrawl.sync import Summary, sync_once
@@ -113,7 +115,7 @@ class Env:
     tmp: Path
     mirrors: list[TestMirror]
     trust: TrustSet
-    db: Path
+    db: Path | PgUrl
     config: Config
     clock: TestClock = field(default_factory=TestClock)
     """The passes' wall clock: `clock.advance` stands for time passing."""
@@ -129,7 +131,8 @@ class Env:
         )
         (self.tmp / "secret").write_bytes(SECRET + b"\n")
         self.config = parse_config(
-            f'db = "archive.db"\n[crawl]\ntimeout = "5s"\ndiscover = false\n'
+            f"db = {json.dumps(db_setting(self.db))}\n"
+            '[crawl]\ntimeout = "5s"\ndiscover = false\n'
             f"[alerts]\n{lines}\n{mirrors}",
             base_dir=self.tmp,
         )
@@ -144,14 +147,17 @@ class Env:
 
 
 @asynccontextmanager
-async def env(tmp_path: Path, signer: TestSigner, n: int = 2) -> AsyncIterator[Env]:
+async def env(
+    tmp_path: Path, signer: TestSigner, n: int = 2, *, db: Path | PgUrl | None = None
+) -> AsyncIterator[Env]:
+    """`n` loopback mirrors, and the archive at `db` (`archive_at`), else in `tmp_path`."""
     async with AsyncExitStack() as stack:
         mirrors = [await stack.enter_async_context(TestMirror()) for _ in range(n)]
         e = Env(
             tmp_path,
             mirrors,
             TrustSet([load_key(signer.public_key())]),
-            tmp_path / "archive.db",
+            tmp_path / "archive.db" if db is None else db,
             Config(),
         )
         e.configure()
@@ -182,8 +188,8 @@ async def lagging(e: Any, signer: TestSigner) -> BundleBuilder:
     return b
 
 
-async def test_consistent_mirrors_raise_no_alert(tmp_path, signer):
-    async with env(tmp_path, signer) as e:
+async def test_consistent_mirrors_raise_no_alert(archive_at, tmp_path, signer):
+    async with env(tmp_path, signer, db=archive_at) as e:
         b = BundleBuilder(signer)
         b.add_event()
         for m in e.mirrors:
@@ -195,9 +201,9 @@ async def test_consistent_mirrors_raise_no_alert(tmp_path, signer):
             assert await store.alerts.open_alerts() == []
 
 
-async def test_lag_is_not_divergence_until_stale_after(tmp_path, signer):
+async def test_lag_is_not_divergence_until_stale_after(archive_at, tmp_path, signer):
     """A mirror behind the newest history: quiet, then mirror_stale, then cleared."""
-    async with env(tmp_path, signer) as e:
+    async with env(tmp_path, signer, db=archive_at) as e:
         b = await lagging(e, signer)
         summary = await e.sync()
         assert (summary.alerts, summary.warnings) == (0, 0)
@@ -221,10 +227,12 @@ async def test_lag_is_not_divergence_until_stale_after(tmp_path, signer):
         assert closed[0].evidence["kind"] == "mirror_stale"
 
 
-async def test_fork_is_a_divergence_delivered_once_to_hook_and_webhook(tmp_path, signer):
+async def test_fork_is_a_divergence_delivered_once_to_hook_and_webhook(
+    archive_at, tmp_path, signer
+):
     """Two mirrors with forked histories: one mirror_divergence naming both, delivered
     exactly once to each sink, the webhook's HMAC correct, and still open next pass."""
-    async with env(tmp_path, signer) as e, receiver() as r:
+    async with env(tmp_path, signer, db=archive_at) as e, receiver() as r:
         a, b = fork(signer)
         e.mirrors[0].put(a.bytes())
         e.mirrors[1].put(b.bytes())
@@ -269,12 +277,12 @@ def _site(name: str, mirror: TestMirror) -> Site:
 
 
 async def test_a_records_rules_wait_for_its_last_pair_of_the_pass_even_one_put_off(
-    tmp_path, signer
+    archive_at, tmp_path, signer
 ):
     """In a pass, a record's rules run once its last pair ends: not while another
     mirror's pair of it is still to come (that mirror would be judged by what it served
     before), and also when that last pair is one put off (its mirror in backoff)."""
-    async with env(tmp_path, signer) as e:
+    async with env(tmp_path, signer, db=archive_at) as e:
         a, b = fork(signer)
         e.mirrors[0].put(a.bytes())
         e.mirrors[1].put(b.bytes())
@@ -299,13 +307,15 @@ async def test_a_records_rules_wait_for_its_last_pair_of_the_pass_even_one_put_o
             assert [x.kind for x in await store.alerts.open_alerts()] == ["mirror_divergence"]
 
 
-async def test_log_lines_are_named_by_kind_at_the_level_of_their_severity(tmp_path, signer):
+async def test_log_lines_are_named_by_kind_at_the_level_of_their_severity(
+    archive_at, tmp_path, signer
+):
     """A fork, a rogue bundle and a dead mirror in one pass: every event-log entry has a
     log line of its kind at its severity's level (`mirror_divergence` had none), next to
     an `alert_opened` at the same level; a failed fetch is a warning (it was info), and
     nothing of an alert is below error (`document_invalid` was a warning beside its
     `alert_opened` at error)."""
-    async with env(tmp_path, signer, n=3) as e:
+    async with env(tmp_path, signer, n=3, db=archive_at) as e:
         a, b = fork(signer)
         e.mirrors[0].put(a.bytes())
         e.mirrors[1].put(b.bytes())
@@ -363,10 +373,10 @@ def test_events_show_each_alert_delivery_state(tmp_path, signer, capsys, mirror)
     assert "not yet" in delivery["last_error"]
 
 
-async def test_equivocation_across_mirrors_each_consistent_alone(tmp_path, signer):
+async def test_equivocation_across_mirrors_each_consistent_alone(archive_at, tmp_path, signer):
     """Each mirror's bundle verifies on its own; together they hold two events claiming
     the same prev_event: an equivocation."""
-    async with env(tmp_path, signer) as e:
+    async with env(tmp_path, signer, db=archive_at) as e:
         a, b = BundleBuilder(signer), BundleBuilder(signer)
         root = a.events[0]["event_id"]
         a.add_event(prev_event=root, payload={"graph_snapshot": {"v": 1}})
@@ -383,8 +393,10 @@ async def test_equivocation_across_mirrors_each_consistent_alone(tmp_path, signe
         assert all(x.evidence.get("place", {}).get("ref") == root for x in invalid)
 
 
-async def test_failing_hook_is_retried_and_the_alert_survives_a_restart(tmp_path, signer):
-    async with env(tmp_path, signer, n=1) as e:
+async def test_failing_hook_is_retried_and_the_alert_survives_a_restart(
+    archive_at, tmp_path, signer
+):
+    async with env(tmp_path, signer, n=1, db=archive_at) as e:
         b = BundleBuilder(signer)
         doc = b.build()
         doc["bundle_signature"]["bundle_sha256"] = "0" * 64
@@ -407,8 +419,8 @@ async def test_failing_hook_is_retried_and_the_alert_survives_a_restart(tmp_path
         assert [c["env"]["EVENT"] for c in calls(tmp_path)] == ["document_invalid"]
 
 
-async def test_hanging_hook_times_out_and_is_retried(tmp_path, signer):
-    async with env(tmp_path, signer, n=1) as e:
+async def test_hanging_hook_times_out_and_is_retried(archive_at, tmp_path, signer):
+    async with env(tmp_path, signer, n=1, db=archive_at) as e:
         b = BundleBuilder(signer)
         doc = b.build()
         doc["built_at"] = "not a time"
@@ -424,8 +436,8 @@ async def test_hanging_hook_times_out_and_is_retried(tmp_path, signer):
         assert "did not finish within 1s" in (d.last_error or "")
 
 
-async def test_webhook_failure_is_retried_with_the_same_signed_body(tmp_path, signer):
-    async with env(tmp_path, signer, n=1) as e, receiver() as r:
+async def test_webhook_failure_is_retried_with_the_same_signed_body(archive_at, tmp_path, signer):
+    async with env(tmp_path, signer, n=1, db=archive_at) as e, receiver() as r:
         b = BundleBuilder(signer)
         doc = b.build()
         doc["events"][0]["subject_pith_number"] = "pith:2026:" + "A" * 26
@@ -443,8 +455,8 @@ async def test_webhook_failure_is_retried_with_the_same_signed_body(tmp_path, si
         assert [x["event"] for x in r.received] == ["document_invalid"]
 
 
-async def test_closing_notice_is_delivered_when_the_condition_clears(tmp_path, signer):
-    async with env(tmp_path, signer, n=1) as e:
+async def test_closing_notice_is_delivered_when_the_condition_clears(archive_at, tmp_path, signer):
+    async with env(tmp_path, signer, n=1, db=archive_at) as e:
         b = BundleBuilder(signer)
         good = b.bytes()
         doc = json.loads(good)
@@ -461,8 +473,10 @@ async def test_closing_notice_is_delivered_when_the_condition_clears(tmp_path, s
         assert calls(tmp_path)[1]["doc"]["status"] == "closed"
 
 
-async def test_transient_failure_is_quiet_persistent_one_is_mirror_unreachable(tmp_path, signer):
-    async with env(tmp_path, signer, n=1) as e:
+async def test_transient_failure_is_quiet_persistent_one_is_mirror_unreachable(
+    archive_at, tmp_path, signer
+):
+    async with env(tmp_path, signer, n=1, db=archive_at) as e:
         b = BundleBuilder(signer)
         e.mirrors[0].put(b.bytes())
         e.mirrors[0].fail(b.suffix, 500)
@@ -535,11 +549,11 @@ def test_the_webhook_secret_never_reaches_logs_events_or_status(tmp_path, signer
     assert failed["retry_at"].endswith("Z")  # like every other time pithcrawl writes
 
 
-async def test_a_hostile_number_claim_never_reaches_the_hook(tmp_path, signer):
+async def test_a_hostile_number_claim_never_reaches_the_hook(archive_at, tmp_path, signer):
     """An invalid bundle claims a Pith Number holding a NUL: the alert names the tracked
     record instead, and the hook is told (a NUL in its environment used to end every
     later pass with an exception, the delivery never even marked as failed)."""
-    async with env(tmp_path, signer, n=1) as e:
+    async with env(tmp_path, signer, n=1, db=archive_at) as e:
         b = BundleBuilder(signer)
         doc = b.build()
         doc["pith_number"] = "evil\u0000x:" + b.suffix
@@ -619,7 +633,7 @@ async def test_a_failing_hooks_stderr_is_read_back_in_part(tmp_path):
     assert len(message) < 1000
 
 
-async def test_a_closing_notice_waits_for_its_opening_one(tmp_path, signer):
+async def test_a_closing_notice_waits_for_its_opening_one(archive_at, tmp_path, signer):
     """The opening notice failed, then the condition cleared: the sink hears of the
     alert opening first and closing last (it used to hear the close first, the alert
     as open last)."""
@@ -632,7 +646,7 @@ async def test_a_closing_notice_waits_for_its_opening_one(tmp_path, signer):
         f"open({str(log)!r}, 'a').write(json.dumps(os.environ['EVENT']) + '\\n')\n"
     )
     hook.chmod(hook.stat().st_mode | stat.S_IXUSR)
-    async with env(tmp_path, signer, n=1) as e:
+    async with env(tmp_path, signer, n=1, db=archive_at) as e:
         b = BundleBuilder(signer)
         good = b.bytes()
         doc = json.loads(good)
@@ -660,7 +674,7 @@ def _script(path: Path, body: str) -> None:
     path.chmod(0o755)
 
 
-async def test_a_hooks_directory_delivers_to_each_script_on_its_own(tmp_path, signer):
+async def test_a_hooks_directory_delivers_to_each_script_on_its_own(archive_at, tmp_path, signer):
     """`alerts.hook` naming a directory (a hooks.d): each executable in it, as run-parts
     would pick them, gets every alert as a sink of its own: one that fails is retried
     alone, and one added later is told of the alerts still open."""
@@ -677,7 +691,7 @@ async def test_a_hooks_directory_delivers_to_each_script_on_its_own(tmp_path, si
     )
     _script(hooks / "10-log~", record)  # an editor's backup: not run
     (hooks / "notes").write_text("not executable")
-    async with env(tmp_path, signer, n=1) as e:
+    async with env(tmp_path, signer, n=1, db=archive_at) as e:
         a = BundleBuilder(signer)
         a.add_event()
         doc = a.build()
@@ -694,7 +708,7 @@ async def test_a_hooks_directory_delivers_to_each_script_on_its_own(tmp_path, si
             "10-log document_invalid",
             "30-late document_invalid",
         ]
-    with sqlite3.connect(e.db) as c:
+    with raw(e.db) as c:
         rows = c.execute(
             "SELECT sink, delivered_at IS NOT NULL, last_error FROM deliveries ORDER BY sink"
         ).fetchall()

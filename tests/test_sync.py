@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
 import time
@@ -13,10 +12,12 @@ import pytest
 from builder import BundleBuilder, TestSigner, canonical_record
 from conftest import VANTAGE, in_thread, write_config
 from mirror import TestMirror
+from postgres import raw
 
 from pithcrawl import plan
 from pithcrawl.cli import main
 from pithcrawl.config import parse_config
+from pithcrawl.location import PgUrl
 
 
 def sync(capsys, cfg: Path, *extra: str) -> tuple[int, dict]:
@@ -35,13 +36,13 @@ def records(signer: TestSigner, n: int) -> list[BundleBuilder]:
 
 
 def test_first_sync_archives_every_record_then_resync_is_conditional(
-    capsys, tmp_path: Path, signer: TestSigner, mirror: TestMirror
+    archive_at, capsys, tmp_path: Path, signer: TestSigner, mirror: TestMirror
 ):
     """First sync: every record archived. Second: 304s, no new snapshot."""
     builders = records(signer, 5)
     for b in builders:
         mirror.put(b.bytes())
-    cfg = write_config(tmp_path, signer, mirror.base_url)
+    cfg = write_config(tmp_path, signer, mirror.base_url, db=archive_at)
     assert main(["--config", str(cfg), "track", *(b.pith_number for b in builders)]) == 0
     capsys.readouterr()
     code, summary = sync(capsys, cfg)
@@ -56,13 +57,13 @@ def test_first_sync_archives_every_record_then_resync_is_conditional(
 
 
 def test_tampered_bundle_is_an_alert_and_exit_1(
-    capsys, tmp_path: Path, signer: TestSigner, mirror: TestMirror
+    archive_at, capsys, tmp_path: Path, signer: TestSigner, mirror: TestMirror
 ):
     b = records(signer, 1)[0]
     doc = b.build()
     doc["bundle_signature"]["bundle_sha256"] = "0" * 64
     mirror.put(json.dumps(doc).encode())
-    cfg = write_config(tmp_path, signer, mirror.base_url)
+    cfg = write_config(tmp_path, signer, mirror.base_url, db=archive_at)
     code, summary = sync(capsys, cfg, b.pith_number)
     assert code == 1
     assert summary["alerts"] == 1
@@ -74,11 +75,13 @@ def test_tampered_bundle_is_an_alert_and_exit_1(
     assert summary["untrusted"] == 1
 
 
-def test_dead_mirror_exits_3(capsys, tmp_path: Path, signer: TestSigner, mirror: TestMirror):
+def test_dead_mirror_exits_3(
+    archive_at, capsys, tmp_path: Path, signer: TestSigner, mirror: TestMirror
+):
     b = records(signer, 1)[0]
     mirror.put(b.bytes())
     mirror.fail(b.suffix, 503, retry_after="120")
-    cfg = write_config(tmp_path, signer, mirror.base_url)
+    cfg = write_config(tmp_path, signer, mirror.base_url, db=archive_at)
     code, summary = sync(capsys, cfg, b.pith_number)
     assert code == 3
     assert summary["errors"] == 1
@@ -105,9 +108,9 @@ def test_bad_config_exits_2_naming_the_key(capsys, tmp_path: Path, toml: str, ke
     assert not (tmp_path / "pithcrawl.db").exists()
 
 
-def _archived(db: Path) -> tuple[list[tuple], list[tuple]]:
+def _archived(db: Path | PgUrl) -> tuple[list[tuple], list[tuple]]:
     """What an archive holds, independent of ids and times: snapshots and open alerts."""
-    with sqlite3.connect(db) as conn:
+    with raw(db) as conn:
         snaps = conn.execute(
             "SELECT suffix, mirror, kind, body_sha256, trusted FROM snapshots ORDER BY 1, 2, 3"
         ).fetchall()
@@ -118,10 +121,18 @@ def _archived(db: Path) -> tuple[list[tuple], list[tuple]]:
 
 
 def test_a_pass_shared_by_a_worker_process_archives_what_one_process_would(
-    capsys, tmp_path: Path, signer: TestSigner, mirror: TestMirror, monkeypatch
+    archive_at,
+    request,
+    capsys,
+    *,
+    tmp_path: Path,
+    signer: TestSigner,
+    mirror: TestMirror,
+    monkeypatch,
 ):
     """`crawl.workers = 2`: a worker process crawls every other record (verified, archived
-    and alerted on like the rest), and the summary counts both shares."""
+    and alerted on like the rest, into the same archive, on either backend), and the
+    summary counts both shares."""
     monkeypatch.setattr(plan, "SHARE_MIN", 1)
     builders = {b.suffix: b for b in records(signer, 6)}
     # The shares are ranges of suffixes: 0, 1, 2 stay in this process, 3, 4, 5 go to the
@@ -136,13 +147,16 @@ def test_a_pass_shared_by_a_worker_process_archives_what_one_process_would(
     for workers in (1, 2):
         home = tmp_path / f"workers{workers}"
         home.mkdir()
-        cfg = write_config(home, signer, mirror.base_url)
+        db = home / "archive.db"
+        if isinstance(archive_at, PgUrl):
+            db = request.getfixturevalue("pg_cluster").archive()
+        cfg = write_config(home, signer, mirror.base_url, db=db)
         cfg.write_text(cfg.read_text().replace("[crawl]\n", f"[crawl]\nworkers = {workers}\n"))
         assert main(["--config", str(cfg), "track", *order]) == 0
         code, summary = sync(capsys, cfg)
         assert code == 1, summary
         summary.pop("duration_s")
-        seen[workers] = summary, _archived(home / "archive.db")
+        seen[workers] = summary, _archived(db)
     summary, (snaps, alerts) = seen[2]
     assert seen[1] == seen[2]
     assert summary["new_snapshots"] == 2 * 4 + 2  # the two bad bundles: no state.json
@@ -193,30 +207,30 @@ def _alive(pid: int) -> bool:
     return state != "Z"  # a zombie has stopped; only its exit status is left
 
 
-def test_a_record_named_twice_is_crawled_once(capsys, tmp_path: Path, signer, mirror):
+def test_a_record_named_twice_is_crawled_once(archive_at, capsys, tmp_path: Path, signer, mirror):
     """`sync X pith:2026:X`: one record, one fetch, one failure counted."""
     b = records(signer, 1)[0]
     mirror.put(b.bytes())
     mirror.fail(b.suffix, 503)
-    cfg = write_config(tmp_path, signer, mirror.base_url)
+    cfg = write_config(tmp_path, signer, mirror.base_url, db=archive_at)
     code, summary = sync(capsys, cfg, b.suffix, b.pith_number, b.suffix)
     assert code == 3
     assert (summary["records"], summary["errors"]) == (1, 1)
     assert mirror.hits[f"/pith/{b.suffix}/bundle.json"] == 1
-    with sqlite3.connect(tmp_path / "archive.db") as c:
+    with raw(archive_at) as c:
         failures = c.execute("SELECT failures FROM fetch_state WHERE kind = 'bundle'").fetchall()
     assert failures == [(1,)]
 
 
 def test_a_mirror_taken_out_of_the_configuration_closes_its_alert(
-    capsys, tmp_path: Path, signer, mirror
+    archive_at, capsys, tmp_path: Path, signer, mirror
 ):
     """A mirror nobody asks any more is not unreachable: its alert closes and stops
     making every later pass exit 3."""
     b = records(signer, 1)[0]
     mirror.put(b.bytes())
     dead = "http://127.0.0.1:9"  # the discard port: nothing answers
-    cfg = write_config(tmp_path, signer, mirror.base_url, dead)
+    cfg = write_config(tmp_path, signer, mirror.base_url, dead, db=archive_at)
     cfg.write_text(
         cfg.read_text().replace("[crawl]\n", '[alerts]\nunreachable_after = "1s"\n[crawl]\n')
     )
@@ -225,16 +239,16 @@ def test_a_mirror_taken_out_of_the_configuration_closes_its_alert(
     time.sleep(1.1)
     code, summary = sync(capsys, cfg)
     assert (code, summary["warnings"]) == (3, 1)  # failing for over a second: open
-    cfg = write_config(tmp_path, signer, mirror.base_url)  # m1 taken out
+    cfg = write_config(tmp_path, signer, mirror.base_url, db=archive_at)  # m1 taken out
     code, summary = sync(capsys, cfg)
     assert (code, summary["mirrors"], summary["warnings"]) == (0, 1, 0), summary
-    with sqlite3.connect(tmp_path / "archive.db") as c:
+    with raw(archive_at) as c:
         rows = c.execute("SELECT scope, closed_at IS NOT NULL FROM alerts").fetchall()
     assert rows == [("reach:m1", 1)]
 
 
 def test_an_invalid_document_of_a_mirror_taken_out_closes_its_alert(
-    capsys, tmp_path: Path, signer: TestSigner, mirror: TestMirror
+    archive_at, capsys, tmp_path: Path, signer: TestSigner, mirror: TestMirror
 ):
     """m1 serves a tampered bundle (a critical alert, exit 1); taken out of the
     configuration, it is judged no more: its alert closes and stops holding every later
@@ -245,30 +259,30 @@ def test_an_invalid_document_of_a_mirror_taken_out_closes_its_alert(
     doc["bundle_signature"]["bundle_sha256"] = "0" * 64
     with in_thread(TestMirror()) as bad:
         bad.put(json.dumps(doc).encode())
-        cfg = write_config(tmp_path, signer, mirror.base_url, bad.base_url)
+        cfg = write_config(tmp_path, signer, mirror.base_url, bad.base_url, db=archive_at)
         assert main(["--config", str(cfg), "-q", "track", b.suffix]) == 0
         code, summary = sync(capsys, cfg)
         assert (code, summary["alerts"]) == (1, 1)
-    cfg = write_config(tmp_path, signer, mirror.base_url)  # m1 taken out
+    cfg = write_config(tmp_path, signer, mirror.base_url, db=archive_at)  # m1 taken out
     code, summary = sync(capsys, cfg)
     assert (code, summary["alerts"], summary["alerts_open"]) == (0, 0, 0), summary
-    with sqlite3.connect(tmp_path / "archive.db") as c:
+    with raw(archive_at) as c:
         rows = c.execute("SELECT scope, closed_at IS NOT NULL FROM alerts").fetchall()
     assert rows == [(f"document@{VANTAGE}:{b.suffix}:m1", 1)]
 
 
 def test_a_damaged_archived_bundle_does_not_stop_the_watch(
-    capsys, tmp_path: Path, signer: TestSigner, mirror: TestMirror
+    archive_at, capsys, tmp_path: Path, signer: TestSigner, mirror: TestMirror
 ):
     """The previous bundle's blob is damaged on disk: the record's next bundle is still
     verified and archived (with no change told against the lost one), and the damage is
     logged for the operator (fsck's news) instead of ending the pass with a traceback."""
     b = records(signer, 1)[0]
     mirror.put(b.bytes())
-    cfg = write_config(tmp_path, signer, mirror.base_url)
+    cfg = write_config(tmp_path, signer, mirror.base_url, db=archive_at)
     assert sync(capsys, cfg, b.suffix)[0] == 0
-    with sqlite3.connect(tmp_path / "archive.db") as c:
-        c.execute("UPDATE blobs SET data = x'00'")  # every archived body, damaged
+    with raw(archive_at) as c:
+        c.execute("UPDATE blobs SET data = ?", (b"\x00",))  # every archived body, damaged
     b.add_event()
     mirror.put(b.bytes())
     code = main(["--config", str(cfg), "--log-format", "json", "sync", "--json", b.suffix])
@@ -279,12 +293,12 @@ def test_a_damaged_archived_bundle_does_not_stop_the_watch(
 
 
 def test_sync_with_nothing_tracked_says_how_to_track_one_and_asks_no_mirror(
-    capsys, tmp_path: Path, signer: TestSigner, mirror: TestMirror
+    archive_at, capsys, tmp_path: Path, signer: TestSigner, mirror: TestMirror
 ):
     """No `[watch]`, no tracked record, none named: not a pass over 0 records (which
     read the manifests and said "0 records"), but how to track one; exit 0. Once one
     is tracked, the pass runs."""
-    cfg = write_config(tmp_path, signer, mirror.base_url)
+    cfg = write_config(tmp_path, signer, mirror.base_url, db=archive_at)
     b = BundleBuilder(signer, record=canonical_record("2611.00001", title="P"))
     suffix = mirror.put(b.bytes())
     capsys.readouterr()
@@ -302,14 +316,14 @@ def test_sync_with_nothing_tracked_says_how_to_track_one_and_asks_no_mirror(
 
 
 def test_the_first_pass_over_records_under_watch_counts_them(
-    capsys, tmp_path: Path, signer: TestSigner, mirror: TestMirror
+    archive_at, capsys, tmp_path: Path, signer: TestSigner, mirror: TestMirror
 ):
     """Records listed under `[watch] pith` are tracked before the pass counts its records
     (it said "0 records" the first time, while it crawled them)."""
     b = BundleBuilder(signer, record=canonical_record("2611.00001", title="P"))
     b.add_event()
     mirror.put(b.bytes())
-    cfg = write_config(tmp_path, signer, mirror.base_url)
+    cfg = write_config(tmp_path, signer, mirror.base_url, db=archive_at)
     cfg.write_text(cfg.read_text() + f'[watch]\npith = ["{b.pith_number}"]\n')
     capsys.readouterr()
     assert main(["--config", str(cfg), "-q", "sync", "--json"]) == 0
@@ -318,14 +332,14 @@ def test_the_first_pass_over_records_under_watch_counts_them(
 
 
 def test_a_pass_with_no_terminal_logs_its_progress(
-    capsys, tmp_path: Path, signer: TestSigner, mirror: TestMirror, monkeypatch
+    archive_at, capsys, *, tmp_path: Path, signer: TestSigner, mirror: TestMirror, monkeypatch
 ):
     """Under systemd or cron (stderr no terminal) a pass logs `sync_progress` lines as it
     goes (every 15 s; here at every pair), not nothing until its end."""
     from pithcrawl.commands.sync import Progress
 
     monkeypatch.setattr(Progress, "EVERY", 0.0)
-    cfg = write_config(tmp_path, signer, mirror.base_url)
+    cfg = write_config(tmp_path, signer, mirror.base_url, db=archive_at)
     recs = records(signer, 3)
     for b in recs:
         mirror.put(b.bytes())
@@ -338,7 +352,7 @@ def test_a_pass_with_no_terminal_logs_its_progress(
 
 
 def test_history_counts_an_invalid_snapshots_findings_and_lists_them_with_v(
-    capsys, tmp_path: Path, signer: TestSigner, mirror: TestMirror
+    archive_at, capsys, tmp_path: Path, signer: TestSigner, mirror: TestMirror
 ):
     """An invalid snapshot's row says how many findings it has (it used to list every code
     in the row, some 250 columns wide); -v lists them under the table."""
@@ -346,7 +360,7 @@ def test_history_counts_an_invalid_snapshots_findings_and_lists_them_with_v(
     doc = b.build()
     doc["bundle_signature"]["bundle_sha256"] = "0" * 64
     mirror.put(json.dumps(doc).encode())
-    cfg = write_config(tmp_path, signer, mirror.base_url)
+    cfg = write_config(tmp_path, signer, mirror.base_url, db=archive_at)
     assert sync(capsys, cfg, b.pith_number)[0] == 1
     assert main(["--config", str(cfg), "history", b.suffix]) == 0
     out = capsys.readouterr().out
