@@ -26,6 +26,7 @@ import aiohttp
 import anyio
 import pytest
 from builder import BundleBuilder, TestSigner, canonical_record, serialize
+from conftest import db_setting
 from mirror import TestMirror
 
 from pithcrawl.canon import canon, parse
@@ -33,6 +34,7 @@ from pithcrawl.commands.serve import parse_base_url, parse_bind
 from pithcrawl.config import Config, parse_config
 from pithcrawl.errors import OperationalError, UsageError
 from pithcrawl.keys import TrustSet
+from pithcrawl.location import PgUrl
 from pithcrawl.mirrors import from_manifest
 from pithcrawl.serve import Catalog, Server, not_modified, serving
 from pithcrawl.store import Store
@@ -44,12 +46,14 @@ pytestmark = pytest.mark.anyio
 UNKNOWN = "A" * 26
 
 
-def config(tmp_path: Path, db: str, bases: list[str]) -> Config:
+def config(tmp_path: Path, db: str | PgUrl, bases: list[str]) -> Config:
     mirrors = "".join(
         f'[[mirrors]]\nname = "m{i}"\nbase_url = "{b}"\n' for i, b in enumerate(bases)
     )
     return parse_config(
-        f'db = "{db}"\n[crawl]\ntimeout = "5s"\ndiscover = false\n{mirrors}', base_dir=tmp_path
+        f"db = {json.dumps(db_setting(Path(db) if isinstance(db, str) else db))}\n"
+        f'[crawl]\ntimeout = "5s"\ndiscover = false\n{mirrors}',
+        base_dir=tmp_path,
     )
 
 
@@ -68,10 +72,11 @@ def forged(b: BundleBuilder) -> bytes:
 
 
 async def archive(
-    tmp_path: Path, trust: TrustSet, db: str, *mirrors: TestMirror, track: list[str]
-) -> Path:
-    """Sync every tracked record from `mirrors` into a new archive; its path."""
-    path = tmp_path / db
+    tmp_path: Path, trust: TrustSet, db: str | PgUrl, *mirrors: TestMirror, track: list[str]
+) -> Path | PgUrl:
+    """Sync every tracked record from `mirrors` into a new archive (a file in `tmp_path`,
+    or `archive_at`); where it is."""
+    path = tmp_path / db if isinstance(db, str) else db
     async with await Store.open(path) as store:
         await store.watchlist.track(track, datetime.now(UTC))
     await sync_once(config(tmp_path, db, [m.base_url for m in mirrors]), path, [], trust)
@@ -82,7 +87,7 @@ async def archive(
 class Site:
     server: Server
     store: Store
-    db: Path
+    db: Path | PgUrl
     http: aiohttp.ClientSession
     good: BundleBuilder
     """A record served with its state by the source mirror: trusted."""
@@ -95,20 +100,24 @@ class Site:
 
 @asynccontextmanager
 async def site(
-    tmp_path: Path, signer: TestSigner, trust: TrustSet, **options: object
+    tmp_path: Path,
+    signer: TestSigner,
+    trust: TrustSet,
+    db: str | PgUrl = "a.db",
+    **options: object,
 ) -> AsyncIterator[Site]:
     good, bad = record(signer, 0), record(signer, 1)
     async with AsyncExitStack() as stack:
         source = await stack.enter_async_context(TestMirror())
         source.put(good.bytes())
         source.put(forged(bad))
-        db = await archive(tmp_path, trust, "a.db", source, track=[good.suffix, bad.suffix])
+        where = await archive(tmp_path, trust, db, source, track=[good.suffix, bad.suffix])
         store = await stack.enter_async_context(await Store.open(db, readonly=True))
         server = await stack.enter_async_context(
             serving(store, "127.0.0.1", 0, trust=trust, **options)  # type: ignore[arg-type]
         )
         http = await stack.enter_async_context(aiohttp.ClientSession())
-        yield Site(server, store, db, http, good, bad)
+        yield Site(server, store, where, http, good, bad)
 
 
 async def trusted_blob(store: Store, suffix: str, kind: str = "bundle") -> bytes:
@@ -121,9 +130,11 @@ def etag_of(body: bytes) -> str:
     return '"' + hashlib.sha256(body).hexdigest() + '"'
 
 
-async def test_bundle_is_the_archived_trusted_bytes_and_verifies(tmp_path, signer, test_trust):
+async def test_bundle_is_the_archived_trusted_bytes_and_verifies(
+    archive_at, tmp_path, signer, test_trust
+):
     """200 with the exact archived bytes, which the verifier accepts; headers as specified."""
-    async with site(tmp_path, signer, test_trust) as s:
+    async with site(tmp_path, signer, test_trust, archive_at) as s:
         async with s.http.get(s.url(f"/pith/{s.good.suffix}/bundle.json")) as r:
             assert r.status == 200
             body = await r.read()
@@ -139,9 +150,9 @@ async def test_bundle_is_the_archived_trusted_bytes_and_verifies(tmp_path, signe
         assert "Last-Modified" in headers
 
 
-async def test_if_none_match_gives_304(tmp_path, signer, test_trust):
+async def test_if_none_match_gives_304(archive_at, tmp_path, signer, test_trust):
     """The ETag, a list holding it, its weak form and `*` all give 304; another tag, 200."""
-    async with site(tmp_path, signer, test_trust) as s:
+    async with site(tmp_path, signer, test_trust, archive_at) as s:
         url = s.url(f"/pith/{s.good.suffix}/bundle.json")
         tag = etag_of(s.good.bytes())
         for header in (tag, f'"nope", {tag}', f"W/{tag}", "*"):
@@ -163,8 +174,8 @@ def test_if_none_match_parsing():
     assert not not_modified([], tag)
 
 
-async def test_head_has_the_headers_and_no_body(tmp_path, signer, test_trust):
-    async with site(tmp_path, signer, test_trust) as s:
+async def test_head_has_the_headers_and_no_body(archive_at, tmp_path, signer, test_trust):
+    async with site(tmp_path, signer, test_trust, archive_at) as s:
         for path in ("bundle.json", "state.json"):
             async with s.http.head(s.url(f"/pith/{s.good.suffix}/{path}")) as r:
                 assert r.status == 200
@@ -173,18 +184,20 @@ async def test_head_has_the_headers_and_no_body(tmp_path, signer, test_trust):
                 assert await r.read() == b""
 
 
-async def test_well_known_path_serves_the_same_bytes(tmp_path, signer, test_trust):
+async def test_well_known_path_serves_the_same_bytes(archive_at, tmp_path, signer, test_trust):
     async with (
-        site(tmp_path, signer, test_trust) as s,
+        site(tmp_path, signer, test_trust, archive_at) as s,
         s.http.get(s.url(f"/.well-known/pith/{s.good.suffix}/bundle.json")) as r,
     ):
         assert r.status == 200
         assert await r.read() == s.good.bytes()
 
 
-async def test_state_is_the_archived_state_equal_to_the_bundles(tmp_path, signer, test_trust):
+async def test_state_is_the_archived_state_equal_to_the_bundles(
+    archive_at, tmp_path, signer, test_trust
+):
     """state.json: the archived trusted bytes, whose content is the served bundle's state."""
-    async with site(tmp_path, signer, test_trust) as s:
+    async with site(tmp_path, signer, test_trust, archive_at) as s:
         async with s.http.get(s.url(f"/pith/{s.good.suffix}/state.json")) as r:
             assert r.status == 200
             body = await r.read()
@@ -193,7 +206,7 @@ async def test_state_is_the_archived_state_equal_to_the_bundles(tmp_path, signer
         assert canon(parse(body)) == canon(parse(s.good.bytes())["state"])
 
 
-async def test_state_falls_back_to_the_bundles_own_state(tmp_path, signer, test_trust):
+async def test_state_falls_back_to_the_bundles_own_state(archive_at, tmp_path, signer, test_trust):
     """A well-formed archived state.json that lags the bundle is never served: the
     bundle's `state`, serialised compactly, is."""
     b = record(signer, 0, events=1)
@@ -201,7 +214,7 @@ async def test_state_falls_back_to_the_bundles_own_state(tmp_path, signer, test_
     b.add_event()
     async with TestMirror() as source:
         source.put(b.bytes(), state=wrong)
-        db = await archive(tmp_path, test_trust, "a.db", source, track=[b.suffix])
+        db = await archive(tmp_path, test_trust, archive_at, source, track=[b.suffix])
     async with (
         await Store.open(db, readonly=True) as store,
         serving(store, "127.0.0.1", 0, trust=test_trust) as server,
@@ -215,7 +228,7 @@ async def test_state_falls_back_to_the_bundles_own_state(tmp_path, signer, test_
     assert body == json.dumps(state, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-async def test_newest_built_at_across_mirrors_is_served(tmp_path, signer, test_trust):
+async def test_newest_built_at_across_mirrors_is_served(archive_at, tmp_path, signer, test_trust):
     """Two mirrors, one a version behind: the bundle with the newest `built_at` is served."""
     b = record(signer, 0, events=1)
     old = b.bytes()
@@ -224,7 +237,7 @@ async def test_newest_built_at_across_mirrors_is_served(tmp_path, signer, test_t
     async with TestMirror() as behind, TestMirror() as ahead:
         behind.put(old)
         ahead.put(new)
-        db = await archive(tmp_path, test_trust, "a.db", ahead, behind, track=[b.suffix])
+        db = await archive(tmp_path, test_trust, archive_at, ahead, behind, track=[b.suffix])
     async with (
         await Store.open(db, readonly=True) as store,
         serving(store, "127.0.0.1", 0, trust=test_trust) as server,
@@ -256,9 +269,11 @@ async def test_newest_built_at_across_mirrors_is_served(tmp_path, signer, test_t
         "/pith/",
     ],
 )
-async def test_unknown_or_malformed_suffixes_are_404(tmp_path, signer, test_trust, path):
+async def test_unknown_or_malformed_suffixes_are_404(
+    archive_at, tmp_path, signer, test_trust, path
+):
     """Sent as raw bytes on the wire (no client normalisation): always a JSON 404."""
-    async with site(tmp_path, signer, test_trust) as s:
+    async with site(tmp_path, signer, test_trust, archive_at) as s:
         status, body = await raw_get(s.server.url, path)
     assert status == 404
     assert "error" in json.loads(body)
@@ -280,9 +295,11 @@ async def raw_get(base: str, path: str) -> tuple[int, bytes]:
     return int(head.split()[1]), body
 
 
-async def test_record_whose_only_snapshot_is_untrusted_is_404(tmp_path, signer, test_trust):
+async def test_record_whose_only_snapshot_is_untrusted_is_404(
+    archive_at, tmp_path, signer, test_trust
+):
     """Archived, tracked, but never verified: nothing is served, neither bundle nor state."""
-    async with site(tmp_path, signer, test_trust) as s:
+    async with site(tmp_path, signer, test_trust, archive_at) as s:
         snaps = await s.store.snapshots(s.bad.suffix)
         assert snaps
         assert not any(x.trusted for x in snaps)
@@ -296,12 +313,12 @@ async def test_record_whose_only_snapshot_is_untrusted_is_404(tmp_path, signer, 
     "host", ["a@b", "evil.example/pith-mirrors.json?", "x:99999", "127.0.0.1:1 , evil"]
 )
 async def test_a_host_header_that_is_no_host_is_not_put_into_the_manifest(
-    tmp_path, signer, test_trust, host
+    archive_at, tmp_path, signer, test_trust, host
 ):
     """The manifest's URLs come from the Host header: one that is not host[:port] (userinfo,
     a path, a bad port, a list) names nothing, and the server's own address is given."""
     async with (
-        site(tmp_path, signer, test_trust) as s,
+        site(tmp_path, signer, test_trust, archive_at) as s,
         s.http.get(s.url("/pith-mirrors.json"), headers={"Host": host}) as r,
     ):
         assert r.status == 200
@@ -311,22 +328,22 @@ async def test_a_host_header_that_is_no_host_is_not_put_into_the_manifest(
 
 @pytest.mark.parametrize("host", ["my_service:8787", "pith.example.:443", "[::1]:8787"])
 async def test_a_host_header_naming_a_host_is_the_manifests_base(
-    tmp_path, signer, test_trust, host
+    archive_at, tmp_path, signer, test_trust, host
 ):
     """Names as they are used (a service name with an underscore, a trailing dot, an IPv6
     literal) are hosts: the manifest gives them back."""
     async with (
-        site(tmp_path, signer, test_trust) as s,
+        site(tmp_path, signer, test_trust, archive_at) as s,
         s.http.get(s.url("/pith-mirrors.json"), headers={"Host": host}) as r,
     ):
         (entry,) = (await r.json())["mirrors"]
     assert entry["base_url"] == f"http://{host}"
 
 
-async def test_manifest_describes_this_server(tmp_path, signer, test_trust):
+async def test_manifest_describes_this_server(archive_at, tmp_path, signer, test_trust):
     """A pith_mirror_manifest with one entry: this server's URLs, no public_key."""
     async with (
-        site(tmp_path, signer, test_trust) as s,
+        site(tmp_path, signer, test_trust, archive_at) as s,
         s.http.get(s.url("/pith-mirrors.json")) as r,
     ):
         assert r.status == 200
@@ -348,10 +365,10 @@ async def test_manifest_describes_this_server(tmp_path, signer, test_trust):
     assert listed.bundle_url(s.good.suffix) == s.url(f"/pith/{s.good.suffix}/bundle.json")
 
 
-async def test_manifest_name_and_base_url_options(tmp_path, signer, test_trust):
+async def test_manifest_name_and_base_url_options(archive_at, tmp_path, signer, test_trust):
     options = {"name": "lab", "base_url": "https://mirror.example"}
     async with (
-        site(tmp_path, signer, test_trust, **options) as s,
+        site(tmp_path, signer, test_trust, archive_at, **options) as s,
         s.http.get(s.url("/pith-mirrors.json")) as r,
     ):
         (entry,) = (await r.json())["mirrors"]
@@ -361,9 +378,9 @@ async def test_manifest_name_and_base_url_options(tmp_path, signer, test_trust):
     assert entry["bundle_pattern"] == "https://mirror.example/pith/{suffix}/bundle.json"
 
 
-async def test_healthz(tmp_path, signer, test_trust):
+async def test_healthz(archive_at, tmp_path, signer, test_trust):
     """200 with the count of servable records; 503 once the archive cannot answer."""
-    async with site(tmp_path, signer, test_trust) as s:
+    async with site(tmp_path, signer, test_trust, archive_at) as s:
         async with s.http.get(s.url("/healthz")) as r:
             assert r.status == 200
             assert await r.json() == {"status": "ok", "records": 1}
@@ -373,10 +390,10 @@ async def test_healthz(tmp_path, signer, test_trust):
             assert (await r.json())["status"] != "ok"
 
 
-async def test_many_concurrent_clients(tmp_path, signer, test_trust):
+async def test_many_concurrent_clients(archive_at, tmp_path, signer, test_trust):
     """200 concurrent requests over 100 connections: all 200, identical bodies, and the
     archive read once (concurrent misses share one fill)."""
-    async with site(tmp_path, signer, test_trust) as s:
+    async with site(tmp_path, signer, test_trust, archive_at) as s:
         url = s.url(f"/pith/{s.good.suffix}/bundle.json")
         connector = aiohttp.TCPConnector(limit=100)
         async with aiohttp.ClientSession(connector=connector) as http:
@@ -391,12 +408,14 @@ async def test_many_concurrent_clients(tmp_path, signer, test_trust):
         assert s.server.catalog.fills == 1
 
 
-async def test_newly_archived_history_is_served_after_revalidation(tmp_path, signer, test_trust):
+async def test_newly_archived_history_is_served_after_revalidation(
+    archive_at, tmp_path, signer, test_trust
+):
     """A sync that archives a newer bundle while serving: the next check serves it."""
     b = record(signer, 0, events=1)
     async with TestMirror() as source:
         source.put(b.bytes())
-        db = await archive(tmp_path, test_trust, "a.db", source, track=[b.suffix])
+        db = await archive(tmp_path, test_trust, archive_at, source, track=[b.suffix])
         async with (
             await Store.open(db, readonly=True) as store,
             serving(
@@ -416,7 +435,7 @@ async def test_newly_archived_history_is_served_after_revalidation(tmp_path, sig
             assert server.catalog.fills == 1
             b.add_event()
             source.put(b.bytes())
-            await sync_once(config(tmp_path, "a.db", [source.base_url]), db, [], test_trust)
+            await sync_once(config(tmp_path, archive_at, [source.base_url]), db, [], test_trust)
             async with http.get(url) as r:
                 assert await r.read() == b.bytes()
             async with http.get(f"{server.url}/pith/{b.suffix}/state.json") as r:
@@ -425,10 +444,10 @@ async def test_newly_archived_history_is_served_after_revalidation(tmp_path, sig
 
 
 async def test_a_pithcrawl_archives_identical_bytes_from_anothers_serve(
-    tmp_path, signer, test_trust
+    archive_at, tmp_path, signer, test_trust
 ):
     """Archive B, crawled from A's `serve`, holds A's trusted bytes, trusted, no alerts."""
-    async with site(tmp_path, signer, test_trust) as s:
+    async with site(tmp_path, signer, test_trust, archive_at) as s:
         db_b = tmp_path / "b.db"
         async with await Store.open(db_b) as store:
             await store.watchlist.track([s.good.suffix, s.bad.suffix], datetime.now(UTC))
@@ -450,8 +469,8 @@ async def test_a_pithcrawl_archives_identical_bytes_from_anothers_serve(
         assert again.new_snapshots == 0
 
 
-async def test_a_busy_port_is_an_operational_error(tmp_path, signer, test_trust):
-    async with site(tmp_path, signer, test_trust) as s:
+async def test_a_busy_port_is_an_operational_error(archive_at, tmp_path, signer, test_trust):
+    async with site(tmp_path, signer, test_trust, archive_at) as s:
         port = int(s.server.url.rsplit(":", 1)[1])
         with pytest.raises(OperationalError, match="cannot listen"):
             async with serving(s.store, "127.0.0.1", port, trust=test_trust):
@@ -485,7 +504,7 @@ def test_base_url_option():
             parse_base_url(bad)
 
 
-def test_the_command_serves_until_sigterm(tmp_path, signer, test_trust):
+def test_the_command_serves_until_sigterm(archive_at, tmp_path, signer, test_trust):
     """`pithcrawl serve` as a process: one start line with its URL, answers, and a
     graceful exit 0 on SIGTERM."""
     b = record(signer)
@@ -493,7 +512,7 @@ def test_the_command_serves_until_sigterm(tmp_path, signer, test_trust):
     async def build() -> Path:
         async with TestMirror() as source:
             source.put(b.bytes())
-            return await archive(tmp_path, test_trust, "a.db", source, track=[b.suffix])
+            return await archive(tmp_path, test_trust, archive_at, source, track=[b.suffix])
 
     db = anyio.run(build)
     (tmp_path / "k.json").write_text(json.dumps(signer.public_key()))
@@ -542,14 +561,14 @@ def test_the_command_needs_an_archive(tmp_path, capsys):
 
 
 async def test_a_client_that_never_finishes_its_request_is_dropped(
-    tmp_path, signer, test_trust, monkeypatch
+    archive_at, tmp_path, signer, test_trust, monkeypatch
 ):
     """A half-sent request holds a descriptor only for a while (aiohttp's default is an
     hour: enough silent clients locked everyone else out)."""
     from pithcrawl.serve import http as serve
 
     monkeypatch.setattr(serve, "IDLE_CLIENT_SECONDS", 0.5)
-    async with site(tmp_path, signer, test_trust) as s:
+    async with site(tmp_path, signer, test_trust, archive_at) as s:
         host, port = s.server.url.removeprefix("http://").rsplit(":", 1)
         stream = await anyio.connect_tcp(host, int(port))
         async with stream:
@@ -562,7 +581,7 @@ async def test_a_client_that_never_finishes_its_request_is_dropped(
 
 
 async def test_a_body_trusted_under_keys_taken_out_since_is_never_served(
-    tmp_path, signer, test_trust
+    archive_at, tmp_path, signer, test_trust
 ):
     """Two trusted versions of a record, then its key taken out of the trust set (say, as
     compromised): a pass judges the newest again and finds it untrusted, but the older
@@ -573,10 +592,10 @@ async def test_a_body_trusted_under_keys_taken_out_since_is_never_served(
     b = record(signer, 0, events=1)
     async with TestMirror() as source:
         source.put(b.bytes())
-        db = await archive(tmp_path, test_trust, "a.db", source, track=[b.suffix])
+        db = await archive(tmp_path, test_trust, archive_at, source, track=[b.suffix])
         b.add_event()
         source.put(b.bytes())
-        cfg = config(tmp_path, "a.db", [source.base_url])
+        cfg = config(tmp_path, archive_at, [source.base_url])
         await sync_once(cfg, db, [], test_trust)
         other = TrustSet([load_key(TestSigner("other-key").public_key())])
         assert (await sync_once(cfg, db, [], other)).untrusted == 1
@@ -606,7 +625,7 @@ async def test_a_body_trusted_under_keys_taken_out_since_is_never_served(
 
 
 async def test_malformed_requests_get_a_400_and_leave_no_trace_in_the_log(
-    tmp_path, signer, test_trust, capsys
+    archive_at, tmp_path, signer, test_trust, capsys
 ):
     """aiohttp logged each malformed request as a multi-line traceback, not JSON: a client
     sending thousands filled the log (1.7 MB in 5 s). The client gets its 400; the log
@@ -616,7 +635,7 @@ async def test_malformed_requests_get_a_400_and_leave_no_trace_in_the_log(
     from pithcrawl.log import configure
 
     configure("json", 0)
-    async with site(tmp_path, signer, test_trust) as s:
+    async with site(tmp_path, signer, test_trust, archive_at) as s:
         port = int(s.server.url.rsplit(":", 1)[1])
         capsys.readouterr()
         for request in (b"GET / HTTP/1.1\r\n\r\n", b"GET /\x00 HTTP/1.1\r\nHost: x\r\n\r\n"):

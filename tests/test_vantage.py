@@ -19,17 +19,26 @@ import pytest
 from builder import BundleBuilder, TestSigner, canonical_record
 from conftest import NOW, write_config
 from mirror import TestMirror
+from postgres import raw
 
 from pithcrawl.cli import main
 from pithcrawl.config import host_name, parse_config
 from pithcrawl.errors import ConfigError
 from pithcrawl.keys import TrustSet
+from pithcrawl.location import PgUrl
 from pithcrawl.serve import Ui, serving
 from pithcrawl.store import FetchOutcome, Mirror, Store
 
 
-def _config(tmp_path: Path, signer: TestSigner, base: str, crawl: str = "", node: str = "") -> Path:
-    cfg = write_config(tmp_path, signer, base)
+def _config(  # noqa: PLR0917 (the tests name the options in order)
+    tmp_path: Path,
+    signer: TestSigner,
+    base: str,
+    crawl: str = "",
+    node: str = "",
+    db: Path | PgUrl | None = None,
+) -> Path:
+    cfg = write_config(tmp_path, signer, base, db=db)
     text = cfg.read_text().replace('timeout = "5s"\n', f'timeout = "5s"\n{crawl}', 1)
     cfg.write_text(text + (f"[node]\n{node}" if node else ""))
     return cfg
@@ -45,11 +54,15 @@ def _serve(mirror: TestMirror, signer: TestSigner, n: int) -> list[str]:
 
 
 def _synced(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    signer: TestSigner,
+    mirror: TestMirror,
+    db: Path | PgUrl | None = None,
 ) -> tuple[Path, list[str]]:
     """One record served and synced with the default `[node]`: its config and suffixes."""
     suffixes = _serve(mirror, signer, 1)
-    cfg = _config(tmp_path, signer, mirror.base_url)
+    cfg = _config(tmp_path, signer, mirror.base_url, db=db)
     assert main(["--config", str(cfg), "-q", "sync", *suffixes]) == 0
     capsys.readouterr()
     return cfg, suffixes
@@ -69,7 +82,11 @@ def _history(capsys: pytest.CaptureFixture[str], cfg: Path, suffix: str, *extra:
 
 
 def test_every_snapshot_records_its_node_and_vantage_and_connections_leave_from_the_source(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+    archive_at,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    signer: TestSigner,
+    mirror: TestMirror,
 ) -> None:
     suffixes = _serve(mirror, signer, 3)
     cfg = _config(
@@ -78,6 +95,7 @@ def test_every_snapshot_records_its_node_and_vantage_and_connections_leave_from_
         mirror.base_url,
         crawl='source_address = "127.0.0.2"\n',
         node='name = "crawler-1"\nvantage = "eu-west"\n',
+        db=archive_at,
     )
     code = main(["--config", str(cfg), "-q", "sync", *suffixes])
     capsys.readouterr()
@@ -85,7 +103,7 @@ def test_every_snapshot_records_its_node_and_vantage_and_connections_leave_from_
     # Every request left from the configured address, none from the default one.
     assert set(mirror.peers) == {"127.0.0.2"}
     assert sum(mirror.peers.values()) == 2 * len(suffixes)
-    with sqlite3.connect(tmp_path / "archive.db") as db:
+    with raw(archive_at) as db:
         rows = db.execute("SELECT kind, node, vantage FROM snapshots").fetchall()
     assert len(rows) == 2 * len(suffixes)
     assert {(node, vantage) for _, node, vantage in rows} == {("crawler-1", "eu-west")}
@@ -100,9 +118,13 @@ def test_every_snapshot_records_its_node_and_vantage_and_connections_leave_from_
 
 
 def test_a_node_is_named_after_its_host_by_default_and_its_vantage_after_itself(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+    archive_at,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    signer: TestSigner,
+    mirror: TestMirror,
 ) -> None:
-    cfg, suffixes = _synced(capsys, tmp_path, signer, mirror)
+    cfg, suffixes = _synced(capsys, tmp_path, signer, mirror, db=archive_at)
     assert set(mirror.peers) == {"127.0.0.1"}
     shown = _history(capsys, cfg, suffixes[0])["snapshots"]
     assert [(s["node"], s["vantage"]) for s in shown] == [(host_name(), host_name())]
@@ -111,10 +133,14 @@ def test_a_node_is_named_after_its_host_by_default_and_its_vantage_after_itself(
 
 
 def test_snapshots_archived_before_nodes_were_recorded_show_none(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+    archive_at,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    signer: TestSigner,
+    mirror: TestMirror,
 ) -> None:
-    cfg, suffixes = _synced(capsys, tmp_path, signer, mirror)
-    with sqlite3.connect(tmp_path / "archive.db") as db:
+    cfg, suffixes = _synced(capsys, tmp_path, signer, mirror, db=archive_at)
+    with raw(archive_at) as db:
         db.execute("UPDATE snapshots SET node = NULL, vantage = NULL")
     capsys.readouterr()
     shown = _history(capsys, cfg, suffixes[0])["snapshots"]
@@ -142,12 +168,14 @@ def test_snapshots_archived_before_nodes_were_recorded_show_none(
         ('[crawl]\nsource_address = "::"\n', "crawl.source_address"),
     ],
 )
-def test_bad_node_settings_are_refused_naming_the_key(toml: str, key: str) -> None:
+def test_bad_node_settings_are_refused_naming_the_key(archive_at, toml: str, key: str) -> None:
     with pytest.raises(ConfigError, match=rf"^{key}\b"):
         parse_config(toml)
 
 
-def test_source_addresses_of_both_families_are_kept_in_their_canonical_form() -> None:
+def test_source_addresses_of_both_families_are_kept_in_their_canonical_form(
+    archive_at,
+) -> None:
     assert (
         parse_config('[crawl]\nsource_address = "127.0.0.2"\n').crawl.source_address == "127.0.0.2"
     )
@@ -156,10 +184,16 @@ def test_source_addresses_of_both_families_are_kept_in_their_canonical_form() ->
 
 
 def test_a_source_address_not_of_this_machine_stops_the_pass_before_any_fetch(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+    archive_at,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    signer: TestSigner,
+    mirror: TestMirror,
 ) -> None:
     suffixes = _serve(mirror, signer, 2)
-    cfg = _config(tmp_path, signer, mirror.base_url, crawl='source_address = "192.0.2.1"\n')
+    cfg = _config(
+        tmp_path, signer, mirror.base_url, crawl='source_address = "192.0.2.1"\n', db=archive_at
+    )
     assert main(["--config", str(cfg), "-q", "sync", *suffixes]) == 2
     err = capsys.readouterr().err
     assert "crawl.source_address: cannot send from 192.0.2.1" in err
@@ -168,10 +202,16 @@ def test_a_source_address_not_of_this_machine_stops_the_pass_before_any_fetch(
 
 
 def test_verify_fetches_from_the_source_address_too(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+    archive_at,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    signer: TestSigner,
+    mirror: TestMirror,
 ) -> None:
     [suffix] = _serve(mirror, signer, 1)
-    cfg = _config(tmp_path, signer, mirror.base_url, crawl='source_address = "127.0.0.3"\n')
+    cfg = _config(
+        tmp_path, signer, mirror.base_url, crawl='source_address = "127.0.0.3"\n', db=archive_at
+    )
     url = f"{mirror.base_url}/pith/{suffix}/bundle.json"
     assert (
         main(["--config", str(cfg), "verify", url, "--key", str(tmp_path / "test.key.json")]) == 0
@@ -180,12 +220,18 @@ def test_verify_fetches_from_the_source_address_too(
 
 
 def test_a_mirror_of_the_other_family_fails_saying_why(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+    archive_at,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    signer: TestSigner,
+    mirror: TestMirror,
 ) -> None:
     """An IPv4 mirror, sent to from an IPv6 address: an error that names the cause and
     the setting, not aiohttp's "[None]"."""
     suffixes = _serve(mirror, signer, 1)
-    cfg = _config(tmp_path, signer, mirror.base_url, crawl='source_address = "::1"\n')
+    cfg = _config(
+        tmp_path, signer, mirror.base_url, crawl='source_address = "::1"\n', db=archive_at
+    )
     assert main(["--config", str(cfg), "--log-format", "json", "-q", "sync", *suffixes]) == 3
     err = capsys.readouterr().err
     assert "[None]" not in err
@@ -193,12 +239,18 @@ def test_a_mirror_of_the_other_family_fails_saying_why(
 
 
 def test_status_lists_the_nodes_that_crawled_the_archive(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+    archive_at,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    signer: TestSigner,
+    mirror: TestMirror,
 ) -> None:
     """Two nodes take turns on one archive (on SQLite one at a time): `status` lists
     both, the one seen last first, each with the vantage it crawled from last."""
     suffixes = _serve(mirror, signer, 1)
-    first = _config(tmp_path, signer, mirror.base_url, node='name = "n1"\nvantage = "eu"\n')
+    first = _config(
+        tmp_path, signer, mirror.base_url, node='name = "n1"\nvantage = "eu"\n', db=archive_at
+    )
     assert main(["--config", str(first), "-q", "sync", *suffixes]) == 0
     second = tmp_path / "second.toml"
     second.write_text(first.read_text().replace('name = "n1"', 'name = "n2"'))
@@ -221,9 +273,13 @@ def test_status_lists_the_nodes_that_crawled_the_archive(
 
 
 def test_status_shows_a_lone_node_in_one_line(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+    archive_at,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    signer: TestSigner,
+    mirror: TestMirror,
 ) -> None:
-    cfg, _ = _synced(capsys, tmp_path, signer, mirror)
+    cfg, _ = _synced(capsys, tmp_path, signer, mirror, db=archive_at)
     assert main(["--config", str(cfg), "status"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line for line in lines if line.startswith("node ")] == [
@@ -232,14 +288,23 @@ def test_status_shows_a_lone_node_in_one_line(
 
 
 def test_history_shows_the_vantage_column_once_there_are_two(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+    archive_at,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    signer: TestSigner,
+    mirror: TestMirror,
 ) -> None:
     """Two vantages take turns on one archive (two `sync`s from two addresses); the
     mirror changes in between, so each vantage archives a snapshot of its own."""
     b = _record(signer)
     suffix = mirror.put(b.bytes())
     eu = _config(
-        tmp_path, signer, mirror.base_url, 'source_address = "127.0.0.2"\n', 'vantage = "eu"\n'
+        tmp_path,
+        signer,
+        mirror.base_url,
+        'source_address = "127.0.0.2"\n',
+        'vantage = "eu"\n',
+        db=archive_at,
     )
     assert main(["--config", str(eu), "-q", "sync", suffix]) == 0
     capsys.readouterr()
@@ -262,7 +327,11 @@ def test_history_shows_the_vantage_column_once_there_are_two(
 
 
 def _two_vantages(
-    tmp_path: Path, signer: TestSigner, mirror: TestMirror, alerts: str = ""
+    tmp_path: Path,
+    signer: TestSigner,
+    mirror: TestMirror,
+    alerts: str = "",
+    db: Path | PgUrl | None = None,
 ) -> tuple[Path, Path]:
     """Two configurations of one archive: vantage `eu` sending from 127.0.0.2, `us` from
     127.0.0.3 (each its own node), with `[alerts]` as given."""
@@ -272,6 +341,7 @@ def _two_vantages(
         mirror.base_url,
         'source_address = "127.0.0.2"\n',
         'vantage = "eu"\nname = "n-eu"\n',
+        db=db,
     )
     text = eu.read_text()
     if alerts:
@@ -290,20 +360,24 @@ def _alerts(cfg: Path, capsys: pytest.CaptureFixture[str]) -> list[dict]:
     return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
 
 
-def _kinds(tmp_path: Path) -> list[str]:
-    with sqlite3.connect(tmp_path / "archive.db") as db:
+def _kinds(where: Path | PgUrl) -> list[str]:
+    with raw(where) as db:
         return [r[0] for r in db.execute("SELECT kind FROM events ORDER BY id")]
 
 
-def _open_alerts(tmp_path: Path) -> list[tuple[str, str, str]]:
-    with sqlite3.connect(tmp_path / "archive.db") as db:
+def _open_alerts(where: Path | PgUrl) -> list[tuple[str, str, str]]:
+    with raw(where) as db:
         return db.execute(
             "SELECT kind, dedup_key, evidence FROM alerts WHERE closed_at IS NULL ORDER BY id"
         ).fetchall()
 
 
 def test_a_mirror_telling_one_vantage_an_older_bundle_is_a_vantage_split(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+    archive_at,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    signer: TestSigner,
+    mirror: TestMirror,
 ) -> None:
     """The mirror serves 127.0.0.3 an older valid bundle than it serves 127.0.0.2. The
     vantage behind was never served the newer one, so it is not a rollback of what it
@@ -316,7 +390,7 @@ def test_a_mirror_telling_one_vantage_an_older_bundle_is_a_vantage_split(
     b.add_event()
     mirror.put(b.bytes())
     mirror.to_peer["127.0.0.3"] = older
-    eu, us = _two_vantages(tmp_path, signer, mirror, 'split_grace = "0s"\n')
+    eu, us = _two_vantages(tmp_path, signer, mirror, 'split_grace = "0s"\n', db=archive_at)
     assert main(["--config", str(eu), "-q", "track", suffix]) == 0
     assert main(["--config", str(eu), "-q", "sync", suffix]) == 0
     # Until eu is served the newer bundle again, this is also what a mirror that went
@@ -328,9 +402,9 @@ def test_a_mirror_telling_one_vantage_an_older_bundle_is_a_vantage_split(
     assert main(["--config", str(eu), "-q", "sync", suffix]) == 1
     assert mirror.peers.keys() == {"127.0.0.2", "127.0.0.3"}
 
-    assert "rollback" not in _kinds(tmp_path)
-    assert _kinds(tmp_path).count("vantage_split") == 1
-    [(kind, key, evidence_text)] = _open_alerts(tmp_path)
+    assert "rollback" not in _kinds(archive_at)
+    assert _kinds(archive_at).count("vantage_split") == 1
+    [(kind, key, evidence_text)] = _open_alerts(archive_at)
     assert (kind, key) == ("vantage_split", f"vantage_split:{b.pith_number}:m0")
     evidence = json.loads(evidence_text)
     ahead, behind = evidence["documents"]
@@ -344,7 +418,7 @@ def test_a_mirror_telling_one_vantage_an_older_bundle_is_a_vantage_split(
 
     # The evidence command exports both documents; each verifies on its own.
     capsys.readouterr()
-    with sqlite3.connect(tmp_path / "archive.db") as db:
+    with raw(archive_at) as db:
         (alert_id,) = db.execute("SELECT id FROM alerts WHERE kind = 'vantage_split'").fetchone()
     out = tmp_path / "evidence"
     assert main(["--config", str(eu), "evidence", str(alert_id), "--out", str(out)]) == 0
@@ -362,7 +436,7 @@ def test_a_mirror_telling_one_vantage_an_older_bundle_is_a_vantage_split(
     async def page(path: str) -> str:
         config = parse_config(eu.read_text(), base_dir=tmp_path)
         async with (
-            await Store.open(tmp_path / "archive.db", readonly=True) as store,
+            await Store.open(archive_at, readonly=True) as store,
             serving(store, "127.0.0.1", 0, trust=TrustSet([]), ui=Ui(config)) as server,
             aiohttp.ClientSession() as client,
             client.get(f"{server.url}{path}") as r,
@@ -381,7 +455,11 @@ def test_a_mirror_telling_one_vantage_an_older_bundle_is_a_vantage_split(
 
 
 def test_a_vantage_kept_on_its_old_bundle_is_a_split_though_nothing_new_was_archived(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+    archive_at,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    signer: TestSigner,
+    mirror: TestMirror,
 ) -> None:
     """Both vantages archived the same bundle; the mirror then updates for 127.0.0.2
     only. The vantage behind archives nothing new (its body is unchanged, answered "not
@@ -389,7 +467,7 @@ def test_a_vantage_kept_on_its_old_bundle_is_a_split_though_nothing_new_was_arch
     one was served the new one."""
     b = _record(signer)
     suffix = mirror.put(b.bytes())
-    eu, us = _two_vantages(tmp_path, signer, mirror, 'split_grace = "0s"\n')
+    eu, us = _two_vantages(tmp_path, signer, mirror, 'split_grace = "0s"\n', db=archive_at)
     assert main(["--config", str(eu), "-q", "sync", suffix]) == 0
     assert main(["--config", str(us), "-q", "sync", suffix]) == 0
     frozen = TestMirror()
@@ -398,12 +476,12 @@ def test_a_vantage_kept_on_its_old_bundle_is_a_split_though_nothing_new_was_arch
     b.add_event()
     mirror.put(b.bytes())
     assert main(["--config", str(eu), "-q", "sync", suffix]) == 0
-    with sqlite3.connect(tmp_path / "archive.db") as db:
+    with raw(archive_at) as db:
         before = db.execute("SELECT count(*) FROM snapshots").fetchone()[0]
     assert main(["--config", str(us), "-q", "sync", suffix]) == 1
-    with sqlite3.connect(tmp_path / "archive.db") as db:
+    with raw(archive_at) as db:
         assert db.execute("SELECT count(*) FROM snapshots").fetchone()[0] == before
-    [(kind, _, evidence)] = _open_alerts(tmp_path)
+    [(kind, _, evidence)] = _open_alerts(archive_at)
     assert kind == "vantage_split"
     behind = json.loads(evidence)["documents"][1]
     assert behind["vantage"] == "us"
@@ -412,14 +490,18 @@ def test_a_vantage_kept_on_its_old_bundle_is_a_split_though_nothing_new_was_arch
 
 
 def test_a_mirror_changing_for_every_vantage_is_no_alert(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+    archive_at,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    signer: TestSigner,
+    mirror: TestMirror,
 ) -> None:
     """The mirror's content changes for everyone; the vantages see it a little apart,
     the one behind still served the old bundle by a lagging cache at first: within
     `split_grace` that is no alert, and the vantage that catches up tells no news twice."""
     b = _record(signer)
     suffix = mirror.put(b.bytes())
-    eu, us = _two_vantages(tmp_path, signer, mirror)
+    eu, us = _two_vantages(tmp_path, signer, mirror, db=archive_at)
     assert main(["--config", str(eu), "-q", "sync", suffix]) == 0
     assert main(["--config", str(us), "-q", "sync", suffix]) == 0
 
@@ -434,9 +516,9 @@ def test_a_mirror_changing_for_every_vantage_is_no_alert(
     assert main(["--config", str(us), "-q", "sync", suffix]) == 0  # caught up
     assert main(["--config", str(eu), "-q", "sync", suffix]) == 0
 
-    kinds = _kinds(tmp_path)
+    kinds = _kinds(archive_at)
     assert not {"vantage_split", "rollback", "mirror_stale"} & set(kinds)
-    assert _open_alerts(tmp_path) == []
+    assert _open_alerts(archive_at) == []
     assert kinds.count("event_added") == 1  # told by eu when it came, not again by us
     capsys.readouterr()
     shown = _history(capsys, eu, suffix)["snapshots"]
@@ -444,23 +526,31 @@ def test_a_mirror_changing_for_every_vantage_is_no_alert(
 
 
 def test_a_vantage_that_stopped_crawling_is_no_split(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+    archive_at,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    signer: TestSigner,
+    mirror: TestMirror,
 ) -> None:
     """A vantage that last saw an older bundle and then stopped confirms nothing after
     the newer one came: it is not behind, it is gone."""
     b = _record(signer)
     suffix = mirror.put(b.bytes())
-    eu, us = _two_vantages(tmp_path, signer, mirror, 'split_grace = "0s"\n')
+    eu, us = _two_vantages(tmp_path, signer, mirror, 'split_grace = "0s"\n', db=archive_at)
     assert main(["--config", str(us), "-q", "sync", suffix]) == 0
     b.add_event()
     mirror.put(b.bytes())
     assert main(["--config", str(eu), "-q", "sync", suffix]) == 0
     assert main(["--config", str(eu), "-q", "sync", suffix]) == 0
-    assert "vantage_split" not in _kinds(tmp_path)
+    assert "vantage_split" not in _kinds(archive_at)
 
 
 def test_a_mirror_going_back_for_one_vantage_is_its_rollback(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+    archive_at,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    signer: TestSigner,
+    mirror: TestMirror,
 ) -> None:
     """Series are per vantage, but a vantage's own history still holds the mirror to
     it: served the newer bundle, then the older one again, is a rollback there."""
@@ -469,12 +559,12 @@ def test_a_mirror_going_back_for_one_vantage_is_its_rollback(
     suffix = older.put(b.bytes())
     b.add_event()
     mirror.put(b.bytes())
-    eu, us = _two_vantages(tmp_path, signer, mirror)
+    eu, us = _two_vantages(tmp_path, signer, mirror, db=archive_at)
     assert main(["--config", str(eu), "-q", "sync", suffix]) == 0
     assert main(["--config", str(us), "-q", "sync", suffix]) == 0
     mirror.to_peer["127.0.0.3"] = older
     assert main(["--config", str(us), "-q", "sync", suffix]) == 1
-    assert "rollback" in _kinds(tmp_path)
+    assert "rollback" in _kinds(archive_at)
 
 
 def test_bookkeeping_from_before_vantages_is_adopted_by_the_first_node_to_crawl(
@@ -617,25 +707,33 @@ def _as_before_vantages(tmp_path: Path) -> None:
 
 
 def test_a_mirror_going_back_for_every_vantage_is_their_rollback_not_a_split(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+    archive_at,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    signer: TestSigner,
+    mirror: TestMirror,
 ) -> None:
     b = _record(signer)
     v1 = b.bytes()
     suffix = mirror.put(v1)
     b.add_event()
     mirror.put(b.bytes())
-    eu, us = _two_vantages(tmp_path, signer, mirror, 'split_grace = "0s"\n')
+    eu, us = _two_vantages(tmp_path, signer, mirror, 'split_grace = "0s"\n', db=archive_at)
     assert main(["--config", str(eu), "-q", "sync", suffix]) == 0
     assert main(["--config", str(us), "-q", "sync", suffix]) == 0
     mirror.put(v1)  # back, for everyone (restored from a backup, say)
     for cfg in (eu, us, eu):
         assert main(["--config", str(cfg), "-q", "sync", suffix]) == 1
-    keys = sorted(key for _, key, _ in _open_alerts(tmp_path))
+    keys = sorted(key for _, key, _ in _open_alerts(archive_at))
     assert keys == [f"rollback:{b.pith_number}:m0@eu", f"rollback:{b.pith_number}:m0@us"]
 
 
 def test_a_vantage_served_a_valid_bundle_does_not_clear_what_another_is_served(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+    archive_at,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    signer: TestSigner,
+    mirror: TestMirror,
 ) -> None:
     """Both vantages are served a forged bundle; then eu is served a valid one. us is
     still served the forgery: its alert stays open, and its pass still fails."""
@@ -643,7 +741,7 @@ def test_a_vantage_served_a_valid_bundle_does_not_clear_what_another_is_served(
     suffix = mirror.put(b.bytes())
     forged = b.bytes().replace(b'"primary_cat":"cs.CR"', b'"primary_cat":"cs.AI"')
     mirror.bundles[suffix] = forged
-    eu, us = _two_vantages(tmp_path, signer, mirror, 'resolve_after = "0s"\n')
+    eu, us = _two_vantages(tmp_path, signer, mirror, 'resolve_after = "0s"\n', db=archive_at)
     assert main(["--config", str(eu), "-q", "sync", suffix]) == 1
     assert main(["--config", str(us), "-q", "sync", suffix]) == 1
     bad = TestMirror()
@@ -653,12 +751,16 @@ def test_a_vantage_served_a_valid_bundle_does_not_clear_what_another_is_served(
     mirror.put(b.bytes())
     assert main(["--config", str(eu), "-q", "sync", suffix]) == 1  # an alert is open
     assert main(["--config", str(us), "-q", "sync", suffix]) == 1
-    keys = [key for _, key, _ in _open_alerts(tmp_path)]
+    keys = [key for _, key, _ in _open_alerts(archive_at)]
     assert keys == [f"document_invalid:{suffix}:m0@us"]
 
 
 def test_what_a_renamed_vantage_saw_closes(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+    archive_at,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    signer: TestSigner,
+    mirror: TestMirror,
 ) -> None:
     """A vantage served a forged bundle, then a split, is renamed: nobody looks from its
     old name any more, so what was seen from there closes instead of holding every
@@ -669,16 +771,18 @@ def test_what_a_renamed_vantage_saw_closes(
     b.add_event()
     mirror.put(b.bytes())
     mirror.to_peer["127.0.0.3"] = older
-    eu, us = _two_vantages(tmp_path, signer, mirror, 'split_grace = "0s"\nresolve_after = "0s"\n')
+    eu, us = _two_vantages(
+        tmp_path, signer, mirror, 'split_grace = "0s"\nresolve_after = "0s"\n', db=archive_at
+    )
     for cfg, code in ((eu, 0), (us, 0), (eu, 0), (us, 1)):
         assert main(["--config", str(cfg), "-q", "sync", suffix]) == code
-    assert {k for k, _, _ in _open_alerts(tmp_path)} == {"vantage_split"}
+    assert {k for k, _, _ in _open_alerts(archive_at)} == {"vantage_split"}
     renamed = tmp_path / "renamed.toml"
     renamed.write_text(us.read_text().replace('vantage = "us"', 'vantage = "us-east"'))
     del mirror.to_peer["127.0.0.3"]  # the mirror stops lying; `us` is renamed `us-east`
     codes = [main(["--config", str(c), "-q", "sync", suffix]) for c in (renamed, eu)]
     assert codes == [0, 0]
-    assert _open_alerts(tmp_path) == []
+    assert _open_alerts(archive_at) == []
 
     # And an alert about a document seen from the old name only.
     mirror.to_peer["127.0.0.3"] = older
@@ -686,11 +790,11 @@ def test_what_a_renamed_vantage_saw_closes(
         b'"primary_cat":"cs.CR"', b'"primary_cat":"cs.AI"'
     )
     assert main(["--config", str(us), "-q", "sync", suffix]) == 1
-    assert [k for k, _, _ in _open_alerts(tmp_path)] == ["document_invalid"]
+    assert [k for k, _, _ in _open_alerts(archive_at)] == ["document_invalid"]
     del mirror.to_peer["127.0.0.3"]
     codes = [main(["--config", str(c), "-q", "sync", suffix]) for c in (renamed, eu)]
     assert codes == [0, 0]
-    assert _open_alerts(tmp_path) == []
+    assert _open_alerts(archive_at) == []
 
 
 def test_after_the_upgrade_a_second_vantage_kept_behind_is_a_split(
@@ -700,7 +804,9 @@ def test_after_the_upgrade_a_second_vantage_kept_behind_is_a_split(
     every vantage: a second vantage kept on the bundle they hold is still seen."""
     b = _record(signer)
     suffix = mirror.put(b.bytes())
-    eu, us = _two_vantages(tmp_path, signer, mirror, 'split_grace = "0s"\n')
+    eu, us = _two_vantages(
+        tmp_path, signer, mirror, 'split_grace = "0s"\n', db=tmp_path / "archive.db"
+    )
     assert main(["--config", str(eu), "-q", "sync", suffix]) == 0
     _as_before_vantages(tmp_path)
     frozen = TestMirror()
@@ -711,7 +817,7 @@ def test_after_the_upgrade_a_second_vantage_kept_behind_is_a_split(
     assert main(["--config", str(eu), "-q", "sync", suffix]) == 0  # adopts, then sees v2
     for cfg, code in ((us, 0), (eu, 0), (us, 1)):
         assert main(["--config", str(cfg), "-q", "sync", suffix]) == code
-    assert "vantage_split" in _kinds(tmp_path)
+    assert "vantage_split" in _kinds(tmp_path / "archive.db")
 
 
 def test_after_the_upgrade_a_new_vantage_behind_a_lagging_cache_is_no_rollback(
@@ -720,7 +826,7 @@ def test_after_the_upgrade_a_new_vantage_behind_a_lagging_cache_is_no_rollback(
     b = _record(signer)
     v1 = b.bytes()
     suffix = mirror.put(v1)
-    eu, us = _two_vantages(tmp_path, signer, mirror)
+    eu, us = _two_vantages(tmp_path, signer, mirror, db=tmp_path / "archive.db")
     assert main(["--config", str(eu), "-q", "sync", suffix]) == 0
     b.add_event()
     mirror.put(b.bytes())
@@ -731,11 +837,15 @@ def test_after_the_upgrade_a_new_vantage_behind_a_lagging_cache_is_no_rollback(
     lagging.put(v1)
     mirror.to_peer["127.0.0.3"] = lagging
     assert main(["--config", str(us), "-q", "sync", suffix]) == 0  # within the grace
-    assert "rollback" not in _kinds(tmp_path)
+    assert "rollback" not in _kinds(tmp_path / "archive.db")
 
 
 def test_a_vantage_that_stopped_holds_no_record_in_the_rechecks(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+    archive_at,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    signer: TestSigner,
+    mirror: TestMirror,
 ) -> None:
     builders = []
     for i in range(5):
@@ -744,7 +854,7 @@ def test_a_vantage_that_stopped_holds_no_record_in_the_rechecks(
         mirror.put(b.bytes())
         builders.append(b)
     suffixes = [b.pith_number.rpartition(":")[2] for b in builders]
-    eu, us = _two_vantages(tmp_path, signer, mirror)
+    eu, us = _two_vantages(tmp_path, signer, mirror, db=archive_at)
     assert main(["--config", str(us), "-q", "track", *suffixes]) == 0
     assert main(["--config", str(us), "-q", "sync"]) == 0
     for b in builders:
@@ -753,7 +863,7 @@ def test_a_vantage_that_stopped_holds_no_record_in_the_rechecks(
     assert main(["--config", str(eu), "-q", "sync"]) == 0
 
     async def todo(vantages: list[str]) -> list[str]:
-        async with await Store.open(tmp_path / "archive.db") as store:
+        async with await Store.open(archive_at) as store:
             return await store.trusted.records_to_recheck(tracked=True, vantages=vantages)
 
     assert anyio.run(todo, ["eu"]) == []
@@ -761,7 +871,11 @@ def test_a_vantage_that_stopped_holds_no_record_in_the_rechecks(
 
 
 def test_a_renamed_vantage_sees_the_mirror_go_back_from_the_one_that_stopped(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+    archive_at,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    signer: TestSigner,
+    mirror: TestMirror,
 ) -> None:
     """A vantage renamed (by its operator, or with its host when it is the host name) is
     a new vantage: it has no history of its own to call a replay a rollback. Once the old
@@ -774,7 +888,9 @@ def test_a_renamed_vantage_sees_the_mirror_go_back_from_the_one_that_stopped(
     suffix = mirror.put(v1)
     b.add_event()
     mirror.put(b.bytes())
-    old = _config(tmp_path, signer, mirror.base_url, node='name = "n"\nvantage = "a"\n')
+    old = _config(
+        tmp_path, signer, mirror.base_url, node='name = "n"\nvantage = "a"\n', db=archive_at
+    )
     old.write_text(old.read_text().replace("[node]", '[alerts]\nsplit_grace = "0s"\n[node]'))
     assert main(["--config", str(old), "-q", "sync", suffix]) == 0
     new = tmp_path / "new.toml"
@@ -782,14 +898,14 @@ def test_a_renamed_vantage_sees_the_mirror_go_back_from_the_one_that_stopped(
     mirror.put(v1)  # replayed
     assert main(["--config", str(new), "-q", "sync", suffix]) == 0  # nothing of its own
     assert main(["--config", str(new), "-q", "sync", suffix]) == 1  # past the grace
-    [(kind, key, evidence)] = _open_alerts(tmp_path)
+    [(kind, key, evidence)] = _open_alerts(archive_at)
     assert (kind, key) == ("vantage_split", f"vantage_split:{b.pith_number}:m0")
     ahead, behind = json.loads(evidence)["documents"]
     assert (ahead["vantage"], behind["vantage"]) == ("a", "b")
 
 
 def test_a_mirror_lagging_for_one_vantage_is_stale_whichever_vantage_crawled_last(
-    tmp_path: Path, signer: TestSigner, mirror: TestMirror
+    archive_at, tmp_path: Path, signer: TestSigner, mirror: TestMirror
 ) -> None:
     """m0 keeps 127.0.0.3 on an older bundle than m1 serves everyone; later it serves
     127.0.0.2 a newer one still. Judged by its latest snapshot alone, m0 would be stale
@@ -810,7 +926,7 @@ def test_a_mirror_lagging_for_one_vantage_is_stale_whichever_vantage_crawled_las
             mirror.put(b.bytes())
             honest.put(b.bytes())
             mirror.to_peer["127.0.0.3"] = older
-            cfg = write_config(tmp_path, signer, mirror.base_url, honest.base_url)
+            cfg = write_config(tmp_path, signer, mirror.base_url, honest.base_url, db=archive_at)
             text = cfg.read_text() + '[alerts]\nresolve_after = "0s"\n'
             text = text.replace(
                 'timeout = "5s"\n', 'timeout = "5s"\nsource_address = "127.0.0.2"\n'
@@ -821,7 +937,7 @@ def test_a_mirror_lagging_for_one_vantage_is_stale_whichever_vantage_crawled_las
                 base_dir=tmp_path,
             )
             trust = TrustSet([load_key(signer.public_key())])
-            db = tmp_path / "archive.db"
+            db = archive_at
             async with await Store.open(db) as store:
                 await store.watchlist.track([suffix], datetime.now(UTC))
             for config in (eu, us):
@@ -834,18 +950,22 @@ def test_a_mirror_lagging_for_one_vantage_is_stale_whichever_vantage_crawled_las
             await sync_once(eu, db, [], trust, clock=later)
 
     anyio.run(go)
-    kinds = _kinds(tmp_path)
+    kinds = _kinds(archive_at)
     assert kinds.count("mirror_stale") == 1
     assert "alert_closed" not in kinds
-    assert "mirror_stale" in {k for k, _, _ in _open_alerts(tmp_path)}
+    assert "mirror_stale" in {k for k, _, _ in _open_alerts(archive_at)}
 
 
 def test_status_shows_a_mirror_as_the_vantages_crawling_lately_see_it(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+    archive_at,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    signer: TestSigner,
+    mirror: TestMirror,
 ) -> None:
     b = _record(signer)
     suffix = mirror.put(b.bytes())
-    eu, us = _two_vantages(tmp_path, signer, mirror)
+    eu, us = _two_vantages(tmp_path, signer, mirror, db=archive_at)
     assert main(["--config", str(eu), "-q", "track", suffix]) == 0
     mirror.fail(suffix, 503)
     assert main(["--config", str(us), "-q", "sync"]) == 3  # its last pass failed
@@ -859,13 +979,13 @@ def test_status_shows_a_mirror_as_the_vantages_crawling_lately_see_it(
         return found
 
     assert m0()["failures"] == 1  # us is crawling still: m0 fails there
-    with sqlite3.connect(tmp_path / "archive.db") as db:  # us stopped, long ago
+    with raw(archive_at) as db:  # us stopped, long ago
         db.execute("UPDATE nodes SET last_seen = '2026-01-01T00:00:00.000000Z' WHERE name = 'n-us'")
     assert not m0()["failures"]
 
 
 def test_a_vantage_crawling_every_other_day_is_not_taken_for_gone(
-    tmp_path: Path, signer: TestSigner, mirror: TestMirror
+    archive_at, tmp_path: Path, signer: TestSigner, mirror: TestMirror
 ) -> None:
     """us crawls every 36 hours, eu every 6: us stays a vantage crawling now for two of
     its own intervals, so its split is not closed by eu a day after us was last seen
@@ -883,7 +1003,9 @@ def test_a_vantage_crawling_every_other_day_is_not_taken_for_gone(
             b.add_event()
             mirror.put(b.bytes())
             mirror.to_peer["127.0.0.3"] = older
-            eu_cfg, us_cfg = _two_vantages(tmp_path, signer, mirror, 'split_grace = "6h"\n')
+            eu_cfg, us_cfg = _two_vantages(
+                tmp_path, signer, mirror, 'split_grace = "6h"\n', db=archive_at
+            )
             eu = parse_config(eu_cfg.read_text(), base_dir=tmp_path)
             us = parse_config(
                 us_cfg.read_text().replace(
@@ -892,7 +1014,7 @@ def test_a_vantage_crawling_every_other_day_is_not_taken_for_gone(
                 base_dir=tmp_path,
             )
             trust = TrustSet([load_key(signer.public_key())])
-            db = tmp_path / "archive.db"
+            db = archive_at
             async with await Store.open(db) as store:
                 await store.watchlist.track([suffix], datetime.now(UTC))
 
@@ -903,5 +1025,5 @@ def test_a_vantage_crawling_every_other_day_is_not_taken_for_gone(
                 await sync_once(config, db, [], trust, clock=at(hours))
 
     anyio.run(go)
-    assert _kinds(tmp_path).count("vantage_split") == 1
-    assert "alert_closed" not in _kinds(tmp_path)
+    assert _kinds(archive_at).count("vantage_split") == 1
+    assert "alert_closed" not in _kinds(archive_at)

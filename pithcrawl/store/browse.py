@@ -42,7 +42,7 @@ newest AS (
     SELECT suffix, max(julianday(built_at)) AS built FROM snapshots
     WHERE kind = 'bundle' AND trusted = 1 GROUP BY suffix
 )
-SELECT b.mirror, count(*), sum(b.built < n.built)
+SELECT b.mirror, count(*), sum(CASE WHEN b.built < n.built THEN 1 ELSE 0 END)
 FROM best AS b JOIN newest AS n ON n.suffix = b.suffix
 WHERE b.suffix IN (SELECT suffix FROM records)
 GROUP BY b.mirror
@@ -98,7 +98,7 @@ SELECT * FROM (
     SELECT * FROM events
     WHERE snapshot_id IN (SELECT id FROM snapshots WHERE suffix = ?1)
     ORDER BY at DESC, id DESC LIMIT ?2
-) ORDER BY at, id
+) AS newest ORDER BY at, id
 """
 _RECORD_EVENT_COUNT = """
 SELECT count(*) FROM events WHERE snapshot_id IN (SELECT id FROM snapshots WHERE suffix = ?1)
@@ -108,7 +108,7 @@ _RECORD_SNAPSHOTS = """
 SELECT * FROM (
     SELECT * FROM snapshots WHERE suffix = ?1 AND kind = 'bundle' AND id < ?2
     ORDER BY id DESC LIMIT ?3
-) ORDER BY id
+) AS newest ORDER BY id
 """
 
 #: Sorts before every alert id and snapshot id: the first page's key.
