@@ -27,10 +27,12 @@ from pathlib import Path
 
 from builder import BundleBuilder, TestSigner, canonical_record, serialize
 from clocks import TestClock
+from conftest import db_setting
 from mirror import TestMirror
 
 from pithcrawl.config import Config, parse_config
 from pithcrawl.keys import TrustSet, load_key
+from pithcrawl.location import PgUrl
 from pithcrawl.store import Store
 from pithcrawl.sync import Summary, sync_once
 
@@ -59,10 +61,8 @@ class World:
     clock: TestClock
     records: dict[str, BundleBuilder]
     summaries: list[Summary]
-
-    @property
-    def db(self) -> Path:
-        return self.tmp / "archive.db"
+    db: Path | PgUrl
+    """The archive: a file in `tmp`, or `archive_at`."""
 
     @property
     def trust(self) -> TrustSet:
@@ -93,7 +93,9 @@ def _record(signer: TestSigner, arxiv: str, title: str, events: int = 1) -> Bund
 
 
 @asynccontextmanager
-async def world(tmp_path: Path, signer: TestSigner) -> AsyncIterator[World]:
+async def world(
+    tmp_path: Path, signer: TestSigner, db: Path | PgUrl | None = None
+) -> AsyncIterator[World]:
     async with TestMirror() as good, TestMirror() as other, TestMirror() as canary:
         hostile = payloads(canary.base_url)
         calm = _record(signer, "2612.00001", "A calm paper")
@@ -112,7 +114,8 @@ async def world(tmp_path: Path, signer: TestSigner) -> AsyncIterator[World]:
         key = tmp_path / "test.key.json"
         key.write_text(json.dumps(signer.public_key()))
         (tmp_path / "pithcrawl.toml").write_text(
-            f'db = "archive.db"\n[trust]\nkeys = ["{key.name}"]\nclock_skew = "3650d"\n'
+            f"db = {json.dumps(db_setting(db))}\n"
+            f'[trust]\nkeys = ["{key.name}"]\nclock_skew = "3650d"\n'
             '[crawl]\ntimeout = "5s"\ndiscover = false\n'
             '[alerts]\nunreachable_after = "1h"\n'
             f'[[mirrors]]\nname = "{GOOD}"\nbase_url = "{good.base_url}"\n'
@@ -133,6 +136,7 @@ async def world(tmp_path: Path, signer: TestSigner) -> AsyncIterator[World]:
                 "moved": moved,
             },
             [],
+            tmp_path / "archive.db" if db is None else db,
         )
         async with await Store.open(w.db) as store:
             await store.watchlist.track([b.suffix for b in w.records.values()], w.clock.at)

@@ -96,8 +96,8 @@ async def get(server: Server, path: str) -> tuple[int, dict[str, str], str]:
 
 
 @pytest.fixture
-async def w(tmp_path: Path, signer: Any) -> AsyncIterator[World]:
-    async with world(tmp_path, signer) as built:
+async def w(tmp_path: Path, signer: Any, archive_at: Any) -> AsyncIterator[World]:
+    async with world(tmp_path, signer, archive_at) as built:
         yield built
 
 

@@ -93,6 +93,8 @@ class PgRaw:
         self._conn = conn
         self.schema_key = 0
         """`hashtext` of the archive's schema: the second half of its locks' keys."""
+        self.writer_lock: str | None = None
+        """The key of the crawling process's lock, while this connection holds it."""
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         query, values = _bound(sql, params)
@@ -116,7 +118,17 @@ class PgRaw:
         return _Done(total)
 
     def close(self) -> None:
-        self._conn.close()
+        # The lock is let go of first, and waited for: a server ends a closed session's
+        # backend (and its locks) a moment after the client has gone, and the next
+        # crawl starting right away must not find it held.
+        try:
+            if self.writer_lock is not None and not self._conn.closed:
+                self._conn.execute(f"SELECT pg_advisory_unlock({self.writer_lock})")
+                self.writer_lock = None
+        except Exception:  # noqa: S110 (closing ends the session, and its locks, anyway)
+            pass
+        finally:
+            self._conn.close()
 
 
 @dataclass
@@ -266,6 +278,8 @@ def _connect(url: str, readonly: bool, exclusive: bool) -> PgRaw:
                 [WRITER_PROCESS_LOCK, raw.schema_key & 0xFFFFFFFF],
             ).fetchone()
             raise _Locked(holder[0] if holder and holder[0] else "another process")
+        if exclusive:
+            raw.writer_lock = lock
         _prepare(raw, readonly)
     except BaseException:
         conn.close()
