@@ -25,6 +25,8 @@ from typing import Any
 import psycopg
 
 from pithcrawl.location import PgUrl
+from pithcrawl.store.dialect import WRITER_PROCESS_LOCK
+from pithcrawl.store.lock import WriterLock
 from pithcrawl.store.postgres import PgRaw, _adapted, _row_factory
 
 
@@ -109,3 +111,19 @@ def raw(where: Path | PgUrl) -> Iterator[Any]:
         yield lite
     finally:
         lite.close()
+
+
+@contextmanager
+def writer_lock_held(where: Path | PgUrl) -> Iterator[None]:
+    """The archive's crawling lock, held by someone else (another process's `run`) while
+    the block runs: the lock file's flock, or PostgreSQL's session lock."""
+    if isinstance(where, Path):
+        lock = WriterLock.acquire(where)
+        try:
+            yield
+        finally:
+            lock.release()
+        return
+    with psycopg.connect(where.url, autocommit=True) as conn:
+        conn.execute(f"SELECT pg_advisory_lock({WRITER_PROCESS_LOCK}, hashtext(current_schema()))")
+        yield

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,9 +12,10 @@ import pytest
 from builder import BundleBuilder, TestSigner, canonical_record
 from conftest import write_config
 from mirror import TestMirror
+from postgres import raw, writer_lock_held
 
 from pithcrawl.cli import main
-from pithcrawl.store.lock import WriterLock
+from pithcrawl.location import PgUrl
 
 OTHER_SUFFIX = "A" * 26  # well formed, never archived
 
@@ -25,7 +25,7 @@ class Archive:
     """An archive with two bundle snapshots of one record from mirror m0."""
 
     cfg: Path
-    db: Path
+    db: Path | PgUrl
     builder: BundleBuilder
     first: bytes
     second: bytes
@@ -39,20 +39,25 @@ def cli(capsys: pytest.CaptureFixture[str], cfg: Path, *args: str) -> tuple[int,
 
 @pytest.fixture
 def archive(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, signer: TestSigner, mirror: TestMirror
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    signer: TestSigner,
+    mirror: TestMirror,
+    archive_at: Path | PgUrl,
 ) -> Archive:
+    """One record synced twice (two bundles) into `archive_at`, on either backend."""
     b = BundleBuilder(signer, record=canonical_record("2611.00001", title="P"))
     b.add_event()
     first = b.bytes()
     mirror.put(first)
-    cfg = write_config(tmp_path, signer, mirror.base_url)
+    cfg = write_config(tmp_path, signer, mirror.base_url, db=archive_at)
     assert cli(capsys, cfg, "track", b.pith_number)[0] == 0
     assert cli(capsys, cfg, "sync")[0] == 0
     b.add_event()
     second = b.bytes()
     mirror.put(second)
     assert cli(capsys, cfg, "sync")[0] == 0
-    return Archive(cfg, tmp_path / "archive.db", b, first, second)
+    return Archive(cfg, archive_at, b, first, second)
 
 
 def test_history_lists_bundle_snapshots_oldest_first(capsys, archive: Archive):
@@ -230,11 +235,8 @@ def test_status_shows_the_mirror_with_a_last_success(capsys, archive: Archive):
 
 def test_status_human_output_while_a_writer_holds_the_lock(capsys, archive: Archive):
     """status reads while another process (a `run` daemon) holds the writers' lock."""
-    lock = WriterLock.acquire(archive.db)
-    try:
+    with writer_lock_held(archive.db):
         code, out, _ = cli(capsys, archive.cfg, "status")
-    finally:
-        lock.release()
     assert code == 0
     lines = out.splitlines()
     assert lines[0].startswith(f"archive   {archive.db} (")
@@ -344,8 +346,8 @@ def test_history_marks_a_damaged_body_and_shows_every_other_row(capsys, archive:
     suffix = archive.builder.suffix
     _, out, _ = cli(capsys, archive.cfg, "history", suffix, "--json")
     first, second = json.loads(out)["snapshots"]
-    with sqlite3.connect(archive.db) as c:
-        c.execute("UPDATE blobs SET data = x'00' WHERE sha256 = ?", (second["body_sha256"],))
+    with raw(archive.db) as c:
+        c.execute("UPDATE blobs SET data = ? WHERE sha256 = ?", (b"\x00", second["body_sha256"]))
     code, out, _ = cli(capsys, archive.cfg, "history", suffix)
     assert code == 0
     rows = {line.split()[0]: line for line in out.splitlines() if line.split()[0].isdigit()}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -17,10 +16,12 @@ from aiohttp import web
 from builder import BundleBuilder, TestSigner, canonical_record, serialize
 from conftest import VANTAGE
 from mirror import TestMirror
+from postgres import raw
 
 from pithcrawl.commands.sync import exit_code, summary_line
 from pithcrawl.config import Config, parse_config
 from pithcrawl.keys import TrustSet, load_key
+from pithcrawl.location import PgUrl
 from pithcrawl.store import Store
 from pithcrawl.sync import Summary, sync_once
 
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.anyio
 @dataclass
 class Env:
     config: Config
-    db: Path
+    db: Path | PgUrl
     trust: TrustSet
     mirrors: list[TestMirror]
 
@@ -54,12 +55,15 @@ def _config(tmp_path: Path, bases: list[str], extra: str = "discover = false") -
 
 
 @asynccontextmanager
-async def env(tmp_path: Path, signer: TestSigner, n: int = 2) -> AsyncIterator[Env]:
+async def env(
+    tmp_path: Path, signer: TestSigner, n: int = 2, *, db: Path | PgUrl | None = None
+) -> AsyncIterator[Env]:
+    """`n` loopback mirrors, and the archive at `db` (`archive_at`), else in `tmp_path`."""
     async with AsyncExitStack() as stack:
         mirrors = [await stack.enter_async_context(TestMirror()) for _ in range(n)]
         config = _config(tmp_path, [m.base_url for m in mirrors])
         trust = TrustSet([load_key(signer.public_key())])
-        yield Env(config, tmp_path / "archive.db", trust, mirrors)
+        yield Env(config, tmp_path / "archive.db" if db is None else db, trust, mirrors)
 
 
 def record(signer: TestSigner, i: int = 0, events: int = 1) -> BundleBuilder:
@@ -81,9 +85,9 @@ async def track(e: Env, *builders: BundleBuilder) -> None:
         await store.watchlist.track([b.suffix for b in builders], datetime.now(UTC))
 
 
-async def test_first_sync_archives_every_record_from_every_mirror(tmp_path, signer):
+async def test_first_sync_archives_every_record_from_every_mirror(archive_at, tmp_path, signer):
     """3 records × 2 mirrors: a trusted bundle and state.json snapshot each, bodies kept once."""
-    async with env(tmp_path, signer) as e:
+    async with env(tmp_path, signer, db=archive_at) as e:
         builders = [record(signer, i) for i in range(3)]
         serve(e, *builders)
         await track(e, *builders)
@@ -102,9 +106,9 @@ async def test_first_sync_archives_every_record_from_every_mirror(tmp_path, sign
             assert stats["blobs"] == 6  # the same bytes from two mirrors are one blob
 
 
-async def test_unchanged_resync_is_conditional_and_stores_no_body(tmp_path, signer):
+async def test_unchanged_resync_is_conditional_and_stores_no_body(archive_at, tmp_path, signer):
     """Nothing changed: every request is conditional (304) and no snapshot or blob is added."""
-    async with env(tmp_path, signer) as e:
+    async with env(tmp_path, signer, db=archive_at) as e:
         builders = [record(signer, i) for i in range(3)]
         serve(e, *builders)
         await track(e, *builders)
@@ -121,10 +125,10 @@ async def test_unchanged_resync_is_conditional_and_stores_no_body(tmp_path, sign
         assert after["blob_bytes_stored"] == before["blob_bytes_stored"]
 
 
-async def test_added_event_gives_snapshot_delta_and_event_added(tmp_path, signer):
+async def test_added_event_gives_snapshot_delta_and_event_added(archive_at, tmp_path, signer):
     """A mirror adds an event: a new snapshot stored as a small delta against the last
     one, the state.json as a delta against its bundle, and an event_added."""
-    async with env(tmp_path, signer) as e:
+    async with env(tmp_path, signer, db=archive_at) as e:
         b = record(signer)
         serve(e, b)
         await track(e, b)
@@ -142,7 +146,7 @@ async def test_added_event_gives_snapshot_delta_and_event_added(tmp_path, signer
             assert await store.get_blob(snaps[1].body_sha256) == b.bytes()
             states = await store.snapshots(b.suffix, mirror="m0", kind="state")
             events = await store.events(kinds=["event_added"])
-        with sqlite3.connect(e.db) as conn:
+        with raw(e.db) as conn:
             stored = {
                 sha: (base, size, stored)
                 for sha, base, size, stored in conn.execute(
@@ -158,10 +162,10 @@ async def test_added_event_gives_snapshot_delta_and_event_added(tmp_path, signer
         assert events[0].evidence["url"].startswith(e.mirrors[0].base_url)
 
 
-async def test_correction_and_key_rotation(tmp_path, signer):
+async def test_correction_and_key_rotation(archive_at, tmp_path, signer):
     """A correction superseding an event, signed by a newly announced (trusted) key."""
     second = TestSigner("test-key-2")
-    async with env(tmp_path, signer) as e:
+    async with env(tmp_path, signer, db=archive_at) as e:
         e.trust = TrustSet([load_key(signer.public_key()), load_key(second.public_key())])
         b = record(signer)
         serve(e, b)
@@ -182,9 +186,9 @@ async def test_correction_and_key_rotation(tmp_path, signer):
         assert kinds == ["correction", "event_added", "key_rotation"]
 
 
-async def test_rollback_is_a_critical_alert(tmp_path, signer):
+async def test_rollback_is_a_critical_alert(archive_at, tmp_path, signer):
     """A mirror that goes back to an older bundle (an event dropped) raises `rollback`."""
-    async with env(tmp_path, signer, n=1) as e:
+    async with env(tmp_path, signer, n=1, db=archive_at) as e:
         b = record(signer, events=1)
         old = b.bytes()
         b.add_event()
@@ -202,9 +206,9 @@ async def test_rollback_is_a_critical_alert(tmp_path, signer):
         assert evidence["previous_body_sha256"] != evidence["body_sha256"]
 
 
-async def test_tampered_body_is_archived_as_evidence_never_trusted(tmp_path, signer):
+async def test_tampered_body_is_archived_as_evidence_never_trusted(archive_at, tmp_path, signer):
     """document_invalid with the findings; the body is kept; no trusted snapshot exists."""
-    async with env(tmp_path, signer, n=1) as e:
+    async with env(tmp_path, signer, n=1, db=archive_at) as e:
         b = record(signer)
         doc = b.build()
         doc["events"][1]["payload"] = {"graph_snapshot": {"forged": True}}
@@ -225,9 +229,9 @@ async def test_tampered_body_is_archived_as_evidence_never_trusted(tmp_path, sig
         assert e.mirrors[0].hits[f"/pith/{b.suffix}/state.json"] == 0
 
 
-async def test_state_json_differing_from_the_bundle(tmp_path, signer):
+async def test_state_json_differing_from_the_bundle(archive_at, tmp_path, signer):
     """A mirror whose state.json is not its bundle's state: state_url_mismatch."""
-    async with env(tmp_path, signer, n=1) as e:
+    async with env(tmp_path, signer, n=1, db=archive_at) as e:
         b = record(signer)
         other = record(signer, 7)
         e.mirrors[0].put(b.bytes(), state=json.dumps(other.build()["state"]).encode())
@@ -239,10 +243,12 @@ async def test_state_json_differing_from_the_bundle(tmp_path, signer):
         assert alert.severity == "critical"
 
 
-async def test_503_with_retry_after_is_retried_later_even_after_a_restart(tmp_path, signer):
+async def test_503_with_retry_after_is_retried_later_even_after_a_restart(
+    archive_at, tmp_path, signer
+):
     """The mirror asked for an hour: the pair is due then, and a new pass (a new process
     opening the same archive) does not ask before."""
-    async with env(tmp_path, signer, n=1) as e:
+    async with env(tmp_path, signer, n=1, db=archive_at) as e:
         b = record(signer)
         serve(e, b)
         e.mirrors[0].fail(b.suffix, 503, retry_after="3600")
@@ -265,11 +271,11 @@ async def test_503_with_retry_after_is_retried_later_even_after_a_restart(tmp_pa
         assert sum(e.mirrors[0].hits.values()) == hits
 
 
-async def test_dead_mirror_is_an_error_with_backoff(tmp_path, signer):
+async def test_dead_mirror_is_an_error_with_backoff(archive_at, tmp_path, signer):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    async with env(tmp_path, signer, n=1) as e:
+    async with env(tmp_path, signer, n=1, db=archive_at) as e:
         b = record(signer)
         serve(e, b)
         e.config = _config(tmp_path, [e.mirrors[0].base_url, f"http://127.0.0.1:{port}"])
@@ -286,8 +292,8 @@ async def test_dead_mirror_is_an_error_with_backoff(tmp_path, signer):
         assert state.next_due > datetime.now(UTC)
 
 
-async def test_well_known_address_is_the_fallback(tmp_path, signer):
-    async with env(tmp_path, signer, n=1) as e:
+async def test_well_known_address_is_the_fallback(archive_at, tmp_path, signer):
+    async with env(tmp_path, signer, n=1, db=archive_at) as e:
         b = record(signer)
         serve(e, b)
         e.mirrors[0].hidden.add(b.suffix)
@@ -314,9 +320,9 @@ def hint(b: BundleBuilder, base: str) -> None:
     )
 
 
-async def test_hinted_loopback_mirror_is_refused_by_default(tmp_path, signer):
+async def test_hinted_loopback_mirror_is_refused_by_default(archive_at, tmp_path, signer):
     """mirror_hints pointing at a plain-http loopback address are not followed."""
-    async with env(tmp_path, signer, n=2) as e:
+    async with env(tmp_path, signer, n=2, db=archive_at) as e:
         b = record(signer)
         hint(b, e.mirrors[1].base_url)
         serve(e, b)
@@ -330,9 +336,9 @@ async def test_hinted_loopback_mirror_is_refused_by_default(tmp_path, signer):
             assert [m.origin for m in await store.watchlist.mirrors()].count("discovered") == 0
 
 
-async def test_hinted_mirror_is_crawled_when_allowed(tmp_path, signer):
+async def test_hinted_mirror_is_crawled_when_allowed(archive_at, tmp_path, signer):
     """With allow_private_hosts, a hinted mirror joins the crawl from the next pass on."""
-    async with env(tmp_path, signer, n=2) as e:
+    async with env(tmp_path, signer, n=2, db=archive_at) as e:
         b = record(signer)
         hint(b, e.mirrors[1].base_url)
         serve(e, b)
@@ -360,12 +366,12 @@ def test_hints_become_patterns():
 
 @pytest.mark.parametrize("follow", [True, False])
 async def test_follow_rotations_trusts_a_key_announced_by_a_verified_bundle(
-    tmp_path, signer, follow
+    archive_at, tmp_path, signer, follow
 ):
     """A bundle signed by a trusted key announces key 2; later events signed by key 2 are
     trusted only when `trust.follow_rotations` is on (and the key survives a restart)."""
     second = TestSigner("rotated-key")
-    async with env(tmp_path, signer, n=1) as e:
+    async with env(tmp_path, signer, n=1, db=archive_at) as e:
         e.config = _config(
             tmp_path,
             [e.mirrors[0].base_url],
@@ -392,9 +398,9 @@ async def test_follow_rotations_trusts_a_key_announced_by_a_verified_bundle(
             assert len(alerts) == 1
 
 
-async def test_mirrors_listed_by_a_manifest_are_crawled(tmp_path, signer):
+async def test_mirrors_listed_by_a_manifest_are_crawled(archive_at, tmp_path, signer):
     """A `manifest` mirror entry: the manifest's mirrors (with their own patterns) are used."""
-    async with env(tmp_path, signer, n=2) as e:
+    async with env(tmp_path, signer, n=2, db=archive_at) as e:
         b = record(signer)
         serve(e, b, only=[1])
         listed = e.mirrors[1].base_url
@@ -428,10 +434,12 @@ async def test_mirrors_listed_by_a_manifest_are_crawled(tmp_path, signer):
 
 
 @pytest.mark.parametrize("mirrors", [5, True, {"name": "x"}, "mirrors", None, []])
-async def test_a_manifest_of_any_shape_is_read_or_told_unreadable(tmp_path, signer, mirrors):
+async def test_a_manifest_of_any_shape_is_read_or_told_unreadable(
+    archive_at, tmp_path, signer, mirrors
+):
     """A manifest is unsigned network input: whatever its `mirrors` holds, the pass goes
     on with no mirror from it (and says why), never ends with a traceback."""
-    async with env(tmp_path, signer, n=1) as e:
+    async with env(tmp_path, signer, n=1, db=archive_at) as e:
         b = record(signer)
         _use_manifest(e, tmp_path, mirrors)
         await track(e, b)
@@ -444,9 +452,9 @@ async def test_a_manifest_of_any_shape_is_read_or_told_unreadable(tmp_path, sign
 
 
 async def test_a_discovered_mirror_is_dropped_when_private_hosts_are_no_longer_allowed(
-    tmp_path, signer
+    archive_at, tmp_path, signer
 ):
-    async with env(tmp_path, signer, n=2) as e:
+    async with env(tmp_path, signer, n=2, db=archive_at) as e:
         b = record(signer)
         hint(b, e.mirrors[1].base_url)
         serve(e, b)
@@ -481,8 +489,8 @@ def _use_manifest(e, tmp_path, entries) -> None:
     )
 
 
-async def test_a_manifest_mirror_no_one_can_look_up_fails_alone(tmp_path, signer):
-    async with env(tmp_path, signer, n=2) as e:
+async def test_a_manifest_mirror_no_one_can_look_up_fails_alone(archive_at, tmp_path, signer):
+    async with env(tmp_path, signer, n=2, db=archive_at) as e:
         b = record(signer)
         serve(e, b, only=[1])
         _use_manifest(
@@ -493,11 +501,13 @@ async def test_a_manifest_mirror_no_one_can_look_up_fails_alone(tmp_path, signer
         assert (summary.mirrors, summary.errors, summary.new_snapshots) == (2, 1, 2)
 
 
-async def test_a_mirror_the_manifest_no_longer_lists_is_no_longer_crawled(tmp_path, signer):
+async def test_a_mirror_the_manifest_no_longer_lists_is_no_longer_crawled(
+    archive_at, tmp_path, signer
+):
     """The manifest's listing now is what counts (its last one, while it cannot be read):
     mirrors it dropped used to be crawled for good, and a manifest rotating names grew
     the crawl without bound."""
-    async with env(tmp_path, signer, n=3) as e:
+    async with env(tmp_path, signer, n=3, db=archive_at) as e:
         b = record(signer)
         serve(e, b, only=[1, 2])
         await track(e, b)
@@ -511,13 +521,15 @@ async def test_a_mirror_the_manifest_no_longer_lists_is_no_longer_crawled(tmp_pa
         assert (await e.sync()).mirrors == 1
 
 
-async def test_a_manifest_that_cannot_be_read_is_told_by_sync_and_status(tmp_path, signer):
+async def test_a_manifest_that_cannot_be_read_is_told_by_sync_and_status(
+    archive_at, tmp_path, signer
+):
     """Its last listing is crawled, but the pass ends in 3 and `status` shows the
     manifest's last read and its error; a manifest entry dropped from the configuration
     leaves its mirrors shown as no longer crawled, with nothing due."""
     from pithcrawl.commands.status import gather
 
-    async with env(tmp_path, signer, n=2) as e:
+    async with env(tmp_path, signer, n=2, db=archive_at) as e:
         b = record(signer)
         serve(e, b, only=[1])
         await track(e, b)
@@ -542,12 +554,14 @@ async def test_a_manifest_that_cannot_be_read_is_told_by_sync_and_status(tmp_pat
         assert "registry" not in rows or not rows["registry"].crawled
 
 
-async def test_status_says_crawled_only_of_mirrors_the_last_pass_crawled(tmp_path, signer):
+async def test_status_says_crawled_only_of_mirrors_the_last_pass_crawled(
+    archive_at, tmp_path, signer
+):
     """A manifest listing a mirror also configured by hand: the pass crawls it once, under
     the configured name, and `status` must not call the manifest's duplicate crawled."""
     from pithcrawl.commands.status import gather, render
 
-    async with env(tmp_path, signer, n=2) as e:
+    async with env(tmp_path, signer, n=2, db=archive_at) as e:
         b = record(signer)
         serve(e, b, only=[1])
         await track(e, b)
@@ -581,10 +595,10 @@ async def test_status_says_crawled_only_of_mirrors_the_last_pass_crawled(tmp_pat
         assert not rows["direct"].crawled  # taken out of the configuration
 
 
-async def test_a_manifest_listing_too_many_mirrors_is_not_read(tmp_path, signer):
+async def test_a_manifest_listing_too_many_mirrors_is_not_read(archive_at, tmp_path, signer):
     from pithcrawl.mirrors import MANIFEST_MAX
 
-    async with env(tmp_path, signer, n=1) as e:
+    async with env(tmp_path, signer, n=1, db=archive_at) as e:
         b = record(signer)
         listing = [_listing(f"m{i}", f"http://m{i}.invalid") for i in range(MANIFEST_MAX + 1)]
         _use_manifest(e, tmp_path, listing)
@@ -605,7 +619,7 @@ class _NoValidatorsMirror(TestMirror):
 
 @pytest.mark.parametrize("validators", [True, False])
 async def test_an_unchanged_bundle_is_judged_again_when_its_key_is_no_longer_trusted(
-    tmp_path, signer, validators
+    archive_at, tmp_path, signer, validators
 ):
     """The key that signed a bundle is taken out of the trust set (compromised, say): the
     same bytes, 304 or 200, are untrusted now, told as such (they used to stay trusted on
@@ -613,7 +627,7 @@ async def test_an_unchanged_bundle_is_judged_again_when_its_key_is_no_longer_tru
     from pithcrawl.keys import TrustSet, load_key
 
     mirror = TestMirror() if validators else _NoValidatorsMirror()
-    async with env(tmp_path, signer, n=0) as e, mirror as m:
+    async with env(tmp_path, signer, n=0, db=archive_at) as e, mirror as m:
         e.mirrors = [m]
         e.config = _config(tmp_path, [m.base_url])
         b = record(signer)
@@ -632,13 +646,13 @@ async def test_an_unchanged_bundle_is_judged_again_when_its_key_is_no_longer_tru
         assert (fourth.untrusted, fourth.alerts) == (0, 0), fourth
 
 
-async def test_an_unchanged_bundle_is_trusted_once_its_key_is(tmp_path, signer):
+async def test_an_unchanged_bundle_is_trusted_once_its_key_is(archive_at, tmp_path, signer):
     """A bundle refused for a key nobody trusted is trusted, its alert closed, once the
     key is (it used to stay untrusted for as long as its bytes stayed the same)."""
     from pithcrawl.keys import TrustSet, load_key
 
     second = TestSigner("second-key")
-    async with env(tmp_path, signer, n=1) as e:
+    async with env(tmp_path, signer, n=1, db=archive_at) as e:
         b = record(second)
         serve(e, b)
         await track(e, b)
@@ -648,13 +662,15 @@ async def test_an_unchanged_bundle_is_trusted_once_its_key_is(tmp_path, signer):
         assert (summary.untrusted, summary.alerts) == (0, 0)
 
 
-async def test_a_learned_key_does_not_outlive_the_key_that_vouched_for_it(tmp_path, signer):
+async def test_a_learned_key_does_not_outlive_the_key_that_vouched_for_it(
+    archive_at, tmp_path, signer
+):
     """follow_rotations: K1's bundle announces K2, which is learned. K1 is then taken out
     of the configuration: a bundle signed by K2 alone is not trusted (it used to be)."""
     from pithcrawl.keys import TrustSet, load_key
 
     k2, k3 = TestSigner("rotated-key"), TestSigner("unrelated-key")
-    async with env(tmp_path, signer, n=1) as e:
+    async with env(tmp_path, signer, n=1, db=archive_at) as e:
         e.config = _config(
             tmp_path, [e.mirrors[0].base_url], "discover = false\n[trust]\nfollow_rotations = true"
         )
@@ -684,11 +700,11 @@ class _Always304Mirror(TestMirror):
         return web.Response(status=304)
 
 
-async def test_a_304_to_a_request_for_a_body_is_a_failed_fetch(tmp_path, signer):
+async def test_a_304_to_a_request_for_a_body_is_a_failed_fetch(archive_at, tmp_path, signer):
     """Nothing was archived from the URL, so "not modified" stands for nothing: a failed
     fetch, retried later (it used to count as a mirror serving an untrusted bundle, exit
     1, with no alert to say so)."""
-    async with env(tmp_path, signer, n=0) as e, _Always304Mirror() as m:
+    async with env(tmp_path, signer, n=0, db=archive_at) as e, _Always304Mirror() as m:
         e.mirrors = [m]
         e.config = _config(tmp_path, [m.base_url])
         b = record(signer)
@@ -700,19 +716,22 @@ async def test_a_304_to_a_request_for_a_body_is_a_failed_fetch(tmp_path, signer)
         assert state is not None and "304 Not Modified" in (state.last_error or "")
 
 
-async def test_a_snapshot_whose_body_is_gone_costs_its_pair_not_the_pass(tmp_path, signer):
+async def test_a_snapshot_whose_body_is_gone_costs_its_pair_not_the_pass(
+    archive_at, tmp_path, signer
+):
     """A trusted snapshot pointing at a body the archive no longer has (damage, or an
     edit behind pithcrawl's back): that record's pair is an error of the pass
     (`archive_damaged`), and every other record is still crawled and archived; the pass
     used to end there, with nothing of the others archived."""
-    import sqlite3
 
-    async with env(tmp_path, signer, n=1) as e:
+    async with env(tmp_path, signer, n=1, db=archive_at) as e:
         a, b = record(signer, 0), record(signer, 1)
         serve(e, a, b)
         await track(e, a, b)
         await e.sync()
-        with sqlite3.connect(e.db) as conn:  # foreign keys off, as an editor has them
+        with raw(e.db) as conn:  # foreign keys off, as an editor has them
+            if isinstance(e.db, PgUrl):
+                conn.execute("SET session_replication_role = replica")
             conn.execute(
                 "INSERT INTO snapshots (suffix, mirror, kind, fetched_at, url, status,"
                 " body_sha256, trusted, built_at, event_count)"
