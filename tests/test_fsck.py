@@ -7,27 +7,36 @@ import sqlite3
 from pathlib import Path
 
 from builder import BundleBuilder, TestSigner
+from conftest import db_setting
 from mirror import TestMirror
+from postgres import raw
 
 from pithcrawl.cli import main
+from pithcrawl.location import PgUrl
 
 
-def configured(tmp_path: Path, signer: TestSigner, mirror: TestMirror) -> Path:
-    """A configuration trusting `signer`'s key and crawling `mirror` into a.db."""
+def configured(
+    tmp_path: Path, signer: TestSigner, mirror: TestMirror, db: Path | PgUrl | None = None
+) -> Path:
+    """A configuration trusting `signer`'s key and crawling `mirror` into `db` (either
+    backend), else a.db."""
     (tmp_path / "k.json").write_text(json.dumps(signer.public_key()))
     cfg = tmp_path / "c.toml"
     cfg.write_text(
-        f'db = "a.db"\n[trust]\nkeys = ["k.json"]\n'
+        f"db = {json.dumps(db_setting(Path('a.db') if db is None else db))}\n"
+        '[trust]\nkeys = ["k.json"]\n'
         f'[[mirrors]]\nname = "m"\nbase_url = "{mirror.base_url}"\n'
     )
     return cfg
 
 
-def archive(tmp_path: Path, signer: TestSigner, mirror: TestMirror) -> Path:
+def archive(
+    tmp_path: Path, signer: TestSigner, mirror: TestMirror, db: Path | PgUrl | None = None
+) -> Path:
     b = BundleBuilder(signer)
     b.add_event()
     mirror.put(b.bytes())
-    cfg = configured(tmp_path, signer, mirror)
+    cfg = configured(tmp_path, signer, mirror, db)
     assert main(["--config", str(cfg), "sync", b.pith_number]) == 0
     return cfg
 
@@ -37,8 +46,8 @@ def fsck(capsys, cfg: Path) -> tuple[int, dict]:
     return code, json.loads(capsys.readouterr().out)
 
 
-def test_a_sound_archive(capsys, tmp_path, signer, mirror):
-    cfg = archive(tmp_path, signer, mirror)
+def test_a_sound_archive(capsys, tmp_path, signer, mirror, archive_at):
+    cfg = archive(tmp_path, signer, mirror, archive_at)
     capsys.readouterr()
     code, result = fsck(capsys, cfg)
     assert code == 0
@@ -48,11 +57,11 @@ def test_a_sound_archive(capsys, tmp_path, signer, mirror):
 
 
 def test_a_body_altered_on_disk_is_reported_with_what_depends_on_it(
-    capsys, tmp_path, signer, mirror
+    capsys, tmp_path, signer, mirror, archive_at
 ):
-    cfg = archive(tmp_path, signer, mirror)
+    cfg = archive(tmp_path, signer, mirror, archive_at)
     capsys.readouterr()
-    with sqlite3.connect(tmp_path / "a.db") as conn:
+    with raw(archive_at) as conn:
         (sha,) = conn.execute("SELECT body_sha256 FROM snapshots WHERE kind = 'bundle'").fetchone()
         from pithcrawl.store.blobs import packed
 

@@ -18,10 +18,14 @@ from pathlib import Path
 
 import pytest
 from builder import BundleBuilder, TestSigner, canonical_record
+from conftest import db_setting
 from mirror import TestMirror
+from postgres import raw
 from prometheus_client.parser import text_string_to_metric_families
 
 from pithcrawl.config import host_name
+from pithcrawl.location import PgUrl
+from pithcrawl.store.postgres import BackendError
 
 
 @pytest.fixture
@@ -61,41 +65,56 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_config(
-    tmp_path: Path, signer: TestSigner, base: str, interval: str, extra: str = ""
+def write_config(  # noqa: PLR0917 (the tests name them in order)
+    tmp_path: Path,
+    signer: TestSigner,
+    base: str,
+    interval: str,
+    extra: str = "",
+    db: Path | PgUrl | None = None,
 ) -> Path:
     key = tmp_path / "test.key.json"
     key.write_text(json.dumps(signer.public_key()))
     cfg = tmp_path / "pithcrawl.toml"
     cfg.write_text(
-        f'db = "archive.db"\n[trust]\nkeys = ["{key.name}"]\nclock_skew = "3650d"\n'
+        f"db = {json.dumps(db_setting(db))}\n"
+        f'[trust]\nkeys = ["{key.name}"]\nclock_skew = "3650d"\n'
         f'[crawl]\ninterval = "{interval}"\ntimeout = "5s"\ndiscover = false\n'
         f'[[mirrors]]\nname = "local"\nbase_url = "{base}"\n{extra}'
     )
     return cfg
 
 
-def snapshots(db: Path) -> int:
-    if not db.exists():
+def snapshots(db: Path | PgUrl) -> int:
+    if isinstance(db, Path) and not db.exists():
         return 0
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+    with raw(db) as conn:
         try:
             return int(conn.execute("SELECT count(*) FROM snapshots").fetchone()[0])
-        except sqlite3.OperationalError:
+        except (sqlite3.OperationalError, BackendError):
             return 0
 
 
 def test_run_crawls_in_rounds_reloads_and_stops_on_sigterm(
-    tmp_path: Path, signer: TestSigner, mirror: TestMirror, notify_socket: socket.socket
+    archive_at: Path | PgUrl,
+    tmp_path: Path,
+    signer: TestSigner,
+    mirror: TestMirror,
+    notify_socket: socket.socket,
 ):
     b = BundleBuilder(signer, record=canonical_record("2611.00042"))
     b.add_event()
     mirror.put(b.bytes())
     port = free_port()
     cfg = write_config(
-        tmp_path, signer, mirror.base_url, "1s", f'[metrics]\nbind = "127.0.0.1:{port}"\n'
+        tmp_path,
+        signer,
+        mirror.base_url,
+        "1s",
+        f'[metrics]\nbind = "127.0.0.1:{port}"\n',
+        db=archive_at,
     )
-    db = tmp_path / "archive.db"
+    db = archive_at
     env = {**os.environ, "NOTIFY_SOCKET": notify_socket.getsockname(), "WATCHDOG_USEC": "400000"}
     base = [sys.executable, "-m", "pithcrawl", "--config", str(cfg), "--log-format", "json"]
     assert subprocess.run([*base, "track", b.pith_number], env=env, check=False).returncode == 0
@@ -140,8 +159,9 @@ def test_run_crawls_in_rounds_reloads_and_stops_on_sigterm(
     assert "reload_refused" in names
     assert "config_reloaded" in names
     assert names[-2:] == ["daemon_stopping", "crawl_summary"] or "daemon_stopping" in names
-    with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    with raw(db) as conn:
+        if isinstance(db, Path):
+            assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         rows = conn.execute("SELECT count(*) FROM snapshots WHERE trusted = 1").fetchone()[0]
         nodes = conn.execute("SELECT name, vantage, first_seen < last_seen FROM nodes").fetchall()
     assert rows == 2
@@ -150,17 +170,17 @@ def test_run_crawls_in_rounds_reloads_and_stops_on_sigterm(
 
 
 def test_second_writer_is_refused_while_run_holds_the_archive(
-    tmp_path: Path, signer: TestSigner, mirror: TestMirror
+    archive_at: Path | PgUrl, tmp_path: Path, signer: TestSigner, mirror: TestMirror
 ):
     """A `sync` while `run` owns the archive: a clear message and exit 3, nothing damaged."""
     b = BundleBuilder(signer)
     mirror.put(b.bytes())
-    cfg = write_config(tmp_path, signer, mirror.base_url, "1h")
+    cfg = write_config(tmp_path, signer, mirror.base_url, "1h", db=archive_at)
     base = [sys.executable, "-m", "pithcrawl", "--config", str(cfg), "--log-format", "json"]
     subprocess.run([*base, "track", b.pith_number], check=True)
     proc = subprocess.Popen([*base, "run"], stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: snapshots(tmp_path / "archive.db") == 2, "the daemon's first round")
+        wait_for(lambda: snapshots(archive_at) == 2, "the daemon's first round")
         second = subprocess.run([*base, "sync"], capture_output=True, text=True, check=False)
         assert second.returncode == 3
         assert "another pithcrawl" in second.stderr

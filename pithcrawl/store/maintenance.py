@@ -166,7 +166,7 @@ def _damaged_times(table: str, key: str, column: str) -> str:
     """The rows of `table` whose `column` is not a time as pithcrawl writes it."""
     # Names from `_TIME_COLUMNS`, never from data.
     return (
-        f"SELECT '{table}', {key}, '{column}', 'time' FROM {table}"  # noqa: S608
+        f"SELECT '{table}', CAST({key} AS TEXT), '{column}', 'time' FROM {table}"  # noqa: S608
         f" WHERE {column} IS NOT NULL AND (substr({column}, length({column})) <> 'Z'"
         f" OR julianday(substr({column}, 1, length({column}) - 1)) IS NULL)"
     )
