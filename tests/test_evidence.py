@@ -20,6 +20,7 @@ from typing import Any
 import anyio
 import pytest
 from builder import BundleBuilder, TestSigner, canonical_record, serialize
+from conftest import db_setting
 from mirror import TestMirror
 
 from pithcrawl.cli import main
@@ -27,6 +28,7 @@ from pithcrawl.commands.evidence import body_refs
 from pithcrawl.config import load_config
 from pithcrawl.errors import StoreCorrupt
 from pithcrawl.keys import TrustSet, load_key
+from pithcrawl.location import PgUrl
 from pithcrawl.store import Alert, Store
 from pithcrawl.sync import sync_once
 
@@ -37,7 +39,7 @@ Rounds = Sequence[Sequence[bytes | None]]
 @dataclass
 class Archive:
     cfg: Path
-    db: Path
+    db: Path | PgUrl
     alerts: list[Alert]
 
     def alert(self, kind: str) -> Alert:
@@ -45,8 +47,15 @@ class Archive:
         return min((a for a in self.alerts if a.kind == kind), key=lambda a: a.id)
 
 
-def build(tmp_path: Path, signer: TestSigner, suffix: str, rounds: Rounds) -> Archive:
-    """An archive after one sync pass per round, with a config that names the test key."""
+def build(
+    tmp_path: Path,
+    signer: TestSigner,
+    suffix: str,
+    rounds: Rounds,
+    db: Path | PgUrl | None = None,
+) -> Archive:
+    """An archive (at `db`, either backend, else in `tmp_path`) after one sync pass per
+    round, with a config that names the test key."""
 
     async def go() -> list[Alert]:
         async with AsyncExitStack() as stack:
@@ -54,7 +63,8 @@ def build(tmp_path: Path, signer: TestSigner, suffix: str, rounds: Rounds) -> Ar
             key = tmp_path / "test.key.json"
             key.write_text(json.dumps(signer.public_key()))
             cfg.write_text(
-                f'db = "archive.db"\n[trust]\nkeys = ["{key.name}"]\n[crawl]\ntimeout = "5s"\n'
+                f"db = {json.dumps(db_setting(db))}\n"
+                f'[trust]\nkeys = ["{key.name}"]\n[crawl]\ntimeout = "5s"\n'
                 "discover = false\n"
                 + "".join(
                     f'[[mirrors]]\nname = "m{i}"\nbase_url = "{m.base_url}"\n'
@@ -75,7 +85,7 @@ def build(tmp_path: Path, signer: TestSigner, suffix: str, rounds: Rounds) -> Ar
 
     cfg = tmp_path / "pithcrawl.toml"
     alerts = anyio.run(go)
-    return Archive(cfg, tmp_path / "archive.db", alerts)
+    return Archive(cfg, tmp_path / "archive.db" if db is None else db, alerts)
 
 
 def record(signer: TestSigner) -> BundleBuilder:
@@ -99,24 +109,24 @@ def load(path: Path) -> Any:
 
 
 @pytest.fixture
-def divergence(tmp_path: Path, signer: TestSigner) -> Archive:
+def divergence(tmp_path: Path, signer: TestSigner, archive_at: Path | PgUrl) -> Archive:
     """m0 and m1 serve forks of one record, each validly signed by the test key."""
     a = record(signer)
     b = copy.deepcopy(a)  # the same record_created on both sides
     a.add_event(payload={"graph_snapshot": {"side": "a"}})
     b.add_event(payload={"graph_snapshot": {"side": "b"}})
     b.add_event(payload={"graph_snapshot": {"side": "b", "n": 2}})
-    return build(tmp_path, signer, a.suffix, [[a.bytes(), b.bytes()]])
+    return build(tmp_path, signer, a.suffix, [[a.bytes(), b.bytes()]], archive_at)
 
 
 @pytest.fixture
-def tampered(tmp_path: Path, signer: TestSigner) -> tuple[Archive, bytes]:
+def tampered(tmp_path: Path, signer: TestSigner, archive_at: Path | PgUrl) -> tuple[Archive, bytes]:
     b = record(signer)
     b.add_event()
     doc = b.build()
     doc["events"][1]["payload"] = {"graph_snapshot": {"forged": True}}
     body = serialize(doc)
-    return build(tmp_path, signer, b.suffix, [[body]]), body
+    return build(tmp_path, signer, b.suffix, [[body]], archive_at), body
 
 
 def test_divergence_writes_both_documents_keys_and_summary(
