@@ -11,6 +11,7 @@ from pithcrawl.commands import (
     evidence,
     fsck,
     history,
+    migrate,
     run,
     serve,
     status,
@@ -53,4 +54,5 @@ COMMANDS = [
     Command("evidence", evidence.HELP, evidence.EXAMPLE, evidence.add_arguments, evidence.run),
     Command("serve", serve.HELP, serve.EXAMPLE, serve.add_arguments, serve.run),
     Command("fsck", fsck.HELP, fsck.EXAMPLE, fsck.add_arguments, fsck.run),
+    Command("migrate", migrate.HELP, migrate.EXAMPLE, migrate.add_arguments, migrate.run),
 ]

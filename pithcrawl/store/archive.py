@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import Any, NamedTuple
 
 from pithcrawl.entries import NewEvent
+from pithcrawl.errors import StoreError
 from pithcrawl.location import PgUrl, Where, locate
 from pithcrawl.store.alerts import AlertBook, Reconciled
 from pithcrawl.store.blobs import PackedBlob
@@ -213,6 +214,11 @@ async def _adopt_alerts(s: Session, vantage: str) -> None:
         )
 
 
+#: The setting an unfinished copy leaves in its target (`store.copy`): the source it is
+#: of. `Store.open` refuses such a target (unless the copy itself opens it).
+UNFINISHED = "migrate.copying_from"
+
+
 class Store:
     """The archive: one SQLite file, one connection, the single writer of its process."""
 
@@ -237,7 +243,12 @@ class Store:
 
     @classmethod
     async def open(
-        cls, path: Path | str | PgUrl, *, exclusive: bool = False, readonly: bool = False
+        cls,
+        path: Path | str | PgUrl,
+        *,
+        exclusive: bool = False,
+        readonly: bool = False,
+        unfinished: bool = False,
     ) -> Store:
         """Open (creating and migrating as needed) the archive at `path`: a SQLite file,
         or a PostgreSQL database (a `PgUrl`, or a str that is a libpq URL).
@@ -247,7 +258,21 @@ class Store:
         never creates or migrates, and refuses every write.
         """
         where = locate(path) if isinstance(path, str) else path
-        return cls(await Database.open(where, exclusive=exclusive, readonly=readonly))
+        store = cls(await Database.open(where, exclusive=exclusive, readonly=readonly))
+        if not unfinished:
+            try:
+                source = await store.setting(UNFINISHED)
+            except BaseException:
+                await store.close()
+                raise
+            if source is not None:
+                await store.close()
+                raise StoreError(
+                    f"{where} holds an unfinished copy of {source} (pithcrawl migrate was"
+                    " interrupted): run `pithcrawl migrate --to` it again from that archive"
+                    " to complete it"
+                )
+        return store
 
     @property
     def path(self) -> Where:
