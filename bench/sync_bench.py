@@ -56,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from builder import BundleBuilder, TestSigner, canonical_record, serialize
 
 from pithcrawl.fetch.client import HttpFetcher
+from pithcrawl.location import PgUrl
 from pithcrawl.store import Store
 
 BENCH = Path(__file__).resolve().parent
@@ -414,12 +415,12 @@ async def _fetch_all(base: str, suffixes: list[str], concurrency: int, per_host:
 # -- the archive --------------------------------------------------------------------------------
 
 
-async def _track(db: Path, suffixes: list[str]) -> None:
+async def _track(db: Path | PgUrl, suffixes: list[str]) -> None:
     async with await Store.open(db) as store:
         await store.watchlist.track(suffixes, datetime.now(UTC))
 
 
-async def _stats(db: Path) -> dict[str, int]:
+async def _stats(db: Path | PgUrl) -> dict[str, int]:
     async with await Store.open(db, readonly=True) as store:
         return await store.maintenance.stats()
 
@@ -428,11 +429,14 @@ def db_bytes(db: Path) -> int:
     return sum(p.stat().st_size for p in (db, Path(f"{db}-wal")) if p.exists())
 
 
-def write_config(tmp: Path, url: str, concurrency: int, per_host: int) -> Path:
+def write_config(
+    tmp: Path, url: str, concurrency: int, per_host: int, db: str = "archive.db"
+) -> Path:
     (tmp / "bench.key.json").write_text(json.dumps(TestSigner(KEY_ID).public_key()))
-    cfg = tmp / "pithcrawl.toml"
+    cfg = tmp / ("pithcrawl.toml" if db == "archive.db" else "pithcrawl-pg.toml")
     cfg.write_text(
-        'db = "archive.db"\n\n[trust]\nkeys = ["bench.key.json"]\nclock_skew = "3650d"\n\n'
+        f"db = {json.dumps(db)}\n\n"
+        '[trust]\nkeys = ["bench.key.json"]\nclock_skew = "3650d"\n\n'
         f"[crawl]\nconcurrency = {concurrency}\nper_host = {per_host}\ndiscover = false\n\n"
         f'[[mirrors]]\nname = "bench"\nbase_url = "{url}"\n'
     )
@@ -493,6 +497,8 @@ def bench(
 
         r["cold"] = sync("cold", args.profile)
         r["unchanged"] = sync("unchanged")
+        if args.db:
+            r.update(postgresql_phases(args, launcher, tmp=tmp, rows=rows, n=n, mirror=mirror))
         picked = sorted(random.Random(args.seed).sample(range(n), max(1, n // 10)))
         bumped = write_records(overlay, picked, args.seed, events, extra=1)
         mirror.reload()
@@ -505,12 +511,26 @@ def bench(
     b["raw_bundle_bytes_per_changed_record"] = round(raw / len(bumped), 1)
     b["ratio_to_raw_bundle"] = round(b["db_bytes_added"] / raw, 3)
     expect = {"cold": 2 * n, "unchanged": 0, "bumped": 2 * len(bumped)}
+    if args.db:
+        expect |= {"pg_cold": 2 * n, "pg_unchanged": 0}
     checks = {k: (r[k]["summary"]["new_snapshots"], v) for k, v in expect.items()}
     for run in r.values():
         run.pop("stdout")
         if "records_per_s" in run:
             run["cpu_ms_per_record"] = round(1000 * run["cpu_s"] / n, 3)
     ratios = {
+        **(
+            {
+                "pg_cold_to_sqlite_cold_wall": round(
+                    r["pg_cold"]["wall_s"] / r["cold"]["wall_s"], 2
+                ),
+                "pg_unchanged_to_sqlite_unchanged_wall": round(
+                    r["pg_unchanged"]["wall_s"] / r["unchanged"]["wall_s"], 2
+                ),
+            }
+            if args.db
+            else {}
+        ),
         "cold_to_bare_get": round(r["cold"]["cpu_s"] / r["bare_get"]["cpu_s"], 2),
         "unchanged_to_bare_304": round(r["unchanged"]["cpu_s"] / r["bare_304"]["cpu_s"], 2),
         "bumped_to_bare_get": round(r["bumped"]["cpu_s"] / r["bare_get"]["cpu_s"], 2),
@@ -532,6 +552,63 @@ def bench(
         "cpu_ratios": ratios,
         "new_snapshot_checks": {k: {"found": f, "expected": e} for k, (f, e) in checks.items()},
     }
+
+
+def postgresql_phases(
+    args: argparse.Namespace,
+    launcher: Launcher,
+    *,
+    tmp: Path,
+    rows: list[Any],
+    n: int,
+    mirror: Mirror,
+) -> dict[str, Any]:
+    """The cold and unchanged passes again, into an archive on PostgreSQL (`--db`): a new
+    schema of that database, dropped after. The server's CPU is counted when it runs on
+    this machine (its processes' time from /proc, before and after each pass)."""
+    import psycopg  # noqa: PLC0415 (only with --db)
+
+    schema = f"pithcrawl_bench_{os.getpid()}_{n}"
+    with psycopg.connect(args.db, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in args.db else "?"
+    where = PgUrl(f"{args.db}{sep}options=-csearch_path%3D{schema}")
+    try:
+        cfg = write_config(tmp, mirror.url, args.concurrency, args.per_host, where.url)
+        anyio.run(_track, where, [row[0] for row in rows])
+        out: dict[str, Any] = {}
+        for label in ("pg_cold", "pg_unchanged"):
+            before = anyio.run(_stats, where)
+            server0 = _postgres_cpu()
+            argv = [sys.executable, "-m", "pithcrawl", "--config", str(cfg), "-q", "sync", "--json"]
+            run = run_child(launcher, argv, label, tmp, n=n, mirror=mirror)
+            run["server_cpu_s"] = round(_postgres_cpu() - server0, 3)
+            after = anyio.run(_stats, where)
+            run["summary"] = json.loads(run["stdout"].strip().splitlines()[-1])
+            run["db_bytes_added"] = after["file_bytes"] - before["file_bytes"]
+            out[label] = run
+        return out
+    finally:
+        with psycopg.connect(args.db, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def _postgres_cpu() -> float:
+    """CPU seconds of every process named postgres on this machine, and of the children
+    they reaped (0 where none is)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        if "(postgres)" in text:
+            # utime, stime, and the children's the server reaped (a session's backend
+            # exits with its connection).
+            fields = text.rpartition(")")[2].split()
+            total += sum(int(f) for f in fields[11:15])
+    return total / tick
 
 
 def verification(bundles: int, tmp: Path) -> dict[str, Any]:
@@ -566,6 +643,8 @@ def print_table(r: dict[str, Any]) -> None:
     print("{:<12}{:>10}{:>8}{:>8}{:>8}{:>8}{:>8}{:>10}{:>12}".format(*head, "DB +bytes"))
     base = {"bare_get": None, "bare_304": None, "fetch_only": "bare_get", "cold": "bare_get"}
     base |= {"unchanged": "bare_304", "bumped": "bare_get"}
+    if "pg_cold" in r:
+        base |= {"pg_cold": "bare_get", "pg_unchanged": "bare_304"}
     for name, against in base.items():
         p = r[name]
         ratio = "-" if against is None else f"{p['cpu_s'] / r[against]['cpu_s']:.2f}"
@@ -594,6 +673,13 @@ def print_table(r: dict[str, Any]) -> None:
             f" ({p['records_per_s']}/s, {p['cpu_ms_per_record']} ms);"
             f" CPU {ratio:.2f}x the bare baseline's"
             f" (the target is {t['ratio']:.1f}x on the machine it was set on)"
+        )
+    if "pg_cold" in r:
+        print(
+            "PostgreSQL (pg_ rows: pithcrawl's CPU only; the server's, when local: cold"
+            f" {r['pg_cold']['server_cpu_s']} s, unchanged {r['pg_unchanged']['server_cpu_s']} s);"
+            f" wall against SQLite: cold {r['cpu_ratios']['pg_cold_to_sqlite_cold_wall']}x,"
+            f" unchanged {r['cpu_ratios']['pg_unchanged_to_sqlite_unchanged_wall']}x"
         )
     print(f"unchanged: store.maintenance.stats() delta {r['unchanged']['stats_delta']}")
     raw = b["raw_bundle_bytes_per_changed_record"]
@@ -667,6 +753,12 @@ def _main(launcher: Launcher) -> int:
     )
     ap.add_argument("--profile", action="store_true", help="cProfile the cold sync into bench/out")
     ap.add_argument("--json", type=Path, default=OUT / "sync_bench.json")
+    ap.add_argument(
+        "--db",
+        metavar="URL",
+        help="also run the cold and unchanged passes into a PostgreSQL archive (a libpq URL"
+        " of a database the role may create schemas in)",
+    )
     args = ap.parse_args()
     lo, _, hi = args.events.partition("-")
     events = (int(lo), int(hi or lo))
