@@ -5,8 +5,8 @@ Every string that came over the network is hostile until it passes through here:
 mirror's headers and error text, a manifest's mirror names, a bundle's titles. Owns
 `escaped` (for a terminal, a log or an environment variable: every character that is
 not printable becomes a visible escape, so nothing can move the cursor, clear the
-screen, fake a new line or reorder text), `storable` (for SQLite and JSON: the lone
-surrogates that undecodable header bytes arrive as become escapes), `json_text` (JSON
+screen, fake a new line or reorder text), `storable` (for either database and JSON: the
+lone surrogates that undecodable header bytes arrive as, and NUL, become escapes), `json_text` (JSON
 whose every non-printable character is a `\\u` escape), `header_token` (a validator
 fit to be sent back, or None) and `mirror_name` (a name from the network, or None).
 
@@ -19,9 +19,10 @@ import json
 import re
 from typing import Any
 
-#: Lone surrogates: how Python holds bytes that were not valid UTF-8 (surrogateescape
-#: gives U+DC80 to U+DCFF for the bytes 0x80 to 0xFF).
-_SURROGATE = re.compile("[\ud800-\udfff]")
+#: What an archive cannot keep as text: lone surrogates (how Python holds bytes that were
+#: not valid UTF-8: surrogateescape gives U+DC80 to U+DCFF for the bytes 0x80 to 0xFF),
+#: and NUL, which PostgreSQL's text cannot hold.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def _escape(ch: str) -> str:
@@ -50,11 +51,11 @@ def bounded(text: str, limit: int) -> str:
 
 
 def storable(text: str) -> str:
-    """`text` fit for UTF-8 (SQLite, JSON): lone surrogates become escapes; nothing else
-    changes."""
-    if not _SURROGATE.search(text):
+    """`text` fit for UTF-8 and either database (SQLite, PostgreSQL) and JSON: lone
+    surrogates and NUL become escapes; nothing else changes."""
+    if not _UNSTORABLE.search(text):
         return text
-    return _SURROGATE.sub(lambda m: _escape(m.group()), text)
+    return _UNSTORABLE.sub(lambda m: _escape(m.group()), text)
 
 
 def json_text(doc: Any, *, indent: int | None = None, sort_keys: bool = False) -> str:

@@ -621,6 +621,18 @@ async def test_not_modified_keeps_validators_and_body(
     assert state.last_success_at == NOW + timedelta(minutes=30)
 
 
+async def test_an_error_quoting_what_no_database_text_can_hold_is_kept_escaped(
+    store: Store,
+) -> None:
+    """A mirror's error text may quote a NUL (PostgreSQL's text cannot hold one) or bytes
+    that were not UTF-8 (lone surrogates): kept as visible escapes, on either backend, and
+    the pair's failure is counted like any other."""
+    await store.record_fetch(failed(1, "bad byte \x00 and \udc80 here"))
+    state = await store.fetch_state(REAL_SUFFIX, "main", "bundle")
+    assert state is not None and state.failures == 1
+    assert state.last_error == "bad byte \\x00 and \\x80 here"
+
+
 async def test_failures_count_up_and_keep_the_first_failure_time(
     store: Store, real_bundle_bytes: bytes
 ) -> None:
