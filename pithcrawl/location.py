@@ -76,12 +76,6 @@ def absolute(where: Where) -> Where:
     return where.resolve() if isinstance(where, Path) else where
 
 
-def shown(where: Where) -> str:
-    """`where` for a command line or a page: a path, or the URL as given (`serve`'s pages
-    print the commands to run on it; the URL's password is the operator's own)."""
-    return str(where) if isinstance(where, Path) else where.url
-
-
 def archive_argument(text: str) -> Where:
     """An argparse type for `--db`: a path, or a URL libpq can read."""
     if not is_url(text):

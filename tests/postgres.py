@@ -127,3 +127,8 @@ def writer_lock_held(where: Path | PgUrl) -> Iterator[None]:
     with psycopg.connect(where.url, autocommit=True) as conn:
         conn.execute(f"SELECT pg_advisory_lock({WRITER_PROCESS_LOCK}, hashtext(current_schema()))")
         yield
+
+
+def shown(where: Path | PgUrl) -> str:
+    """`where` as a `--db` argument: a path, or the URL with its password."""
+    return str(where) if isinstance(where, Path) else where.url

@@ -21,10 +21,10 @@ import pytest
 from builder import BundleBuilder, TestSigner, canonical_record
 from conftest import write_config
 from mirror import TestMirror
-from postgres import Cluster, raw
+from postgres import Cluster, raw, shown
 
 from pithcrawl.cli import main
-from pithcrawl.location import PgUrl, shown
+from pithcrawl.location import PgUrl
 
 Where = Path | PgUrl
 

@@ -28,7 +28,7 @@ from pithcrawl.commands.report import archive
 from pithcrawl.config import Config
 from pithcrawl.errors import EXIT_OK, UsageError
 from pithcrawl.keys import TrustSet
-from pithcrawl.location import Where, absolute, shown
+from pithcrawl.location import Where, absolute
 from pithcrawl.store import Store
 from pithcrawl.trust import load_trust, with_learned
 
@@ -123,7 +123,8 @@ def command_of(args: argparse.Namespace) -> Command:
     if args.config:
         options += ["--config", str(Path(args.config).resolve())]
     if args.db:
-        options += ["--db", shown(absolute(args.db))]
+        # A URL without its password: the pages are for anyone who can reach them.
+        options += ["--db", str(absolute(args.db))]
     return Command(program, tuple(options))
 
 
