@@ -101,6 +101,9 @@ class StoreError(OperationalError):
 class StoreLocked(StoreError):
     """Another process holds the archive's writers' lock (e.g. a second `sync`)."""
 
+    ours = False
+    """This process holds it: the archive is one it has open already, under another name."""
+
 
 class StoreCorrupt(StoreError):
     """Archived data no longer matches its own check: the database is damaged."""

@@ -11,13 +11,15 @@ import re
 from argparse import ArgumentTypeError
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote
 
 SCHEMES = ("postgresql://", "postgres://")
 
-_PASSWORDS = (
-    re.compile(r"(?<=://)([^/?#@:]*):[^/?#]*@"),  # user:password@host (to the last @)
-    re.compile(r"(?<=[?&])password=[^&#]*", re.IGNORECASE),  # ?password=…
-)
+#: user:password@host: libpq ends a password at the last @ before the path (a ? or #
+#: may be in it).
+_AUTHORITY_PASSWORD = re.compile(r"(?<=://)([^/?#@:]*):[^/]*@")
+#: The parameters that hold a secret (libpq decodes %-escapes in a parameter's name too).
+_SECRETS = {"password", "sslpassword"}
 
 
 def is_url(text: str) -> bool:
@@ -45,9 +47,17 @@ def locate(text: str) -> Where:
 
 
 def redacted(url: str) -> str:
-    """`url` with any password (in the authority or as `password=`) replaced by `***`."""
-    url = _PASSWORDS[0].sub(r"\1:***@", url)
-    return _PASSWORDS[1].sub("password=***", url)
+    """`url` with any password (in the authority, or as `password=` or `sslpassword=`,
+    however spelled) replaced by `***`."""
+    url = _AUTHORITY_PASSWORD.sub(r"\1:***@", url)
+    head, mark, query = url.partition("?")
+    if not mark:
+        return url
+    parts = []
+    for part in query.split("&"):
+        key, eq, _ = part.partition("=")
+        parts.append(f"{key}=***" if eq and unquote(key).lower() in _SECRETS else part)
+    return f"{head}?{'&'.join(parts)}"
 
 
 def checked(url: str) -> PgUrl:

@@ -17,7 +17,7 @@ import time
 import anyio
 
 from pithcrawl.commands.report import archive, print_json, say
-from pithcrawl.errors import EXIT_OK, UsageError
+from pithcrawl.errors import EXIT_OK, StoreLocked, UsageError
 from pithcrawl.location import Where, absolute, archive_argument, make_room
 from pithcrawl.store import Store
 from pithcrawl.store.copy import Copied
@@ -74,11 +74,15 @@ async def _copy(source: Where, target: Where, chatty: bool) -> Copied:
         if chatty and sys.stderr.isatty():
             print(f"\r{table}: {rows} rows", end="", file=sys.stderr, flush=True)
 
-    async with (
-        await Store.open(source, exclusive=True) as src,
-        await Store.open(target, exclusive=True, unfinished=True) as dst,
-    ):
-        copied = await copy_archive(src, dst, str(source), progress)
+    async with await Store.open(source, exclusive=True) as src:
+        try:
+            dst = await Store.open(target, exclusive=True, unfinished=True)
+        except StoreLocked as e:
+            if e.ours:
+                raise UsageError(f"--to: {target} is the archive being copied") from None
+            raise
+        async with dst:
+            copied = await copy_archive(src, dst, str(source), progress)
     if chatty and sys.stderr.isatty():
         print(file=sys.stderr)
     return copied

@@ -79,60 +79,75 @@ CREATE FUNCTION julianday(t text) RETURNS double precision
 LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
 BEGIN
     -- SQLite reads YYYY-MM-DD[ T]HH:MM[:SS[.fff]][Z|+HH:MM]; so must this (PostgreSQL
-    -- would also read 'now' or 'epoch'), and it answers NULL to anything else.
+    -- would also read 'now' or 'epoch'), and it answers NULL to anything else. Like
+    -- SQLite's, the answer is in whole milliseconds.
     IF t IS NULL OR t !~ ('^\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?'
                          '(Z|[+-]\d{2}:\d{2})?$') THEN
         RETURN NULL;
     END IF;
-    RETURN extract(epoch FROM
+    RETURN round(extract(epoch FROM
                (CASE WHEN t ~ '(Z|[+-]\d{2}:\d{2})$' THEN t ELSE t || 'Z' END)::timestamptz)
-           / 86400.0 + 2440587.5;
+                 * 1000) / 86400000.0 + 2440587.5;
 EXCEPTION WHEN others THEN
     RETURN NULL;
 END $$;
 
+-- JSON is read as `json`, never `jsonb`: jsonb refuses the escape \u0000, which a
+-- finding quoting a hostile document may hold (SQLite's JSON functions accept it).
 CREATE FUNCTION json_valid(t text) RETURNS boolean
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
 BEGIN
     IF t IS NULL THEN RETURN NULL; END IF;
-    PERFORM t::jsonb;
+    PERFORM t::json;
     RETURN true;
 EXCEPTION WHEN others THEN
     RETURN false;
 END $$;
 
-CREATE FUNCTION pithcrawl_json_kind(j jsonb) RETURNS text
+CREATE FUNCTION pithcrawl_json_kind(j json) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT CASE jsonb_typeof(j)
+    SELECT CASE json_typeof(j)
         WHEN 'string' THEN 'text'
-        WHEN 'boolean' THEN j::text
-        WHEN 'number' THEN CASE WHEN j::text ~ '^-?\d+$' THEN 'integer' ELSE 'real' END
-        ELSE jsonb_typeof(j) END
+        WHEN 'boolean' THEN btrim(j::text)
+        WHEN 'number' THEN CASE WHEN btrim(j::text) ~ '^-?\d+$' THEN 'integer' ELSE 'real' END
+        ELSE json_typeof(j) END
+$$;
+
+-- JSON text as PostgreSQL can take it apart: the escape \u0000 (which no text can hold,
+-- and which PostgreSQL refuses to decode) read as \u2400, the visible symbol for NUL.
+CREATE FUNCTION pithcrawl_json(t text) RETURNS json
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT replace(t, '\u0000', '\u2400')::json $$;
+
+CREATE FUNCTION pithcrawl_json_text(j json) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN json_typeof(j) = 'string' THEN j #>> '{}' ELSE btrim(j::text) END
 $$;
 
 CREATE FUNCTION json_type(t text) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT pithcrawl_json_kind(t::jsonb) $$;
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT pithcrawl_json_kind(pithcrawl_json(t)) $$;
 
 CREATE FUNCTION json_type(t text, path text) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT pithcrawl_json_kind(t::jsonb -> substr(path, 3)) WHERE path ~ '^\$\.[A-Za-z_]+$'
+    SELECT pithcrawl_json_kind(pithcrawl_json(t) -> substr(path, 3)) WHERE path ~ '^\$\.[A-Za-z_]+$'
 $$;
 
 CREATE FUNCTION json_extract(t text, path text) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT t::jsonb ->> substr(path, 3) WHERE path ~ '^\$\.[A-Za-z_]+$'
+    SELECT pithcrawl_json_text(pithcrawl_json(t) -> substr(path, 3)) WHERE path ~ '^\$\.[A-Za-z_]+$'
 $$;
 
 CREATE FUNCTION json_each(t text) RETURNS TABLE (key text, value text, type text)
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT (n - 1)::text, CASE WHEN jsonb_typeof(e) = 'string' THEN e #>> '{}' ELSE e::text END,
-           pithcrawl_json_kind(e)
-    FROM jsonb_array_elements(CASE WHEN jsonb_typeof(t::jsonb) = 'array' THEN t::jsonb
-                                   ELSE '[]'::jsonb END) WITH ORDINALITY AS a (e, n)
+    SELECT (n - 1)::text, pithcrawl_json_text(e), pithcrawl_json_kind(e)
+    FROM pg_catalog.json_array_elements(
+        CASE WHEN json_typeof(pithcrawl_json(t)) = 'array' THEN pithcrawl_json(t)
+             ELSE '[]'::json END
+    ) WITH ORDINALITY AS a (e, n)
     UNION ALL
-    SELECT k, CASE WHEN jsonb_typeof(e) = 'string' THEN e #>> '{}' ELSE e::text END,
-           pithcrawl_json_kind(e)
-    FROM jsonb_each(CASE WHEN jsonb_typeof(t::jsonb) = 'object' THEN t::jsonb
-                         ELSE '{}'::jsonb END) AS o (k, e)
+    SELECT k, pithcrawl_json_text(e), pithcrawl_json_kind(e)
+    FROM pg_catalog.json_each(
+        CASE WHEN json_typeof(pithcrawl_json(t)) = 'object' THEN pithcrawl_json(t)
+             ELSE '{}'::json END
+    ) AS o (k, e)
 $$;
 """

@@ -139,9 +139,16 @@ class _Done:
 
 def _bound(sql: str, params: Sequence[Any]) -> tuple[str, list[Any]]:
     """The translated statement with the NULL parameters written in as NULL (PostgreSQL
-    cannot type a parameter that is only ever compared with IS NULL), and the rest."""
+    cannot type a parameter that is only ever compared with IS NULL), and the rest. A
+    NUL character in text, which PostgreSQL's text cannot hold, goes in as the visible
+    escape `\\x00` (as `text.storable` keeps what a mirror says, on either database)."""
     nulls = tuple(i for i, p in enumerate(params) if p is None)
-    return _with_nulls(sql, nulls, len(params)), [p for p in params if p is not None]
+    values = [
+        p.replace("\x00", "\\x00") if type(p) is str and "\x00" in p else p
+        for p in params
+        if p is not None
+    ]
+    return _with_nulls(sql, nulls, len(params)), values
 
 
 @lru_cache(maxsize=4096)
@@ -267,7 +274,8 @@ def _connect(url: str, readonly: bool, exclusive: bool) -> PgRaw:
         conn.execute("SET TIME ZONE 'UTC'")
         if readonly:
             conn.execute("SET default_transaction_read_only = on")
-        raw.schema_key = int(_one(conn, "SELECT hashtext(current_schema())"))
+        schema = _schema(conn)
+        raw.schema_key = int(_one(conn, "SELECT hashtext($1)", schema))
         lock = f"{WRITER_PROCESS_LOCK}, {raw.schema_key}"
         if exclusive and not _one(conn, f"SELECT pg_try_advisory_lock({lock})"):
             holder = conn.execute(
@@ -277,23 +285,55 @@ def _connect(url: str, readonly: bool, exclusive: bool) -> PgRaw:
                 " AND l.classid::bigint = $1 AND l.objid::bigint = $2",
                 [WRITER_PROCESS_LOCK, raw.schema_key & 0xFFFFFFFF],
             ).fetchone()
-            raise _Locked(holder[0] if holder and holder[0] else "another process")
+            name = holder[0] if holder and holder[0] else "another process"
+            raise _Locked(name, ours=name.endswith(f" pid {os.getpid()}"))
         if exclusive:
             raw.writer_lock = lock
         _prepare(raw, readonly)
+    except psycopg.Error as e:
+        conn.close()
+        raise _error(e) from e
     except BaseException:
         conn.close()
         raise
     return raw
 
 
-def _one(conn: Any, sql: str) -> Any:
-    row = conn.execute(sql).fetchone()
+def _one(conn: Any, sql: str, *params: Any) -> Any:
+    row = conn.execute(sql, list(params) or None).fetchone()
     return None if row is None else row[0]
 
 
+def _schema(conn: Any) -> str:
+    """The schema the archive is in: where its tables are, or for a new one, where they
+    will be created (the first schema of `search_path` that exists). Refused when the
+    two differ: a crawl there would lock one schema and write another's tables."""
+    current = _one(conn, "SELECT current_schema()")
+    if current is None:
+        path = _one(conn, "SELECT current_setting('search_path')")
+        raise _Refused(
+            f"has none of the schemas of its search_path ({path}): create the schema"
+            " first (CREATE SCHEMA …), or name one that exists"
+        )
+    found = _one(
+        conn,
+        "SELECT n.nspname FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace"
+        " WHERE c.oid = to_regclass('pithcrawl_schema')",
+    )
+    if found is not None and found != current:
+        raise _Refused(
+            f"keeps its archive in schema {found!r}, but its search_path puts {current!r}"
+            f" first: put {found!r} first (options=-csearch_path%3D{found})",
+            corrupt=False,
+        )
+    return str(current)
+
+
 class _Locked(Exception):
-    pass
+    def __init__(self, holder: str, *, ours: bool) -> None:
+        super().__init__(holder)
+        self.ours = ours
+        """Whether the holder is this process (the same archive under another name)."""
 
 
 class _Refused(Exception):
@@ -338,8 +378,21 @@ def _prepare(raw: PgRaw, readonly: bool) -> None:
 
 
 def _version(conn: Any) -> int | None:
-    if conn.execute("SELECT to_regclass('pithcrawl_schema')").fetchone()[0] is None:
+    if _one(conn, "SELECT to_regclass('pithcrawl_schema')") is None:
         return None
+    columns = {
+        str(name)
+        for (name,) in conn.execute(
+            "SELECT attname FROM pg_attribute"
+            " WHERE attrelid = to_regclass('pithcrawl_schema') AND attnum > 0"
+        ).fetchall()
+    }
+    if "version" not in columns:
+        raise _Refused(
+            "holds a table pithcrawl_schema that pithcrawl did not make; use another"
+            " database or schema",
+            corrupt=True,
+        )
     row = conn.execute("SELECT version FROM pithcrawl_schema").fetchone()
     return None if row is None else int(row[0])
 
@@ -364,6 +417,13 @@ async def connect(where: PgUrl, *, readonly: bool, exclusive: bool) -> PgConnect
     try:
         raw = await anyio.to_thread.run_sync(_connect, where.url, readonly, exclusive)
     except _Locked as e:
+        if e.ours:
+            locked = StoreLocked(
+                f"{where} is held by this very process: it is an archive this command"
+                " already has open, under another name"
+            )
+            locked.ours = True
+            raise locked from None
         raise StoreLocked(f"another pithcrawl is crawling {where} ({e})") from None
     except _Refused as e:
         error = StoreCorrupt if e.corrupt else StoreError
@@ -379,9 +439,13 @@ def describe(where: PgUrl, doing: str, e: BackendError) -> str:
     if e.sqlstate == "25006":
         return f"database {where} is opened read-only: cannot {doing}"
     if e.sqlstate is None or e.sqlstate.startswith("08"):
-        return f"cannot reach database {where}: {text}"
+        return f"cannot connect to database {where}: {text}"
     if e.sqlstate == "42501":
-        return f"database {where}: cannot {doing}: {text} (does the role own the schema?)"
+        return (
+            f"database {where}: cannot {doing}: {text} (the role needs to own the archive's"
+            " schema, or CREATE on it to make a new archive there; a read-only command"
+            " needs USAGE on it and SELECT on its tables)"
+        )
     return f"database {where}: cannot {doing}: {text}"
 
 

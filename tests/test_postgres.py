@@ -1,0 +1,218 @@
+"""What only a PostgreSQL archive has to get right: a NUL that its text cannot hold, the
+schema an archive lives in, roles without the rights, passwords in URLs, and a hostile
+document through a real pass. (Everything else runs on both backends elsewhere.)
+
+A real cluster (`tests/postgres.py`), real signed bundles on a loopback mirror.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import anyio
+import psycopg
+import pytest
+from builder import BundleBuilder, TestSigner, canonical_record
+from conftest import REAL_SUFFIX, write_config
+from mirror import TestMirror
+from postgres import Cluster, raw, shown
+
+from pithcrawl.cli import main
+from pithcrawl.errors import StoreCorrupt, StoreError, StoreLocked
+from pithcrawl.findings import finding
+from pithcrawl.location import PgUrl, redacted
+from pithcrawl.store import FetchOutcome, NewEvent, Store
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+pytestmark = pytest.mark.anyio
+
+
+def _outcome(findings: list, **kw: object) -> FetchOutcome:
+    fields: dict[str, object] = {
+        "suffix": REAL_SUFFIX,
+        "mirror": "m",
+        "kind": "bundle",
+        "url": f"http://127.0.0.1:9/pith/{REAL_SUFFIX}/bundle.json",
+        "fetched_at": NOW,
+        "status": 200,
+        "body": b'{"not": "verified"}',
+        "next_due": NOW + timedelta(hours=1),
+        "trusted": False,
+        "findings": tuple(findings),
+    }
+    fields.update(kw)
+    return FetchOutcome(**fields)  # type: ignore[arg-type]
+
+
+async def test_what_a_hostile_document_says_is_kept_however_it_spells_nul(
+    archive_at: Path | PgUrl,
+) -> None:
+    """A finding quoting a key with a NUL in it (JSON `\\u0000`, which PostgreSQL's jsonb
+    refuses), an event's evidence holding one, and raw NUL in a text column (which
+    PostgreSQL's text cannot hold): all archived, on both backends; the checks and
+    `fsck`'s shape queries read them back."""
+    bad = finding("schema_invalid", "/state/x\x00y", "unknown field 'x\x00y'")
+    event = NewEvent(
+        kind="event_added",
+        severity="info",
+        at=NOW,
+        pith_number=None,
+        mirrors=("m",),
+        summary="a summary with \x00 in it",
+        evidence={"quoted": "x\x00y"},
+    )
+    async with await Store.open(archive_at, exclusive=True) as store:
+        await store.watchlist.track([REAL_SUFFIX], NOW)
+        snapshot = await store.record_fetch(_outcome([bad], events=[event]))
+        assert snapshot is not None and not snapshot.trusted
+        [kept] = await store.snapshots(REAL_SUFFIX)
+        assert kept.findings[0].path == "/state/x\x00y"  # JSON keeps the character itself
+        [logged] = await store.events()
+        assert logged.evidence == {"quoted": "x\x00y"}
+        if isinstance(archive_at, PgUrl):  # raw NUL in text: a visible escape there
+            assert logged.summary == "a summary with \\x00 in it"
+        else:
+            assert logged.summary == "a summary with \x00 in it"
+        assert await store.maintenance.malformed_rows() == []
+
+
+@pytest.fixture
+def cluster_url(pg_cluster: Cluster) -> str:
+    return pg_cluster.url()
+
+
+async def test_a_schema_that_does_not_exist_is_named_not_a_traceback(cluster_url: str) -> None:
+    url = f"{cluster_url}&options=-csearch_path%3Dnot_made_yet"
+    with pytest.raises(StoreError, match=r"create the schema first \(CREATE SCHEMA"):
+        await Store.open(url)
+    with pytest.raises(StoreError, match="create the schema first"):
+        await Store.open(url, readonly=True)
+
+
+async def test_an_archive_behind_an_empty_schema_is_refused_not_crawled_unlocked(
+    pg_cluster: Cluster,
+) -> None:
+    """The lock is the archive's schema's: with an empty schema first on the search_path
+    a second crawler would take another lock and write the same tables."""
+    archive = pg_cluster.archive()
+    schema = archive.url.rpartition("%3D")[2]
+    async with await Store.open(archive, exclusive=True):
+        with psycopg.connect(pg_cluster.url(), autocommit=True) as conn:
+            conn.execute("CREATE SCHEMA empty_first")
+        around = PgUrl(f"{pg_cluster.url()}&options=-csearch_path%3Dempty_first,{schema}")
+        with pytest.raises(StoreError, match=f"keeps its archive in schema '{schema}'"):
+            await Store.open(around, exclusive=True)
+        with pytest.raises(StoreLocked):
+            await Store.open(archive, exclusive=True)
+
+
+async def test_a_role_without_the_rights_is_told_what_it_needs(pg_cluster: Cluster) -> None:
+    archive = pg_cluster.archive()
+    schema = archive.url.rpartition("%3D")[2]
+    async with await Store.open(archive) as store:
+        await store.watchlist.track([REAL_SUFFIX], NOW)
+    with psycopg.connect(pg_cluster.url(), autocommit=True) as conn:
+        conn.execute("CREATE ROLE weak LOGIN")
+        conn.execute(f"GRANT USAGE ON SCHEMA {schema} TO weak")
+    as_weak = PgUrl(archive.url.replace("user=postgres", "user=weak"))
+    with pytest.raises(StoreError, match="needs USAGE on it and SELECT on its tables"):
+        await Store.open(as_weak, readonly=True)
+    with psycopg.connect(pg_cluster.url(), autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA theirs")
+        conn.execute("GRANT USAGE ON SCHEMA theirs TO weak")
+    new = PgUrl(f"{pg_cluster.url().replace('user=postgres', 'user=weak')}")
+    new = PgUrl(new.url + "&options=-csearch_path%3Dtheirs")
+    with pytest.raises(StoreError, match="CREATE on it to make a new archive there"):
+        await Store.open(new)
+
+
+async def test_a_table_of_the_same_name_that_is_not_ours_is_refused(pg_cluster: Cluster) -> None:
+    archive = pg_cluster.archive()
+    with raw(archive) as conn:
+        conn.execute("CREATE TABLE pithcrawl_schema (a integer)")
+    with pytest.raises(StoreCorrupt, match="a table pithcrawl_schema that pithcrawl did not make"):
+        await Store.open(archive, readonly=True)
+
+
+@pytest.mark.parametrize(
+    ("url", "secret"),
+    [
+        ("postgresql://u:hunter2@db.example/pith", "hunter2"),
+        ("postgresql://u:hun?ter2@db.example/pith", "ter2"),
+        ("postgresql://u:hun#ter2@db.example/pith", "hun"),
+        ("postgresql://u@db.example/pith?password=hunter2&sslmode=require", "hunter2"),
+        ("postgresql://u@db.example/pith?pass%77ord=hunter2", "hunter2"),
+        ("postgresql://u@db.example/pith?%70assword=hunter2", "hunter2"),
+        ("postgresql://u@db.example/pith?sslpassword=hunter2", "hunter2"),
+    ],
+)
+def test_a_password_is_never_printed_however_the_url_holds_it(url: str, secret: str) -> None:
+    shown = redacted(url)
+    assert secret not in shown and "***" in shown
+    assert shown.startswith("postgresql://u") and "db.example" in shown
+
+
+def test_a_password_in_a_url_no_server_answers_is_not_in_the_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    url = "postgresql://postgres:hun#ter2@127.0.0.1:9/pith?connect_timeout=2"
+    assert main(["--db", url, "status"]) == 3
+    err = capsys.readouterr().err
+    assert "cannot connect to database postgresql://postgres:***@127.0.0.1:9/pith" in err
+    assert "hun" not in err.replace("***", "") and "Traceback" not in err
+
+
+def test_migrating_an_archive_into_itself_under_another_spelling_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], pg_cluster: Cluster
+) -> None:
+    archive = pg_cluster.archive()
+    schema = archive.url.rpartition("%3D")[2]
+    anyio.run(_track, archive)
+    respelled = f"postgresql:///pithcrawl?options=-csearch_path%3D{schema}&host={pg_cluster.dir}"
+    respelled += "&user=postgres"
+    assert main(["--db", archive.url, "migrate", "--to", respelled]) == 2
+    assert "is the archive being copied" in capsys.readouterr().err
+
+
+async def _track(where: PgUrl) -> None:
+    async with await Store.open(where) as store:
+        await store.watchlist.track([REAL_SUFFIX], NOW)
+
+
+def test_a_document_quoting_nul_costs_its_pair_alone_on_postgresql(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    signer: TestSigner,
+    mirror: TestMirror,
+    pg_cluster: Cluster,
+) -> None:
+    """One mirror serves a record whose embedded state has a key with a NUL in it: that
+    document is refused with an alert; every other record is archived, pass after pass
+    (it used to fail the whole write group, every pass, and end `run`)."""
+    archive = pg_cluster.archive()
+    builders = []
+    for i in range(4):
+        b = BundleBuilder(signer, record=canonical_record(f"2611.{i:05d}", title=f"P{i}"))
+        b.add_event()
+        builders.append(b)
+        if i == 0:
+            doc = b.build()
+            doc["state"]["x\x00y"] = 1
+            mirror.put(json.dumps(doc).encode())
+        else:
+            mirror.put(b.bytes())
+    cfg = write_config(tmp_path, signer, mirror.base_url, db=archive)
+    assert main(["--config", str(cfg), "-q", "track", *(b.pith_number for b in builders)]) == 0
+    for _ in range(2):
+        capsys.readouterr()
+        code = main(["--config", str(cfg), "-q", "sync", "--json"])
+        summary = json.loads(capsys.readouterr().out)
+        assert (code, summary["alerts_open"]) == (1, 1), summary
+    with raw(archive) as conn:
+        trusted = conn.execute("SELECT count(*) FROM snapshots WHERE trusted = 1").fetchone()[0]
+    assert trusted == 2 * 3
+    assert main(["--config", str(cfg), "-q", "fsck", "--json"]) == 0
+    assert shown(archive) == archive.url
