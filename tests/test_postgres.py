@@ -216,3 +216,12 @@ def test_a_document_quoting_nul_costs_its_pair_alone_on_postgresql(
     assert trusted == 2 * 3
     assert main(["--config", str(cfg), "-q", "fsck", "--json"]) == 0
     assert shown(archive) == archive.url
+
+
+def test_every_schema_version_has_its_postgresql_migration() -> None:
+    """A new SQLite migration without its PostgreSQL twin would leave every PostgreSQL
+    archive refused by the pithcrawl that brings it."""
+    from pithcrawl.store import SCHEMA_VERSION
+    from pithcrawl.store.postgres_schema import BASE_VERSION, MIGRATIONS
+
+    assert set(MIGRATIONS) == set(range(BASE_VERSION + 1, SCHEMA_VERSION + 1))

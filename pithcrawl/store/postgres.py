@@ -33,7 +33,7 @@ import anyio
 from pithcrawl.errors import StoreCorrupt, StoreError, StoreLocked
 from pithcrawl.location import PgUrl
 from pithcrawl.store.dialect import WRITER_PROCESS_LOCK, begin, translate
-from pithcrawl.store.postgres_schema import SCHEMA, TABLES
+from pithcrawl.store.postgres_schema import BASE_VERSION, MIGRATIONS, SCHEMA, TABLES
 from pithcrawl.store.schema import SCHEMA_VERSION
 
 P = ParamSpec("P")
@@ -368,9 +368,12 @@ def _prepare(raw: PgRaw, readonly: bool) -> None:
                     corrupt=True,
                 )
             conn.execute(SCHEMA)
-            conn.execute("INSERT INTO pithcrawl_schema (version) VALUES ($1)", [SCHEMA_VERSION])
-        else:
-            _check_version(version, readonly=False)
+            conn.execute("INSERT INTO pithcrawl_schema (version) VALUES ($1)", [BASE_VERSION])
+            version = BASE_VERSION
+        _check_version(version, readonly=False)
+        for number in range(version + 1, SCHEMA_VERSION + 1):
+            conn.execute(MIGRATIONS[number])
+            conn.execute("UPDATE pithcrawl_schema SET version = $1", [number])
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -405,10 +408,13 @@ def _check_version(version: int | None, *, readonly: bool) -> None:
             f"has schema version {version}, newer than this pithcrawl ({SCHEMA_VERSION});"
             " upgrade pithcrawl"
         )
-    if version < SCHEMA_VERSION:
-        # Every PostgreSQL archive starts at the version PostgreSQL support came with;
-        # later migrations will be written for both databases.
+    if version < BASE_VERSION:
         raise _Refused(f"has schema version {version}, which this pithcrawl cannot migrate")
+    if readonly and version < SCHEMA_VERSION:
+        raise _Refused(
+            f"has schema version {version}, older than this pithcrawl ({SCHEMA_VERSION});"
+            " open it for writing once to upgrade it"
+        )
 
 
 async def connect(where: PgUrl, *, readonly: bool, exclusive: bool) -> PgConnection:

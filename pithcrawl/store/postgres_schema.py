@@ -11,6 +11,12 @@ from __future__ import annotations
 
 from pithcrawl.store.dialect import COMPAT_FUNCTIONS
 
+#: The schema versions after the one `SCHEMA` makes (`SCHEMA_VERSION` when PostgreSQL
+#: support came): version N's DDL at N, applied as SQLite's migration N is. Every SQLite
+#: migration from 14 on has its PostgreSQL twin here (tests/test_postgres.py holds them).
+BASE_VERSION = 13
+MIGRATIONS: dict[int, str] = {}
+
 #: Every table pithcrawl creates, the version's table included.
 TABLES = (
     "pithcrawl_schema",
