@@ -9,6 +9,7 @@ BINARY), whatever the database's locale. Times stay RFC 3339 text, as on SQLite.
 
 from __future__ import annotations
 
+from pithcrawl.store import schema
 from pithcrawl.store.dialect import COMPAT_FUNCTIONS
 
 #: The schema versions after the one `SCHEMA` makes (`SCHEMA_VERSION` when PostgreSQL
@@ -18,24 +19,7 @@ BASE_VERSION = 13
 MIGRATIONS: dict[int, str] = {}
 
 #: Every table pithcrawl creates, the version's table included.
-TABLES = (
-    "pithcrawl_schema",
-    "blobs",
-    "records",
-    "mirrors",
-    "fetch_state",
-    "snapshots",
-    "events",
-    "learned_keys",
-    "alerts",
-    "histories",
-    "settings",
-    "nodes",
-    "rules_due",
-    "deliveries",
-    "mirror_hours",
-    "vantage_heirs",
-)
+TABLES = ("pithcrawl_schema", *schema.TABLES)
 
 SCHEMA = (
     COMPAT_FUNCTIONS
