@@ -272,6 +272,11 @@ def _connect(url: str, readonly: bool, exclusive: bool) -> PgRaw:
     try:
         _adapted(conn)
         conn.execute("SET TIME ZONE 'UTC'")
+        # The counterpart of the SQLite archive's `synchronous = NORMAL`: a commit does
+        # not wait for its WAL to reach the disk (this session's only). A crash of the
+        # server can lose the last fraction of a second of fetches, which are simply
+        # fetched again; nothing is ever half-written. Pairs come twice as fast.
+        conn.execute("SET synchronous_commit = off")
         if readonly:
             conn.execute("SET default_transaction_read_only = on")
         schema = _schema(conn)
