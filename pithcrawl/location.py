@@ -11,7 +11,7 @@ import re
 from argparse import ArgumentTypeError
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 SCHEMES = ("postgresql://", "postgres://")
 
@@ -49,15 +49,32 @@ def locate(text: str) -> Where:
 def redacted(url: str) -> str:
     """`url` with any password (in the authority, or as `password=` or `sslpassword=`,
     however spelled) replaced by `***`."""
+    secrets = _secrets_of(url)
     url = _AUTHORITY_PASSWORD.sub(r"\1:***@", url)
     head, mark, query = url.partition("?")
-    if not mark:
-        return url
-    parts = []
-    for part in query.split("&"):
-        key, eq, _ = part.partition("=")
-        parts.append(f"{key}=***" if eq and unquote(key).lower() in _SECRETS else part)
-    return f"{head}?{'&'.join(parts)}"
+    if mark:
+        parts = []
+        for part in query.split("&"):
+            key, eq, _ = part.partition("=")
+            hidden = bool(eq) and unquote(key).strip().lower() in _SECRETS
+            parts.append(f"{key}=***" if hidden else part)
+        url = f"{head}?{'&'.join(parts)}"
+    # And whatever libpq itself reads as a secret, wherever it hides in the text.
+    for secret in secrets:
+        for spelling in {secret, quote(secret, safe=""), quote(secret)}:
+            url = url.replace(spelling, "***")
+    return url
+
+
+def _secrets_of(url: str) -> list[str]:
+    """The passwords libpq reads in `url` (none if it cannot read it)."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict  # noqa: PLC0415 (only for a URL)
+
+        parsed = conninfo_to_dict(url)
+    except Exception:  # not a URL libpq reads: nothing it would use
+        return []
+    return [str(parsed[k]) for k in _SECRETS if parsed.get(k)]
 
 
 def checked(url: str) -> PgUrl:

@@ -129,6 +129,39 @@ async def test_a_role_without_the_rights_is_told_what_it_needs(pg_cluster: Clust
         await Store.open(new)
 
 
+async def test_a_schema_of_the_search_path_the_role_may_not_use_is_told_not_skipped(
+    pg_cluster: Cluster,
+) -> None:
+    """PostgreSQL leaves a schema the role may not use out of its search_path without a
+    word: the archive in it would look missing, and a new one would be made behind it."""
+    archive = pg_cluster.archive()
+    schema = archive.url.rpartition("%3D")[2]
+    async with await Store.open(archive) as store:
+        await store.watchlist.track([REAL_SUFFIX], NOW)
+    with psycopg.connect(pg_cluster.url(), autocommit=True) as conn:
+        conn.execute("CREATE ROLE nousage LOGIN")
+        conn.execute("CREATE SCHEMA nousage AUTHORIZATION nousage")
+    base = pg_cluster.url().replace("user=postgres", "user=nousage")
+    for path in (schema, f"{schema},nousage"):
+        with pytest.raises(StoreError, match=f"a schema '{schema}' on its search_path"):
+            await Store.open(PgUrl(f"{base}&options=-csearch_path%3D{path}"))
+    with raw(PgUrl(pg_cluster.url(schema="nousage"))) as conn:
+        tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'nousage'")
+        assert tables.fetchone()[0] == 0  # no second archive made behind the first
+
+
+async def test_a_database_set_to_the_old_string_escapes_reads_the_archive_alike(
+    pg_cluster: Cluster,
+) -> None:
+    archive = pg_cluster.archive()
+    old = PgUrl(archive.url + "%20-cstandard_conforming_strings%3Doff")
+    bad = finding("schema_invalid", "/x\x00", "quoting \x00")
+    async with await Store.open(old, exclusive=True) as store:
+        await store.watchlist.track([REAL_SUFFIX], NOW)
+        assert await store.record_fetch(_outcome([bad])) is not None
+        assert await store.maintenance.malformed_rows() == []
+
+
 async def test_a_table_of_the_same_name_that_is_not_ours_is_refused(pg_cluster: Cluster) -> None:
     archive = pg_cluster.archive()
     with raw(archive) as conn:
@@ -147,6 +180,9 @@ async def test_a_table_of_the_same_name_that_is_not_ours_is_refused(pg_cluster: 
         ("postgresql://u@db.example/pith?pass%77ord=hunter2", "hunter2"),
         ("postgresql://u@db.example/pith?%70assword=hunter2", "hunter2"),
         ("postgresql://u@db.example/pith?sslpassword=hunter2", "hunter2"),
+        ("postgresql://u@db.example/pith?sslmode=require&password =hunter2", "hunter2"),
+        ("postgresql://u@db.example/pith?sslmode=require& password=hunter2", "hunter2"),
+        ("postgresql://u@db.example/pith?dbname=pith&password=hun%20ter2", "ter2"),
     ],
 )
 def test_a_password_is_never_printed_however_the_url_holds_it(url: str, secret: str) -> None:
@@ -177,7 +213,7 @@ def test_migrating_an_archive_into_itself_under_another_spelling_is_a_usage_erro
     assert "is the archive being copied" in capsys.readouterr().err
 
 
-async def _track(where: PgUrl) -> None:
+async def _track(where: Path | PgUrl) -> None:
     async with await Store.open(where) as store:
         await store.watchlist.track([REAL_SUFFIX], NOW)
 
@@ -216,6 +252,24 @@ def test_a_document_quoting_nul_costs_its_pair_alone_on_postgresql(
     assert trusted == 2 * 3
     assert main(["--config", str(cfg), "-q", "fsck", "--json"]) == 0
     assert shown(archive) == archive.url
+
+
+def test_raw_nul_in_a_sqlite_archive_is_copied_as_an_escape_and_said(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, pg_cluster: Cluster
+) -> None:
+    """SQLite's text may hold NUL (an archive written by hand, or before NUL was kept as
+    an escape); PostgreSQL's cannot: the copy keeps the escape `\\x00` and says how
+    many values it changed."""
+    source = tmp_path / "source.db"
+    anyio.run(_track, source)
+    with raw(source) as conn:
+        conn.execute("UPDATE records SET added_at = added_at, pith_number = ?", ("a\x00b",))
+    target = pg_cluster.archive()
+    capsys.readouterr()
+    assert main(["--db", str(source), "-q", "migrate", "--to", target.url, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["nul_escaped"] == 1
+    with raw(target) as conn:
+        assert conn.execute("SELECT pith_number FROM records").fetchone()[0] == "a\\x00b"
 
 
 def test_every_schema_version_has_its_postgresql_migration() -> None:

@@ -17,7 +17,7 @@ import time
 import anyio
 
 from pithcrawl.commands.report import archive, print_json, say
-from pithcrawl.errors import EXIT_OK, StoreLocked, UsageError
+from pithcrawl.errors import EXIT_OK, StoreError, StoreLocked, UsageError
 from pithcrawl.location import Where, absolute, archive_argument, make_room
 from pithcrawl.store import Store
 from pithcrawl.store.copy import Copied
@@ -45,7 +45,15 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--to: {target} is the archive being copied")
     make_room(target)
     started = time.monotonic()
-    copied = anyio.run(_copy, source, target, not args.json)
+    try:
+        copied = anyio.run(_copy, source, target, not args.json)
+    except StoreLocked:
+        raise
+    except StoreError as e:
+        raise StoreError(
+            f"the copy failed: {e}. The target stays marked unfinished (every command"
+            " refuses it): remove the cause and run migrate again, or empty the target"
+        ) from e
     seconds = time.monotonic() - started
     rows = sum(copied.rows.values())
     if args.json:
@@ -55,10 +63,16 @@ def run(args: argparse.Namespace) -> int:
                 "to": str(target),
                 "rows": copied.rows,
                 "bodies_checked": copied.bodies_checked,
+                "nul_escaped": copied.nul_escaped,
                 "duration_s": round(seconds, 3),
             }
         )
     else:
+        if copied.nul_escaped:
+            say(
+                f"note: {copied.nul_escaped} text values held a NUL character, which"
+                " PostgreSQL's text cannot hold: the copy keeps each as the escape \\x00"
+            )
         say(
             f"copied {rows} rows of {len(copied.rows)} tables from {source} to {target}"
             f" in {seconds:.1f}s; every table's count matches, and all"

@@ -269,8 +269,8 @@ class Store:
                 await store.close()
                 raise StoreError(
                     f"{where} holds an unfinished copy of {source} (pithcrawl migrate was"
-                    " interrupted): run `pithcrawl migrate --to` it again from that archive"
-                    " to complete it"
+                    " interrupted, or failed): run `pithcrawl migrate --to` it again from"
+                    " that archive to complete it"
                 )
         return store
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pithcrawl.errors import StoreCorrupt, UsageError
@@ -53,6 +54,8 @@ class Copied:
 
     rows: dict[str, int]
     bodies_checked: int
+    nul_escaped: int = 0
+    """Text values holding NUL, which PostgreSQL's text cannot: kept as `\\x00` there."""
 
 
 async def unfinished(store: Store) -> str | None:
@@ -77,15 +80,18 @@ async def copy_archive(
     same source: emptied first), then check it; `progress(table, rows)` after each page."""
     await _begin(target, source_name)
     rows: dict[str, int] = {}
+    escaped = [0]
     for table, key in TABLES:
-        rows[table] = await _copy_table(source._db, target._db, table, key, progress)
+        rows[table] = await _copy_table(
+            source._db, target._db, table, key, progress=progress, escaped=escaped
+        )
     await target._db.flush()
     async with target._db.write("finish the copy's numbering") as s:
         await s.call(_continue_numbering)
     checked = await _check(source, target, rows)
     async with target._db.write("mark the copy complete") as s:
         await s.run("DELETE FROM settings WHERE name = ?", (UNFINISHED,))
-    return Copied(rows, checked)
+    return Copied(rows, checked, escaped[0])
 
 
 async def _begin(target: Store, source_name: str) -> None:
@@ -115,9 +121,12 @@ async def _copy_table(
     target: Database,
     table: str,
     key: tuple[str, ...],
+    *,
     progress: Callable[[str, int], None],
+    escaped: list[int],
 ) -> int:
     order = ", ".join(key)
+    to_postgresql = not isinstance(target.path, Path)
     page = BLOB_PAGE if table == "blobs" else PAGE
     after: tuple[Any, ...] | None = None
     copied = 0
@@ -140,6 +149,8 @@ async def _copy_table(
         values = [tuple(row[n] for n in names) for row in found]
         if table == "settings":
             values = [v for v in values if v[names.index("name")] != UNFINISHED]
+        if to_postgresql:
+            escaped[0] += sum(1 for v in values for x in v if type(x) is str and "\x00" in x)
         async with target.write(f"copy {table}") as s:
             await s.run_many(insert, values)
         copied += len(values)

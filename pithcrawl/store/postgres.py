@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache, partial
 from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
+from urllib.parse import quote
 
 import anyio
 
@@ -263,7 +264,7 @@ def _connect(url: str, readonly: bool, exclusive: bool) -> PgRaw:
             autocommit=True,
             cursor_factory=psycopg.RawCursor,
             row_factory=_row_factory,
-            application_name=f"pithcrawl {socket.gethostname()} pid {os.getpid()}"[:63],
+            application_name=_application_name(),
             connect_timeout=30,
         )
     except psycopg.Error as e:
@@ -272,6 +273,9 @@ def _connect(url: str, readonly: bool, exclusive: bool) -> PgRaw:
     try:
         _adapted(conn)
         conn.execute("SET TIME ZONE 'UTC'")
+        # The compatibility functions' bodies are read with the session's rules: a
+        # database set to the old backslash escapes must not change what they mean.
+        conn.execute("SET standard_conforming_strings = on")
         # The counterpart of the SQLite archive's `synchronous = NORMAL`: a commit does
         # not wait for its WAL to reach the disk (this session's only). A crash of the
         # server can lose the last fraction of a second of fetches, which are simply
@@ -291,7 +295,7 @@ def _connect(url: str, readonly: bool, exclusive: bool) -> PgRaw:
                 [WRITER_PROCESS_LOCK, raw.schema_key & 0xFFFFFFFF],
             ).fetchone()
             name = holder[0] if holder and holder[0] else "another process"
-            raise _Locked(name, ours=name.endswith(f" pid {os.getpid()}"))
+            raise _Locked(name, ours=name == _application_name())
         if exclusive:
             raw.writer_lock = lock
         _prepare(raw, readonly)
@@ -304,6 +308,12 @@ def _connect(url: str, readonly: bool, exclusive: bool) -> PgRaw:
     return raw
 
 
+def _application_name() -> str:
+    """How this process is named to the server (and in `StoreLocked` messages): its pid
+    first, so that the 63 characters kept never lose it."""
+    return f"pithcrawl pid {os.getpid()} on {socket.gethostname()}"[:63]
+
+
 def _one(conn: Any, sql: str, *params: Any) -> Any:
     row = conn.execute(sql, list(params) or None).fetchone()
     return None if row is None else row[0]
@@ -313,6 +323,20 @@ def _schema(conn: Any) -> str:
     """The schema the archive is in: where its tables are, or for a new one, where they
     will be created (the first schema of `search_path` that exists). Refused when the
     two differ: a crawl there would lock one schema and write another's tables."""
+    for name in _search_path(conn):
+        if (
+            _one(
+                conn,
+                "SELECT has_schema_privilege(oid, 'USAGE') FROM pg_namespace WHERE nspname = $1",
+                name,
+            )
+            is False
+        ):
+            raise _Refused(
+                f"has a schema {name!r} on its search_path that the role may not use"
+                f" (GRANT USAGE ON SCHEMA {_ident(name)} TO the role, or take it off"
+                " the search_path): the archive may be in it"
+            )
     current = _one(conn, "SELECT current_schema()")
     if current is None:
         path = _one(conn, "SELECT current_setting('search_path')")
@@ -328,10 +352,31 @@ def _schema(conn: Any) -> str:
     if found is not None and found != current:
         raise _Refused(
             f"keeps its archive in schema {found!r}, but its search_path puts {current!r}"
-            f" first: put {found!r} first (options=-csearch_path%3D{found})",
+            f" first: put {found!r} first (options=-csearch_path%3D{quote(_ident(found))})",
             corrupt=False,
         )
     return str(current)
+
+
+def _search_path(conn: Any) -> list[str]:
+    """The schema names of the session's search_path, as written ("$user" is the role)."""
+    names = []
+    for item in str(_one(conn, "SELECT current_setting('search_path')")).split(","):
+        name = item.strip()
+        if name.startswith('"') and name.endswith('"') and len(name) > 1:
+            name = name[1:-1].replace('""', '"')
+        elif name:
+            name = name.lower()
+        if name == "$user":
+            name = str(_one(conn, "SELECT current_user"))
+        if name:
+            names.append(name)
+    return names
+
+
+def _ident(name: str) -> str:
+    """`name` as SQL writes a schema's name (quoted unless plain lower case)."""
+    return name if re.fullmatch(r"[a-z_][a-z0-9_]*", name) else '"' + name.replace('"', '""') + '"'
 
 
 class _Locked(Exception):
