@@ -57,12 +57,12 @@ class Cluster:
             _binary("initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
             "-E", "UTF8", "--locale=C.UTF-8", "--no-sync",
         )  # fmt: skip
-        options = (
+        self._options = (
             f"-k {self.dir} -c listen_addresses='' -c fsync=off -c synchronous_commit=off"
             " -c full_page_writes=off -c max_connections=200"
         )
         self._run(
-            _binary("pg_ctl"), "-D", str(self.data), "-o", options,
+            _binary("pg_ctl"), "-D", str(self.data), "-o", self._options,
             "-l", str(self.dir / "log"), "-w", "start",
         )  # fmt: skip
         with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
@@ -83,6 +83,13 @@ class Cluster:
         with psycopg.connect(self.url(), autocommit=True) as conn:
             conn.execute(f"CREATE SCHEMA {name}")
         return PgUrl(self.url(schema=name))
+
+    def restart(self) -> None:
+        """Stop the server and start it again (every session it had is gone)."""
+        self._run(
+            _binary("pg_ctl"), "-D", str(self.data), "-m", "fast", "-o", self._options,
+            "-l", str(self.dir / "log"), "-w", "restart",
+        )  # fmt: skip
 
     def stop(self) -> None:
         try:

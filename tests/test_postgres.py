@@ -279,3 +279,22 @@ def test_every_schema_version_has_its_postgresql_migration() -> None:
     from pithcrawl.store.postgres_schema import BASE_VERSION, MIGRATIONS
 
     assert set(MIGRATIONS) == set(range(BASE_VERSION + 1, SCHEMA_VERSION + 1))
+
+
+async def test_a_reader_connects_again_after_the_server_restarts(pg_cluster: Cluster) -> None:
+    """`serve` and the reports hold a read-only connection for as long as they run: a
+    server restarted under them (an upgrade, a failover) costs no more than the moment
+    it was down. A writer's transaction cannot be run again: it stops (exit 3) and
+    systemd starts it anew."""
+    archive = pg_cluster.archive()
+    async with await Store.open(archive) as store:
+        await store.watchlist.track([REAL_SUFFIX], NOW)
+    async with (
+        await Store.open(archive, readonly=True) as reader,
+        await Store.open(archive) as writer,
+    ):
+        assert await reader.watchlist.tracked_count() == 1
+        await anyio.to_thread.run_sync(pg_cluster.restart)
+        assert await reader.watchlist.tracked_count() == 1
+        with pytest.raises(StoreError, match="cannot"):
+            await writer.watchlist.track(["A" * 26], NOW)

@@ -23,6 +23,7 @@ import os
 import re
 import socket
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache, partial
@@ -90,8 +91,10 @@ class PgRaw:
     """The part of sqlite3.Connection's face the store's batches use, on one psycopg
     connection; used from one thread at a time."""
 
-    def __init__(self, conn: Any) -> None:
+    def __init__(self, conn: Any, reopen: Callable[[], PgRaw] | None = None) -> None:
         self._conn = conn
+        self._reopen = reopen
+        """How to connect again, for a read-only connection (see `execute`)."""
         self.schema_key = 0
         """`hashtext` of the archive's schema: the second half of its locks' keys."""
         self.writer_lock: str | None = None
@@ -102,7 +105,25 @@ class PgRaw:
         try:
             return self._conn.execute(query, values if values else None)
         except Exception as e:
+            if self._reopen is None or not (self._conn.closed or self._conn.broken):
+                raise _error(e) from e
+        # A read-only connection (`serve`, the reports) whose server restarted, or which
+        # it dropped: each of its statements is a transaction of its own, so it connects
+        # again and runs the statement once more (a writer's transaction cannot be).
+        self._conn = self._connect_again()
+        try:
+            return self._conn.execute(query, values if values else None)
+        except Exception as e:
             raise _error(e) from e
+
+    def _connect_again(self) -> Any:
+        assert self._reopen is not None
+        with suppress(Exception):
+            self._conn.close()
+        try:
+            return self._reopen()._conn
+        except (_Refused, _Locked) as e:
+            raise BackendError(str(e)) from e
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any:
         """Each row's statement, in order (rows with the same NULLs share one call)."""
@@ -269,7 +290,8 @@ def _connect(url: str, readonly: bool, exclusive: bool) -> PgRaw:
         )
     except psycopg.Error as e:
         raise _error(e) from e
-    raw = PgRaw(conn)
+    reopen = partial(_connect, url, readonly, exclusive) if readonly else None
+    raw = PgRaw(conn, reopen)
     try:
         _adapted(conn)
         conn.execute("SET TIME ZONE 'UTC'")
