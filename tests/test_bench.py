@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
@@ -37,12 +38,18 @@ def test_verify_bench_measures_the_spec_hashes(tmp_path: Path) -> None:
     assert figures["real_bundle"]["signatures"] == 4
 
 
-def test_sync_bench_runs_every_phase_and_checks_its_archive(tmp_path: Path) -> None:
+def test_sync_bench_runs_every_phase_and_checks_its_archive(
+    tmp_path: Path, pg_cluster: Any
+) -> None:
+    """Every phase, with the passes on PostgreSQL (`--db`) beside SQLite's."""
     out = tmp_path / "sync.json"
     env = {"BENCH_OUT": str(tmp_path / "out"), "TMPDIR": str(tmp_path)}
-    run("sync_bench.py", "--records", "20", "--verify-bundles", "2", "--json", str(out), env=env)
+    args = ["--records", "20", "--verify-bundles", "2", "--db", pg_cluster.url()]
+    run("sync_bench.py", *args, "--json", str(out), env=env)
     figures = json.loads(out.read_text())
     run20 = figures["sizes"]["20"]
+    assert run20["pg_cold"]["summary"]["new_snapshots"] == 40
+    assert run20["pg_unchanged"]["summary"]["new_snapshots"] == 0
     assert run20["unchanged"]["stats_delta"] == {
         "blobs": 0,
         "snapshots": 0,
