@@ -298,3 +298,24 @@ async def test_a_reader_connects_again_after_the_server_restarts(pg_cluster: Clu
         assert await reader.watchlist.tracked_count() == 1
         with pytest.raises(StoreError, match="cannot"):
             await writer.watchlist.track(["A" * 26], NOW)
+
+
+async def test_a_writer_stuck_holding_the_turn_fails_the_next_one_in_time_saying_so(
+    pg_cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As SQLite's busy timeout: a writer waits a while for another's write turn, then
+    fails with what happened, never hangs behind a stuck one."""
+    from pithcrawl.store import postgres
+    from pithcrawl.store.dialect import WRITE_LOCK
+
+    monkeypatch.setattr(postgres, "BUSY_TIMEOUT_MS", 300)
+    archive = pg_cluster.archive()
+    async with await Store.open(archive) as store:
+        with psycopg.connect(archive.url, autocommit=True) as stuck:
+            stuck.execute("BEGIN")
+            stuck.execute(f"SELECT pg_advisory_xact_lock({WRITE_LOCK}, hashtext(current_schema()))")
+            with pytest.raises(StoreError, match="stayed locked by another pithcrawl"):
+                await store.watchlist.track([REAL_SUFFIX], NOW)
+            stuck.execute("ROLLBACK")
+        await store.watchlist.track([REAL_SUFFIX], NOW)
+        assert await store.watchlist.tracked_count() == 1

@@ -37,6 +37,7 @@ from pithcrawl.location import PgUrl
 from pithcrawl.store.dialect import WRITER_PROCESS_LOCK, begin, translate
 from pithcrawl.store.postgres_schema import BASE_VERSION, MIGRATIONS, SCHEMA, TABLES
 from pithcrawl.store.schema import SCHEMA_VERSION
+from pithcrawl.store.sqlite import BUSY_TIMEOUT_MS
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -235,6 +236,10 @@ def _execute(raw: PgRaw, sql: str, params: Sequence[Any]) -> _Done:
         try:
             raw._conn.execute(begin(raw.schema_key))
         except Exception as e:
+            # As SQLite's failed BEGIN IMMEDIATE: no transaction is left open (the lock
+            # wait that timed out left this one aborted).
+            with suppress(Exception):
+                raw._conn.execute("ROLLBACK")
             raise _error(e) from e
         return _Done(0)
     cur = raw.execute(sql, params)
@@ -298,6 +303,9 @@ def _connect(url: str, readonly: bool, exclusive: bool) -> PgRaw:
         # The compatibility functions' bodies are read with the session's rules: a
         # database set to the old backslash escapes must not change what they mean.
         conn.execute("SET standard_conforming_strings = on")
+        # As SQLite's busy timeout: a writer waits this long for another's turn, then
+        # fails saying so, instead of hanging behind a stuck one.
+        conn.execute(f"SET lock_timeout = '{BUSY_TIMEOUT_MS}ms'")
         # The counterpart of the SQLite archive's `synchronous = NORMAL`: a commit does
         # not wait for its WAL to reach the disk (this session's only). A crash of the
         # server can lose the last fraction of a second of fetches, which are simply
@@ -514,6 +522,11 @@ async def connect(where: PgUrl, *, readonly: bool, exclusive: bool) -> PgConnect
 def describe(where: PgUrl, doing: str, e: BackendError) -> str:
     """A message for a PostgreSQL error that says what we were doing."""
     text = str(e)
+    if e.sqlstate == "55P03":
+        return (
+            f"database {where} stayed locked by another pithcrawl for more than"
+            f" {BUSY_TIMEOUT_MS // 1000}s: cannot {doing}"
+        )
     if e.sqlstate == "25006":
         return f"database {where} is opened read-only: cannot {doing}"
     if e.sqlstate is None or e.sqlstate.startswith("08"):
