@@ -62,7 +62,7 @@ async def in_thread(
     its statements). On PostgreSQL the raw connection is a `postgres.PgRaw`, which
     answers the part of sqlite3.Connection's face the store's batches use."""
     if isinstance(conn, PgConnection):
-        return await conn.call(fn, *args, **kwargs)  # type: ignore[arg-type]
+        return await conn.call_pipelined(fn, *args, **kwargs)  # type: ignore[arg-type]
     return await sqlite.in_thread(conn, fn, *args, **kwargs)
 
 

@@ -217,6 +217,17 @@ class PgConnection:
             partial(fn, self.raw, *args, **kwargs), limiter=self._limiter
         )
 
+    async def call_pipelined(
+        self, fn: Callable[Concatenate[PgRaw, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """`call`, with the statements of `fn` sent in pipeline mode: one that returns no
+        rows is sent without waiting for the server's answer (a fetch of rows, or the
+        end, waits for all sent before it). A fetch's write is a dozen statements: half
+        of their round trips go."""
+        return await anyio.to_thread.run_sync(
+            partial(_pipelined, fn, self.raw, *args, **kwargs), limiter=self._limiter
+        )
+
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> _Done:
         return await self.call(_execute, sql, params)
 
@@ -229,6 +240,20 @@ class PgConnection:
 
     async def close(self) -> None:
         await self.call(PgRaw.close)
+
+
+def _pipelined(fn: Callable[..., T], raw: PgRaw, *args: Any, **kwargs: Any) -> T:
+    try:
+        with raw._conn.pipeline():
+            return fn(raw, *args, **kwargs)
+    except Exception as e:
+        if isinstance(e, BackendError) or not _is_psycopg_error(e):
+            raise
+        raise _error(e) from e
+
+
+def _is_psycopg_error(e: Exception) -> bool:
+    return type(e).__module__.startswith("psycopg")
 
 
 def _execute(raw: PgRaw, sql: str, params: Sequence[Any]) -> _Done:
