@@ -1,7 +1,9 @@
-"""pithcrawl's archive: one SQLite file holding every fetched body and what it meant.
+"""pithcrawl's archive: every fetched body and what it meant, in one SQLite file or one
+PostgreSQL database (schema).
 
-The package is the only place that speaks SQL or sees a sqlite3 error (it raises
-`StoreError` and its subclasses). Modules, by responsibility:
+The package is the only place that speaks SQL or sees a database's error (it raises
+`StoreError` and its subclasses). Its queries are written once; what differs between the
+two databases is said in `dialect`. Modules, by responsibility:
 
 - `archive`: `Store`, the typed async API, and its queries;
 - `fetches`: what recording one fetch writes, inside `record_fetch`'s transaction;
@@ -9,9 +11,14 @@ The package is the only place that speaks SQL or sees a sqlite3 error (it raises
 - `watchlist`: the tracked records and the mirrors they are polled from;
 - `connection`: the one connection of a process: turns, transactions with group commit,
   deferred bookkeeping;
-- `sqlite`: opening, pragmas, migrations, and translating sqlite3 errors;
-- `lock`: the writers' lock;
-- `schema`: the numbered migrations;
+- `sqlite`: opening, pragmas, migrations, and the wording of sqlite3 errors;
+- `postgres`: opening a PostgreSQL archive (psycopg in the database thread), its locks,
+  creating its schema, and the wording of its errors;
+- `dialect`: the SQL of the store's queries as PostgreSQL reads it, and SQLite's
+  functions for it;
+- `lock`: the writers' lock file (SQLite);
+- `schema`: the numbered migrations; `postgres_schema`: the same schema for PostgreSQL;
+- `copy`: copying a whole archive into another (`migrate`);
 - `rows`: the values going in and out;
 - `blobs`: the zstd codec (whole or delta frames) and the sha256 check of bodies;
 - `bodies`: the `blobs` table: choosing a delta's base, following bases on reads;

@@ -220,7 +220,8 @@ UNFINISHED = "migrate.copying_from"
 
 
 class Store:
-    """The archive: one SQLite file, one connection, the single writer of its process."""
+    """The archive (a SQLite file or a PostgreSQL database): one connection, the single
+    writer of its process."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
