@@ -115,6 +115,9 @@ def configure(fmt: str | None = None, verbosity: int = 0, stream: TextIO | None 
     root.addHandler(handler)
     # Libraries' debug lines (aiosqlite's two per statement) are not pithcrawl's -v.
     root.setLevel(max(level, logging.INFO))
+    # psycopg warns of a pipeline it could not end when its server went away: the error
+    # pithcrawl reports for the same moment says it, once.
+    logging.getLogger("psycopg").setLevel(logging.ERROR)
     _stdlib_handler = handler
 
 

@@ -7,6 +7,7 @@ A real cluster (`tests/postgres.py`), real signed bundles on a loopback mirror.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -319,3 +320,67 @@ async def test_a_writer_stuck_holding_the_turn_fails_the_next_one_in_time_saying
             stuck.execute("ROLLBACK")
         await store.watchlist.track([REAL_SUFFIX], NOW)
         assert await store.watchlist.tracked_count() == 1
+
+
+async def test_a_read_at_a_groups_end_that_fails_fails_alone_and_the_writes_commit(
+    pg_cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL a failing statement aborts its transaction, and COMMIT then answers
+    ROLLBACK without an error: a read queued for the end of a write group that waited
+    too long for a lock used to lose the whole group while it was reported written."""
+    from pithcrawl.store import postgres
+
+    monkeypatch.setattr(postgres, "BUSY_TIMEOUT_MS", 300)
+    archive = pg_cluster.archive()
+    async with await Store.open(archive) as store:
+        with psycopg.connect(archive.url, autocommit=True) as other:
+            other.execute("BEGIN")
+            other.execute("LOCK TABLE histories IN ACCESS EXCLUSIVE MODE")
+            async with store._db.write("track, then read the histories") as s:
+                await s.run(
+                    "INSERT INTO records (suffix, added_at) VALUES (?, ?)",
+                    (REAL_SUFFIX, "2026-11-27T12:00:00.000000Z"),
+                )
+                later = s.at_commit(
+                    lambda conn: conn.execute("SELECT count(*) FROM histories").fetchone()
+                )
+            other.execute("ROLLBACK")
+        with pytest.raises(StoreError, match="stayed locked"):
+            _ = later.value
+        assert await store.watchlist.tracked_count() == 1  # the write is there
+
+
+async def test_a_transaction_a_statement_of_which_failed_is_never_reported_written(
+    pg_cluster: Cluster,
+) -> None:
+    archive = pg_cluster.archive()
+    async with await Store.open(archive) as store:
+
+        async def swallowing() -> None:
+            async with store._db.write("a write that swallowed an error") as s:
+                await s.run(
+                    "INSERT INTO records (suffix, added_at) VALUES (?, ?)",
+                    (REAL_SUFFIX, "2026-11-27T12:00:00.000000Z"),
+                )
+                with contextlib.suppress(Exception):
+                    await s.run("SELECT no_such_column FROM records")
+
+        with pytest.raises(StoreError, match="rolled back at its commit"):
+            await swallowing()
+        assert await store.watchlist.tracked_count() == 0
+        await store.watchlist.track([REAL_SUFFIX], NOW)  # and the next write works
+        assert await store.watchlist.tracked_count() == 1
+
+
+async def test_a_readers_batch_connects_again_after_the_server_restarts(
+    pg_cluster: Cluster, real_bundle_bytes: bytes
+) -> None:
+    archive = pg_cluster.archive()
+    async with await Store.open(archive) as store:
+        await store.watchlist.track([REAL_SUFFIX], NOW)
+        snapshot = await store.record_fetch(_outcome([], body=real_bundle_bytes))
+        assert snapshot is not None
+    async with await Store.open(archive, readonly=True) as reader:
+        assert await reader.get_blob(snapshot.body_sha256) == real_bundle_bytes
+        await anyio.to_thread.run_sync(pg_cluster.restart)
+        assert await reader.get_blob(snapshot.body_sha256) == real_bundle_bytes

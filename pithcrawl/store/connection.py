@@ -118,8 +118,29 @@ class Later(Generic[T]):
 
 
 def _run_reads(conn: sqlite3.Connection, reads: Sequence[Later[Any]], path: Where) -> None:
+    # On PostgreSQL a failing statement aborts its whole transaction (on SQLite it fails
+    # alone): each read gets a savepoint, so that one that fails (a lock it waited too
+    # long for) is the reader's error, as on SQLite, and the group still commits.
+    guarded = not isinstance(conn, sqlite3.Connection)
     for read in reads:
+        if guarded:
+            conn.execute("SAVEPOINT pithcrawl_read")
         read._run(conn, path)
+        if guarded:
+            conn.execute(
+                "ROLLBACK TO SAVEPOINT pithcrawl_read"
+                if read._error is not None
+                else "RELEASE SAVEPOINT pithcrawl_read"
+            )
+
+
+async def _run_reads_in_thread(conn: Connection, reads: Sequence[Later[Any]], path: Where) -> None:
+    """`_run_reads` in the database thread; on PostgreSQL outside a pipeline (a failed
+    read must be rolled back to its savepoint before the next statement is sent)."""
+    if isinstance(conn, PgConnection):
+        await conn.call(_run_reads, reads, path)  # type: ignore[arg-type]
+    else:
+        await sqlite.in_thread(conn, _run_reads, reads, path)
 
 
 class _Group:
@@ -319,7 +340,7 @@ class Database:
             try:
                 with translated(self.path, "commit"):
                     if group.reads:
-                        await in_thread(self._live(), _run_reads, group.reads, self.path)
+                        await _run_reads_in_thread(self._live(), group.reads, self.path)
                     await self._live().execute("COMMIT")
                 self.commits += 1
             except BaseException as e:

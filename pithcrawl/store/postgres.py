@@ -104,7 +104,7 @@ class PgRaw:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         query, values = _bound(sql, params)
         try:
-            return self._conn.execute(query, values if values else None)
+            return _Results(self._conn.execute(query, values if values else None))
         except Exception as e:
             if self._reopen is None or not (self._conn.closed or self._conn.broken):
                 raise _error(e) from e
@@ -113,7 +113,7 @@ class PgRaw:
         # again and runs the statement once more (a writer's transaction cannot be).
         self._conn = self._connect_again()
         try:
-            return self._conn.execute(query, values if values else None)
+            return _Results(self._conn.execute(query, values if values else None))
         except Exception as e:
             raise _error(e) from e
 
@@ -152,6 +152,35 @@ class PgRaw:
             pass
         finally:
             self._conn.close()
+
+
+class _Results:
+    """A cursor's rows, its errors as `BackendError` (in pipeline mode a statement's
+    error comes with its rows, not when it is sent)."""
+
+    __slots__ = ("_cursor",)
+
+    def __init__(self, cursor: Any) -> None:
+        self._cursor = cursor
+
+    @property
+    def rowcount(self) -> int:
+        return int(self._cursor.rowcount)
+
+    def fetchone(self) -> Any:
+        try:
+            return self._cursor.fetchone()
+        except Exception as e:
+            raise _error(e) from e
+
+    def fetchall(self) -> list[Any]:
+        try:
+            return list(self._cursor.fetchall())
+        except Exception as e:
+            raise _error(e) from e
+
+    def __iter__(self) -> Any:
+        return iter(self.fetchall())
 
 
 @dataclass
@@ -243,6 +272,10 @@ class PgConnection:
 
 
 def _pipelined(fn: Callable[..., T], raw: PgRaw, *args: Any, **kwargs: Any) -> T:
+    if raw._reopen is not None:
+        # A reader's batch needs each answer before its next statement anyway, and it
+        # may connect again halfway (`PgRaw.execute`), which a pipeline cannot.
+        return fn(raw, *args, **kwargs)
     try:
         with raw._conn.pipeline():
             return fn(raw, *args, **kwargs)
@@ -257,6 +290,19 @@ def _is_psycopg_error(e: Exception) -> bool:
 
 
 def _execute(raw: PgRaw, sql: str, params: Sequence[Any]) -> _Done:
+    if sql == "COMMIT":
+        try:
+            status = raw._conn.execute("COMMIT").statusmessage
+        except Exception as e:
+            raise _error(e) from e
+        if status != "COMMIT":
+            # PostgreSQL answers COMMIT of a transaction a statement of which failed
+            # with a ROLLBACK, and no error: nothing of it was written.
+            raise BackendError(
+                f"the transaction was rolled back at its commit ({status}):"
+                " a statement of it had failed"
+            )
+        return _Done(0)
     if sql == "BEGIN IMMEDIATE":
         try:
             raw._conn.execute(begin(raw.schema_key))
