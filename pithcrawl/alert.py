@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO
 
@@ -44,6 +44,10 @@ log = structlog.get_logger("pithcrawl.alert")
 #: Failed deliveries are retried after 30 s, doubling up to an hour, with full jitter.
 RETRY_BASE = 30.0
 RETRY_CAP = 3600.0
+#: A delivery taken for an attempt is no other node's for this long (or two
+#: `alerts.hook_timeout`s): the attempt records how it went well before; a node killed
+#: mid-attempt leaves it to be tried again then.
+DELIVERY_CLAIM = timedelta(minutes=10)
 #: Variables of systemd's that a hook must not inherit (it is not the service).
 _PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")
 SIGNATURE_HEADER = "X-Pithcrawl-Signature-256"
@@ -360,6 +364,7 @@ async def deliver_to(
         finally:
             slots.release()
 
+    counts.append(0)  # taken by another node meanwhile
     async with anyio.create_task_group() as tg:
         for delivery, alert in queue:
             await slots.acquire()
@@ -381,7 +386,10 @@ async def _attempt(
     metrics: Metrics | None,
 ) -> int:
     """One delivery: 0 when the sink took it, 1 when it failed (and when to retry is
-    kept, and the sink put off until then)."""
+    kept, and the sink put off until then), 2 when another node took it first."""
+    claim = max(DELIVERY_CLAIM, 2 * sinks.config.hook_timeout)
+    if not await store.deliveries.take(delivery, now, now + claim):
+        return 2
     try:
         await sinks.send(delivery, alert)
     except DeliveryFailed as e:

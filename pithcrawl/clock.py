@@ -13,6 +13,10 @@ Elapsed time counts sleep (CLOCK_BOOTTIME): a machine waking up has stepped noth
 
 Between two runs there is no monotonic clock to compare with: the archive keeps the last
 wall time a run saw (`SEEN_SETTING`), and a start earlier than that is a step back.
+
+Several nodes may crawl one archive, each with its own clock: each keeps its own last
+wall time (`SEEN_SETTING@NODE`), and a step of one node's clock moves its vantage's
+schedule (and the shared hold-downs and retries), never another vantage's.
 """
 
 from __future__ import annotations
@@ -60,6 +64,15 @@ class Clock:
         self._wall = wall
         self._monotonic = monotonic
         self._offset = self._read()
+        self._setting = SEEN_SETTING
+        self._vantage: str | None = None
+
+    def of(self, node: str, vantage: str) -> Clock:
+        """This clock as `node`'s (of `vantage`): its last wall time kept under its own
+        name, a step moving only its vantage's schedule. Itself, for chaining."""
+        self._setting = f"{SEEN_SETTING}@{node}"
+        self._vantage = vantage
+        return self
 
     def now(self) -> datetime:
         return self._wall()
@@ -82,7 +95,10 @@ class Clock:
     async def since_last_run(self, store: Store) -> timedelta:
         """Notice a step back of the wall clock since the archive last saw it (by an
         earlier run); the step (zero if none)."""
-        seen = await store.setting(SEEN_SETTING)
+        seen = await store.setting(self._setting)
+        if seen is None and self._setting != SEEN_SETTING:
+            # The archive's last wall time from before nodes kept their own.
+            seen = await store.setting(SEEN_SETTING)
         if seen is None:
             return timedelta(0)
         try:
@@ -97,11 +113,11 @@ class Clock:
 
     async def seen(self, store: Store) -> None:
         """Keep the wall time of now in the archive, for the next run to compare with."""
-        await store.set_setting(SEEN_SETTING, format_timestamp(self.now()))
+        await store.set_setting(self._setting, format_timestamp(self.now()))
 
     async def _stepped(self, store: Store, step: timedelta, when: str) -> None:
         moved = await store.maintenance.shift_clock(
-            step, SEEN_SETTING, format_timestamp(self.now())
+            step, self._setting, format_timestamp(self.now()), vantage=self._vantage
         )
         log.warning(
             "clock_stepped",

@@ -207,6 +207,24 @@ class Crawler:
             await self.end_turn(result, turn, view)
         return result
 
+    async def cut_short(self, suffix: str, site: Site, lease: timedelta) -> PairResult:
+        """The pair outran its lease (`node.lease`) and was cancelled, so that another
+        node, taking it once the lease expired, never fetches it at the same time:
+        nothing of it was archived (its writes are one transaction, at its end), and it
+        is recorded as a failed fetch of its bundle, retried after the usual backoff."""
+        result = PairResult(suffix, site.name)
+        with pair(suffix, site.name):
+            before = await self.store.fetch_state(
+                suffix, site.name, "bundle", vantage=self.config.node.vantage_name
+            )
+            error = (
+                f"took longer than node.lease ({lease.total_seconds():g}s) and was cut"
+                " short: a slow mirror needs a longer lease"
+            )
+            got = Got("bundle", site.bundle_url(suffix), before, None, error)
+            result.error = await self.poller.failed(suffix, site.name, got, self.clock())
+        return result
+
     async def end_turn(
         self,
         result: PairResult,

@@ -2,7 +2,10 @@
 
 Owns which (record, mirror) pairs are crawled when, how long a round lasts (until a
 reload, an hour, or the end of a window of judging unchanged bodies again), the
-watchdog, and when the round's checks and deliveries run between fetches. What a round
+watchdog, and when the round's checks and deliveries run between fetches. Several
+daemons (nodes) of one vantage may crawl one archive: each takes a pair's lease before
+fetching it (`store.leases`), lets go of it once the pair is written, and cuts a pair
+short that outruns it. What a round
 is (`round.Round`) is shared with `sync`; each pair's work is `crawl.Crawler.sync_pair`.
 """
 
@@ -33,6 +36,7 @@ from pithcrawl.round import Round
 from pithcrawl.sdnotify import Notifier
 from pithcrawl.store import Alert, Store
 from pithcrawl.store.archive import Due
+from pithcrawl.store.leases import Lease
 from pithcrawl.sync import Summary
 
 log = structlog.get_logger("pithcrawl.daemon")
@@ -50,6 +54,9 @@ SUMMARY_EVERY = 60.0
 DELIVER_EVERY = 5.0
 #: Time-dependent rules (stale mirrors, unreachable mirrors) are re-checked this often.
 CHECK_EVERY = 60.0
+#: A pair is cut short this long before its lease ends (at most a tenth of the lease):
+#: its write must be done before another node may take it.
+LEASE_MARGIN = 5.0
 
 
 class Daemon:
@@ -86,6 +93,8 @@ class Daemon:
         self.check_every = check_every
         self.pinged_at = 0.0
         self.inflight: set[tuple[str, str]] = set()
+        self.done: list[tuple[str, str]] = []
+        """Pairs whose work ended, their leases still to let go of (with the next take)."""
         self.totals = Summary()
         self.alerts_open = 0
         """Open alerts, as of the last periodic check."""
@@ -104,12 +113,16 @@ class Daemon:
     async def run(self) -> None:
         make_room(self.db)
         self.wake = anyio.Event()
+        node = self.config.node
+        self.clock.of(node.node_name, node.vantage_name)
         async with (
-            await Store.open(self.db, exclusive=True) as store,
+            await Store.open(self.db, exclusive=True, node=node.node_name) as store,
             anyio.create_task_group() as tg,
         ):
             self.store = store
             await self.clock.since_last_run(store)
+            # This node's leases from before (it was killed): no pair of them is in flight.
+            await store.leases.let_go(node.node_name, vantage=node.vantage_name)
             await tg.start(self._signals, tg.cancel_scope)
             if self.config.metrics.bind:
                 port = await tg.start(serve_metrics, self.metrics, self.config.metrics.bind)
@@ -128,6 +141,7 @@ class Daemon:
         """One round: from the configuration of now until a reload, an hour (the mirror
         lists are read again) or the end of a re-judging window, whichever comes first."""
         config = self.config
+        node = config.node
         async with Round.open(
             config,
             self.store,
@@ -155,7 +169,7 @@ class Daemon:
             else:  # a new hour's round, or the end of a re-judging window: no news for it
                 self.notifier.status(status)
             log.info("crawl_started", records=tracked, mirrors=len(rnd.sites))
-            send, receive = anyio.create_memory_object_stream[tuple[str, Site]](0)
+            send, receive = anyio.create_memory_object_stream[tuple[Lease, Site]](0)
             self.free = anyio.Semaphore(config.crawl.concurrency)
             over = anyio.Event()
             async with anyio.create_task_group() as tg:
@@ -168,6 +182,9 @@ class Daemon:
                     receive.close()
                     async with send:
                         await self._schedule(send, rnd, ends)
+                # Every pair of the round ended: none of its leases is needed any more.
+                self.done.clear()
+                await self.store.leases.let_go(node.node_name, vantage=node.vantage_name)
                 # The round's pairs in flight are done: its checks and deliveries end
                 # once what they are doing is done (a delivery cut short would be sent
                 # again by the next round).
@@ -232,15 +249,45 @@ class Daemon:
             # The lag counts the pairs held back with their mirror too: they are late.
             waiting = pairs + await self._held_back(now, open_now, sites)
             self._set_lag(waiting)
-            for i, (suffix, name, _) in enumerate(pairs):
-                await self._free_worker(waiting[i:])
-                self.inflight.add((suffix, name))
-                await send.send((suffix, sites[name]))
+            handed = await self._hand_out(send, pairs, waiting, sites)
             if time.monotonic() - last_summary > SUMMARY_EVERY:
                 last_summary = time.monotonic()
                 self._summary_line()
-            if not pairs:
+            if not handed:
                 await self._idle(list(sites), ends)
+
+    async def _hand_out(
+        self, send: Any, pairs: list[Due], waiting: list[Due], sites: dict[str, Site]
+    ) -> int:
+        """Hand `pairs` to the workers as they come free, each once its lease is taken
+        (as many at once as workers are free: a lease starts running when taken). How
+        many were handed out (the others were taken by another node meanwhile)."""
+        node, lease = self.config.node, self.config.lease
+        handed = i = 0
+        while i < len(pairs):
+            await self._free_worker(waiting[i:])
+            batch = pairs[i : i + 1 + int(self.free.value)]
+            i += len(batch)
+            done, self.done = self.done, []
+            now = self.clock.now()
+            taken = await self.store.leases.take(
+                [(d.suffix, d.mirror) for d in batch],
+                vantage=node.vantage_name,
+                node=node.node_name,
+                now=now,
+                until=now + lease,
+                done=done,
+            )
+            if not taken:
+                self.free.release()
+                continue
+            for k, held in enumerate(taken):
+                if k:  # free when the batch was cut (only workers give slots back)
+                    await self.free.acquire()
+                self.inflight.add((held.suffix, held.mirror))
+                await send.send((held, sites[held.mirror]))
+            handed += len(taken)
+        return handed
 
     async def _held_back(
         self, now: datetime, open_now: list[str], sites: dict[str, Site]
@@ -283,7 +330,11 @@ class Daemon:
 
     async def _idle(self, mirrors: list[str], ends: float) -> None:
         """Sleep until the next pair is due (at most `idle_poll`, and not past the round's
-        end), a fetch ends or a reload."""
+        end), a fetch ends or a reload; the leases of the pairs done let go of first."""
+        if self.done:
+            done, self.done = self.done, []
+            node = self.config.node
+            await self.store.leases.let_go(node.node_name, done, vantage=node.vantage_name)
         wait = min(self.idle_poll, max(0.0, ends - time.monotonic()))
         upcoming = await self.store.next_due(mirrors, vantage=self.config.node.vantage_name)
         if upcoming is not None:
@@ -297,12 +348,20 @@ class Daemon:
         self.wake = anyio.Event()
 
     async def _worker(self, crawler: Crawler, jobs: Any) -> None:
+        lease = self.config.lease
+        margin = min(LEASE_MARGIN, lease.total_seconds() / 10)
         async with jobs:
-            async for suffix, site in jobs:
+            async for held, site in jobs:
+                suffix = held.suffix
                 try:
-                    result = await crawler.sync_pair(suffix, site)
+                    left = (held.expires - self.clock.now()).total_seconds() - margin
+                    with anyio.move_on_after(left) as scope:
+                        result = await crawler.sync_pair(suffix, site)
+                    if scope.cancelled_caught:
+                        result = await crawler.cut_short(suffix, site, lease)
                 finally:
                     self.inflight.discard((suffix, site.name))
+                    self.done.append((suffix, site.name))
                     self.free.release()
                     self.wake.set()
                 self.metrics.snapshots(result.new_snapshots)

@@ -90,8 +90,8 @@ async def sync_once(
     secret = check_sinks(config.alerts, os.environ)  # before the pass, not after it
     summary = Summary()
     tallies: list[Tally] = []
-    clock = clock or Clock()
-    async with await Store.open(db, exclusive=True) as store:
+    clock = (clock or Clock()).of(config.node.node_name, config.node.vantage_name)
+    async with await Store.open(db, exclusive=True, node=config.node.node_name) as store:
         await clock.since_last_run(store)
         if config.watch.pith and not named:  # tracked before the pass counts its records
             refs = [parse_reference(p) for p in config.watch.pith]

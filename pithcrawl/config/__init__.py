@@ -101,6 +101,10 @@ class NodeConfig:
     vantage: str = ""
     """Where on the network it fetches from ("": the node's name): nodes of one vantage
     share the work, each vantage sees every mirror."""
+    lease: timedelta | None = None
+    """How long a pair is this node's once taken (`run`): it is cut short, and failed,
+    when its fetches take longer; a node killed holds its pairs that long. None: five
+    `crawl.timeout`s (`Config.lease`)."""
 
     @property
     def node_name(self) -> str:
@@ -207,6 +211,13 @@ class Config:
         return self.crawl.interval if grace is None else grace
 
     @property
+    def lease(self) -> timedelta:
+        """`node.lease`, five `crawl.timeout`s unless set: a pair's bundle and state.json,
+        each with a fallback URL, fit in it."""
+        lease = self.node.lease
+        return 5 * self.crawl.timeout if lease is None else lease
+
+    @property
     def vantage_alive(self) -> timedelta:
         """How recently a node of a vantage must have crawled for what that vantage last
         saw to count as what it sees now (two intervals, or `alerts.unreachable_after`)."""
@@ -299,7 +310,7 @@ def parse_config(text: str, *, base_dir: Path | None = None) -> Config:
         raise ConfigError(f"invalid TOML: {e}") from e
     root = Path(os.path.abspath(base_dir if base_dir is not None else Path.cwd()))
     top = table(raw, "", Config, root)
-    return Config(
+    config = Config(
         db=top.archive("db"),
         trust=_trust(top.section("trust", TrustConfig)),
         crawl=_crawl(top.section("crawl", CrawlConfig)),
@@ -309,6 +320,14 @@ def parse_config(text: str, *, base_dir: Path | None = None) -> Config:
         metrics=_metrics(top.section("metrics", MetricsConfig)),
         node=_node(top.section("node", NodeConfig)),
     )
+    if config.lease <= config.crawl.timeout:
+        raise bad(
+            "node.lease",
+            f"expected longer than crawl.timeout ({config.crawl.timeout.total_seconds():g}s):"
+            " a pair needs at least one fetch's time",
+            raw["node"]["lease"],
+        )
+    return config
 
 
 def _trust(t: Table) -> TrustConfig:
@@ -362,7 +381,8 @@ def _node(t: Table) -> NodeConfig:
         if key in t.raw and not NODE_NAME.match(value):
             raise bad(t.key(key), "expected 1-63 of A-Z a-z 0-9 . _ - (not first)", value)
         names[key] = value
-    return NodeConfig(**names)
+    lease = t.duration("lease", timedelta(0)) if "lease" in t.raw else None
+    return NodeConfig(**names, lease=lease)
 
 
 def _mirrors(raw: object, root: Path) -> tuple[MirrorConfig, ...]:

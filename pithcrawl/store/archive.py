@@ -37,6 +37,7 @@ from pithcrawl.store.fetches import (
     newest_of_series,
     write_fetch,
 )
+from pithcrawl.store.leases import Leases
 from pithcrawl.store.maintenance import Maintenance
 from pithcrawl.store.nodes import Nodes
 from pithcrawl.store.rows import (
@@ -62,8 +63,8 @@ WHERE suffix = ? AND mirror = ? AND kind = ? AND (?4 IS NULL OR trusted = ?4)
 ORDER BY id DESC LIMIT 1
 """
 
-# Every tracked record × known mirror whose bundle is due from a vantage; never fetched
-# (from it) first.
+# Every tracked record × known mirror whose bundle is due from a vantage, and that no
+# node of it holds a running lease on (`leases`); never fetched (from it) first.
 _DUE = """
 SELECT r.suffix, m.name, coalesce(f.next_due, r.added_at)
 FROM records AS r CROSS JOIN mirrors AS m
@@ -71,12 +72,17 @@ LEFT JOIN fetch_state AS f ON f.suffix = r.suffix AND f.mirror = m.name AND f.ki
   AND f.vantage = ?5
 WHERE (f.next_due IS NULL OR f.next_due <= ?1)
   AND (?2 IS NULL OR m.name IN (SELECT value FROM json_each(?2)))
+  AND NOT EXISTS (SELECT 1 FROM leases AS l WHERE l.suffix = r.suffix AND l.mirror = m.name
+                  AND l.vantage = ?5 AND l.expires > ?1)
 ORDER BY f.suffix IS NOT NULL, f.next_due NULLS FIRST, r.added_at, r.suffix, m.name
 LIMIT ?4
 """
 
+# A pair leased to a node is due for the others when its lease expires (its node died).
 _NEXT_DUE = """
-SELECT min(f.next_due) FROM fetch_state AS f JOIN records AS r ON r.suffix = f.suffix
+SELECT min(CASE WHEN l.expires > f.next_due THEN l.expires ELSE f.next_due END)
+FROM fetch_state AS f JOIN records AS r ON r.suffix = f.suffix
+LEFT JOIN leases AS l ON l.suffix = f.suffix AND l.mirror = f.mirror AND l.vantage = f.vantage
 WHERE f.vantage = ?2 AND f.kind = 'bundle' AND f.mirror IN (SELECT value FROM json_each(?1))
 """
 
@@ -239,6 +245,8 @@ class Store:
         """Integrity, damaged rows, counts, clock steps (`store.maintenance`)."""
         self.nodes = Nodes(db)
         """The nodes crawling the archive, and when each was seen (`store.nodes`)."""
+        self.leases = Leases(db)
+        """Which node of a vantage is fetching which pair now (`store.leases`)."""
         self.browse = Browse(db)
         """Pages of records and alerts, mirrors' lag, for the status pages (`store.browse`)."""
 
@@ -250,16 +258,19 @@ class Store:
         exclusive: bool = False,
         readonly: bool = False,
         unfinished: bool = False,
+        node: str | None = None,
     ) -> Store:
         """Open (creating and migrating as needed) the archive at `path`: a SQLite file,
         or a PostgreSQL database (a `PgUrl`, or a str that is a libpq URL).
 
         `exclusive` takes the writers' lock (`StoreLocked` if another process holds it):
-        every command that crawls takes it. `readonly` opens with SQLite's `mode=ro`,
-        never creates or migrates, and refuses every write.
+        every command that crawls takes it, as `node` (on PostgreSQL, the nodes of other
+        names share the archive; None: nobody else may write it). `readonly` opens with
+        SQLite's `mode=ro`, never creates or migrates, and refuses every write.
         """
         where = locate(path) if isinstance(path, str) else path
-        store = cls(await Database.open(where, exclusive=exclusive, readonly=readonly))
+        db = await Database.open(where, exclusive=exclusive, readonly=readonly, node=node)
+        store = cls(db)
         if not unfinished:
             try:
                 source = await store.setting(UNFINISHED)

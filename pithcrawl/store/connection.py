@@ -201,12 +201,14 @@ class Database:
         """Transactions committed (groups, and deferred statements on their own)."""
 
     @classmethod
-    async def open(cls, path: Where, *, exclusive: bool, readonly: bool) -> Database:
+    async def open(
+        cls, path: Where, *, exclusive: bool, readonly: bool, node: str | None = None
+    ) -> Database:
         if exclusive and readonly:
             raise ValueError("a read-only store cannot take the writers' lock")
         if isinstance(path, PgUrl):
             # The writers' lock is a session lock of this connection there.
-            pg = await postgres.connect(path, readonly=readonly, exclusive=exclusive)
+            pg = await postgres.connect(path, readonly=readonly, exclusive=exclusive, node=node)
             return cls(pg, path, None, readonly)
         lock = WriterLock.acquire(path) if exclusive else None
         try:

@@ -42,6 +42,7 @@ TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("mirror_hours", ("mirror", "hour")),
     ("fetch_state", ("suffix", "mirror", "kind", "vantage")),
     ("vantage_heirs", ("vantage",)),
+    ("leases", ("suffix", "mirror", "vantage")),
 )
 #: Rows a page holds (blobs: fewer, they are the large ones).
 PAGE = 500

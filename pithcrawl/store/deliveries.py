@@ -109,6 +109,19 @@ class DeliveryBook:
             )
         return 0 if row is None else int(row[0])
 
+    async def take(self, d: Delivery, now: datetime, until: datetime) -> bool:
+        """Take `d` for an attempt, when it is still due at `now` and nobody took it:
+        its next attempt moves to `until` (the attempt records its own end before then;
+        a node killed mid-attempt leaves it to be tried again then). Whether it was
+        taken: with several nodes, each delivery is sent by one of them."""
+        async with self._db.write("take a delivery") as s:
+            taken = await s.run(
+                "UPDATE deliveries SET next_attempt = ? WHERE alert_id = ? AND sink = ?"
+                " AND phase = ? AND delivered_at IS NULL AND next_attempt <= ?",
+                (db_time(until), d.alert_id, d.sink, d.phase, db_time(now)),
+            )
+        return taken == 1
+
     async def delivered(self, d: Delivery, at: datetime) -> None:
         async with self._db.write("record a delivery") as s:
             await s.run(

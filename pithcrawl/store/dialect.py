@@ -31,9 +31,14 @@ from functools import lru_cache
 #: schema's (`hashtext(current_schema())`): archives in two schemas of one database are
 #: two archives.
 WRITE_LOCK = 0x70697468  # "pith"
-#: The first half of the session lock the archive's one crawling process holds (SQLite's
-#: `DB.lock` file).
+#: The first half of the session lock on the archive (the second: its schema's key):
+#: each crawling node holds it shared, a command that must be the archive's only writer
+#: (`migrate`) holds it alone. SQLite's `DB.lock` file.
 WRITER_PROCESS_LOCK = WRITE_LOCK + 1
+#: The first half of the session lock each crawling node holds on its name (the second:
+#: `hashtext(schema || '/' || node)`): one process per node name, as on SQLite one per
+#: archive.
+NODE_LOCK = WRITE_LOCK + 2
 
 _TOKENS = re.compile(
     r"""

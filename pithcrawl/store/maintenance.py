@@ -36,7 +36,9 @@ _RUNNING = (
 )
 
 
-def _shift_clock(conn: sqlite3.Connection, by: timedelta, seen: tuple[str, str]) -> int:
+def _shift_clock(
+    conn: sqlite3.Connection, by: timedelta, seen: tuple[str, str], vantage: str | None
+) -> int:
     moved = 0
     for table, column, key, which in _RUNNING:
         where = " AND ".join(f"{k} = ?" for k in key)
@@ -44,6 +46,8 @@ def _shift_clock(conn: sqlite3.Connection, by: timedelta, seen: tuple[str, str])
         rows = conn.execute(
             f"SELECT {column}, {', '.join(key)} FROM {table}"  # noqa: S608
             f" WHERE {which} AND {column} IS NOT NULL"
+            + (" AND vantage = ?" if vantage is not None and "vantage" in key else ""),
+            (vantage,) if vantage is not None and "vantage" in key else (),
         ).fetchall()
         conn.executemany(
             f"UPDATE {table} SET {column} = ? WHERE {where}",  # noqa: S608
@@ -74,13 +78,16 @@ class Maintenance:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def shift_clock(self, by: timedelta, seen_setting: str, seen: str) -> int:
+    async def shift_clock(
+        self, by: timedelta, seen_setting: str, seen: str, *, vantage: str | None = None
+    ) -> int:
         """Move every time that runs on elapsed time (fetches due, failure runs,
         deliveries to retry, hold-downs) by `by`, and set `seen_setting` to `seen`, in
         one transaction: after the wall clock stepped, what was due in an hour is due
-        in an hour again. How many times were moved."""
+        in an hour again. Of `vantage`'s fetches only, when given (another vantage's
+        nodes keep their own clocks). How many times were moved."""
         async with self._db.write("move the clock's times") as s:
-            return await s.call(_shift_clock, by, (seen_setting, seen))
+            return await s.call(_shift_clock, by, (seen_setting, seen), vantage)
 
     async def stats(self) -> dict[str, int]:
         """Rows per table, blob bytes (raw and stored) and the file size with WAL and shm."""

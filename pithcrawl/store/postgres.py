@@ -34,7 +34,7 @@ import anyio
 
 from pithcrawl.errors import StoreCorrupt, StoreError, StoreLocked
 from pithcrawl.location import PgUrl
-from pithcrawl.store.dialect import WRITER_PROCESS_LOCK, begin, translate
+from pithcrawl.store.dialect import NODE_LOCK, WRITER_PROCESS_LOCK, begin, translate
 from pithcrawl.store.postgres_schema import BASE_VERSION, MIGRATIONS, SCHEMA, TABLES
 from pithcrawl.store.schema import SCHEMA_VERSION
 from pithcrawl.store.sqlite import BUSY_TIMEOUT_MS
@@ -98,7 +98,8 @@ class PgRaw:
         """How to connect again, for a read-only connection (see `execute`)."""
         self.schema_key = 0
         """`hashtext` of the archive's schema: the second half of its locks' keys."""
-        self.writer_lock: str | None = None
+        self.writer_locks: list[str] = []
+        """The session locks this connection holds (the statements letting go of them)."""
         """The key of the crawling process's lock, while this connection holds it."""
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
@@ -145,9 +146,8 @@ class PgRaw:
         # backend (and its locks) a moment after the client has gone, and the next
         # crawl starting right away must not find it held.
         try:
-            if self.writer_lock is not None and not self._conn.closed:
-                self._conn.execute(f"SELECT pg_advisory_unlock({self.writer_lock})")
-                self.writer_lock = None
+            while self.writer_locks and not self._conn.closed:
+                self._conn.execute(self.writer_locks.pop())
         except Exception:  # noqa: S110 (closing ends the session, and its locks, anyway)
             pass
         finally:
@@ -352,7 +352,7 @@ def _adapted(conn: Any) -> None:
     conn.adapters.register_loader("numeric", Number)
 
 
-def _connect(url: str, readonly: bool, exclusive: bool) -> PgRaw:
+def _connect(url: str, readonly: bool, exclusive: bool, node: str | None = None) -> PgRaw:
     import psycopg  # noqa: PLC0415 (only for PostgreSQL: `sync` on SQLite need not load it)
 
     try:
@@ -366,7 +366,7 @@ def _connect(url: str, readonly: bool, exclusive: bool) -> PgRaw:
         )
     except psycopg.Error as e:
         raise _error(e) from e
-    reopen = partial(_connect, url, readonly, exclusive) if readonly else None
+    reopen = partial(_connect, url, readonly, exclusive, node) if readonly else None
     raw = PgRaw(conn, reopen)
     try:
         _adapted(conn)
@@ -386,19 +386,8 @@ def _connect(url: str, readonly: bool, exclusive: bool) -> PgRaw:
             conn.execute("SET default_transaction_read_only = on")
         schema = _schema(conn)
         raw.schema_key = int(_one(conn, "SELECT hashtext($1)", schema))
-        lock = f"{WRITER_PROCESS_LOCK}, {raw.schema_key}"
-        if exclusive and not _one(conn, f"SELECT pg_try_advisory_lock({lock})"):
-            holder = conn.execute(
-                "SELECT a.application_name FROM pg_locks AS l"
-                " JOIN pg_stat_activity AS a ON a.pid = l.pid"
-                " WHERE l.locktype = 'advisory' AND l.granted AND l.database = a.datid"
-                " AND l.classid::bigint = $1 AND l.objid::bigint = $2",
-                [WRITER_PROCESS_LOCK, raw.schema_key & 0xFFFFFFFF],
-            ).fetchone()
-            name = holder[0] if holder and holder[0] else "another process"
-            raise _Locked(name, ours=name == _application_name())
         if exclusive:
-            raw.writer_lock = lock
+            _lock_archive(raw, schema, node)
         _prepare(raw, readonly)
     except psycopg.Error as e:
         conn.close()
@@ -407,6 +396,40 @@ def _connect(url: str, readonly: bool, exclusive: bool) -> PgRaw:
         conn.close()
         raise
     return raw
+
+
+def _lock_archive(raw: PgRaw, schema: str, node: str | None) -> None:
+    """Take the crawling process's session locks: the archive's shared and the node's
+    name alone (`node`: a crawling node; several of other names may share the archive),
+    or the archive's alone (None: `migrate`). `_Locked`, naming a holder, when taken."""
+    conn = raw._conn
+    archive = (WRITER_PROCESS_LOCK, raw.schema_key)
+    if node is None:
+        _try_lock(raw, archive, "", "another pithcrawl is crawling {where}")
+        return
+    _try_lock(raw, archive, "_shared", "another pithcrawl has {where} to itself (a migrate)")
+    key = int(_one(conn, "SELECT hashtext($1)", f"{schema}/{node}"))
+    _try_lock(raw, (NODE_LOCK, key), "", f"another pithcrawl is crawling {{where}} as node {node}")
+
+
+def _try_lock(raw: PgRaw, lock: tuple[int, int], mode: str, taken: str) -> None:
+    conn = raw._conn
+    args = f"{lock[0]}, {lock[1]}"
+    if _one(conn, f"SELECT pg_try_advisory_lock{mode}({args})"):
+        raw.writer_locks.append(f"SELECT pg_advisory_unlock{mode}({args})")
+        return
+    holders = [
+        name or "another process"
+        for (name,) in conn.execute(
+            "SELECT DISTINCT a.application_name FROM pg_locks AS l"
+            " JOIN pg_stat_activity AS a ON a.pid = l.pid"
+            " WHERE l.locktype = 'advisory' AND l.granted AND l.database = a.datid"
+            " AND l.classid::bigint = $1 AND l.objid::bigint = $2"
+            " ORDER BY 1",
+            [lock[0], lock[1] & 0xFFFFFFFF],
+        ).fetchall()
+    ] or ["another process"]
+    raise _Locked(", ".join(holders[:3]), ours=_application_name() in holders, taken=taken)
 
 
 def _application_name() -> str:
@@ -481,10 +504,12 @@ def _ident(name: str) -> str:
 
 
 class _Locked(Exception):
-    def __init__(self, holder: str, *, ours: bool) -> None:
+    def __init__(self, holder: str, *, ours: bool, taken: str = "") -> None:
         super().__init__(holder)
         self.ours = ours
         """Whether the holder is this process (the same archive under another name)."""
+        self.taken = taken or "another pithcrawl is crawling {where}"
+        """What the holder does, `{where}` standing for the archive."""
 
 
 class _Refused(Exception):
@@ -568,11 +593,14 @@ def _check_version(version: int | None, *, readonly: bool) -> None:
         )
 
 
-async def connect(where: PgUrl, *, readonly: bool, exclusive: bool) -> PgConnection:
+async def connect(
+    where: PgUrl, *, readonly: bool, exclusive: bool, node: str | None = None
+) -> PgConnection:
     """Open the archive in the database `where` names (creating its schema unless
-    `readonly`); `exclusive` takes the crawling process's lock (`StoreLocked`)."""
+    `readonly`); `exclusive` takes the crawling process's locks (`StoreLocked`): as
+    `node` (the archive shared with the other nodes), or alone (None)."""
     try:
-        raw = await anyio.to_thread.run_sync(_connect, where.url, readonly, exclusive)
+        raw = await anyio.to_thread.run_sync(_connect, where.url, readonly, exclusive, node)
     except _Locked as e:
         if e.ours:
             locked = StoreLocked(
@@ -581,7 +609,7 @@ async def connect(where: PgUrl, *, readonly: bool, exclusive: bool) -> PgConnect
             )
             locked.ours = True
             raise locked from None
-        raise StoreLocked(f"another pithcrawl is crawling {where} ({e})") from None
+        raise StoreLocked(f"{e.taken.format(where=where)} ({e})") from None
     except _Refused as e:
         error = StoreCorrupt if e.corrupt else StoreError
         raise error(f"database {where} {e}") from None

@@ -16,7 +16,19 @@ from pithcrawl.store.dialect import COMPAT_FUNCTIONS
 #: support came): version N's DDL at N, applied as SQLite's migration N is. Every SQLite
 #: migration from 14 on has its PostgreSQL twin here (tests/test_postgres.py holds them).
 BASE_VERSION = 13
-MIGRATIONS: dict[int, str] = {}
+MIGRATIONS: dict[int, str] = {
+    14: """
+CREATE TABLE leases (
+    suffix   TEXT COLLATE "C" NOT NULL,
+    mirror   TEXT COLLATE "C" NOT NULL,
+    vantage  TEXT COLLATE "C" NOT NULL,
+    node     TEXT COLLATE "C" NOT NULL,
+    expires  TEXT COLLATE "C" NOT NULL,
+    PRIMARY KEY (suffix, mirror, vantage)
+);
+CREATE INDEX leases_node ON leases (node);
+""",
+}
 
 #: Every table pithcrawl creates, the version's table included.
 TABLES = ("pithcrawl_schema", *schema.TABLES)

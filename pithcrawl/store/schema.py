@@ -305,8 +305,24 @@ CREATE TABLE vantage_heirs (
 ) WITHOUT ROWID;
 """
 
+# Work leased to the nodes of a vantage (docs/scale-out.md): a node takes a due pair
+# (record, mirror) for its vantage until `expires`, and lets it go when its fetches are
+# written; another node of the vantage takes it only once the lease expired (its node
+# died mid-pair). One row a pair in flight: the table stays as small as the work.
+_V14 = """
+CREATE TABLE leases (
+    suffix   TEXT NOT NULL,
+    mirror   TEXT NOT NULL,
+    vantage  TEXT NOT NULL,
+    node     TEXT NOT NULL,
+    expires  TEXT NOT NULL,
+    PRIMARY KEY (suffix, mirror, vantage)
+) WITHOUT ROWID;
+CREATE INDEX leases_node ON leases (node);
+"""
+
 MIGRATIONS: tuple[str, ...] = (
-    _V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9, _V10, _V11, _V12, _V13,
+    _V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9, _V10, _V11, _V12, _V13, _V14,
 )  # fmt: skip
 """Migration scripts in order; the schema version is their count."""
 
@@ -328,6 +344,7 @@ TABLES = (
     "rules_due",
     "mirror_hours",
     "vantage_heirs",
+    "leases",
 )
 """Every table, for `Store.stats`."""
 
