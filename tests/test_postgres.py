@@ -384,3 +384,27 @@ async def test_a_readers_batch_connects_again_after_the_server_restarts(
         assert await reader.get_blob(snapshot.body_sha256) == real_bundle_bytes
         await anyio.to_thread.run_sync(pg_cluster.restart)
         assert await reader.get_blob(snapshot.body_sha256) == real_bundle_bytes
+
+
+async def test_nodes_of_other_names_share_the_archive_one_process_a_name(
+    pg_cluster: Cluster,
+) -> None:
+    """Crawling nodes of other names open the archive together; a second process of one
+    name is refused, naming the node and its holder; `migrate` (no node) has it alone,
+    refused while any node crawls and refusing every node while it copies."""
+    archive = pg_cluster.archive()
+    async with (
+        await Store.open(archive, exclusive=True, node="a") as a,
+        await Store.open(archive, exclusive=True, node="b"),
+    ):
+        with pytest.raises(StoreLocked, match=r"crawling .* as node a \(pithcrawl pid"):
+            await Store.open(archive, exclusive=True, node="a")
+        with pytest.raises(StoreLocked):  # (by this very process, it says)
+            await Store.open(archive, exclusive=True)
+        await a.watchlist.track([REAL_SUFFIX], NOW)  # both write, taking turns
+    async with await Store.open(archive, exclusive=True):
+        with pytest.raises(StoreLocked, match=r"has .* to itself"):
+            await Store.open(archive, exclusive=True, node="a")
+    # Every lock was let go of with its connection.
+    async with await Store.open(archive, exclusive=True, node="a"):
+        pass

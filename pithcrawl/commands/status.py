@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -94,6 +94,8 @@ class Status:
     """Deliveries not yet taken, of any alert (a closing notice of a closed one too)."""
     nodes: list[Node]
     """The nodes that crawled the archive, the one seen last first."""
+    leases: dict[str, int]
+    """The pairs each node holds a running lease on (is fetching, or died fetching)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -105,6 +107,7 @@ class Status:
                     "vantage": n.vantage,
                     "first_seen": _text(n.first_seen),
                     "last_seen": _text(n.last_seen),
+                    "leases": self.leases.get(n.name, 0),
                 }
                 for n in self.nodes
             ],
@@ -139,6 +142,7 @@ async def gather_from(store: Store, config: Config, *, alerts: bool = True) -> S
     db = store.path
     records = await store.watchlist.tracked_count()
     nodes = await store.nodes.all()
+    leases = await store.leases.held(datetime.now(UTC))
     # A mirror's health as the vantages crawling lately see it: one that stopped (or was
     # renamed) would show its last failure forever.
     newest = max((n.last_seen for n in nodes), default=None)
@@ -183,6 +187,7 @@ async def gather_from(store: Store, config: Config, *, alerts: bool = True) -> S
         deliveries=deliveries,
         undelivered=undelivered,
         nodes=nodes,
+        leases=leases,
     )
 
 
@@ -229,13 +234,24 @@ def render(status: Status) -> list[str]:
     if len(status.nodes) > 1 or any(n.vantage != n.name for n in status.nodes):
         # One node named after its host is every archive's case: only more is news.
         lines += table(
-            ("node", "vantage", "first seen", "last seen"),
-            [(n.name, n.vantage, when(n.first_seen), when(n.last_seen)) for n in status.nodes],
+            ("node", "vantage", "first seen", "last seen", "leases"),
+            [
+                (
+                    n.name,
+                    n.vantage,
+                    when(n.first_seen),
+                    when(n.last_seen),
+                    str(status.leases.get(n.name, 0)),
+                )
+                for n in status.nodes
+            ],
         )
         lines.append("")
     elif status.nodes:
         n = status.nodes[0]
-        lines[-1:] = [f"node      {n.name}, last seen {when(n.last_seen)}", ""]
+        held = status.leases.get(n.name, 0)
+        leased = f", fetching {held} pairs" if held else ""
+        lines[-1:] = [f"node      {n.name}, last seen {when(n.last_seen)}{leased}", ""]
     if status.mirrors:
         lines += table(
             ("mirror", "records", "last success", "last failure", "failures", "next due", "error"),

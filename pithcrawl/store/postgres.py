@@ -429,7 +429,9 @@ def _try_lock(raw: PgRaw, lock: tuple[int, int], mode: str, taken: str) -> None:
             [lock[0], lock[1] & 0xFFFFFFFF],
         ).fetchall()
     ] or ["another process"]
-    raise _Locked(", ".join(holders[:3]), ours=_application_name() in holders, taken=taken)
+    # Only an archive's own lock tells the same archive open twice under two names.
+    ours = mode == "" and lock[0] == WRITER_PROCESS_LOCK and _application_name() in holders
+    raise _Locked(", ".join(holders[:3]), ours=ours, taken=taken)
 
 
 def _application_name() -> str:

@@ -1,0 +1,172 @@
+"""Leases: the nodes of one vantage share its due pairs, each taken by one node at a time.
+
+On both databases (`archive_at`). The daemons that take them run in tests/test_nodes.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from conftest import NOW, REAL_SUFFIX
+
+from pithcrawl.clock import SEEN_SETTING, Clock
+from pithcrawl.location import PgUrl
+from pithcrawl.store import FetchOutcome, Mirror, NewEvent, Store
+
+pytestmark = pytest.mark.anyio
+
+OTHER = "A" * 26
+LEASE = timedelta(minutes=2)
+
+
+def mirror(name: str) -> Mirror:
+    return Mirror(
+        name=name,
+        base_url=f"https://{name}.example",
+        bundle_pattern="{base_url}/pith/{suffix}/bundle.json",
+        state_pattern="{base_url}/pith/{suffix}/state.json",
+        origin="config",
+        added_at=NOW,
+    )
+
+
+def fetched(suffix: str, vantage: str, *, at: timedelta, due_in: timedelta) -> FetchOutcome:
+    """A 304 of `suffix`'s bundle from mirror m, for `vantage`, due again `due_in` later."""
+    return FetchOutcome(
+        suffix=suffix,
+        mirror="m",
+        kind="bundle",
+        url=f"https://m.example/pith/{suffix}/bundle.json",
+        fetched_at=NOW + at,
+        status=304,
+        next_due=NOW + at + due_in,
+        node=vantage,
+        vantage=vantage,
+    )
+
+
+@pytest.fixture
+async def store(archive_at: Path | PgUrl) -> AsyncIterator[Store]:
+    async with await Store.open(archive_at, exclusive=True) as s:
+        await s.watchlist.track([REAL_SUFFIX, OTHER], NOW)
+        await s.watchlist.upsert_mirror(mirror("m"))
+        yield s
+
+
+async def take(store: Store, node: str, *pairs: str, at: timedelta = timedelta(0), **kw: object):
+    now = NOW + at
+    return await store.leases.take(
+        [(p, "m") for p in pairs],
+        vantage="v",
+        node=node,
+        now=now,
+        until=now + LEASE,
+        **kw,  # type: ignore[arg-type]  # done=
+    )
+
+
+async def test_a_pair_is_one_nodes_until_its_lease_expires(store: Store) -> None:
+    """The first node takes a due pair; a second node of the vantage is refused it (and
+    no longer sees it due) until the lease expires, then takes it."""
+    assert [lease.suffix for lease in await take(store, "a", REAL_SUFFIX, OTHER)] == [
+        REAL_SUFFIX,
+        OTHER,
+    ]
+    assert await take(store, "b", REAL_SUFFIX) == []
+    assert await store.due(NOW, vantage="v") == []
+    assert await store.leases.held(NOW) == {"a": 2}
+    # Another vantage covers every pair on its own: a's leases are not its business.
+    assert len(await store.due(NOW, vantage="w")) == 2
+    # Expired (its node died): due again, and the other node takes it.
+    later = LEASE + timedelta(seconds=1)
+    assert {d.suffix for d in await store.due(NOW + later, vantage="v")} == {REAL_SUFFIX, OTHER}
+    assert [lease.suffix for lease in await take(store, "b", REAL_SUFFIX, at=later)] == [
+        REAL_SUFFIX
+    ]
+    assert await store.leases.held(NOW + later) == {"b": 1}
+
+
+async def test_a_pair_fetched_meanwhile_is_not_taken_again(store: Store) -> None:
+    """A node that read a pair due, while another node fetched it and let go, is refused
+    it: its bundle is not due any more (no pair is fetched twice in one interval)."""
+    await take(store, "a", REAL_SUFFIX)
+    await store.record_fetch(fetched(REAL_SUFFIX, "v", at=timedelta(0), due_in=timedelta(hours=6)))
+    assert await take(store, "a", OTHER, done=[(REAL_SUFFIX, "m")]) != []
+    assert await store.leases.held(NOW) == {"a": 1}  # REAL_SUFFIX's let go, OTHER's taken
+    assert await take(store, "b", REAL_SUFFIX, at=timedelta(seconds=1)) == []
+    # Due again after its interval: whoever asks first takes it.
+    assert await take(store, "b", REAL_SUFFIX, at=timedelta(hours=7)) != []
+
+
+async def test_letting_go(store: Store) -> None:
+    """A node lets go of its pairs one by one, or of all it holds (its round ended, or
+    it starts again after being killed); never of another node's."""
+    await take(store, "a", REAL_SUFFIX)
+    await take(store, "b", OTHER)
+    assert await store.leases.let_go("a", [(OTHER, "m")], vantage="v") == 0
+    assert await store.leases.let_go("a", [(REAL_SUFFIX, "m")], vantage="v") == 1
+    assert await store.leases.held(NOW) == {"b": 1}
+    assert await store.leases.let_go("b", vantage="v") == 1
+    assert await store.leases.held(NOW) == {}
+    assert len(await store.due(NOW, vantage="v")) == 2
+
+
+async def test_next_due_waits_for_a_dead_nodes_lease(store: Store) -> None:
+    """The idle scheduler wakes when a pair leased to another node becomes due for it:
+    at the lease's end, not at the pair's (past) due time."""
+    for suffix in (REAL_SUFFIX, OTHER):
+        await store.record_fetch(fetched(suffix, "v", at=timedelta(0), due_in=timedelta(hours=1)))
+    await take(store, "a", REAL_SUFFIX, at=timedelta(hours=1))
+    assert await store.next_due(["m"], vantage="v") == NOW + timedelta(hours=1)
+    await take(store, "a", OTHER, at=timedelta(hours=1))
+    assert await store.next_due(["m"], vantage="v") == NOW + timedelta(hours=1) + LEASE
+
+
+async def test_a_delivery_is_taken_by_one_node(store: Store) -> None:
+    """Two nodes see the same due delivery: one takes it, the other is refused; once
+    recorded as failed it is due again at its retry time, for either."""
+    alert = NewEvent(
+        kind="mirror_unreachable",
+        severity="error",
+        at=NOW,
+        pith_number=None,
+        mirrors=("m",),
+        summary="down",
+        evidence={},
+        dedup_key="mirror_unreachable:m",
+    )
+    await store.alerts.reconcile("mirror:m", [alert], now=NOW, sinks=["hook"])
+    ((delivery, _),) = await store.deliveries.due_deliveries(NOW, sinks=["hook"])
+    assert await store.deliveries.take(delivery, NOW, NOW + timedelta(minutes=10))
+    assert not await store.deliveries.take(delivery, NOW, NOW + timedelta(minutes=10))
+    assert await store.deliveries.due_deliveries(NOW, sinks=["hook"]) == []
+    await store.deliveries.failed(delivery, "exit 1", NOW + timedelta(minutes=1))
+    later = NOW + timedelta(minutes=1)
+    assert await store.deliveries.take(delivery, later, later + timedelta(minutes=10))
+    await store.deliveries.delivered(delivery, later)
+    assert not await store.deliveries.take(delivery, NOW + timedelta(hours=1), NOW)
+
+
+async def test_each_node_keeps_its_own_clock(store: Store) -> None:
+    """Two nodes whose clocks differ by more than a step: neither takes the other's
+    last wall time for a step of its own, and a real step back moves its vantage's
+    schedule only."""
+    for vantage in ("v", "w"):
+        await store.record_fetch(fetched(REAL_SUFFIX, vantage, at=timedelta(0), due_in=LEASE))
+    ahead = Clock(wall=lambda: NOW + timedelta(minutes=5)).of("a", "v")
+    behind = Clock(wall=lambda: NOW).of("b", "w")
+    await ahead.seen(store)
+    assert await behind.since_last_run(store) == timedelta(0)
+    await behind.seen(store)
+    assert await store.setting(f"{SEEN_SETTING}@a") is not None
+    # a's clock is set back an hour between two runs: a's vantage's schedule moves.
+    stepped = Clock(wall=lambda: NOW + timedelta(minutes=5) - timedelta(hours=1)).of("a", "v")
+    assert await stepped.since_last_run(store) == -timedelta(hours=1)
+    v = await store.fetch_state(REAL_SUFFIX, "m", "bundle", vantage="v")
+    w = await store.fetch_state(REAL_SUFFIX, "m", "bundle", vantage="w")
+    assert v is not None and w is not None
+    assert v.next_due == NOW + LEASE - timedelta(hours=1)
+    assert w.next_due == NOW + LEASE
