@@ -8,6 +8,7 @@ async with TestMirror() as m:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections import Counter
@@ -43,6 +44,8 @@ class TestMirror:
     to_peer: dict[str, TestMirror] = field(default_factory=dict)
     """What a client address is served instead (its own bundles and states): a mirror
     that tells one vantage something else."""
+    delay: float = 0.0
+    """Seconds each bundle and state.json takes to answer (a mirror far away)."""
     base_url: str = ""
     _runner: web.AppRunner | None = None
 
@@ -89,6 +92,8 @@ class TestMirror:
             await self._runner.cleanup()
 
     async def _bundle(self, request: web.Request) -> web.StreamResponse:
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if request.match_info["suffix"] in self.hidden:
             self.hits[request.path] += 1
             return web.Response(status=404)
@@ -104,6 +109,8 @@ class TestMirror:
         return self._serve(request, self.bundles)
 
     async def _state(self, request: web.Request) -> web.StreamResponse:
+        if self.delay:
+            await asyncio.sleep(self.delay)
         return self._serve(request, self._seen_by(request).states)
 
     def _seen_by(self, request: web.Request) -> TestMirror:

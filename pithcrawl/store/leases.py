@@ -111,9 +111,12 @@ def _take(
     until: datetime,
     done: list[tuple[str, str]],
 ) -> list[Lease]:
+    at, expires = db_time(now), db_time(until)
     if done:
         conn.executemany(_LET_GO, [(p, m, vantage, node) for p, m in done])
-    at, expires = db_time(now), db_time(until)
+    # The expired leases of nodes killed after their pairs were written (nobody takes
+    # those pairs over): the table holds the work in flight, not every death's leftovers.
+    conn.execute("DELETE FROM leases WHERE vantage = ? AND expires <= ?", (vantage, at))
     taken = []
     for suffix, mirror in pairs:
         if conn.execute(_TAKE, (suffix, mirror, vantage, node, at, expires)).fetchone():

@@ -1,0 +1,202 @@
+"""Many nodes, one archive: `run` daemons of one vantage sharing a PostgreSQL archive.
+
+Each due pair is taken (leased) by one node; a node SIGKILLed mid-round holds its pairs
+until their leases expire, then the other node fetches them. The mirror's own count of
+requests is the access log; the archive is compared with one crawled by a single node.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from builder import BundleBuilder, TestSigner, canonical_record
+from conftest import in_thread
+from mirror import TestMirror
+from postgres import Cluster, raw
+
+from pithcrawl.location import PgUrl
+
+RECORDS = 500
+SIGNER = TestSigner(seed=bytes(32))
+
+
+@pytest.fixture(scope="module")
+def bundles() -> list[bytes]:
+    """RECORDS signed bundles, one event each."""
+    return [
+        BundleBuilder(SIGNER, record=canonical_record(f"2611.{i:05d}")).bytes()
+        for i in range(RECORDS)
+    ]
+
+
+@pytest.fixture
+def far_mirror(bundles: list[bytes]) -> Iterator[TestMirror]:
+    """A loopback mirror of every bundle, each document taking a few milliseconds (the
+    two nodes' rounds overlap: neither is done before the other has started)."""
+    with in_thread(TestMirror(delay=0.01)) as m:
+        for body in bundles:
+            m.put(body)
+        yield m
+
+
+def config(tmp_path: Path, name: str, db: PgUrl | Path, base: str, lease: str = "4s") -> Path:
+    key = tmp_path / "test.key.json"
+    key.write_text(json.dumps(SIGNER.public_key()))
+    where = db.url if isinstance(db, PgUrl) else str(db)
+    cfg = tmp_path / f"{name}.toml"
+    cfg.write_text(
+        f"db = {json.dumps(where)}\n"
+        f'[trust]\nkeys = ["{key.name}"]\nclock_skew = "3650d"\n'
+        '[crawl]\ninterval = "1h"\ntimeout = "2s"\ndiscover = false\nconcurrency = 8\n'
+        f'[node]\nname = "{name}"\nvantage = "v"\nlease = "{lease}"\n'
+        f'[[mirrors]]\nname = "local"\nbase_url = "{base}"\n'
+    )
+    return cfg
+
+
+def command(cfg: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "pithcrawl", "--config", str(cfg), "--log-format", "json", *args]
+
+
+def track(cfg: Path, mirror: TestMirror) -> None:
+    piths = [f"pith:2026:{suffix}" for suffix in mirror.bundles]
+    subprocess.run(command(cfg, "track", *piths), check=True, capture_output=True)
+
+
+def one(db: PgUrl | Path, sql: str) -> int:
+    with raw(db) as conn:
+        return int(conn.execute(sql).fetchone()[0])
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def fetched_all(db: PgUrl | Path) -> bool:
+    """Every pair's bundle and state.json fetched by the vantage, and no lease running."""
+    done = one(db, "SELECT count(*) FROM fetch_state WHERE vantage = 'v' AND status = 200")
+    return done == 2 * RECORDS and one(db, "SELECT count(*) FROM leases") == 0
+
+
+def archived(db: PgUrl | Path) -> list[tuple]:
+    """What the archive holds, whoever fetched it: each snapshot's document and body."""
+    with raw(db) as conn:
+        rows = conn.execute(
+            "SELECT s.suffix, s.mirror, s.kind, s.status, s.trusted, s.bundle_sha256,"
+            " s.body_sha256, s.event_count FROM snapshots AS s ORDER BY 1, 2, 3"
+        ).fetchall()
+    return [tuple(r) for r in rows]
+
+
+def stop(*procs: subprocess.Popen) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            assert p.wait(timeout=20) in {0, -signal.SIGKILL}
+        finally:
+            if p.poll() is None:
+                p.kill()
+
+
+@pytest.fixture
+def reference(tmp_path: Path, far_mirror: TestMirror) -> list[tuple]:
+    """The archive one node makes of the mirror (a `sync` pass into SQLite)."""
+    db = tmp_path / "reference.db"
+    cfg = config(tmp_path, "alone", db, far_mirror.base_url)
+    track(cfg, far_mirror)
+    subprocess.run(command(cfg, "sync"), check=True, capture_output=True)
+    far_mirror.hits.clear()
+    far_mirror.conditional_hits.clear()
+    return archived(db)
+
+
+def test_two_nodes_of_one_vantage_fetch_each_pair_once(
+    pg_cluster: Cluster, tmp_path: Path, far_mirror: TestMirror, reference: list[tuple]
+) -> None:
+    db = pg_cluster.archive()
+    a, b = (config(tmp_path, name, db, far_mirror.base_url) for name in ("a", "b"))
+    track(a, far_mirror)
+    nodes = [subprocess.Popen(command(cfg, "run"), stderr=subprocess.PIPE) for cfg in (a, b)]
+    try:
+        wait_for(lambda: fetched_all(db), "one round of every pair")
+        time.sleep(1.0)  # nothing more comes: every pair is due again in an hour
+        status = subprocess.run(command(a, "status", "--json"), capture_output=True, check=True)
+    finally:
+        stop(*nodes)
+    requests = [
+        far_mirror.hits[f"/pith/{s}/{doc}"]
+        for s in far_mirror.bundles
+        for doc in ("bundle.json", "state.json")
+    ]
+    assert requests == [1] * (2 * RECORDS), "a pair fetched twice, or not at all"
+    # Both did their share, and the archive is the one a single node makes.
+    shares = {n: one(db, f"SELECT count(*) FROM snapshots WHERE node = '{n}'") for n in "ab"}
+    assert sum(shares.values()) == 2 * RECORDS
+    assert min(shares.values()) > 0.1 * RECORDS, shares
+    assert archived(db) == reference
+    shown = {n["name"]: n for n in json.loads(status.stdout)["nodes"]}
+    assert shown.keys() == {"a", "b"}
+    assert {n["vantage"] for n in shown.values()} == {"v"}
+
+
+def test_a_node_killed_mid_round_leaves_its_pairs_to_the_other(
+    pg_cluster: Cluster, tmp_path: Path, far_mirror: TestMirror, reference: list[tuple]
+) -> None:
+    db = pg_cluster.archive()
+    a, b = (config(tmp_path, name, db, far_mirror.base_url) for name in ("a", "b"))
+    track(a, far_mirror)
+    far_mirror.delay = 0.03  # a round long enough to be killed in
+    first = subprocess.Popen(command(a, "run"), stderr=subprocess.DEVNULL)
+    second = subprocess.Popen(command(b, "run"), stderr=subprocess.PIPE)
+    try:
+        wait_for(
+            lambda: one(db, "SELECT count(*) FROM snapshots WHERE node = 'a'") > 50,
+            "node a to be well into the round",
+        )
+        held = one(db, "SELECT count(*) FROM leases WHERE node = 'a'")
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        killed_at = time.monotonic()
+        wait_for(lambda: fetched_all(db), "node b to fetch a's pairs once their leases expired")
+        took = time.monotonic() - killed_at
+    finally:
+        stop(first, second)
+    assert held > 0
+    assert took >= 3.0, "a's pairs were taken before their lease (4 s) ran out"
+    # Only the pairs a held when killed were asked for twice (their fetch was cut off,
+    # nothing of it archived); every other once.
+    twice = [s for s in far_mirror.bundles if far_mirror.hits[f"/pith/{s}/bundle.json"] > 1]
+    assert len(twice) <= held
+    assert all(far_mirror.hits[f"/pith/{s}/bundle.json"] >= 1 for s in far_mirror.bundles)
+    assert all(far_mirror.hits[f"/pith/{s}/bundle.json"] <= 2 for s in far_mirror.bundles)
+    assert archived(db) == reference  # nothing lost, nothing written twice
+    log = [json.loads(line) for line in second.stderr.read().splitlines() if line.startswith(b"{")]
+    assert not [e for e in log if e.get("level") in {"error", "critical"}], log[-5:]
+
+
+def test_on_sqlite_a_second_node_is_refused(tmp_path: Path, far_mirror: TestMirror) -> None:
+    """SQLite keeps one writer process: the second node exits 3, naming the first."""
+    db = tmp_path / "archive.db"
+    a, b = (config(tmp_path, name, db, far_mirror.base_url) for name in ("a", "b"))
+    track(a, far_mirror)
+    first = subprocess.Popen(command(a, "run"), stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: db.exists() and one(db, "SELECT count(*) FROM nodes") > 0, "node a")
+        second = subprocess.run(command(b, "run"), capture_output=True, text=True, check=False)
+    finally:
+        stop(first)
+    assert second.returncode == 3
+    assert "another pithcrawl" in second.stderr
+    assert "Traceback" not in second.stderr
