@@ -174,10 +174,11 @@ async def test_a_clock_stepped_back_between_runs_moves_the_schedule(tmp_path, si
                     " AND kind = ?",
                     (ahead(due), suffix, mirror, kind),
                 )
-            (seen,) = conn.execute(
-                "SELECT value FROM settings WHERE name = 'clock:seen'"
+            # (each node keeps its own: this one is named after the host)
+            (name, seen) = conn.execute(
+                "SELECT name, value FROM settings WHERE name LIKE 'clock:seen@%'"
             ).fetchone()
-            conn.execute("UPDATE settings SET value = ? WHERE name = 'clock:seen'", (ahead(seen),))
+            conn.execute("UPDATE settings SET value = ? WHERE name = ?", (ahead(seen), name))
         with structlog.testing.capture_logs() as logs:
             assert (await a.sync()).deferred == 1  # still put off: for an hour
         (step,) = [e for e in logs if e["event"] == "clock_stepped"]

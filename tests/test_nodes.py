@@ -46,17 +46,24 @@ def far_mirror(bundles: list[bytes]) -> Iterator[TestMirror]:
         yield m
 
 
-def config(tmp_path: Path, name: str, db: PgUrl | Path, base: str, lease: str = "4s") -> Path:
+def config(
+    tmp_path: Path, name: str, db: PgUrl | Path, *bases: str, lease: str = "4s", extra: str = ""
+) -> Path:
+    """Node `name`'s configuration (vantage v): the archive at `db`, a mirror at each of
+    `bases` (the first is "local"), `extra` sections."""
     key = tmp_path / "test.key.json"
     key.write_text(json.dumps(SIGNER.public_key()))
     where = db.url if isinstance(db, PgUrl) else str(db)
+    names = ["local", *(f"m{i}" for i in range(1, len(bases)))]
+    mirrors = "".join(
+        f'[[mirrors]]\nname = "{n}"\nbase_url = "{b}"\n' for n, b in zip(names, bases, strict=True)
+    )
     cfg = tmp_path / f"{name}.toml"
     cfg.write_text(
         f"db = {json.dumps(where)}\n"
         f'[trust]\nkeys = ["{key.name}"]\nclock_skew = "3650d"\n'
         '[crawl]\ninterval = "1h"\ntimeout = "2s"\ndiscover = false\nconcurrency = 8\n'
-        f'[node]\nname = "{name}"\nvantage = "v"\nlease = "{lease}"\n'
-        f'[[mirrors]]\nname = "local"\nbase_url = "{base}"\n'
+        f'[node]\nname = "{name}"\nvantage = "v"\nlease = "{lease}"\n{extra}{mirrors}'
     )
     return cfg
 
@@ -126,7 +133,7 @@ def test_two_nodes_of_one_vantage_fetch_each_pair_once(
     pg_cluster: Cluster, tmp_path: Path, far_mirror: TestMirror, reference: list[tuple]
 ) -> None:
     db = pg_cluster.archive()
-    a, b = (config(tmp_path, name, db, far_mirror.base_url) for name in ("a", "b"))
+    a, b = (config(tmp_path, n, db, far_mirror.base_url) for n in "ab")
     track(a, far_mirror)
     nodes = [subprocess.Popen(command(cfg, "run"), stderr=subprocess.PIPE) for cfg in (a, b)]
     try:
@@ -155,7 +162,7 @@ def test_a_node_killed_mid_round_leaves_its_pairs_to_the_other(
     pg_cluster: Cluster, tmp_path: Path, far_mirror: TestMirror, reference: list[tuple]
 ) -> None:
     db = pg_cluster.archive()
-    a, b = (config(tmp_path, name, db, far_mirror.base_url) for name in ("a", "b"))
+    a, b = (config(tmp_path, n, db, far_mirror.base_url) for n in "ab")
     track(a, far_mirror)
     far_mirror.delay = 0.03  # a round long enough to be killed in
     first = subprocess.Popen(command(a, "run"), stderr=subprocess.DEVNULL)
@@ -189,7 +196,7 @@ def test_a_node_killed_mid_round_leaves_its_pairs_to_the_other(
 def test_on_sqlite_a_second_node_is_refused(tmp_path: Path, far_mirror: TestMirror) -> None:
     """SQLite keeps one writer process: the second node exits 3, naming the first."""
     db = tmp_path / "archive.db"
-    a, b = (config(tmp_path, name, db, far_mirror.base_url) for name in ("a", "b"))
+    a, b = (config(tmp_path, n, db, far_mirror.base_url) for n in "ab")
     track(a, far_mirror)
     first = subprocess.Popen(command(a, "run"), stderr=subprocess.DEVNULL)
     try:
@@ -200,3 +207,45 @@ def test_on_sqlite_a_second_node_is_refused(tmp_path: Path, far_mirror: TestMirr
     assert second.returncode == 3
     assert "another pithcrawl" in second.stderr
     assert "Traceback" not in second.stderr
+
+
+def test_an_alert_two_nodes_see_is_opened_and_delivered_once(
+    pg_cluster: Cluster, tmp_path: Path
+) -> None:
+    """Two mirrors serving forked histories of 30 records, their pairs fetched by either
+    node: each record's divergence is one alert, its hook run once, whichever node saw
+    it and however often."""
+    forks = []
+    for i in range(30):
+        sides = [BundleBuilder(SIGNER, record=canonical_record(f"2612.{i:05d}")) for _ in "ab"]
+        for side, builder in zip("ab", sides, strict=True):
+            builder.add_event(payload={"graph_snapshot": {"side": side}})
+        forks.append(sides)
+    calls = tmp_path / "calls"
+    hook = tmp_path / "hook.sh"
+    hook.write_text(f'#!/bin/sh\necho "$ALERT_ID $ALERT_STATUS $EVENT" >> "{calls}"\n')
+    hook.chmod(0o755)
+    db = pg_cluster.archive()
+    with in_thread(TestMirror(delay=0.005)) as m0, in_thread(TestMirror(delay=0.005)) as m1:
+        for a, b in forks:
+            m0.put(a.bytes())
+            m1.put(b.bytes())
+        extra = '[alerts]\nhook = "hook.sh"\n'
+        a, b = (config(tmp_path, n, db, m0.base_url, m1.base_url, extra=extra) for n in "ab")
+        track(a, m0)
+        nodes = [subprocess.Popen(command(cfg, "run"), stderr=subprocess.DEVNULL) for cfg in (a, b)]
+        try:
+            wait_for(
+                lambda: calls.exists() and len(calls.read_text().splitlines()) >= len(forks),
+                "every divergence delivered",
+            )
+            time.sleep(6)  # a second delivery of any would come within a delivery round
+        finally:
+            stop(*nodes)
+    lines = calls.read_text().splitlines()
+    assert len(lines) == len(forks), lines
+    assert {line.split()[2] for line in lines} == {"mirror_divergence"}
+    assert len({line.split()[0] for line in lines}) == len(forks)
+    opened = one(db, "SELECT count(*) FROM alerts WHERE closed_at IS NULL")
+    assert opened == len(forks)
+    assert one(db, "SELECT count(DISTINCT node) FROM snapshots") == 2

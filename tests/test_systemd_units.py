@@ -93,6 +93,7 @@ def command(unit: Unit, key: str) -> list[str]:
 
 
 DAEMON = load("pithcrawl.service")
+NODE = load("pithcrawl@.service")
 SYNC = load("pithcrawl-sync.service")
 SERVE = load("pithcrawl-serve.service")
 TIMER = load("pithcrawl-sync.timer")
@@ -224,3 +225,15 @@ def test_the_daemon_is_enabled_at_boot_and_the_sync_by_its_timer() -> None:
     """Enabling the daemon hooks it into boot; the sync service has nothing to enable."""
     assert DAEMON.values("Install", "WantedBy") == ["multi-user.target"]
     assert not [k for (s, k) in SYNC.entries if s == "Install"]
+
+
+def test_a_node_instance_is_the_daemon_with_its_own_configuration() -> None:
+    """pithcrawl@NAME.service: the daemon's unit in every setting (notify, watchdog,
+    reload, sandbox, user), but its configuration /etc/pithcrawl/NAME.toml."""
+    argv = command(NODE, "ExecStart")
+    args = build_parser().parse_args(argv[1:])
+    assert args.command == "run"
+    assert args.config == CONFIG.parent / "%i.toml"
+    same = {k: v for k, v in DAEMON.service().items() if k != "ExecStart"}
+    assert {k: v for k, v in NODE.service().items() if k != "ExecStart"} == same
+    assert "%i" in (NODE.last("Unit", "Description") or "")
