@@ -24,6 +24,13 @@ $BENCH_BUMPED_DIR too). Then, each in a child process, with its wall time, CPU
     unchanged   the same again: conditional GETs, nothing new to store
     bumped      after 10% of the records gained one event: DB growth per changed record
 
+With `--db URL` (PostgreSQL), the cold and unchanged passes again into an archive there
+(`pg_cold`, `pg_unchanged`), and a cold round of `pithcrawl run` daemons sharing one
+vantage's work through leases: one node (`pg_run_1`), then two (`pg_run_2`), each into
+a new schema, timed from their start until every pair's bundle and state.json is
+archived (their CPU is the nodes' together; each node has the configured concurrency
+and per-host limits, so two nodes ask the mirror twice as much at once).
+
 Each pithcrawl figure is printed as CPU per record and as a ratio to its bare baseline
 (this machine's absolute speed drifts; the ratios much less), against the targets.
 The archive lives in a temp directory (honours TMPDIR). `--profile` runs the cold sync
@@ -429,16 +436,26 @@ def db_bytes(db: Path) -> int:
     return sum(p.stat().st_size for p in (db, Path(f"{db}-wal")) if p.exists())
 
 
-def write_config(
-    tmp: Path, url: str, concurrency: int, per_host: int, db: str = "archive.db"
+def write_config(  # noqa: PLR0917 (each a setting of the file)
+    tmp: Path,
+    url: str,
+    concurrency: int,
+    per_host: int,
+    db: str = "archive.db",
+    node: str | None = None,
 ) -> Path:
+    """The benchmark's configuration; as `node` (of vantage "bench", `run`'s interval an
+    hour: one round) when given."""
     (tmp / "bench.key.json").write_text(json.dumps(TestSigner(KEY_ID).public_key()))
-    cfg = tmp / ("pithcrawl.toml" if db == "archive.db" else "pithcrawl-pg.toml")
+    name = "pithcrawl" if db == "archive.db" else "pithcrawl-pg"
+    cfg = tmp / (f"{name}.toml" if node is None else f"{name}-{node}.toml")
+    nodes = "" if node is None else f'[node]\nname = "{node}"\nvantage = "bench"\n\n'
     cfg.write_text(
         f"db = {json.dumps(db)}\n\n"
         '[trust]\nkeys = ["bench.key.json"]\nclock_skew = "3650d"\n\n'
-        f"[crawl]\nconcurrency = {concurrency}\nper_host = {per_host}\ndiscover = false\n\n"
-        f'[[mirrors]]\nname = "bench"\nbase_url = "{url}"\n'
+        f"[crawl]\nconcurrency = {concurrency}\nper_host = {per_host}\ndiscover = false\n"
+        'interval = "1h"\n\n'
+        f'{nodes}[[mirrors]]\nname = "bench"\nbase_url = "{url}"\n'
     )
     return cfg
 
@@ -512,10 +529,10 @@ def bench(
     b["ratio_to_raw_bundle"] = round(b["db_bytes_added"] / raw, 3)
     expect = {"cold": 2 * n, "unchanged": 0, "bumped": 2 * len(bumped)}
     if args.db:
-        expect |= {"pg_cold": 2 * n, "pg_unchanged": 0}
+        expect |= {"pg_cold": 2 * n, "pg_unchanged": 0, "pg_run_1": 2 * n, "pg_run_2": 2 * n}
     checks = {k: (r[k]["summary"]["new_snapshots"], v) for k, v in expect.items()}
     for run in r.values():
-        run.pop("stdout")
+        run.pop("stdout", None)
         if "records_per_s" in run:
             run["cpu_ms_per_record"] = round(1000 * run["cpu_s"] / n, 3)
     ratios = {
@@ -526,6 +543,9 @@ def bench(
                 ),
                 "pg_unchanged_to_sqlite_unchanged_wall": round(
                     r["pg_unchanged"]["wall_s"] / r["unchanged"]["wall_s"], 2
+                ),
+                "pg_run_2_to_pg_run_1_wall": round(
+                    r["pg_run_2"]["wall_s"] / r["pg_run_1"]["wall_s"], 2
                 ),
             }
             if args.db
@@ -573,10 +593,10 @@ def postgresql_phases(
         conn.execute(f"CREATE SCHEMA {schema}")
     sep = "&" if "?" in args.db else "?"
     where = PgUrl(f"{args.db}{sep}options=-csearch_path%3D{schema}")
+    out: dict[str, Any] = {}
     try:
         cfg = write_config(tmp, mirror.url, args.concurrency, args.per_host, where.url)
         anyio.run(_track, where, [row[0] for row in rows])
-        out: dict[str, Any] = {}
         for label in ("pg_cold", "pg_unchanged"):
             before = anyio.run(_stats, where)
             server0 = _postgres_cpu()
@@ -587,8 +607,76 @@ def postgresql_phases(
             run["summary"] = json.loads(run["stdout"].strip().splitlines()[-1])
             run["db_bytes_added"] = after["file_bytes"] - before["file_bytes"]
             out[label] = run
-        return out
     finally:
+        with psycopg.connect(args.db, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    for nodes in (1, 2):
+        out[f"pg_run_{nodes}"] = run_nodes(args, tmp=tmp, rows=rows, mirror=mirror, nodes=nodes)
+    return out
+
+
+def run_nodes(
+    args: argparse.Namespace, *, tmp: Path, rows: list[Any], mirror: Mirror, nodes: int
+) -> dict[str, Any]:
+    """A cold round of `nodes` `pithcrawl run` daemons of one vantage, into a new schema of
+    `--db`: from their start until every pair's bundle and state.json is archived, then
+    stopped with SIGTERM. Their CPU together, the server's, the mirror's, and each
+    node's share of the snapshots (the round's check: each document archived once)."""
+    import psycopg  # noqa: PLC0415 (only with --db)
+
+    n = len(rows)
+    schema = f"pithcrawl_bench_{os.getpid()}_{n}_run{nodes}"
+    with psycopg.connect(args.db, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in args.db else "?"
+    where = PgUrl(f"{args.db}{sep}options=-csearch_path%3D{schema}")
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        cfgs = [
+            write_config(tmp, mirror.url, args.concurrency, args.per_host, where.url, f"n{i}")
+            for i in range(nodes)
+        ]
+        anyio.run(_track, where, [row[0] for row in rows])
+        done_sql = f"SELECT count(*) FROM {schema}.fetch_state WHERE status = 200"
+        server0, m0, t0 = _postgres_cpu(), mirror.cpu(), time.monotonic()
+        for i, cfg in enumerate(cfgs):
+            argv = [sys.executable, "-m", "pithcrawl", "--config", str(cfg), "-q", "run"]
+            with (tmp / f"run{nodes}-n{i}.err").open("wb") as err:
+                procs.append(subprocess.Popen(argv, cwd=ROOT, stderr=err))
+        with psycopg.connect(args.db, autocommit=True) as conn:
+            while True:
+                if any(p.poll() is not None for p in procs):
+                    raise BenchError(f"pg_run_{nodes}: a node stopped (see its .err in {tmp})")
+                row = conn.execute("SELECT to_regclass(%s)", [f"{schema}.fetch_state"]).fetchone()
+                fetched = conn.execute(done_sql).fetchone() if row and row[0] else None
+                if fetched is not None and fetched[0] >= 2 * n:
+                    break
+                time.sleep(0.1)
+            wall = time.monotonic() - t0
+            server, m1 = _postgres_cpu() - server0, mirror.cpu()
+            cpu = 0.0
+            for p in procs:
+                p.send_signal(signal.SIGTERM)
+                _, status, usage = os.wait4(p.pid, 0)
+                p.returncode = os.waitstatus_to_exitcode(status)
+                cpu += usage.ru_utime + usage.ru_stime
+            shares = conn.execute(
+                f"SELECT node, count(*) FROM {schema}.snapshots GROUP BY node ORDER BY node"
+            ).fetchall()
+        return {
+            "records_per_s": round(n / wall, 1),
+            "wall_s": round(wall, 3),
+            "cpu_s": round(cpu, 3),
+            "server_cpu_s": round(server, 3),
+            "mirror_cpu_s": None if m0 is None or m1 is None else round(m1 - m0, 2),
+            "snapshots_by_node": {str(name): int(count) for name, count in shares},
+            "summary": {"new_snapshots": sum(int(count) for _, count in shares)},
+        }
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
         with psycopg.connect(args.db, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
@@ -680,6 +768,15 @@ def print_table(r: dict[str, Any]) -> None:
             f" {r['pg_cold']['server_cpu_s']} s, unchanged {r['pg_unchanged']['server_cpu_s']} s);"
             f" wall against SQLite: cold {r['cpu_ratios']['pg_cold_to_sqlite_cold_wall']}x,"
             f" unchanged {r['cpu_ratios']['pg_unchanged_to_sqlite_unchanged_wall']}x"
+        )
+        one, two = r["pg_run_1"], r["pg_run_2"]
+        print(
+            f"run nodes of one vantage, a cold round: one node {one['wall_s']} s"
+            f" ({one['records_per_s']} records/s, CPU {one['cpu_s']} s, server"
+            f" {one['server_cpu_s']} s); two nodes {two['wall_s']} s"
+            f" ({two['records_per_s']} records/s, CPU {two['cpu_s']} s together, server"
+            f" {two['server_cpu_s']} s), snapshots by node {two['snapshots_by_node']}:"
+            f" {r['cpu_ratios']['pg_run_2_to_pg_run_1_wall']}x one node's wall time"
         )
     print(f"unchanged: store.maintenance.stats() delta {r['unchanged']['stats_delta']}")
     raw = b["raw_bundle_bytes_per_changed_record"]

@@ -50,6 +50,9 @@ def test_sync_bench_runs_every_phase_and_checks_its_archive(
     run20 = figures["sizes"]["20"]
     assert run20["pg_cold"]["summary"]["new_snapshots"] == 40
     assert run20["pg_unchanged"]["summary"]["new_snapshots"] == 0
+    # The run nodes' cold round: each document archived once, by one node or the other.
+    assert run20["pg_run_1"]["snapshots_by_node"] == {"n0": 40}
+    assert sum(run20["pg_run_2"]["snapshots_by_node"].values()) == 40
     assert run20["unchanged"]["stats_delta"] == {
         "blobs": 0,
         "snapshots": 0,
