@@ -34,12 +34,15 @@ limit=$(awk -v t="$threshold" 'BEGIN { printf "%d", t * 10 + 0.5 }')
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 binary=$(command -v pithcrawl || echo /bin/true)
-cp "$here"/pithcrawl.service "$here"/pithcrawl-sync.service "$here"/pithcrawl-sync.timer "$work"/
+cp "$here"/pithcrawl.service "$here"/pithcrawl-sync.service "$here"/pithcrawl-serve.service \
+    "$here"/pithcrawl-sync.timer "$work"/
+# The node template is checked as one of its instances.
+cp "$here"/pithcrawl@.service "$work"/pithcrawl@node-1.service
 sed -i "s#/usr/local/bin/pithcrawl#$binary#" "$work"/*.service
 
 status=0
-for unit in $services; do
-    if systemd-analyze security --offline=true --threshold="$limit" "$here/$unit" >"$work/out" 2>&1; then
+for unit in $services pithcrawl@node-1.service; do
+    if systemd-analyze security --offline=true --threshold="$limit" "$work/$unit" >"$work/out" 2>&1; then
         verdict=pass
     else
         verdict=FAIL
@@ -54,7 +57,7 @@ done
 # "Failed to parse system call" is about syscall names newer than libseccomp: not ours.
 verify_ok=yes
 (cd "$work" && systemd-analyze verify --man=no ./pithcrawl.service ./pithcrawl-sync.service \
-    ./pithcrawl-sync.timer) >"$work/verify" 2>&1 || verify_ok=no
+    ./pithcrawl-sync.timer ./pithcrawl@node-1.service) >"$work/verify" 2>&1 || verify_ok=no
 if grep -v 'Failed to parse system call' "$work/verify" \
     | grep -Eq "Unknown (key|section|lvalue)|Invalid|[Ff]ailed to parse|ignoring"; then
     verify_ok=no
