@@ -26,8 +26,8 @@ from anyio.abc import TaskStatus
 from pithcrawl.alert import check_sinks
 from pithcrawl.clock import Clock
 from pithcrawl.config import Config
-from pithcrawl.crawl import Crawler
-from pithcrawl.errors import PithcrawlError
+from pithcrawl.crawl import Crawler, PairResult
+from pithcrawl.errors import LeaseLost, PithcrawlError
 from pithcrawl.keys import TrustSet
 from pithcrawl.location import Where, make_room
 from pithcrawl.metrics import Metrics, serve_metrics
@@ -36,7 +36,7 @@ from pithcrawl.round import Round
 from pithcrawl.sdnotify import Notifier
 from pithcrawl.store import Alert, Store
 from pithcrawl.store.archive import Due
-from pithcrawl.store.leases import Lease
+from pithcrawl.store.leases import LEASED, Lease
 from pithcrawl.sync import Summary
 
 log = structlog.get_logger("pithcrawl.daemon")
@@ -350,6 +350,9 @@ class Daemon:
     async def _worker(self, crawler: Crawler, jobs: Any) -> None:
         lease = self.config.lease
         margin = min(LEASE_MARGIN, lease.total_seconds() / 10)
+        node = self.config.node
+        # What this task writes of a pair is written only while the pair's lease is ours.
+        LEASED.set((node.vantage_name, node.node_name))
         async with jobs:
             async for held, site in jobs:
                 suffix = held.suffix
@@ -359,6 +362,11 @@ class Daemon:
                         result = await crawler.sync_pair(suffix, site)
                     if scope.cancelled_caught:
                         result = await crawler.cut_short(suffix, site, lease)
+                except LeaseLost as e:
+                    # Stopped or starved past the lease's end, and another node took the
+                    # pair: that node's fetch is the pair's news, not this one's.
+                    log.warning("lease_lost", suffix=suffix, mirror=site.name, detail=str(e))
+                    result = PairResult(suffix, site.name)
                 finally:
                     self.inflight.discard((suffix, site.name))
                     self.done.append((suffix, site.name))

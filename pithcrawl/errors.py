@@ -105,5 +105,10 @@ class StoreLocked(StoreError):
     """This process holds it: the archive is one it has open already, under another name."""
 
 
+class LeaseLost(StoreError):
+    """A pair's lease is not this node's any more (the node was stopped past its end and
+    another node took the pair): what this node fetched of it is not written."""
+
+
 class StoreCorrupt(StoreError):
     """Archived data no longer matches its own check: the database is damaged."""

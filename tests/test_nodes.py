@@ -89,10 +89,10 @@ def wait_for(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
         time.sleep(0.05)
 
 
-def fetched_all(db: PgUrl | Path) -> bool:
-    """Every pair's bundle and state.json fetched by the vantage, and no lease running."""
+def fetched_all(db: PgUrl | Path, records: int = RECORDS) -> bool:
+    """Every pair's bundle and state.json fetched by the vantage, and no lease left."""
     done = one(db, "SELECT count(*) FROM fetch_state WHERE vantage = 'v' AND status = 200")
-    return done == 2 * RECORDS and one(db, "SELECT count(*) FROM leases") == 0
+    return done == 2 * records and one(db, "SELECT count(*) FROM leases") == 0
 
 
 def archived(db: PgUrl | Path) -> list[tuple]:
@@ -249,3 +249,67 @@ def test_an_alert_two_nodes_see_is_opened_and_delivered_once(
     opened = one(db, "SELECT count(*) FROM alerts WHERE closed_at IS NULL")
     assert opened == len(forks)
     assert one(db, "SELECT count(DISTINCT node) FROM snapshots") == 2
+
+
+def test_a_pair_outrunning_its_lease_is_cut_short_and_failed(tmp_path: Path) -> None:
+    """Each document answers within crawl.timeout, but the pair (bundle, then
+    state.json) takes longer than node.lease: it is cut short before the lease ends,
+    nothing of it archived, and recorded as a failed fetch retried after the backoff."""
+    db = tmp_path / "archive.db"
+    with in_thread(TestMirror(delay=1.5)) as slow:
+        slow.put(BundleBuilder(SIGNER, record=canonical_record("2612.99999")).bytes())
+        cfg = config(tmp_path, "a", db, slow.base_url, lease="2.5s")
+        track(cfg, slow)
+        node = subprocess.Popen(command(cfg, "run"), stderr=subprocess.PIPE)
+        try:
+            wait_for(
+                lambda: db.exists() and one(db, "SELECT count(*) FROM fetch_state") > 0,
+                "the pair's failure",
+            )
+        finally:
+            stop(node)
+    assert node.stderr is not None
+    log = [json.loads(line) for line in node.stderr.read().splitlines() if line.startswith(b"{")]
+    with raw(db) as conn:
+        ((kind, failures, error, due, at),) = conn.execute(
+            "SELECT kind, failures, last_error, next_due, last_fetch_at FROM fetch_state"
+        ).fetchall()
+        assert conn.execute("SELECT count(*) FROM snapshots").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM leases").fetchone()[0] == 0
+    assert (kind, failures) == ("bundle", 1)
+    assert "took longer than node.lease (2.5s) and was cut short" in error
+    assert due > at  # put off (a minute's backoff, with jitter)
+    assert [e["event"] for e in log if e["level"] == "warning"] == ["fetch_failed"]
+
+
+def test_a_node_stopped_past_its_leases_lets_the_other_fetch_and_records_nothing(
+    pg_cluster: Cluster, tmp_path: Path
+) -> None:
+    """Node a is frozen (SIGSTOP: a paused VM) mid-pair for longer than its leases; node
+    b takes and fetches its pairs; a, thawed, finds its leases gone: it records neither
+    its late fetches nor a failure, and logs `lease_lost`."""
+    db = pg_cluster.archive()
+    with in_thread(TestMirror(delay=1.0)) as slow:
+        for i in range(4):
+            slow.put(BundleBuilder(SIGNER, record=canonical_record(f"2612.8{i:04d}")).bytes())
+        a, b = (config(tmp_path, n, db, slow.base_url, lease="3s") for n in "ab")
+        track(a, slow)
+        first = subprocess.Popen(command(a, "run"), stderr=subprocess.PIPE)
+        second = None
+        try:
+            wait_for(lambda: one(db, "SELECT count(*) FROM leases") == 4, "a to take every pair")
+            first.send_signal(signal.SIGSTOP)
+            second = subprocess.Popen(command(b, "run"), stderr=subprocess.DEVNULL)
+            wait_for(lambda: fetched_all(db, 4), "b to fetch a's pairs")
+            first.send_signal(signal.SIGCONT)
+            time.sleep(3)  # a wakes past its deadlines
+        finally:
+            first.send_signal(signal.SIGCONT)
+            stop(first, *([second] if second else []))
+    assert first.stderr is not None
+    log = [json.loads(line) for line in first.stderr.read().splitlines() if line.startswith(b"{")]
+
+    assert len([e for e in log if e["event"] == "lease_lost"]) == 4
+    assert one(db, "SELECT count(*) FROM fetch_state WHERE failures > 0") == 0
+    assert one(db, "SELECT count(*) FROM snapshots WHERE node = 'b'") == 8
+    assert one(db, "SELECT count(*) FROM snapshots") == 8

@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import Any, NamedTuple
 
 from pithcrawl.entries import NewEvent
-from pithcrawl.errors import StoreError
+from pithcrawl.errors import LeaseLost, StoreError
 from pithcrawl.location import PgUrl, Where, locate
 from pithcrawl.store.alerts import AlertBook, Reconciled
 from pithcrawl.store.blobs import PackedBlob
@@ -37,7 +37,7 @@ from pithcrawl.store.fetches import (
     newest_of_series,
     write_fetch,
 )
-from pithcrawl.store.leases import Leases
+from pithcrawl.store.leases import HOLDS, LEASED, Leases
 from pithcrawl.store.maintenance import Maintenance
 from pithcrawl.store.nodes import Nodes
 from pithcrawl.store.rows import (
@@ -491,7 +491,8 @@ class Store:
         next check across records, not undone."""
         for item in fetches:
             check_outcome(item.outcome)
-        if all(item.scope is None for item in fetches):
+        lease = LEASED.get()
+        if lease is None and all(item.scope is None for item in fetches):
             singles = [bookkeeping_only(item.outcome) for item in fetches]
             if all(single is not None for single in singles):
                 # Bookkeeping only (304s, unchanged bodies, failures): written with others.
@@ -501,26 +502,35 @@ class Store:
                 return Written([(None, None)] * len(fetches), None)
         prepared = [await self.bodies.pack_large(item.outcome) for item in fetches]
         results: list[tuple[Snapshot | None, Reconciled | None]] = []
+        first = fetches[0].outcome
         async with self._db.write("record fetches") as s:
-            outcomes = [i.outcome for i in fetches]
-            marks = fetches[0].outcome.suffix if due else None
-            done_all = await s.call(self._write_fetches, outcomes, prepared, due=marks)
-            bundles = None
-            if view is not None and any(s and s.kind == "bundle" for s, _ in done_all):
-                bundles = s.at_commit(bundle_view, view, _histories_written(outcomes, done_all))
-            for item, (snapshot, _) in zip(fetches, done_all, strict=True):
-                done = None
-                if item.scope is not None:
-                    done = await self.alerts.reconcile_in(
-                        s,
-                        item.scope,
-                        item.current,
-                        now=item.outcome.fetched_at,
-                        sinks=sinks,
-                        hold=hold,
-                        log=False,
-                    )
-                results.append((snapshot, done))
+            # Under a lease (`run`'s nodes): only while it is this node's.
+            held = lease is None or await s.one(HOLDS, (first.suffix, first.mirror, *lease))
+            if held:
+                outcomes = [i.outcome for i in fetches]
+                marks = fetches[0].outcome.suffix if due else None
+                done_all = await s.call(self._write_fetches, outcomes, prepared, due=marks)
+                bundles = None
+                if view is not None and any(s and s.kind == "bundle" for s, _ in done_all):
+                    bundles = s.at_commit(bundle_view, view, _histories_written(outcomes, done_all))
+                for item, (snapshot, _) in zip(fetches, done_all, strict=True):
+                    done = None
+                    if item.scope is not None:
+                        done = await self.alerts.reconcile_in(
+                            s,
+                            item.scope,
+                            item.current,
+                            now=item.outcome.fetched_at,
+                            sinks=sinks,
+                            hold=hold,
+                            log=False,
+                        )
+                    results.append((snapshot, done))
+        if not held:
+            raise LeaseLost(
+                f"{first.suffix} from {first.mirror}: its lease is another node's now;"
+                " what this node fetched of it is not written"
+            )
         for item, (_, blob) in zip(fetches, done_all, strict=True):
             # A body that failed verification is evidence, not a likely base: a hostile
             # mirror's junk takes no room at hand.

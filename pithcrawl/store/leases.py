@@ -16,11 +16,21 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 
 from pithcrawl.store.connection import Database
 from pithcrawl.store.rows import db_time
+
+#: The (vantage, node) whose lease a task's fetches are written under (`run`'s workers
+#: set it): `Store.record_fetches` writes a pair's fetches only while the pair's lease is
+#: that node's, and raises `LeaseLost` otherwise. Unset (a `sync` pass): no lease.
+LEASED: ContextVar[tuple[str, str] | None] = ContextVar("pithcrawl_leased", default=None)
+
+#: Whether a pair's lease is the node's (?3, ?4: vantage, node), expired or not: a node
+#: whose lease expired and that nobody took over still writes what it fetched.
+HOLDS = "SELECT 1 FROM leases WHERE suffix = ? AND mirror = ? AND vantage = ? AND node = ?"
 
 # A pair is taken when its bundle is not yet due again (another node's fetch of it
 # written since the caller read it due) and nobody's lease on it is running.
