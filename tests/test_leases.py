@@ -11,26 +11,16 @@ from pathlib import Path
 
 import pytest
 from conftest import NOW, REAL_SUFFIX
+from test_store import mirror
 
 from pithcrawl.clock import SEEN_SETTING, Clock
 from pithcrawl.location import PgUrl
-from pithcrawl.store import FetchOutcome, Mirror, NewEvent, Store
+from pithcrawl.store import FetchOutcome, NewEvent, Store
 
 pytestmark = pytest.mark.anyio
 
 OTHER = "A" * 26
 LEASE = timedelta(minutes=2)
-
-
-def mirror(name: str) -> Mirror:
-    return Mirror(
-        name=name,
-        base_url=f"https://{name}.example",
-        bundle_pattern="{base_url}/pith/{suffix}/bundle.json",
-        state_pattern="{base_url}/pith/{suffix}/state.json",
-        origin="config",
-        added_at=NOW,
-    )
 
 
 def fetched(suffix: str, vantage: str, *, at: timedelta, due_in: timedelta) -> FetchOutcome:
