@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -28,6 +28,7 @@ from pithcrawl.keys import TrustSet
 from pithcrawl.location import PgUrl
 from pithcrawl.serve import Ui, serving
 from pithcrawl.store import FetchOutcome, Mirror, Store
+from pithcrawl.store.rows import db_time
 
 
 def _config(  # noqa: PLR0917 (the tests name the options in order)
@@ -259,17 +260,30 @@ def test_status_lists_the_nodes_that_crawled_the_archive(
     third.write_text(first.read_text().replace('vantage = "eu"', 'vantage = "us"'))
     assert main(["--config", str(third), "-q", "sync", *suffixes]) == 0
     capsys.readouterr()
+    # n2 is fetching a pair (its lease runs for a minute); n1 died holding one that ran out.
+    soon, past = (datetime.now(UTC) + timedelta(minutes=m) for m in (1, -1))
+    with raw(archive_at) as conn:
+        conn.executemany(
+            "INSERT INTO leases (suffix, mirror, vantage, node, expires) VALUES (?, ?, ?, ?, ?)",
+            [
+                (suffixes[0], "m0", "eu", "n2", db_time(soon)),
+                ("X", "m0", "us", "n1", db_time(past)),
+            ],
+        )
 
     assert main(["--config", str(first), "status", "--json"]) == 0
     nodes = json.loads(capsys.readouterr().out)["nodes"]
     assert [(n["name"], n["vantage"]) for n in nodes] == [("n1", "us"), ("n2", "eu")]
     assert all(n["first_seen"] <= n["last_seen"] for n in nodes)
     assert nodes[0]["last_seen"] >= nodes[1]["last_seen"]
+    assert [n["leases"] for n in nodes] == [0, 1]
 
     assert main(["--config", str(first), "status"]) == 0
     text = capsys.readouterr().out
     assert "node" in text and "vantage" in text
     assert "n1" in text and "n2" in text and "us" in text
+    (n2,) = [line.split() for line in text.splitlines() if line.startswith("n2 ")]
+    assert "leases" in text and n2[-1] == "1"
 
 
 def test_status_shows_a_lone_node_in_one_line(
