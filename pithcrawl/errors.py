@@ -15,6 +15,7 @@
         │       └── RedirectRefused   the allow_url hook refused a redirect target
         └── StoreError        the database could not be read or written
             ├── StoreLocked       another pithcrawl holds the writers' lock on the database
+            ├── StoreMisnamed     no archive, database or role there (exit 2: the operator's)
             └── StoreCorrupt      archived data fails its own check (a blob's sha256)
 
 Security findings are *not* exceptions: the verifier returns them as data in a report
@@ -108,6 +109,14 @@ class StoreLocked(StoreError):
 class LeaseLost(StoreError):
     """A pair's lease is not this node's any more (the node was stopped past its end and
     another node took the pair): what this node fetched of it is not written."""
+
+
+class StoreMisnamed(StoreError):
+    """The archive named is not there to open: a database with no archive in it yet for
+    a command that only reads, a database or role the server does not have, a password
+    it refuses. The operator's to fix (exit 2): trying again changes nothing."""
+
+    exit_code = EXIT_USAGE
 
 
 class StoreCorrupt(StoreError):

@@ -77,6 +77,25 @@ def _secrets_of(url: str) -> list[str]:
     return [str(parsed[k]) for k in _SECRETS if parsed.get(k)]
 
 
+#: A URL of any scheme: not a file name anyone means (`postgresq://…` would otherwise be
+#: a directory `postgresq:` beside the configuration).
+_ANY_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def archive_at(text: str) -> Where:
+    """A `db` setting or `--db` argument: a path, or a URL libpq can read; `ValueError`
+    saying why for a URL of another scheme, or one libpq cannot read."""
+    if is_url(text):
+        return checked(text)
+    if _ANY_URL.match(text):
+        scheme = text.partition("://")[0]
+        raise ValueError(
+            f"{redacted(text)} is a URL of scheme {scheme!r}: an archive is a file path, or"
+            " a postgresql:// (or postgres://) URL"
+        )
+    return Path(text)
+
+
 def checked(url: str) -> PgUrl:
     """`url` if libpq can read it; else `ValueError` saying why (without the password)."""
     from psycopg import Error  # noqa: PLC0415 (only for a URL: a path need not load it)
@@ -105,9 +124,7 @@ def absolute(where: Where) -> Where:
 
 def archive_argument(text: str) -> Where:
     """An argparse type for `--db`: a path, or a URL libpq can read."""
-    if not is_url(text):
-        return Path(text)
     try:
-        return checked(text)
+        return archive_at(text)
     except ValueError as e:
         raise ArgumentTypeError(str(e)) from None

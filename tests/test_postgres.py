@@ -408,3 +408,37 @@ async def test_nodes_of_other_names_share_the_archive_one_process_a_name(
     # Every lock was let go of with its connection.
     async with await Store.open(archive, exclusive=True, node="a"):
         pass
+
+
+@pytest.mark.parametrize("db", ["postgresq://x/pith", "postgresql+psycopg:///pith", "http://x/"])
+def test_a_url_of_another_scheme_is_refused_not_taken_for_a_file(
+    db: str, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as argparse_exit:
+        main(["--db", db, "track", f"pith:2026:{REAL_SUFFIX}"])
+    assert argparse_exit.value.code == 2
+    assert "an archive is a file path, or a postgresql://" in capsys.readouterr().err
+    cfg = tmp_path / "pithcrawl.toml"
+    cfg.write_text(f"db = {json.dumps(db)}\n")
+    assert main(["--config", str(cfg), "status"]) == 2
+    assert "db: " in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [cfg]  # nothing made of it
+
+
+def test_naming_a_database_role_or_archive_that_is_not_there_is_the_operators_to_fix(
+    capsys: pytest.CaptureFixture[str], pg_cluster: Cluster
+) -> None:
+    """Exit 2 (a configuration to fix, which systemd does not restart), not 3: an empty
+    schema for a command that reads, a database or a role the server does not have."""
+    empty = pg_cluster.archive()
+    assert main(["--db", empty.url, "status"]) == 2
+    assert "holds no pithcrawl archive; run `pithcrawl sync` first" in capsys.readouterr().err
+    base = pg_cluster.url()
+    for wrong in (
+        base.replace("/pithcrawl?", "/nosuchdb?"),
+        base.replace("user=postgres", "user=nosuchrole"),
+    ):
+        assert main(["--db", wrong, "status"]) == 2
+        err = capsys.readouterr().err
+        assert "does not exist" in err and "Traceback" not in err

@@ -379,7 +379,9 @@ def _node(t: Table) -> NodeConfig:
     for key in ("name", "vantage"):
         value = t.string(key, "")
         if key in t.raw and not NODE_NAME.match(value):
-            raise bad(t.key(key), "expected 1-63 of A-Z a-z 0-9 . _ - (not first)", value)
+            raise bad(
+                t.key(key), "expected 1-63 of A-Z a-z 0-9 . _ -, not starting with . _ or -", value
+            )
         names[key] = value
     lease = t.duration("lease", timedelta(0)) if "lease" in t.raw else None
     return NodeConfig(**names, lease=lease)

@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pithcrawl.errors import ConfigError
-from pithcrawl.location import Where, checked, is_url
+from pithcrawl.location import PgUrl, Where, archive_at
 from pithcrawl.timestamps import parse_duration
 
 #: The longest duration a key may hold: past it, adding one to a date overflows.
@@ -71,7 +71,7 @@ class Table:
         return default if value is None else value
 
     def duration(self, name: str, default: timedelta, *, allow_zero: bool = False) -> timedelta:
-        expected = "a duration like 30s, 5m, 6h, 2d or 1h30m"
+        expected = 'a duration like "30s", "5m", "6h", "2d" or "1h30m" (a string)'
         text: str | None = self._get(name, str, expected)
         if text is None:
             return default
@@ -98,12 +98,11 @@ class Table:
         value: str | None = self._get(name, str, "a file path or a postgresql:// URL")
         if value is None:
             return None
-        if not is_url(value):
-            return _resolve(self.key(name), value, self.root)
         try:
-            return checked(value)
+            where = archive_at(value)
         except ValueError as e:
             raise ConfigError(f"{self.key(name)}: {e}") from None
+        return where if isinstance(where, PgUrl) else _resolve(self.key(name), value, self.root)
 
     def strings(self, name: str) -> tuple[str, ...]:
         values: list[Any] = self._get(name, list, "a list of strings") or []

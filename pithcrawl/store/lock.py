@@ -41,7 +41,11 @@ class WriterLock:
         except OSError as e:
             holder = _read_pid(fd)
             os.close(fd)
-            raise StoreLocked(f"another pithcrawl is using {db} (pid {holder})") from e
+            raise StoreLocked(
+                f"another pithcrawl is using {db} (pid {holder}): a SQLite archive has one"
+                " writer at a time (nodes that crawl together share a PostgreSQL archive:"
+                " docs/scale-out.md)"
+            ) from e
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

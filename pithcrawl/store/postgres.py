@@ -32,7 +32,7 @@ from urllib.parse import quote
 
 import anyio
 
-from pithcrawl.errors import StoreCorrupt, StoreError, StoreLocked
+from pithcrawl.errors import StoreCorrupt, StoreError, StoreLocked, StoreMisnamed
 from pithcrawl.location import PgUrl
 from pithcrawl.store.dialect import NODE_LOCK, WRITER_PROCESS_LOCK, begin, translate
 from pithcrawl.store.postgres_schema import BASE_VERSION, MIGRATIONS, SCHEMA, TABLES
@@ -405,11 +405,19 @@ def _lock_archive(raw: PgRaw, schema: str, node: str | None) -> None:
     conn = raw._conn
     archive = (WRITER_PROCESS_LOCK, raw.schema_key)
     if node is None:
-        _try_lock(raw, archive, "", "another pithcrawl is crawling {where}")
+        _try_lock(raw, archive, "", "another pithcrawl is crawling {where} ({holder})")
         return
-    _try_lock(raw, archive, "_shared", "another pithcrawl has {where} to itself (a migrate)")
+    _try_lock(
+        raw, archive, "_shared", "another pithcrawl has {where} to itself ({holder}: a migrate)"
+    )
     key = int(_one(conn, "SELECT hashtext($1)", f"{schema}/{node}"))
-    _try_lock(raw, (NODE_LOCK, key), "", f"another pithcrawl is crawling {{where}} as node {node}")
+    _try_lock(
+        raw,
+        (NODE_LOCK, key),
+        "",
+        f"another pithcrawl is crawling {{where}} as node {node} ({{holder}}): each process"
+        " crawling an archive needs a [node] name of its own (the default is the host name)",
+    )
 
 
 def _try_lock(raw: PgRaw, lock: tuple[int, int], mode: str, taken: str) -> None:
@@ -510,14 +518,16 @@ class _Locked(Exception):
         super().__init__(holder)
         self.ours = ours
         """Whether the holder is this process (the same archive under another name)."""
-        self.taken = taken or "another pithcrawl is crawling {where}"
-        """What the holder does, `{where}` standing for the archive."""
+        self.taken = taken or "another pithcrawl is crawling {where} ({holder})"
+        """What the holder does, `{where}` standing for the archive, `{holder}` for it."""
 
 
 class _Refused(Exception):
-    def __init__(self, message: str, corrupt: bool = False) -> None:
+    def __init__(self, message: str, corrupt: bool = False, *, misnamed: bool = False) -> None:
         super().__init__(message)
         self.corrupt = corrupt
+        self.misnamed = misnamed
+        """No archive there (`StoreMisnamed`): the operator named the wrong place."""
 
 
 def _prepare(raw: PgRaw, readonly: bool) -> None:
@@ -580,7 +590,7 @@ def _version(conn: Any) -> int | None:
 
 def _check_version(version: int | None, *, readonly: bool) -> None:
     if version is None:
-        raise _Refused("holds no pithcrawl archive; run `pithcrawl sync` first")
+        raise _Refused("holds no pithcrawl archive; run `pithcrawl sync` first", misnamed=True)
     if version > SCHEMA_VERSION:
         raise _Refused(
             f"has schema version {version}, newer than this pithcrawl ({SCHEMA_VERSION});"
@@ -611,13 +621,23 @@ async def connect(
             )
             locked.ours = True
             raise locked from None
-        raise StoreLocked(f"{e.taken.format(where=where)} ({e})") from None
+        raise StoreLocked(e.taken.format(where=where, holder=e)) from None
     except _Refused as e:
-        error = StoreCorrupt if e.corrupt else StoreError
+        error = StoreCorrupt if e.corrupt else StoreMisnamed if e.misnamed else StoreError
         raise error(f"database {where} {e}") from None
     except BackendError as e:
-        raise StoreError(describe(where, "open the database", e)) from e
+        # No such database or role, a password refused: the configuration's to fix.
+        misnamed = e.sqlstate in {"3D000", "28000", "28P01"} or bool(_MISNAMED.search(str(e)))
+        error = StoreMisnamed if misnamed else StoreError
+        raise error(describe(where, "open the database", e)) from e
     return PgConnection(raw)
+
+
+#: What the server answers a connection for a database or role it does not have, or a
+#: password it refuses (libpq reports it with no SQLSTATE).
+_MISNAMED = re.compile(
+    r'FATAL:\s+(?:(?:database|role) ".*" does not exist|password authentication failed)'
+)
 
 
 def describe(where: PgUrl, doing: str, e: BackendError) -> str:
