@@ -348,6 +348,7 @@ async def deliver_to(
     if sinks.down_until.get(sink, 0.0) > time.monotonic():
         return 0, 0
     queue = await store.deliveries.due_deliveries(now, limit, sinks=[sink])
+    read_at = time.monotonic()
     counts = [0, 0]
     slots = anyio.Semaphore(SINK_CONCURRENCY[sink_kind(sink)])
 
@@ -358,7 +359,14 @@ async def deliver_to(
             ):
                 counts[
                     await _attempt(
-                        store, sinks, delivery, alert, now=now, rand=rand, metrics=metrics
+                        store,
+                        sinks,
+                        delivery,
+                        alert,
+                        # Its own time: a queue of slow deliveries takes long to work through.
+                        now=now + timedelta(seconds=time.monotonic() - read_at),
+                        rand=rand,
+                        metrics=metrics,
                     )
                 ] += 1
         finally:
@@ -387,8 +395,8 @@ async def _attempt(
 ) -> int:
     """One delivery: 0 when the sink took it, 1 when it failed (and when to retry is
     kept, and the sink put off until then), 2 when another node took it first."""
-    claim = max(DELIVERY_CLAIM, 2 * sinks.config.hook_timeout)
-    if not await store.deliveries.take(delivery, now, now + claim):
+    claim = now + max(DELIVERY_CLAIM, 2 * sinks.config.hook_timeout)
+    if not await store.deliveries.take(delivery, now, claim):
         return 2
     try:
         await sinks.send(delivery, alert)
@@ -396,7 +404,7 @@ async def _attempt(
         retry_at = retry_due(
             now, delivery.attempts + 1, None, base=RETRY_BASE, cap=RETRY_CAP, rand=rand.random()
         )
-        await store.deliveries.failed(delivery, str(e), retry_at)
+        await store.deliveries.failed(delivery, str(e), retry_at, claimed=claim)
         until = time.monotonic() + (retry_at - now).total_seconds()
         sinks.down_until[delivery.sink] = max(until, sinks.down_until.get(delivery.sink, until))
         if metrics is not None:

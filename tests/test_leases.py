@@ -5,15 +5,21 @@ On both databases (`archive_at`). The daemons that take them run in tests/test_n
 
 from __future__ import annotations
 
+import os
+import random
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import anyio
 import pytest
 from conftest import NOW, REAL_SUFFIX
 from test_store import mirror
 
+from pithcrawl import alert as alert_module
+from pithcrawl.alert import Sinks, deliver_to
 from pithcrawl.clock import SEEN_SETTING, Clock
+from pithcrawl.config import AlertsConfig
 from pithcrawl.location import PgUrl
 from pithcrawl.store import FetchOutcome, NewEvent, Store
 
@@ -160,3 +166,45 @@ async def test_each_node_keeps_its_own_clock(store: Store) -> None:
     assert v is not None and w is not None
     assert v.next_due == NOW + LEASE - timedelta(hours=1)
     assert w.next_due == NOW + LEASE
+
+
+async def test_a_slow_sinks_queue_is_not_delivered_twice_by_two_nodes(
+    archive_at: Path | PgUrl, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Node a works through a queue of deliveries to a slow hook, longer than a claim;
+    node b's delivery loop runs meanwhile. Each delivery is claimed from the moment it
+    is taken (not from when a read its queue): every alert's hook runs once."""
+    monkeypatch.setattr(alert_module, "DELIVERY_CLAIM", timedelta(seconds=1.5))
+    calls = tmp_path / "calls"
+    hook = tmp_path / "hook.sh"
+    hook.write_text(f'#!/bin/sh\necho "$ALERT_ID $NODE" >> "{calls}"\nsleep 0.4\n')
+    hook.chmod(0o755)
+    config = AlertsConfig(hook=hook, hook_timeout=timedelta(seconds=0.7))
+    async with await Store.open(archive_at) as a, await Store.open(archive_at) as b:
+        now = datetime.now(UTC)
+        for i in range(8):
+            down = NewEvent(
+                kind="mirror_unreachable",
+                severity="error",
+                at=now,
+                pith_number=None,
+                mirrors=(f"m{i}",),
+                summary="down",
+                evidence={},
+                dedup_key=f"mirror_unreachable:m{i}",
+            )
+            await a.alerts.reconcile(f"mirror:m{i}", [down], now=now, sinks=["hook"])
+
+        async def node(store: Store, name: str, start: float, rounds: int) -> None:
+            sinks = Sinks(config, None, env={**os.environ, "NODE": name})
+            await anyio.sleep(start)
+            for _ in range(rounds):
+                await deliver_to(store, sinks, "hook", datetime.now(UTC), random.Random(1))
+                await anyio.sleep(0.3)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(node, a, "a", 0.0, 1)
+            tg.start_soon(node, b, "b", 1.7, 8)
+        assert await a.deliveries.undelivered_count() == 0
+    runs = [line.split()[0] for line in calls.read_text().splitlines()]
+    assert sorted(runs) == sorted(set(runs)) and len(runs) == 8, calls.read_text()

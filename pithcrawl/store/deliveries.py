@@ -130,10 +130,25 @@ class DeliveryBook:
                 (db_time(at), d.alert_id, d.sink, d.phase),
             )
 
-    async def failed(self, d: Delivery, error: str, retry_at: datetime) -> None:
+    async def failed(
+        self, d: Delivery, error: str, retry_at: datetime, *, claimed: datetime | None = None
+    ) -> bool:
+        """Count a failed attempt and put the next one off until `retry_at`; only while
+        the delivery is still taken until `claimed` (`take`), when given: an attempt that
+        outran its claim, the delivery taken again by another node, leaves that node's
+        claim alone. Whether it was recorded."""
         async with self._db.write("record a failed delivery") as s:
-            await s.run(
+            done = await s.run(
                 "UPDATE deliveries SET attempts = attempts + 1, last_error = ?, next_attempt = ?"
-                " WHERE alert_id = ? AND sink = ? AND phase = ?",
-                (error[:1000], db_time(retry_at), d.alert_id, d.sink, d.phase),
+                " WHERE alert_id = ? AND sink = ? AND phase = ? AND delivered_at IS NULL"
+                " AND (?6 IS NULL OR next_attempt = ?6)",
+                (
+                    error[:1000],
+                    db_time(retry_at),
+                    d.alert_id,
+                    d.sink,
+                    d.phase,
+                    None if claimed is None else db_time(claimed),
+                ),
             )
+        return done == 1
