@@ -442,3 +442,25 @@ def test_naming_a_database_role_or_archive_that_is_not_there_is_the_operators_to
         assert main(["--db", wrong, "status"]) == 2
         err = capsys.readouterr().err
         assert "does not exist" in err and "Traceback" not in err
+
+
+async def test_a_node_stalled_in_a_write_costs_the_others_a_wait_not_their_crawl(
+    pg_cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process stopped while its write transaction holds the archive's write lock (a
+    SIGSTOP, a paused machine, a network cut): the server ends its session before the
+    other writers' lock timeout, and they write on."""
+    from pithcrawl.store import postgres
+    from pithcrawl.store.dialect import begin
+
+    monkeypatch.setattr(postgres, "BUSY_TIMEOUT_MS", 4000)
+    monkeypatch.setattr(postgres, "IDLE_IN_TRANSACTION_MS", 1000)
+    archive = pg_cluster.archive()
+    async with await Store.open(archive) as store:
+        stalled = postgres._connect(archive.url, False, False)
+        try:
+            stalled._conn.execute(begin(stalled.schema_key))  # and then nothing
+            await store.watchlist.track([REAL_SUFFIX], NOW)
+            assert await store.watchlist.tracked_count() == 1
+        finally:
+            stalled.close()

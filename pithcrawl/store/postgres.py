@@ -39,6 +39,10 @@ from pithcrawl.store.postgres_schema import BASE_VERSION, MIGRATIONS, SCHEMA, TA
 from pithcrawl.store.schema import SCHEMA_VERSION
 from pithcrawl.store.sqlite import BUSY_TIMEOUT_MS
 
+#: How long a session may sit in a transaction doing nothing before the server ends it
+#: (and lets go of its locks): well under `BUSY_TIMEOUT_MS`.
+IDLE_IN_TRANSACTION_MS = BUSY_TIMEOUT_MS * 2 // 3
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -377,6 +381,12 @@ def _connect(url: str, readonly: bool, exclusive: bool, node: str | None = None)
         # As SQLite's busy timeout: a writer waits this long for another's turn, then
         # fails saying so, instead of hanging behind a stuck one.
         conn.execute(f"SET lock_timeout = '{BUSY_TIMEOUT_MS}ms'")
+        # A transaction left open by a process that stopped (SIGSTOP, a paused machine,
+        # a network cut off) holds the archive's write lock: the server ends that
+        # session well before the others' lock timeout, so one stalled node costs the
+        # others a wait, never their crawl. pithcrawl's own transactions never idle
+        # this long (their statements follow each other in one thread).
+        conn.execute(f"SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION_MS}ms'")
         # The counterpart of the SQLite archive's `synchronous = NORMAL`: a commit does
         # not wait for its WAL to reach the disk (this session's only). A crash of the
         # server can lose the last fraction of a second of fetches, which are simply
