@@ -16,6 +16,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Callable
+from contextlib import suppress
 from datetime import datetime
 from typing import Any
 
@@ -27,7 +28,7 @@ from pithcrawl.alert import check_sinks
 from pithcrawl.clock import Clock
 from pithcrawl.config import Config
 from pithcrawl.crawl import Crawler, PairResult
-from pithcrawl.errors import LeaseLost, PithcrawlError
+from pithcrawl.errors import LeaseLost, PithcrawlError, StoreError, UsageError
 from pithcrawl.keys import TrustSet
 from pithcrawl.location import Where, make_room
 from pithcrawl.metrics import Metrics, serve_metrics
@@ -54,9 +55,6 @@ SUMMARY_EVERY = 60.0
 DELIVER_EVERY = 5.0
 #: Time-dependent rules (stale mirrors, unreachable mirrors) are re-checked this often.
 CHECK_EVERY = 60.0
-#: A pair is cut short this long before its lease ends (at most a tenth of the lease):
-#: its write must be done before another node may take it.
-LEASE_MARGIN = 5.0
 
 
 class Daemon:
@@ -123,6 +121,7 @@ class Daemon:
             await self.clock.since_last_run(store)
             # This node's leases from before (it was killed): no pair of them is in flight.
             await store.leases.let_go(node.node_name, vantage=node.vantage_name)
+            tg.start_soon(self._let_go_when_stopped)
             await tg.start(self._signals, tg.cancel_scope)
             if self.config.metrics.bind:
                 port = await tg.start(serve_metrics, self.metrics, self.config.metrics.bind)
@@ -192,6 +191,17 @@ class Daemon:
             if judging_until is not None and time.monotonic() >= judging_until:
                 await rnd.judged_all()
                 self.judged_under = None
+
+    async def _let_go_when_stopped(self) -> None:
+        """When the daemon stops (its pairs in flight cancelled, nothing of them written),
+        let go of this node's leases: the other nodes of its vantage take those pairs now,
+        not once the leases expire."""
+        try:
+            await anyio.sleep_forever()
+        finally:
+            node = self.config.node
+            with anyio.CancelScope(shield=True), suppress(StoreError):
+                await self.store.leases.let_go(node.node_name, vantage=node.vantage_name)
 
     async def _housekeeping(self, rnd: Round, over: anyio.Event) -> None:
         """Every few seconds, that the archive's file is still the one open; every minute,
@@ -349,7 +359,7 @@ class Daemon:
 
     async def _worker(self, crawler: Crawler, jobs: Any) -> None:
         lease = self.config.lease
-        margin = min(LEASE_MARGIN, lease.total_seconds() / 10)
+        margin = self.config.lease_margin.total_seconds()
         node = self.config.node
         # What this task writes of a pair is written only while the pair's lease is ours.
         LEASED.set((node.vantage_name, node.node_name))
@@ -427,6 +437,14 @@ class Daemon:
             config = self.load()
             trust = self.trust_for(config)
             secret = check_sinks(config.alerts, os.environ)
+            running, wanted = self.config.node, config.node
+            if (wanted.node_name, wanted.vantage_name) != (running.node_name, running.vantage_name):
+                # The node's name holds its lock, leases and clock: a new one is a restart.
+                raise UsageError(
+                    f"[node] name and vantage cannot change on a reload (running as"
+                    f" {running.node_name} of {running.vantage_name}, configured"
+                    f" {wanted.node_name} of {wanted.vantage_name}): restart pithcrawl"
+                )
         except PithcrawlError as e:
             log.error("reload_refused", error=str(e))
             self.notifier.ready("reload refused; running with the previous configuration")

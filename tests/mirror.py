@@ -106,6 +106,8 @@ class TestMirror:
         return web.Response(body=body, content_type="application/json")
 
     async def _well_known(self, request: web.Request) -> web.StreamResponse:
+        if self.delay:
+            await asyncio.sleep(self.delay)
         return self._serve(request, self.bundles)
 
     async def _state(self, request: web.Request) -> web.StreamResponse:

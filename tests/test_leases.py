@@ -208,3 +208,11 @@ async def test_a_slow_sinks_queue_is_not_delivered_twice_by_two_nodes(
         assert await a.deliveries.undelivered_count() == 0
     runs = [line.split()[0] for line in calls.read_text().splitlines()]
     assert sorted(runs) == sorted(set(runs)) and len(runs) == 8, calls.read_text()
+
+
+async def test_next_due_wakes_for_a_dead_nodes_pair_never_fetched(store: Store) -> None:
+    """A node killed in its first round held pairs nobody ever fetched: the others'
+    idle schedulers wake when those leases end, not a poll later."""
+    await take(store, "a", OTHER)
+    assert await store.next_due(["m"], vantage="v") == NOW + LEASE
+    assert await store.next_due(["m"], vantage="w") is None

@@ -167,11 +167,28 @@ def test_snapshots_archived_before_nodes_were_recorded_show_none(
         ('[crawl]\nsource_address = "255.255.255.255"\n', "crawl.source_address"),
         ('[crawl]\nsource_address = "0.0.0.0"\n', "crawl.source_address"),
         ('[crawl]\nsource_address = "::"\n', "crawl.source_address"),
+        ('[node]\nlease = "0s"\n', "node.lease"),
+        ('[node]\nlease = "-5s"\n', "node.lease"),
+        ("[node]\nlease = 60\n", "node.lease"),
+        # Two fetches and the cut-short margin: 65 s with the default 30 s timeout.
+        ('[node]\nlease = "64s"\n', "node.lease"),
+        ('[crawl]\ntimeout = "2s"\n[node]\nlease = "4.4s"\n', "node.lease"),
     ],
 )
 def test_bad_node_settings_are_refused_naming_the_key(archive_at, toml: str, key: str) -> None:
     with pytest.raises(ConfigError, match=rf"^{key}\b"):
         parse_config(toml)
+
+
+def test_a_lease_holds_two_fetches_and_the_margin_and_defaults_to_five_timeouts() -> None:
+    assert parse_config("").lease == timedelta(seconds=150)
+    assert parse_config('[crawl]\ntimeout = "10s"\n').lease == timedelta(seconds=50)
+    assert parse_config('[node]\nlease = "65s"\n').lease == timedelta(seconds=65)
+    assert parse_config('[node]\nlease = "65s"\n').lease_margin == timedelta(seconds=5)
+    short = parse_config('[crawl]\ntimeout = "2s"\n[node]\nlease = "4.5s"\n')
+    assert short.lease_margin == timedelta(seconds=0.45)
+    with pytest.raises(ConfigError, match=r"expected at least 65s with crawl.timeout 30s"):
+        parse_config('[node]\nlease = "64s"\n')
 
 
 def test_source_addresses_of_both_families_are_kept_in_their_canonical_form(

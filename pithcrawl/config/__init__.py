@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import ipaddress
+import math
 import os
 import re
 import socket
@@ -218,6 +219,13 @@ class Config:
         return 5 * self.crawl.timeout if lease is None else lease
 
     @property
+    def lease_margin(self) -> timedelta:
+        """How long before its lease ends a pair still being fetched is cut short (its
+        write must be done before another node may take it): 5 s, or a tenth of the lease
+        if that is shorter."""
+        return min(timedelta(seconds=5), self.lease / 10)
+
+    @property
     def vantage_alive(self) -> timedelta:
         """How recently a node of a vantage must have crawled for what that vantage last
         saw to count as what it sees now (two intervals, or `alerts.unreachable_after`)."""
@@ -320,11 +328,16 @@ def parse_config(text: str, *, base_dir: Path | None = None) -> Config:
         metrics=_metrics(top.section("metrics", MetricsConfig)),
         node=_node(top.section("node", NodeConfig)),
     )
-    if config.lease <= config.crawl.timeout:
+    if config.lease - config.lease_margin < 2 * config.crawl.timeout:
+        # A pair is at least two fetches (its bundle, its state.json), cut short 5 s (or a
+        # tenth of the lease) before the lease ends.
+        fetches = 2 * config.crawl.timeout.total_seconds()
+        least = fetches + 5 if fetches + 5 >= 50 else math.ceil(fetches / 0.9 * 10) / 10
         raise bad(
             "node.lease",
-            f"expected longer than crawl.timeout ({config.crawl.timeout.total_seconds():g}s):"
-            " a pair needs at least one fetch's time",
+            f"expected at least {least:g}s with crawl.timeout"
+            f" {config.crawl.timeout.total_seconds():g}s: a pair's two fetches, and the"
+            " margin it is cut short by before its lease ends",
             raw["node"]["lease"],
         )
     return config

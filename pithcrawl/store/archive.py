@@ -78,12 +78,20 @@ ORDER BY f.suffix IS NOT NULL, f.next_due NULLS FIRST, r.added_at, r.suffix, m.n
 LIMIT ?4
 """
 
-# A pair leased to a node is due for the others when its lease expires (its node died).
+# A pair leased to a node is due for the others when its lease expires (its node died),
+# whether it was ever fetched or not.
 _NEXT_DUE = """
-SELECT min(CASE WHEN l.expires > f.next_due THEN l.expires ELSE f.next_due END)
-FROM fetch_state AS f JOIN records AS r ON r.suffix = f.suffix
-LEFT JOIN leases AS l ON l.suffix = f.suffix AND l.mirror = f.mirror AND l.vantage = f.vantage
-WHERE f.vantage = ?2 AND f.kind = 'bundle' AND f.mirror IN (SELECT value FROM json_each(?1))
+SELECT min(t) FROM (
+    SELECT CASE WHEN l.expires > f.next_due THEN l.expires ELSE f.next_due END AS t
+    FROM fetch_state AS f JOIN records AS r ON r.suffix = f.suffix
+    LEFT JOIN leases AS l ON l.suffix = f.suffix AND l.mirror = f.mirror
+      AND l.vantage = f.vantage
+    WHERE f.vantage = ?2 AND f.kind = 'bundle'
+      AND f.mirror IN (SELECT value FROM json_each(?1))
+    UNION ALL
+    SELECT l.expires AS t FROM leases AS l JOIN records AS r ON r.suffix = l.suffix
+    WHERE l.vantage = ?2 AND l.mirror IN (SELECT value FROM json_each(?1))
+) AS times
 """
 
 # Times are stored as text that sorts as time (`rows.db_time`): min and max compare them.
