@@ -15,8 +15,10 @@ Between two runs there is no monotonic clock to compare with: the archive keeps 
 wall time a run saw (`SEEN_SETTING`), and a start earlier than that is a step back.
 
 Several nodes may crawl one archive, each with its own clock: each keeps its own last
-wall time (`SEEN_SETTING@NODE`), and a step of one node's clock moves its vantage's
-schedule (and the shared hold-downs and retries), never another vantage's.
+wall time (`SEEN_SETTING@NODE`). The archive's running times are shared by them (a
+vantage's schedule, the deliveries, the hold-downs): a step of one node's clock moves
+them only while no other node is crawling (the others' clocks are the reference then,
+and what the stepped node wrote comes right with its next fetches).
 """
 
 from __future__ import annotations
@@ -65,13 +67,18 @@ class Clock:
         self._monotonic = monotonic
         self._offset = self._read()
         self._setting = SEEN_SETTING
+        self._node: str | None = None
         self._vantage: str | None = None
+        self._alive = timedelta(0)
 
-    def of(self, node: str, vantage: str) -> Clock:
+    def of(self, node: str, vantage: str, *, alive: timedelta = timedelta(days=1)) -> Clock:
         """This clock as `node`'s (of `vantage`): its last wall time kept under its own
-        name, a step moving only its vantage's schedule. Itself, for chaining."""
+        name, a step moving only its vantage's schedule, and only while no other node
+        was seen crawling within `alive` of the latest sighting. Itself, for chaining."""
         self._setting = f"{SEEN_SETTING}@{node}"
+        self._node = node
         self._vantage = vantage
+        self._alive = alive
         return self
 
     def now(self) -> datetime:
@@ -116,13 +123,32 @@ class Clock:
         await store.set_setting(self._setting, format_timestamp(self.now()))
 
     async def _stepped(self, store: Store, step: timedelta, when: str) -> None:
-        moved = await store.maintenance.shift_clock(
-            step, self._setting, format_timestamp(self.now()), vantage=self._vantage
-        )
+        others = await self._others_crawling(store)
+        if others:
+            # The shared times are the other nodes' too, and their clocks did not step.
+            await store.set_setting(self._setting, format_timestamp(self.now()))
+            moved = 0
+        else:
+            moved = await store.maintenance.shift_clock(
+                step, self._setting, format_timestamp(self.now()), vantage=self._vantage
+            )
         log.warning(
             "clock_stepped",
             by_seconds=round(step.total_seconds(), 3),
             when=when,
             now=format_timestamp(self.now()),
             schedule_moved=moved,
+            other_nodes_crawling=others,
         )
+
+    async def _others_crawling(self, store: Store) -> int:
+        """How many other nodes crawl the archive: seen within their intervals (or
+        `alive`) of the latest sighting of any node (this node's clock is the one in
+        doubt)."""
+        if self._node is None:
+            return 0
+        nodes = await store.nodes.all()
+        newest = max((n.last_seen for n in nodes), default=None)
+        if newest is None:
+            return 0
+        return sum(n.name != self._node and n.crawling(newest, self._alive) for n in nodes)

@@ -112,7 +112,7 @@ class Daemon:
         make_room(self.db)
         self.wake = anyio.Event()
         node = self.config.node
-        self.clock.of(node.node_name, node.vantage_name)
+        self.clock.of(node.node_name, node.vantage_name, alive=self.config.vantage_alive)
         async with (
             await Store.open(self.db, exclusive=True, node=node.node_name) as store,
             anyio.create_task_group() as tg,

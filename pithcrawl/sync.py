@@ -90,7 +90,8 @@ async def sync_once(
     secret = check_sinks(config.alerts, os.environ)  # before the pass, not after it
     summary = Summary()
     tallies: list[Tally] = []
-    clock = (clock or Clock()).of(config.node.node_name, config.node.vantage_name)
+    node = config.node
+    clock = (clock or Clock()).of(node.node_name, node.vantage_name, alive=config.vantage_alive)
     async with await Store.open(db, exclusive=True, node=config.node.node_name) as store:
         await clock.since_last_run(store)
         if config.watch.pith and not named:  # tracked before the pass counts its records

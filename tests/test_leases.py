@@ -13,6 +13,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+import structlog
 from conftest import NOW, REAL_SUFFIX
 from test_store import mirror
 
@@ -216,3 +217,23 @@ async def test_next_due_wakes_for_a_dead_nodes_pair_never_fetched(store: Store) 
     await take(store, "a", OTHER)
     assert await store.next_due(["m"], vantage="v") == NOW + LEASE
     assert await store.next_due(["m"], vantage="w") is None
+
+
+async def test_a_step_of_one_nodes_clock_moves_nothing_while_others_crawl(store: Store) -> None:
+    """Node a's clock steps back an hour while node b (of a's vantage) crawls: the
+    shared schedule, retries and hold-downs are b's too, and b's clock did not step:
+    nothing moves (b would otherwise crawl the vantage again at once)."""
+    await store.record_fetch(fetched(REAL_SUFFIX, "v", at=timedelta(0), due_in=LEASE))
+    for name in ("a", "b"):
+        await store.nodes.seen(name, "v", NOW, interval=timedelta(hours=1))
+    ahead = Clock(wall=lambda: NOW + timedelta(minutes=5)).of("a", "v")
+    await ahead.seen(store)
+    stepped = Clock(wall=lambda: NOW + timedelta(minutes=5) - timedelta(hours=1)).of("a", "v")
+    with structlog.testing.capture_logs() as logs:
+        assert await stepped.since_last_run(store) == -timedelta(hours=1)
+    v = await store.fetch_state(REAL_SUFFIX, "m", "bundle", vantage="v")
+    assert v is not None and v.next_due == NOW + LEASE
+    (step,) = [e for e in logs if e["event"] == "clock_stepped"]
+    assert (step["schedule_moved"], step["other_nodes_crawling"]) == (0, 1)
+    # Its own last wall time is the new one: the step is told once.
+    assert await stepped.since_last_run(store) == timedelta(0)
