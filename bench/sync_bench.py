@@ -450,12 +450,12 @@ def write_config(  # noqa: PLR0917 (each a setting of the file)
     name = "pithcrawl" if db == "archive.db" else "pithcrawl-pg"
     cfg = tmp / (f"{name}.toml" if node is None else f"{name}-{node}.toml")
     nodes = "" if node is None else f'[node]\nname = "{node}"\nvantage = "bench"\n\n'
+    interval = "" if node is None else 'interval = "1h"\n'
     cfg.write_text(
         f"db = {json.dumps(db)}\n\n"
         '[trust]\nkeys = ["bench.key.json"]\nclock_skew = "3650d"\n\n'
         f"[crawl]\nconcurrency = {concurrency}\nper_host = {per_host}\ndiscover = false\n"
-        'interval = "1h"\n\n'
-        f'{nodes}[[mirrors]]\nname = "bench"\nbase_url = "{url}"\n'
+        f'{interval}\n{nodes}[[mirrors]]\nname = "bench"\nbase_url = "{url}"\n'
     )
     return cfg
 
