@@ -12,6 +12,7 @@ is (`round.Round`) is shared with `sync`; each pair's work is `crawl.Crawler.syn
 from __future__ import annotations
 
 import os
+import random
 import signal
 import time
 from collections import Counter
@@ -55,6 +56,9 @@ SUMMARY_EVERY = 60.0
 DELIVER_EVERY = 5.0
 #: Time-dependent rules (stale mirrors, unreachable mirrors) are re-checked this often.
 CHECK_EVERY = 60.0
+#: While due pairs read earlier wait for their mirror, the archive is read again for
+#: the other mirrors' at most this often.
+REREAD_EVERY = 1.0
 
 
 class Daemon:
@@ -92,6 +96,7 @@ class Daemon:
         self.pinged_at = 0.0
         self.inflight: set[tuple[str, str]] = set()
         self.done: list[tuple[str, str]] = []
+        self.rand = random.Random()  # noqa: S311 (an order of work, not a secret)
         """Pairs whose work ended, their leases still to let go of (with the next take)."""
         self.totals = Summary()
         self.alerts_open = 0
@@ -237,6 +242,14 @@ class Daemon:
         sites = {s.name: s for s in rnd.sites}
         last_summary = time.monotonic()
         width = config.crawl.per_host
+        # The due pairs read and not handed out yet, oldest first: handed out as workers
+        # come free, the archive read again only once none of them can go (a read per
+        # freed worker sorted every tracked pair each time: quadratic in a round). A
+        # pair in it that another node fetched meanwhile is refused when its lease is
+        # taken (`Leases.take`), so it is never fetched twice.
+        queue: list[Due] = []
+        held: list[Due] = []
+        read_at = -REREAD_EVERY
         while time.monotonic() < ends:
             self._ping()
             await self.clock.check(self.store)  # a step back moves the schedule with it
@@ -244,36 +257,63 @@ class Daemon:
             # A mirror with `per_host` pairs in flight gets no more now: a slow mirror's
             # pairs would take every worker, and the others' due pairs wait behind them.
             busy = Counter(mirror for _, mirror in self.inflight)
+            pairs = self._ready(queue, busy, width)
             open_now = [name for name in sites if busy[name] < width]
-            due = await self.store.due(
-                now,
-                limit=config.crawl.concurrency * 4,
-                mirrors=open_now,
-                vantage=config.node.vantage_name,
-            )
-            pairs = []
-            for d in due:
-                if (d.suffix, d.mirror) not in self.inflight and busy[d.mirror] < width:
-                    busy[d.mirror] += 1
-                    pairs.append(d)
-            # The lag counts the pairs held back with their mirror too: they are late.
-            waiting = pairs + await self._held_back(now, open_now, sites)
+            if not pairs and open_now and (not queue or time.monotonic() - read_at >= REREAD_EVERY):
+                read_at = time.monotonic()
+                due = await self.store.due(
+                    now,
+                    limit=config.crawl.concurrency * 4,
+                    mirrors=open_now,
+                    vantage=config.node.vantage_name,
+                )
+                queued = {(d.suffix, d.mirror) for d in queue}
+                fresh = [d for d in due if (d.suffix, d.mirror) not in queued]
+                # In an order of this node's own: nodes of one vantage reading the same
+                # due pairs at once then mostly take different ones.
+                self.rand.shuffle(fresh)
+                queue += fresh
+                pairs = self._ready(queue, busy, width)
+                # The lag counts the pairs held back with their mirror too: they are late.
+                held = await self._held_back(now, open_now, sites)
+            waiting = pairs + queue + held
             self._set_lag(waiting)
-            handed = await self._hand_out(send, pairs, waiting, sites)
+            handed, refused = await self._hand_out(send, pairs, waiting, sites)
+            if refused:
+                # Another node of the vantage took (or fetched) pairs read here: what is
+                # left was read as long ago, so read again, without their pairs.
+                queue.clear()
+                read_at = -REREAD_EVERY
             if time.monotonic() - last_summary > SUMMARY_EVERY:
                 last_summary = time.monotonic()
                 self._summary_line()
             if not handed:
                 await self._idle(list(sites), ends)
 
+    def _ready(self, queue: list[Due], busy: Counter[str], width: int) -> list[Due]:
+        """The pairs of `queue` that may start now (their mirror below `width` pairs in
+        flight, counted in `busy`), taken out of it; those already in flight dropped."""
+        ready, kept = [], []
+        for d in queue:
+            if (d.suffix, d.mirror) in self.inflight:
+                continue
+            if busy[d.mirror] < width:
+                busy[d.mirror] += 1
+                ready.append(d)
+            else:
+                kept.append(d)
+        queue[:] = kept
+        return ready
+
     async def _hand_out(
         self, send: Any, pairs: list[Due], waiting: list[Due], sites: dict[str, Site]
-    ) -> int:
+    ) -> tuple[int, int]:
         """Hand `pairs` to the workers as they come free, each once its lease is taken
         (as many at once as workers are free: a lease starts running when taken). How
-        many were handed out (the others were taken by another node meanwhile)."""
+        many were handed out, and how many refused (taken by another node meanwhile, or
+        fetched by one: no longer due)."""
         node, lease = self.config.node, self.config.lease
-        handed = i = 0
+        handed = refused = i = 0
         while i < len(pairs):
             await self._free_worker(waiting[i:])
             batch = pairs[i : i + 1 + int(self.free.value)]
@@ -288,6 +328,7 @@ class Daemon:
                 until=now + lease,
                 done=done,
             )
+            refused += len(batch) - len(taken)
             if not taken:
                 self.free.release()
                 continue
@@ -297,7 +338,7 @@ class Daemon:
                 self.inflight.add((held.suffix, held.mirror))
                 await send.send((held, sites[held.mirror]))
             handed += len(taken)
-        return handed
+        return handed, refused
 
     async def _held_back(
         self, now: datetime, open_now: list[str], sites: dict[str, Site]
