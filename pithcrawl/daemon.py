@@ -245,8 +245,8 @@ class Daemon:
         # The due pairs read and not handed out yet, oldest first: handed out as workers
         # come free, the archive read again only once none of them can go (a read per
         # freed worker sorted every tracked pair each time: quadratic in a round). A
-        # pair in it that another node fetched meanwhile is refused when its lease is
-        # taken (`Leases.take`), so it is never fetched twice.
+        # pair in it that another node took or fetched meanwhile is refused when its
+        # lease is taken (`Leases.take`), and dropped: never fetched twice.
         queue: list[Due] = []
         held: list[Due] = []
         read_at = -REREAD_EVERY
@@ -279,15 +279,10 @@ class Daemon:
             waiting = pairs + queue + held
             self._set_lag(waiting)
             handed, refused = await self._hand_out(send, pairs, waiting, sites)
-            if refused:
-                # Another node of the vantage took (or fetched) pairs read here: what is
-                # left was read as long ago, so read again, without their pairs.
-                queue.clear()
-                read_at = -REREAD_EVERY
             if time.monotonic() - last_summary > SUMMARY_EVERY:
                 last_summary = time.monotonic()
                 self._summary_line()
-            if not handed:
+            if not handed and not refused:  # (refused: the next of the queue, at once)
                 await self._idle(list(sites), ends)
 
     def _ready(self, queue: list[Due], busy: Counter[str], width: int) -> list[Due]:
