@@ -313,11 +313,18 @@ def test_a_node_stopped_past_its_leases_lets_the_other_fetch_and_records_nothing
             time.sleep(3)  # a wakes past its deadlines
         finally:
             first.send_signal(signal.SIGCONT)
-            stop(first, *([second] if second else []))
+            stop(*([second] if second else []))
+            first.send_signal(signal.SIGTERM)
+            # 3 when it was frozen inside a write transaction for long: the server ended
+            # that session (a stalled node must not hold the write lock), and a restarts.
+            assert first.wait(timeout=20) in {0, 3}
     assert first.stderr is not None
-    log = [json.loads(line) for line in first.stderr.read().splitlines() if line.startswith(b"{")]
-
-    assert len([e for e in log if e["event"] == "lease_lost"]) == 4
+    err = first.stderr.read()
+    if first.returncode == 0:
+        log = [json.loads(line) for line in err.splitlines() if line.startswith(b"{")]
+        assert len([e for e in log if e["event"] == "lease_lost"]) == 4
+    else:
+        assert b"idle-in-transaction" in err and b"Traceback" not in err, err[-2000:]
     assert one(db, "SELECT count(*) FROM fetch_state WHERE failures > 0") == 0
     assert one(db, "SELECT count(*) FROM snapshots WHERE node = 'b'") == 8
     assert one(db, "SELECT count(*) FROM snapshots") == 8
