@@ -142,13 +142,11 @@ class Clock:
         )
 
     async def _others_crawling(self, store: Store) -> int:
-        """How many other nodes crawl the archive: seen within their intervals (or
-        `alive`) of the latest sighting of any node (this node's clock is the one in
-        doubt)."""
+        """How many other nodes crawl the archive: seen within two of their intervals
+        (or `alive`) of now, by this clock as it reads after the step (this node's own
+        sightings, written by the clock that stepped, say nothing)."""
         if self._node is None:
             return 0
+        now = self.now()
         nodes = await store.nodes.all()
-        newest = max((n.last_seen for n in nodes), default=None)
-        if newest is None:
-            return 0
-        return sum(n.name != self._node and n.crawling(newest, self._alive) for n in nodes)
+        return sum(n.name != self._node and n.crawling(now, self._alive) for n in nodes)

@@ -124,8 +124,6 @@ class Daemon:
         ):
             self.store = store
             await self.clock.since_last_run(store)
-            # This node's leases from before (it was killed): no pair of them is in flight.
-            await store.leases.let_go(node.node_name, vantage=node.vantage_name)
             tg.start_soon(self._let_go_when_stopped)
             await tg.start(self._signals, tg.cancel_scope)
             if self.config.metrics.bind:
@@ -146,6 +144,11 @@ class Daemon:
         lists are read again) or the end of a re-judging window, whichever comes first."""
         config = self.config
         node = config.node
+        # No worker is left from a round a reload cut short: nothing is in flight, and
+        # the leases that round held are let go (its pairs are due again at once).
+        self.inflight.clear()
+        self.done.clear()
+        await self.store.leases.let_go(node.node_name, vantage=node.vantage_name)
         async with Round.open(
             config,
             self.store,
@@ -250,6 +253,7 @@ class Daemon:
         queue: list[Due] = []
         held: list[Due] = []
         read_at = -REREAD_EVERY
+        found = True  # the last read found pairs for the mirrors then open: maybe more
         while time.monotonic() < ends:
             self._ping()
             await self.clock.check(self.store)  # a step back moves the schedule with it
@@ -259,7 +263,11 @@ class Daemon:
             busy = Counter(mirror for _, mirror in self.inflight)
             pairs = self._ready(queue, busy, width)
             open_now = [name for name in sites if busy[name] < width]
-            if not pairs and open_now and (not queue or time.monotonic() - read_at >= REREAD_EVERY):
+            if (
+                not pairs
+                and open_now
+                and (not queue or found or time.monotonic() - read_at >= REREAD_EVERY)
+            ):
                 read_at = time.monotonic()
                 due = await self.store.due(
                     now,
@@ -273,6 +281,7 @@ class Daemon:
                 # due pairs at once then mostly take different ones.
                 self.rand.shuffle(fresh)
                 queue += fresh
+                found = any(d.mirror in open_now for d in fresh)
                 pairs = self._ready(queue, busy, width)
                 # The lag counts the pairs held back with their mirror too: they are late.
                 held = await self._held_back(now, open_now, sites)
@@ -283,7 +292,10 @@ class Daemon:
                 last_summary = time.monotonic()
                 self._summary_line()
             if not handed and not refused:  # (refused: the next of the queue, at once)
-                await self._idle(list(sites), ends)
+                # While queued pairs wait for their mirror, the others' are read again
+                # within a second.
+                again = read_at + REREAD_EVERY - time.monotonic() if queue else None
+                await self._idle(list(sites), ends, again)
 
     def _ready(self, queue: list[Due], busy: Counter[str], width: int) -> list[Due]:
         """The pairs of `queue` that may start now (their mirror below `width` pairs in
@@ -330,8 +342,13 @@ class Daemon:
             for k, held in enumerate(taken):
                 if k:  # free when the batch was cut (only workers give slots back)
                     await self.free.acquire()
-                self.inflight.add((held.suffix, held.mirror))
-                await send.send((held, sites[held.mirror]))
+                pair = (held.suffix, held.mirror)
+                self.inflight.add(pair)
+                try:
+                    await send.send((held, sites[held.mirror]))
+                except BaseException:  # a reload or a stop: no worker has it
+                    self.inflight.discard(pair)
+                    raise
             handed += len(taken)
         return handed, refused
 
@@ -374,7 +391,7 @@ class Daemon:
         lag = (self.clock.now() - oldest).total_seconds() if oldest is not None else 0.0
         self.metrics.set_lag(lag)
 
-    async def _idle(self, mirrors: list[str], ends: float) -> None:
+    async def _idle(self, mirrors: list[str], ends: float, again: float | None = None) -> None:
         """Sleep until the next pair is due (at most `idle_poll`, and not past the round's
         end), a fetch ends or a reload; the leases of the pairs done let go of first."""
         if self.done:
@@ -382,6 +399,8 @@ class Daemon:
             node = self.config.node
             await self.store.leases.let_go(node.node_name, done, vantage=node.vantage_name)
         wait = min(self.idle_poll, max(0.0, ends - time.monotonic()))
+        if again is not None:
+            wait = min(wait, max(0.0, again))
         upcoming = await self.store.next_due(mirrors, vantage=self.config.node.vantage_name)
         if upcoming is not None:
             ahead = (upcoming - self.clock.now()).total_seconds()

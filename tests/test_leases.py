@@ -20,9 +20,14 @@ from test_store import mirror
 from pithcrawl import alert as alert_module
 from pithcrawl.alert import Sinks, deliver_to
 from pithcrawl.clock import SEEN_SETTING, Clock
-from pithcrawl.config import AlertsConfig
+from pithcrawl.config import AlertsConfig, Config, NodeConfig
+from pithcrawl.daemon import Daemon
 from pithcrawl.location import PgUrl
+from pithcrawl.mirrors import Site
+from pithcrawl.sdnotify import Notifier
 from pithcrawl.store import FetchOutcome, NewEvent, Store
+from pithcrawl.store.archive import Due
+from pithcrawl.store.leases import Lease
 
 pytestmark = pytest.mark.anyio
 
@@ -237,3 +242,48 @@ async def test_a_step_of_one_nodes_clock_moves_nothing_while_others_crawl(store:
     assert (step["schedule_moved"], step["other_nodes_crawling"]) == (0, 1)
     # Its own last wall time is the new one: the step is told once.
     assert await stepped.since_last_run(store) == timedelta(0)
+
+
+async def test_a_pair_cut_off_on_its_way_to_a_worker_is_not_left_in_flight(
+    tmp_path: Path, store: Store
+) -> None:
+    """A reload (or a stop) cancels the scheduler while it hands a pair over: the pair
+    is not left counted in flight (it would hold one of its mirror's `per_host` slots
+    for good, and never be fetched again until a restart)."""
+    config = Config(node=NodeConfig(name="a", vantage="v"))
+    daemon = Daemon(lambda: config, tmp_path / "unused.db", lambda _: None, Notifier({}))  # type: ignore[arg-type,return-value]
+    daemon.store = store
+    daemon.free = anyio.Semaphore(4)
+    site = Site(
+        "m", "https://m.example", "{base_url}/b/{suffix}", "{base_url}/s/{suffix}", None, "config"
+    )
+    send, receive = anyio.create_memory_object_stream[object](0)  # nobody receives
+    due = [Due(REAL_SUFFIX, "m", NOW)]
+    with anyio.move_on_after(0.5):
+        await daemon._hand_out(send, due, due, {"m": site})
+    assert daemon.inflight == set()
+    assert await store.leases.held(datetime.now(UTC)) == {"a": 1}  # let go at round start
+    send.close()
+    receive.close()
+
+
+async def test_a_pair_of_a_record_untracked_since_it_was_read_is_not_taken(store: Store) -> None:
+    """The scheduler's queue was read before `untrack`: the take refuses the pair, so an
+    untracked record is never fetched again."""
+    await store.watchlist.untrack([REAL_SUFFIX])
+    assert await take(store, "a", REAL_SUFFIX, OTHER) == [Lease(OTHER, "m", NOW + LEASE)]
+
+
+async def test_a_node_whose_clock_ran_ahead_then_stepped_back_moves_nothing(store: Store) -> None:
+    """Node a's clock ran two days ahead (its own sightings are two days ahead too), then
+    NTP set it right while node b crawls: b counts as crawling (a's sightings, written
+    by the clock in doubt, are no reference), and the shared schedule stays."""
+    await store.record_fetch(fetched(REAL_SUFFIX, "v", at=timedelta(0), due_in=LEASE))
+    ahead = NOW + timedelta(days=2)
+    await store.nodes.seen("a", "v", ahead, interval=timedelta(hours=1))
+    await store.nodes.seen("b", "v", NOW, interval=timedelta(hours=1))
+    await Clock(wall=lambda: ahead).of("a", "v").seen(store)
+    right = Clock(wall=lambda: NOW).of("a", "v")
+    assert await right.since_last_run(store) == -timedelta(days=2)
+    v = await store.fetch_state(REAL_SUFFIX, "m", "bundle", vantage="v")
+    assert v is not None and v.next_due == NOW + LEASE

@@ -358,3 +358,34 @@ def test_a_reload_keeps_the_nodes_name_and_a_stop_lets_go_of_its_leases(tmp_path
     (refused,) = [e for e in log if e["event"] == "reload_refused"]
     assert "[node] name and vantage cannot change on a reload" in refused["error"]
     assert not [e for e in log if e["event"] == "config_reloaded"]
+
+
+def test_a_slow_mirror_holds_up_no_other_mirror(tmp_path: Path) -> None:
+    """One node, a mirror answering in seconds beside a fast one: while the slow one's
+    pairs wait for its `per_host` slots, the fast one's are read and fetched on (the
+    scheduler does not sleep on the slow one's queued pairs)."""
+    db = tmp_path / "archive.db"
+    bodies = [
+        BundleBuilder(SIGNER, record=canonical_record(f"2612.6{i:04d}")).bytes() for i in range(200)
+    ]
+    with in_thread(TestMirror(delay=2.0)) as slow, in_thread(TestMirror()) as fast:
+        for body in bodies:
+            slow.put(body)
+            fast.put(body)
+        cfg = config(tmp_path, "a", db, slow.base_url, fast.base_url)
+        cfg.write_text(
+            cfg.read_text().replace("concurrency = 8\n", "concurrency = 8\nper_host = 2\n")
+        )
+        track(cfg, slow)
+        node = subprocess.Popen(command(cfg, "run"), stderr=subprocess.DEVNULL)
+        try:
+            wait_for(
+                lambda: fast.hits and sum(fast.hits.values()) >= 2 * len(bodies),
+                "every pair of the fast mirror",
+            )
+            slow_done = sum(slow.hits.values())
+        finally:
+            stop(node)
+    # The slow mirror answered a few documents meanwhile (two at a time, 2 s each); the
+    # fast one's 400 came in between, not a queue's worth per slow answer.
+    assert slow_done <= 8, slow_done

@@ -32,11 +32,13 @@ LEASED: ContextVar[tuple[str, str] | None] = ContextVar("pithcrawl_leased", defa
 #: whose lease expired and that nobody took over still writes what it fetched.
 HOLDS = "SELECT 1 FROM leases WHERE suffix = ? AND mirror = ? AND vantage = ? AND node = ?"
 
-# A pair is taken when its bundle is not yet due again (another node's fetch of it
-# written since the caller read it due) and nobody's lease on it is running.
+# A pair is taken when its record is still tracked, its bundle is not yet due again
+# (another node's fetch of it written since the caller read it due) and nobody's lease
+# on it is running.
 _TAKE = """
 INSERT INTO leases (suffix, mirror, vantage, node, expires)
-SELECT ?1, ?2, ?3, ?4, ?6 WHERE NOT EXISTS (
+SELECT ?1, ?2, ?3, ?4, ?6 WHERE EXISTS (SELECT 1 FROM records WHERE suffix = ?1)
+  AND NOT EXISTS (
     SELECT 1 FROM fetch_state AS f WHERE f.suffix = ?1 AND f.mirror = ?2
       AND f.kind = 'bundle' AND f.vantage = ?3 AND f.next_due > ?5)
 ON CONFLICT (suffix, mirror, vantage) DO UPDATE SET node = excluded.node,
