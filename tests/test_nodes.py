@@ -36,14 +36,23 @@ def bundles() -> list[bytes]:
     ]
 
 
-@pytest.fixture
-def far_mirror(bundles: list[bytes]) -> Iterator[TestMirror]:
-    """A loopback mirror of every bundle, each document taking a few milliseconds (the
-    two nodes' rounds overlap: neither is done before the other has started)."""
-    with in_thread(TestMirror(delay=0.01)) as m:
+@pytest.fixture(scope="module")
+def _far_mirror(bundles: list[bytes]) -> Iterator[TestMirror]:
+    with in_thread(TestMirror()) as m:
         for body in bundles:
             m.put(body)
         yield m
+
+
+@pytest.fixture
+def far_mirror(_far_mirror: TestMirror) -> TestMirror:
+    """A loopback mirror of every bundle, each document taking a few milliseconds (the
+    two nodes' rounds overlap: neither is done before the other has started); its
+    counts start at zero."""
+    _far_mirror.delay = 0.01
+    _far_mirror.hits.clear()
+    _far_mirror.conditional_hits.clear()
+    return _far_mirror
 
 
 def config(
@@ -123,15 +132,14 @@ def stop(*procs: subprocess.Popen) -> None:
                 p.kill()
 
 
-@pytest.fixture
-def reference(tmp_path: Path, far_mirror: TestMirror) -> list[tuple]:
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, _far_mirror: TestMirror) -> list[tuple]:
     """The archive one node makes of the mirror (a `sync` pass into SQLite)."""
-    db = tmp_path / "reference.db"
-    cfg = config(tmp_path, "alone", db, far_mirror.base_url)
-    track(cfg, far_mirror)
+    tmp = tmp_path_factory.mktemp("reference")
+    db = tmp / "reference.db"
+    cfg = config(tmp, "alone", db, _far_mirror.base_url)
+    track(cfg, _far_mirror)
     subprocess.run(command(cfg, "sync"), check=True, capture_output=True)
-    far_mirror.hits.clear()
-    far_mirror.conditional_hits.clear()
     return archived(db)
 
 
