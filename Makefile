@@ -32,7 +32,7 @@ postgresql:
 ## make test: lint, type-check and run the whole test suite
 # Two test processes a CPU: most tests wait on real servers and subprocesses, not the CPU
 # (on 2 cores, 4 processes take the suite from 264 s to 203 s).
-TEST_WORKERS ?= $(shell nproc 2>/dev/null | awk '{print 2 * $$1}' || echo 4)
+TEST_WORKERS ?= $(shell python3 -c 'import os; print(2 * len(os.sched_getaffinity(0)))' 2>/dev/null || echo 4)
 test: install-test browser postgresql lint
 	$(BIN)/pytest -n $(TEST_WORKERS)
 
