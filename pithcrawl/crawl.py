@@ -381,7 +381,10 @@ class Crawler:
                     if verdict.ok == bool(before.body_trusted):
                         again = None  # the same verdict: nothing new to say
             if again is None:
-                await self.store.record_fetch(self.poller.outcome(suffix, site.name, got, now))
+                # Stored with the pair's state.json, in one transaction: a node that dies
+                # between the two leaves the pair due, not its state.json an interval late.
+                outcome = self.poller.outcome(suffix, site.name, got, now)
+                result.writes.append((outcome, Judgement(), ""))
                 if before is None or before.body_sha256 is None or not before.body_trusted:
                     # What this mirror serves was never trusted: its alert was raised when
                     # it first came; it is still a security finding of this pass.
@@ -550,7 +553,9 @@ class Crawler:
             return
         if got.unchanged and bundle.document is None:
             # Neither document changed since they were last compared.
-            await self.store.record_fetch(self.poller.outcome(suffix, site.name, got, now))
+            result.writes.append(
+                (self.poller.outcome(suffix, site.name, got, now), Judgement(), "")
+            )
             return
         if got.unchanged:
             assert got.before is not None  # unchanged implies a body before

@@ -143,75 +143,85 @@ def reference(tmp_path_factory: pytest.TempPathFactory, _far_mirror: TestMirror)
     return archived(db)
 
 
-def test_two_nodes_of_one_vantage_fetch_each_pair_once(
+def test_two_nodes_share_a_round_and_take_over_from_one_killed_in_the_next(
     pg_cluster: Cluster, tmp_path: Path, far_mirror: TestMirror, reference: list[tuple]
 ) -> None:
+    """Round one: every pair fetched once, by one node or the other, and the archive a
+    single node makes. Round two (every pair due again, as an interval later): node a
+    SIGKILLed mid-round; b fetches the pairs a held once their leases (5 s) expire."""
     db = pg_cluster.archive()
     a, b = (config(tmp_path, n, db, far_mirror.base_url) for n in "ab")
     track(a, far_mirror)
-    nodes = [subprocess.Popen(command(cfg, "run"), stderr=subprocess.PIPE) for cfg in (a, b)]
+    nodes = [
+        subprocess.Popen(command(a, "run"), stderr=subprocess.DEVNULL),
+        subprocess.Popen(command(b, "run"), stderr=subprocess.PIPE),
+    ]
     try:
         wait_for(lambda: fetched_all(db), "one round of every pair")
         time.sleep(1.0)  # nothing more comes: every pair is due again in an hour
         status = subprocess.run(command(a, "status", "--json"), capture_output=True, check=True)
-    finally:
-        stop(*nodes)
-    requests = [
-        far_mirror.hits[f"/pith/{s}/{doc}"]
-        for s in far_mirror.bundles
-        for doc in ("bundle.json", "state.json")
-    ]
-    assert requests == [1] * (2 * RECORDS), "a pair fetched twice, or not at all"
-    # Both did their share, and the archive is the one a single node makes.
-    shares = {n: one(db, f"SELECT count(*) FROM snapshots WHERE node = '{n}'") for n in "ab"}
-    assert sum(shares.values()) == 2 * RECORDS
-    assert min(shares.values()) > 0.1 * RECORDS, shares
-    assert archived(db) == reference
-    shown = {n["name"]: n for n in json.loads(status.stdout)["nodes"]}
-    assert shown.keys() == {"a", "b"}
-    assert {n["vantage"] for n in shown.values()} == {"v"}
+        requests = [
+            far_mirror.hits[f"/pith/{s}/{doc}"]
+            for s in far_mirror.bundles
+            for doc in ("bundle.json", "state.json")
+        ]
+        assert requests == [1] * (2 * RECORDS), "a pair fetched twice, or not at all"
+        # Both did their share, and the archive is the one a single node makes.
+        shares = {n: one(db, f"SELECT count(*) FROM snapshots WHERE node = '{n}'") for n in "ab"}
+        assert sum(shares.values()) == 2 * RECORDS
+        assert min(shares.values()) > 0.1 * RECORDS, shares
+        assert archived(db) == reference
+        shown = {n["name"]: n for n in json.loads(status.stdout)["nodes"]}
+        assert shown.keys() == {"a", "b"}
+        assert {n["vantage"] for n in shown.values()} == {"v"}
 
-
-def test_a_node_killed_mid_round_leaves_its_pairs_to_the_other(
-    pg_cluster: Cluster, tmp_path: Path, far_mirror: TestMirror, reference: list[tuple]
-) -> None:
-    db = pg_cluster.archive()
-    a, b = (config(tmp_path, n, db, far_mirror.base_url) for n in "ab")
-    track(a, far_mirror)
-    far_mirror.delay = 0.03  # a round long enough to be killed in
-    first = subprocess.Popen(command(a, "run"), stderr=subprocess.DEVNULL)
-    second = subprocess.Popen(command(b, "run"), stderr=subprocess.PIPE)
-    try:
+        far_mirror.hits.clear()
+        far_mirror.conditional_hits.clear()
+        far_mirror.delay = 0.03  # a round long enough to be killed in
+        with raw(db) as conn:
+            conn.execute("UPDATE fetch_state SET next_due = last_fetch_at")
         wait_for(
-            lambda: one(db, "SELECT count(*) FROM snapshots WHERE node = 'a'") > 50,
-            "node a to be well into the round",
+            lambda: sum(far_mirror.conditional_hits.values()) > 100,
+            "the nodes to be well into round two",
         )
         held = one(db, "SELECT count(*) FROM leases WHERE node = 'a'")
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=10)
+        nodes[0].send_signal(signal.SIGKILL)
+        nodes[0].wait(timeout=10)
         killed_at = time.monotonic()
-        wait_for(lambda: fetched_all(db), "node b to fetch a's pairs once their leases expired")
+        wait_for(
+            lambda: (
+                one(db, "SELECT count(*) FROM fetch_state WHERE next_due = last_fetch_at") == 0
+                and one(db, "SELECT count(*) FROM leases") == 0
+            ),
+            "node b to fetch a's pairs once their leases expired",
+        )
         took = time.monotonic() - killed_at
     finally:
-        stop(first, second)
+        stop(*nodes)
     assert held > 0
     assert took >= 4.0, "a's pairs were taken before their lease (5 s) ran out"
-    # Only the pairs a held when killed were asked for twice (their fetch was cut off,
-    # nothing of it archived); every other once.
+    # Only the pairs a held when killed were asked for twice in round two (their fetch
+    # was cut off, nothing of it written); every other once.
     twice = [s for s in far_mirror.bundles if far_mirror.hits[f"/pith/{s}/bundle.json"] > 1]
     assert len(twice) <= held
-    assert all(far_mirror.hits[f"/pith/{s}/bundle.json"] >= 1 for s in far_mirror.bundles)
-    assert all(far_mirror.hits[f"/pith/{s}/bundle.json"] <= 2 for s in far_mirror.bundles)
+    assert all(1 <= far_mirror.hits[f"/pith/{s}/bundle.json"] <= 2 for s in far_mirror.bundles)
     assert archived(db) == reference  # nothing lost, nothing written twice
-    log = [json.loads(line) for line in second.stderr.read().splitlines() if line.startswith(b"{")]
+    assert nodes[1].stderr is not None
+    log = [
+        json.loads(line) for line in nodes[1].stderr.read().splitlines() if line.startswith(b"{")
+    ]
     assert not [e for e in log if e.get("level") in {"error", "critical"}], log[-5:]
 
 
-def test_on_sqlite_a_second_node_is_refused(tmp_path: Path, far_mirror: TestMirror) -> None:
+def test_on_sqlite_a_second_node_is_refused(
+    tmp_path: Path, mirror: TestMirror, bundles: list[bytes]
+) -> None:
     """SQLite keeps one writer process: the second node exits 3, naming the first."""
     db = tmp_path / "archive.db"
-    a, b = (config(tmp_path, n, db, far_mirror.base_url) for n in "ab")
-    track(a, far_mirror)
+    for body in bundles[:5]:
+        mirror.put(body)
+    a, b = (config(tmp_path, n, db, mirror.base_url) for n in "ab")
+    track(a, mirror)
     first = subprocess.Popen(command(a, "run"), stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: db.exists() and one(db, "SELECT count(*) FROM nodes") > 0, "node a")
@@ -374,7 +384,7 @@ def test_a_slow_mirror_holds_up_no_other_mirror(tmp_path: Path) -> None:
     scheduler does not sleep on the slow one's queued pairs)."""
     db = tmp_path / "archive.db"
     bodies = [
-        BundleBuilder(SIGNER, record=canonical_record(f"2612.6{i:04d}")).bytes() for i in range(200)
+        BundleBuilder(SIGNER, record=canonical_record(f"2612.6{i:04d}")).bytes() for i in range(100)
     ]
     with in_thread(TestMirror(delay=2.0)) as slow, in_thread(TestMirror()) as fast:
         for body in bodies:
@@ -395,5 +405,5 @@ def test_a_slow_mirror_holds_up_no_other_mirror(tmp_path: Path) -> None:
         finally:
             stop(node)
     # The slow mirror answered a few documents meanwhile (two at a time, 2 s each); the
-    # fast one's 400 came in between, not a queue's worth per slow answer.
+    # fast one's 200 came in between, not a queue's worth per slow answer.
     assert slow_done <= 8, slow_done
