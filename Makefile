@@ -33,8 +33,12 @@ postgresql:
 # Two test processes a CPU: most tests wait on real servers and subprocesses, not the CPU
 # (on 2 cores, 4 processes take the suite from 264 s to 203 s).
 TEST_WORKERS ?= $(shell python3 -c 'import os; print(2 * len(os.sched_getaffinity(0)))' 2>/dev/null || echo 4)
+# Bytecode is cached even where the environment turns it off (PYTHONDONTWRITEBYTECODE):
+# else each of the ~120 pithcrawl processes the suite starts compiles the package again,
+# and each test process rewrites every test module's asserts again.
 test: install-test browser postgresql lint
-	$(BIN)/pytest -n $(TEST_WORKERS)
+	$(BIN)/python -m compileall -q pithcrawl
+	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -n $(TEST_WORKERS)
 
 lint: install-test
 	$(BIN)/ruff check pithcrawl tests bench demo

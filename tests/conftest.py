@@ -82,13 +82,16 @@ def pg_cluster() -> Iterator[Cluster]:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def archive_at(request: pytest.FixtureRequest, tmp_path: Path) -> Path | PgUrl:
-    """Where a test's archive goes, once on each backend: a SQLite file, or an empty
-    schema of a PostgreSQL database."""
+def archive_at(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path | PgUrl]:
+    """Where a test's archive goes, once on each backend: a SQLite file, or a schema of
+    a PostgreSQL database (empty, or holding what a new archive holds: `Cluster.lend`)."""
     if request.param == "sqlite":
-        return tmp_path / "archive.db"
+        yield tmp_path / "archive.db"
+        return
     cluster: Cluster = request.getfixturevalue("pg_cluster")
-    return cluster.archive()
+    where = cluster.lend()
+    yield where
+    cluster.give_back(where)
 
 
 @pytest.fixture

@@ -464,3 +464,52 @@ async def test_a_node_stalled_in_a_write_costs_the_others_a_wait_not_their_crawl
             assert await store.watchlist.tracked_count() == 1
         finally:
             stalled.close()
+
+
+def _contents(where: PgUrl) -> tuple[dict[str, list[tuple]], list[tuple]]:
+    """Every table's rows and every sequence's state in `where`'s schema."""
+    schema = where.url.rsplit("search_path%3D", 1)[1]
+    with psycopg.connect(where.url, autocommit=True) as conn:
+        tables = [
+            t
+            for (t,) in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = %s ORDER BY 1", [schema]
+            )
+        ]
+        rows = {t: sorted(map(tuple, conn.execute(f"SELECT * FROM {t}")), key=repr) for t in tables}
+        sequences = conn.execute(
+            "SELECT sequencename, last_value FROM pg_sequences WHERE schemaname = %s ORDER BY 1",
+            [schema],
+        ).fetchall()
+    return rows, [tuple(s) for s in sequences]
+
+
+async def test_a_schema_lent_again_holds_what_a_new_archive_holds(pg_cluster: Cluster) -> None:
+    """The tests' archives are lent and taken back (`Cluster.lend`): one taken back after
+    a test wrote to it is lent again holding exactly what a new archive holds, rows and
+    sequences; one whose tables a test changed, or still in use, is not."""
+    new = pg_cluster.archive()
+    await (await Store.open(new)).close()
+    lent = pg_cluster.lend()
+    store = await Store.open(lent)
+    try:
+        await store.record_fetch(_outcome([finding("schema_invalid", "/x", "no")]))
+        await store.watchlist.track([REAL_SUFFIX], now=NOW)
+    finally:
+        await store.close()
+    written, _ = _contents(lent)
+    assert written["snapshots"] and written["records"]
+    pg_cluster.give_back(lent)
+    again = pg_cluster.lend()
+    assert again == lent
+    assert _contents(again) == _contents(new)
+
+    with raw(again) as conn:
+        conn.execute("ALTER TABLE records ADD COLUMN extra TEXT")
+    pg_cluster.give_back(again)
+    assert pg_cluster.lend() != again  # changed: a new schema instead
+    busy = pg_cluster.lend()
+    await (await Store.open(busy)).close()
+    with psycopg.connect(pg_cluster.url()):
+        pg_cluster.give_back(busy)  # someone is still connected
+    assert pg_cluster.lend() != busy
