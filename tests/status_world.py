@@ -14,17 +14,23 @@ real `sync` passes, and open alerts of the kinds people come to the pages for.
 
 async with world(tmp_path, signer) as w:
     w.db, w.config, w.trust, w.canary.hits
+
+with served_world(tmp_path, signer, db) as w:  # built and served from a thread of its own
+    ...                                        # (a world tests in other event loops share)
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+import anyio
+from aiohttp import web
 from builder import BundleBuilder, TestSigner, canonical_record, serialize
 from clocks import TestClock
 from conftest import db_setting
@@ -49,6 +55,15 @@ def payloads(canary: str) -> dict[str, str]:
         ),
         "location": f'javascript:alert(3)//<script src="{canary}/location"></script>',
     }
+
+
+class Canary(TestMirror):
+    """A loopback server that counts every request reaching it (a `TestMirror` counts
+    only those for its documents): where the payloads would load from."""
+
+    async def _extra(self, request: web.Request) -> web.StreamResponse:
+        self.hits[request.path] += 1
+        return await super()._extra(request)
 
 
 @dataclass
@@ -96,7 +111,7 @@ def _record(signer: TestSigner, arxiv: str, title: str, events: int = 1) -> Bund
 async def world(
     tmp_path: Path, signer: TestSigner, db: Path | PgUrl | None = None
 ) -> AsyncIterator[World]:
-    async with TestMirror() as good, TestMirror() as other, TestMirror() as canary:
+    async with TestMirror() as good, TestMirror() as other, Canary() as canary:
         hostile = payloads(canary.base_url)
         calm = _record(signer, "2612.00001", "A calm paper")
         calm_v1 = calm.bytes()
@@ -152,3 +167,42 @@ async def world(
         w.clock.advance(timedelta(hours=7))  # past unreachable_after, still failing
         await w.sync()
         yield w
+
+
+@contextmanager
+def served_world(
+    tmp_path: Path, signer: TestSigner, db: Path | PgUrl | None = None
+) -> Iterator[World]:
+    """`world`, built in an event loop of a thread of its own and served from it while the
+    block runs (its mirrors answer, its canary counts): a world for tests that run in
+    event loops of their own to share."""
+    built: list[World] = []
+    failed: list[BaseException] = []
+    ready, stop = threading.Event(), threading.Event()
+
+    async def serve() -> None:
+        async with world(tmp_path, signer, db) as w:
+            built.append(w)
+            ready.set()
+            await anyio.to_thread.run_sync(stop.wait)
+
+    def run() -> None:
+        try:
+            anyio.run(serve)
+        except BaseException as e:  # raised where the world is used
+            failed.append(e)
+        finally:
+            ready.set()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    try:
+        assert ready.wait(120), "the world was not built in 120 s"
+        if failed:
+            raise failed[0]
+        yield built[0]
+    finally:
+        stop.set()
+        t.join(30)
+    if failed:
+        raise failed[0]

@@ -12,8 +12,11 @@ import base64
 import hashlib
 import json
 import re
-from collections.abc import AsyncIterator
+import shutil
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from html.parser import HTMLParser
 from itertools import pairwise
@@ -22,7 +25,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from status_world import GOOD, OTHER, World, world
+from clocks import TestClock
+from postgres import Cluster
+from status_world import GOOD, OTHER, World, served_world, world
 
 from pithcrawl.commands.evidence import body_refs
 from pithcrawl.commands.status import gather
@@ -68,6 +73,10 @@ class Page(HTMLParser):
         return [a["href"] or "" for t, a in self.tags if t == "a" and "href" in a]
 
 
+def key_file(w: World) -> Path:
+    return w.tmp / "test.key.json"
+
+
 def COMMAND(w: World) -> Command:
     return Command(("/opt/pc/bin/pithcrawl",), ("--config", str(w.config_path)))
 
@@ -95,8 +104,56 @@ async def get(server: Server, path: str) -> tuple[int, dict[str, str], str]:
         return r.status, dict(r.headers), await r.text()
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def shared_world(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, signer: Any
+) -> Iterator[World]:
+    """One world a backend (a SQLite file, or a schema of the test process's PostgreSQL,
+    as `archive_at` lends it), built once for the module's tests that only read it: `w`."""
+    tmp = tmp_path_factory.mktemp("world")
+    if request.param == "sqlite":
+        with served_world(tmp, signer, tmp / "archive.db") as built:
+            yield built
+        return
+    cluster: Cluster = request.getfixturevalue("pg_cluster")
+    where = cluster.lend()
+    with served_world(tmp, signer, where) as built:
+        yield built
+    cluster.give_back(where)
+
+
 @pytest.fixture
-async def w(tmp_path: Path, signer: Any, archive_at: Any) -> AsyncIterator[World]:
+def w(shared_world: World) -> Iterator[World]:
+    """The module's shared world, for a test that only reads it: the archive through
+    read-only stores (`pages`, `gather`, `Store.open(readonly=True)`), the configuration
+    and key files as they are, no request to its mirrors. The test gets a clock of its own
+    (reading one moves it a microsecond); afterwards it is checked to have left the
+    mirrors' counts and the files as it found them."""
+    files = {p: p.read_bytes() for p in (shared_world.config_path, key_file(shared_world))}
+    mirrors = (shared_world.good, shared_world.other, shared_world.canary)
+    hits = [(Counter(m.hits), Counter(m.conditional_hits)) for m in mirrors]
+    yield replace(
+        shared_world,
+        clock=TestClock(shared_world.clock.at),
+        records=dict(shared_world.records),
+        summaries=list(shared_world.summaries),
+    )
+    assert [(m.hits, m.conditional_hits) for m in mirrors] == hits, "a mirror was asked"
+    assert {p: p.read_bytes() for p in files} == files, "a shared file was changed"
+
+
+@pytest.fixture
+def w_files_own(w: World, tmp_path: Path) -> World:
+    """The shared world with its configuration and key file copied to the test's own
+    directory (the archive's path or URL in it is absolute): a test may break them."""
+    for p in (w.config_path, key_file(w)):
+        shutil.copy(p, tmp_path / p.name)
+    return replace(w, tmp=tmp_path)
+
+
+@pytest.fixture
+async def w_own(tmp_path: Path, signer: Any, archive_at: Any) -> AsyncIterator[World]:
+    """A world of the test's own, for a test that writes to the archive."""
     async with world(tmp_path, signer, archive_at) as built:
         yield built
 
@@ -236,16 +293,16 @@ async def test_nothing_a_mirror_sent_becomes_markup(w: World) -> None:
     assert sum(w.canary.hits.values()) == 0
 
 
-async def test_lists_are_paged(w: World) -> None:
+async def test_lists_are_paged(w_own: World) -> None:
     fake = [
         base64.b32encode(hashlib.sha256(str(i).encode()).digest()).decode()[:26]
         for i in range(2 * PAGE + 7)
     ]
-    async with await Store.open(w.db) as store:
+    async with await Store.open(w_own.db) as store:
         await store.watchlist.track(fake, datetime.now(UTC))
         total = await store.watchlist.tracked_count()
     seen: list[str] = []
-    async with pages(w) as server:
+    async with pages(w_own) as server:
         path, hops = "/ui/records", 0
         while path:
             code, _, html = await get(server, path)
@@ -327,17 +384,17 @@ def test_shown_escapes_what_does_not_print() -> None:
     assert shown("one\ntwo") == "one\\x0atwo"
 
 
-async def test_overview_figures_are_reread_after_max_age_without_waiting(w: World) -> None:
+async def test_overview_figures_are_reread_after_max_age_without_waiting(w_own: World) -> None:
     """Stale-while-revalidate: a visit after `max_age` gets the figures it has at once
     and starts one read; the next visit sees what changed."""
     from pithcrawl.serve.pages import Figures
 
     ticks = [0.0]
-    async with await Store.open(w.db, readonly=True) as store:
-        figures = Figures(store, Ui(w.config, clock=w.clock.now), 30.0, lambda: ticks[0])
+    async with await Store.open(w_own.db, readonly=True) as store:
+        figures = Figures(store, Ui(w_own.config, clock=w_own.clock.now), 30.0, lambda: ticks[0])
         first = await figures.get()
         assert first.status.records == 5
-        async with await Store.open(w.db) as writer:
+        async with await Store.open(w_own.db) as writer:
             await writer.watchlist.track(["B" * 26], datetime.now(UTC))
         ticks[0] = 29.0
         assert await figures.get() is first  # fresh enough: no read
@@ -494,11 +551,11 @@ def test_a_huge_value_is_cut_before_it_is_written() -> None:
     assert len(rows[0].before) < 5_000
 
 
-async def test_a_key_file_broken_while_serving_costs_only_the_page(w: World) -> None:
+async def test_a_key_file_broken_while_serving_costs_only_the_page(w_files_own: World) -> None:
     """The alert page reads trust.keys again (for the evidence's key files): a file
     replaced by junk meanwhile gives a page that says so, with the headers of any page."""
-    async with pages(w) as server:
-        (w.tmp / "test.key.json").write_text("{not json")
+    async with pages(w_files_own) as server:
+        key_file(w_files_own).write_text("{not json")
         code, headers, html = await get(server, "/ui/alert/1")
         assert code == 500 and "configuration cannot be read" in html
         assert headers["Content-Security-Policy"] == POLICY
@@ -521,20 +578,24 @@ async def test_a_page_compares_bodies_up_to_a_size(
     assert code == 200 and "too large to compare on a page" in html
 
 
-async def test_hours_counted_under_a_clock_that_ran_ahead_are_left_out(w: World) -> None:
+async def test_hours_counted_under_a_clock_that_ran_ahead_are_left_out(w_own: World) -> None:
     """Counts written while the clock was 20 days ahead neither swell "the last 24 h"
     nor the chart's scale once the clock is right again."""
     from datetime import timedelta
 
     from pithcrawl.store.browse import hour_of
 
-    ahead = hour_of(w.clock.at + timedelta(days=20))
-    async with await Store.open(w.db) as store:
-        before = (await store.browse.recent(w.clock.at - timedelta(hours=23), w.clock.at))[OTHER]
+    ahead = hour_of(w_own.clock.at + timedelta(days=20))
+    async with await Store.open(w_own.db) as store:
+        before = (await store.browse.recent(w_own.clock.at - timedelta(hours=23), w_own.clock.at))[
+            OTHER
+        ]
         async with store._db.write("a clock ahead") as s:
             await s.run("INSERT INTO mirror_hours VALUES (?, ?, 10000, 0, 0, 0)", (OTHER, ahead))
-        after = (await store.browse.recent(w.clock.at - timedelta(hours=23), w.clock.at))[OTHER]
-        days = await store.browse.days(OTHER, w.clock.at - timedelta(days=29), w.clock.at)
+        after = (await store.browse.recent(w_own.clock.at - timedelta(hours=23), w_own.clock.at))[
+            OTHER
+        ]
+        days = await store.browse.days(OTHER, w_own.clock.at - timedelta(days=29), w_own.clock.at)
     assert after == before and all(c.fetches < 10000 for _, c in days)
 
 
@@ -557,16 +618,16 @@ async def test_a_record_shows_its_newest_log_entries(
     assert newest.kind in page.ids["log"]
 
 
-async def test_a_mirror_name_with_a_line_break_has_its_page(w: World) -> None:
+async def test_a_mirror_name_with_a_line_break_has_its_page(w_own: World) -> None:
     """A configured name may hold any character; its link leads to its page."""
     from urllib.parse import quote
 
-    async with await Store.open(w.db) as store:
+    async with await Store.open(w_own.db) as store:
         async with store._db.write("an odd mirror") as s:
             await s.run(
                 "INSERT INTO fetch_state (suffix, mirror, kind, url, failures) "
                 "VALUES (?, ?, 'bundle', 'u', 0)",
-                (w.suffix("calm"), "odd\nname"),
+                (w_own.suffix("calm"), "odd\nname"),
             )
         await store.watchlist.upsert_mirror(
             Mirror(
@@ -578,7 +639,7 @@ async def test_a_mirror_name_with_a_line_break_has_its_page(w: World) -> None:
                 datetime.now(UTC),
             )
         )
-    async with pages(w) as server:
+    async with pages(w_own) as server:
         code, _, html = await get(server, "/ui/mirror/" + quote("odd\nname", safe=""))
     assert code == 200 and "odd\\x0aname" in html
 
