@@ -62,7 +62,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from builder import BundleBuilder, TestSigner, canonical_record, serialize
 
-from pithcrawl.fetch.client import HttpFetcher
 from pithcrawl.location import PgUrl
 from pithcrawl.store import Store
 
@@ -114,8 +113,11 @@ def _write_chunk(job: tuple[Path, list[int], int, int, int, int]) -> list[list[A
 def write_records(
     out: Path, indices: list[int], seed: int, events: tuple[int, int], extra: int = 0
 ) -> list[list[Any]]:
-    """[suffix, bundle bytes, state bytes] of each record written, built on two cores."""
+    """[suffix, bundle bytes, state bytes] of each record written, built on two cores
+    (in this process when they are one chunk: a pool would only add its start)."""
     jobs = [(out, indices[a : a + 250], seed, *events, extra) for a in range(0, len(indices), 250)]
+    if len(jobs) <= 1:
+        return [row for job in jobs for row in _write_chunk(job)]
     with multiprocessing.Pool(min(2, os.cpu_count() or 1)) as pool:
         return [row for part in pool.imap(_write_chunk, jobs) for row in part]
 
@@ -394,6 +396,10 @@ def run_child(
 
 async def _fetch_all(base: str, suffixes: list[str], concurrency: int, per_host: int) -> int:
     """GET every bundle and state.json with `concurrency` workers, as `sync` runs them."""
+    # Imported here, in the fetch-only child that times it (with aiohttp, half a second
+    # of CPU): this script's own process, and soak.py, never fetch.
+    from pithcrawl.fetch.client import HttpFetcher  # noqa: PLC0415
+
     total = 0
     send, receive = anyio.create_memory_object_stream[str](concurrency)
     agent = "pithcrawl-bench"
@@ -699,11 +705,11 @@ def _postgres_cpu() -> float:
     return total / tick
 
 
-def verification(bundles: int, tmp: Path) -> dict[str, Any]:
+def verification(bundles: int, rounds: int, tmp: Path) -> dict[str, Any]:
     """bench/verify_bench.py's figures (verification alone, and its Ed25519 floor)."""
     out = tmp / "verify.json"
     argv = [sys.executable, str(BENCH / "verify_bench.py"), "--bundles", str(bundles)]
-    argv += ["--json", str(out)]
+    argv += ["--rounds", str(rounds), "--json", str(out)]
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise BenchError(f"verify_bench: exit {done.returncode}\n{done.stderr[-4000:]}")
@@ -841,6 +847,9 @@ def _main(launcher: Launcher) -> int:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--per-host", type=int, default=32)
     ap.add_argument("--verify-bundles", type=int, default=1000, help="for verification alone")
+    ap.add_argument(
+        "--verify-rounds", type=int, default=5, help="verification alone: best of this many rounds"
+    )
     ap.add_argument("--mirror-url", help="use this mirror instead of starting one")
     ap.add_argument("--mirror-reload", help="shell command: serve $BENCH_BUMPED_DIR's files")
     ap.add_argument(
@@ -878,7 +887,7 @@ def _main(launcher: Launcher) -> int:
             print_table(runs[n])
             print()
         with tempfile.TemporaryDirectory(prefix="pithcrawl-bench-") as tmp:
-            figures = verification(args.verify_bundles, Path(tmp))
+            figures = verification(args.verify_bundles, args.verify_rounds, Path(tmp))
     except BenchError as e:
         print(f"sync_bench: {e}", file=sys.stderr)
         return 1

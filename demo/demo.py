@@ -102,8 +102,9 @@ async def run(*args: str, config: Path) -> int:
     return code
 
 
-async def alert_id(config: Path, kind: str) -> int:
-    """The id of the open alert of `kind`, as `status --json` gives it."""
+async def alert_ids(config: Path) -> dict[str, int]:
+    """The id of the open alert of each kind (the first `status --json` lists), from one
+    `status --json`."""
     proc = await asyncio.create_subprocess_exec(
         *pithcrawl_command(),
         "--config",
@@ -114,7 +115,10 @@ async def alert_id(config: Path, kind: str) -> int:
         preexec_fn=_die_with_parent,
     )
     out, _ = await proc.communicate()
-    return next(a["id"] for a in json.loads(out)["open_alerts"] if a["kind"] == kind)
+    ids: dict[str, int] = {}
+    for a in json.loads(out)["open_alerts"]:
+        ids.setdefault(a["kind"], a["id"])
+    return ids
 
 
 def free_port(wanted: int) -> int:
@@ -197,8 +201,9 @@ async def demo(tmp: Path, port: int, wait: bool) -> int:
         await run("status", config=config)
 
         step("every alert carries its proof: export each alert's documents and keys")
+        ids = await alert_ids(config)
         for kind in ("document_invalid", "rollback"):
-            number = await alert_id(config, kind)
+            number = ids[kind]
             evidence = tmp / f"alert-{number}"
             await run("evidence", str(number), "--out", str(evidence), config=config)
             for path in sorted(evidence.rglob("*")):

@@ -25,27 +25,16 @@ def run(script: str, *args: str, env: dict[str, str] | None = None) -> None:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
 
 
-def test_verify_bench_measures_the_spec_hashes(tmp_path: Path) -> None:
-    out = tmp_path / "verify.json"
-    run("verify_bench.py", "--bundles", "3", "--rounds", "1", "--json", str(out))
-    figures = json.loads(out.read_text())
-    assert figures["bundles"] == 3
-    assert figures["signatures"] >= 3 * 3  # receipt, record_created, bundle at least
-    # Figures only, never compared (timing on a loaded machine is noise); that the
-    # library work hashes what the spec hashes is checked by the script itself.
-    for key in ("ratio_to_floor", "library_us", "best_possible_ratio"):
-        assert figures[key] > 0 and figures["real_bundle"][key] > 0
-    assert figures["real_bundle"]["signatures"] == 4
-
-
 def test_sync_bench_runs_every_phase_and_checks_its_archive(
     tmp_path: Path, pg_cluster: Any
 ) -> None:
-    """Every phase, with the passes on PostgreSQL (`--db`) beside SQLite's."""
+    """Every phase, with the passes on PostgreSQL (`--db`) beside SQLite's; then
+    bench/verify_bench.py, which the script runs with `--bundles`, `--rounds` and `--json`
+    as a person would, and whose figures it keeps."""
     out = tmp_path / "sync.json"
     env = {"BENCH_OUT": str(tmp_path / "out"), "TMPDIR": str(tmp_path)}
-    args = ["--records", "20", "--verify-bundles", "2", "--db", pg_cluster.url()]
-    run("sync_bench.py", *args, "--json", str(out), env=env)
+    args = ["--records", "20", "--verify-bundles", "3", "--verify-rounds", "1"]
+    run("sync_bench.py", *args, "--db", pg_cluster.url(), "--json", str(out), env=env)
     figures = json.loads(out.read_text())
     run20 = figures["sizes"]["20"]
     assert run20["pg_cold"]["summary"]["new_snapshots"] == 40
@@ -61,6 +50,15 @@ def test_sync_bench_runs_every_phase_and_checks_its_archive(
     assert run20["bumped"]["changed_records"] == 2
     assert all(c["found"] == c["expected"] for c in run20["new_snapshot_checks"].values())
     assert any((tmp_path / "out").iterdir())  # the corpus was cached where it was told
+
+    verify = figures["verification"]  # verify_bench.py's --json, as it wrote it
+    assert verify["bundles"] == 3
+    assert verify["signatures"] >= 3 * 3  # receipt, record_created, bundle at least
+    # Figures only, never compared (timing on a loaded machine is noise); that the
+    # library work hashes what the spec hashes is checked by the script itself.
+    for key in ("ratio_to_floor", "library_us", "best_possible_ratio"):
+        assert verify[key] > 0 and verify["real_bundle"][key] > 0
+    assert verify["real_bundle"]["signatures"] == 4
 
 
 def test_soak_runs_the_daemon_and_stops_it_cleanly(tmp_path: Path) -> None:

@@ -49,67 +49,61 @@ def directory(output: str) -> Path:
     return Path(found.group(1))
 
 
-def test_the_demo_finds_the_rollback_and_the_tampered_copy() -> None:
-    proc = demo("--no-wait")
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out
-    assert "sync exit codes: 0 before, 1 after beta turned bad" in out
-    alerts = re.findall(r"^  #(\d+) \S+  critical (\w+)  (\S+)  beta ", out, re.M)
-    assert sorted(kind for _, kind, _ in alerts) == ["document_invalid", "rollback"]
-    tampered = next(number for _, kind, number in alerts if kind == "document_invalid")
-    assert tampered == "pith:2026:2SZ3GMWFCMMCUPZJQTONOWSJZ2"  # the registry's real record
-    assert re.search(r"alert-\d+/documents/[0-9a-f]{64}\.json", out)
-    assert re.search(r"^open http://127\.0\.0\.1:\d+/ ", out, re.M)
-    assert not directory(out).exists()  # cleaned up
-
-
-def test_ctrl_c_stops_everything_and_cleans_up() -> None:
-    proc = demo()
+def read_until_open(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    """The demo's output up to its `open URL` line (the pages are up), and that URL."""
     lines = []
     assert proc.stdout is not None
     for line in proc.stdout:
         lines.append(line)
         if line.startswith("open http://"):
-            break
-    else:
-        pytest.fail("".join(lines))
-    url = line.split()[1]
+            return "".join(lines), line.split()[1]
+    pytest.fail("".join(lines))
+
+
+def test_the_demo_finds_the_rollback_and_the_tampered_copy_and_ctrl_c_cleans_up() -> None:
+    """One interactive run checks what the demo shows (the alerts, their evidence, the
+    pages), then that Ctrl-C stops everything and removes the demo's directory."""
+    proc = demo()
+    shown, url = read_until_open(proc)
+    assert "sync exit codes: 0 before, 1 after beta turned bad" in shown
+    alerts = re.findall(r"^  #(\d+) \S+  critical (\w+)  (\S+)  beta ", shown, re.M)
+    assert sorted(kind for _, kind, _ in alerts) == ["document_invalid", "rollback"]
+    tampered = next(number for _, kind, number in alerts if kind == "document_invalid")
+    assert tampered == "pith:2026:2SZ3GMWFCMMCUPZJQTONOWSJZ2"  # the registry's real record
+    assert re.search(r"alert-\d+/documents/[0-9a-f]{64}\.json", shown)
+    assert re.search(r"^open http://127\.0\.0\.1:\d+/ ", shown, re.M)
     with urllib.request.urlopen(url, timeout=10) as r:
         page = r.read().decode()
     assert r.status == 200 and "Overview" in page and "rollback" in page
     proc.send_signal(signal.SIGINT)
     rest, _ = proc.communicate(timeout=60)
-    out = "".join(lines) + rest
+    out = shown + rest
     assert proc.returncode == 0, out
-    assert not directory(out).exists()
+    assert not directory(out).exists()  # cleaned up
     with pytest.raises(OSError):
         urllib.request.urlopen(url, timeout=5)  # the server is gone too
 
 
 def test_sigterm_early_and_sigkill_late_leave_nothing_behind() -> None:
-    """SIGTERM during the first sync stops and cleans up as Ctrl-C does; SIGKILL once the
-    pages are up takes `serve` with it (its children die with it)."""
+    """SIGTERM during the first sync of a CI run (`--no-wait`, as a cancelled CI job
+    sends it) stops and cleans up as Ctrl-C does; SIGKILL once the pages are up takes
+    `serve` with it (its children die with it). The two demos run side by side."""
     import time
 
-    proc = demo()
-    assert proc.stdout is not None
-    first = proc.stdout.readline()
-    while "sync" not in (line := proc.stdout.readline()):
+    late = demo()  # read once `early` is done: its output waits in the pipe meanwhile
+    early = demo("--no-wait")
+    assert early.stdout is not None
+    first = early.stdout.readline()
+    while "sync" not in (line := early.stdout.readline()):
         assert line, "the demo ended before its first sync"
-    proc.send_signal(signal.SIGTERM)
-    rest, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 130, rest
+    early.send_signal(signal.SIGTERM)
+    rest, _ = early.communicate(timeout=60)
+    assert early.returncode == 130, rest
     assert not directory(first + rest).exists()
 
-    proc = demo()
-    lines = []
-    for line in proc.stdout or []:
-        lines.append(line)
-        if line.startswith("open http://"):
-            break
-    url = line.split()[1]
-    proc.kill()
-    proc.wait(timeout=30)
+    shown, url = read_until_open(late)
+    late.kill()
+    late.wait(timeout=30)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
@@ -119,4 +113,4 @@ def test_sigterm_early_and_sigkill_late_leave_nothing_behind() -> None:
         time.sleep(0.2)
     else:
         pytest.fail(f"serve still answers at {url} after the demo was killed")
-    shutil.rmtree(directory("".join(lines)), ignore_errors=True)  # SIGKILL: no finally
+    shutil.rmtree(directory(shown), ignore_errors=True)  # SIGKILL: no finally
