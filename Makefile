@@ -30,9 +30,10 @@ postgresql:
 	@sh .ci/install-postgresql
 
 ## make test: lint, type-check and run the whole test suite
-# Two test processes a CPU: most tests wait on real servers and subprocesses, not the CPU
-# (on 2 cores, 4 processes take the suite from 264 s to 203 s).
-TEST_WORKERS ?= $(shell python3 -c 'import os; print(2 * len(os.sched_getaffinity(0)))' 2>/dev/null || echo 4)
+# Three test processes for two CPUs: many tests wait on real servers and subprocesses,
+# but the suite as a whole keeps the CPUs busy (on 2 cores: 2 processes 222 s, 3 171-191 s,
+# 4 197-208 s, each more spending CPU on contention than it saves in waiting).
+TEST_WORKERS ?= $(shell python3 -c 'import os; print(max(2, 3 * len(os.sched_getaffinity(0)) // 2))' 2>/dev/null || echo 3)
 # Bytecode is cached even where the environment turns it off (PYTHONDONTWRITEBYTECODE):
 # else each of the ~120 pithcrawl processes the suite starts compiles the package again,
 # and each test process rewrites every test module's asserts again.
