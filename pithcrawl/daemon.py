@@ -292,9 +292,11 @@ class Daemon:
                 last_summary = time.monotonic()
                 self._summary_line()
             if not handed and not refused:  # (refused: the next of the queue, at once)
-                # While queued pairs wait for their mirror, the others' are read again
-                # within a second.
-                again = read_at + REREAD_EVERY - time.monotonic() if queue else None
+                # While queued pairs wait for their mirror, the other mirrors' are read
+                # again within a second; with every mirror at `per_host`, nothing is
+                # read until a worker comes free (and wakes this loop): the scheduler
+                # spun on a mirror that never answers, a core's worth of CPU.
+                again = read_at + REREAD_EVERY - time.monotonic() if queue and open_now else None
                 await self._idle(list(sites), ends, again)
 
     def _ready(self, queue: list[Due], busy: Counter[str], width: int) -> list[Due]:

@@ -95,7 +95,9 @@ def test_a_mirror_that_never_answers_does_not_silence_the_watchdog(
 ):
     """Every worker waits on the mirror (until its timeout, then again on the fallback
     URL): the scheduler waits for a free one, and keeps pinging the watchdog meanwhile
-    (it used to go quiet for many timeouts, and systemd would have killed it)."""
+    (it used to go quiet for many timeouts, and systemd would have killed it). It waits
+    asleep: its pairs queued for a mirror at `per_host` once made it spin, burning a
+    core while the mirror hung."""
     cfg = write_config(tmp_path, signer, hanging, "1h")
     cfg.write_text(
         cfg.read_text().replace('timeout = "5s"', 'timeout = "1s"\nconcurrency = 8\nper_host = 2')
@@ -111,6 +113,7 @@ def test_a_mirror_that_never_answers_does_not_silence_the_watchdog(
     try:
         messages(notify_socket, "READY=1")
         start = time.monotonic()
+        cpu_start = _cpu_seconds(proc.pid)
         notify_socket.settimeout(0.2)
         while time.monotonic() < start + 6:  # the old gap: about 14 s
             try:
@@ -119,11 +122,21 @@ def test_a_mirror_that_never_answers_does_not_silence_the_watchdog(
             except TimeoutError:
                 pass
         end = time.monotonic()
+        cpu = _cpu_seconds(proc.pid) - cpu_start
     finally:
         _stop(proc)
     times = [start, *pings, end]
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert max(gaps) < 2.0, f"{max(gaps):.1f}s without a watchdog ping (WatchdogSec is 2 s)"
+    # Asleep but for its pings and the workers' timeouts (0.1 s of CPU here; spinning,
+    # it took all the CPU it got: 5.5 s of the 6 on an idle machine).
+    assert cpu < 0.25 * (end - start), f"{cpu:.1f} s of CPU in {end - start:.0f} s of waiting"
+
+
+def _cpu_seconds(pid: int) -> float:
+    """The CPU time (user and system) process `pid` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_the_lag_metric_tells_how_late_the_waiting_pairs_are(
