@@ -161,7 +161,8 @@ class Conditions:
         """Archive a pair's fetches of record `suffix`, each `(outcome, scope, current)`,
         reconciling the alerts of its `scope` with the conditions it shows (`current`)
         in the same transaction: a crash never leaves a body archived without the alert
-        it raises. A scope with nothing to report and nothing open is not touched. For
+        it raises. A scope with nothing to report and nothing open is not touched (nor
+        read: an empty one, a fetch's bookkeeping alone, is never open). For
         each fetch: its new snapshot, and how many alerts it opened; and the record's
         bundles as the write's group committed them, when it archived a new one and
         `read_view` (`check_record`'s: read with the write, after every block of its
@@ -170,7 +171,7 @@ class Conditions:
         `Store.record_fetches`)."""
         items = [
             Recorded(outcome, scope, current)
-            if current or await self.is_open(scope)
+            if current or (scope and await self.is_open(scope))
             else Recorded(outcome)
             for outcome, scope, current in fetches
         ]
