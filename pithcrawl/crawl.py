@@ -214,16 +214,20 @@ class Crawler:
         is recorded as a failed fetch of its bundle, retried after the usual backoff."""
         result = PairResult(suffix, site.name)
         with pair(suffix, site.name):
-            before = await self.store.fetch_state(
-                suffix, site.name, "bundle", vantage=self.config.node.vantage_name
-            )
             error = (
                 f"took longer than node.lease ({lease.total_seconds():g}s) and was cut"
                 " short: a slow mirror needs a longer lease"
             )
-            got = Got("bundle", site.bundle_url(suffix), before, None, error)
-            result.error = await self.poller.failed(suffix, site.name, got, self.clock())
+            result.error = await self._failed_pair(suffix, site, error)
         return result
+
+    async def _failed_pair(self, suffix: str, site: Site, error: str) -> str:
+        """Record the pair's bundle a failed fetch (`error`), put off by the backoff."""
+        before = await self.store.fetch_state(
+            suffix, site.name, "bundle", vantage=self.config.node.vantage_name
+        )
+        got = Got("bundle", site.bundle_url(suffix), before, None, error)
+        return await self.poller.failed(suffix, site.name, got, self.clock())
 
     async def end_turn(
         self,
@@ -281,7 +285,7 @@ class Crawler:
             # error of the pass, and every other record is still watched.
             log.error("archive_damaged", detail=str(e))
             result.error = f"archive damaged: {e}"
-            await self._flush_after_error(result)
+            await self._flush_after_error(result, site)
         except (OperationalError, anyio.get_cancelled_exc_class()):
             raise  # the archive cannot be written, or the pass is stopping: for all
         except Exception:
@@ -289,7 +293,7 @@ class Crawler:
             # told with its traceback), never the pass or the other mirrors.
             log.exception("pair_failed", detail=_BUG)
             result.error = "internal error (a bug: see the pair_failed log line)"
-            await self._flush_after_error(result)
+            await self._flush_after_error(result, site)
         return None
 
     async def _flush(
@@ -328,11 +332,18 @@ class Crawler:
                     )
         return view
 
-    async def _flush_after_error(self, result: PairResult) -> None:
+    async def _flush_after_error(self, result: PairResult, site: Site) -> None:
         """What the pair judged before it failed is still stored (the bundle when its
-        state.json step failed); a second failure here is only logged."""
+        state.json step failed). When nothing is left to store (the pair's write itself
+        failed, or it failed before judging anything), its bundle is recorded a failed
+        fetch, retried after the usual backoff: a pair nothing puts off is due again at
+        once, and `run` would fetch it every second for as long as it fails. A second
+        failure here is only logged."""
         try:
-            await self._flush(result)
+            if result.writes:
+                await self._flush(result)
+            else:
+                await self._failed_pair(result.suffix, site, result.error or "")
         except (OperationalError, anyio.get_cancelled_exc_class()):
             raise
         except Exception:

@@ -331,3 +331,31 @@ async def test_hostile_state_after_an_unchanged_bundle(tmp_path: Path, name: str
     bundle_bookkept(b1, b2)
     assert s2 is not None and s2.last_fetch_at > b1.last_fetch_at
     assert "internal error" not in (s2.last_error or "")
+
+
+async def test_a_pair_whose_write_fails_is_put_off_not_due_again_at_once(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The pair's write fails (a bug, or damage) after an unchanged bundle and a changed
+    state.json: nothing of the pair is written, and its bundle is recorded a failed
+    fetch with the usual backoff (else it stayed due, and `run` fetched it again every
+    second for as long as the write failed)."""
+    from pithcrawl.store import Store as StoreClass
+
+    original = StoreClass.record_fetches
+
+    async def failing(self, fetches, **kw):
+        if any(i.outcome.kind == "state" and i.outcome.body is not None for i in fetches):
+            raise RuntimeError("the state's write fails")
+        return await original(self, fetches, **kw)
+
+    def spoil(m):
+        m.states = {k: v.replace(b"{", b'{"extra":1,', 1) for k, v in m.states.items()}
+        monkeypatch.setattr(StoreClass, "record_fetches", failing)
+
+    _, summary, (b1, _), (b2, _) = await two_passes(tmp_path, spoil)
+    assert summary.errors == 1
+    assert b2.failures == 1 and "internal error" in (b2.last_error or "")
+    assert b2.last_fetch_at > b1.last_fetch_at
+    assert b2.next_due > b2.last_fetch_at  # put off by the backoff
+    assert b2.last_success_at == b1.last_success_at  # nothing of the pair written
